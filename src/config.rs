@@ -1,0 +1,496 @@
+//! Layer configuration: every Keras LSTM option that matters for inference, and the reading
+//! of Keras `get_config()` dictionaries (`LSTM`, `Bidirectional`, `Sequential`).
+
+use crate::activation::Activation;
+use crate::error::{LstmError, Result};
+use serde_json::Value;
+
+/// A weight initializer, as Keras names them (used by [`crate::LstmWeights::random`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Initializer {
+    /// `GlorotUniform`: U(-l, l), `l = sqrt(6 / (fan_in + fan_out))`.
+    GlorotUniform,
+    /// `GlorotNormal`: truncated normal, stddev `sqrt(2 / (fan_in + fan_out))`.
+    GlorotNormal,
+    /// `HeUniform`: U(-l, l), `l = sqrt(6 / fan_in)`.
+    HeUniform,
+    /// `HeNormal`: truncated normal, stddev `sqrt(2 / fan_in)`.
+    HeNormal,
+    /// `LecunUniform`: U(-l, l), `l = sqrt(3 / fan_in)`.
+    LecunUniform,
+    /// `LecunNormal`: truncated normal, stddev `sqrt(1 / fan_in)`.
+    LecunNormal,
+    /// `Orthogonal` with a gain.
+    Orthogonal {
+        /// Multiplier of the orthogonal matrix.
+        gain: f64,
+    },
+    /// `Zeros`.
+    Zeros,
+    /// `Ones`.
+    Ones,
+    /// `Constant`.
+    Constant(f64),
+    /// `RandomUniform`.
+    RandomUniform {
+        /// Lower bound.
+        minval: f64,
+        /// Upper bound.
+        maxval: f64,
+    },
+    /// `RandomNormal`.
+    RandomNormal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        stddev: f64,
+    },
+    /// `TruncatedNormal` (values beyond two standard deviations are redrawn).
+    TruncatedNormal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation.
+        stddev: f64,
+    },
+}
+
+impl Initializer {
+    /// Reads a Keras initializer: a name string (`"glorot_uniform"`) or a
+    /// `{"class_name": ..., "config": {...}}` object. `key` names the config key in errors.
+    ///
+    /// ```
+    /// use lstm_wgpu::Initializer;
+    /// let v = serde_json::json!({"class_name": "Orthogonal", "config": {"gain": 2.0, "seed": null}});
+    /// assert_eq!(Initializer::from_keras("recurrent_initializer", &v).unwrap(),
+    ///            Initializer::Orthogonal { gain: 2.0 });
+    /// ```
+    pub fn from_keras(key: &str, value: &Value) -> Result<Self> {
+        let (name, cfg) = match value {
+            Value::String(s) => (s.as_str(), Value::Null),
+            Value::Object(o) => {
+                let name = o.get("class_name").and_then(Value::as_str).ok_or_else(|| {
+                    LstmError::bad_config(key, "initializer object without class_name")
+                })?;
+                (name, o.get("config").cloned().unwrap_or(Value::Null))
+            }
+            other => return Err(LstmError::unsupported(key, other)),
+        };
+        let num = |k: &str, default: f64| cfg.get(k).and_then(Value::as_f64).unwrap_or(default);
+        Ok(match name {
+            "GlorotUniform" | "glorot_uniform" => Initializer::GlorotUniform,
+            "GlorotNormal" | "glorot_normal" => Initializer::GlorotNormal,
+            "HeUniform" | "he_uniform" => Initializer::HeUniform,
+            "HeNormal" | "he_normal" => Initializer::HeNormal,
+            "LecunUniform" | "lecun_uniform" => Initializer::LecunUniform,
+            "LecunNormal" | "lecun_normal" => Initializer::LecunNormal,
+            "Orthogonal" | "orthogonal" => Initializer::Orthogonal {
+                gain: num("gain", 1.0),
+            },
+            "Zeros" | "zeros" => Initializer::Zeros,
+            "Ones" | "ones" => Initializer::Ones,
+            "Constant" | "constant" => Initializer::Constant(num("value", 0.0)),
+            "RandomUniform" | "random_uniform" => Initializer::RandomUniform {
+                minval: num("minval", -0.05),
+                maxval: num("maxval", 0.05),
+            },
+            "RandomNormal" | "random_normal" => Initializer::RandomNormal {
+                mean: num("mean", 0.0),
+                stddev: num("stddev", 0.05),
+            },
+            "TruncatedNormal" | "truncated_normal" => Initializer::TruncatedNormal {
+                mean: num("mean", 0.0),
+                stddev: num("stddev", 0.05),
+            },
+            other => return Err(LstmError::unsupported(key, other)),
+        })
+    }
+}
+
+/// Configuration of one LSTM layer, with Keras's defaults.
+///
+/// ```
+/// use lstm_wgpu::{Activation, LstmConfig};
+/// let c = LstmConfig::new(8).return_sequences(true).go_backwards(true);
+/// assert_eq!(c.units, 8);
+/// assert_eq!(c.activation, Activation::Tanh);
+/// assert_eq!(c.recurrent_activation, Activation::Sigmoid);
+/// assert!(c.use_bias && c.unit_forget_bias && c.return_sequences && c.go_backwards);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmConfig {
+    /// The number of units H (width of h and c).
+    pub units: usize,
+    /// Applied to the cell candidate and to the cell state before the output gate.
+    pub activation: Activation,
+    /// Applied to the input, forget and output gates.
+    pub recurrent_activation: Activation,
+    /// Whether the layer has a bias vector.
+    pub use_bias: bool,
+    /// Return the whole sequence `[B, T, H]` instead of the last output `[B, H]`.
+    pub return_sequences: bool,
+    /// Also return the final h and c.
+    pub return_state: bool,
+    /// Process the sequence last step first (the returned sequence stays in processing order).
+    pub go_backwards: bool,
+    /// Keep the final state as the next call's initial state.
+    pub stateful: bool,
+    /// Masked steps output zeros instead of repeating the previous output.
+    pub zero_output_for_mask: bool,
+    /// Initialise the forget-gate bias to ones (initialisation only).
+    pub unit_forget_bias: bool,
+    /// Initializer of `kernel`.
+    pub kernel_initializer: Initializer,
+    /// Initializer of `recurrent_kernel`.
+    pub recurrent_initializer: Initializer,
+    /// Initializer of `bias`.
+    pub bias_initializer: Initializer,
+    /// The layer's name (informative).
+    pub name: String,
+}
+
+macro_rules! builder {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.$field = value;
+                self
+            }
+        )*
+    };
+}
+
+impl LstmConfig {
+    /// A layer with `units` units and Keras's defaults for everything else.
+    pub fn new(units: usize) -> Self {
+        LstmConfig {
+            units,
+            activation: Activation::Tanh,
+            recurrent_activation: Activation::Sigmoid,
+            use_bias: true,
+            return_sequences: false,
+            return_state: false,
+            go_backwards: false,
+            stateful: false,
+            zero_output_for_mask: false,
+            unit_forget_bias: true,
+            kernel_initializer: Initializer::GlorotUniform,
+            recurrent_initializer: Initializer::Orthogonal { gain: 1.0 },
+            bias_initializer: Initializer::Zeros,
+            name: "lstm".to_string(),
+        }
+    }
+
+    builder! {
+        /// Sets `activation`.
+        activation: Activation,
+        /// Sets `recurrent_activation`.
+        recurrent_activation: Activation,
+        /// Sets `use_bias`.
+        use_bias: bool,
+        /// Sets `return_sequences`.
+        return_sequences: bool,
+        /// Sets `return_state`.
+        return_state: bool,
+        /// Sets `go_backwards`.
+        go_backwards: bool,
+        /// Sets `stateful`.
+        stateful: bool,
+        /// Sets `zero_output_for_mask`.
+        zero_output_for_mask: bool,
+        /// Sets `unit_forget_bias`.
+        unit_forget_bias: bool,
+    }
+
+    /// Checks the configuration itself (units > 0).
+    pub fn validate(&self) -> Result<()> {
+        if self.units == 0 {
+            return Err(LstmError::invalid("units", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Reads the `config` dictionary of a Keras `LSTM` (`layer.get_config()`).
+    ///
+    /// Keys that only matter for training (`dropout`, regularizers, constraints, `seed`) are
+    /// accepted and ignored; `unroll` is accepted (it does not change the numbers).
+    ///
+    /// ```
+    /// use lstm_wgpu::LstmConfig;
+    /// let v = serde_json::json!({"units": 3, "activation": "relu", "return_state": true});
+    /// let c = LstmConfig::from_keras(&v).unwrap();
+    /// assert_eq!((c.units, c.activation.name(), c.return_state), (3, "relu", true));
+    ///
+    /// let bad = serde_json::json!({"units": 3, "activation": "mish"});
+    /// let e = LstmConfig::from_keras(&bad).unwrap_err().to_string();
+    /// assert!(e.contains("activation") && e.contains("mish"));
+    /// ```
+    pub fn from_keras(config: &Value) -> Result<Self> {
+        let units = config
+            .get("units")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| LstmError::bad_config("units", "expected a positive integer"))?
+            as usize;
+        let mut c = LstmConfig::new(units);
+        let flag = |key: &str, default: bool| -> Result<bool> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(other) => Err(LstmError::unsupported(key, other)),
+            }
+        };
+        c.use_bias = flag("use_bias", true)?;
+        c.return_sequences = flag("return_sequences", false)?;
+        c.return_state = flag("return_state", false)?;
+        c.go_backwards = flag("go_backwards", false)?;
+        c.stateful = flag("stateful", false)?;
+        c.zero_output_for_mask = flag("zero_output_for_mask", false)?;
+        c.unit_forget_bias = flag("unit_forget_bias", true)?;
+        c.activation = activation_from_keras("activation", config.get("activation"), "tanh")?;
+        c.recurrent_activation = activation_from_keras(
+            "recurrent_activation",
+            config.get("recurrent_activation"),
+            "sigmoid",
+        )?;
+        for (key, slot) in [
+            ("kernel_initializer", &mut c.kernel_initializer),
+            ("recurrent_initializer", &mut c.recurrent_initializer),
+            ("bias_initializer", &mut c.bias_initializer),
+        ] {
+            if let Some(v) = config.get(key).filter(|v| !v.is_null()) {
+                *slot = Initializer::from_keras(key, v)?;
+            }
+        }
+        if let Some(name) = config.get("name").and_then(Value::as_str) {
+            c.name = name.to_string();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// Reads an activation value of a Keras config: a name, `null` (linear), or a serialised
+/// function object whose `config` is the name.
+fn activation_from_keras(key: &str, value: Option<&Value>, default: &str) -> Result<Activation> {
+    match value {
+        None => Activation::from_name(default),
+        Some(Value::Null) => Ok(Activation::Linear),
+        Some(Value::String(s)) => {
+            Activation::from_name(s).map_err(|_| LstmError::unsupported(key, s))
+        }
+        Some(Value::Object(o)) => match o.get("config") {
+            Some(Value::String(s)) => {
+                Activation::from_name(s).map_err(|_| LstmError::unsupported(key, s))
+            }
+            _ => Err(LstmError::unsupported(key, Value::Object(o.clone()))),
+        },
+        Some(other) => Err(LstmError::unsupported(key, other)),
+    }
+}
+
+/// How `Bidirectional` combines the two directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeMode {
+    /// Forward then backward along the last axis (width 2H).
+    Concat,
+    /// Element-wise sum.
+    Sum,
+    /// Element-wise product.
+    Mul,
+    /// Element-wise mean.
+    Ave,
+    /// No merge: two outputs.
+    None,
+}
+
+impl MergeMode {
+    /// Reads Keras's `merge_mode` (`"concat"`, `"sum"`, `"mul"`, `"ave"`, `null`).
+    ///
+    /// ```
+    /// use lstm_wgpu::MergeMode;
+    /// assert_eq!(MergeMode::from_keras(&serde_json::json!("ave")).unwrap(), MergeMode::Ave);
+    /// assert_eq!(MergeMode::from_keras(&serde_json::Value::Null).unwrap(), MergeMode::None);
+    /// ```
+    pub fn from_keras(value: &Value) -> Result<Self> {
+        match value {
+            Value::Null => Ok(MergeMode::None),
+            Value::String(s) => match s.as_str() {
+                "concat" => Ok(MergeMode::Concat),
+                "sum" => Ok(MergeMode::Sum),
+                "mul" => Ok(MergeMode::Mul),
+                "ave" => Ok(MergeMode::Ave),
+                other => Err(LstmError::unsupported("merge_mode", other)),
+            },
+            other => Err(LstmError::unsupported("merge_mode", other)),
+        }
+    }
+}
+
+/// Configuration of a `Bidirectional(LSTM)` layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BidirectionalConfig {
+    /// The forward layer.
+    pub forward: LstmConfig,
+    /// The backward layer (processes the sequence last step first).
+    pub backward: LstmConfig,
+    /// How the two outputs are combined.
+    pub merge_mode: MergeMode,
+}
+
+impl BidirectionalConfig {
+    /// A Bidirectional wrapper around `layer`, as `keras.layers.Bidirectional(layer)` builds it:
+    /// the backward layer is a copy with `go_backwards` flipped, and both have
+    /// `zero_output_for_mask` forced to `return_sequences`.
+    ///
+    /// ```
+    /// use lstm_wgpu::{BidirectionalConfig, LstmConfig, MergeMode};
+    /// let b = BidirectionalConfig::new(LstmConfig::new(4).return_sequences(true), MergeMode::Sum);
+    /// assert!(b.backward.go_backwards && b.backward.zero_output_for_mask);
+    /// ```
+    pub fn new(layer: LstmConfig, merge_mode: MergeMode) -> Self {
+        let mut backward = layer.clone();
+        backward.go_backwards = !layer.go_backwards;
+        backward.name = format!("backward_{}", layer.name);
+        let mut forward = layer;
+        forward.name = format!("forward_{}", forward.name);
+        let mut b = BidirectionalConfig {
+            forward,
+            backward,
+            merge_mode,
+        };
+        b.force_keras_flags();
+        b
+    }
+
+    fn force_keras_flags(&mut self) {
+        for l in [&mut self.forward, &mut self.backward] {
+            l.zero_output_for_mask = l.return_sequences;
+        }
+    }
+
+    /// Reads the `config` dictionary of a Keras `Bidirectional` layer.
+    pub fn from_keras(config: &Value) -> Result<Self> {
+        let merge_mode = MergeMode::from_keras(config.get("merge_mode").unwrap_or(&Value::Null))?;
+        let inner = |key: &str| -> Result<Option<LstmConfig>> {
+            match config.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => {
+                    let class = v.get("class_name").and_then(Value::as_str).unwrap_or("");
+                    if class != "LSTM" {
+                        return Err(LstmError::unsupported(format!("{key}.class_name"), class));
+                    }
+                    let cfg = v
+                        .get("config")
+                        .ok_or_else(|| LstmError::bad_config(key, "layer without config"))?;
+                    LstmConfig::from_keras(cfg).map(Some)
+                }
+            }
+        };
+        let forward = inner("layer")?
+            .ok_or_else(|| LstmError::bad_config("layer", "Bidirectional without a layer"))?;
+        let mut b = match inner("backward_layer")? {
+            Some(backward) => BidirectionalConfig {
+                forward,
+                backward,
+                merge_mode,
+            },
+            None => {
+                let mut b = BidirectionalConfig::new(forward.clone(), merge_mode);
+                b.forward.name = forward.name;
+                b
+            }
+        };
+        if b.forward.return_sequences != b.backward.return_sequences
+            || b.forward.return_state != b.backward.return_state
+        {
+            return Err(LstmError::unsupported(
+                "backward_layer",
+                "return_sequences/return_state differ from the forward layer",
+            ));
+        }
+        if b.forward.units != b.backward.units && merge_mode != MergeMode::Concat {
+            return Err(LstmError::unsupported(
+                "backward_layer.units",
+                format!(
+                    "{} (forward has {}; merge_mode {:?} needs equal widths)",
+                    b.backward.units, b.forward.units, merge_mode
+                ),
+            ));
+        }
+        b.force_keras_flags();
+        Ok(b)
+    }
+}
+
+/// Configuration of a layer or a stack of layers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerConfig {
+    /// One `LSTM`.
+    Lstm(LstmConfig),
+    /// One `Bidirectional(LSTM)`.
+    Bidirectional(BidirectionalConfig),
+    /// Layers applied in order, each consuming the previous (single) output.
+    Sequential(Vec<LayerConfig>),
+}
+
+impl LayerConfig {
+    /// Reads `{"class_name": ..., "config": {...}}` as Keras serialises a layer or a
+    /// `Sequential` model. `InputLayer` entries of a `Sequential` are skipped; any other
+    /// class gives an error naming it.
+    ///
+    /// ```
+    /// use lstm_wgpu::LayerConfig;
+    /// let v = serde_json::json!({"class_name": "Sequential", "config": {"layers": [
+    ///     {"class_name": "InputLayer", "config": {"batch_shape": [null, 5, 3]}},
+    ///     {"class_name": "LSTM", "config": {"units": 4, "return_sequences": true}},
+    ///     {"class_name": "LSTM", "config": {"units": 2}}]}});
+    /// match LayerConfig::from_keras(&v).unwrap() {
+    ///     LayerConfig::Sequential(layers) => assert_eq!(layers.len(), 2),
+    ///     _ => unreachable!(),
+    /// }
+    /// let e = LayerConfig::from_keras(&serde_json::json!({"class_name": "GRU", "config": {}}));
+    /// assert!(e.unwrap_err().to_string().contains("GRU"));
+    /// ```
+    pub fn from_keras(layer: &Value) -> Result<Self> {
+        let class = layer
+            .get("class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LstmError::bad_config("class_name", "expected a string"))?;
+        let config = layer
+            .get("config")
+            .ok_or_else(|| LstmError::bad_config("config", "layer without config"))?;
+        match class {
+            "LSTM" => Ok(LayerConfig::Lstm(LstmConfig::from_keras(config)?)),
+            "Bidirectional" => Ok(LayerConfig::Bidirectional(BidirectionalConfig::from_keras(
+                config,
+            )?)),
+            "Sequential" => {
+                let layers = config
+                    .get("layers")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| LstmError::bad_config("layers", "expected a list"))?;
+                let mut out = Vec::new();
+                for l in layers {
+                    if l.get("class_name").and_then(Value::as_str) == Some("InputLayer") {
+                        continue;
+                    }
+                    out.push(LayerConfig::from_keras(l)?);
+                }
+                if out.is_empty() {
+                    return Err(LstmError::bad_config("layers", "no LSTM layer in Sequential"));
+                }
+                Ok(LayerConfig::Sequential(out))
+            }
+            other => Err(LstmError::unsupported("class_name", other)),
+        }
+    }
+
+    /// The LSTM configurations in weight order (`get_weights()` order).
+    pub fn lstms(&self) -> Vec<&LstmConfig> {
+        match self {
+            LayerConfig::Lstm(c) => vec![c],
+            LayerConfig::Bidirectional(b) => vec![&b.forward, &b.backward],
+            LayerConfig::Sequential(ls) => ls.iter().flat_map(|l| l.lstms()).collect(),
+        }
+    }
+}

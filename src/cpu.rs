@@ -1,0 +1,309 @@
+//! The CPU path: one Keras LSTM layer on ndarray, for `f32` and `f64`.
+//!
+//! The work is split exactly as on the GPU so the two can be read side by side:
+//! [`project_inputs`] is the twin of `shaders/projection.wgsl` (all timesteps' `x · kernel + bias`
+//! as one matrix product) and [`cell_update`] is the twin of the element-wise part of
+//! `shaders/step.wgsl` (gates, cell update, mask rule). The recurrent product `h · R` of each
+//! step is one matrix product here and the workgroup-tiled dot product of `step.wgsl` there.
+
+use crate::config::LstmConfig;
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::weights::LstmWeights;
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, ArrayView3, Axis};
+
+/// The hidden and cell state of a layer, each `[B, H]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmState<T> {
+    /// Hidden state h (the last step's output when nothing was masked).
+    pub h: Array2<T>,
+    /// Cell state c.
+    pub c: Array2<T>,
+}
+
+/// What one call returns, exactly as Keras returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmOutput<T> {
+    /// `[B, T, H]` when `return_sequences`, else `[B, H]` (the last processed step's output).
+    pub output: ArrayD<T>,
+    /// The final state when `return_state`.
+    pub state: Option<LstmState<T>>,
+}
+
+impl<T: Clone> LstmOutput<T> {
+    /// The returned tensors in Keras's order: `[output]` or `[output, h, c]`.
+    pub fn into_keras(self) -> Vec<ArrayD<T>> {
+        let mut v = vec![self.output];
+        if let Some(s) = self.state {
+            v.push(s.h.into_dyn());
+            v.push(s.c.into_dyn());
+        }
+        v
+    }
+}
+
+/// One Keras `LSTM` layer on the CPU.
+///
+/// ```
+/// use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
+/// use ndarray::Array3;
+///
+/// let config = LstmConfig::new(4).return_sequences(true).return_state(true);
+/// let weights = LstmWeights::<f32>::random(&config, 3, 0).unwrap();
+/// let mut layer = Lstm::new(config, weights).unwrap();
+/// let x = Array3::<f32>::ones((2, 5, 3));
+/// let out = layer.forward(x.view(), None, None).unwrap();
+/// assert_eq!(out.output.shape(), &[2, 5, 4]);
+/// let state = out.state.unwrap();
+/// // the final h is the last step's output
+/// assert_eq!(state.h.row(1), out.output.slice(ndarray::s![1, 4, ..]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Lstm<T> {
+    config: LstmConfig,
+    weights: LstmWeights<T>,
+    /// The carried state of a stateful layer (None until the first call or after a fresh build).
+    state: Option<LstmState<T>>,
+}
+
+impl<T: Element> Lstm<T> {
+    /// Builds a layer, checking the weights against the configuration.
+    pub fn new(config: LstmConfig, weights: LstmWeights<T>) -> Result<Self> {
+        weights.validate(&config, weights.input_dim())?;
+        Ok(Lstm {
+            config,
+            weights,
+            state: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LstmConfig {
+        &self.config
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &LstmWeights<T> {
+        &self.weights
+    }
+
+    /// The input width I.
+    pub fn input_dim(&self) -> usize {
+        self.weights.input_dim()
+    }
+
+    /// The state a stateful layer carries into its next call (None before the first call).
+    pub fn state(&self) -> Option<&LstmState<T>> {
+        self.state.as_ref()
+    }
+
+    /// Zeroes the carried state of a stateful layer (Keras `reset_states`). The batch size it
+    /// was built for stays.
+    ///
+    /// ```
+    /// use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
+    /// let config = LstmConfig::new(2).stateful(true);
+    /// let w = LstmWeights::<f32>::random(&config, 1, 0).unwrap();
+    /// let mut layer = Lstm::new(config, w).unwrap();
+    /// let x = ndarray::Array3::<f32>::ones((1, 3, 1));
+    /// let first = layer.forward(x.view(), None, None).unwrap();
+    /// let second = layer.forward(x.view(), None, None).unwrap();
+    /// assert_ne!(first, second); // the state was carried
+    /// layer.reset_states();
+    /// assert_eq!(layer.forward(x.view(), None, None).unwrap(), first);
+    /// ```
+    pub fn reset_states(&mut self) {
+        if let Some(s) = &mut self.state {
+            s.h.fill(T::zero());
+            s.c.fill(T::zero());
+        }
+    }
+
+    /// Runs the layer on `x [B, T, I]` with an optional initial state (h0, c0), each `[B, H]`,
+    /// and an optional mask `[B, T]` (true = step present).
+    ///
+    /// A stateful layer starts from its carried state unless `initial_state` is given, and
+    /// keeps the final state for the next call.
+    pub fn forward(
+        &mut self,
+        x: ArrayView3<T>,
+        initial_state: Option<(ArrayView2<T>, ArrayView2<T>)>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<LstmOutput<T>> {
+        let (batch, _, _) = check_inputs(&self.config, self.input_dim(), x, initial_state, mask)?;
+        let start = match (initial_state, &self.state) {
+            (Some((h, c)), _) => LstmState {
+                h: h.to_owned(),
+                c: c.to_owned(),
+            },
+            (None, Some(s)) if self.config.stateful => s.clone(),
+            _ => LstmState {
+                h: Array2::zeros((batch, self.config.units)),
+                c: Array2::zeros((batch, self.config.units)),
+            },
+        };
+        if self.config.stateful {
+            if let Some(s) = &self.state {
+                if s.h.nrows() != batch {
+                    return Err(LstmError::StatefulBatchChanged {
+                        expected: s.h.nrows(),
+                        actual: batch,
+                    });
+                }
+            }
+        }
+        let (sequence, last, final_state) = run(&self.config, &self.weights, x, start, mask);
+        if self.config.stateful {
+            self.state = Some(final_state.clone());
+        }
+        Ok(LstmOutput {
+            output: if self.config.return_sequences {
+                sequence.into_dyn()
+            } else {
+                last.into_dyn()
+            },
+            state: self.config.return_state.then_some(final_state),
+        })
+    }
+}
+
+/// Validates the call's inputs against the layer; returns (B, T, I).
+pub(crate) fn check_inputs<T>(
+    config: &LstmConfig,
+    input_dim: usize,
+    x: ArrayView3<T>,
+    initial_state: Option<(ArrayView2<T>, ArrayView2<T>)>,
+    mask: Option<ArrayView2<bool>>,
+) -> Result<(usize, usize, usize)> {
+    let (b, t, i) = x.dim();
+    if b == 0 {
+        return Err(LstmError::invalid("x", "batch size is 0"));
+    }
+    if t == 0 {
+        return Err(LstmError::invalid("x", "number of timesteps is 0"));
+    }
+    if i != input_dim {
+        return Err(LstmError::shape("x", &[b, t, input_dim], x.shape()));
+    }
+    if let Some((h0, c0)) = initial_state {
+        for (name, s) in [("initial_state h0", h0), ("initial_state c0", c0)] {
+            if s.dim() != (b, config.units) {
+                return Err(LstmError::shape(name, &[b, config.units], s.shape()));
+            }
+        }
+    }
+    if let Some(m) = mask {
+        if m.dim() != (b, t) {
+            return Err(LstmError::shape("mask", &[b, t], m.shape()));
+        }
+    }
+    Ok((b, t, i))
+}
+
+/// Twin of `shaders/projection.wgsl`: `x [B·T, I] · kernel [I, 4H] + bias` for all timesteps
+/// at once. Row `b·T + t` holds timestep t of batch row b.
+pub fn project_inputs<T: Element>(x: ArrayView3<T>, weights: &LstmWeights<T>) -> Array2<T> {
+    let (b, t, i) = x.dim();
+    let x2 = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((b * t, i))
+        .expect("a standard-layout [B, T, I] array reshapes to [B·T, I]");
+    let mut proj = x2.dot(&weights.kernel);
+    if let Some(bias) = &weights.bias {
+        proj += bias;
+    }
+    proj
+}
+
+/// The per-layer constants of the element-wise step rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepRule {
+    pub activation: crate::Activation,
+    pub recurrent_activation: crate::Activation,
+    pub zero_output_for_mask: bool,
+}
+
+impl StepRule {
+    pub(crate) fn of(config: &LstmConfig) -> Self {
+        StepRule {
+            activation: config.activation,
+            recurrent_activation: config.recurrent_activation,
+            zero_output_for_mask: config.zero_output_for_mask,
+        }
+    }
+}
+
+/// Twin of the element-wise part of `shaders/step.wgsl`, for one (batch row, unit):
+/// `z` holds the four gate pre-activations (i, f, c, o), already the sum of the input
+/// projection and the recurrent product. Returns (h, c, out) after the step.
+#[inline]
+pub(crate) fn cell_update<T: Element>(
+    rule: StepRule,
+    z: [T; 4],
+    h_prev: T,
+    c_prev: T,
+    out_prev: T,
+    present: bool,
+) -> (T, T, T) {
+    let i = rule.recurrent_activation.apply(z[0]);
+    let f = rule.recurrent_activation.apply(z[1]);
+    let g = rule.activation.apply(z[2]);
+    let o = rule.recurrent_activation.apply(z[3]);
+    let c_new = f * c_prev + i * g;
+    let h_new = o * rule.activation.apply(c_new);
+    if present {
+        (h_new, c_new, h_new)
+    } else if rule.zero_output_for_mask {
+        (h_prev, c_prev, T::zero())
+    } else {
+        (h_prev, c_prev, out_prev)
+    }
+}
+
+/// The time loop. Returns (sequence [B, T, H] in processing order, last output [B, H],
+/// final state).
+pub(crate) fn run<T: Element>(
+    config: &LstmConfig,
+    weights: &LstmWeights<T>,
+    x: ArrayView3<T>,
+    start: LstmState<T>,
+    mask: Option<ArrayView2<bool>>,
+) -> (Array3<T>, Array2<T>, LstmState<T>) {
+    let (b, t, _) = x.dim();
+    let hu = config.units;
+    let rule = StepRule::of(config);
+    let proj = project_inputs(x, weights);
+    let proj = proj
+        .into_shape_with_order((b, t, 4 * hu))
+        .expect("[B·T, 4H] reshapes to [B, T, 4H]");
+    let LstmState { mut h, mut c } = start;
+    let mut out = Array2::<T>::zeros((b, hu));
+    let mut sequence = Array3::<T>::zeros((b, t, hu));
+    let mut z = Array2::<T>::zeros((b, 4 * hu));
+    for step in 0..t {
+        let time = if config.go_backwards { t - 1 - step } else { step };
+        // z = proj[:, time, :] + h · R
+        z.assign(&proj.slice(s![.., time, ..]));
+        ndarray::linalg::general_mat_mul(T::one(), &h, &weights.recurrent_kernel, T::one(), &mut z);
+        for row in 0..b {
+            let present = mask.is_none_or(|m| m[[row, time]]);
+            let zr = z.row(row);
+            for j in 0..hu {
+                let (hn, cn, on) = cell_update(
+                    rule,
+                    [zr[j], zr[hu + j], zr[2 * hu + j], zr[3 * hu + j]],
+                    h[[row, j]],
+                    c[[row, j]],
+                    out[[row, j]],
+                    present,
+                );
+                h[[row, j]] = hn;
+                c[[row, j]] = cn;
+                out[[row, j]] = on;
+            }
+        }
+        sequence.index_axis_mut(Axis(1), step).assign(&out);
+    }
+    (sequence, out, LstmState { h, c })
+}

@@ -1,0 +1,151 @@
+//! The crate's one error type.
+//!
+//! Every fallible call returns [`Result<T>`](crate::Result), whose error is [`LstmError`].
+//! Each variant carries the facts needed to say what was wrong: the argument's name, the
+//! expected and the actual shape, the unsupported key and value.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in this crate.
+///
+/// ```
+/// use lstm_wgpu::{LstmConfig, LstmError, LstmWeights};
+/// use ndarray::Array2;
+///
+/// let config = LstmConfig::new(4);
+/// // kernel must be [I, 4H] = [3, 16]; this one is [3, 15].
+/// let err = LstmWeights::<f32>::new(
+///     &config,
+///     3,
+///     Array2::zeros((3, 15)),
+///     Array2::zeros((4, 16)),
+///     Some(ndarray::Array1::zeros(16)),
+/// )
+/// .unwrap_err();
+/// assert!(matches!(err, LstmError::ShapeMismatch { .. }));
+/// assert!(err.to_string().contains("kernel"));
+/// ```
+#[derive(Debug, Error)]
+pub enum LstmError {
+    /// A tensor's shape does not match what the layer needs.
+    #[error("shape mismatch for {what}: expected {expected:?}, got {actual:?}")]
+    ShapeMismatch {
+        /// Which tensor (argument or weight) was wrong.
+        what: String,
+        /// The shape the layer needs.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        actual: Vec<usize>,
+    },
+
+    /// An argument is invalid for a reason other than its shape (a zero size, a wrong count).
+    #[error("invalid argument {what}: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A configuration key has a value this crate does not support.
+    #[error("unsupported value for config key `{key}`: {value}")]
+    UnsupportedConfig {
+        /// The configuration key (e.g. `activation`).
+        key: String,
+        /// The value that was found, as text.
+        value: String,
+    },
+
+    /// A configuration key that is required is absent or has the wrong JSON type.
+    #[error("missing or malformed config key `{key}`: {reason}")]
+    BadConfig {
+        /// The configuration key.
+        key: String,
+        /// What was expected.
+        reason: String,
+    },
+
+    /// A weight that the configuration requires was not given.
+    #[error("missing weight `{name}`")]
+    MissingWeight {
+        /// The weight's name (e.g. `bias`, `backward/kernel`).
+        name: String,
+    },
+
+    /// A stateful layer was called with a batch size other than the one its state was built for.
+    #[error("stateful layer was built for batch size {expected}, called with batch size {actual}")]
+    StatefulBatchChanged {
+        /// The batch size the stored state has.
+        expected: usize,
+        /// The batch size of the call.
+        actual: usize,
+    },
+
+    /// No GPU adapter matched the request.
+    #[error("no GPU adapter found (tried: {tried})")]
+    NoGpuAdapter {
+        /// What was asked of wgpu (backends, power preference, name filter, fallback).
+        tried: String,
+    },
+
+    /// The GPU device reported an error (validation, out of memory, lost device, map failure).
+    #[error("GPU device error: {message}")]
+    Device {
+        /// wgpu's message.
+        message: String,
+    },
+
+    /// The operation is not available for this element type on this path.
+    #[error("{what} is not supported on the {path} path: {hint}")]
+    UnsupportedOnPath {
+        /// The operation or type.
+        what: String,
+        /// `gpu` or `cpu`.
+        path: String,
+        /// What to do instead.
+        hint: String,
+    },
+
+    /// A case or model file could not be read or parsed.
+    #[error("cannot read {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, LstmError>;
+
+impl LstmError {
+    pub(crate) fn shape(what: impl Into<String>, expected: &[usize], actual: &[usize]) -> Self {
+        LstmError::ShapeMismatch {
+            what: what.into(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        LstmError::InvalidArgument {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(key: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        LstmError::UnsupportedConfig {
+            key: key.into(),
+            value: value.to_string(),
+        }
+    }
+
+    pub(crate) fn bad_config(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        LstmError::BadConfig {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
