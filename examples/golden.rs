@@ -82,7 +82,10 @@ fn main() -> ExitCode {
                 }
                 Ok(err) => {
                     failed += 1;
-                    println!("{:<48} {label:<4} max_abs_err={err:.3e}  FAIL (tolerance {tol:e})", case.name);
+                    println!(
+                        "{:<48} {label:<4} max_abs_err={err:.3e}  FAIL (tolerance {tol:e})",
+                        case.name
+                    );
                 }
                 Err(e) => {
                     failed += 1;

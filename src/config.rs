@@ -477,7 +477,10 @@ impl LayerConfig {
                     out.push(LayerConfig::from_keras(l)?);
                 }
                 if out.is_empty() {
-                    return Err(LstmError::bad_config("layers", "no LSTM layer in Sequential"));
+                    return Err(LstmError::bad_config(
+                        "layers",
+                        "no LSTM layer in Sequential",
+                    ));
                 }
                 Ok(LayerConfig::Sequential(out))
             }

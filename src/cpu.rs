@@ -282,7 +282,11 @@ pub(crate) fn run<T: Element>(
     let mut sequence = Array3::<T>::zeros((b, t, hu));
     let mut z = Array2::<T>::zeros((b, 4 * hu));
     for step in 0..t {
-        let time = if config.go_backwards { t - 1 - step } else { step };
+        let time = if config.go_backwards {
+            t - 1 - step
+        } else {
+            step
+        };
         // z = proj[:, time, :] + h · R
         z.assign(&proj.slice(s![.., time, ..]));
         ndarray::linalg::general_mat_mul(T::one(), &h, &weights.recurrent_kernel, T::one(), &mut z);

@@ -122,7 +122,8 @@ impl Case {
 
     /// The layer configuration.
     pub fn layer_config(&self) -> Result<LayerConfig> {
-        let v = serde_json::json!({"class_name": self.layer.class_name, "config": self.layer.config});
+        let v =
+            serde_json::json!({"class_name": self.layer.class_name, "config": self.layer.config});
         LayerConfig::from_keras(&v)
     }
 
@@ -218,7 +219,11 @@ pub fn max_abs_error<T: Element>(got: &[ArrayD<T>], expected: &[Tensor]) -> Resu
         }
         for (a, b) in g.iter().zip(&e.data) {
             let d = (a.to_f64() - b).abs();
-            worst = if d.is_nan() { f64::INFINITY } else { worst.max(d) };
+            worst = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                worst.max(d)
+            };
         }
     }
     Ok(worst)

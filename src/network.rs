@@ -122,11 +122,12 @@ pub(crate) fn merge_directions<T: Element>(
     }
     let half = T::from_f64(0.5);
     let mut out = match mode {
-        MergeMode::Concat => vec![ndarray::concatenate(
-            Axis(y.ndim() - 1),
-            &[y.view(), y_rev.view()],
-        )
-        .expect("both directions have the same leading shape")],
+        MergeMode::Concat => {
+            vec![
+                ndarray::concatenate(Axis(y.ndim() - 1), &[y.view(), y_rev.view()])
+                    .expect("both directions have the same leading shape"),
+            ]
+        }
         MergeMode::Sum => vec![&y + &y_rev],
         MergeMode::Mul => vec![&y * &y_rev],
         MergeMode::Ave => vec![(&y + &y_rev).mapv(|v| v * half)],
@@ -151,12 +152,14 @@ pub(crate) fn merge_directions<T: Element>(
 /// let out = net.forward(x.view(), None, None).unwrap();
 /// assert_eq!(out[0].shape(), &[5, 2]);
 /// ```
+// A network is built once and lives long; the size difference of its variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Network<T> {
     /// One LSTM.
     Lstm(Lstm<T>),
     /// One Bidirectional LSTM.
-    Bidirectional(Bidirectional<T>),
+    Bidirectional(Box<Bidirectional<T>>),
     /// Layers applied in order.
     Sequential(Vec<Network<T>>),
 }
@@ -188,7 +191,7 @@ impl<T: Element> Network<T> {
                 let (fw, n1) = LstmWeights::from_keras_list(&b.forward, weights)?;
                 let (bw, n2) = LstmWeights::from_keras_list(&b.backward, &weights[n1..])?;
                 Ok((
-                    Network::Bidirectional(Bidirectional::new(b.clone(), fw, bw)?),
+                    Network::Bidirectional(Box::new(Bidirectional::new(b.clone(), fw, bw)?)),
                     n1 + n2,
                 ))
             }
@@ -223,7 +226,8 @@ impl<T: Element> Network<T> {
             LayerConfig::Bidirectional(b) => {
                 let fw = draw(&b.forward, input_dim)?;
                 let bw = draw(&b.backward, input_dim)?;
-                Ok(Network::Bidirectional(Bidirectional::new(b.clone(), fw, bw)?))
+                let layer = Bidirectional::new(b.clone(), fw, bw)?;
+                Ok(Network::Bidirectional(Box::new(layer)))
             }
             LayerConfig::Sequential(layers) => {
                 let mut nets: Vec<Network<T>> = Vec::new();
@@ -316,7 +320,11 @@ impl<T: Element> Network<T> {
         match self {
             Network::Lstm(l) => 1 + 2 * usize::from(l.config().return_state),
             Network::Bidirectional(b) => {
-                let outs = if b.merge_mode() == MergeMode::None { 2 } else { 1 };
+                let outs = if b.merge_mode() == MergeMode::None {
+                    2
+                } else {
+                    1
+                };
                 outs + 4 * usize::from(b.forward_layer().config().return_state)
             }
             Network::Sequential(ls) => ls.last().map_or(0, |l| l.output_count()),
@@ -367,16 +375,13 @@ impl<T: Element> Network<T> {
                 let mut current = x.to_owned().into_dyn();
                 let mut outputs = Vec::new();
                 for (k, layer) in layers.iter_mut().enumerate() {
-                    let input = current
-                        .view()
-                        .into_dimensionality::<Ix3>()
-                        .map_err(|_| {
-                            LstmError::shape(
-                                format!("input of Sequential layer {k}"),
-                                &[0, 0, 0],
-                                current.shape(),
-                            )
-                        })?;
+                    let input = current.view().into_dimensionality::<Ix3>().map_err(|_| {
+                        LstmError::shape(
+                            format!("input of Sequential layer {k}"),
+                            &[0, 0, 0],
+                            current.shape(),
+                        )
+                    })?;
                     outputs = layer.forward(input, None, mask)?;
                     current = outputs[0].clone();
                 }

@@ -114,7 +114,9 @@ impl<T: Element> LstmWeights<T> {
     pub fn from_keras_list(config: &LstmConfig, list: &[ArrayD<T>]) -> Result<(Self, usize)> {
         let name = |w: &str| format!("{}/{w}", config.name);
         let take2 = |i: usize, what: &str| -> Result<Array2<T>> {
-            let a = list.get(i).ok_or_else(|| LstmError::MissingWeight { name: name(what) })?;
+            let a = list
+                .get(i)
+                .ok_or_else(|| LstmError::MissingWeight { name: name(what) })?;
             a.clone()
                 .into_dimensionality::<Ix2>()
                 .map_err(|_| LstmError::shape(name(what), &[0, 4 * config.units], a.shape()))
@@ -122,9 +124,9 @@ impl<T: Element> LstmWeights<T> {
         let kernel = take2(0, "kernel")?;
         let recurrent_kernel = take2(1, "recurrent_kernel")?;
         let bias = if config.use_bias {
-            let a = list.get(2).ok_or_else(|| LstmError::MissingWeight {
-                name: name("bias"),
-            })?;
+            let a = list
+                .get(2)
+                .ok_or_else(|| LstmError::MissingWeight { name: name("bias") })?;
             Some(
                 a.clone()
                     .into_dimensionality::<Ix1>()
@@ -186,7 +188,8 @@ fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut St
     // Keras scales truncated-normal variance initializers by 1 / 0.8796... so that the
     // truncated distribution keeps the intended variance.
     const TRUNC_STD: f64 = 0.879_625_661_034_239_8;
-    let fill = |f: &mut dyn FnMut() -> f64| Array2::from_shape_fn((rows, cols), |_| T::from_f64(f()));
+    let fill =
+        |f: &mut dyn FnMut() -> f64| Array2::from_shape_fn((rows, cols), |_| T::from_f64(f()));
     match init {
         Initializer::Zeros => Array2::zeros((rows, cols)),
         Initializer::Ones => Array2::ones((rows, cols)),
@@ -249,7 +252,11 @@ mod tests {
         for i in 0..5 {
             for j in 0..5 {
                 let e = if i == j { 1.0 } else { 0.0 };
-                assert!((g[[i, j]] - e).abs() < 1e-12, "gram[{i},{j}] = {}", g[[i, j]]);
+                assert!(
+                    (g[[i, j]] - e).abs() < 1e-12,
+                    "gram[{i},{j}] = {}",
+                    g[[i, j]]
+                );
             }
         }
     }
