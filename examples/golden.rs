@@ -7,7 +7,10 @@
 //! (name, backend, max abs error, PASS/FAIL), then `N passed, M failed`; exits non-zero if
 //! anything failed or no case was found.
 
-use lstm_wgpu::golden::{case_files, check_case_cpu, cpu_tolerance, Case};
+use lstm_wgpu::golden::{
+    case_files, check_case_cpu, check_case_gpu, cpu_tolerance, Case, GPU_TOLERANCE,
+};
+use lstm_wgpu::gpu::GpuContext;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +56,16 @@ fn main() -> ExitCode {
         }
     }
     let (mut passed, mut failed) = (0usize, 0usize);
+    let gpu = if backends.contains(&Backend::Gpu) {
+        let ctx = GpuContext::new();
+        match &ctx {
+            Ok(c) => println!("gpu: {}", c.describe()),
+            Err(e) => println!("gpu: {e}"),
+        }
+        Some(ctx)
+    } else {
+        None
+    };
     for file in &files {
         let case = match Case::load(file) {
             Ok(c) => c,
@@ -65,15 +78,15 @@ fn main() -> ExitCode {
         for &backend in &backends {
             let (label, result, tol) = match backend {
                 Backend::Cpu => ("cpu", check_case_cpu(&case), cpu_tolerance(&case.dtype)),
-                Backend::Gpu => (
-                    "gpu",
-                    Err(lstm_wgpu::LstmError::UnsupportedOnPath {
-                        what: "golden cases".into(),
-                        path: "gpu".into(),
-                        hint: "the GPU path is not available yet".into(),
-                    }),
-                    1e-4,
-                ),
+                Backend::Gpu => {
+                    let result = match gpu.as_ref().expect("set when gpu is requested") {
+                        Ok(ctx) => check_case_gpu(&case, ctx),
+                        Err(e) => Err(lstm_wgpu::LstmError::NoGpuAdapter {
+                            tried: e.to_string(),
+                        }),
+                    };
+                    ("gpu", result, GPU_TOLERANCE)
+                }
             };
             match result {
                 Ok(err) if err <= tol => {

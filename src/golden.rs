@@ -321,3 +321,37 @@ pub fn cpu_tolerance(dtype: &str) -> f64 {
         1e-5
     }
 }
+
+impl CaseRunner<f32> for crate::gpu::GpuNetwork {
+    fn reset_states(&mut self) {
+        crate::gpu::GpuNetwork::reset_states(self)
+    }
+
+    fn call(&mut self, inputs: &CallArrays<f32>) -> Result<Vec<ArrayD<f32>>> {
+        let states: Option<Vec<_>> = inputs
+            .initial_state
+            .as_ref()
+            .map(|s| s.iter().map(|a| a.view()).collect());
+        self.forward(
+            inputs.x.view(),
+            states.as_deref(),
+            inputs.mask.as_ref().map(|m| m.view()),
+        )
+    }
+}
+
+/// The tolerance GPU results must meet against Keras (1e-4).
+pub const GPU_TOLERANCE: f64 = 1e-4;
+
+/// Runs `case` on the GPU path; returns the worst absolute error against Keras.
+///
+/// The GPU computes in float32: a float64 case runs with its weights and inputs rounded to
+/// float32 (the GPU API itself refuses `f64` networks) and is held to the same 1e-4.
+pub fn check_case_gpu(case: &Case, ctx: &std::sync::Arc<crate::gpu::GpuContext>) -> Result<f64> {
+    let net = crate::Network::<f32>::from_keras_weights(
+        &case.layer_config()?,
+        &case.weight_arrays::<f32>()?,
+    )?;
+    let mut gpu = crate::gpu::GpuNetwork::new(ctx.clone(), &net)?;
+    check_case(case, &mut gpu)
+}

@@ -30,6 +30,7 @@ pub mod cpu;
 mod element;
 mod error;
 pub mod golden;
+pub mod gpu;
 mod network;
 mod weights;
 

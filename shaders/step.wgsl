@@ -1,0 +1,112 @@
+// One LSTM timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus the
+// input projection, the gates, the cell update and Keras's mask rule, in one dispatch.
+// CPU twin: the `h · R` product and `cell_update` in src/cpu.rs (`run`).
+//
+// A workgroup covers 64 units of 4 batch rows. h_{t-1} is staged through workgroup memory in
+// tiles of 64; the recurrent kernel is gate-interleaved, one vec4 (i, f, c, o) per (k, unit),
+// so each thread reads one vec4 per k for all four gates, coalesced across the workgroup.
+// h and c ping-pong: the step reads `state_in` and writes `state_out` (h at [0, BH), c at
+// [BH, 2BH)). The activation choice and flags are pipeline-overridable constants.
+
+override ACTIVATION: u32 = 0u;
+override RECURRENT_ACTIVATION: u32 = 1u;
+override ZERO_OUTPUT_FOR_MASK: bool = false;
+override HAS_MASK: bool = false;
+override WRITE_SEQUENCE: bool = false;
+
+struct StepParams {
+    batch: u32,
+    units: u32,
+    tc: u32,       // timesteps in the projection chunk
+    t_local: u32,  // this step's row within the chunk
+    t_abs: u32,    // this step's timestep (mask column)
+    s_out: u32,    // this step's position in the output sequence (processing order)
+    seq_len: u32,  // T
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: StepParams;
+@group(0) @binding(1) var<storage, read> rk: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> proj: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read> state_in: array<f32>;
+@group(0) @binding(5) var<storage, read_write> state_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> last: array<f32>;
+@group(0) @binding(7) var<storage, read_write> seq: array<f32>;
+
+const WG: u32 = 64u;
+const BT: u32 = 4u;
+
+var<workgroup> h_tile: array<f32, 256>; // [BT][WG]
+
+fn update(b: u32, j: u32, acc: vec4<f32>) {
+    let H = p.units;
+    let BH = p.batch * H;
+    let e = b * H + j;
+    let z = acc + proj[(b * p.tc + p.t_local) * H + j];
+    let i = act(RECURRENT_ACTIVATION, z.x);
+    let f = act(RECURRENT_ACTIVATION, z.y);
+    let g = act(ACTIVATION, z.z);
+    let o = act(RECURRENT_ACTIVATION, z.w);
+    let c_prev = state_in[BH + e];
+    let c_new = f * c_prev + i * g;
+    let h_new = o * act(ACTIVATION, c_new);
+    var present = true;
+    if (HAS_MASK) {
+        present = mask[b * p.seq_len + p.t_abs] != 0u;
+    }
+    var out = h_new;
+    if (present) {
+        state_out[e] = h_new;
+        state_out[BH + e] = c_new;
+    } else {
+        state_out[e] = state_in[e];
+        state_out[BH + e] = c_prev;
+        out = select(last[e], 0.0, ZERO_OUTPUT_FOR_MASK);
+    }
+    last[e] = out;
+    if (WRITE_SEQUENCE) {
+        seq[(b * p.seq_len + p.s_out) * H + j] = out;
+    }
+}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let H = p.units;
+    let B = p.batch;
+    let j = wid.x * WG + lid.x;
+    let b0 = wid.y * BT;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var k0 = 0u; k0 < H; k0 += WG) {
+        for (var bb = 0u; bb < BT; bb++) {
+            let k = k0 + lid.x;
+            var v = 0.0;
+            if (b0 + bb < B && k < H) {
+                v = state_in[(b0 + bb) * H + k];
+            }
+            h_tile[bb * WG + lid.x] = v;
+        }
+        workgroupBarrier();
+        if (j < H) {
+            let kmax = min(WG, H - k0);
+            for (var kk = 0u; kk < kmax; kk++) {
+                let r = rk[(k0 + kk) * H + j];
+                acc0 = fma(vec4<f32>(h_tile[kk]), r, acc0);
+                acc1 = fma(vec4<f32>(h_tile[WG + kk]), r, acc1);
+                acc2 = fma(vec4<f32>(h_tile[2u * WG + kk]), r, acc2);
+                acc3 = fma(vec4<f32>(h_tile[3u * WG + kk]), r, acc3);
+            }
+        }
+        workgroupBarrier();
+    }
+    if (j >= H) {
+        return;
+    }
+    if (b0 < B) { update(b0, j, acc0); }
+    if (b0 + 1u < B) { update(b0 + 1u, j, acc1); }
+    if (b0 + 2u < B) { update(b0 + 2u, j, acc2); }
+    if (b0 + 3u < B) { update(b0 + 3u, j, acc3); }
+}

@@ -1,0 +1,257 @@
+//! Device setup: choosing an adapter, requesting its real limits and useful features.
+//! Built once and shared (`Arc<GpuContext>`) by every GPU layer.
+
+use crate::error::{LstmError, Result};
+use std::sync::{Arc, OnceLock};
+
+/// How to choose the GPU adapter. `Default` reads the environment:
+/// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`), `WGPU_ADAPTER_NAME` (a case-insensitive
+/// substring of the adapter's name), `WGPU_POWER_PREF` (`low`, `high`, `none`) and
+/// `LSTM_WGPU_FORCE_FALLBACK=1` (ask for the fallback, i.e. software, adapter).
+///
+/// ```
+/// use lstm_wgpu::gpu::GpuOptions;
+/// let opts = GpuOptions::from_env().adapter_name("llvmpipe").max_binding_size(1 << 20);
+/// assert_eq!(opts.adapter_name.as_deref(), Some("llvmpipe"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Backends to search (default: all compiled in).
+    pub backends: Option<wgpu::Backends>,
+    /// Power preference.
+    pub power_preference: Option<wgpu::PowerPreference>,
+    /// Only adapters whose name contains this (case-insensitive).
+    pub adapter_name: Option<String>,
+    /// Ask for the fallback (software) adapter.
+    pub force_fallback_adapter: bool,
+    /// Request at most this storage-buffer binding size and buffer size (bytes) from the
+    /// device, e.g. to exercise chunking; by default the adapter's own limits.
+    pub max_binding_size: Option<u64>,
+}
+
+impl GpuOptions {
+    /// Options read from `WGPU_BACKEND`, `WGPU_ADAPTER_NAME`, `WGPU_POWER_PREF` and
+    /// `LSTM_WGPU_FORCE_FALLBACK`.
+    pub fn from_env() -> Self {
+        GpuOptions {
+            backends: wgpu::Backends::from_env(),
+            power_preference: wgpu::PowerPreference::from_env(),
+            adapter_name: std::env::var("WGPU_ADAPTER_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            force_fallback_adapter: std::env::var("LSTM_WGPU_FORCE_FALLBACK")
+                .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            max_binding_size: None,
+        }
+    }
+
+    /// Sets the adapter name filter.
+    pub fn adapter_name(mut self, name: impl Into<String>) -> Self {
+        self.adapter_name = Some(name.into());
+        self
+    }
+
+    /// Caps the storage-buffer binding size and buffer size requested from the device.
+    pub fn max_binding_size(mut self, bytes: u64) -> Self {
+        self.max_binding_size = Some(bytes);
+        self
+    }
+
+    fn describe(&self, backends: wgpu::Backends) -> String {
+        format!(
+            "backends {:?}, power preference {:?}, adapter name {}, force_fallback_adapter {}",
+            backends,
+            self.power_preference.unwrap_or_default(),
+            self.adapter_name
+                .as_deref()
+                .map_or("any".to_string(), |n| format!("containing {n:?}")),
+            self.force_fallback_adapter
+        )
+    }
+}
+
+/// A wgpu device and queue with the facts the kernels need (limits, features, adapter info).
+///
+/// Build it once and share it: it is `Send + Sync`, and [`GpuContext::new`] returns an `Arc`.
+///
+/// ```no_run
+/// use lstm_wgpu::gpu::GpuContext;
+/// let ctx = GpuContext::new()?; // honours WGPU_BACKEND, WGPU_ADAPTER_NAME, ...
+/// println!("running on {}", ctx.adapter_info().name);
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pub(crate) kernels: OnceLock<Arc<super::kernels::Kernels>>,
+}
+
+impl std::fmt::Debug for GpuContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuContext")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .finish()
+    }
+}
+
+impl GpuContext {
+    /// Picks an adapter as [`GpuOptions::from_env`] says and opens a device on it.
+    pub fn new() -> Result<Arc<Self>> {
+        Self::with_options(&GpuOptions::from_env())
+    }
+
+    /// Picks an adapter as `options` say and opens a device with the adapter's real limits
+    /// (workgroup storage, binding sizes, buffer size) and the optional features it has
+    /// (subgroups, shader-f16, timestamp queries).
+    pub fn with_options(options: &GpuOptions) -> Result<Arc<Self>> {
+        let backends = options.backends.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let no_adapter = |extra: &str| LstmError::NoGpuAdapter {
+            tried: format!("{}{extra}", options.describe(backends)),
+        };
+        let adapter = match &options.adapter_name {
+            Some(name) => {
+                let wanted = name.to_lowercase();
+                let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+                adapters
+                    .into_iter()
+                    .filter(|a| {
+                        !options.force_fallback_adapter
+                            || a.get_info().device_type == wgpu::DeviceType::Cpu
+                    })
+                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+                    .ok_or_else(|| no_adapter(&format!("; adapters seen: {names:?}")))?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: options.power_preference.unwrap_or_default(),
+                force_fallback_adapter: options.force_fallback_adapter,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| no_adapter(&format!("; wgpu: {e}")))?,
+        };
+        let mut limits = adapter.limits();
+        if let Some(cap) = options.max_binding_size {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+            limits.max_buffer_size = limits.max_buffer_size.min(cap.max(1 << 16));
+        }
+        let wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::SHADER_F16
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let features = adapter.features() & wanted;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lstm-wgpu"),
+            required_features: features,
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| LstmError::Device {
+            message: format!("request_device on {}: {e}", adapter.get_info().name),
+        })?;
+        // Errors outside our error scopes are reported by the calls that check them; never
+        // let wgpu's default handler panic inside the library.
+        device.on_uncaptured_error(Arc::new(|e| {
+            eprintln!("lstm-wgpu: uncaptured wgpu error: {e}");
+        }));
+        Ok(Arc::new(Self::assemble(device, queue, adapter.get_info())))
+    }
+
+    /// Wraps a device and queue the application already has. `info` describes its adapter
+    /// (from `adapter.get_info()`); the kernels use the device's own limits and features.
+    ///
+    /// ```no_run
+    /// # let (device, queue, info): (wgpu::Device, wgpu::Queue, wgpu::AdapterInfo) = unimplemented!();
+    /// let ctx = lstm_wgpu::gpu::GpuContext::from_device(device, queue, info);
+    /// ```
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+    ) -> Arc<Self> {
+        Arc::new(Self::assemble(device, queue, info))
+    }
+
+    fn assemble(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let limits = device.limits();
+        GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            kernels: OnceLock::new(),
+        }
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// The adapter's description (name, backend, device type).
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// The device's enabled features.
+    pub fn features(&self) -> wgpu::Features {
+        self.device.features()
+    }
+
+    /// A one-line description: adapter name and backend.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// Every adapter wgpu sees on the given backends, as one line each.
+    pub fn list_adapters(backends: wgpu::Backends) -> Vec<String> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        pollster::block_on(instance.enumerate_adapters(backends))
+            .into_iter()
+            .map(|a| {
+                let i = a.get_info();
+                format!(
+                    "{} ({:?}, {:?}, driver {})",
+                    i.name, i.backend, i.device_type, i.driver
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `f`, capturing wgpu validation and out-of-memory errors as an `Err`.
+    pub(crate) fn checked<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let r = f();
+        let v = pollster::block_on(validation.pop());
+        let o = pollster::block_on(oom.pop());
+        match v.or(o) {
+            Some(e) => Err(LstmError::Device {
+                message: format!("{what}: {e}"),
+            }),
+            None => Ok(r),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The GPU path: WGSL compute kernels on wgpu (Vulkan, Metal, DX12, GL).
+//!
+//! - [`GpuContext`]: the device, chosen once and shared (`Arc`); or wrap your own
+//!   `wgpu::Device`/`Queue` with [`GpuContext::from_device`].
+//! - [`GpuNetwork`] / [`GpuLstm`]: a network's weights on the GPU and its forward pass, one
+//!   submission and one readback per call.
+//! - The kernels (`shaders/*.wgsl`): the input projection for all timesteps as one tiled GEMM,
+//!   then one fused dispatch per timestep (recurrent product, gates, cell update, mask rule).
+
+mod context;
+mod kernels;
+mod scheduler;
+
+pub use context::{GpuContext, GpuOptions};
+pub use kernels::{kernel_sources, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, STEP_WGSL};
+pub use scheduler::{ForwardStats, GpuLstm, GpuNetwork};

@@ -1,0 +1,1161 @@
+//! The host-side scheduler: uploads a network's weights once (gate-interleaved, as the kernels
+//! want them), builds per-shape plans (buffers, bind groups, per-step parameters baked into a
+//! uniform buffer addressed with dynamic offsets), and runs a whole forward as one command
+//! encoder, one compute pass, one submission and one readback.
+
+use super::context::GpuContext;
+use super::kernels::{Kernels, StepKey, PARAMS_SIZE};
+use crate::config::{LstmConfig, MergeMode};
+use crate::cpu::{check_inputs, Lstm, LstmOutput, LstmState};
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::network::Network;
+use bytemuck::{Pod, Zeroable};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, IxDyn};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// What one forward cost: the figures a test or a benchmark checks the schedule with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// Compute dispatches recorded.
+    pub dispatches: u32,
+    /// Queue submissions.
+    pub submits: u32,
+    /// Buffer maps (readbacks).
+    pub readbacks: u32,
+    /// Bytes written from the host (inputs, states, and per-shape parameters when a plan was
+    /// built by this forward).
+    pub bytes_uploaded: u64,
+    /// Bytes read back to the host.
+    pub bytes_read_back: u64,
+    /// Projection chunks (1 unless the projection exceeds the binding limit).
+    pub projection_chunks: u32,
+    /// GPU buffers created by this forward (0 when the shape's plan was reused).
+    pub buffers_created: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct ProjParams {
+    rows: u32,
+    k: u32,
+    n: u32,
+    tc: u32,
+    seq_len: u32,
+    t_lo: u32,
+    has_bias: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct StepParams {
+    batch: u32,
+    units: u32,
+    tc: u32,
+    t_local: u32,
+    t_abs: u32,
+    s_out: u32,
+    seq_len: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MergeParams {
+    batch: u32,
+    steps: u32,
+    units_fwd: u32,
+    units_bwd: u32,
+    flip: u32,
+    width: u32,
+    _pad: [u32; 2],
+}
+
+/// One LSTM direction's weights on the GPU.
+struct DirWeights {
+    config: LstmConfig,
+    input_dim: usize,
+    kernel: wgpu::Buffer,
+    recurrent: wgpu::Buffer,
+    bias: Option<wgpu::Buffer>,
+}
+
+/// A layer of the flattened network.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Lstm(usize),
+    Bidi {
+        fwd: usize,
+        bwd: usize,
+        mode: MergeMode,
+    },
+}
+
+/// Rearranges the `4H` columns of `m` (gate blocks i, f, c, o) so that column `4j + g` holds
+/// gate g of unit j: the kernels then read the four gates of a unit as one vec4.
+pub(crate) fn interleave_gates(m: ArrayView2<f32>, units: usize) -> Vec<f32> {
+    let (rows, cols) = m.dim();
+    debug_assert_eq!(cols, 4 * units);
+    let mut out = vec![0.0f32; rows * cols];
+    for r in 0..rows {
+        for g in 0..4 {
+            for j in 0..units {
+                out[r * cols + 4 * j + g] = m[[r, g * units + j]];
+            }
+        }
+    }
+    out
+}
+
+/// Buffers of one direction for one shape.
+struct DirPlan {
+    last: wgpu::Buffer,
+    seq: Option<wgpu::Buffer>,
+    proj_bind: wgpu::BindGroup,
+    step_bind: [wgpu::BindGroup; 2],
+    step_pipeline: wgpu::ComputePipeline,
+    /// (params offset, workgroups x, workgroups y, steps covered) per projection chunk.
+    chunks: Vec<(u32, u32, u32, Range<usize>)>,
+    step_offsets: Vec<u32>,
+    step_groups: (u32, u32),
+    final_parity: usize,
+}
+
+struct MergePlan {
+    out: wgpu::Buffer,
+    bind: wgpu::BindGroup,
+    pipeline: wgpu::ComputePipeline,
+    groups: (u32, u32),
+}
+
+/// Where an output lies in the staging buffer.
+struct OutSpec {
+    offset: usize,
+    shape: Vec<usize>,
+    cols: Option<Range<usize>>,
+}
+
+struct Plan {
+    batch: usize,
+    steps: usize,
+    has_mask: bool,
+    x: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    dirs: Vec<DirPlan>,
+    merges: Vec<Option<MergePlan>>,
+    staging: wgpu::Buffer,
+    copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
+    outputs: Vec<OutSpec>,
+    bytes: u64,
+    params_bytes: u64,
+    buffers: u32,
+}
+
+/// The carried h/c buffers of every direction (ping-pong pair; the state lives in `[0]`
+/// between calls).
+struct StateBuffers {
+    batch: usize,
+    dirs: Vec<[wgpu::Buffer; 2]>,
+    bytes: u64,
+}
+
+/// A [`Network`] on the GPU: an LSTM, a Bidirectional LSTM or a stack, run as one submission.
+///
+/// ```no_run
+/// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+/// use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+/// let ctx = GpuContext::new()?;
+/// let config = LayerConfig::Lstm(LstmConfig::new(64).return_sequences(true));
+/// let cpu = Network::<f32>::random(&config, 32, 0)?;
+/// let mut gpu = GpuNetwork::new(ctx, &cpu)?;
+/// let x = ndarray::Array3::<f32>::zeros((8, 100, 32));
+/// let outputs = gpu.forward(x.view(), None, None)?;
+/// assert_eq!(outputs[0].shape(), &[8, 100, 64]);
+/// assert_eq!(gpu.stats().submits, 1);
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+pub struct GpuNetwork {
+    ctx: Arc<GpuContext>,
+    kernels: Arc<Kernels>,
+    dirs: Vec<DirWeights>,
+    stages: Vec<Stage>,
+    network: Network<f32>,
+    weight_bytes: u64,
+    plan: Option<Plan>,
+    states: Option<StateBuffers>,
+    /// Whether `states` holds a carried state (false before the first call and after a reset).
+    state_valid: bool,
+    stats: ForwardStats,
+}
+
+impl std::fmt::Debug for GpuNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuNetwork")
+            .field("adapter", &self.ctx.adapter_info().name)
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+fn float64_error() -> LstmError {
+    LstmError::UnsupportedOnPath {
+        what: "float64".into(),
+        path: "gpu".into(),
+        hint: "float64 layers run on the CPU path (Network<f64>); convert the weights to f32 \
+               to use the GPU"
+            .into(),
+    }
+}
+
+impl GpuNetwork {
+    /// Uploads `network`'s weights to the GPU. Only `f32` networks run on the GPU; an `f64`
+    /// network gives an error that says so.
+    pub fn new<T: Element>(ctx: Arc<GpuContext>, network: &Network<T>) -> Result<Self> {
+        if T::DTYPE != "float32" {
+            return Err(float64_error());
+        }
+        let network: Network<f32> = convert_network(network);
+        let kernels = Kernels::get(&ctx)?;
+        let mut dirs = Vec::new();
+        let mut stages = Vec::new();
+        flatten(&network, &mut |l: &Lstm<f32>| dirs.push(l), &mut stages);
+        let mut weight_bytes = 0;
+        let dirs: Vec<DirWeights> = dirs
+            .into_iter()
+            .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
+            .collect::<Result<_>>()?;
+        Ok(GpuNetwork {
+            ctx,
+            kernels,
+            dirs,
+            stages,
+            network,
+            weight_bytes,
+            plan: None,
+            states: None,
+            state_valid: false,
+            stats: ForwardStats::default(),
+        })
+    }
+
+    /// The context this network runs on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// The statistics of the last forward.
+    pub fn stats(&self) -> ForwardStats {
+        self.stats
+    }
+
+    /// Device memory this network holds now: weights, the current shape's buffers and the
+    /// carried states.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.weight_bytes
+            + self.plan.as_ref().map_or(0, |p| p.bytes)
+            + self.states.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// The input width I.
+    pub fn input_dim(&self) -> usize {
+        self.network.input_dim()
+    }
+
+    /// Zeroes the carried state of stateful layers (applied at the next forward).
+    pub fn reset_states(&mut self) {
+        self.state_valid = false;
+    }
+
+    fn stateful(&self) -> bool {
+        self.dirs.iter().any(|d| d.config.stateful)
+    }
+
+    /// Runs the network on `x [B, T, I]`, exactly as [`Network::forward`] does on the CPU, and
+    /// returns Keras's outputs in return order.
+    pub fn forward(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let (batch, steps, _) = self.check(x, initial_state, mask)?;
+        let mut stats = ForwardStats {
+            submits: 1,
+            readbacks: 1,
+            ..Default::default()
+        };
+        if self.stateful() {
+            if let Some(s) = &self.states {
+                if s.batch != batch {
+                    return Err(LstmError::StatefulBatchChanged {
+                        expected: s.batch,
+                        actual: batch,
+                    });
+                }
+            }
+        }
+        if self.states.as_ref().is_none_or(|s| s.batch != batch) {
+            self.states = None;
+            self.plan = None;
+            let states = self.create_states(batch)?;
+            stats.buffers_created += 2 * self.dirs.len() as u32;
+            self.states = Some(states);
+            self.state_valid = false;
+        }
+        let has_mask = mask.is_some();
+        let reuse = self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.batch == batch && p.steps == steps && p.has_mask == has_mask);
+        if !reuse {
+            self.plan = None;
+            let plan = self.build_plan(batch, steps, has_mask)?;
+            stats.bytes_uploaded += plan.params_bytes;
+            stats.buffers_created += plan.buffers;
+            self.plan = Some(plan);
+        }
+        let plan = self.plan.as_ref().expect("plan was just built");
+        let states = self.states.as_ref().expect("states were just built");
+        let queue = self.ctx.queue();
+
+        // Uploads: x, mask, initial states.
+        let x_std = x.as_standard_layout();
+        let x_bytes: &[u8] = bytemuck::cast_slice(x_std.as_slice().expect("standard layout"));
+        queue.write_buffer(&plan.x, 0, x_bytes);
+        stats.bytes_uploaded += x_bytes.len() as u64;
+        if let Some(m) = mask {
+            let words: Vec<u32> = m.iter().map(|&v| u32::from(v)).collect();
+            queue.write_buffer(&plan.mask, 0, bytemuck::cast_slice(&words));
+            stats.bytes_uploaded += 4 * words.len() as u64;
+        }
+        let mut encoder =
+            self.ctx
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("lstm forward"),
+                });
+        let carry = self.stateful() && self.state_valid;
+        match initial_state {
+            Some(init) => {
+                // [h0, c0] per direction of the single stage.
+                for (d, pair) in init.chunks(2).enumerate() {
+                    let h: Vec<f32> = pair[0].iter().copied().collect();
+                    let c: Vec<f32> = pair[1].iter().copied().collect();
+                    let bh = (4 * h.len()) as u64;
+                    queue.write_buffer(&states.dirs[d][0], 0, bytemuck::cast_slice(&h));
+                    queue.write_buffer(&states.dirs[d][0], bh, bytemuck::cast_slice(&c));
+                    stats.bytes_uploaded += 2 * bh;
+                }
+            }
+            None if carry => {}
+            None => {
+                for pair in &states.dirs {
+                    encoder.clear_buffer(&pair[0], 0, None);
+                }
+            }
+        }
+        for d in &plan.dirs {
+            encoder.clear_buffer(&d.last, 0, None);
+        }
+
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("lstm forward"),
+                timestamp_writes: None,
+            });
+            for (k, stage) in self.stages.iter().enumerate() {
+                let dirs = match *stage {
+                    Stage::Lstm(d) => vec![d],
+                    Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
+                };
+                for d in dirs {
+                    let dp = &plan.dirs[d];
+                    for (offset, gx, gy, range) in &dp.chunks {
+                        pass.set_pipeline(&self.kernels.projection);
+                        pass.set_bind_group(0, &dp.proj_bind, &[*offset]);
+                        pass.dispatch_workgroups(*gx, *gy, 1);
+                        stats.dispatches += 1;
+                        pass.set_pipeline(&dp.step_pipeline);
+                        for s in range.clone() {
+                            pass.set_bind_group(0, &dp.step_bind[s % 2], &[dp.step_offsets[s]]);
+                            pass.dispatch_workgroups(dp.step_groups.0, dp.step_groups.1, 1);
+                            stats.dispatches += 1;
+                        }
+                    }
+                    stats.projection_chunks += dp.chunks.len() as u32;
+                }
+                if let Some(m) = &plan.merges[k] {
+                    pass.set_pipeline(&m.pipeline);
+                    pass.set_bind_group(0, &m.bind, &[]);
+                    pass.dispatch_workgroups(m.groups.0, m.groups.1, 1);
+                    stats.dispatches += 1;
+                }
+            }
+        }
+        for (src, src_off, dst_off, size) in &plan.copies {
+            encoder.copy_buffer_to_buffer(src, *src_off, &plan.staging, *dst_off, *size);
+        }
+        if self.stateful() {
+            // Keep the carried state in buffer [0] of each pair for the next call.
+            for (d, dp) in plan.dirs.iter().enumerate() {
+                if dp.final_parity == 1 {
+                    let pair = &states.dirs[d];
+                    encoder.copy_buffer_to_buffer(&pair[1], 0, &pair[0], 0, None);
+                }
+            }
+        }
+        let ctx = self.ctx.clone();
+        ctx.checked("recording the forward", || {
+            queue.submit([encoder.finish()]);
+        })?;
+        let data = read_staging(&self.ctx, &plan.staging)?;
+        stats.bytes_read_back = plan.staging.size();
+        let outputs = plan
+            .outputs
+            .iter()
+            .map(|o| {
+                let n: usize = o.shape.iter().product();
+                let a =
+                    ArrayD::from_shape_vec(IxDyn(&o.shape), data[o.offset..o.offset + n].to_vec())
+                        .expect("staging layout matches the output shape");
+                match &o.cols {
+                    None => a,
+                    Some(r) => {
+                        let last = a.ndim() - 1;
+                        a.slice_axis(ndarray::Axis(last), r.clone().into())
+                            .to_owned()
+                    }
+                }
+            })
+            .collect();
+        self.state_valid = self.stateful();
+        self.stats = stats;
+        Ok(outputs)
+    }
+
+    fn check(
+        &self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<(usize, usize, usize)> {
+        let first = &self.dirs[0];
+        let dims = check_inputs(&first.config, first.input_dim, x, None, mask)?;
+        if let Some(init) = initial_state {
+            let (expected, names): (usize, &[&str]) = match self.stages.as_slice() {
+                [Stage::Lstm(_)] => (2, &["h0", "c0"]),
+                [Stage::Bidi { .. }] => (4, &["h_fwd", "c_fwd", "h_bwd", "c_bwd"]),
+                _ => {
+                    return Err(LstmError::invalid(
+                        "initial_state",
+                        "a Sequential stack takes no initial state",
+                    ))
+                }
+            };
+            if init.len() != expected {
+                return Err(LstmError::invalid(
+                    "initial_state",
+                    format!("expected {expected} tensors {names:?}, got {}", init.len()),
+                ));
+            }
+            for (k, s) in init.iter().enumerate() {
+                let units = self.dirs[k / 2].config.units;
+                if s.dim() != (dims.0, units) {
+                    return Err(LstmError::shape(
+                        format!("initial_state {}", names[k]),
+                        &[dims.0, units],
+                        s.shape(),
+                    ));
+                }
+            }
+        }
+        Ok(dims)
+    }
+
+    fn create_states(&self, batch: usize) -> Result<StateBuffers> {
+        let mut bytes = 0;
+        let dirs = self
+            .dirs
+            .iter()
+            .map(|d| {
+                let size = (2 * batch * d.config.units * 4) as u64;
+                self.check_binding("state (h, c)", size)?;
+                Ok([0, 1].map(|k| {
+                    bytes += size;
+                    self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                        label: Some(if k == 0 { "state a" } else { "state b" }),
+                        size,
+                        usage: wgpu::BufferUsages::STORAGE
+                            | wgpu::BufferUsages::COPY_DST
+                            | wgpu::BufferUsages::COPY_SRC,
+                        mapped_at_creation: false,
+                    })
+                }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StateBuffers { batch, dirs, bytes })
+    }
+
+    fn max_binding(&self) -> u64 {
+        let l = self.ctx.limits();
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+    }
+
+    fn check_binding(&self, what: &str, size: u64) -> Result<()> {
+        let max = self.max_binding();
+        if size > max {
+            return Err(LstmError::invalid(
+                what,
+                format!(
+                    "needs a {size}-byte GPU buffer, over this adapter's limit of {max} bytes \
+                     per storage binding; use a smaller batch or fewer timesteps per call"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn build_plan(&self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
+        let ctx = self.ctx.clone();
+        ctx.checked("building the forward plan", || {
+            self.build_plan_inner(batch, steps, has_mask)
+        })?
+    }
+
+    fn build_plan_inner(&self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
+        let device = self.ctx.device();
+        let limits = self.ctx.limits();
+        let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+        let stride = (PARAMS_SIZE as u32)
+            .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
+            as usize;
+        let mut bytes = 0u64;
+        let mut buffers = 0u32;
+        let mut params_bytes = 0u64;
+        let mut make = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            let size = size.max(4);
+            bytes += size;
+            buffers += 1;
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let storage = wgpu::BufferUsages::STORAGE;
+        let input_dim = self.dirs[0].input_dim;
+        let x_size = (batch * steps * input_dim * 4) as u64;
+        self.check_binding("x", x_size)?;
+        let x = make("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
+        let mask_size = if has_mask {
+            (batch * steps * 4) as u64
+        } else {
+            4
+        };
+        self.check_binding("mask", mask_size)?;
+        let mask = make("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
+        let dummy = make("unused", 4, storage);
+        let states = self
+            .states
+            .as_ref()
+            .expect("states are created before the plan");
+
+        let mut dir_plans: Vec<Option<DirPlan>> = (0..self.dirs.len()).map(|_| None).collect();
+        let mut merges = Vec::new();
+        // The buffer each stage reads its input from, and that input's width.
+        let mut input: (wgpu::Buffer, usize) = (x.clone(), input_dim);
+        for stage in &self.stages {
+            let dirs = match *stage {
+                Stage::Lstm(d) => vec![d],
+                Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
+            };
+            for &d in &dirs {
+                let w = &self.dirs[d];
+                let h = w.config.units;
+                let n = 4 * h;
+                // Projection chunks: as many timesteps as fit the binding limit and the
+                // dispatch limit.
+                let per_step = (batch * n * 4) as u64;
+                let by_bytes = (self.max_binding() / per_step) as usize;
+                let by_groups = max_groups * 64 / batch;
+                let tc_max = by_bytes.min(by_groups).min(steps);
+                if tc_max == 0 {
+                    return Err(LstmError::invalid(
+                        "x",
+                        format!(
+                            "one timestep's input projection for batch {batch} and {h} units \
+                             needs {per_step} bytes, over this adapter's binding limit of {} \
+                             bytes; use a smaller batch",
+                            self.max_binding()
+                        ),
+                    ));
+                }
+                let nchunks = steps.div_ceil(tc_max);
+                let tc = steps.div_ceil(nchunks);
+                let proj = make("projection", tc as u64 * per_step, storage);
+                let seq_needed = w.config.return_sequences;
+                let seq_size = (batch * steps * h * 4) as u64;
+                if seq_needed {
+                    self.check_binding("output sequence", seq_size)?;
+                }
+                let seq = seq_needed
+                    .then(|| make("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC));
+                let last = make(
+                    "last output",
+                    (batch * h * 4) as u64,
+                    storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                );
+                // Per-chunk and per-step parameters, baked once for this shape.
+                let mut params: Vec<u8> = Vec::new();
+                let mut push = |bytes: &[u8]| {
+                    let off = params.len();
+                    params.extend_from_slice(bytes);
+                    params.resize(off + stride, 0);
+                    off as u32
+                };
+                let mut chunks = Vec::new();
+                let mut step_offsets = vec![0u32; steps];
+                for c in 0..nchunks {
+                    let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
+                    let len = s1 - s0;
+                    let t_lo = if w.config.go_backwards {
+                        steps - s1
+                    } else {
+                        s0
+                    };
+                    let off = push(bytemuck::bytes_of(&ProjParams {
+                        rows: (batch * len) as u32,
+                        k: w.input_dim as u32,
+                        n: n as u32,
+                        tc: len as u32,
+                        seq_len: steps as u32,
+                        t_lo: t_lo as u32,
+                        has_bias: u32::from(w.bias.is_some()),
+                        _pad: 0,
+                    }));
+                    let gx = n.div_ceil(64) as u32;
+                    let gy = (batch * len).div_ceil(64) as u32;
+                    chunks.push((off, gx, gy, s0..s1));
+                    for (s, slot) in step_offsets.iter_mut().enumerate().take(s1).skip(s0) {
+                        let t = if w.config.go_backwards {
+                            steps - 1 - s
+                        } else {
+                            s
+                        };
+                        *slot = push(bytemuck::bytes_of(&StepParams {
+                            batch: batch as u32,
+                            units: h as u32,
+                            tc: len as u32,
+                            t_local: (t - t_lo) as u32,
+                            t_abs: t as u32,
+                            s_out: s as u32,
+                            seq_len: steps as u32,
+                            _pad: 0,
+                        }));
+                    }
+                }
+                let params_buf = make(
+                    "parameters",
+                    params.len() as u64,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                );
+                self.ctx.queue().write_buffer(&params_buf, 0, &params);
+                params_bytes += params.len() as u64;
+                let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_SIZE),
+                });
+                let proj_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("projection"),
+                    layout: &self.kernels.projection_layout,
+                    entries: &[
+                        entry(0, uniform.clone()),
+                        entry(1, input.0.as_entire_binding()),
+                        entry(2, w.kernel.as_entire_binding()),
+                        entry(3, w.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
+                        entry(4, proj.as_entire_binding()),
+                    ],
+                });
+                let pair = &states.dirs[d];
+                let step_bind = [0usize, 1].map(|p| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("step"),
+                        layout: &self.kernels.step_layout,
+                        entries: &[
+                            entry(0, uniform.clone()),
+                            entry(1, w.recurrent.as_entire_binding()),
+                            entry(2, proj.as_entire_binding()),
+                            entry(3, mask.as_entire_binding()),
+                            entry(4, pair[p].as_entire_binding()),
+                            entry(5, pair[1 - p].as_entire_binding()),
+                            entry(6, last.as_entire_binding()),
+                            entry(7, seq.as_ref().unwrap_or(&dummy).as_entire_binding()),
+                        ],
+                    })
+                });
+                let step_pipeline = self.kernels.step(
+                    &self.ctx,
+                    StepKey {
+                        activation: w.config.activation,
+                        recurrent_activation: w.config.recurrent_activation,
+                        zero_output_for_mask: w.config.zero_output_for_mask,
+                        has_mask,
+                        write_sequence: seq_needed,
+                    },
+                )?;
+                let step_groups = (h.div_ceil(64), batch.div_ceil(4));
+                if step_groups.0 > max_groups || step_groups.1 > max_groups {
+                    return Err(LstmError::invalid(
+                        "x",
+                        format!("batch {batch} x {h} units exceeds the adapter's dispatch limit"),
+                    ));
+                }
+                dir_plans[d] = Some(DirPlan {
+                    last,
+                    seq,
+                    proj_bind,
+                    step_bind,
+                    step_pipeline,
+                    chunks,
+                    step_offsets,
+                    step_groups: (step_groups.0 as u32, step_groups.1 as u32),
+                    final_parity: steps % 2,
+                });
+            }
+            // This stage's output buffer (input of the next stage).
+            match *stage {
+                Stage::Lstm(d) => {
+                    let dp = dir_plans[d].as_ref().expect("planned above");
+                    let h = self.dirs[d].config.units;
+                    input = (dp.seq.clone().unwrap_or_else(|| dp.last.clone()), h);
+                    merges.push(None);
+                }
+                Stage::Bidi { fwd, bwd, mode } => {
+                    let (f, b) = (&self.dirs[fwd], &self.dirs[bwd]);
+                    let (hf, hb) = (f.config.units, b.config.units);
+                    let seqs = f.config.return_sequences;
+                    let t_out = if seqs { steps } else { 1 };
+                    let width = match mode {
+                        MergeMode::Concat | MergeMode::None => hf + hb,
+                        _ => hf,
+                    };
+                    let out_size = (batch * t_out * width * 4) as u64;
+                    self.check_binding("merged output", out_size)?;
+                    let out = make("merged", out_size, storage | wgpu::BufferUsages::COPY_SRC);
+                    let (fp, bp) = (
+                        dir_plans[fwd].as_ref().expect("planned above"),
+                        dir_plans[bwd].as_ref().expect("planned above"),
+                    );
+                    let src = |p: &DirPlan| p.seq.clone().unwrap_or_else(|| p.last.clone());
+                    let params_buf = make(
+                        "merge parameters",
+                        PARAMS_SIZE,
+                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    );
+                    let mp = MergeParams {
+                        batch: batch as u32,
+                        steps: t_out as u32,
+                        units_fwd: hf as u32,
+                        units_bwd: hb as u32,
+                        flip: u32::from(seqs),
+                        width: width as u32,
+                        _pad: [0; 2],
+                    };
+                    self.ctx
+                        .queue()
+                        .write_buffer(&params_buf, 0, bytemuck::bytes_of(&mp));
+                    params_bytes += PARAMS_SIZE;
+                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("merge"),
+                        layout: &self.kernels.merge_layout,
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: params_buf.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: src(fp).as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 2,
+                                resource: src(bp).as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 3,
+                                resource: out.as_entire_binding(),
+                            },
+                        ],
+                    });
+                    let total_groups = (batch * t_out * width).div_ceil(256);
+                    let gx = total_groups.min(max_groups);
+                    let gy = total_groups.div_ceil(gx);
+                    if gy > max_groups {
+                        return Err(LstmError::invalid(
+                            "x",
+                            "the merged output exceeds the adapter's dispatch limit",
+                        ));
+                    }
+                    merges.push(Some(MergePlan {
+                        out: out.clone(),
+                        bind,
+                        pipeline: self.kernels.merge(&self.ctx, mode)?,
+                        groups: (gx as u32, gy as u32),
+                    }));
+                    input = (out, width);
+                }
+            }
+        }
+        let dirs: Vec<DirPlan> = dir_plans
+            .into_iter()
+            .map(|d| d.expect("every direction belongs to a stage"))
+            .collect();
+
+        // Readback: the last stage's outputs in Keras order, copied into one staging buffer.
+        let mut copies = Vec::new();
+        let mut outputs = Vec::new();
+        let mut offset = 0usize;
+        let mut add = |buf: &wgpu::Buffer,
+                       src_off: u64,
+                       shape: Vec<usize>,
+                       cols: Vec<Option<Range<usize>>>| {
+            let n: usize = shape.iter().product();
+            copies.push((buf.clone(), src_off, (offset * 4) as u64, (n * 4) as u64));
+            for c in cols {
+                outputs.push(OutSpec {
+                    offset,
+                    shape: shape.clone(),
+                    cols: c,
+                });
+            }
+            offset += n;
+        };
+        let state_outputs = |d: usize,
+                             add: &mut dyn FnMut(
+            &wgpu::Buffer,
+            u64,
+            Vec<usize>,
+            Vec<Option<Range<usize>>>,
+        )| {
+            let h = self.dirs[d].config.units;
+            let buf = &states.dirs[d][dirs[d].final_parity];
+            add(buf, 0, vec![batch, h], vec![None]);
+            add(buf, (batch * h * 4) as u64, vec![batch, h], vec![None]);
+        };
+        match *self
+            .stages
+            .last()
+            .expect("a network has at least one layer")
+        {
+            Stage::Lstm(d) => {
+                let c = &self.dirs[d].config;
+                let dp = &dirs[d];
+                match &dp.seq {
+                    Some(seq) => add(seq, 0, vec![batch, steps, c.units], vec![None]),
+                    None => add(&dp.last, 0, vec![batch, c.units], vec![None]),
+                }
+                if c.return_state {
+                    state_outputs(d, &mut add);
+                }
+            }
+            Stage::Bidi { fwd, bwd, mode } => {
+                let (f, b) = (&self.dirs[fwd].config, &self.dirs[bwd].config);
+                let m = merges
+                    .last()
+                    .and_then(|m| m.as_ref())
+                    .expect("a Bidi stage merges");
+                let width = match mode {
+                    MergeMode::Concat | MergeMode::None => f.units + b.units,
+                    _ => f.units,
+                };
+                let shape = if f.return_sequences {
+                    vec![batch, steps, width]
+                } else {
+                    vec![batch, width]
+                };
+                let cols = if mode == MergeMode::None {
+                    vec![Some(0..f.units), Some(f.units..width)]
+                } else {
+                    vec![None]
+                };
+                add(&m.out, 0, shape, cols);
+                if f.return_state {
+                    state_outputs(fwd, &mut add);
+                    state_outputs(bwd, &mut add);
+                }
+            }
+        }
+        let staging_size = (offset * 4) as u64;
+        if staging_size > limits.max_buffer_size {
+            return Err(LstmError::invalid(
+                "x",
+                format!(
+                    "the outputs need {staging_size} bytes, over this adapter's buffer size \
+                     limit of {} bytes",
+                    limits.max_buffer_size
+                ),
+            ));
+        }
+        let staging = make(
+            "readback",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        Ok(Plan {
+            batch,
+            steps,
+            has_mask,
+            x,
+            mask,
+            dirs,
+            merges,
+            staging,
+            copies,
+            outputs,
+            bytes,
+            params_bytes,
+            buffers,
+        })
+    }
+}
+
+/// Maps the staging buffer once and returns its contents as f32.
+fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let _ = tx.send(r);
+    });
+    ctx.device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map_err(|e| LstmError::Device {
+            message: format!("waiting for the forward: {e}"),
+        })?;
+    rx.recv()
+        .map_err(|_| LstmError::Device {
+            message: "the readback was dropped".into(),
+        })?
+        .map_err(|e| LstmError::Device {
+            message: format!("mapping the outputs: {e}"),
+        })?;
+    let data = {
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| LstmError::Device {
+                message: format!("reading the outputs: {e}"),
+            })?;
+        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+    };
+    staging.unmap();
+    Ok(data)
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<DirWeights> {
+    let c = l.config();
+    let w = l.weights();
+    let h = c.units;
+    let max = ctx
+        .limits()
+        .max_storage_buffer_binding_size
+        .min(ctx.limits().max_buffer_size);
+    let upload = |label: &str, data: Vec<f32>, bytes: &mut u64| -> Result<wgpu::Buffer> {
+        let size = (data.len() * 4) as u64;
+        if size > max {
+            return Err(LstmError::invalid(
+                format!("{}/{label}", c.name),
+                format!("{size} bytes exceed this adapter's binding limit of {max} bytes"),
+            ));
+        }
+        *bytes += size;
+        let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.queue()
+            .write_buffer(&buf, 0, bytemuck::cast_slice(&data));
+        Ok(buf)
+    };
+    ctx.checked("uploading weights", || {
+        Ok(DirWeights {
+            config: c.clone(),
+            input_dim: l.input_dim(),
+            kernel: upload("kernel", interleave_gates(w.kernel.view(), h), bytes)?,
+            recurrent: upload(
+                "recurrent_kernel",
+                interleave_gates(w.recurrent_kernel.view(), h),
+                bytes,
+            )?,
+            bias: match &w.bias {
+                Some(b) => Some(upload(
+                    "bias",
+                    interleave_gates(b.view().insert_axis(ndarray::Axis(0)), h),
+                    bytes,
+                )?),
+                None => None,
+            },
+        })
+    })?
+}
+
+/// Lists the LSTM directions (in weight order) and the stages of a network.
+fn flatten<'a>(
+    net: &'a Network<f32>,
+    dirs: &mut dyn FnMut(&'a Lstm<f32>),
+    stages: &mut Vec<Stage>,
+) {
+    let count = stages
+        .iter()
+        .map(|s| match s {
+            Stage::Lstm(_) => 1,
+            Stage::Bidi { .. } => 2,
+        })
+        .sum::<usize>();
+    match net {
+        Network::Lstm(l) => {
+            dirs(l);
+            stages.push(Stage::Lstm(count));
+        }
+        Network::Bidirectional(b) => {
+            dirs(b.forward_layer());
+            dirs(b.backward_layer());
+            stages.push(Stage::Bidi {
+                fwd: count,
+                bwd: count + 1,
+                mode: b.merge_mode(),
+            });
+        }
+        Network::Sequential(layers) => {
+            for l in layers {
+                flatten(l, dirs, stages);
+            }
+        }
+    }
+}
+
+/// The same network with f32 weights (exact for an f32 network).
+fn convert_network<T: Element>(net: &Network<T>) -> Network<f32> {
+    let conv = |l: &Lstm<T>| -> Lstm<f32> {
+        let w = l.weights();
+        let f = |v: &T| v.to_f64() as f32;
+        let weights = crate::LstmWeights {
+            kernel: w.kernel.map(f),
+            recurrent_kernel: w.recurrent_kernel.map(f),
+            bias: w.bias.as_ref().map(|b| b.map(f)),
+        };
+        Lstm::new(l.config().clone(), weights).expect("the same shapes were valid for T")
+    };
+    match net {
+        Network::Lstm(l) => Network::Lstm(conv(l)),
+        Network::Bidirectional(b) => Network::Bidirectional(Box::new(
+            crate::Bidirectional::new(
+                crate::BidirectionalConfig {
+                    forward: b.forward_layer().config().clone(),
+                    backward: b.backward_layer().config().clone(),
+                    merge_mode: b.merge_mode(),
+                },
+                conv(b.forward_layer()).weights().clone(),
+                conv(b.backward_layer()).weights().clone(),
+            )
+            .expect("the same shapes were valid for T"),
+        )),
+        Network::Sequential(ls) => Network::Sequential(ls.iter().map(convert_network).collect()),
+    }
+}
+
+/// One Keras `LSTM` layer on the GPU, with the CPU layer's interface.
+///
+/// ```no_run
+/// use lstm_wgpu::gpu::{GpuContext, GpuLstm};
+/// use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
+/// let config = LstmConfig::new(16).return_state(true);
+/// let cpu = Lstm::new(config.clone(), LstmWeights::<f32>::random(&config, 8, 0)?)?;
+/// let mut gpu = GpuLstm::new(GpuContext::new()?, &cpu)?;
+/// let x = ndarray::Array3::<f32>::ones((4, 10, 8));
+/// let out = gpu.forward(x.view(), None, None)?;
+/// assert_eq!(out.output.shape(), &[4, 16]);
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+#[derive(Debug)]
+pub struct GpuLstm {
+    inner: GpuNetwork,
+    return_state: bool,
+}
+
+impl GpuLstm {
+    /// Uploads the layer's weights.
+    pub fn new<T: Element>(ctx: Arc<GpuContext>, layer: &Lstm<T>) -> Result<Self> {
+        let return_state = layer.config().return_state;
+        Ok(GpuLstm {
+            inner: GpuNetwork::new(ctx, &Network::Lstm(layer.clone()))?,
+            return_state,
+        })
+    }
+
+    /// Runs the layer; the same contract as [`Lstm::forward`].
+    pub fn forward(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<(ArrayView2<f32>, ArrayView2<f32>)>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<LstmOutput<f32>> {
+        let init = initial_state.map(|(h, c)| [h, c]);
+        let mut outs = self
+            .inner
+            .forward(x, init.as_ref().map(|a| a.as_slice()), mask)?
+            .into_iter();
+        let output = outs.next().expect("an LSTM returns its output");
+        let state2 = |outs: &mut dyn Iterator<Item = ArrayD<f32>>| -> Array2<f32> {
+            outs.next()
+                .expect("return_state gives h and c")
+                .into_dimensionality()
+                .expect("states are 2-D")
+        };
+        let state = if self.return_state {
+            let h = state2(&mut outs);
+            let c = state2(&mut outs);
+            Some(LstmState { h, c })
+        } else {
+            None
+        };
+        Ok(LstmOutput { output, state })
+    }
+
+    /// Zeroes the carried state of a stateful layer.
+    pub fn reset_states(&mut self) {
+        self.inner.reset_states()
+    }
+
+    /// The statistics of the last forward.
+    pub fn stats(&self) -> ForwardStats {
+        self.inner.stats()
+    }
+
+    /// Device memory the layer holds.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.inner.gpu_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleave_puts_gates_of_a_unit_together() {
+        // 1 row, H = 2: columns i0 i1 f0 f1 c0 c1 o0 o1
+        let m = Array2::from_shape_vec((1, 8), (0..8).map(|v| v as f32).collect()).unwrap();
+        assert_eq!(
+            interleave_gates(m.view(), 2),
+            vec![0., 2., 4., 6., 1., 3., 5., 7.]
+        );
+    }
+}
