@@ -137,6 +137,39 @@ struct OutSpec {
     cols: Option<Range<usize>>,
 }
 
+/// The copies into the staging buffer and where each output lies in it.
+#[derive(Default)]
+struct Readback {
+    copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
+    outputs: Vec<OutSpec>,
+    floats: usize,
+}
+
+impl Readback {
+    /// Copies `shape` floats from `buf` at byte `src_off`; each entry of `cols` becomes one
+    /// output (a column range of the last axis, or the whole tensor).
+    fn add(
+        &mut self,
+        buf: &wgpu::Buffer,
+        src_off: u64,
+        shape: Vec<usize>,
+        cols: Vec<Option<Range<usize>>>,
+    ) {
+        let n: usize = shape.iter().product();
+        let offset = self.floats;
+        self.copies
+            .push((buf.clone(), src_off, (offset * 4) as u64, (n * 4) as u64));
+        for c in cols {
+            self.outputs.push(OutSpec {
+                offset,
+                shape: shape.clone(),
+                cols: c,
+            });
+        }
+        self.floats += n;
+    }
+}
+
 struct Plan {
     batch: usize,
     steps: usize,
@@ -816,35 +849,12 @@ impl GpuNetwork {
             .collect();
 
         // Readback: the last stage's outputs in Keras order, copied into one staging buffer.
-        let mut copies = Vec::new();
-        let mut outputs = Vec::new();
-        let mut offset = 0usize;
-        let mut add = |buf: &wgpu::Buffer,
-                       src_off: u64,
-                       shape: Vec<usize>,
-                       cols: Vec<Option<Range<usize>>>| {
-            let n: usize = shape.iter().product();
-            copies.push((buf.clone(), src_off, (offset * 4) as u64, (n * 4) as u64));
-            for c in cols {
-                outputs.push(OutSpec {
-                    offset,
-                    shape: shape.clone(),
-                    cols: c,
-                });
-            }
-            offset += n;
-        };
-        let state_outputs = |d: usize,
-                             add: &mut dyn FnMut(
-            &wgpu::Buffer,
-            u64,
-            Vec<usize>,
-            Vec<Option<Range<usize>>>,
-        )| {
+        let mut rb = Readback::default();
+        let state_outputs = |rb: &mut Readback, d: usize| {
             let h = self.dirs[d].config.units;
             let buf = &states.dirs[d][dirs[d].final_parity];
-            add(buf, 0, vec![batch, h], vec![None]);
-            add(buf, (batch * h * 4) as u64, vec![batch, h], vec![None]);
+            rb.add(buf, 0, vec![batch, h], vec![None]);
+            rb.add(buf, (batch * h * 4) as u64, vec![batch, h], vec![None]);
         };
         match *self
             .stages
@@ -855,11 +865,11 @@ impl GpuNetwork {
                 let c = &self.dirs[d].config;
                 let dp = &dirs[d];
                 match &dp.seq {
-                    Some(seq) => add(seq, 0, vec![batch, steps, c.units], vec![None]),
-                    None => add(&dp.last, 0, vec![batch, c.units], vec![None]),
+                    Some(seq) => rb.add(seq, 0, vec![batch, steps, c.units], vec![None]),
+                    None => rb.add(&dp.last, 0, vec![batch, c.units], vec![None]),
                 }
                 if c.return_state {
-                    state_outputs(d, &mut add);
+                    state_outputs(&mut rb, d);
                 }
             }
             Stage::Bidi { fwd, bwd, mode } => {
@@ -882,13 +892,18 @@ impl GpuNetwork {
                 } else {
                     vec![None]
                 };
-                add(&m.out, 0, shape, cols);
+                rb.add(&m.out, 0, shape, cols);
                 if f.return_state {
-                    state_outputs(fwd, &mut add);
-                    state_outputs(bwd, &mut add);
+                    state_outputs(&mut rb, fwd);
+                    state_outputs(&mut rb, bwd);
                 }
             }
         }
+        let Readback {
+            copies,
+            outputs,
+            floats: offset,
+        } = rb;
         let staging_size = (offset * 4) as u64;
         if staging_size > limits.max_buffer_size {
             return Err(LstmError::invalid(
