@@ -331,6 +331,37 @@ impl<T: Element> Network<T> {
         }
     }
 
+    /// The weights in Keras `get_weights()` order (per LSTM: kernel, recurrent_kernel, bias).
+    ///
+    /// ```
+    /// use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+    /// let config = LayerConfig::Lstm(LstmConfig::new(2));
+    /// let net = Network::<f32>::random(&config, 3, 0).unwrap();
+    /// let w = net.keras_weights();
+    /// let same = Network::from_keras_weights(&config, &w).unwrap();
+    /// assert_eq!(same.keras_weights(), w);
+    /// ```
+    pub fn keras_weights(&self) -> Vec<ArrayD<T>> {
+        let lstm = |l: &Lstm<T>| {
+            let w = l.weights();
+            let mut v = vec![
+                w.kernel.clone().into_dyn(),
+                w.recurrent_kernel.clone().into_dyn(),
+            ];
+            v.extend(w.bias.clone().map(|b| b.into_dyn()));
+            v
+        };
+        match self {
+            Network::Lstm(l) => lstm(l),
+            Network::Bidirectional(b) => {
+                let mut v = lstm(b.forward_layer());
+                v.extend(lstm(b.backward_layer()));
+                v
+            }
+            Network::Sequential(ls) => ls.iter().flat_map(|l| l.keras_weights()).collect(),
+        }
+    }
+
     /// Zeroes the carried state of every stateful layer.
     pub fn reset_states(&mut self) {
         match self {

@@ -220,21 +220,26 @@ fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut St
             fill(&mut || truncated(rng, *mean, *stddev))
         }
         Initializer::Orthogonal { gain } => {
-            // QR of a normal matrix with the larger dimension as rows; the Gram-Schmidt Q has
-            // a positive diagonal of R, as Keras's sign correction makes it.
+            // QR of a normal (max x min) matrix; Keras flips signs so that R has a positive
+            // diagonal, which is what Gram-Schmidt gives. The min(rows, cols) vectors are kept
+            // as contiguous rows of `v` (v = Qᵀ).
             let (r, c) = (rows.max(cols), rows.min(cols));
-            let mut a = Array2::from_shape_fn((r, c), |_| normal(rng));
+            let mut v = Array2::from_shape_fn((c, r), |_| normal(rng));
             for j in 0..c {
-                for k in 0..j {
-                    let dot = a.column(j).dot(&a.column(k));
-                    let qk = a.column(k).to_owned();
-                    a.column_mut(j).scaled_add(-dot, &qk);
+                let (done, mut rest) = v.view_mut().split_at(ndarray::Axis(0), j);
+                let mut vj = rest.row_mut(0);
+                // Modified Gram-Schmidt, twice for stability.
+                for _ in 0..2 {
+                    for q in done.rows() {
+                        let d = vj.dot(&q);
+                        vj.scaled_add(-d, &q);
+                    }
                 }
-                let norm = a.column(j).dot(&a.column(j)).sqrt();
-                a.column_mut(j).mapv_inplace(|v| v / norm);
+                let norm = vj.dot(&vj).sqrt();
+                vj.mapv_inplace(|x| x / norm);
             }
-            let q = if rows < cols { a.reversed_axes() } else { a };
-            q.mapv(|v| T::from_f64(gain * v))
+            let q = if rows < cols { v } else { v.reversed_axes() };
+            q.mapv(|x| T::from_f64(gain * x))
         }
     }
 }
