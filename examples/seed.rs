@@ -7,8 +7,10 @@
 //! cargo run --release --example seed
 //! ```
 
+use lstm_wgpu::gpu::{GpuContext, GpuLstm};
 use lstm_wgpu::{Lstm, LstmConfig, LstmWeights, Result};
 use ndarray::{Array3, ArrayD, Axis};
+use std::sync::Arc;
 
 /// Formats an array the way numpy (and so Keras) prints it: nested brackets.
 fn numpy_style(a: &ArrayD<f32>) -> String {
@@ -46,8 +48,31 @@ fn shape(a: &ArrayD<f32>) -> String {
     )
 }
 
+/// Runs `layer` on the GPU when there is one, else on the CPU; returns Keras's outputs.
+fn run(
+    gpu: Option<&Arc<GpuContext>>,
+    layer: Lstm<f32>,
+    x: ndarray::ArrayView3<f32>,
+) -> Result<Vec<ArrayD<f32>>> {
+    match gpu {
+        Some(ctx) => Ok(GpuLstm::new(ctx.clone(), &layer)?
+            .forward(x, None, None)?
+            .into_keras()),
+        None => Ok(layer.clone().forward(x, None, None)?.into_keras()),
+    }
+}
+
 fn main() -> Result<()> {
-    println!("device: {}", lstm_wgpu_device_line());
+    let gpu = match GpuContext::new() {
+        Ok(ctx) => {
+            println!("device: GPU {}", ctx.describe());
+            Some(ctx)
+        }
+        Err(e) => {
+            println!("device: CPU (no GPU: {e})");
+            None
+        }
+    };
     let x = Array3::from_shape_vec((1, 3, 1), vec![0.1f32, 0.2, 0.3]).expect("3 values");
     let variants = [
         ("LSTM(1)", false, false),
@@ -65,8 +90,8 @@ fn main() -> Result<()> {
     let names = ["lstm", "state_h", "state_c"];
     for (title, seq, state) in variants {
         let config = LstmConfig::new(1).return_sequences(seq).return_state(state);
-        let mut layer = Lstm::new(config, weights.clone())?;
-        let outputs = layer.forward(x.view(), None, None)?.into_keras();
+        let layer = Lstm::new(config, weights.clone())?;
+        let outputs = run(gpu.as_ref(), layer, x.view())?;
         println!("\n{title}");
         for (name, out) in names.iter().zip(&outputs) {
             println!("{name} {}:\n{}", shape(out), numpy_style(out));
@@ -79,14 +104,10 @@ fn main() -> Result<()> {
     for (title, seq, state) in variants {
         let title = title.replace("LSTM(1", "LSTM(3");
         let config = LstmConfig::new(3).return_sequences(seq).return_state(state);
-        let mut layer = Lstm::new(config, weights.clone())?;
-        let outputs = layer.forward(x.view(), None, None)?.into_keras();
+        let layer = Lstm::new(config, weights.clone())?;
+        let outputs = run(gpu.as_ref(), layer, x.view())?;
         let shapes: Vec<String> = outputs.iter().map(shape).collect();
         println!("{title:<52} -> {}", shapes.join(", "));
     }
     Ok(())
-}
-
-fn lstm_wgpu_device_line() -> &'static str {
-    "CPU (the GPU path is not built yet)"
 }

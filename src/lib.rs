@@ -41,3 +41,8 @@ pub use element::Element;
 pub use error::{LstmError, Result};
 pub use network::{Bidirectional, Network};
 pub use weights::LstmWeights;
+
+/// The README's examples run as doc-tests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
