@@ -32,6 +32,7 @@ mod error;
 pub mod golden;
 pub mod gpu;
 mod network;
+pub mod perf;
 mod weights;
 
 pub use activation::Activation;

@@ -1,0 +1,405 @@
+//! Times one forward as a user's call costs it: host input in; the sequence plus final h and c
+//! back in host memory.
+//!
+//! ```text
+//! cargo run --release --example bench -- --backend cpu|gpu --batch B --steps T --input I --units H \
+//!     [--iters N] [--warmup N] [--json]
+//! cargo run --release --example bench -- --sweep [--iters N]      # standard shapes, both paths
+//! cargo run --release --example bench -- --plot FILE.svg          # time vs steps and vs batch
+//! cargo run --release --example bench -- --list-adapters
+//! ```
+
+use lstm_wgpu::gpu::{GpuContext, GpuLstm};
+use lstm_wgpu::perf::{forward_flops, STANDARD_SHAPES};
+use lstm_wgpu::{Lstm, LstmConfig, LstmWeights, Result};
+use ndarray::Array3;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Backend {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    steps: usize,
+    input: usize,
+    units: usize,
+}
+
+struct Measurement {
+    times: Vec<f64>,
+    dispatches: u32,
+    submits: u32,
+    gpu_bytes: u64,
+    adapter: String,
+}
+
+impl Measurement {
+    fn sorted(&self) -> Vec<f64> {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        t
+    }
+    fn median(&self) -> f64 {
+        let t = self.sorted();
+        let n = t.len();
+        if n % 2 == 1 {
+            t[n / 2]
+        } else {
+            (t[n / 2 - 1] + t[n / 2]) / 2.0
+        }
+    }
+}
+
+fn measure(
+    backend: Backend,
+    gpu: Option<&Arc<GpuContext>>,
+    s: Shape,
+    iters: usize,
+    warmup: usize,
+) -> Result<Measurement> {
+    let config = LstmConfig::new(s.units)
+        .return_sequences(true)
+        .return_state(true);
+    let weights = LstmWeights::<f32>::random(&config, s.input, 0)?;
+    let mut cpu = Lstm::new(config, weights)?;
+    let x = Array3::from_shape_fn((s.batch, s.steps, s.input), |(b, t, i)| {
+        ((b * 131 + t * 17 + i) as f32 * 0.013).sin()
+    });
+    let mut times = Vec::with_capacity(iters);
+    match backend {
+        Backend::Cpu => {
+            for k in 0..warmup + iters {
+                let t0 = Instant::now();
+                let out = cpu.forward(x.view(), None, None)?;
+                let dt = t0.elapsed().as_secs_f64();
+                std::hint::black_box(out);
+                if k >= warmup {
+                    times.push(dt);
+                }
+            }
+            Ok(Measurement {
+                times,
+                dispatches: 0,
+                submits: 0,
+                gpu_bytes: 0,
+                adapter: "cpu".into(),
+            })
+        }
+        Backend::Gpu => {
+            let ctx = gpu.ok_or_else(|| lstm_wgpu::LstmError::NoGpuAdapter {
+                tried: "see --list-adapters".into(),
+            })?;
+            let mut layer = GpuLstm::new(ctx.clone(), &cpu)?;
+            for k in 0..warmup.max(1) + iters {
+                let t0 = Instant::now();
+                let out = layer.forward(x.view(), None, None)?;
+                let dt = t0.elapsed().as_secs_f64();
+                std::hint::black_box(out);
+                if k >= warmup.max(1) {
+                    times.push(dt);
+                }
+            }
+            let st = layer.stats();
+            Ok(Measurement {
+                times,
+                dispatches: st.dispatches,
+                submits: st.submits,
+                gpu_bytes: layer.gpu_bytes(),
+                adapter: ctx.adapter_info().name.clone(),
+            })
+        }
+    }
+}
+
+fn json(backend: Backend, s: Shape, m: &Measurement) -> String {
+    let t = m.sorted();
+    let median = m.median();
+    let flops = forward_flops(s.batch, s.steps, s.input, s.units) as f64;
+    format!(
+        "{{\"peer\":\"lstm-wgpu\",\"backend\":\"{}\",\"adapter\":{:?},\"batch\":{},\"steps\":{},\"input\":{},\"units\":{},\"median_s\":{:e},\"min_s\":{:e},\"max_s\":{:e},\"gflops\":{:.3},\"runs\":{},\"dispatches\":{},\"submits\":{},\"gpu_bytes\":{}}}",
+        if backend == Backend::Cpu { "cpu" } else { "gpu" },
+        m.adapter,
+        s.batch,
+        s.steps,
+        s.input,
+        s.units,
+        median,
+        t[0],
+        t[t.len() - 1],
+        flops / median / 1e9,
+        t.len(),
+        m.dispatches,
+        m.submits,
+        m.gpu_bytes
+    )
+}
+
+fn open_gpu() -> Option<Arc<GpuContext>> {
+    match GpuContext::new() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("no GPU: {e}");
+            None
+        }
+    }
+}
+
+fn sweep(iters: usize, warmup: usize) -> Result<()> {
+    let gpu = open_gpu();
+    println!(
+        "GPU: {}\n",
+        gpu.as_ref().map_or("none".to_string(), |g| g.describe())
+    );
+    println!("| B,T,I,H | CPU ms | CPU GFLOP/s | GPU ms | GPU GFLOP/s | GPU dispatches |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (b, t, i, h) in STANDARD_SHAPES {
+        let s = Shape {
+            batch: b,
+            steps: t,
+            input: i,
+            units: h,
+        };
+        let flops = forward_flops(b, t, i, h) as f64;
+        let c = measure(Backend::Cpu, None, s, iters, warmup)?;
+        let g = match &gpu {
+            Some(_) => Some(measure(Backend::Gpu, gpu.as_ref(), s, iters, warmup)?),
+            None => None,
+        };
+        let cell = |m: &Option<Measurement>| match m {
+            Some(m) => format!("{:.3} | {:.1}", m.median() * 1e3, flops / m.median() / 1e9),
+            None => "- | -".into(),
+        };
+        println!(
+            "| {b},{t},{i},{h} | {} | {} | {} |",
+            cell(&Some(c)),
+            cell(&g),
+            g.as_ref().map_or("-".into(), |m| m.dispatches.to_string())
+        );
+    }
+    Ok(())
+}
+
+fn plot(
+    path: &str,
+    iters: usize,
+    warmup: usize,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let gpu = open_gpu();
+    let steps_axis = [10usize, 25, 50, 100, 200];
+    let batch_axis = [1usize, 4, 16, 64, 256];
+    let base = Shape {
+        batch: 16,
+        steps: 50,
+        input: 64,
+        units: 128,
+    };
+    let mut series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = Vec::new();
+    let backends: Vec<Backend> = if gpu.is_some() {
+        vec![Backend::Cpu, Backend::Gpu]
+    } else {
+        vec![Backend::Cpu]
+    };
+    for be in backends {
+        let mut by_steps = Vec::new();
+        for &t in &steps_axis {
+            let m = measure(be, gpu.as_ref(), Shape { steps: t, ..base }, iters, warmup)?;
+            by_steps.push((t as f64, m.median() * 1e3));
+        }
+        let mut by_batch = Vec::new();
+        for &b in &batch_axis {
+            let m = measure(be, gpu.as_ref(), Shape { batch: b, ..base }, iters, warmup)?;
+            by_batch.push((b as f64, m.median() * 1e3));
+        }
+        let label = match be {
+            Backend::Cpu => "CPU".to_string(),
+            Backend::Gpu => format!(
+                "GPU ({})",
+                gpu.as_ref().map_or("", |g| g.adapter_info().name.as_str())
+            ),
+        };
+        eprintln!("{label}: by steps {by_steps:?}; by batch {by_batch:?}");
+        series.push((label, by_steps, by_batch));
+    }
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+    let colors = [RED, BLUE];
+    for (area, title, xlabel, xs, pick) in [
+        (
+            &left,
+            format!(
+                "time per forward vs steps (B={}, I={}, H={})",
+                base.batch, base.input, base.units
+            ),
+            "timesteps T",
+            &steps_axis[..],
+            0,
+        ),
+        (
+            &right,
+            format!(
+                "time per forward vs batch (T={}, I={}, H={})",
+                base.steps, base.input, base.units
+            ),
+            "batch B",
+            &batch_axis[..],
+            1,
+        ),
+    ] {
+        let ymax = series
+            .iter()
+            .flat_map(|s| if pick == 0 { s.1.iter() } else { s.2.iter() })
+            .map(|p| p.1)
+            .fold(0.0f64, f64::max)
+            * 1.1;
+        let xmax = *xs.last().unwrap_or(&1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..xmax * 1.05, 0f64..ymax.max(1e-3))?;
+        chart
+            .configure_mesh()
+            .x_desc(xlabel)
+            .y_desc("ms per forward")
+            .draw()?;
+        for (k, s) in series.iter().enumerate() {
+            let pts = if pick == 0 { s.1.clone() } else { s.2.clone() };
+            let color = colors[k % colors.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(s.0.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            chart.draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()?;
+    }
+    root.present()?;
+    println!("wrote {path}");
+    Ok(())
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: bench --backend cpu|gpu --batch B --steps T --input I --units H [--iters N] [--warmup N] [--json]\n       bench --sweep [--iters N] [--warmup N]\n       bench --plot FILE.svg [--iters N]\n       bench --list-adapters"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut backend = None;
+    let (mut batch, mut steps, mut input, mut units) = (None, None, None, None);
+    let (mut iters, mut warmup) = (10usize, 2usize);
+    let (mut as_json, mut do_sweep, mut list) = (false, false, false);
+    let mut plot_path = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let num = |v: Option<String>| v.and_then(|s| s.parse::<usize>().ok());
+        match a.as_str() {
+            "--backend" => {
+                backend = match args.next().as_deref() {
+                    Some("cpu") => Some(Backend::Cpu),
+                    Some("gpu") => Some(Backend::Gpu),
+                    _ => return usage(),
+                }
+            }
+            "--batch" => batch = num(args.next()),
+            "--steps" => steps = num(args.next()),
+            "--input" => input = num(args.next()),
+            "--units" => units = num(args.next()),
+            "--iters" => match num(args.next()) {
+                Some(n) if n > 0 => iters = n,
+                _ => return usage(),
+            },
+            "--warmup" => match num(args.next()) {
+                Some(n) => warmup = n,
+                None => return usage(),
+            },
+            "--json" => as_json = true,
+            "--sweep" => do_sweep = true,
+            "--plot" => plot_path = args.next(),
+            "--list-adapters" => list = true,
+            _ => return usage(),
+        }
+    }
+    if list {
+        for line in GpuContext::list_adapters(wgpu::Backends::all()) {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if do_sweep {
+        return match sweep(iters, warmup) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(path) = plot_path {
+        return match plot(&path, iters, warmup) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Some(backend), Some(batch), Some(steps), Some(input), Some(units)) =
+        (backend, batch, steps, input, units)
+    else {
+        return usage();
+    };
+    let s = Shape {
+        batch,
+        steps,
+        input,
+        units,
+    };
+    let gpu = if backend == Backend::Gpu {
+        open_gpu()
+    } else {
+        None
+    };
+    match measure(backend, gpu.as_ref(), s, iters, warmup) {
+        Ok(m) => {
+            if as_json {
+                println!("{}", json(backend, s, &m));
+            } else {
+                let flops = forward_flops(batch, steps, input, units) as f64;
+                println!(
+                    "{:?} on {}: B={batch} T={steps} I={input} H={units}: median {:.3} ms, {:.2} GFLOP/s ({} runs, {} dispatches, {} submits, {} GPU bytes)",
+                    backend,
+                    m.adapter,
+                    m.median() * 1e3,
+                    flops / m.median() / 1e9,
+                    m.times.len(),
+                    m.dispatches,
+                    m.submits,
+                    m.gpu_bytes
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
