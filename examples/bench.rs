@@ -200,7 +200,8 @@ fn plot(
         input: 64,
         units: 128,
     };
-    let mut series: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = Vec::new();
+    // (label, ms by steps, ms by batch)
+    let mut series: Vec<Series> = Vec::new();
     let backends: Vec<Backend> = if gpu.is_some() {
         vec![Backend::Cpu, Backend::Gpu]
     } else {
