@@ -185,6 +185,9 @@ fn sweep(iters: usize, warmup: usize) -> Result<()> {
     Ok(())
 }
 
+/// A line of the plot: its label, (steps, ms) points and (batch, ms) points.
+type Series = (String, Vec<(f64, f64)>, Vec<(f64, f64)>);
+
 fn plot(
     path: &str,
     iters: usize,
