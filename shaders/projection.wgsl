@@ -4,8 +4,9 @@
 // A tiled GEMM in workgroup memory: each workgroup computes a 64 x 64 tile of proj with
 // 16 x 16 threads, each thread a 4 x 4 block; K advances in steps of 16.
 // Rows of proj are batch-major within the chunk (row = b * tc + local step); row r reads
-// x row b * seq_len + t_lo + local step. The kernel and bias columns are gate-interleaved
-// (column 4j + g holds gate g of unit j), so proj holds one vec4 of gates per unit.
+// x row b * seq_len + t_lo + local step. Kernel, bias and proj keep Keras's column order.
+// Thread (x, y) computes rows y + 16 i and columns x + 16 j (i, j < 4), so neighbouring
+// threads read and write neighbouring addresses.
 
 struct ProjParams {
     rows: u32,     // B * tc
@@ -67,12 +68,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            // Rows lid.y + 16 i, columns 4 lid.x + j.
             let b = vec4<f32>(
-                b_tile[kk * TILE + lid.x * 4u],
-                b_tile[kk * TILE + lid.x * 4u + 1u],
-                b_tile[kk * TILE + lid.x * 4u + 2u],
-                b_tile[kk * TILE + lid.x * 4u + 3u],
+                b_tile[kk * TILE + lid.x],
+                b_tile[kk * TILE + lid.x + 16u],
+                b_tile[kk * TILE + lid.x + 32u],
+                b_tile[kk * TILE + lid.x + 48u],
             );
             acc0 = fma(vec4<f32>(a_tile[kk * TILE + lid.y]), b, acc0);
             acc1 = fma(vec4<f32>(a_tile[kk * TILE + lid.y + 16u]), b, acc1);
@@ -81,26 +81,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
     }
-    let col = n0 + lid.x * 4u;
     var bias4 = vec4<f32>(0.0);
     for (var j = 0u; j < 4u; j++) {
-        if (p.has_bias != 0u && col + j < p.n) {
-            bias4[j] = bias[col + j];
+        let col = n0 + lid.x + 16u * j;
+        if (p.has_bias != 0u && col < p.n) {
+            bias4[j] = bias[col];
         }
     }
-    store_row(m0 + lid.y, col, acc0 + bias4);
-    store_row(m0 + lid.y + 16u, col, acc1 + bias4);
-    store_row(m0 + lid.y + 32u, col, acc2 + bias4);
-    store_row(m0 + lid.y + 48u, col, acc3 + bias4);
+    store_row(m0 + lid.y, n0 + lid.x, acc0 + bias4);
+    store_row(m0 + lid.y + 16u, n0 + lid.x, acc1 + bias4);
+    store_row(m0 + lid.y + 32u, n0 + lid.x, acc2 + bias4);
+    store_row(m0 + lid.y + 48u, n0 + lid.x, acc3 + bias4);
 }
 
+// Stores columns col + 16 j of one row.
 fn store_row(row: u32, col: u32, v: vec4<f32>) {
     if (row >= p.rows) {
         return;
     }
     for (var j = 0u; j < 4u; j++) {
-        if (col + j < p.n) {
-            proj[row * p.n + col + j] = v[j];
+        if (col + 16u * j < p.n) {
+            proj[row * p.n + col + 16u * j] = v[j];
         }
     }
 }

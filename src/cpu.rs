@@ -10,7 +10,7 @@ use crate::config::LstmConfig;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::weights::LstmWeights;
-use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, ArrayView3, Axis};
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
 
 /// The hidden and cell state of a layer, each `[B, H]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -200,6 +200,59 @@ pub(crate) fn check_inputs<T>(
     Ok((b, t, i))
 }
 
+/// Products below this many multiply-adds run on the calling thread: handing them to other
+/// threads costs more than it saves (per-step products of small batches).
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// `c = a · b`, or `c += a · b` when `accumulate`, with the `gemm` crate's kernels (AVX-512 or
+/// AVX2/FMA where the CPU has them, chosen at run time), on all cores for large products.
+pub(crate) fn matmul<T: Element>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    mut c: ArrayViewMut2<T>,
+    accumulate: bool,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    assert!(
+        b.nrows() == k && c.dim() == (m, n),
+        "matmul shapes: [{m}, {k}] x {:?} -> {:?}",
+        b.dim(),
+        c.dim()
+    );
+    let parallelism = if m * n * k >= PARALLEL_MIN_MACS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let (cs, rs) = (c.strides()[1], c.strides()[0]);
+    // SAFETY: the three views are valid for their shapes and strides, `c` is a unique mutable
+    // view that cannot alias `a` or `b`, and the dimensions were checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            cs,
+            rs,
+            accumulate,
+            a.as_ptr(),
+            a.strides()[1],
+            a.strides()[0],
+            b.as_ptr(),
+            b.strides()[1],
+            b.strides()[0],
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
 /// Twin of `shaders/projection.wgsl`: `x [B·T, I] · kernel [I, 4H] + bias` for all timesteps
 /// at once. Row `b·T + t` holds timestep t of batch row b.
 pub fn project_inputs<T: Element>(x: ArrayView3<T>, weights: &LstmWeights<T>) -> Array2<T> {
@@ -209,10 +262,19 @@ pub fn project_inputs<T: Element>(x: ArrayView3<T>, weights: &LstmWeights<T>) ->
         .into_owned()
         .into_shape_with_order((b * t, i))
         .expect("a standard-layout [B, T, I] array reshapes to [B·T, I]");
-    let mut proj = x2.dot(&weights.kernel);
-    if let Some(bias) = &weights.bias {
-        proj += bias;
-    }
+    let mut proj = match &weights.bias {
+        Some(bias) => bias
+            .broadcast((b * t, bias.len()))
+            .expect("bias is [4H]")
+            .to_owned(),
+        None => Array2::zeros((b * t, weights.kernel.ncols())),
+    };
+    matmul(
+        x2.view(),
+        weights.kernel.view(),
+        proj.view_mut(),
+        weights.bias.is_some(),
+    );
     proj
 }
 
@@ -289,7 +351,12 @@ pub(crate) fn run<T: Element>(
         };
         // z = proj[:, time, :] + h · R
         z.assign(&proj.slice(s![.., time, ..]));
-        ndarray::linalg::general_mat_mul(T::one(), &h, &weights.recurrent_kernel, T::one(), &mut z);
+        matmul(
+            h.view(),
+            weights.recurrent_kernel.view(),
+            z.view_mut(),
+            true,
+        );
         for row in 0..b {
             let present = mask.is_none_or(|m| m[[row, time]]);
             let zr = z.row(row);

@@ -1,5 +1,5 @@
-//! The host-side scheduler: uploads a network's weights once (gate-interleaved, as the kernels
-//! want them), builds per-shape plans (buffers, bind groups, per-step parameters baked into a
+//! The host-side scheduler: uploads a network's weights once (in Keras's layout, which the
+//! kernels read directly), builds per-shape plans (buffers, bind groups, per-step parameters baked into a
 //! uniform buffer addressed with dynamic offsets), and runs a whole forward as one command
 //! encoder, one compute pass, one submission and one readback.
 
@@ -91,22 +91,6 @@ enum Stage {
         bwd: usize,
         mode: MergeMode,
     },
-}
-
-/// Rearranges the `4H` columns of `m` (gate blocks i, f, c, o) so that column `4j + g` holds
-/// gate g of unit j: the kernels then read the four gates of a unit as one vec4.
-pub(crate) fn interleave_gates(m: ArrayView2<f32>, units: usize) -> Vec<f32> {
-    let (rows, cols) = m.dim();
-    debug_assert_eq!(cols, 4 * units);
-    let mut out = vec![0.0f32; rows * cols];
-    for r in 0..rows {
-        for g in 0..4 {
-            for j in 0..units {
-                out[r * cols + 4 * j + g] = m[[r, g * units + j]];
-            }
-        }
-    }
-    out
 }
 
 /// Buffers of one direction for one shape.
@@ -972,10 +956,14 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEn
     wgpu::BindGroupEntry { binding, resource }
 }
 
+/// The values of `m` in row-major order (Keras's layout, which the kernels read).
+fn row_major(m: ArrayView2<f32>) -> Vec<f32> {
+    m.iter().copied().collect()
+}
+
 fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<DirWeights> {
     let c = l.config();
     let w = l.weights();
-    let h = c.units;
     let max = ctx
         .limits()
         .max_storage_buffer_binding_size
@@ -1003,16 +991,16 @@ fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<Di
         Ok(DirWeights {
             config: c.clone(),
             input_dim: l.input_dim(),
-            kernel: upload("kernel", interleave_gates(w.kernel.view(), h), bytes)?,
+            kernel: upload("kernel", row_major(w.kernel.view()), bytes)?,
             recurrent: upload(
                 "recurrent_kernel",
-                interleave_gates(w.recurrent_kernel.view(), h),
+                row_major(w.recurrent_kernel.view()),
                 bytes,
             )?,
             bias: match &w.bias {
                 Some(b) => Some(upload(
                     "bias",
-                    interleave_gates(b.view().insert_axis(ndarray::Axis(0)), h),
+                    row_major(b.view().insert_axis(ndarray::Axis(0))),
                     bytes,
                 )?),
                 None => None,
@@ -1157,20 +1145,5 @@ impl GpuLstm {
     /// Device memory the layer holds.
     pub fn gpu_bytes(&self) -> u64 {
         self.inner.gpu_bytes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interleave_puts_gates_of_a_unit_together() {
-        // 1 row, H = 2: columns i0 i1 f0 f1 c0 c1 o0 o1
-        let m = Array2::from_shape_vec((1, 8), (0..8).map(|v| v as f32).collect()).unwrap();
-        assert_eq!(
-            interleave_gates(m.view(), 2),
-            vec![0., 2., 4., 6., 1., 3., 5., 7.]
-        );
     }
 }
