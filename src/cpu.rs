@@ -2,7 +2,7 @@
 //!
 //! The work is split exactly as on the GPU so the two can be read side by side:
 //! [`project_inputs`] is the twin of `shaders/projection.wgsl` (all timesteps' `x · kernel + bias`
-//! as one matrix product) and [`cell_update`] is the twin of the element-wise part of
+//! as one matrix product) and `cell_update` is the twin of the element-wise part of
 //! `shaders/step.wgsl` (gates, cell update, mask rule). The recurrent product `h · R` of each
 //! step is one matrix product here and the workgroup-tiled dot product of `step.wgsl` there.
 
@@ -204,6 +204,9 @@ pub(crate) fn check_inputs<T>(
 /// threads costs more than it saves (per-step products of small batches).
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
+/// Steps with fewer state elements (B·H) than this update them on the calling thread.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+
 /// `c = a · b`, or `c += a · b` when `accumulate`, with the `gemm` crate's kernels (AVX-512 or
 /// AVX2/FMA where the CPU has them, chosen at run time), on all cores for large products.
 pub(crate) fn matmul<T: Element>(
@@ -296,30 +299,95 @@ impl StepRule {
     }
 }
 
-/// Twin of the element-wise part of `shaders/step.wgsl`, for one (batch row, unit):
-/// `z` holds the four gate pre-activations (i, f, c, o), already the sum of the input
-/// projection and the recurrent product. Returns (h, c, out) after the step.
-#[inline]
+/// Twin of `update()` in `shaders/step.wgsl` (gates, cell update, mask rule), for one batch
+/// row at once so that the loops vectorize. `z` holds the row's four gate blocks (i, f, c, o)
+/// of pre-activations, already the sum of the input projection and the recurrent product; it
+/// is overwritten. `h`, `c` and `out` are the row's state and last output, updated in place.
 pub(crate) fn cell_update<T: Element>(
     rule: StepRule,
-    z: [T; 4],
-    h_prev: T,
-    c_prev: T,
-    out_prev: T,
+    z: &mut [T],
+    h: &mut [T],
+    c: &mut [T],
+    out: &mut [T],
     present: bool,
-) -> (T, T, T) {
-    let i = rule.recurrent_activation.apply(z[0]);
-    let f = rule.recurrent_activation.apply(z[1]);
-    let g = rule.activation.apply(z[2]);
-    let o = rule.recurrent_activation.apply(z[3]);
-    let c_new = f * c_prev + i * g;
-    let h_new = o * rule.activation.apply(c_new);
-    if present {
-        (h_new, c_new, h_new)
-    } else if rule.zero_output_for_mask {
-        (h_prev, c_prev, T::zero())
-    } else {
-        (h_prev, c_prev, out_prev)
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked above).
+            return unsafe { cell_update_avx512(rule, z, h, c, out, present) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked above).
+            return unsafe { cell_update_avx2(rule, z, h, c, out, present) };
+        }
+    }
+    cell_update_impl(rule, z, h, c, out, present)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cell_update_avx512<T: Element>(
+    rule: StepRule,
+    z: &mut [T],
+    h: &mut [T],
+    c: &mut [T],
+    out: &mut [T],
+    present: bool,
+) {
+    cell_update_impl(rule, z, h, c, out, present)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_update_avx2<T: Element>(
+    rule: StepRule,
+    z: &mut [T],
+    h: &mut [T],
+    c: &mut [T],
+    out: &mut [T],
+    present: bool,
+) {
+    cell_update_impl(rule, z, h, c, out, present)
+}
+
+#[inline(always)]
+fn cell_update_impl<T: Element>(
+    rule: StepRule,
+    z: &mut [T],
+    h: &mut [T],
+    c: &mut [T],
+    out: &mut [T],
+    present: bool,
+) {
+    if !present {
+        // State carried; the output repeats the previous one, or is zero.
+        if rule.zero_output_for_mask {
+            out.fill(T::zero());
+        }
+        return;
+    }
+    let hu = h.len();
+    let (zi, rest) = z.split_at_mut(hu);
+    let (zf, rest) = rest.split_at_mut(hu);
+    let (zg, zo) = rest.split_at_mut(hu);
+    let zo = &mut zo[..hu];
+    rule.recurrent_activation.apply_slice(zi);
+    rule.recurrent_activation.apply_slice(zf);
+    rule.activation.apply_slice(zg);
+    rule.recurrent_activation.apply_slice(zo);
+    let c = &mut c[..hu];
+    // c_t = f * c_{t-1} + i * g; zg then holds activation(c_t).
+    for j in 0..hu {
+        c[j] = zf[j] * c[j] + zi[j] * zg[j];
+        zg[j] = c[j];
+    }
+    rule.activation.apply_slice(zg);
+    let out = &mut out[..hu];
+    for j in 0..hu {
+        h[j] = zo[j] * zg[j];
+        out[j] = h[j];
     }
 }
 
@@ -357,21 +425,37 @@ pub(crate) fn run<T: Element>(
             z.view_mut(),
             true,
         );
-        for row in 0..b {
-            let present = mask.is_none_or(|m| m[[row, time]]);
-            let zr = z.row(row);
-            for j in 0..hu {
-                let (hn, cn, on) = cell_update(
-                    rule,
-                    [zr[j], zr[hu + j], zr[2 * hu + j], zr[3 * hu + j]],
-                    h[[row, j]],
-                    c[[row, j]],
-                    out[[row, j]],
-                    present,
-                );
-                h[[row, j]] = hn;
-                c[[row, j]] = cn;
-                out[[row, j]] = on;
+        let present = |row: usize| mask.is_none_or(|m| m[[row, time]]);
+        let rows = z
+            .as_slice_mut()
+            .expect("z is standard layout")
+            .chunks_mut(4 * hu)
+            .zip(
+                h.as_slice_mut()
+                    .expect("h is standard layout")
+                    .chunks_mut(hu),
+            )
+            .zip(
+                c.as_slice_mut()
+                    .expect("c is standard layout")
+                    .chunks_mut(hu),
+            )
+            .zip(
+                out.as_slice_mut()
+                    .expect("out is standard layout")
+                    .chunks_mut(hu),
+            )
+            .enumerate();
+        if b * hu >= PARALLEL_MIN_ELEMENTS {
+            use rayon::prelude::*;
+            let rows: Vec<_> = rows.collect();
+            rows.into_par_iter()
+                .for_each(|(row, (((zr, hr), cr), or))| {
+                    cell_update(rule, zr, hr, cr, or, present(row))
+                });
+        } else {
+            for (row, (((zr, hr), cr), or)) in rows {
+                cell_update(rule, zr, hr, cr, or, present(row));
             }
         }
         sequence.index_axis_mut(Axis(1), step).assign(&out);
