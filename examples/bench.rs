@@ -8,8 +8,10 @@
 //! cargo run --release --example bench -- --plot FILE.svg          # time vs steps and vs batch
 //! cargo run --release --example bench -- --list-adapters
 //! ```
+//! `LSTM_WGPU_KERNEL=step|sequence` forces the GPU's per-step or whole-sequence kernel
+//! (default: chosen automatically), to compare the two.
 
-use lstm_wgpu::gpu::{GpuContext, GpuLstm};
+use lstm_wgpu::gpu::{GpuContext, GpuLstm, RecurrentKernel};
 use lstm_wgpu::perf::{forward_flops, STANDARD_SHAPES};
 use lstm_wgpu::{Lstm, LstmConfig, LstmWeights, Result};
 use ndarray::Array3;
@@ -96,6 +98,11 @@ fn measure(
                 tried: "see --list-adapters".into(),
             })?;
             let mut layer = GpuLstm::new(ctx.clone(), &cpu)?;
+            match std::env::var("LSTM_WGPU_KERNEL").as_deref() {
+                Ok("step") => layer.set_recurrent_kernel(RecurrentKernel::PerStep),
+                Ok("sequence") => layer.set_recurrent_kernel(RecurrentKernel::WholeSequence),
+                _ => {}
+            }
             for k in 0..warmup.max(1) + iters {
                 let t0 = Instant::now();
                 let out = layer.forward(x.view(), None, None)?;

@@ -1,12 +1,13 @@
 // One LSTM timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus the
 // input projection, the gates, the cell update and Keras's mask rule, in one dispatch.
 // CPU twin: the `h · R` product and `cell_update` in src/cpu.rs (`run`).
+// For small layers, sequence.wgsl runs the whole time loop in one dispatch instead.
 //
 // A workgroup covers 64 units of 4 batch rows; each thread computes one unit of 4 rows, so
 // every recurrent weight it loads serves 4 rows. h_{t-1} is read directly (the same address
 // in every thread of a workgroup: a broadcast); a version staging h through workgroup memory
-// with barriers measured 30% slower on lavapipe. The recurrent kernel and the projection keep Keras's layout (four H-wide gate
-// blocks i, f, c, o per row): each thread reads its unit's four gates as four scalars, and
+// with barriers measured 30% slower on lavapipe. The recurrent kernel and the projection keep
+// Keras's layout (four H-wide gate blocks i, f, c, o per row): each thread reads its unit's four gates as four scalars, and
 // neighbouring threads read neighbouring addresses (coalesced on GPUs, one vector load per
 // gate on SIMD rasterizers such as lavapipe).
 // h and c ping-pong: the step reads `state_in` and writes `state_out` (h at [0, BH), c at
@@ -47,13 +48,10 @@ fn update(b: u32, j: u32, acc: vec4<f32>) {
     let e = b * H + j;
     let row = (b * p.tc + p.t_local) * 4u * H + j;
     let z = acc + vec4<f32>(proj[row], proj[row + H], proj[row + 2u * H], proj[row + 3u * H]);
-    let i = act(RECURRENT_ACTIVATION, z.x);
-    let f = act(RECURRENT_ACTIVATION, z.y);
-    let g = act(ACTIVATION, z.z);
-    let o = act(RECURRENT_ACTIVATION, z.w);
     let c_prev = state_in[BH + e];
-    let c_new = f * c_prev + i * g;
-    let h_new = o * act(ACTIVATION, c_new);
+    let hc = lstm_cell(z, c_prev);
+    let h_new = hc.x;
+    let c_new = hc.y;
     var present = true;
     if (HAS_MASK) {
         present = mask[b * p.seq_len + p.t_abs] != 0u;

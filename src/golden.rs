@@ -348,10 +348,20 @@ pub const GPU_TOLERANCE: f64 = 1e-4;
 /// The GPU computes in float32: a float64 case runs with its weights and inputs rounded to
 /// float32 (the GPU API itself refuses `f64` networks) and is held to the same 1e-4.
 pub fn check_case_gpu(case: &Case, ctx: &std::sync::Arc<crate::gpu::GpuContext>) -> Result<f64> {
+    check_case_gpu_with(case, ctx, crate::gpu::RecurrentKernel::Auto)
+}
+
+/// [`check_case_gpu`] with a chosen recurrent kernel.
+pub fn check_case_gpu_with(
+    case: &Case,
+    ctx: &std::sync::Arc<crate::gpu::GpuContext>,
+    kernel: crate::gpu::RecurrentKernel,
+) -> Result<f64> {
     let net = crate::Network::<f32>::from_keras_weights(
         &case.layer_config()?,
         &case.weight_arrays::<f32>()?,
     )?;
     let mut gpu = crate::gpu::GpuNetwork::new(ctx.clone(), &net)?;
+    gpu.set_recurrent_kernel(kernel);
     check_case(case, &mut gpu)
 }

@@ -2,8 +2,8 @@
 //! there: no adapter is a failure). Elsewhere a test that finds no adapter prints
 //! `SKIPPED <name>` and returns.
 
-use lstm_wgpu::golden::{case_files, check_case_gpu, Case, GPU_TOLERANCE};
-use lstm_wgpu::gpu::{GpuContext, GpuLstm, GpuNetwork, GpuOptions};
+use lstm_wgpu::golden::{case_files, check_case_gpu_with, Case, GPU_TOLERANCE};
+use lstm_wgpu::gpu::{GpuContext, GpuLstm, GpuNetwork, GpuOptions, RecurrentKernel};
 use lstm_wgpu::{
     Activation, BidirectionalConfig, LayerConfig, Lstm, LstmConfig, LstmError, LstmWeights,
     MergeMode, Network,
@@ -77,14 +77,17 @@ fn every_golden_case_matches_keras_on_gpu() {
     let mut failures = Vec::new();
     for f in files {
         let case = Case::load(&f).unwrap();
-        match check_case_gpu(&case, &ctx) {
-            Ok(e) if e <= GPU_TOLERANCE => {
-                if e > worst.0 {
-                    worst = (e, case.name.clone());
+        // Every case on both recurrent kernels (all public cases fit the whole-sequence one).
+        for kernel in [RecurrentKernel::PerStep, RecurrentKernel::WholeSequence] {
+            match check_case_gpu_with(&case, &ctx, kernel) {
+                Ok(e) if e <= GPU_TOLERANCE => {
+                    if e > worst.0 {
+                        worst = (e, format!("{} ({kernel:?})", case.name));
+                    }
                 }
+                Ok(e) => failures.push(format!("{} ({kernel:?}): {e:e}", case.name)),
+                Err(e) => failures.push(format!("{} ({kernel:?}): {e}", case.name)),
             }
-            Ok(e) => failures.push(format!("{}: {e:e}", case.name)),
-            Err(e) => failures.push(format!("{}: {e}", case.name)),
         }
     }
     println!(
@@ -301,6 +304,10 @@ fn gpu_matches_cpu_on_200_random_configurations() {
         .run(&sample(), |s| {
             let mut cpu = Network::<f32>::random(&s.config(), s.input, s.seed).unwrap();
             let mut gpu_net = GpuNetwork::new(ctx.clone(), &cpu).unwrap();
+            // Half the samples on the whole-sequence kernel (where B·H fits it).
+            if s.seed % 2 == 0 {
+                gpu_net.set_recurrent_kernel(RecurrentKernel::WholeSequence);
+            }
             let x = input(s.batch, s.steps, s.input, s.seed);
             let mask = s.mask.map(|m| {
                 Array2::from_shape_fn((s.batch, s.steps), |(b, t)| {
@@ -425,9 +432,17 @@ fn one_forward_is_one_submit_one_readback() {
     assert_eq!(second.dispatches, first.dispatches);
     assert_eq!(gpu.gpu_bytes(), before);
     // Read back exactly the outputs: sequence, h, c.
-    assert_eq!(
-        second.bytes_read_back,
-        ((5 * steps * 48 + 2 * 5 * 48) * 4) as u64
+    let outputs = ((5 * steps * 48 + 2 * 5 * 48) * 4) as u64;
+    assert_eq!(second.bytes_read_back, outputs);
+    // Device memory: within 1.5x of weights + input + one projection chunk + outputs.
+    let weights = ((20 + 48 + 1) * 4 * 48 * 4) as u64;
+    let x_bytes = (x.len() * 4) as u64;
+    let projection = (5 * steps * 4 * 48 * 4) as u64;
+    let budget = (weights + x_bytes + projection + outputs) * 3 / 2;
+    assert!(
+        gpu.gpu_bytes() <= budget,
+        "{} bytes held, budget {budget}",
+        gpu.gpu_bytes()
     );
 
     // Bidirectional: both directions and the merge in the same submission.
@@ -530,42 +545,53 @@ fn stateful_gpu_layer_carries_state_and_rejects_batch_change() {
     let Some(ctx) = gpu("stateful_gpu_layer_carries_state_and_rejects_batch_change") else {
         return;
     };
-    let config = LstmConfig::new(6)
-        .return_sequences(true)
-        .return_state(true)
-        .stateful(true);
-    let w = LstmWeights::<f32>::random(&config, 3, 2).unwrap();
-    let mut cpu = Lstm::new(config.clone(), w).unwrap();
-    let mut gpu = GpuLstm::new(ctx, &cpu).unwrap();
-    // odd and even lengths, so both ping-pong parities end a call
-    for (k, t) in [3usize, 4, 5].into_iter().enumerate() {
-        let x = input(2, t, 3, k as u64);
-        let a = gpu.forward(x.view(), None, None).unwrap();
-        let b = cpu.forward(x.view(), None, None).unwrap();
-        let e = max_abs(&a.into_keras(), &b.into_keras());
-        assert!(e <= 1e-5, "call {k}: {e}");
+    for kernel in [RecurrentKernel::PerStep, RecurrentKernel::WholeSequence] {
+        let config = LstmConfig::new(6)
+            .return_sequences(true)
+            .return_state(true)
+            .stateful(true);
+        let w = LstmWeights::<f32>::random(&config, 3, 2).unwrap();
+        let mut cpu = Lstm::new(config.clone(), w).unwrap();
+        let mut gpu = GpuLstm::new(ctx.clone(), &cpu).unwrap();
+        gpu.set_recurrent_kernel(kernel);
+        // odd and even lengths, so both ping-pong parities end a call
+        for (k, t) in [3usize, 4, 5].into_iter().enumerate() {
+            let x = input(2, t, 3, k as u64);
+            let a = gpu.forward(x.view(), None, None).unwrap();
+            assert_eq!(
+                gpu.stats().dispatches,
+                if kernel == RecurrentKernel::PerStep {
+                    t as u32 + 1
+                } else {
+                    2
+                }
+            );
+            let b = cpu.forward(x.view(), None, None).unwrap();
+            let e = max_abs(&a.into_keras(), &b.into_keras());
+            assert!(e <= 1e-5, "{kernel:?} call {k}: {e}");
+        }
+        gpu.reset_states();
+        cpu.reset_states();
+        let x = input(2, 3, 3, 0);
+        let e = max_abs(
+            &gpu.forward(x.view(), None, None).unwrap().into_keras(),
+            &cpu.forward(x.view(), None, None).unwrap().into_keras(),
+        );
+        assert!(e <= 1e-5);
+        let err = gpu
+            .forward(input(3, 3, 3, 0).view(), None, None)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LstmError::StatefulBatchChanged {
+                    expected: 2,
+                    actual: 3
+                }
+            ),
+            "{err}"
+        );
     }
-    gpu.reset_states();
-    cpu.reset_states();
-    let x = input(2, 3, 3, 0);
-    let e = max_abs(
-        &gpu.forward(x.view(), None, None).unwrap().into_keras(),
-        &cpu.forward(x.view(), None, None).unwrap().into_keras(),
-    );
-    assert!(e <= 1e-5);
-    let err = gpu
-        .forward(input(3, 3, 3, 0).view(), None, None)
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            LstmError::StatefulBatchChanged {
-                expected: 2,
-                actual: 3
-            }
-        ),
-        "{err}"
-    );
 }
 
 #[test]

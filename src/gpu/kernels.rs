@@ -13,8 +13,12 @@ use std::sync::{Arc, Mutex};
 pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// The input-projection GEMM.
 pub const PROJECTION_WGSL: &str = include_str!("../../shaders/projection.wgsl");
-/// The fused per-timestep kernel (without the common prelude).
+/// The LSTM cell shared by the step and sequence kernels (prepended after the activations).
+pub const CELL_WGSL: &str = include_str!("../../shaders/cell.wgsl");
+/// The fused per-timestep kernel (without the prelude).
 pub const STEP_WGSL: &str = include_str!("../../shaders/step.wgsl");
+/// The whole-sequence kernel for small layers (without the prelude).
+pub const SEQUENCE_WGSL: &str = include_str!("../../shaders/sequence.wgsl");
 /// The Bidirectional merge.
 pub const MERGE_WGSL: &str = include_str!("../../shaders/merge.wgsl");
 
@@ -22,12 +26,16 @@ pub const MERGE_WGSL: &str = include_str!("../../shaders/merge.wgsl");
 ///
 /// ```
 /// let names: Vec<&str> = lstm_wgpu::gpu::kernel_sources().iter().map(|(n, _)| *n).collect();
-/// assert_eq!(names, ["projection", "step", "merge"]);
+/// assert_eq!(names, ["projection", "step", "sequence", "merge"]);
 /// ```
 pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
         ("projection", PROJECTION_WGSL.to_string()),
-        ("step", format!("{COMMON_WGSL}\n{STEP_WGSL}")),
+        ("step", format!("{COMMON_WGSL}\n{CELL_WGSL}\n{STEP_WGSL}")),
+        (
+            "sequence",
+            format!("{COMMON_WGSL}\n{CELL_WGSL}\n{SEQUENCE_WGSL}"),
+        ),
         ("merge", MERGE_WGSL.to_string()),
     ]
 }
@@ -43,6 +51,8 @@ pub(crate) struct StepKey {
     pub zero_output_for_mask: bool,
     pub has_mask: bool,
     pub write_sequence: bool,
+    /// The whole-sequence kernel (sequence.wgsl) instead of the per-step one.
+    pub persistent: bool,
 }
 
 pub(crate) struct Kernels {
@@ -51,6 +61,7 @@ pub(crate) struct Kernels {
     pub step_layout: wgpu::BindGroupLayout,
     step_pipeline_layout: wgpu::PipelineLayout,
     step_module: wgpu::ShaderModule,
+    sequence_module: wgpu::ShaderModule,
     steps: Mutex<HashMap<StepKey, wgpu::ComputePipeline>>,
     pub merge_layout: wgpu::BindGroupLayout,
     merge_pipeline_layout: wgpu::PipelineLayout,
@@ -167,6 +178,7 @@ impl Kernels {
             step_layout,
             step_pipeline_layout,
             step_module: module("step", sources["step"].clone()),
+            sequence_module: module("sequence", sources["sequence"].clone()),
             steps: Mutex::new(HashMap::new()),
             merge_layout,
             merge_pipeline_layout,
@@ -175,7 +187,7 @@ impl Kernels {
         }
     }
 
-    /// The step pipeline for `key`, compiled on first use.
+    /// The step (or whole-sequence) pipeline for `key`, compiled on first use.
     pub fn step(&self, ctx: &GpuContext, key: StepKey) -> Result<wgpu::ComputePipeline> {
         let mut cache = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&key) {
@@ -192,9 +204,13 @@ impl Kernels {
         let p = ctx.checked("compiling the step kernel", || {
             ctx.device()
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some("step"),
+                    label: Some(if key.persistent { "sequence" } else { "step" }),
                     layout: Some(&self.step_pipeline_layout),
-                    module: &self.step_module,
+                    module: if key.persistent {
+                        &self.sequence_module
+                    } else {
+                        &self.step_module
+                    },
                     entry_point: Some("main"),
                     compilation_options: wgpu::PipelineCompilationOptions {
                         constants: &constants,

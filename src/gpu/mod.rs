@@ -5,12 +5,15 @@
 //! - [`GpuNetwork`] / [`GpuLstm`]: a network's weights on the GPU and its forward pass, one
 //!   submission and one readback per call.
 //! - The kernels (`shaders/*.wgsl`): the input projection for all timesteps as one tiled GEMM,
-//!   then one fused dispatch per timestep (recurrent product, gates, cell update, mask rule).
+//!   then one fused dispatch per timestep (recurrent product, gates, cell update, mask rule),
+//!   or, for small layers, one dispatch running the whole time loop in one workgroup.
 
 mod context;
 mod kernels;
 mod scheduler;
 
 pub use context::{GpuContext, GpuOptions};
-pub use kernels::{kernel_sources, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, STEP_WGSL};
-pub use scheduler::{ForwardStats, GpuLstm, GpuNetwork};
+pub use kernels::{
+    kernel_sources, CELL_WGSL, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, SEQUENCE_WGSL, STEP_WGSL,
+};
+pub use scheduler::{ForwardStats, GpuLstm, GpuNetwork, RecurrentKernel, PERSISTENT_MAX_STATE};
