@@ -8,6 +8,7 @@
 //! cargo run --release --example bench -- --plot FILE.svg          # time vs steps and vs batch
 //! cargo run --release --example bench -- --list-adapters
 //! ```
+//! `LSTM_WGPU_PROFILE=1` prints where the GPU time went (timestamp queries) to stderr.
 //! `LSTM_WGPU_KERNEL=step|sequence` forces the GPU's per-step or whole-sequence kernel
 //! (default: chosen automatically), to compare the two.
 
@@ -98,6 +99,9 @@ fn measure(
                 tried: "see --list-adapters".into(),
             })?;
             let mut layer = GpuLstm::new(ctx.clone(), &cpu)?;
+            let profiling = std::env::var("LSTM_WGPU_PROFILE").is_ok_and(|v| v == "1");
+            layer.set_profiling(profiling);
+            let mut profiles = Vec::new();
             match std::env::var("LSTM_WGPU_KERNEL").as_deref() {
                 Ok("step") => layer.set_recurrent_kernel(RecurrentKernel::PerStep),
                 Ok("sequence") => layer.set_recurrent_kernel(RecurrentKernel::WholeSequence),
@@ -110,7 +114,11 @@ fn measure(
                 std::hint::black_box(out);
                 if k >= warmup.max(1) {
                     times.push(dt);
+                    profiles.extend(layer.profile());
                 }
+            }
+            if profiling {
+                report_profile(&profiles);
             }
             let st = layer.stats();
             Ok(Measurement {
@@ -122,6 +130,29 @@ fn measure(
             })
         }
     }
+}
+
+/// Prints the median of each part of the GPU profiles (LSTM_WGPU_PROFILE=1) to stderr.
+fn report_profile(profiles: &[lstm_wgpu::gpu::ForwardProfile]) {
+    if profiles.is_empty() {
+        eprintln!("profile: this adapter has no timestamp queries inside passes");
+        return;
+    }
+    let median = |f: &dyn Fn(&lstm_wgpu::gpu::ForwardProfile) -> f64| {
+        let mut v: Vec<f64> = profiles.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
+    eprintln!(
+        "profile (median ms of {} runs): upload {:.3}, projection {:.3}, steps {:.3}, merge {:.3}, wait {:.3}, readback {:.3}",
+        profiles.len(),
+        median(&|p| p.upload_s),
+        median(&|p| p.projection_s),
+        median(&|p| p.steps_s),
+        median(&|p| p.merge_s),
+        median(&|p| p.wait_s),
+        median(&|p| p.readback_s),
+    );
 }
 
 fn json(backend: Backend, s: Shape, m: &Measurement) -> String {

@@ -205,7 +205,7 @@ pub(crate) fn check_inputs<T>(
 const PARALLEL_MIN_MACS: usize = 1 << 18;
 
 /// Steps with fewer state elements (B·H) than this update them on the calling thread.
-const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 
 /// `c = a · b`, or `c += a · b` when `accumulate`, with the `gemm` crate's kernels (AVX-512 or
 /// AVX2/FMA where the CPU has them, chosen at run time), on all cores for large products.

@@ -16,4 +16,6 @@ pub use context::{GpuContext, GpuOptions};
 pub use kernels::{
     kernel_sources, CELL_WGSL, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, SEQUENCE_WGSL, STEP_WGSL,
 };
-pub use scheduler::{ForwardStats, GpuLstm, GpuNetwork, RecurrentKernel, PERSISTENT_MAX_STATE};
+pub use scheduler::{
+    ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, RecurrentKernel, PERSISTENT_MAX_STATE,
+};

@@ -35,6 +35,43 @@ pub struct ForwardStats {
     pub buffers_created: u32,
 }
 
+/// Where the time of one forward went, from GPU timestamp queries (projection, steps, merge)
+/// and host clocks (upload, waiting, readback). Recorded when profiling is on
+/// ([`GpuNetwork::set_profiling`]) and the adapter has timestamp queries inside passes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ForwardProfile {
+    /// Host: writing x, mask and states, and recording the commands.
+    pub upload_s: f64,
+    /// GPU: the projection dispatches.
+    pub projection_s: f64,
+    /// GPU: the recurrent dispatches (per-step or whole-sequence).
+    pub steps_s: f64,
+    /// GPU: Bidirectional merges.
+    pub merge_s: f64,
+    /// Host: from submit until the outputs were mapped.
+    pub wait_s: f64,
+    /// Host: copying the mapped outputs into arrays.
+    pub readback_s: f64,
+}
+
+/// What each timestamp closes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Start,
+    Projection,
+    Steps,
+    Merge,
+}
+
+/// Timestamp queries of a profiled plan.
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    phases: Vec<Phase>,
+    /// Byte offset of the timestamps in the staging buffer.
+    offset: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct ProjParams {
@@ -207,6 +244,7 @@ struct Plan {
     staging: wgpu::Buffer,
     copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
     outputs: Vec<OutSpec>,
+    timestamps: Option<Timestamps>,
     bytes: u64,
     params_bytes: u64,
     buffers: u32,
@@ -248,6 +286,9 @@ pub struct GpuNetwork {
     state_valid: bool,
     /// Which kernel runs the time loops.
     kernel_choice: RecurrentKernel,
+    /// Record timestamps (when the adapter can).
+    profiling: bool,
+    profile: Option<ForwardProfile>,
     stats: ForwardStats,
 }
 
@@ -298,6 +339,8 @@ impl GpuNetwork {
             states: None,
             state_valid: false,
             kernel_choice: RecurrentKernel::Auto,
+            profiling: false,
+            profile: None,
             stats: ForwardStats::default(),
         })
     }
@@ -340,6 +383,26 @@ impl GpuNetwork {
         self.plan = None;
     }
 
+    /// Turns timestamp profiling on or off. When on, and the adapter has
+    /// `TIMESTAMP_QUERY_INSIDE_PASSES`, each forward records where its time went
+    /// ([`GpuNetwork::profile`]); the timestamps travel in the same readback.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+        self.plan = None;
+    }
+
+    /// The last forward's time breakdown, when profiling was on and the adapter supports it.
+    pub fn profile(&self) -> Option<ForwardProfile> {
+        self.profile
+    }
+
+    fn can_profile(&self) -> bool {
+        self.profiling
+            && self.ctx.features().contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            )
+    }
+
     /// Zeroes the carried state of stateful layers (applied at the next forward).
     pub fn reset_states(&mut self) {
         self.state_valid = false;
@@ -357,6 +420,7 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<Vec<ArrayD<f32>>> {
+        let started = std::time::Instant::now();
         let (batch, steps, _) = self.check(x, initial_state, mask)?;
         let mut stats = ForwardStats {
             submits: 1,
@@ -442,6 +506,14 @@ impl GpuNetwork {
                 label: Some("lstm forward"),
                 timestamp_writes: None,
             });
+            let mut stamp = 0u32;
+            let mut mark = |pass: &mut wgpu::ComputePass<'_>| {
+                if let Some(ts) = &plan.timestamps {
+                    pass.write_timestamp(&ts.set, stamp);
+                    stamp += 1;
+                }
+            };
+            mark(&mut pass);
             for (k, stage) in self.stages.iter().enumerate() {
                 let dirs = match *stage {
                     Stage::Lstm(d) => vec![d],
@@ -454,18 +526,20 @@ impl GpuNetwork {
                         pass.set_bind_group(0, &dp.proj_bind, &[*offset]);
                         pass.dispatch_workgroups(*gx, *gy, 1);
                         stats.dispatches += 1;
+                        mark(&mut pass);
                         pass.set_pipeline(&dp.step_pipeline);
                         if dp.persistent {
                             pass.set_bind_group(0, &dp.step_bind[0], &[dp.step_offsets[0]]);
                             pass.dispatch_workgroups(1, 1, 1);
                             stats.dispatches += 1;
-                            continue;
+                        } else {
+                            for s in range.clone() {
+                                pass.set_bind_group(0, &dp.step_bind[s % 2], &[dp.step_offsets[s]]);
+                                pass.dispatch_workgroups(dp.step_groups.0, dp.step_groups.1, 1);
+                                stats.dispatches += 1;
+                            }
                         }
-                        for s in range.clone() {
-                            pass.set_bind_group(0, &dp.step_bind[s % 2], &[dp.step_offsets[s]]);
-                            pass.dispatch_workgroups(dp.step_groups.0, dp.step_groups.1, 1);
-                            stats.dispatches += 1;
-                        }
+                        mark(&mut pass);
                     }
                     stats.projection_chunks += dp.chunks.len() as u32;
                 }
@@ -474,11 +548,17 @@ impl GpuNetwork {
                     pass.set_bind_group(0, &m.bind, &[]);
                     pass.dispatch_workgroups(m.groups.0, m.groups.1, 1);
                     stats.dispatches += 1;
+                    mark(&mut pass);
                 }
             }
         }
         for (src, src_off, dst_off, size) in &plan.copies {
             encoder.copy_buffer_to_buffer(src, *src_off, &plan.staging, *dst_off, *size);
+        }
+        if let Some(ts) = &plan.timestamps {
+            let n = ts.phases.len() as u32;
+            encoder.resolve_query_set(&ts.set, 0..n, &ts.resolve, 0);
+            encoder.copy_buffer_to_buffer(&ts.resolve, 0, &plan.staging, ts.offset, None);
         }
         if self.stateful() {
             // Keep the carried state in buffer [0] of each pair for the next call.
@@ -490,19 +570,22 @@ impl GpuNetwork {
             }
         }
         let ctx = self.ctx.clone();
+        let submitted = std::time::Instant::now();
         ctx.checked("recording the forward", || {
             queue.submit([encoder.finish()]);
         })?;
         let data = read_staging(&self.ctx, &plan.staging)?;
+        let mapped = std::time::Instant::now();
         stats.bytes_read_back = plan.staging.size();
         let outputs = plan
             .outputs
             .iter()
             .map(|o| {
                 let n: usize = o.shape.iter().product();
-                let a =
-                    ArrayD::from_shape_vec(IxDyn(&o.shape), data[o.offset..o.offset + n].to_vec())
-                        .expect("staging layout matches the output shape");
+                let values: Vec<f32> =
+                    bytemuck::pod_collect_to_vec(&data[o.offset * 4..(o.offset + n) * 4]);
+                let a = ArrayD::from_shape_vec(IxDyn(&o.shape), values)
+                    .expect("staging layout matches the output shape");
                 match &o.cols {
                     None => a,
                     Some(r) => {
@@ -513,6 +596,28 @@ impl GpuNetwork {
                 }
             })
             .collect();
+        self.profile = plan.timestamps.as_ref().map(|ts| {
+            let period = f64::from(queue.get_timestamp_period()) * 1e-9;
+            let start = ts.offset as usize;
+            let ticks: Vec<u64> =
+                bytemuck::pod_collect_to_vec(&data[start..start + 8 * ts.phases.len()]);
+            let mut p = ForwardProfile {
+                upload_s: (submitted - started).as_secs_f64(),
+                wait_s: (mapped - submitted).as_secs_f64(),
+                readback_s: mapped.elapsed().as_secs_f64(),
+                ..Default::default()
+            };
+            for (k, phase) in ts.phases.iter().enumerate().skip(1) {
+                let dt = ticks[k].saturating_sub(ticks[k - 1]) as f64 * period;
+                match phase {
+                    Phase::Projection => p.projection_s += dt,
+                    Phase::Steps => p.steps_s += dt,
+                    Phase::Merge => p.merge_s += dt,
+                    Phase::Start => {}
+                }
+            }
+            p
+        });
         self.state_valid = self.stateful();
         self.stats = stats;
         Ok(outputs)
@@ -663,7 +768,8 @@ impl GpuNetwork {
                 // dispatch limit.
                 let per_step = (batch * n * 4) as u64;
                 let by_bytes = (self.max_binding() / per_step) as usize;
-                let by_groups = max_groups * 64 / batch;
+                // The projection covers 4 rows per workgroup (y) and 256 columns (x).
+                let by_groups = max_groups * 4 / batch;
                 let tc_max = by_bytes.min(by_groups).min(steps);
                 if tc_max == 0 {
                     return Err(LstmError::invalid(
@@ -719,8 +825,8 @@ impl GpuNetwork {
                         has_bias: u32::from(w.bias.is_some()),
                         _pad: 0,
                     }));
-                    let gx = n.div_ceil(64) as u32;
-                    let gy = (batch * len).div_ceil(64) as u32;
+                    let gx = n.div_ceil(256) as u32;
+                    let gy = (batch * len).div_ceil(4) as u32;
                     chunks.push((off, gx, gy, s0..s1));
                     for (s, slot) in step_offsets.iter_mut().enumerate().take(s1).skip(s0) {
                         let t = if w.config.go_backwards {
@@ -967,7 +1073,47 @@ impl GpuNetwork {
             outputs,
             floats: offset,
         } = rb;
-        let staging_size = (offset * 4) as u64;
+        let timestamps = if self.can_profile() {
+            let mut phases = vec![Phase::Start];
+            for (k, stage) in self.stages.iter().enumerate() {
+                let stage_dirs = match *stage {
+                    Stage::Lstm(d) => vec![d],
+                    Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
+                };
+                for d in stage_dirs {
+                    for _ in &dirs[d].chunks {
+                        phases.push(Phase::Projection);
+                        phases.push(Phase::Steps);
+                    }
+                }
+                if merges[k].is_some() {
+                    phases.push(Phase::Merge);
+                }
+            }
+            let n = phases.len() as u32;
+            let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("forward timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            });
+            let resolve = make(
+                "timestamps",
+                8 * u64::from(n),
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            );
+            Some(Timestamps {
+                set,
+                resolve,
+                phases,
+                offset: ((offset * 4) as u64).next_multiple_of(8),
+            })
+        } else {
+            None
+        };
+        let staging_size = match &timestamps {
+            Some(ts) => ts.offset + 8 * ts.phases.len() as u64,
+            None => (offset * 4) as u64,
+        };
         if staging_size > limits.max_buffer_size {
             return Err(LstmError::invalid(
                 "x",
@@ -994,6 +1140,7 @@ impl GpuNetwork {
             staging,
             copies,
             outputs,
+            timestamps,
             bytes,
             params_bytes,
             buffers,
@@ -1001,8 +1148,8 @@ impl GpuNetwork {
     }
 }
 
-/// Maps the staging buffer once and returns its contents as f32.
-fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
+/// Maps the staging buffer once and returns its bytes.
+fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |r| {
         let _ = tx.send(r);
@@ -1025,7 +1172,7 @@ fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<f32>> {
             .map_err(|e| LstmError::Device {
                 message: format!("reading the outputs: {e}"),
             })?;
-        bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        view.to_vec()
     };
     staging.unmap();
     Ok(data)
@@ -1219,6 +1366,16 @@ impl GpuLstm {
     /// See [`GpuNetwork::set_recurrent_kernel`].
     pub fn set_recurrent_kernel(&mut self, kernel: RecurrentKernel) {
         self.inner.set_recurrent_kernel(kernel)
+    }
+
+    /// See [`GpuNetwork::set_profiling`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.inner.set_profiling(on)
+    }
+
+    /// See [`GpuNetwork::profile`].
+    pub fn profile(&self) -> Option<ForwardProfile> {
+        self.inner.profile()
     }
 
     /// The statistics of the last forward.
