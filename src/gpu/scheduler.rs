@@ -108,6 +108,9 @@ struct SeqParams {
     _pad: [u32; 4],
 }
 
+/// Batch rows one workgroup of the step kernel covers (`BT` in step.wgsl).
+const STEP_ROWS: usize = 4;
+
 /// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array).
 pub const PERSISTENT_MAX_STATE: usize = 1024;
 
@@ -907,7 +910,7 @@ impl GpuNetwork {
                         persistent,
                     },
                 )?;
-                let step_groups = (h.div_ceil(64), batch.div_ceil(4));
+                let step_groups = (h.div_ceil(64), batch.div_ceil(STEP_ROWS));
                 if step_groups.0 > max_groups || step_groups.1 > max_groups {
                     return Err(LstmError::invalid(
                         "x",
