@@ -4,7 +4,7 @@
 //!   `wgpu::Device`/`Queue` with [`GpuContext::from_device`].
 //! - [`GpuNetwork`] / [`GpuLstm`]: a network's weights on the GPU and its forward pass, one
 //!   submission and one readback per call.
-//! - The kernels (`shaders/*.wgsl`): the input projection for all timesteps as one tiled GEMM,
+//! - The kernels (`shaders/*.wgsl`): the input projection for all timesteps as one register-tiled GEMM,
 //!   then one fused dispatch per timestep (recurrent product, gates, cell update, mask rule),
 //!   or, for small layers, one dispatch running the whole time loop in one workgroup.
 
