@@ -1,5 +1,22 @@
-// The LSTM cell for one (batch row, unit), shared by step.wgsl and sequence.wgsl (prepended
-// to both, after common.wgsl). CPU twin: `cell_update` in src/cpu.rs.
+// What step.wgsl and sequence.wgsl share (prepended to both, after common.wgsl): the
+// pipeline-overridable constants that select activations and flags, the buffers (binding 0,
+// the parameter block, is each kernel's own), and the LSTM cell.
+
+override ACTIVATION: u32 = 0u;
+override RECURRENT_ACTIVATION: u32 = 1u;
+override ZERO_OUTPUT_FOR_MASK: bool = false;
+override HAS_MASK: bool = false;
+override WRITE_SEQUENCE: bool = false;
+
+@group(0) @binding(1) var<storage, read> rk: array<f32>;
+@group(0) @binding(2) var<storage, read> proj: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<u32>;
+@group(0) @binding(4) var<storage, read> state_in: array<f32>;
+@group(0) @binding(5) var<storage, read_write> state_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> last: array<f32>;
+@group(0) @binding(7) var<storage, read_write> seq: array<f32>;
+
+// The LSTM cell for one (batch row, unit). CPU twin: `cell_update` in src/cpu.rs.
 // z: the pre-activations of the gates (i, f, c, o); returns (h_t, c_t).
 
 fn lstm_cell(z: vec4<f32>, c_prev: f32) -> vec2<f32> {

@@ -7,11 +7,6 @@
 //
 // Thread `tid` owns elements e = tid + 256 q (q < 4) of the B·H state, e = b·H + j.
 
-override ACTIVATION: u32 = 0u;
-override RECURRENT_ACTIVATION: u32 = 1u;
-override ZERO_OUTPUT_FOR_MASK: bool = false;
-override HAS_MASK: bool = false;
-override WRITE_SEQUENCE: bool = false;
 
 struct SeqParams {
     batch: u32,
@@ -25,13 +20,6 @@ struct SeqParams {
 }
 
 @group(0) @binding(0) var<uniform> p: SeqParams;
-@group(0) @binding(1) var<storage, read> rk: array<f32>;
-@group(0) @binding(2) var<storage, read> proj: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<u32>;
-@group(0) @binding(4) var<storage, read> state_in: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> last: array<f32>;
-@group(0) @binding(7) var<storage, read_write> seq: array<f32>;
 
 const WG: u32 = 64u;
 const PER: u32 = 16u;

@@ -11,13 +11,8 @@
 // neighbouring threads read neighbouring addresses (coalesced on GPUs, one vector load per
 // gate on SIMD rasterizers such as lavapipe).
 // h and c ping-pong: the step reads `state_in` and writes `state_out` (h at [0, BH), c at
-// [BH, 2BH)). The activation choice and flags are pipeline-overridable constants.
+// [BH, 2BH)). The activation choice and flags are the overridable constants of cell.wgsl.
 
-override ACTIVATION: u32 = 0u;
-override RECURRENT_ACTIVATION: u32 = 1u;
-override ZERO_OUTPUT_FOR_MASK: bool = false;
-override HAS_MASK: bool = false;
-override WRITE_SEQUENCE: bool = false;
 
 struct StepParams {
     batch: u32,
@@ -31,13 +26,6 @@ struct StepParams {
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
-@group(0) @binding(1) var<storage, read> rk: array<f32>;
-@group(0) @binding(2) var<storage, read> proj: array<f32>;
-@group(0) @binding(3) var<storage, read> mask: array<u32>;
-@group(0) @binding(4) var<storage, read> state_in: array<f32>;
-@group(0) @binding(5) var<storage, read_write> state_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> last: array<f32>;
-@group(0) @binding(7) var<storage, read_write> seq: array<f32>;
 
 const WG: u32 = 64u;
 const BT: u32 = 4u;

@@ -165,6 +165,28 @@ pub struct CallArrays<T> {
     pub mask: Option<Array2<bool>>,
 }
 
+impl<T> CallArrays<T> {
+    /// Calls `f` with the inputs as views: x, the initial states, the mask.
+    pub fn apply<R>(
+        &self,
+        f: impl FnOnce(
+            ndarray::ArrayView3<T>,
+            Option<&[ndarray::ArrayView2<T>]>,
+            Option<ndarray::ArrayView2<bool>>,
+        ) -> R,
+    ) -> R {
+        let states: Option<Vec<_>> = self
+            .initial_state
+            .as_ref()
+            .map(|s| s.iter().map(|a| a.view()).collect());
+        f(
+            self.x.view(),
+            states.as_deref(),
+            self.mask.as_ref().map(|m| m.view()),
+        )
+    }
+}
+
 impl CaseInputs {
     /// Converts to arrays of `T`.
     pub fn to_arrays<T: Element>(&self) -> Result<CallArrays<T>> {
@@ -260,15 +282,7 @@ impl<T: Element> CaseRunner<T> for crate::Network<T> {
     }
 
     fn call(&mut self, inputs: &CallArrays<T>) -> Result<Vec<ArrayD<T>>> {
-        let states: Option<Vec<_>> = inputs
-            .initial_state
-            .as_ref()
-            .map(|s| s.iter().map(|a| a.view()).collect());
-        self.forward(
-            inputs.x.view(),
-            states.as_deref(),
-            inputs.mask.as_ref().map(|m| m.view()),
-        )
+        inputs.apply(|x, states, mask| self.forward(x, states, mask))
     }
 }
 
@@ -328,15 +342,7 @@ impl CaseRunner<f32> for crate::gpu::GpuNetwork {
     }
 
     fn call(&mut self, inputs: &CallArrays<f32>) -> Result<Vec<ArrayD<f32>>> {
-        let states: Option<Vec<_>> = inputs
-            .initial_state
-            .as_ref()
-            .map(|s| s.iter().map(|a| a.view()).collect());
-        self.forward(
-            inputs.x.view(),
-            states.as_deref(),
-            inputs.mask.as_ref().map(|m| m.view()),
-        )
+        inputs.apply(|x, states, mask| self.forward(x, states, mask))
     }
 }
 

@@ -69,6 +69,30 @@ pub(crate) struct Kernels {
     merges: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
 }
 
+/// Compiles `module`'s `main` with the given override constants.
+fn compile(
+    ctx: &GpuContext,
+    label: &str,
+    layout: &wgpu::PipelineLayout,
+    module: &wgpu::ShaderModule,
+    constants: &[(&str, f64)],
+) -> Result<wgpu::ComputePipeline> {
+    ctx.checked(&format!("compiling the {label} kernel"), || {
+        ctx.device()
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(layout),
+                module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+    })
+}
+
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -201,24 +225,13 @@ impl Kernels {
             ("HAS_MASK", flag(key.has_mask)),
             ("WRITE_SEQUENCE", flag(key.write_sequence)),
         ];
-        let p = ctx.checked("compiling the step kernel", || {
-            ctx.device()
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some(if key.persistent { "sequence" } else { "step" }),
-                    layout: Some(&self.step_pipeline_layout),
-                    module: if key.persistent {
-                        &self.sequence_module
-                    } else {
-                        &self.step_module
-                    },
-                    entry_point: Some("main"),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
-        })?;
+        let module = if key.persistent {
+            &self.sequence_module
+        } else {
+            &self.step_module
+        };
+        let label = if key.persistent { "sequence" } else { "step" };
+        let p = compile(ctx, label, &self.step_pipeline_layout, module, &constants)?;
         cache.insert(key, p.clone());
         Ok(p)
     }
@@ -236,20 +249,13 @@ impl Kernels {
             return Ok(p.clone());
         }
         let constants = [("MERGE_MODE", id as f64)];
-        let p = ctx.checked("compiling the merge kernel", || {
-            ctx.device()
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some("merge"),
-                    layout: Some(&self.merge_pipeline_layout),
-                    module: &self.merge_module,
-                    entry_point: Some("main"),
-                    compilation_options: wgpu::PipelineCompilationOptions {
-                        constants: &constants,
-                        zero_initialize_workgroup_memory: false,
-                    },
-                    cache: None,
-                })
-        })?;
+        let p = compile(
+            ctx,
+            "merge",
+            &self.merge_pipeline_layout,
+            &self.merge_module,
+            &constants,
+        )?;
         cache.insert(id, p.clone());
         Ok(p)
     }
