@@ -25,12 +25,15 @@
 #![warn(missing_docs)]
 
 mod activation;
+pub mod archive;
 mod config;
 pub mod cpu;
 mod element;
 mod error;
 pub mod golden;
 pub mod gpu;
+pub mod hdf5;
+pub mod model;
 mod network;
 pub mod perf;
 mod weights;

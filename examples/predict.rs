@@ -1,0 +1,72 @@
+//! Runs a saved Keras model on an input and writes its predictions.
+//!
+//! ```text
+//! cargo run --release --example predict -- --model FILE.keras --input X.npy --output Y.npy [--backend cpu|gpu]
+//! ```
+//! A model with several outputs writes `Y.0.npy`, `Y.1.npy`, ... in the model's output order.
+//! Any error: a one-line reason on stderr and a non-zero exit code.
+
+use lstm_wgpu::model::KerasModel;
+use ndarray::{Array3, ArrayD};
+use ndarray_npy::{read_npy, write_npy};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+fn usage() -> String {
+    "usage: predict --model FILE.keras --input X.npy --output Y.npy [--backend cpu|gpu]".into()
+}
+
+fn run() -> Result<(), String> {
+    let (mut model, mut input, mut output, mut backend) = (None, None, None, "cpu".to_string());
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or_else(usage);
+        match a.as_str() {
+            "--model" => model = Some(PathBuf::from(value()?)),
+            "--input" => input = Some(PathBuf::from(value()?)),
+            "--output" => output = Some(PathBuf::from(value()?)),
+            "--backend" => backend = value()?,
+            _ => return Err(usage()),
+        }
+    }
+    let (Some(model), Some(input), Some(output)) = (model, input, output) else {
+        return Err(usage());
+    };
+    if backend != "cpu" && backend != "gpu" {
+        return Err(format!("unknown backend {backend:?} (cpu or gpu)"));
+    }
+    let mut m = KerasModel::load(&model).map_err(|e| e.to_string())?;
+    let x: Array3<f32> = read_npy(&input).map_err(|e| {
+        format!(
+            "{}: {e} (expected a float32 array of shape (B, T, I))",
+            input.display()
+        )
+    })?;
+    let outputs: Vec<ArrayD<f32>> = if backend == "gpu" {
+        return Err("--backend gpu: models run on the CPU path for now (the GPU runs LSTM, Bidirectional and stacked layers through lstm_wgpu::gpu)".into());
+    } else {
+        m.predict(x.view()).map_err(|e| e.to_string())?
+    };
+    let write = |path: &Path, a: &ArrayD<f32>| {
+        write_npy(path, a).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    if outputs.len() == 1 {
+        write(&output, &outputs[0])?;
+    } else {
+        let stem = output.with_extension("");
+        for (k, a) in outputs.iter().enumerate() {
+            write(&PathBuf::from(format!("{}.{k}.npy", stem.display())), a)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Keras models saved as `.keras` files (or a config plus `.weights.h5`), made of
+//! `InputLayer`, `Masking`, `LSTM`, `Bidirectional(LSTM)` and `Dense`, as `Sequential` models or
+//! functional models that are a chain; run on the CPU path.
+
+use crate::activation::Activation;
+use crate::archive;
+use crate::config::LayerConfig;
+use crate::cpu::{matmul, Lstm};
+use crate::error::{LstmError, Result};
+use crate::hdf5::H5File;
+use crate::network::{Bidirectional, Network};
+use crate::weights::LstmWeights;
+use ndarray::{Array1, Array2, ArrayD, ArrayView3, Axis, Ix2, Ix3, IxDyn};
+use serde_json::Value;
+use std::path::Path;
+
+/// A Dense layer's activation: any [`Activation`], or softmax over the last axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DenseActivation {
+    /// An element-wise activation.
+    Elementwise(Activation),
+    /// `exp(x - max) / sum` over the last axis.
+    Softmax,
+}
+
+/// One layer of a loaded model.
+// A model holds a handful of layers for its lifetime; the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum ModelLayer {
+    /// `Masking(mask_value)`: masks the timesteps whose features all equal `mask_value`.
+    Masking {
+        /// The value that marks padding.
+        mask_value: f32,
+    },
+    /// An `LSTM` or `Bidirectional(LSTM)`.
+    Recurrent(Network<f32>),
+    /// `Dense`: `activation(x · kernel + bias)` on the last axis (per timestep on 3-D input).
+    Dense {
+        /// `[in, units]`.
+        kernel: Array2<f32>,
+        /// `[units]`.
+        bias: Option<Array1<f32>>,
+        /// The activation.
+        activation: DenseActivation,
+    },
+}
+
+/// A Keras model loaded from a `.keras` file.
+///
+/// ```no_run
+/// use lstm_wgpu::model::KerasModel;
+/// let mut model = KerasModel::load("model.keras".as_ref())?;
+/// let x = ndarray::Array3::<f32>::zeros((2, 10, 3));
+/// let outputs = model.predict(x.view())?; // in the model's output order
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct KerasModel {
+    name: String,
+    layers: Vec<(String, ModelLayer)>,
+    /// Which outputs of the last layer the model returns, in order.
+    outputs: Vec<usize>,
+}
+
+fn bad_model(reason: impl Into<String>) -> LstmError {
+    LstmError::File {
+        path: "Keras model".into(),
+        reason: reason.into(),
+    }
+}
+
+/// Keras's weight-group key of a class: snake case (`InputLayer` -> `input_layer`).
+fn snake_case(class: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = class.chars().collect();
+    for (k, c) in chars.iter().enumerate() {
+        if c.is_uppercase() && k > 0 && chars[k - 1].is_lowercase() {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+impl KerasModel {
+    /// Loads a `.keras` file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| LstmError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_keras_bytes(&bytes).map_err(|e| match e {
+            LstmError::File { reason, .. } => LstmError::File {
+                path: path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Loads a `.keras` archive held in memory.
+    pub fn from_keras_bytes(bytes: &[u8]) -> Result<Self> {
+        let members = archive::members(bytes)?;
+        let member = |name: &str| {
+            members
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, b)| *b)
+                .ok_or_else(|| bad_model(format!("no {name} in the archive")))
+        };
+        let config: Value = serde_json::from_slice(member("config.json")?)
+            .map_err(|e| bad_model(format!("config.json: {e}")))?;
+        Self::from_config_and_weights(&config, member("model.weights.h5")?)
+    }
+
+    /// Builds a model from its `config.json` (the serialized model) and the bytes of its
+    /// weights file (`model.weights.h5` or a `.weights.h5` saved with `save_weights`).
+    pub fn from_config_and_weights(config: &Value, weights_h5: &[u8]) -> Result<Self> {
+        let h5 = H5File::new(weights_h5)?;
+        let class = config
+            .get("class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_model("config.json has no class_name"))?;
+        let cfg = config
+            .get("config")
+            .ok_or_else(|| bad_model("config.json has no config"))?;
+        let name = cfg
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("model")
+            .to_string();
+        let entries = cfg
+            .get("layers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad_model("the model config has no layers list"))?;
+        let functional = match class {
+            "Sequential" => false,
+            "Functional" | "Model" => true,
+            other => return Err(LstmError::unsupported("model class_name", other)),
+        };
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let mut layers = Vec::new();
+        let mut previous: Option<String> = None;
+        for entry in entries {
+            let class = entry
+                .get("class_name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad_model("a layer without class_name"))?;
+            let lcfg = entry
+                .get("config")
+                .ok_or_else(|| bad_model(format!("{class} layer without config")))?;
+            let lname = lcfg
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(class)
+                .to_string();
+            if class == "InputLayer" && !functional {
+                continue;
+            }
+            // The weight group key: snake-case class name, _1, _2, ... by order of class.
+            let base = snake_case(class);
+            let n = counts.entry(base.clone()).or_insert(0);
+            let key = if *n == 0 {
+                base.clone()
+            } else {
+                format!("{base}_{n}")
+            };
+            *n += 1;
+            if functional {
+                check_chain(entry, class, &lname, previous.as_deref())?;
+                previous = Some(lname.clone());
+            }
+            let layer = match class {
+                "InputLayer" => continue,
+                "Masking" => ModelLayer::Masking {
+                    mask_value: lcfg
+                        .get("mask_value")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0) as f32,
+                },
+                "LSTM" | "Bidirectional" => {
+                    let layer_config = LayerConfig::from_keras(entry)?;
+                    ModelLayer::Recurrent(recurrent(&h5, &key, &layer_config)?)
+                }
+                "Dense" => dense(&h5, &key, lcfg, &lname)?,
+                other => {
+                    return Err(LstmError::unsupported(
+                        "layer class_name",
+                        format!("{other} (layer {lname:?})"),
+                    ))
+                }
+            };
+            layers.push((lname, layer));
+        }
+        if layers.is_empty() {
+            return Err(bad_model("the model has no layers after its input"));
+        }
+        let last_count = match &layers.last().expect("not empty").1 {
+            ModelLayer::Recurrent(n) => n.output_count(),
+            _ => 1,
+        };
+        let outputs = if functional {
+            output_indices(cfg, &layers.last().expect("not empty").0, last_count)?
+        } else {
+            (0..last_count).collect()
+        };
+        Ok(KerasModel {
+            name,
+            layers,
+            outputs,
+        })
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The layers, with their names.
+    pub fn layers(&self) -> &[(String, ModelLayer)] {
+        &self.layers
+    }
+
+    /// Runs the model on `x [B, T, I]` on the CPU and returns its outputs in the model's order.
+    pub fn predict(&mut self, x: ArrayView3<f32>) -> Result<Vec<ArrayD<f32>>> {
+        let mut current: ArrayD<f32> = x.to_owned().into_dyn();
+        let mut mask: Option<Array2<bool>> = None;
+        let mut last_outputs = Vec::new();
+        let n_layers = self.layers.len();
+        for (k, (name, layer)) in self.layers.iter_mut().enumerate() {
+            let outs = match layer {
+                ModelLayer::Masking { mask_value } => {
+                    let x3 = as3(&current, name)?;
+                    let m = x3.map_axis(Axis(2), |row| row.iter().any(|v| v != mask_value));
+                    let mut masked = x3.to_owned();
+                    for ((b, t, _), v) in masked.indexed_iter_mut() {
+                        if !m[[b, t]] {
+                            *v = 0.0;
+                        }
+                    }
+                    mask = Some(m);
+                    vec![masked.into_dyn()]
+                }
+                ModelLayer::Recurrent(net) => {
+                    let x3 = as3(&current, name)?;
+                    if x3.shape()[2] != net.input_dim() {
+                        return Err(LstmError::shape(
+                            format!("input of layer {name}"),
+                            &[x3.shape()[0], x3.shape()[1], net.input_dim()],
+                            x3.shape(),
+                        ));
+                    }
+                    let outs = net.forward(x3, None, mask.as_ref().map(|m| m.view()))?;
+                    if !net.returns_sequences() {
+                        mask = None;
+                    }
+                    outs
+                }
+                ModelLayer::Dense {
+                    kernel,
+                    bias,
+                    activation,
+                } => vec![dense_forward(
+                    &current,
+                    kernel,
+                    bias.as_ref(),
+                    *activation,
+                    name,
+                )?],
+            };
+            if k + 1 == n_layers {
+                last_outputs = outs;
+            } else {
+                current = outs
+                    .into_iter()
+                    .next()
+                    .expect("every layer returns an output");
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|&k| {
+                last_outputs
+                    .get(k)
+                    .cloned()
+                    .ok_or_else(|| bad_model(format!("the last layer has no output {k}")))
+            })
+            .collect()
+    }
+}
+
+fn as3<'a>(a: &'a ArrayD<f32>, layer: &str) -> Result<ArrayView3<'a, f32>> {
+    a.view()
+        .into_dimensionality::<Ix3>()
+        .map_err(|_| LstmError::shape(format!("input of layer {layer}"), &[0, 0, 0], a.shape()))
+}
+
+/// Checks that a functional layer's input is the previous layer's output.
+fn check_chain(entry: &Value, class: &str, name: &str, previous: Option<&str>) -> Result<()> {
+    let Some(previous) = previous else {
+        return if class == "InputLayer" {
+            Ok(())
+        } else {
+            Err(bad_model(
+                "a functional model must start with an InputLayer",
+            ))
+        };
+    };
+    let source = entry
+        .pointer("/inbound_nodes/0/args/0/config/keras_history/0")
+        .and_then(Value::as_str);
+    if source != Some(previous) {
+        return Err(bad_model(format!(
+            "layer {name} reads {source:?}, not the previous layer {previous:?}: only chains \
+             of layers are supported"
+        )));
+    }
+    Ok(())
+}
+
+/// The indices into the last layer's outputs that a functional model returns.
+fn output_indices(cfg: &Value, last: &str, count: usize) -> Result<Vec<usize>> {
+    let outs = cfg
+        .get("output_layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_model("functional model without output_layers"))?;
+    // Either one [name, node, index] triple or a list of them.
+    let triples: Vec<&Value> = if outs.first().is_some_and(Value::is_string) {
+        vec![cfg.get("output_layers").expect("checked above")]
+    } else {
+        outs.iter().collect()
+    };
+    triples
+        .into_iter()
+        .map(|t| {
+            let name = t.get(0).and_then(Value::as_str);
+            let index = t.get(2).and_then(Value::as_u64).unwrap_or(0) as usize;
+            if name != Some(last) || index >= count {
+                return Err(bad_model(format!(
+                    "output {t} is not an output of the last layer {last:?}"
+                )));
+            }
+            Ok(index)
+        })
+        .collect()
+}
+
+fn read2(h5: &H5File, path: &str) -> Result<Array2<f32>> {
+    let d = h5.dataset(path)?;
+    let shape = d.shape.clone();
+    ArrayD::from_shape_vec(IxDyn(&d.shape), d.values)
+        .ok()
+        .and_then(|a| a.into_dimensionality::<Ix2>().ok())
+        .ok_or_else(|| LstmError::shape(path, &[0, 0], &shape))
+}
+
+fn read1(h5: &H5File, path: &str) -> Result<Array1<f32>> {
+    let d = h5.dataset(path)?;
+    if d.shape.len() != 1 {
+        return Err(LstmError::shape(path, &[0], &d.shape));
+    }
+    Ok(Array1::from_vec(d.values))
+}
+
+fn lstm_weights(h5: &H5File, group: &str, config: &crate::LstmConfig) -> Result<Lstm<f32>> {
+    let kernel = read2(h5, &format!("{group}/cell/vars/0"))?;
+    let recurrent = read2(h5, &format!("{group}/cell/vars/1"))?;
+    let bias = if config.use_bias {
+        Some(read1(h5, &format!("{group}/cell/vars/2"))?)
+    } else {
+        None
+    };
+    let input_dim = kernel.nrows();
+    Lstm::new(
+        config.clone(),
+        LstmWeights::new(config, input_dim, kernel, recurrent, bias)?,
+    )
+}
+
+fn recurrent(h5: &H5File, key: &str, config: &LayerConfig) -> Result<Network<f32>> {
+    match config {
+        LayerConfig::Lstm(c) => Ok(Network::Lstm(lstm_weights(
+            h5,
+            &format!("layers/{key}"),
+            c,
+        )?)),
+        LayerConfig::Bidirectional(b) => {
+            let f = lstm_weights(h5, &format!("layers/{key}/forward_layer"), &b.forward)?;
+            let w = lstm_weights(h5, &format!("layers/{key}/backward_layer"), &b.backward)?;
+            Ok(Network::Bidirectional(Box::new(Bidirectional::new(
+                b.clone(),
+                f.weights().clone(),
+                w.weights().clone(),
+            )?)))
+        }
+        LayerConfig::Sequential(_) => Err(LstmError::unsupported(
+            "layer class_name",
+            "Sequential nested in a model",
+        )),
+    }
+}
+
+fn dense(h5: &H5File, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> {
+    let activation = match cfg.get("activation") {
+        None | Some(Value::Null) => DenseActivation::Elementwise(Activation::Linear),
+        Some(Value::String(s)) if s == "softmax" => DenseActivation::Softmax,
+        Some(Value::String(s)) => DenseActivation::Elementwise(
+            Activation::from_name(s).map_err(|_| LstmError::unsupported("activation", s))?,
+        ),
+        Some(other) => return Err(LstmError::unsupported("activation", other)),
+    };
+    let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
+    let kernel = read2(h5, &format!("layers/{key}/vars/0"))?;
+    let bias = if use_bias {
+        let b = read1(h5, &format!("layers/{key}/vars/1"))?;
+        if b.len() != kernel.ncols() {
+            return Err(LstmError::shape(
+                format!("{name}/bias"),
+                &[kernel.ncols()],
+                &[b.len()],
+            ));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    if let Some(units) = cfg.get("units").and_then(Value::as_u64) {
+        if units as usize != kernel.ncols() {
+            return Err(LstmError::shape(
+                format!("{name}/kernel"),
+                &[kernel.nrows(), units as usize],
+                kernel.shape(),
+            ));
+        }
+    }
+    Ok(ModelLayer::Dense {
+        kernel,
+        bias,
+        activation,
+    })
+}
+
+fn dense_forward(
+    x: &ArrayD<f32>,
+    kernel: &Array2<f32>,
+    bias: Option<&Array1<f32>>,
+    activation: DenseActivation,
+    name: &str,
+) -> Result<ArrayD<f32>> {
+    let width = *x.shape().last().unwrap_or(&0);
+    if width != kernel.nrows() {
+        return Err(LstmError::shape(
+            format!("input of layer {name}"),
+            &[kernel.nrows()],
+            &[width],
+        ));
+    }
+    let rows = x.len() / width.max(1);
+    let x2 = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((rows, width))
+        .expect("a standard-layout array reshapes to [rows, width]");
+    let mut y = match bias {
+        Some(b) => b.broadcast((rows, b.len())).expect("[units]").to_owned(),
+        None => Array2::zeros((rows, kernel.ncols())),
+    };
+    matmul(x2.view(), kernel.view(), y.view_mut(), bias.is_some());
+    match activation {
+        DenseActivation::Elementwise(a) => {
+            a.apply_slice(y.as_slice_mut().expect("standard layout"))
+        }
+        DenseActivation::Softmax => {
+            for mut row in y.rows_mut() {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                row.mapv_inplace(|v| (v - max).exp());
+                let sum = row.sum();
+                row.mapv_inplace(|v| v / sum);
+            }
+        }
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("at least 1-D") = kernel.ncols();
+    Ok(y.into_shape_with_order(IxDyn(&shape))
+        .expect("same number of elements"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_group_keys() {
+        assert_eq!(snake_case("LSTM"), "lstm");
+        assert_eq!(snake_case("InputLayer"), "input_layer");
+        assert_eq!(snake_case("Bidirectional"), "bidirectional");
+    }
+}

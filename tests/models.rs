@@ -1,0 +1,187 @@
+//! Real Keras models (`../shared/golden/keras-models`): predictions on the CPU path, the same
+//! weights through `.weights.h5`, and corrupt or truncated files.
+
+use lstm_wgpu::archive;
+use lstm_wgpu::model::KerasModel;
+use ndarray::{Array3, ArrayD};
+use ndarray_npy::read_npy;
+use std::path::PathBuf;
+
+const MODELS: [&str; 7] = [
+    "lstm_only",
+    "lstm_seq_dense",
+    "masked_classifier",
+    "stacked_bidi",
+    "go_backwards_relu",
+    "functional_states",
+    "bidi_sum_last",
+];
+
+fn dir() -> PathBuf {
+    std::env::var_os("LSTM_WGPU_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-models")
+        })
+}
+
+fn expected(name: &str) -> Vec<ArrayD<f32>> {
+    let single = dir().join(format!("{name}.expected.npy"));
+    if single.exists() {
+        return vec![read_npy(&single).unwrap()];
+    }
+    (0..)
+        .map(|k| dir().join(format!("{name}.expected.{k}.npy")))
+        .take_while(|p| p.exists())
+        .map(|p| read_npy(&p).unwrap())
+        .collect()
+}
+
+fn max_abs(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "number of outputs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.shape(), y.shape());
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn every_model_matches_keras_on_cpu() {
+    let mut worst = (0.0f32, "");
+    for name in MODELS {
+        let mut model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+        let x: Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
+        let want = expected(name);
+        assert!(!want.is_empty(), "{name}: no expected outputs");
+        let got = model.predict(x.view()).unwrap();
+        let e = max_abs(&got, &want);
+        assert!(e <= 1e-5, "{name}: {e}");
+        if e > worst.0 {
+            worst = (e, name);
+        }
+    }
+    println!("worst model error on the CPU: {:e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn weights_h5_with_the_archives_config_gives_the_same_predictions() {
+    for name in MODELS {
+        let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+        let members = archive::members(&keras).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(members.iter().find(|(n, _)| n == "config.json").unwrap().1)
+                .unwrap();
+        let h5 = std::fs::read(dir().join(format!("{name}.weights.h5"))).unwrap();
+        let mut a = KerasModel::from_config_and_weights(&config, &h5).unwrap();
+        let mut b = KerasModel::from_keras_bytes(&keras).unwrap();
+        let x: Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
+        assert_eq!(
+            a.predict(x.view()).unwrap(),
+            b.predict(x.view()).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn unsupported_layers_and_wrong_weights_are_errors() {
+    let keras = std::fs::read(dir().join("lstm_seq_dense.keras")).unwrap();
+    let members = archive::members(&keras).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(members.iter().find(|(n, _)| n == "config.json").unwrap().1)
+            .unwrap();
+    let h5 = members
+        .iter()
+        .find(|(n, _)| n == "model.weights.h5")
+        .unwrap()
+        .1;
+    // An unknown layer class: the error names the class and the layer.
+    let text = config
+        .to_string()
+        .replacen("\"class_name\":\"Dense\"", "\"class_name\":\"GRU\"", 1);
+    let gru: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = KerasModel::from_config_and_weights(&gru, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("GRU") && e.contains("dense"), "{e}");
+    // A config whose LSTM is wider than its weights: a shape error naming the weight.
+    let text = config
+        .to_string()
+        .replacen("\"units\":32", "\"units\":33", 1);
+    let wide: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = KerasModel::from_config_and_weights(&wide, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("kernel") || e.contains("shape"), "{e}");
+    // A missing weight file member.
+    assert!(KerasModel::from_config_and_weights(&config, b"").is_err());
+}
+
+/// Truncated and bit-flipped copies of every file: an error or (for the CRC-checked
+/// `.keras` archives) the correct result, never a panic. `.weights.h5` files carry no
+/// checksums (superblock version 0), so a flipped bit inside a weight is undetectable there:
+/// for them the test requires an error or a finished prediction.
+#[test]
+fn corrupt_and_truncated_files_give_errors_not_panics() {
+    let mut errors = 0usize;
+    let mut correct = 0usize;
+    for name in MODELS {
+        let x: Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
+        let want = expected(name);
+        for ext in ["keras", "weights.h5"] {
+            let original = std::fs::read(dir().join(format!("{name}.{ext}"))).unwrap();
+            let mut variants: Vec<Vec<u8>> = Vec::new();
+            for k in 0..24 {
+                variants.push(original[..original.len() * k / 24].to_vec());
+            }
+            let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+            for _ in 0..48 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let mut v = original.clone();
+                let at = (seed >> 33) as usize % v.len();
+                v[at] ^= 1 << ((seed >> 29) & 7);
+                variants.push(v);
+            }
+            let config = if ext == "weights.h5" {
+                let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+                let members = archive::members(&keras).unwrap();
+                Some(
+                    serde_json::from_slice::<serde_json::Value>(
+                        members.iter().find(|(n, _)| n == "config.json").unwrap().1,
+                    )
+                    .unwrap(),
+                )
+            } else {
+                None
+            };
+            for v in variants {
+                let loaded = match &config {
+                    None => KerasModel::from_keras_bytes(&v),
+                    Some(c) => KerasModel::from_config_and_weights(c, &v),
+                };
+                match loaded.and_then(|mut m| m.predict(x.view())) {
+                    Err(_) => errors += 1,
+                    Ok(got) => {
+                        if ext == "keras" {
+                            assert!(
+                                max_abs(&got, &want) <= 1e-5,
+                                "{name}.{ext}: a corrupt archive loaded with wrong results"
+                            );
+                        }
+                        correct += 1;
+                    }
+                }
+            }
+        }
+    }
+    println!("corrupt variants: {errors} errors, {correct} loaded");
+    assert!(errors > 0);
+}
