@@ -44,7 +44,7 @@ pub use cpu::{Lstm, LstmOutput, LstmState};
 pub use element::Element;
 pub use error::{LstmError, Result};
 pub use network::{Bidirectional, Network};
-pub use weights::LstmWeights;
+pub use weights::{LstmWeights, OnnxLstmWeights, PytorchLstmWeights};
 
 /// The README's examples run as doc-tests.
 #[doc = include_str!("../README.md")]

@@ -4,7 +4,7 @@
 use crate::config::{Initializer, LstmConfig};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use ndarray::{Array1, Array2, ArrayD, Ix1, Ix2};
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Ix1, Ix2};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -166,6 +166,186 @@ impl<T: Element> LstmWeights<T> {
         });
         LstmWeights::new(config, input_dim, kernel, recurrent_kernel, bias)
     }
+}
+
+/// An LSTM's weights in PyTorch's `nn.LSTM` layout (one layer, one direction): gates
+/// i, f, g, o (g is Keras's cell candidate c), two bias vectors added together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PytorchLstmWeights<T> {
+    /// `weight_ih_l0`: `[4H, I]`.
+    pub weight_ih: Array2<T>,
+    /// `weight_hh_l0`: `[4H, H]`.
+    pub weight_hh: Array2<T>,
+    /// `bias_ih_l0`: `[4H]` (absent for `bias=False`).
+    pub bias_ih: Option<Array1<T>>,
+    /// `bias_hh_l0`: `[4H]` (absent for `bias=False`).
+    pub bias_hh: Option<Array1<T>>,
+}
+
+/// An LSTM's weights in the ONNX `LSTM` operator's layout, one direction: gates i, o, f, c;
+/// `B` holds the input biases then the recurrent biases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxLstmWeights<T> {
+    /// `W[d]`: `[4H, I]`.
+    pub w: Array2<T>,
+    /// `R[d]`: `[4H, H]`.
+    pub r: Array2<T>,
+    /// `B[d]`: `[8H]` (absent when the node has no `B` input).
+    pub b: Option<Array1<T>>,
+}
+
+/// ONNX gate block k holds Keras gate block `ONNX_TO_KERAS[k]` (ONNX i, o, f, c; Keras i, f, c, o).
+const ONNX_TO_KERAS: [usize; 4] = [0, 3, 1, 2];
+
+/// Moves the four H-wide blocks of axis 0 of `m` ([4H, n]): output block `to[k]` = input block k.
+fn permute_blocks<T: Element>(m: ArrayView2<T>, h: usize, to: [usize; 4]) -> Array2<T> {
+    let mut out = Array2::zeros(m.dim());
+    for (k, &dst) in to.iter().enumerate() {
+        out.slice_mut(ndarray::s![dst * h..(dst + 1) * h, ..])
+            .assign(&m.slice(ndarray::s![k * h..(k + 1) * h, ..]));
+    }
+    out
+}
+
+fn inverse(to: [usize; 4]) -> [usize; 4] {
+    let mut inv = [0; 4];
+    for (k, &dst) in to.iter().enumerate() {
+        inv[dst] = k;
+    }
+    inv
+}
+
+impl<T: Element> LstmWeights<T> {
+    /// Converts PyTorch `nn.LSTM` weights (gates i, f, g, o; `bias_ih + bias_hh`) to Keras
+    /// layout, checking them against `config` (whose activations must be tanh and sigmoid,
+    /// as PyTorch's are, and whose `use_bias` must match the presence of the biases).
+    ///
+    /// ```
+    /// use lstm_wgpu::{LstmConfig, LstmWeights};
+    /// let c = LstmConfig::new(2);
+    /// let w = LstmWeights::<f32>::random(&c, 3, 0).unwrap();
+    /// let pt = w.to_pytorch();
+    /// assert_eq!(pt.weight_ih.dim(), (8, 3));
+    /// let back = LstmWeights::from_pytorch(&c, pt.weight_ih.view(), pt.weight_hh.view(),
+    ///     pt.bias_ih.as_ref().map(|b| b.view()), pt.bias_hh.as_ref().map(|b| b.view())).unwrap();
+    /// assert_eq!(back, w);
+    /// ```
+    pub fn from_pytorch(
+        config: &LstmConfig,
+        weight_ih: ArrayView2<T>,
+        weight_hh: ArrayView2<T>,
+        bias_ih: Option<ArrayView1<T>>,
+        bias_hh: Option<ArrayView1<T>>,
+    ) -> Result<Self> {
+        check_default_activations(config, "PyTorch")?;
+        let bias = match (bias_ih, bias_hh) {
+            (Some(a), Some(b)) => {
+                if a.len() != b.len() {
+                    return Err(LstmError::shape("bias_hh", &[a.len()], &[b.len()]));
+                }
+                Some(&a + &b)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(LstmError::MissingWeight {
+                    name: "bias_ih / bias_hh (PyTorch has both or neither)".into(),
+                })
+            }
+        };
+        let input_dim = weight_ih.ncols();
+        LstmWeights::new(
+            config,
+            input_dim,
+            weight_ih.t().to_owned(),
+            weight_hh.t().to_owned(),
+            bias,
+        )
+    }
+
+    /// These weights in PyTorch's layout (`bias_hh` is zero: Keras has one bias).
+    pub fn to_pytorch(&self) -> PytorchLstmWeights<T> {
+        PytorchLstmWeights {
+            weight_ih: self.kernel.t().to_owned(),
+            weight_hh: self.recurrent_kernel.t().to_owned(),
+            bias_ih: self.bias.clone(),
+            bias_hh: self.bias.as_ref().map(|b| Array1::zeros(b.len())),
+        }
+    }
+
+    /// Converts one direction of ONNX `LSTM` weights (`W[d]`, `R[d]`, `B[d]`; gates i, o, f, c;
+    /// the operator's default activations sigmoid/tanh/tanh, no peepholes) to Keras layout.
+    ///
+    /// ```
+    /// use lstm_wgpu::{LstmConfig, LstmWeights};
+    /// let c = LstmConfig::new(2);
+    /// let w = LstmWeights::<f64>::random(&c, 3, 0).unwrap();
+    /// let o = w.to_onnx();
+    /// let back = LstmWeights::from_onnx(&c, o.w.view(), o.r.view(), o.b.as_ref().map(|b| b.view())).unwrap();
+    /// assert_eq!(back, w);
+    /// ```
+    pub fn from_onnx(
+        config: &LstmConfig,
+        w: ArrayView2<T>,
+        r: ArrayView2<T>,
+        b: Option<ArrayView1<T>>,
+    ) -> Result<Self> {
+        check_default_activations(config, "ONNX")?;
+        let h = config.units;
+        for (name, m, cols) in [("W", w, w.ncols()), ("R", r, h)] {
+            if m.dim() != (4 * h, cols) {
+                return Err(LstmError::shape(name, &[4 * h, cols], m.shape()));
+            }
+        }
+        let kernel = permute_blocks(w, h, ONNX_TO_KERAS).reversed_axes();
+        let recurrent = permute_blocks(r, h, ONNX_TO_KERAS).reversed_axes();
+        let bias = match b {
+            None => None,
+            Some(b) if b.len() == 8 * h => {
+                let sum = &b.slice(ndarray::s![..4 * h]) + &b.slice(ndarray::s![4 * h..]);
+                let col = sum.insert_axis(ndarray::Axis(1));
+                Some(
+                    permute_blocks(col.view(), h, ONNX_TO_KERAS)
+                        .index_axis_move(ndarray::Axis(1), 0),
+                )
+            }
+            Some(b) => return Err(LstmError::shape("B", &[8 * h], b.shape())),
+        };
+        let input_dim = kernel.nrows();
+        LstmWeights::new(config, input_dim, kernel, recurrent, bias)
+    }
+
+    /// These weights in ONNX's layout (the recurrent half of `B` is zero).
+    pub fn to_onnx(&self) -> OnnxLstmWeights<T> {
+        let h = self.recurrent_kernel.nrows();
+        let back = inverse(ONNX_TO_KERAS);
+        OnnxLstmWeights {
+            w: permute_blocks(self.kernel.t(), h, back),
+            r: permute_blocks(self.recurrent_kernel.t(), h, back),
+            b: self.bias.as_ref().map(|b| {
+                let col = b.view().insert_axis(ndarray::Axis(1));
+                let input = permute_blocks(col, h, back).index_axis_move(ndarray::Axis(1), 0);
+                ndarray::concatenate(
+                    ndarray::Axis(0),
+                    &[input.view(), Array1::zeros(4 * h).view()],
+                )
+                .expect("two [4H] vectors")
+            }),
+        }
+    }
+}
+
+fn check_default_activations(config: &LstmConfig, layout: &str) -> Result<()> {
+    use crate::Activation;
+    if config.activation != Activation::Tanh || config.recurrent_activation != Activation::Sigmoid {
+        return Err(LstmError::unsupported(
+            "activation",
+            format!(
+                "{}/{} ({layout} LSTM weights assume tanh and sigmoid)",
+                config.activation, config.recurrent_activation
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Draws a `rows x cols` matrix from `init` (fan_in = rows, fan_out = cols, as Keras computes
