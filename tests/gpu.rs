@@ -698,3 +698,57 @@ fn context_reports_limits_and_can_wrap_an_existing_device() {
         .unwrap_err();
     assert!(err.to_string().contains("no-such-adapter-xyz"), "{err}");
 }
+
+#[test]
+fn step_calls_equal_one_forward_and_async_forward_equals_forward() {
+    let Some(ctx) = gpu("step_calls_equal_one_forward_and_async_forward_equals_forward") else {
+        return;
+    };
+    for kernel in [RecurrentKernel::PerStep, RecurrentKernel::WholeSequence] {
+        // A stateful stack: T step calls == one forward over the T steps.
+        let config = LayerConfig::Sequential(vec![
+            LayerConfig::Lstm(LstmConfig::new(12).return_sequences(true).stateful(true)),
+            LayerConfig::Lstm(LstmConfig::new(5).return_sequences(true).stateful(true)),
+        ]);
+        let cpu = Network::<f32>::random(&config, 3, 4).unwrap();
+        let mut whole = GpuNetwork::new(ctx.clone(), &cpu).unwrap();
+        let mut streaming = GpuNetwork::new(ctx.clone(), &cpu).unwrap();
+        whole.set_recurrent_kernel(kernel);
+        streaming.set_recurrent_kernel(kernel);
+        let x = input(2, 9, 3, 8);
+        let all = whole.forward(x.view(), None, None).unwrap().swap_remove(0);
+        for t in 0..9 {
+            let x_t = x.slice(ndarray::s![.., t, ..]).to_owned();
+            let y_t = streaming.step(x_t.view()).unwrap();
+            let want = all.slice(ndarray::s![.., t, ..]);
+            let e = y_t
+                .iter()
+                .zip(want.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(e <= 1e-5, "{kernel:?} step {t}: {e}");
+        }
+        // After a step the stream's plan for T = 1 is reused: nothing new allocated.
+        streaming
+            .step(x.slice(ndarray::s![.., 0, ..]).to_owned().view())
+            .unwrap();
+        assert_eq!(streaming.stats().buffers_created, 0);
+    }
+    // A step on a layer that is not stateful is an error.
+    let plain = Network::<f32>::random(&LayerConfig::Lstm(LstmConfig::new(4)), 3, 0).unwrap();
+    let mut g = GpuNetwork::new(ctx.clone(), &plain).unwrap();
+    assert!(g.step(ndarray::Array2::zeros((1, 3)).view()).is_err());
+    // forward_async: the same outputs as forward, readable after the application's own work.
+    let x = input(3, 20, 3, 1);
+    let want = g.forward(x.view(), None, None).unwrap();
+    let pending = g.forward_async(x.view(), None, None).unwrap();
+    let mut polls = 0;
+    while !pending.is_ready() && polls < 10_000 {
+        polls += 1;
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    assert_eq!(pending.wait().unwrap(), want);
+    // A pending forward that is dropped unread does not break the next call.
+    drop(g.forward_async(x.view(), None, None).unwrap());
+    assert_eq!(g.forward(x.view(), None, None).unwrap(), want);
+}

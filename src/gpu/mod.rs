@@ -17,5 +17,6 @@ pub use kernels::{
     kernel_sources, CELL_WGSL, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, SEQUENCE_WGSL, STEP_WGSL,
 };
 pub use scheduler::{
-    ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, RecurrentKernel, PERSISTENT_MAX_STATE,
+    ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,
+    PERSISTENT_MAX_STATE,
 };

@@ -12,8 +12,9 @@ use crate::error::{LstmError, Result};
 use crate::network::Network;
 use bytemuck::{Pod, Zeroable};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, IxDyn};
+use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What one forward cost: the figures a test or a benchmark checks the schedule with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -237,9 +238,6 @@ impl Readback {
 }
 
 struct Plan {
-    batch: usize,
-    steps: usize,
-    has_mask: bool,
     x: wgpu::Buffer,
     mask: wgpu::Buffer,
     dirs: Vec<DirPlan>,
@@ -251,6 +249,57 @@ struct Plan {
     bytes: u64,
     params_bytes: u64,
     buffers: u32,
+}
+
+/// Where the map callback leaves its result.
+type MapSlot = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
+
+/// A plan's shape: batch, timesteps, whether a mask is given.
+type PlanKey = (usize, usize, bool);
+
+/// A submitted forward: where its outputs will be and what it cost so far.
+struct Pending {
+    key: PlanKey,
+    /// Set by the map callback when the outputs are readable.
+    mapped: MapSlot,
+    stats: ForwardStats,
+    started: std::time::Instant,
+    submitted: std::time::Instant,
+}
+
+/// A forward that has been submitted to the GPU and not read back yet: the application can do
+/// its own work meanwhile, then [`wait`](PendingForward::wait) for the outputs.
+///
+/// ```no_run
+/// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+/// # use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+/// # let net = Network::<f32>::random(&LayerConfig::Lstm(LstmConfig::new(8)), 4, 0)?;
+/// let mut gpu = GpuNetwork::new(GpuContext::new()?, &net)?;
+/// let x = ndarray::Array3::<f32>::zeros((2, 50, 4));
+/// let pending = gpu.forward_async(x.view(), None, None)?;
+/// // ... the application's own work, while the GPU runs ...
+/// let outputs = pending.wait()?;
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+#[must_use = "the outputs are read by wait()"]
+pub struct PendingForward<'a> {
+    net: &'a mut GpuNetwork,
+}
+
+impl PendingForward<'_> {
+    /// Whether the GPU has finished (checks without blocking).
+    pub fn is_ready(&self) -> bool {
+        let _ = self.net.ctx.device().poll(wgpu::PollType::Poll);
+        self.net
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.mapped.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+    }
+
+    /// Waits for the GPU and returns the outputs, as [`GpuNetwork::forward`] does.
+    pub fn wait(self) -> Result<Vec<ArrayD<f32>>> {
+        self.net.finish()
+    }
 }
 
 /// The carried h/c buffers of every direction (ping-pong pair; the state lives in `[0]`
@@ -283,7 +332,10 @@ pub struct GpuNetwork {
     stages: Vec<Stage>,
     network: Network<f32>,
     weight_bytes: u64,
-    plan: Option<Plan>,
+    /// Plans per shape (batch, steps, mask given), built on first use.
+    plans: HashMap<PlanKey, Plan>,
+    /// A submitted forward whose outputs have not been read yet.
+    pending: Option<Pending>,
     states: Option<StateBuffers>,
     /// Whether `states` holds a carried state (false before the first call and after a reset).
     state_valid: bool,
@@ -338,7 +390,8 @@ impl GpuNetwork {
             stages,
             network,
             weight_bytes,
-            plan: None,
+            plans: HashMap::new(),
+            pending: None,
             states: None,
             state_valid: false,
             kernel_choice: RecurrentKernel::Auto,
@@ -362,7 +415,7 @@ impl GpuNetwork {
     /// carried states.
     pub fn gpu_bytes(&self) -> u64 {
         self.weight_bytes
-            + self.plan.as_ref().map_or(0, |p| p.bytes)
+            + self.plans.values().map(|p| p.bytes).sum::<u64>()
             + self.states.as_ref().map_or(0, |s| s.bytes)
     }
 
@@ -383,7 +436,7 @@ impl GpuNetwork {
     /// ```
     pub fn set_recurrent_kernel(&mut self, kernel: RecurrentKernel) {
         self.kernel_choice = kernel;
-        self.plan = None;
+        self.plans.clear();
     }
 
     /// Turns timestamp profiling on or off. When on, and the adapter has
@@ -391,7 +444,7 @@ impl GpuNetwork {
     /// ([`GpuNetwork::profile`]); the timestamps travel in the same readback.
     pub fn set_profiling(&mut self, on: bool) {
         self.profiling = on;
-        self.plan = None;
+        self.plans.clear();
     }
 
     /// The last forward's time breakdown, when profiling was on and the adapter supports it.
@@ -423,6 +476,66 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<Vec<ArrayD<f32>>> {
+        self.submit(x, initial_state, mask)?;
+        self.finish()
+    }
+
+    /// Submits a forward and returns before the GPU finishes; [`PendingForward::wait`] reads
+    /// the outputs. The same contract as [`GpuNetwork::forward`].
+    pub fn forward_async(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<PendingForward<'_>> {
+        self.submit(x, initial_state, mask)?;
+        Ok(PendingForward { net: self })
+    }
+
+    /// One timestep of a stateful network: `x_t [B, I]` in, the step's output `[B, W]` out
+    /// (W = units, or the merged width of a Bidirectional layer). The state stays on the GPU
+    /// between calls, so T calls give the same outputs as one forward over the T steps.
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// # use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+    /// let config = LayerConfig::Lstm(LstmConfig::new(16).stateful(true));
+    /// let mut gpu = GpuNetwork::new(GpuContext::new()?, &Network::<f32>::random(&config, 4, 0)?)?;
+    /// let x_t = ndarray::Array2::<f32>::zeros((1, 4));
+    /// let y_t = gpu.step(x_t.view())?; // [1, 16]
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn step(&mut self, x_t: ArrayView2<f32>) -> Result<Array2<f32>> {
+        if let Some(d) = self.dirs.iter().find(|d| !d.config.stateful) {
+            return Err(LstmError::invalid(
+                "step",
+                format!(
+                    "layer {} is not stateful: a step call needs every LSTM stateful",
+                    d.config.name
+                ),
+            ));
+        }
+        let (b, i) = x_t.dim();
+        let x = x_t
+            .into_shape_with_order((b, 1, i))
+            .map_err(|_| LstmError::invalid("x_t", "must be a standard-layout [B, I] array"))?;
+        let first = self.forward(x, None, None)?.swap_remove(0);
+        let width = *first.shape().last().expect("outputs are at least 2-D");
+        first
+            .into_shape_with_order((b, width))
+            .map_err(|_| LstmError::invalid("step", "the output is not one step wide"))
+    }
+
+    fn submit(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<()> {
+        if self.pending.is_some() {
+            // An earlier forward_async whose outputs were never read.
+            let _ = self.finish();
+        }
         let started = std::time::Instant::now();
         let (batch, steps, _) = self.check(x, initial_state, mask)?;
         let mut stats = ForwardStats {
@@ -442,25 +555,20 @@ impl GpuNetwork {
         }
         if self.states.as_ref().is_none_or(|s| s.batch != batch) {
             self.states = None;
-            self.plan = None;
+            self.plans.clear();
             let states = self.create_states(batch)?;
             stats.buffers_created += 2 * self.dirs.len() as u32;
             self.states = Some(states);
             self.state_valid = false;
         }
-        let has_mask = mask.is_some();
-        let reuse = self
-            .plan
-            .as_ref()
-            .is_some_and(|p| p.batch == batch && p.steps == steps && p.has_mask == has_mask);
-        if !reuse {
-            self.plan = None;
-            let plan = self.build_plan(batch, steps, has_mask)?;
+        let key = (batch, steps, mask.is_some());
+        if !self.plans.contains_key(&key) {
+            let plan = self.build_plan(batch, steps, key.2)?;
             stats.bytes_uploaded += plan.params_bytes;
             stats.buffers_created += plan.buffers;
-            self.plan = Some(plan);
+            self.plans.insert(key, plan);
         }
-        let plan = self.plan.as_ref().expect("plan was just built");
+        let plan = &self.plans[&key];
         let states = self.states.as_ref().expect("states were just built");
         let queue = self.ctx.queue();
 
@@ -577,9 +685,32 @@ impl GpuNetwork {
         ctx.checked("recording the forward", || {
             queue.submit([encoder.finish()]);
         })?;
-        let data = read_staging(&self.ctx, &plan.staging)?;
-        let mapped = std::time::Instant::now();
+        let slot: MapSlot = Arc::new(Mutex::new(None));
+        let callback_slot = slot.clone();
+        plan.staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            *callback_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        });
         stats.bytes_read_back = plan.staging.size();
+        self.state_valid = self.stateful();
+        self.pending = Some(Pending {
+            key,
+            mapped: slot,
+            stats,
+            started,
+            submitted,
+        });
+        Ok(())
+    }
+
+    /// Waits for the submitted forward and reads its outputs.
+    fn finish(&mut self) -> Result<Vec<ArrayD<f32>>> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| LstmError::invalid("forward", "no forward was submitted"))?;
+        let plan = &self.plans[&pending.key];
+        let data = wait_and_read(&self.ctx, &plan.staging, &pending.mapped)?;
+        let mapped = std::time::Instant::now();
         let outputs = plan
             .outputs
             .iter()
@@ -599,14 +730,15 @@ impl GpuNetwork {
                 }
             })
             .collect();
+        let queue = self.ctx.queue();
         self.profile = plan.timestamps.as_ref().map(|ts| {
             let period = f64::from(queue.get_timestamp_period()) * 1e-9;
             let start = ts.offset as usize;
             let ticks: Vec<u64> =
                 bytemuck::pod_collect_to_vec(&data[start..start + 8 * ts.phases.len()]);
             let mut p = ForwardProfile {
-                upload_s: (submitted - started).as_secs_f64(),
-                wait_s: (mapped - submitted).as_secs_f64(),
+                upload_s: (pending.submitted - pending.started).as_secs_f64(),
+                wait_s: (mapped - pending.submitted).as_secs_f64(),
                 readback_s: mapped.elapsed().as_secs_f64(),
                 ..Default::default()
             };
@@ -621,8 +753,7 @@ impl GpuNetwork {
             }
             p
         });
-        self.state_valid = self.stateful();
-        self.stats = stats;
+        self.stats = pending.stats;
         Ok(outputs)
     }
 
@@ -1133,9 +1264,6 @@ impl GpuNetwork {
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
         );
         Ok(Plan {
-            batch,
-            steps,
-            has_mask,
             x,
             mask,
             dirs,
@@ -1151,24 +1279,21 @@ impl GpuNetwork {
     }
 }
 
-/// Maps the staging buffer once and returns its bytes.
-fn read_staging(ctx: &GpuContext, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |r| {
-        let _ = tx.send(r);
-    });
-    ctx.device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| LstmError::Device {
-            message: format!("waiting for the forward: {e}"),
-        })?;
-    rx.recv()
-        .map_err(|_| LstmError::Device {
-            message: "the readback was dropped".into(),
-        })?
-        .map_err(|e| LstmError::Device {
-            message: format!("mapping the outputs: {e}"),
-        })?;
+/// Waits until the map of `staging` (requested at submit) completes and returns its bytes.
+fn wait_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, slot: &MapSlot) -> Result<Vec<u8>> {
+    let mapped = loop {
+        if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            break r;
+        }
+        ctx.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| LstmError::Device {
+                message: format!("waiting for the forward: {e}"),
+            })?;
+    };
+    mapped.map_err(|e| LstmError::Device {
+        message: format!("mapping the outputs: {e}"),
+    })?;
     let data = {
         let view = staging
             .get_mapped_range(..)
@@ -1369,6 +1494,11 @@ impl GpuLstm {
     /// See [`GpuNetwork::set_recurrent_kernel`].
     pub fn set_recurrent_kernel(&mut self, kernel: RecurrentKernel) {
         self.inner.set_recurrent_kernel(kernel)
+    }
+
+    /// One timestep of a stateful layer; see [`GpuNetwork::step`].
+    pub fn step(&mut self, x_t: ArrayView2<f32>) -> Result<Array2<f32>> {
+        self.inner.step(x_t)
     }
 
     /// See [`GpuNetwork::set_profiling`].
