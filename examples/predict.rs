@@ -6,6 +6,7 @@
 //! A model with several outputs writes `Y.0.npy`, `Y.1.npy`, ... in the model's output order.
 //! Any error: a one-line reason on stderr and a non-zero exit code.
 
+use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
 use lstm_wgpu::model::KerasModel;
 use ndarray::{Array3, ArrayD};
 use ndarray_npy::{read_npy, write_npy};
@@ -43,7 +44,10 @@ fn run() -> Result<(), String> {
         )
     })?;
     let outputs: Vec<ArrayD<f32>> = if backend == "gpu" {
-        return Err("--backend gpu: models run on the CPU path for now (the GPU runs LSTM, Bidirectional and stacked layers through lstm_wgpu::gpu)".into());
+        let ctx = GpuContext::new().map_err(|e| e.to_string())?;
+        let mut gpu = GpuNetwork::from_model(ctx, &m).map_err(|e| e.to_string())?;
+        gpu.forward(x.view(), None, None)
+            .map_err(|e| e.to_string())?
     } else {
         m.predict(x.view()).map_err(|e| e.to_string())?
     };

@@ -217,6 +217,11 @@ impl KerasModel {
         &self.name
     }
 
+    /// Which outputs of the last layer the model returns, in order.
+    pub fn output_indices(&self) -> &[usize] {
+        &self.outputs
+    }
+
     /// The layers, with their names.
     pub fn layers(&self) -> &[(String, ModelLayer)] {
         &self.layers

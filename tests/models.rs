@@ -70,6 +70,42 @@ fn every_model_matches_keras_on_cpu() {
 }
 
 #[test]
+fn every_model_matches_keras_on_gpu_in_one_submission() {
+    let ctx = match lstm_wgpu::gpu::GpuContext::new() {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("every_model_matches_keras_on_gpu_in_one_submission: LSTM_WGPU_REQUIRE_GPU=1 but {e}");
+            }
+            eprintln!(
+                "SKIPPED every_model_matches_keras_on_gpu_in_one_submission: no GPU adapter ({e})"
+            );
+            return;
+        }
+    };
+    let mut worst = (0.0f32, "");
+    for name in MODELS {
+        let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+        let mut gpu = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model).unwrap();
+        let x: Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
+        let got = gpu.forward(x.view(), None, None).unwrap();
+        let st = gpu.stats();
+        assert_eq!((st.submits, st.readbacks), (1, 1), "{name}");
+        let e = max_abs(&got, &expected(name));
+        assert!(e <= 1e-4, "{name}: {e}");
+        if e > worst.0 {
+            worst = (e, name);
+        }
+    }
+    println!(
+        "worst model error on the GPU: {:e} ({}) on {}",
+        worst.0,
+        worst.1,
+        ctx.describe()
+    );
+}
+
+#[test]
 fn weights_h5_with_the_archives_config_gives_the_same_predictions() {
     for name in MODELS {
         let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();

@@ -21,12 +21,16 @@ pub const STEP_WGSL: &str = include_str!("../../shaders/step.wgsl");
 pub const SEQUENCE_WGSL: &str = include_str!("../../shaders/sequence.wgsl");
 /// The Bidirectional merge.
 pub const MERGE_WGSL: &str = include_str!("../../shaders/merge.wgsl");
+/// Keras `Masking`.
+pub const MASK_WGSL: &str = include_str!("../../shaders/mask.wgsl");
+/// The activation of a `Dense` layer (without the prelude).
+pub const DENSE_WGSL: &str = include_str!("../../shaders/dense.wgsl");
 
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
 /// ```
 /// let names: Vec<&str> = lstm_wgpu::gpu::kernel_sources().iter().map(|(n, _)| *n).collect();
-/// assert_eq!(names, ["projection", "step", "sequence", "merge"]);
+/// assert_eq!(names, ["projection", "step", "sequence", "merge", "mask", "dense"]);
 /// ```
 pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
@@ -37,6 +41,8 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
             format!("{COMMON_WGSL}\n{CELL_WGSL}\n{SEQUENCE_WGSL}"),
         ),
         ("merge", MERGE_WGSL.to_string()),
+        ("mask", MASK_WGSL.to_string()),
+        ("dense", format!("{COMMON_WGSL}\n{DENSE_WGSL}")),
     ]
 }
 
@@ -67,6 +73,12 @@ pub(crate) struct Kernels {
     merge_pipeline_layout: wgpu::PipelineLayout,
     merge_module: wgpu::ShaderModule,
     merges: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
+    pub mask_layout: wgpu::BindGroupLayout,
+    pub mask: wgpu::ComputePipeline,
+    pub dense_layout: wgpu::BindGroupLayout,
+    dense_pipeline_layout: wgpu::PipelineLayout,
+    dense_module: wgpu::ShaderModule,
+    denses: Mutex<HashMap<(u32, bool), wgpu::ComputePipeline>>,
 }
 
 /// Compiles `module`'s `main` with the given override constants.
@@ -196,6 +208,26 @@ impl Kernels {
             ],
         );
         let merge_pipeline_layout = pipeline_layout("merge", &merge_layout);
+        let mask_layout = layout(
+            "mask",
+            &[
+                params(false),
+                storage(1, true),
+                storage(2, false),
+                storage(3, false),
+            ],
+        );
+        let mask_module = module("mask", sources["mask"].clone());
+        let mask = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("mask"),
+            layout: Some(&pipeline_layout("mask", &mask_layout)),
+            module: &mask_module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let dense_layout = layout("dense", &[params(false), storage(1, false)]);
+        let dense_pipeline_layout = pipeline_layout("dense", &dense_layout);
         Kernels {
             projection_layout,
             projection,
@@ -208,7 +240,39 @@ impl Kernels {
             merge_pipeline_layout,
             merge_module: module("merge", sources["merge"].clone()),
             merges: Mutex::new(HashMap::new()),
+            mask_layout,
+            mask,
+            dense_layout,
+            dense_pipeline_layout,
+            dense_module: module("dense", sources["dense"].clone()),
+            denses: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The Dense activation pipeline (an activation id, or softmax).
+    pub fn dense(
+        &self,
+        ctx: &GpuContext,
+        activation: u32,
+        softmax: bool,
+    ) -> Result<wgpu::ComputePipeline> {
+        let mut cache = self.denses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(&(activation, softmax)) {
+            return Ok(p.clone());
+        }
+        let constants = [
+            ("ACTIVATION", activation as f64),
+            ("SOFTMAX", if softmax { 1.0 } else { 0.0 }),
+        ];
+        let p = compile(
+            ctx,
+            "dense",
+            &self.dense_pipeline_layout,
+            &self.dense_module,
+            &constants,
+        )?;
+        cache.insert((activation, softmax), p.clone());
+        Ok(p)
     }
 
     /// The step (or whole-sequence) pipeline for `key`, compiled on first use.

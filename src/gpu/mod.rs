@@ -14,7 +14,8 @@ mod scheduler;
 
 pub use context::{GpuContext, GpuOptions};
 pub use kernels::{
-    kernel_sources, CELL_WGSL, COMMON_WGSL, MERGE_WGSL, PROJECTION_WGSL, SEQUENCE_WGSL, STEP_WGSL,
+    kernel_sources, CELL_WGSL, COMMON_WGSL, DENSE_WGSL, MASK_WGSL, MERGE_WGSL, PROJECTION_WGSL,
+    SEQUENCE_WGSL, STEP_WGSL,
 };
 pub use scheduler::{
     ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,

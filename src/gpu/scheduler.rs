@@ -5,10 +5,12 @@
 
 use super::context::GpuContext;
 use super::kernels::{Kernels, StepKey, PARAMS_SIZE};
+use crate::activation::Activation;
 use crate::config::{LstmConfig, MergeMode};
 use crate::cpu::{check_inputs, Lstm, LstmOutput, LstmState};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
+use crate::model::{DenseActivation, KerasModel, ModelLayer};
 use crate::network::Network;
 use bytemuck::{Pod, Zeroable};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, IxDyn};
@@ -171,6 +173,37 @@ enum Stage {
         bwd: usize,
         mode: MergeMode,
     },
+    /// Keras `Masking` (models).
+    Mask(f32),
+    /// Keras `Dense`: index into `GpuNetwork::denses` (models).
+    Dense(usize),
+}
+
+impl Stage {
+    /// The LSTM directions of a recurrent stage.
+    fn dirs(&self) -> Vec<usize> {
+        match *self {
+            Stage::Lstm(d) => vec![d],
+            Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
+            Stage::Mask(_) | Stage::Dense(_) => vec![],
+        }
+    }
+}
+
+/// A Dense layer's weights on the GPU.
+struct DenseWeights {
+    kernel: wgpu::Buffer,
+    bias: Option<wgpu::Buffer>,
+    inputs: usize,
+    units: usize,
+    /// Activation id, or None for softmax; linear needs no dispatch.
+    activation: Option<Activation>,
+}
+
+/// The dispatches of a Masking or Dense stage.
+struct ExtraPlan {
+    /// (pipeline, bind group, dynamic offsets, workgroups x, workgroups y)
+    dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, Vec<u32>, u32, u32)>,
 }
 
 /// Buffers of one direction for one shape.
@@ -242,6 +275,7 @@ struct Plan {
     mask: wgpu::Buffer,
     dirs: Vec<DirPlan>,
     merges: Vec<Option<MergePlan>>,
+    extras: Vec<Option<ExtraPlan>>,
     staging: wgpu::Buffer,
     copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
     outputs: Vec<OutSpec>,
@@ -330,7 +364,10 @@ pub struct GpuNetwork {
     kernels: Arc<Kernels>,
     dirs: Vec<DirWeights>,
     stages: Vec<Stage>,
-    network: Network<f32>,
+    denses: Vec<DenseWeights>,
+    input_dim: usize,
+    /// For models: which of the last layer's outputs to return, in order.
+    output_select: Option<Vec<usize>>,
     weight_bytes: u64,
     /// Plans per shape (batch, steps, mask given), built on first use.
     plans: HashMap<PlanKey, Plan>,
@@ -388,7 +425,99 @@ impl GpuNetwork {
             kernels,
             dirs,
             stages,
-            network,
+            denses: Vec::new(),
+            input_dim: network.input_dim(),
+            output_select: None,
+            weight_bytes,
+            plans: HashMap::new(),
+            pending: None,
+            states: None,
+            state_valid: false,
+            kernel_choice: RecurrentKernel::Auto,
+            profiling: false,
+            profile: None,
+            stats: ForwardStats::default(),
+        })
+    }
+
+    /// Uploads a loaded Keras model (Masking, LSTM, Bidirectional and Dense layers) so that
+    /// the whole model runs in one submission with one readback; [`GpuNetwork::forward`]
+    /// then returns the model's outputs in its output order.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// use lstm_wgpu::model::KerasModel;
+    /// let model = KerasModel::load("model.keras".as_ref())?;
+    /// let mut gpu = GpuNetwork::from_model(GpuContext::new()?, &model)?;
+    /// let x = ndarray::Array3::<f32>::zeros((4, 20, 3));
+    /// let predictions = gpu.forward(x.view(), None, None)?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn from_model(ctx: Arc<GpuContext>, model: &KerasModel) -> Result<Self> {
+        let kernels = Kernels::get(&ctx)?;
+        let mut lstms: Vec<Lstm<f32>> = Vec::new();
+        let mut stages = Vec::new();
+        let mut denses = Vec::new();
+        let mut weight_bytes = 0;
+        let mut input_dim = None;
+        for (name, layer) in model.layers() {
+            match layer {
+                ModelLayer::Masking { mask_value } => stages.push(Stage::Mask(*mask_value)),
+                ModelLayer::Recurrent(net) => {
+                    input_dim.get_or_insert(net.input_dim());
+                    flatten(net, &mut |l: &Lstm<f32>| lstms.push(l.clone()), &mut stages);
+                }
+                ModelLayer::Dense {
+                    kernel,
+                    bias,
+                    activation,
+                } => {
+                    input_dim.get_or_insert(kernel.nrows());
+                    let dense =
+                        ctx.checked("uploading weights", || -> Result<DenseWeights> {
+                            Ok(DenseWeights {
+                                kernel: upload_f32(
+                                    &ctx,
+                                    &format!("{name}/kernel"),
+                                    &row_major(kernel.view()),
+                                    &mut weight_bytes,
+                                )?,
+                                bias: match bias {
+                                    Some(b) => Some(upload_f32(
+                                        &ctx,
+                                        &format!("{name}/bias"),
+                                        &b.to_vec(),
+                                        &mut weight_bytes,
+                                    )?),
+                                    None => None,
+                                },
+                                inputs: kernel.nrows(),
+                                units: kernel.ncols(),
+                                activation: match activation {
+                                    DenseActivation::Elementwise(a) => Some(*a),
+                                    DenseActivation::Softmax => None,
+                                },
+                            })
+                        })??;
+                    denses.push(dense);
+                    stages.push(Stage::Dense(denses.len() - 1));
+                }
+            }
+        }
+        let input_dim =
+            input_dim.ok_or_else(|| LstmError::invalid("model", "has no LSTM or Dense layer"))?;
+        let dirs = lstms
+            .iter()
+            .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(GpuNetwork {
+            ctx,
+            kernels,
+            dirs,
+            stages,
+            denses,
+            input_dim,
+            output_select: Some(model.output_indices().to_vec()),
             weight_bytes,
             plans: HashMap::new(),
             pending: None,
@@ -421,7 +550,7 @@ impl GpuNetwork {
 
     /// The input width I.
     pub fn input_dim(&self) -> usize {
-        self.network.input_dim()
+        self.input_dim
     }
 
     /// Chooses the kernel that runs the time loops (see [`RecurrentKernel`]; default `Auto`).
@@ -626,11 +755,7 @@ impl GpuNetwork {
             };
             mark(&mut pass);
             for (k, stage) in self.stages.iter().enumerate() {
-                let dirs = match *stage {
-                    Stage::Lstm(d) => vec![d],
-                    Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
-                };
-                for d in dirs {
+                for d in stage.dirs() {
                     let dp = &plan.dirs[d];
                     for (offset, gx, gy, range) in &dp.chunks {
                         pass.set_pipeline(&self.kernels.projection);
@@ -660,6 +785,14 @@ impl GpuNetwork {
                     pass.dispatch_workgroups(m.groups.0, m.groups.1, 1);
                     stats.dispatches += 1;
                     mark(&mut pass);
+                }
+                if let Some(e) = &plan.extras[k] {
+                    for (pipeline, bind, offsets, gx, gy) in &e.dispatches {
+                        pass.set_pipeline(pipeline);
+                        pass.set_bind_group(0, bind, offsets);
+                        pass.dispatch_workgroups(*gx, *gy, 1);
+                        stats.dispatches += 1;
+                    }
                 }
             }
         }
@@ -754,7 +887,20 @@ impl GpuNetwork {
             p
         });
         self.stats = pending.stats;
-        Ok(outputs)
+        match &self.output_select {
+            None => Ok(outputs),
+            Some(select) => {
+                let mut outputs: Vec<Option<ArrayD<f32>>> = outputs.into_iter().map(Some).collect();
+                select
+                    .iter()
+                    .map(|&k| {
+                        outputs.get_mut(k).and_then(Option::take).ok_or_else(|| {
+                            LstmError::invalid("model outputs", format!("no output {k}"))
+                        })
+                    })
+                    .collect()
+            }
+        }
     }
 
     fn check(
@@ -763,8 +909,8 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<(usize, usize, usize)> {
-        let first = &self.dirs[0];
-        let dims = check_inputs(&first.config, first.input_dim, x, None, mask)?;
+        let any = LstmConfig::new(1);
+        let dims = check_inputs(&any, self.input_dim, x, None, mask)?;
         if let Some(init) = initial_state {
             let (expected, names): (usize, &[&str]) = match self.stages.as_slice() {
                 [Stage::Lstm(_)] => (2, &["h0", "c0"]),
@@ -868,11 +1014,12 @@ impl GpuNetwork {
             })
         };
         let storage = wgpu::BufferUsages::STORAGE;
-        let input_dim = self.dirs[0].input_dim;
+        let input_dim = self.input_dim;
         let x_size = (batch * steps * input_dim * 4) as u64;
         self.check_binding("x", x_size)?;
         let x = make("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
-        let mask_size = if has_mask {
+        let masking = self.stages.iter().any(|s| matches!(s, Stage::Mask(_)));
+        let mask_size = if has_mask || masking {
             (batch * steps * 4) as u64
         } else {
             4
@@ -887,13 +1034,21 @@ impl GpuNetwork {
 
         let mut dir_plans: Vec<Option<DirPlan>> = (0..self.dirs.len()).map(|_| None).collect();
         let mut merges = Vec::new();
+        let mut extras: Vec<Option<ExtraPlan>> = Vec::new();
         // The buffer each stage reads its input from, and that input's width.
         let mut input: (wgpu::Buffer, usize) = (x.clone(), input_dim);
+        // Whether a mask applies to the next recurrent stage, and the rows per batch row of
+        // the current tensor (T, or 1 after a layer that returns its last output only).
+        let mut mask_on = has_mask;
+        let mut t_rows = steps;
         for stage in &self.stages {
-            let dirs = match *stage {
-                Stage::Lstm(d) => vec![d],
-                Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
-            };
+            let dirs = stage.dirs();
+            if !dirs.is_empty() && t_rows != steps {
+                return Err(LstmError::invalid(
+                    "model",
+                    "a recurrent layer after a layer that returns only its last output",
+                ));
+            }
             for &d in &dirs {
                 let w = &self.dirs[d];
                 let h = w.config.units;
@@ -1036,7 +1191,7 @@ impl GpuNetwork {
                         activation: w.config.activation,
                         recurrent_activation: w.config.recurrent_activation,
                         zero_output_for_mask: w.config.zero_output_for_mask,
-                        has_mask,
+                        has_mask: mask_on,
                         write_sequence: seq_needed,
                         persistent,
                     },
@@ -1069,6 +1224,148 @@ impl GpuNetwork {
                     let h = self.dirs[d].config.units;
                     input = (dp.seq.clone().unwrap_or_else(|| dp.last.clone()), h);
                     merges.push(None);
+                    extras.push(None);
+                    if !self.dirs[d].config.return_sequences {
+                        mask_on = false;
+                        t_rows = 1;
+                    }
+                }
+                Stage::Mask(value) => {
+                    let width = input.1;
+                    let out = make(
+                        "masked",
+                        (batch * steps * width * 4) as u64,
+                        storage | wgpu::BufferUsages::COPY_SRC,
+                    );
+                    let params = make(
+                        "mask parameters",
+                        PARAMS_SIZE,
+                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    );
+                    let words = [
+                        batch as u32,
+                        steps as u32,
+                        width as u32,
+                        value.to_bits(),
+                        0,
+                        0,
+                        0,
+                        0,
+                    ];
+                    self.ctx
+                        .queue()
+                        .write_buffer(&params, 0, bytemuck::cast_slice(&words));
+                    params_bytes += PARAMS_SIZE;
+                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("mask"),
+                        layout: &self.kernels.mask_layout,
+                        entries: &[
+                            entry(0, params.as_entire_binding()),
+                            entry(1, input.0.as_entire_binding()),
+                            entry(2, mask.as_entire_binding()),
+                            entry(3, out.as_entire_binding()),
+                        ],
+                    });
+                    let (gx, gy) = grid(batch * steps, 64, max_groups)?;
+                    extras.push(Some(ExtraPlan {
+                        dispatches: vec![(self.kernels.mask.clone(), bind, vec![], gx, gy)],
+                    }));
+                    merges.push(None);
+                    input = (out, width);
+                    mask_on = true;
+                }
+                Stage::Dense(i) => {
+                    let dw = &self.denses[i];
+                    if input.1 != dw.inputs {
+                        return Err(LstmError::shape(
+                            "Dense kernel",
+                            &[input.1, dw.units],
+                            &[dw.inputs, dw.units],
+                        ));
+                    }
+                    let rows = batch * t_rows;
+                    let out_size = (rows * dw.units * 4) as u64;
+                    self.check_binding("Dense output", out_size)?;
+                    let out = make("dense", out_size, storage | wgpu::BufferUsages::COPY_SRC);
+                    let params = make(
+                        "dense parameters",
+                        PARAMS_SIZE,
+                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    );
+                    let pp = ProjParams {
+                        rows: rows as u32,
+                        k: dw.inputs as u32,
+                        n: dw.units as u32,
+                        tc: t_rows as u32,
+                        seq_len: t_rows as u32,
+                        t_lo: 0,
+                        has_bias: u32::from(dw.bias.is_some()),
+                        _pad: 0,
+                    };
+                    self.ctx
+                        .queue()
+                        .write_buffer(&params, 0, bytemuck::bytes_of(&pp));
+                    params_bytes += PARAMS_SIZE;
+                    let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(PARAMS_SIZE),
+                    });
+                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("dense"),
+                        layout: &self.kernels.projection_layout,
+                        entries: &[
+                            entry(0, uniform),
+                            entry(1, input.0.as_entire_binding()),
+                            entry(2, dw.kernel.as_entire_binding()),
+                            entry(3, dw.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
+                            entry(4, out.as_entire_binding()),
+                        ],
+                    });
+                    let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(4));
+                    if gx > max_groups || gy > max_groups {
+                        return Err(LstmError::invalid(
+                            "x",
+                            "the Dense layer's rows exceed the adapter's dispatch limit",
+                        ));
+                    }
+                    let mut dispatches = vec![(
+                        self.kernels.projection.clone(),
+                        bind,
+                        vec![0],
+                        gx as u32,
+                        gy as u32,
+                    )];
+                    if dw.activation != Some(Activation::Linear) {
+                        let act_params = make(
+                            "dense activation parameters",
+                            PARAMS_SIZE,
+                            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                        );
+                        let words = [rows as u32, dw.units as u32, 0, 0, 0, 0, 0, 0];
+                        self.ctx
+                            .queue()
+                            .write_buffer(&act_params, 0, bytemuck::cast_slice(&words));
+                        params_bytes += PARAMS_SIZE;
+                        let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("dense activation"),
+                            layout: &self.kernels.dense_layout,
+                            entries: &[
+                                entry(0, act_params.as_entire_binding()),
+                                entry(1, out.as_entire_binding()),
+                            ],
+                        });
+                        let pipeline = self.kernels.dense(
+                            &self.ctx,
+                            dw.activation.map_or(0, Activation::id),
+                            dw.activation.is_none(),
+                        )?;
+                        let (ax, ay) = grid(rows, 64, max_groups)?;
+                        dispatches.push((pipeline, act_bind, vec![], ax, ay));
+                    }
+                    extras.push(Some(ExtraPlan { dispatches }));
+                    merges.push(None);
+                    input = (out, dw.units);
                 }
                 Stage::Bidi { fwd, bwd, mode } => {
                     let (f, b) = (&self.dirs[fwd], &self.dirs[bwd]);
@@ -1143,6 +1440,11 @@ impl GpuNetwork {
                         groups: (gx as u32, gy as u32),
                     }));
                     input = (out, width);
+                    extras.push(None);
+                    if !seqs {
+                        mask_on = false;
+                        t_rows = 1;
+                    }
                 }
             }
         }
@@ -1174,6 +1476,14 @@ impl GpuNetwork {
                 if c.return_state {
                     state_outputs(&mut rb, d);
                 }
+            }
+            Stage::Mask(_) | Stage::Dense(_) => {
+                let shape = if t_rows == steps {
+                    vec![batch, steps, input.1]
+                } else {
+                    vec![batch, input.1]
+                };
+                rb.add(&input.0, 0, shape, vec![None]);
             }
             Stage::Bidi { fwd, bwd, mode } => {
                 let (f, b) = (&self.dirs[fwd].config, &self.dirs[bwd].config);
@@ -1210,11 +1520,7 @@ impl GpuNetwork {
         let timestamps = if self.can_profile() {
             let mut phases = vec![Phase::Start];
             for (k, stage) in self.stages.iter().enumerate() {
-                let stage_dirs = match *stage {
-                    Stage::Lstm(d) => vec![d],
-                    Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
-                };
-                for d in stage_dirs {
+                for d in stage.dirs() {
                     for _ in &dirs[d].chunks {
                         phases.push(Phase::Projection);
                         phases.push(Phase::Steps);
@@ -1268,6 +1574,7 @@ impl GpuNetwork {
             mask,
             dirs,
             merges,
+            extras,
             staging,
             copies,
             outputs,
@@ -1306,6 +1613,20 @@ fn wait_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, slot: &MapSlot) -> Re
     Ok(data)
 }
 
+/// A 2-D dispatch grid for `items` one-per-thread items in workgroups of `per_group`.
+fn grid(items: usize, per_group: usize, max_groups: usize) -> Result<(u32, u32)> {
+    let groups = items.div_ceil(per_group).max(1);
+    let gx = groups.min(max_groups);
+    let gy = groups.div_ceil(gx);
+    if gy > max_groups {
+        return Err(LstmError::invalid(
+            "x",
+            "the input exceeds the adapter's dispatch limit",
+        ));
+    }
+    Ok((gx as u32, gy as u32))
+}
+
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry { binding, resource }
 }
@@ -1315,48 +1636,49 @@ fn row_major(m: ArrayView2<f32>) -> Vec<f32> {
     m.iter().copied().collect()
 }
 
-fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<DirWeights> {
-    let c = l.config();
-    let w = l.weights();
+/// Uploads `data` into a new storage buffer, checking the binding limit; `name` names the
+/// weight in errors.
+fn upload_f32(ctx: &GpuContext, name: &str, data: &[f32], bytes: &mut u64) -> Result<wgpu::Buffer> {
     let max = ctx
         .limits()
         .max_storage_buffer_binding_size
         .min(ctx.limits().max_buffer_size);
-    let upload = |label: &str, data: Vec<f32>, bytes: &mut u64| -> Result<wgpu::Buffer> {
-        let size = (data.len() * 4) as u64;
-        if size > max {
-            return Err(LstmError::invalid(
-                format!("{}/{label}", c.name),
-                format!("{size} bytes exceed this adapter's binding limit of {max} bytes"),
-            ));
-        }
-        *bytes += size;
-        let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.queue()
-            .write_buffer(&buf, 0, bytemuck::cast_slice(&data));
-        Ok(buf)
-    };
+    let size = (data.len() * 4) as u64;
+    if size > max {
+        return Err(LstmError::invalid(
+            name,
+            format!("{size} bytes exceed this adapter's binding limit of {max} bytes"),
+        ));
+    }
+    *bytes += size;
+    let buf = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(name),
+        size,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    ctx.queue()
+        .write_buffer(&buf, 0, bytemuck::cast_slice(data));
+    Ok(buf)
+}
+
+fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<DirWeights> {
+    let c = l.config();
+    let w = l.weights();
+    let name = |what: &str| format!("{}/{what}", c.name);
     ctx.checked("uploading weights", || {
         Ok(DirWeights {
             config: c.clone(),
             input_dim: l.input_dim(),
-            kernel: upload("kernel", row_major(w.kernel.view()), bytes)?,
-            recurrent: upload(
-                "recurrent_kernel",
-                row_major(w.recurrent_kernel.view()),
+            kernel: upload_f32(ctx, &name("kernel"), &row_major(w.kernel.view()), bytes)?,
+            recurrent: upload_f32(
+                ctx,
+                &name("recurrent_kernel"),
+                &row_major(w.recurrent_kernel.view()),
                 bytes,
             )?,
             bias: match &w.bias {
-                Some(b) => Some(upload(
-                    "bias",
-                    row_major(b.view().insert_axis(ndarray::Axis(0))),
-                    bytes,
-                )?),
+                Some(b) => Some(upload_f32(ctx, &name("bias"), &b.to_vec(), bytes)?),
                 None => None,
             },
         })
@@ -1369,13 +1691,7 @@ fn flatten<'a>(
     dirs: &mut dyn FnMut(&'a Lstm<f32>),
     stages: &mut Vec<Stage>,
 ) {
-    let count = stages
-        .iter()
-        .map(|s| match s {
-            Stage::Lstm(_) => 1,
-            Stage::Bidi { .. } => 2,
-        })
-        .sum::<usize>();
+    let count = stages.iter().map(|s| s.dirs().len()).sum::<usize>();
     match net {
         Network::Lstm(l) => {
             dirs(l);
