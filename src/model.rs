@@ -99,6 +99,34 @@ impl KerasModel {
         })
     }
 
+    /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, with the model's
+    /// configuration taken from `config`: a `.keras` file (its `config.json`) or a JSON file
+    /// holding the serialized model (`model.to_json()` or a `config.json`).
+    pub fn load_weights(config: &Path, weights: &Path) -> Result<Self> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| LstmError::File {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let config_bytes = read(config)?;
+        let json: Value = if config.extension().is_some_and(|e| e == "keras") {
+            let members = archive::members(&config_bytes)?;
+            let member = members
+                .iter()
+                .find(|(n, _)| n == "config.json")
+                .ok_or_else(|| bad_model(format!("no config.json in {}", config.display())))?;
+            serde_json::from_slice(member.1)
+        } else {
+            serde_json::from_slice(&config_bytes)
+        }
+        .map_err(|e| LstmError::File {
+            path: config.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_config_and_weights(&json, &read(weights)?)
+    }
+
     /// Loads a `.keras` archive held in memory.
     pub fn from_keras_bytes(bytes: &[u8]) -> Result<Self> {
         let members = archive::members(bytes)?;

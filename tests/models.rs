@@ -115,6 +115,11 @@ fn weights_h5_with_the_archives_config_gives_the_same_predictions() {
                 .unwrap();
         let h5 = std::fs::read(dir().join(format!("{name}.weights.h5"))).unwrap();
         let mut a = KerasModel::from_config_and_weights(&config, &h5).unwrap();
+        let mut c = KerasModel::load_weights(
+            &dir().join(format!("{name}.keras")),
+            &dir().join(format!("{name}.weights.h5")),
+        )
+        .unwrap();
         let mut b = KerasModel::from_keras_bytes(&keras).unwrap();
         let x: Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
         assert_eq!(
