@@ -10,25 +10,11 @@ use lstm_wgpu::{
 };
 use ndarray::{Array2, Array3, ArrayD};
 use proptest::prelude::*;
+
+mod common;
+use common::{gpu, max_abs};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-
-/// The shared context, or None (after printing why) when no adapter exists and the
-/// environment does not require one.
-fn gpu(test: &str) -> Option<Arc<GpuContext>> {
-    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
-    match CTX.get_or_init(|| GpuContext::new().map_err(|e| e.to_string())) {
-        Ok(c) => Some(c.clone()),
-        Err(e) => {
-            if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("{test}: LSTM_WGPU_REQUIRE_GPU=1 but no GPU adapter: {e}");
-            }
-            eprintln!("SKIPPED {test}: no GPU adapter ({e})");
-            None
-        }
-    }
-}
 
 fn input(b: usize, t: usize, i: usize, seed: u64) -> Array3<f32> {
     let mut s = seed
@@ -40,20 +26,6 @@ fn input(b: usize, t: usize, i: usize, seed: u64) -> Array3<f32> {
             .wrapping_add(1442695040888963407);
         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     })
-}
-
-fn max_abs(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len(), "number of outputs");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            assert_eq!(x.shape(), y.shape());
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max)
-        })
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -7,6 +7,9 @@ use ndarray::{Array3, ArrayD};
 use ndarray_npy::read_npy;
 use std::path::PathBuf;
 
+mod common;
+use common::{gpu, max_abs};
+
 const MODELS: [&str; 7] = [
     "lstm_only",
     "lstm_seq_dense",
@@ -37,20 +40,6 @@ fn expected(name: &str) -> Vec<ArrayD<f32>> {
         .collect()
 }
 
-fn max_abs(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
-    assert_eq!(a.len(), b.len(), "number of outputs");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            assert_eq!(x.shape(), y.shape());
-            x.iter()
-                .zip(y)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0, f32::max)
-        })
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn every_model_matches_keras_on_cpu() {
     let mut worst = (0.0f32, "");
@@ -71,17 +60,8 @@ fn every_model_matches_keras_on_cpu() {
 
 #[test]
 fn every_model_matches_keras_on_gpu_in_one_submission() {
-    let ctx = match lstm_wgpu::gpu::GpuContext::new() {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
-                panic!("every_model_matches_keras_on_gpu_in_one_submission: LSTM_WGPU_REQUIRE_GPU=1 but {e}");
-            }
-            eprintln!(
-                "SKIPPED every_model_matches_keras_on_gpu_in_one_submission: no GPU adapter ({e})"
-            );
-            return;
-        }
+    let Some(ctx) = gpu("every_model_matches_keras_on_gpu_in_one_submission") else {
+        return;
     };
     let mut worst = (0.0f32, "");
     for name in MODELS {

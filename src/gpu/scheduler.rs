@@ -420,14 +420,34 @@ impl GpuNetwork {
             .into_iter()
             .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
             .collect::<Result<_>>()?;
-        Ok(GpuNetwork {
+        let input_dim = network.input_dim();
+        Ok(Self::assemble(
+            ctx,
+            kernels,
+            (dirs, stages, Vec::new()),
+            input_dim,
+            None,
+            weight_bytes,
+        ))
+    }
+
+    /// A network with nothing planned yet.
+    fn assemble(
+        ctx: Arc<GpuContext>,
+        kernels: Arc<Kernels>,
+        (dirs, stages, denses): (Vec<DirWeights>, Vec<Stage>, Vec<DenseWeights>),
+        input_dim: usize,
+        output_select: Option<Vec<usize>>,
+        weight_bytes: u64,
+    ) -> Self {
+        GpuNetwork {
             ctx,
             kernels,
             dirs,
             stages,
-            denses: Vec::new(),
-            input_dim: network.input_dim(),
-            output_select: None,
+            denses,
+            input_dim,
+            output_select,
             weight_bytes,
             plans: HashMap::new(),
             pending: None,
@@ -437,7 +457,7 @@ impl GpuNetwork {
             profiling: false,
             profile: None,
             stats: ForwardStats::default(),
-        })
+        }
     }
 
     /// Uploads a loaded Keras model (Masking, LSTM, Bidirectional and Dense layers) so that
@@ -510,24 +530,14 @@ impl GpuNetwork {
             .iter()
             .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
             .collect::<Result<Vec<_>>>()?;
-        Ok(GpuNetwork {
+        Ok(Self::assemble(
             ctx,
             kernels,
-            dirs,
-            stages,
-            denses,
+            (dirs, stages, denses),
             input_dim,
-            output_select: Some(model.output_indices().to_vec()),
+            Some(model.output_indices().to_vec()),
             weight_bytes,
-            plans: HashMap::new(),
-            pending: None,
-            states: None,
-            state_valid: false,
-            kernel_choice: RecurrentKernel::Auto,
-            profiling: false,
-            profile: None,
-            stats: ForwardStats::default(),
-        })
+        ))
     }
 
     /// The context this network runs on.

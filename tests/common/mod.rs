@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use lstm_wgpu::gpu::GpuContext;
+use ndarray::ArrayD;
+use std::sync::{Arc, OnceLock};
+
+/// The shared context, or None (after printing why) when no adapter exists and the
+/// environment does not require one.
+pub fn gpu(test: &str) -> Option<Arc<GpuContext>> {
+    static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
+    match CTX.get_or_init(|| GpuContext::new().map_err(|e| e.to_string())) {
+        Ok(c) => Some(c.clone()),
+        Err(e) => {
+            if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: LSTM_WGPU_REQUIRE_GPU=1 but no GPU adapter: {e}");
+            }
+            eprintln!("SKIPPED {test}: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// The largest absolute difference between two lists of outputs (same count and shapes).
+pub fn max_abs(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "number of outputs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            assert_eq!(x.shape(), y.shape());
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
