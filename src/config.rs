@@ -182,6 +182,8 @@ impl LstmConfig {
     }
 
     builder! {
+        /// Sets `units`.
+        units: usize,
         /// Sets `activation`.
         activation: Activation,
         /// Sets `recurrent_activation`.

@@ -174,16 +174,6 @@ impl Sample {
     }
 }
 
-trait Units {
-    fn units(self, u: usize) -> Self;
-}
-impl Units for LstmConfig {
-    fn units(mut self, u: usize) -> Self {
-        self.units = u;
-        self
-    }
-}
-
 /// Compares GPU outputs with the CPU's float32 and float64 results of the same network.
 ///
 /// With bounded activations the GPU must be within 1e-4 absolute of the CPU. Unbounded ones
