@@ -130,7 +130,11 @@ impl<T: Element> Lstm<T> {
         initial_state: Option<(ArrayView2<T>, ArrayView2<T>)>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<LstmOutput<T>> {
-        let (batch, _, _) = check_inputs(&self.config, self.input_dim(), x, initial_state, mask)?;
+        let (batch, _, _) = check_inputs(self.input_dim(), x, mask)?;
+        if let Some((h0, c0)) = initial_state {
+            check_state("h0", h0, batch, self.config.units)?;
+            check_state("c0", c0, batch, self.config.units)?;
+        }
         let start = match (initial_state, &self.state) {
             (Some((h, c)), _) => LstmState {
                 h: h.to_owned(),
@@ -167,12 +171,10 @@ impl<T: Element> Lstm<T> {
     }
 }
 
-/// Validates the call's inputs against the layer; returns (B, T, I).
+/// Validates `x [B, T, I]` (non-empty, I = `input_dim`) and the mask `[B, T]`; returns (B, T, I).
 pub(crate) fn check_inputs<T>(
-    config: &LstmConfig,
     input_dim: usize,
     x: ArrayView3<T>,
-    initial_state: Option<(ArrayView2<T>, ArrayView2<T>)>,
     mask: Option<ArrayView2<bool>>,
 ) -> Result<(usize, usize, usize)> {
     let (b, t, i) = x.dim();
@@ -185,19 +187,29 @@ pub(crate) fn check_inputs<T>(
     if i != input_dim {
         return Err(LstmError::shape("x", &[b, t, input_dim], x.shape()));
     }
-    if let Some((h0, c0)) = initial_state {
-        for (name, s) in [("initial_state h0", h0), ("initial_state c0", c0)] {
-            if s.dim() != (b, config.units) {
-                return Err(LstmError::shape(name, &[b, config.units], s.shape()));
-            }
-        }
-    }
     if let Some(m) = mask {
         if m.dim() != (b, t) {
             return Err(LstmError::shape("mask", &[b, t], m.shape()));
         }
     }
     Ok((b, t, i))
+}
+
+/// Checks that the initial state `name` is `[batch, units]`.
+pub(crate) fn check_state<T>(
+    name: &str,
+    state: ArrayView2<T>,
+    batch: usize,
+    units: usize,
+) -> Result<()> {
+    if state.dim() != (batch, units) {
+        return Err(LstmError::shape(
+            format!("initial_state {name}"),
+            &[batch, units],
+            state.shape(),
+        ));
+    }
+    Ok(())
 }
 
 /// Products below this many multiply-adds run on the calling thread: handing them to other

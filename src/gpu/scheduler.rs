@@ -7,7 +7,7 @@ use super::context::GpuContext;
 use super::kernels::{Kernels, StepKey, PARAMS_SIZE};
 use crate::activation::Activation;
 use crate::config::{LstmConfig, MergeMode};
-use crate::cpu::{check_inputs, Lstm, LstmOutput, LstmState};
+use crate::cpu::{check_inputs, check_state, Lstm, LstmOutput, LstmState};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::{DenseActivation, KerasModel, ModelLayer};
@@ -919,8 +919,7 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<(usize, usize, usize)> {
-        let any = LstmConfig::new(1);
-        let dims = check_inputs(&any, self.input_dim, x, None, mask)?;
+        let dims = check_inputs(self.input_dim, x, mask)?;
         if let Some(init) = initial_state {
             let (expected, names): (usize, &[&str]) = match self.stages.as_slice() {
                 [Stage::Lstm(_)] => (2, &["h0", "c0"]),
@@ -939,14 +938,7 @@ impl GpuNetwork {
                 ));
             }
             for (k, s) in init.iter().enumerate() {
-                let units = self.dirs[k / 2].config.units;
-                if s.dim() != (dims.0, units) {
-                    return Err(LstmError::shape(
-                        format!("initial_state {}", names[k]),
-                        &[dims.0, units],
-                        s.shape(),
-                    ));
-                }
+                check_state(names[k], *s, dims.0, self.dirs[k / 2].config.units)?;
             }
         }
         Ok(dims)
