@@ -270,6 +270,37 @@ impl Readback {
     }
 }
 
+/// Creates a plan's buffers and counts what they hold.
+struct Allocator<'a> {
+    ctx: &'a GpuContext,
+    bytes: u64,
+    buffers: u32,
+    params_bytes: u64,
+}
+
+impl Allocator<'_> {
+    fn buffer(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = size.max(4);
+        self.bytes += size;
+        self.buffers += 1;
+        self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A uniform buffer holding `data` (parameter blocks, written once per plan).
+    fn uniform(&mut self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let buf = self.buffer(label, data.len() as u64, usage);
+        self.ctx.queue().write_buffer(&buf, 0, data);
+        self.params_bytes += data.len() as u64;
+        buf
+    }
+}
+
 struct Plan {
     x: wgpu::Buffer,
     mask: wgpu::Buffer,
@@ -1001,25 +1032,17 @@ impl GpuNetwork {
         let stride = (PARAMS_SIZE as u32)
             .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
             as usize;
-        let mut bytes = 0u64;
-        let mut buffers = 0u32;
-        let mut params_bytes = 0u64;
-        let mut make = |label: &str, size: u64, usage: wgpu::BufferUsages| {
-            let size = size.max(4);
-            bytes += size;
-            buffers += 1;
-            device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage,
-                mapped_at_creation: false,
-            })
+        let mut alloc = Allocator {
+            ctx: &self.ctx,
+            bytes: 0,
+            buffers: 0,
+            params_bytes: 0,
         };
         let storage = wgpu::BufferUsages::STORAGE;
         let input_dim = self.input_dim;
         let x_size = (batch * steps * input_dim * 4) as u64;
         self.check_binding("x", x_size)?;
-        let x = make("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
+        let x = alloc.buffer("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
         let masking = self.stages.iter().any(|s| matches!(s, Stage::Mask(_)));
         let mask_size = if has_mask || masking {
             (batch * steps * 4) as u64
@@ -1027,8 +1050,8 @@ impl GpuNetwork {
             4
         };
         self.check_binding("mask", mask_size)?;
-        let mask = make("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
-        let dummy = make("unused", 4, storage);
+        let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
+        let dummy = alloc.buffer("unused", 4, storage);
         let states = self
             .states
             .as_ref()
@@ -1075,15 +1098,16 @@ impl GpuNetwork {
                 }
                 let nchunks = steps.div_ceil(tc_max);
                 let tc = steps.div_ceil(nchunks);
-                let proj = make("projection", tc as u64 * per_step, storage);
+                let proj = alloc.buffer("projection", tc as u64 * per_step, storage);
                 let seq_needed = w.config.return_sequences;
                 let seq_size = (batch * steps * h * 4) as u64;
                 if seq_needed {
                     self.check_binding("output sequence", seq_size)?;
                 }
-                let seq = seq_needed
-                    .then(|| make("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC));
-                let last = make(
+                let seq = seq_needed.then(|| {
+                    alloc.buffer("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC)
+                });
+                let last = alloc.buffer(
                     "last output",
                     (batch * h * 4) as u64,
                     storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
@@ -1147,13 +1171,7 @@ impl GpuNetwork {
                         _pad: [0; 4],
                     }))];
                 }
-                let params_buf = make(
-                    "parameters",
-                    params.len() as u64,
-                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                );
-                self.ctx.queue().write_buffer(&params_buf, 0, &params);
-                params_bytes += params.len() as u64;
+                let params_buf = alloc.uniform("parameters", &params);
                 let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &params_buf,
                     offset: 0,
@@ -1234,15 +1252,10 @@ impl GpuNetwork {
                 }
                 Stage::Mask(value) => {
                     let width = input.1;
-                    let out = make(
+                    let out = alloc.buffer(
                         "masked",
                         (batch * steps * width * 4) as u64,
                         storage | wgpu::BufferUsages::COPY_SRC,
-                    );
-                    let params = make(
-                        "mask parameters",
-                        PARAMS_SIZE,
-                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                     );
                     let words = [
                         batch as u32,
@@ -1254,10 +1267,7 @@ impl GpuNetwork {
                         0,
                         0,
                     ];
-                    self.ctx
-                        .queue()
-                        .write_buffer(&params, 0, bytemuck::cast_slice(&words));
-                    params_bytes += PARAMS_SIZE;
+                    let params = alloc.uniform("mask parameters", bytemuck::cast_slice(&words));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("mask"),
                         layout: &self.kernels.mask_layout,
@@ -1288,12 +1298,8 @@ impl GpuNetwork {
                     let rows = batch * t_rows;
                     let out_size = (rows * dw.units * 4) as u64;
                     self.check_binding("Dense output", out_size)?;
-                    let out = make("dense", out_size, storage | wgpu::BufferUsages::COPY_SRC);
-                    let params = make(
-                        "dense parameters",
-                        PARAMS_SIZE,
-                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    );
+                    let out =
+                        alloc.buffer("dense", out_size, storage | wgpu::BufferUsages::COPY_SRC);
                     let pp = ProjParams {
                         rows: rows as u32,
                         k: dw.inputs as u32,
@@ -1304,10 +1310,7 @@ impl GpuNetwork {
                         has_bias: u32::from(dw.bias.is_some()),
                         _pad: 0,
                     };
-                    self.ctx
-                        .queue()
-                        .write_buffer(&params, 0, bytemuck::bytes_of(&pp));
-                    params_bytes += PARAMS_SIZE;
+                    let params = alloc.uniform("dense parameters", bytemuck::bytes_of(&pp));
                     let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &params,
                         offset: 0,
@@ -1339,16 +1342,9 @@ impl GpuNetwork {
                         gy as u32,
                     )];
                     if dw.activation != Some(Activation::Linear) {
-                        let act_params = make(
-                            "dense activation parameters",
-                            PARAMS_SIZE,
-                            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                        );
                         let words = [rows as u32, dw.units as u32, 0, 0, 0, 0, 0, 0];
-                        self.ctx
-                            .queue()
-                            .write_buffer(&act_params, 0, bytemuck::cast_slice(&words));
-                        params_bytes += PARAMS_SIZE;
+                        let act_params = alloc
+                            .uniform("dense activation parameters", bytemuck::cast_slice(&words));
                         let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some("dense activation"),
                             layout: &self.kernels.dense_layout,
@@ -1380,17 +1376,13 @@ impl GpuNetwork {
                     };
                     let out_size = (batch * t_out * width * 4) as u64;
                     self.check_binding("merged output", out_size)?;
-                    let out = make("merged", out_size, storage | wgpu::BufferUsages::COPY_SRC);
+                    let out =
+                        alloc.buffer("merged", out_size, storage | wgpu::BufferUsages::COPY_SRC);
                     let (fp, bp) = (
                         dir_plans[fwd].as_ref().expect("planned above"),
                         dir_plans[bwd].as_ref().expect("planned above"),
                     );
                     let src = |p: &DirPlan| p.seq.clone().unwrap_or_else(|| p.last.clone());
-                    let params_buf = make(
-                        "merge parameters",
-                        PARAMS_SIZE,
-                        wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    );
                     let mp = MergeParams {
                         batch: batch as u32,
                         steps: t_out as u32,
@@ -1400,10 +1392,7 @@ impl GpuNetwork {
                         width: width as u32,
                         _pad: [0; 2],
                     };
-                    self.ctx
-                        .queue()
-                        .write_buffer(&params_buf, 0, bytemuck::bytes_of(&mp));
-                    params_bytes += PARAMS_SIZE;
+                    let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("merge"),
                         layout: &self.kernels.merge_layout,
@@ -1538,7 +1527,7 @@ impl GpuNetwork {
                 ty: wgpu::QueryType::Timestamp,
                 count: n,
             });
-            let resolve = make(
+            let resolve = alloc.buffer(
                 "timestamps",
                 8 * u64::from(n),
                 wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
@@ -1566,7 +1555,7 @@ impl GpuNetwork {
                 ),
             ));
         }
-        let staging = make(
+        let staging = alloc.buffer(
             "readback",
             staging_size,
             wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
@@ -1581,9 +1570,9 @@ impl GpuNetwork {
             copies,
             outputs,
             timestamps,
-            bytes,
-            params_bytes,
-            buffers,
+            bytes: alloc.bytes,
+            params_bytes: alloc.params_bytes,
+            buffers: alloc.buffers,
         })
     }
 }
