@@ -441,11 +441,10 @@ impl GpuNetwork {
         if T::DTYPE != "float32" {
             return Err(float64_error());
         }
-        let network: Network<f32> = convert_network(network);
         let kernels = Kernels::get(&ctx)?;
         let mut dirs = Vec::new();
         let mut stages = Vec::new();
-        flatten(&network, &mut |l: &Lstm<f32>| dirs.push(l), &mut stages);
+        flatten(network, &mut |l: &Lstm<T>| dirs.push(l), &mut stages);
         let mut weight_bytes = 0;
         let dirs: Vec<DirWeights> = dirs
             .into_iter()
@@ -506,7 +505,7 @@ impl GpuNetwork {
     /// ```
     pub fn from_model(ctx: Arc<GpuContext>, model: &KerasModel) -> Result<Self> {
         let kernels = Kernels::get(&ctx)?;
-        let mut lstms: Vec<Lstm<f32>> = Vec::new();
+        let mut lstms: Vec<&Lstm<f32>> = Vec::new();
         let mut stages = Vec::new();
         let mut denses = Vec::new();
         let mut weight_bytes = 0;
@@ -516,7 +515,7 @@ impl GpuNetwork {
                 ModelLayer::Masking { mask_value } => stages.push(Stage::Mask(*mask_value)),
                 ModelLayer::Recurrent(net) => {
                     input_dim.get_or_insert(net.input_dim());
-                    flatten(net, &mut |l: &Lstm<f32>| lstms.push(l.clone()), &mut stages);
+                    flatten(net, &mut |l: &Lstm<f32>| lstms.push(l), &mut stages);
                 }
                 ModelLayer::Dense {
                     kernel,
@@ -537,7 +536,7 @@ impl GpuNetwork {
                                     Some(b) => Some(upload_f32(
                                         &ctx,
                                         &format!("{name}/bias"),
-                                        &b.to_vec(),
+                                        &row_major(b.view().insert_axis(ndarray::Axis(0))),
                                         &mut weight_bytes,
                                     )?),
                                     None => None,
@@ -1623,8 +1622,8 @@ fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEn
 }
 
 /// The values of `m` in row-major order (Keras's layout, which the kernels read).
-fn row_major(m: ArrayView2<f32>) -> Vec<f32> {
-    m.iter().copied().collect()
+fn row_major<T: Element>(m: ArrayView2<T>) -> Vec<f32> {
+    m.iter().map(|v| v.to_f64() as f32).collect()
 }
 
 /// Uploads `data` into a new storage buffer, checking the binding limit; `name` names the
@@ -1653,7 +1652,12 @@ fn upload_f32(ctx: &GpuContext, name: &str, data: &[f32], bytes: &mut u64) -> Re
     Ok(buf)
 }
 
-fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<DirWeights> {
+/// Uploads one direction's weights as f32 (exact for an f32 layer; `new` refuses f64 ones).
+fn upload_weights<T: Element>(
+    ctx: &GpuContext,
+    l: &Lstm<T>,
+    bytes: &mut u64,
+) -> Result<DirWeights> {
     let c = l.config();
     let w = l.weights();
     let name = |what: &str| format!("{}/{what}", c.name);
@@ -1669,7 +1673,12 @@ fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<Di
                 bytes,
             )?,
             bias: match &w.bias {
-                Some(b) => Some(upload_f32(ctx, &name("bias"), &b.to_vec(), bytes)?),
+                Some(b) => Some(upload_f32(
+                    ctx,
+                    &name("bias"),
+                    &row_major(b.view().insert_axis(ndarray::Axis(0))),
+                    bytes,
+                )?),
                 None => None,
             },
         })
@@ -1677,9 +1686,9 @@ fn upload_weights(ctx: &GpuContext, l: &Lstm<f32>, bytes: &mut u64) -> Result<Di
 }
 
 /// Lists the LSTM directions (in weight order) and the stages of a network.
-fn flatten<'a>(
-    net: &'a Network<f32>,
-    dirs: &mut dyn FnMut(&'a Lstm<f32>),
+fn flatten<'a, T: Element>(
+    net: &'a Network<T>,
+    dirs: &mut dyn FnMut(&'a Lstm<T>),
     stages: &mut Vec<Stage>,
 ) {
     let count = stages.iter().map(|s| s.dirs().len()).sum::<usize>();
@@ -1702,36 +1711,6 @@ fn flatten<'a>(
                 flatten(l, dirs, stages);
             }
         }
-    }
-}
-
-/// The same network with f32 weights (exact for an f32 network).
-fn convert_network<T: Element>(net: &Network<T>) -> Network<f32> {
-    let conv = |l: &Lstm<T>| -> Lstm<f32> {
-        let w = l.weights();
-        let f = |v: &T| v.to_f64() as f32;
-        let weights = crate::LstmWeights {
-            kernel: w.kernel.map(f),
-            recurrent_kernel: w.recurrent_kernel.map(f),
-            bias: w.bias.as_ref().map(|b| b.map(f)),
-        };
-        Lstm::new(l.config().clone(), weights).expect("the same shapes were valid for T")
-    };
-    match net {
-        Network::Lstm(l) => Network::Lstm(conv(l)),
-        Network::Bidirectional(b) => Network::Bidirectional(Box::new(
-            crate::Bidirectional::new(
-                crate::BidirectionalConfig {
-                    forward: b.forward_layer().config().clone(),
-                    backward: b.backward_layer().config().clone(),
-                    merge_mode: b.merge_mode(),
-                },
-                conv(b.forward_layer()).weights().clone(),
-                conv(b.backward_layer()).weights().clone(),
-            )
-            .expect("the same shapes were valid for T"),
-        )),
-        Network::Sequential(ls) => Network::Sequential(ls.iter().map(convert_network).collect()),
     }
 }
 
