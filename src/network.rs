@@ -403,21 +403,36 @@ impl<T: Element> Network<T> {
                         "a Sequential stack takes no initial state",
                     ));
                 }
-                let mut current = x.to_owned().into_dyn();
-                let mut outputs = Vec::new();
-                for (k, layer) in layers.iter_mut().enumerate() {
-                    let input = current.view().into_dimensionality::<Ix3>().map_err(|_| {
-                        LstmError::shape(
-                            format!("input of Sequential layer {k}"),
-                            &[0, 0, 0],
-                            current.shape(),
-                        )
-                    })?;
-                    outputs = layer.forward(input, None, mask)?;
-                    current = outputs[0].clone();
+                let (last, inner) = layers.split_last_mut().expect("a stack has layers");
+                // Each layer reads the previous one's (single) output; only the last layer's
+                // outputs are returned.
+                let mut current: Option<ArrayD<T>> = None;
+                for (k, layer) in inner.iter_mut().enumerate() {
+                    let input = match &current {
+                        None => x,
+                        Some(c) => as_sequence(c, k)?,
+                    };
+                    let next = layer.forward(input, None, mask)?.swap_remove(0);
+                    current = Some(next);
                 }
+                let input = match &current {
+                    None => x,
+                    Some(c) => as_sequence(c, inner.len())?,
+                };
+                let outputs = last.forward(input, None, mask)?;
                 Ok(outputs)
             }
         }
     }
+}
+
+/// The output of stack layer `k - 1` as the `[B, T, W]` input of layer `k`.
+fn as_sequence<T>(a: &ArrayD<T>, k: usize) -> Result<ArrayView3<'_, T>> {
+    a.view().into_dimensionality::<Ix3>().map_err(|_| {
+        LstmError::shape(
+            format!("input of Sequential layer {k}"),
+            &[0, 0, 0],
+            a.shape(),
+        )
+    })
 }
