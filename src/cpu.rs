@@ -9,8 +9,10 @@
 use crate::config::LstmConfig;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
+use crate::packed::PackedWeights;
 use crate::weights::LstmWeights;
 use ndarray::{s, Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewMut2, Axis};
+use std::sync::Arc;
 
 /// The hidden and cell state of a layer, each `[B, H]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,16 +66,23 @@ pub struct Lstm<T> {
     weights: LstmWeights<T>,
     /// The carried state of a stateful layer (None until the first call or after a fresh build).
     state: Option<LstmState<T>>,
+    /// The weights packed for the fast f32 kernels (None: the generic path runs).
+    packed: Option<Arc<PackedWeights>>,
+    /// Scratch memory of the packed kernels, kept between calls.
+    scratch: Vec<f32>,
 }
 
 impl<T: Element> Lstm<T> {
     /// Builds a layer, checking the weights against the configuration.
     pub fn new(config: LstmConfig, weights: LstmWeights<T>) -> Result<Self> {
         weights.validate(&config, weights.input_dim())?;
+        let packed = PackedWeights::new(&weights).map(Arc::new);
         Ok(Lstm {
             config,
             weights,
             state: None,
+            packed,
+            scratch: Vec::new(),
         })
     }
 
@@ -156,7 +165,22 @@ impl<T: Element> Lstm<T> {
                 }
             }
         }
-        let (sequence, last, final_state) = run(&self.config, &self.weights, x, start, mask);
+        let fast = self.packed.as_ref().and_then(|w| {
+            let rule = StepRule::of(&self.config);
+            crate::packed::run(
+                w,
+                rule,
+                self.config.go_backwards,
+                x,
+                &start,
+                mask,
+                &mut self.scratch,
+            )
+        });
+        let (sequence, last, final_state) = match fast {
+            Some(result) => result,
+            None => run(&self.config, &self.weights, x, start, mask),
+        };
         if self.config.stateful {
             self.state = Some(final_state.clone());
         }
@@ -365,7 +389,7 @@ unsafe fn cell_update_avx2<T: Element>(
 }
 
 #[inline(always)]
-fn cell_update_impl<T: Element>(
+pub(crate) fn cell_update_impl<T: Element>(
     rule: StepRule,
     z: &mut [T],
     h: &mut [T],

@@ -22,6 +22,7 @@ pub trait Element:
     + Sync
     + std::ops::Neg<Output = Self>
     + std::ops::AddAssign
+    + bytemuck::Pod
     + 'static
 {
     /// The dtype name Keras uses (`float32`, `float64`).
@@ -104,7 +105,8 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2^23 rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.4, 88.73);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
@@ -112,7 +114,9 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
         + 5.000_000_1e-1;
     let y = p * r * r + r + 1.0;
     // 2^n as 2^(n/2) · 2^(n - n/2): both factors stay normal for every n in [-126, 128].
-    let ni = n as i32;
+    // n itself sits in the low mantissa bits of `shifted` (an integer conversion with `as`
+    // would not vectorize: it saturates and maps NaN to 0 lane by lane).
+    let ni = shifted.to_bits() as i32 - ROUND.to_bits() as i32;
     let n1 = ni >> 1;
     let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
     let s2 = f32::from_bits(((ni - n1 + 127) as u32) << 23);

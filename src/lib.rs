@@ -35,6 +35,7 @@ pub mod gpu;
 pub mod hdf5;
 pub mod model;
 mod network;
+mod packed;
 pub mod perf;
 mod weights;
 
