@@ -157,6 +157,77 @@ trait Lanes: Copy {
     unsafe fn splat(x: f32) -> Self;
     /// `a · b + c`.
     unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn div(a: Self, b: Self) -> Self;
+    /// `max(x, bound)`; a NaN in `x` stays NaN.
+    unsafe fn max(x: Self, bound: Self) -> Self;
+    /// `min(x, bound)`; a NaN in `x` stays NaN.
+    unsafe fn min(x: Self, bound: Self) -> Self;
+    /// Rounds to the nearest integer (ties to even).
+    unsafe fn round(x: Self) -> Self;
+    /// `y · 2^n` for integral `n` in [-126, 127].
+    unsafe fn scale2(y: Self, n: Self) -> Self;
+}
+
+/// Vector `e^x` (the same Cephes reduction and polynomial as `exp_f32`; the argument is
+/// clamped to [-87.3, 88], where f32 `e^x` is finite and normal; NaN stays NaN).
+#[allow(clippy::excessive_precision)]
+#[inline(always)]
+unsafe fn exp<V: Lanes>(x: V) -> V {
+    let x = V::min(V::max(x, V::splat(-87.3)), V::splat(88.0));
+    let n = V::round(V::mul(x, V::splat(std::f32::consts::LOG2_E)));
+    let r = V::fma(n, V::splat(-0.693_359_4), x);
+    let r = V::fma(n, V::splat(2.121_944_4e-4), r);
+    let mut p = V::splat(1.987_569_1e-4);
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        p = V::fma(p, r, V::splat(c));
+    }
+    let y = V::fma(V::mul(p, r), r, V::add(r, V::splat(1.0)));
+    V::scale2(y, n)
+}
+
+/// Vector logistic sigmoid, `1 / (1 + e^-x)`.
+#[inline(always)]
+unsafe fn sigmoid<V: Lanes>(x: V) -> V {
+    let one = V::splat(1.0);
+    V::div(one, V::add(one, exp(V::mul(x, V::splat(-1.0)))))
+}
+
+/// The activations the fused step epilogue computes in registers; the others go through
+/// `cell_update_impl`.
+fn in_registers(a: crate::Activation) -> bool {
+    use crate::Activation::*;
+    matches!(
+        a,
+        Sigmoid | Tanh | HardSigmoid | HardSigmoidKeras2 | Relu | Linear
+    )
+}
+
+/// One of the [`in_registers`] activations on a vector. `tanh` is `2·sigmoid(2x) - 1`
+/// (absolute error below 3e-7).
+#[inline(always)]
+unsafe fn activate<V: Lanes>(a: crate::Activation, x: V) -> V {
+    use crate::Activation::*;
+    let zero = V::splat(0.0);
+    match a {
+        Sigmoid => sigmoid(x),
+        Tanh => V::fma(
+            sigmoid(V::add(x, x)),
+            V::splat(2.0),
+            V::splat(-1.0),
+        ),
+        HardSigmoid => V::div(
+            V::min(V::max(V::add(x, V::splat(3.0)), zero), V::splat(6.0)),
+            V::splat(6.0),
+        ),
+        HardSigmoidKeras2 => V::min(
+            V::max(V::fma(x, V::splat(0.2), V::splat(0.5)), zero),
+            V::splat(1.0),
+        ),
+        Relu => V::max(x, zero),
+        _ => x,
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -188,6 +259,35 @@ mod x86 {
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
             Avx512(_mm512_fmadd_ps(a.0, b.0, c.0))
         }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            Avx512(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            Avx512(_mm512_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            Avx512(_mm512_div_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(x: Self, bound: Self) -> Self {
+            // (the second operand is returned when either is NaN)
+            Avx512(_mm512_max_ps(bound.0, x.0))
+        }
+        #[inline(always)]
+        unsafe fn min(x: Self, bound: Self) -> Self {
+            Avx512(_mm512_min_ps(bound.0, x.0))
+        }
+        #[inline(always)]
+        unsafe fn round(x: Self) -> Self {
+            Avx512(_mm512_roundscale_ps::<{_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC}>(x.0))
+        }
+        #[inline(always)]
+        unsafe fn scale2(y: Self, n: Self) -> Self {
+            Avx512(_mm512_scalef_ps(y.0, n.0))
+        }
     }
 
     impl Lanes for Avx2 {
@@ -208,6 +308,36 @@ mod x86 {
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
             Avx2(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            Avx2(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn mul(a: Self, b: Self) -> Self {
+            Avx2(_mm256_mul_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn div(a: Self, b: Self) -> Self {
+            Avx2(_mm256_div_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(x: Self, bound: Self) -> Self {
+            // (the second operand is returned when either is NaN)
+            Avx2(_mm256_max_ps(bound.0, x.0))
+        }
+        #[inline(always)]
+        unsafe fn min(x: Self, bound: Self) -> Self {
+            Avx2(_mm256_min_ps(bound.0, x.0))
+        }
+        #[inline(always)]
+        unsafe fn round(x: Self) -> Self {
+            Avx2(_mm256_round_ps::<{_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC}>(x.0))
+        }
+        #[inline(always)]
+        unsafe fn scale2(y: Self, n: Self) -> Self {
+            let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n.0), _mm256_set1_epi32(127)));
+            Avx2(_mm256_mul_ps(y.0, _mm256_castsi256_ps(bits)))
         }
     }
 }
@@ -351,6 +481,8 @@ struct StepInput<'a> {
     h_old: &'a [f32],
     /// Row b is present at this step (no mask: all true).
     present: &'a [bool],
+    /// Both activations are computed in registers (see [`in_registers`]).
+    fast: bool,
 }
 
 /// The slices of the panels `p0..` one thread writes, each panel-major, and the output
@@ -403,6 +535,40 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
         UNITS * bsz,
         w.recurrent.as_ptr().add(p * w.units * COLS),
     );
+    let n = (w.units - p * UNITS).min(UNITS);
+    if s.fast && s.present[b0..b0 + R].iter().all(|&p| p) {
+        let rule = s.rule;
+        let q = NV / 4;
+        for (r, z) in acc.iter().enumerate() {
+            let b = b0 + r;
+            let at = (pl * bsz + b) * UNITS;
+            let c = o.c.as_mut_ptr().add(at);
+            let h = o.h_new.as_mut_ptr().add(at);
+            let out = o.out.as_mut_ptr().add(at);
+            let seq = o.sequence.0.add((b * s.steps + s.step) * w.units + p * UNITS);
+            for j in 0..q {
+                let i = activate(rule.recurrent_activation, z[j]);
+                let f = activate(rule.recurrent_activation, z[q + j]);
+                let g = activate(rule.activation, z[2 * q + j]);
+                let og = activate(rule.recurrent_activation, z[3 * q + j]);
+                let cj = c.add(j * V::N);
+                let cn = V::fma(f, V::load(cj), V::mul(i, g));
+                cn.store(cj);
+                let hn = V::mul(og, activate(rule.activation, cn));
+                hn.store(h.add(j * V::N));
+                hn.store(out.add(j * V::N));
+                if n == UNITS {
+                    // SAFETY: as below (a whole panel of this row: 16 columns inside H).
+                    hn.store(seq.add(j * V::N));
+                }
+            }
+            if n < UNITS {
+                // SAFETY: as below.
+                std::ptr::copy_nonoverlapping(out, seq, n);
+            }
+        }
+        return;
+    }
     let mut z = [[0.0f32; COLS]; R];
     store_rows::<V, R, NV>(acc, z.as_mut_ptr().cast(), COLS);
     for (r, zr) in z.iter_mut().enumerate() {
@@ -415,7 +581,6 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
         }
         let out = &mut o.out[at..at + UNITS];
         cell_update_impl(s.rule, zr, h, &mut o.c[at..at + UNITS], out, present);
-        let n = (w.units - p * UNITS).min(UNITS);
         let seq = (b * s.steps + s.step) * w.units + p * UNITS;
         // SAFETY: `seq + n` ≤ B·T·H (b < B, step < T, p·16 + n ≤ H), and these elements
         // belong to this panel (see `StepOutput::sequence`).
@@ -582,6 +747,7 @@ pub(crate) fn run<T: Element>(
         }
         let proj = &*proj;
         let mut present = vec![true; batch];
+        let fast = in_registers(rule.activation) && in_registers(rule.recurrent_activation);
         let per_task = w.panels.div_ceil(tasks);
         let chunk = per_task * batch * UNITS;
         for step in 0..steps {
@@ -601,6 +767,7 @@ pub(crate) fn run<T: Element>(
                 proj,
                 h_old: &h_old,
                 present: &present,
+                fast,
             };
             let outputs = h_new
                 .chunks_mut(chunk)
