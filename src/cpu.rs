@@ -5,6 +5,12 @@
 //! as one matrix product) and `cell_update` is the twin of the element-wise part of
 //! `shaders/step.wgsl` (gates, cell update, mask rule). The recurrent product `h · R` of each
 //! step is one matrix product here and the workgroup-tiled dot product of `step.wgsl` there.
+//!
+//! That is the generic path: f64, and f32 on CPUs without AVX2/FMA, run it, and it is the
+//! reference the fast path is tested against. f32 layers on x86-64 with AVX-512 or AVX2/FMA
+//! run the packed kernels of `src/packed.rs` instead (weights packed once when the layer is
+//! built, the cell update fused into each step's product); `LSTM_WGPU_CPU_GENERIC=1` forces
+//! the generic path.
 
 use crate::config::LstmConfig;
 use crate::element::Element;
