@@ -1048,4 +1048,40 @@ mod tests {
         }
         eprintln!("packed vs generic f32 path: worst relative error {worst:.2e}");
     }
+
+    /// Forwards that split their steps between threads, run concurrently from inside the
+    /// rayon pool and from plain threads, give exactly the result of a forward run alone
+    /// (no deadlock when the helper threads are busy with other forwards).
+    #[test]
+    fn concurrent_forwards_match_a_lone_forward() {
+        let Some(&isa) = isas().first() else {
+            return;
+        };
+        let config = LstmConfig::new(130);
+        let weights = LstmWeights::<f32>::random(&config, 9, 3).unwrap();
+        let packed = PackedWeights::with_isa(&weights, isa).unwrap();
+        let (batch, steps) = (7, 12);
+        assert!(batch * 130 * packed.panels * COLS >= STEP_PARALLEL_MIN_MACS);
+        let x = Array::from_shape_fn((batch, steps, 9), |(b, t, i)| {
+            ((b * 31 + t * 7 + i) % 17) as f32 / 8.0 - 1.0
+        });
+        let start = LstmState {
+            h: Array2::zeros((batch, 130)),
+            c: Array2::zeros((batch, 130)),
+        };
+        let forward = || {
+            let mut scratch = Vec::new();
+            let rule = StepRule::of(&config);
+            run(&packed, rule, false, x.view(), &start, None, &mut scratch).unwrap()
+        };
+        let alone = forward();
+        let in_pool: Vec<_> = (0..8).into_par_iter().map(|_| forward()).collect();
+        let threads: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4).map(|_| scope.spawn(forward)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for got in in_pool.iter().chain(&threads) {
+            assert_eq!(got, &alone);
+        }
+    }
 }
