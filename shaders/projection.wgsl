@@ -3,9 +3,10 @@
 //
 // Rows of proj are batch-major within the chunk (row = b * tc + local step); row r reads
 // x row b * seq_len + t_lo + local step. Kernel, bias and proj keep Keras's column order.
-// A workgroup of 64 threads covers 256 columns and 4 rows: thread x owns columns
-// n0 + x + 64 q (q < 4) of those 4 rows, 16 accumulators, so every kernel value it loads
-// serves 4 rows and every x value (the same address across the workgroup) serves 4 columns.
+// A workgroup of 64 threads covers 256 columns and RB = 8 rows: thread x owns columns
+// n0 + x + 64 q (q < 4) of those 8 rows, 32 accumulators, so every kernel value it loads
+// serves 8 rows and every x value (the same address across the workgroup) serves 4 columns.
+// (8 rows ran the projection about 20% faster than 4 on lavapipe; 16 was no better.)
 // Neighbouring threads read and write neighbouring addresses. No workgroup memory and no
 // barriers: a version tiled through workgroup memory ran at less than half this speed on
 // lavapipe (timestamp queries: 2.4 against 5.8 GFLOP/s for the step kernel of this form).
@@ -44,37 +45,37 @@ fn store(row: u32, col: u32, v: vec4<f32>) {
     }
 }
 
+const RB: u32 = 8u;
+
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let col = wid.x * 4u * WG + lid.x;
-    let r0 = wid.y * 4u;
+    let r0 = wid.y * RB;
     let last = p.rows - 1u;
     // Rows past the end read the last row (always valid) and are not stored.
-    let x0 = x_row(min(r0, last)) * p.k;
-    let x1 = x_row(min(r0 + 1u, last)) * p.k;
-    let x2 = x_row(min(r0 + 2u, last)) * p.k;
-    let x3 = x_row(min(r0 + 3u, last)) * p.k;
+    var xo: array<u32, RB>;
+    for (var r = 0u; r < RB; r++) {
+        xo[r] = x_row(min(r0 + r, last)) * p.k;
+    }
     // Columns past the end read column 0 (always valid) and are not stored.
     var c = vec4<u32>(col, col + WG, col + 2u * WG, col + 3u * WG);
     c = select(vec4<u32>(0u), c, c < vec4<u32>(p.n));
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc: array<vec4<f32>, RB>;
+    for (var r = 0u; r < RB; r++) {
+        acc[r] = vec4<f32>(0.0);
+    }
     for (var k = 0u; k < p.k; k++) {
         let base = k * p.n;
         let wk = vec4<f32>(w[base + c.x], w[base + c.y], w[base + c.z], w[base + c.w]);
-        acc0 = fma(vec4<f32>(x[x0 + k]), wk, acc0);
-        acc1 = fma(vec4<f32>(x[x1 + k]), wk, acc1);
-        acc2 = fma(vec4<f32>(x[x2 + k]), wk, acc2);
-        acc3 = fma(vec4<f32>(x[x3 + k]), wk, acc3);
+        for (var r = 0u; r < RB; r++) {
+            acc[r] = fma(vec4<f32>(x[xo[r] + k]), wk, acc[r]);
+        }
     }
     var b = vec4<f32>(0.0);
     if (p.has_bias != 0u) {
         b = vec4<f32>(bias[c.x], bias[c.y], bias[c.z], bias[c.w]);
     }
-    store(r0, col, acc0 + b);
-    store(r0 + 1u, col, acc1 + b);
-    store(r0 + 2u, col, acc2 + b);
-    store(r0 + 3u, col, acc3 + b);
+    for (var r = 0u; r < RB; r++) {
+        store(r0 + r, col, acc[r] + b);
+    }
 }

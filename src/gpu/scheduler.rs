@@ -113,6 +113,8 @@ struct SeqParams {
 
 /// Batch rows one workgroup of the step kernel covers (`BT` in step.wgsl).
 const STEP_ROWS: usize = 4;
+/// Rows one workgroup of the projection covers (`RB` in projection.wgsl).
+const PROJECTION_ROWS: usize = 8;
 
 /// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array).
 pub const PERSISTENT_MAX_STATE: usize = 1024;
@@ -1081,8 +1083,9 @@ impl GpuNetwork {
                 // dispatch limit.
                 let per_step = (batch * n * 4) as u64;
                 let by_bytes = (self.max_binding() / per_step) as usize;
-                // The projection covers 4 rows per workgroup (y) and 256 columns (x).
-                let by_groups = max_groups * 4 / batch;
+                // The projection covers PROJECTION_ROWS rows per workgroup (y) and 256
+                // columns (x).
+                let by_groups = max_groups * PROJECTION_ROWS / batch;
                 let tc_max = by_bytes.min(by_groups).min(steps);
                 if tc_max == 0 {
                     return Err(LstmError::invalid(
@@ -1140,7 +1143,7 @@ impl GpuNetwork {
                         _pad: 0,
                     }));
                     let gx = n.div_ceil(256) as u32;
-                    let gy = (batch * len).div_ceil(4) as u32;
+                    let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
                     chunks.push((off, gx, gy, s0..s1));
                     for (s, slot) in step_offsets.iter_mut().enumerate().take(s1).skip(s0) {
                         let t = if w.config.go_backwards {
@@ -1326,7 +1329,7 @@ impl GpuNetwork {
                             entry(4, out.as_entire_binding()),
                         ],
                     });
-                    let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(4));
+                    let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(PROJECTION_ROWS));
                     if gx > max_groups || gy > max_groups {
                         return Err(LstmError::invalid(
                             "x",
