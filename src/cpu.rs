@@ -9,8 +9,8 @@
 //! That is the generic path: f64, and f32 on CPUs without AVX2/FMA, run it, and it is the
 //! reference the fast path is tested against. f32 layers on x86-64 with AVX-512 or AVX2/FMA
 //! run the packed kernels of `src/packed.rs` instead (weights packed once when the layer is
-//! built, the cell update fused into each step's product); `LSTM_WGPU_CPU_GENERIC=1` forces
-//! the generic path.
+//! built, the cell update fused into each step's product); `LSTM_WGPU_CPU_ISA=generic` forces
+//! the generic path (`avx2` caps the packed kernels at AVX2).
 
 use crate::config::LstmConfig;
 use crate::element::Element;
