@@ -8,7 +8,11 @@ override ZERO_OUTPUT_FOR_MASK: bool = false;
 override HAS_MASK: bool = false;
 override WRITE_SEQUENCE: bool = false;
 
-@group(0) @binding(1) var<storage, read> rk: array<f32>;
+// The recurrent kernel with each unit's four gates side by side: rk[k * H + j] holds
+// (R[k, j], R[k, H + j], R[k, 2H + j], R[k, 3H + j]). One vec4 load per (k, unit) instead of
+// four scalar ones (lavapipe runs every storage load as a loop over its SIMD lanes, so a load
+// of four values costs about what one does).
+@group(0) @binding(1) var<storage, read> rk: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> proj: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<u32>;
 @group(0) @binding(4) var<storage, read> state_in: array<f32>;

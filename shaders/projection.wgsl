@@ -24,9 +24,17 @@ struct ProjParams {
 
 @group(0) @binding(0) var<uniform> p: ProjParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+// The kernel as this shader reads it: each thread's four columns side by side, one vec4
+// per (k, thread): w[k * S + g * 64 + x] = (W[k, c], W[k, c + 64], W[k, c + 128],
+// W[k, c + 192]) with c = 256 g + x and S = 64 * ceil(n / 256); zero past column n. One
+// vec4 load instead of four scalar ones (lavapipe runs every storage load as a loop over its
+// SIMD lanes).
+@group(0) @binding(2) var<storage, read> w: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> proj: array<f32>;
+// x again, four values per element (the same buffer; read only when k is a multiple of 4,
+// so that every row of x starts on a vec4).
+@group(0) @binding(5) var<storage, read> x4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 
@@ -64,11 +72,27 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var r = 0u; r < RB; r++) {
         acc[r] = vec4<f32>(0.0);
     }
-    for (var k = 0u; k < p.k; k++) {
-        let base = k * p.n;
-        let wk = vec4<f32>(w[base + c.x], w[base + c.y], w[base + c.z], w[base + c.w]);
-        for (var r = 0u; r < RB; r++) {
-            acc[r] = fma(vec4<f32>(x[xo[r] + k]), wk, acc[r]);
+    let stride = (p.n + 4u * WG - 1u) / (4u * WG) * WG;
+    let wi = wid.x * WG + lid.x;
+    if (p.k % 4u == 0u) {
+        // Four k at a time: one vec4 of x per row and four of the kernel.
+        for (var k = 0u; k < p.k; k += 4u) {
+            let w0 = w[k * stride + wi];
+            let w1 = w[(k + 1u) * stride + wi];
+            let w2 = w[(k + 2u) * stride + wi];
+            let w3 = w[(k + 3u) * stride + wi];
+            for (var r = 0u; r < RB; r++) {
+                let xv = x4[(xo[r] + k) / 4u];
+                acc[r] = fma(vec4<f32>(xv.x), w0, fma(vec4<f32>(xv.y), w1,
+                    fma(vec4<f32>(xv.z), w2, fma(vec4<f32>(xv.w), w3, acc[r]))));
+            }
+        }
+    } else {
+        for (var k = 0u; k < p.k; k++) {
+            let wk = w[k * stride + wi];
+            for (var r = 0u; r < RB; r++) {
+                acc[r] = fma(vec4<f32>(x[xo[r] + k]), wk, acc[r]);
+            }
         }
     }
     var b = vec4<f32>(0.0);

@@ -26,6 +26,9 @@ struct StepParams {
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
+// state_in again, four values per element (bound to the same buffer; read only when H is a
+// multiple of 4, so that every row of h starts on a vec4).
+@group(0) @binding(8) var<storage, read> state4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 const BT: u32 = 4u;
@@ -76,13 +79,31 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r1 = min(b0 + 1u, B - 1u) * H;
     let r2 = min(b0 + 2u, B - 1u) * H;
     let r3 = min(b0 + 3u, B - 1u) * H;
-    for (var k = 0u; k < H; k++) {
-        let base = k * 4u * H + j;
-        let r = vec4<f32>(rk[base], rk[base + H], rk[base + 2u * H], rk[base + 3u * H]);
-        acc0 = fma(vec4<f32>(state_in[r0 + k]), r, acc0);
-        acc1 = fma(vec4<f32>(state_in[r1 + k]), r, acc1);
-        acc2 = fma(vec4<f32>(state_in[r2 + k]), r, acc2);
-        acc3 = fma(vec4<f32>(state_in[r3 + k]), r, acc3);
+    if (H % 4u == 0u) {
+        // Four k at a time: one vec4 of h per row and four of the kernel serve 64 products
+        // (storage loads are what a SIMD rasterizer such as lavapipe pays most for).
+        for (var k = 0u; k < H; k += 4u) {
+            let w0 = rk[k * H + j];
+            let w1 = rk[(k + 1u) * H + j];
+            let w2 = rk[(k + 2u) * H + j];
+            let w3 = rk[(k + 3u) * H + j];
+            let h0 = state4[(r0 + k) / 4u];
+            let h1 = state4[(r1 + k) / 4u];
+            let h2 = state4[(r2 + k) / 4u];
+            let h3 = state4[(r3 + k) / 4u];
+            acc0 = fma(vec4<f32>(h0.x), w0, fma(vec4<f32>(h0.y), w1, fma(vec4<f32>(h0.z), w2, fma(vec4<f32>(h0.w), w3, acc0))));
+            acc1 = fma(vec4<f32>(h1.x), w0, fma(vec4<f32>(h1.y), w1, fma(vec4<f32>(h1.z), w2, fma(vec4<f32>(h1.w), w3, acc1))));
+            acc2 = fma(vec4<f32>(h2.x), w0, fma(vec4<f32>(h2.y), w1, fma(vec4<f32>(h2.z), w2, fma(vec4<f32>(h2.w), w3, acc2))));
+            acc3 = fma(vec4<f32>(h3.x), w0, fma(vec4<f32>(h3.y), w1, fma(vec4<f32>(h3.z), w2, fma(vec4<f32>(h3.w), w3, acc3))));
+        }
+    } else {
+        for (var k = 0u; k < H; k++) {
+            let r = rk[k * H + j];
+            acc0 = fma(vec4<f32>(state_in[r0 + k]), r, acc0);
+            acc1 = fma(vec4<f32>(state_in[r1 + k]), r, acc1);
+            acc2 = fma(vec4<f32>(state_in[r2 + k]), r, acc2);
+            acc3 = fma(vec4<f32>(state_in[r3 + k]), r, acc3);
+        }
     }
 
     if (b0 < B) { update(b0, j, acc0); }

@@ -172,6 +172,7 @@ impl Kernels {
                 storage(2, true),
                 storage(3, true),
                 storage(4, false),
+                storage(5, true),
             ],
         );
         let projection_module = module("projection", sources["projection"].clone());
@@ -195,6 +196,7 @@ impl Kernels {
                 storage(5, false),
                 storage(6, false),
                 storage(7, false),
+                storage(8, true),
             ],
         );
         let step_pipeline_layout = pipeline_layout("step", &step_layout);

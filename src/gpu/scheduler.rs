@@ -531,7 +531,7 @@ impl GpuNetwork {
                                 kernel: upload_f32(
                                     &ctx,
                                     &format!("{name}/kernel"),
-                                    &row_major(kernel.view()),
+                                    &projection_order(kernel.view()),
                                     &mut weight_bytes,
                                 )?,
                                 bias: match bias {
@@ -1053,6 +1053,9 @@ impl GpuNetwork {
         self.check_binding("mask", mask_size)?;
         let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
         let dummy = alloc.buffer("unused", 4, storage);
+        // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
+        // bound read-write in the same dispatch).
+        let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
         let states = self
             .states
             .as_ref()
@@ -1188,6 +1191,16 @@ impl GpuNetwork {
                         entry(2, w.kernel.as_entire_binding()),
                         entry(3, w.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
                         entry(4, proj.as_entire_binding()),
+                        // x as vec4s (projection.wgsl reads it only when I % 4 == 0)
+                        entry(
+                            5,
+                            if w.input_dim % 4 == 0 {
+                                &input.0
+                            } else {
+                                &dummy_vec4
+                            }
+                            .as_entire_binding(),
+                        ),
                     ],
                 });
                 let pair = &states.dirs[d];
@@ -1204,6 +1217,11 @@ impl GpuNetwork {
                             entry(5, pair[1 - p].as_entire_binding()),
                             entry(6, last.as_entire_binding()),
                             entry(7, seq.as_ref().unwrap_or(&dummy).as_entire_binding()),
+                            // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
+                            entry(
+                                8,
+                                if h % 4 == 0 { &pair[p] } else { &dummy_vec4 }.as_entire_binding(),
+                            ),
                         ],
                     })
                 });
@@ -1327,6 +1345,15 @@ impl GpuNetwork {
                             entry(2, dw.kernel.as_entire_binding()),
                             entry(3, dw.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
                             entry(4, out.as_entire_binding()),
+                            entry(
+                                5,
+                                if dw.inputs % 4 == 0 {
+                                    &input.0
+                                } else {
+                                    &dummy_vec4
+                                }
+                                .as_entire_binding(),
+                            ),
                         ],
                     });
                     let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(PROJECTION_ROWS));
@@ -1668,11 +1695,16 @@ fn upload_weights<T: Element>(
         Ok(DirWeights {
             config: c.clone(),
             input_dim: l.input_dim(),
-            kernel: upload_f32(ctx, &name("kernel"), &row_major(w.kernel.view()), bytes)?,
+            kernel: upload_f32(
+                ctx,
+                &name("kernel"),
+                &projection_order(w.kernel.view()),
+                bytes,
+            )?,
             recurrent: upload_f32(
                 ctx,
                 &name("recurrent_kernel"),
-                &row_major(w.recurrent_kernel.view()),
+                &gates_side_by_side(w.recurrent_kernel.view()),
                 bytes,
             )?,
             bias: match &w.bias {
@@ -1686,6 +1718,37 @@ fn upload_weights<T: Element>(
             },
         })
     })?
+}
+
+/// A `[K, N]` kernel as projection.wgsl reads it: per row k, groups of 256 columns, each as
+/// 64 vec4s holding columns `(c, c + 64, c + 128, c + 192)` for `c = 256·g + x` (zero past
+/// N), so each thread's four columns are one vec4.
+fn projection_order<T: Element>(m: ndarray::ArrayView2<T>) -> Vec<f32> {
+    let (k, n) = m.dim();
+    let stride = n.div_ceil(256) * 256;
+    let mut out = vec![0.0f32; k * stride];
+    for row in 0..k {
+        for col in 0..n {
+            let (g, q, x) = (col / 256, (col % 256) / 64, col % 64);
+            out[row * stride + (g * 64 + x) * 4 + q] = m[[row, col]].to_f64() as f32;
+        }
+    }
+    out
+}
+
+/// The recurrent kernel `[H, 4H]` (gate blocks i, f, c, o) as step.wgsl and sequence.wgsl
+/// read it: `[H][H][4]`, the four gates of unit j for row k at `(k·H + j)·4`.
+fn gates_side_by_side<T: Element>(r: ndarray::ArrayView2<T>) -> Vec<f32> {
+    let h = r.nrows();
+    let mut out = vec![0.0f32; h * 4 * h];
+    for k in 0..h {
+        for j in 0..h {
+            for g in 0..4 {
+                out[(k * h + j) * 4 + g] = r[[k, g * h + j]].to_f64() as f32;
+            }
+        }
+    }
+    out
 }
 
 /// Lists the LSTM directions (in weight order) and the stages of a network.
