@@ -1194,7 +1194,7 @@ impl GpuNetwork {
                         // x as vec4s (projection.wgsl reads it only when I % 4 == 0)
                         entry(
                             5,
-                            if w.input_dim % 4 == 0 {
+                            if w.input_dim.is_multiple_of(4) {
                                 &input.0
                             } else {
                                 &dummy_vec4
@@ -1220,7 +1220,12 @@ impl GpuNetwork {
                             // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
                             entry(
                                 8,
-                                if h % 4 == 0 { &pair[p] } else { &dummy_vec4 }.as_entire_binding(),
+                                if h.is_multiple_of(4) {
+                                    &pair[p]
+                                } else {
+                                    &dummy_vec4
+                                }
+                                .as_entire_binding(),
                             ),
                         ],
                     })
@@ -1347,7 +1352,7 @@ impl GpuNetwork {
                             entry(4, out.as_entire_binding()),
                             entry(
                                 5,
-                                if dw.inputs % 4 == 0 {
+                                if dw.inputs.is_multiple_of(4) {
                                     &input.0
                                 } else {
                                     &dummy_vec4
