@@ -8,11 +8,15 @@ override ZERO_OUTPUT_FOR_MASK: bool = false;
 override HAS_MASK: bool = false;
 override WRITE_SEQUENCE: bool = false;
 
-// The recurrent kernel with each unit's four gates side by side: rk[k * H + j] holds
-// (R[k, j], R[k, H + j], R[k, 2H + j], R[k, 3H + j]). One vec4 load per (k, unit) instead of
-// four scalar ones (lavapipe runs every storage load as a loop over its SIMD lanes, so a load
-// of four values costs about what one does).
-@group(0) @binding(1) var<storage, read> rk: array<vec4<f32>>;
+// The recurrent kernel with each unit's four gates side by side, as an H x H texture:
+// texel (j, k) holds (R[k, j], R[k, H + j], R[k, 2H + j], R[k, 3H + j]). One fetch per
+// (k, unit); lavapipe builds texel fetches as vector gathers, where it runs each storage load
+// as a loop over its SIMD lanes.
+@group(0) @binding(1) var rk: texture_2d<f32>;
+
+fn rk_at(k: u32, j: u32) -> vec4<f32> {
+    return textureLoad(rk, vec2<u32>(j, k), 0);
+}
 @group(0) @binding(2) var<storage, read> proj: array<f32>;
 @group(0) @binding(3) var<storage, read> mask: array<u32>;
 @group(0) @binding(4) var<storage, read> state_in: array<f32>;

@@ -57,7 +57,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
             let j = e % H;
             var acc = vec4<f32>(0.0);
             for (var k = 0u; k < H; k++) {
-                let r = rk[k * H + j];
+                let r = rk_at(k, j);
                 acc = fma(vec4<f32>(hs[b * H + k]), r, acc);
             }
             let row = (b * T + t) * 4u * H + j;

@@ -83,10 +83,10 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         // Four k at a time: one vec4 of h per row and four of the kernel serve 64 products
         // (storage loads are what a SIMD rasterizer such as lavapipe pays most for).
         for (var k = 0u; k < H; k += 4u) {
-            let w0 = rk[k * H + j];
-            let w1 = rk[(k + 1u) * H + j];
-            let w2 = rk[(k + 2u) * H + j];
-            let w3 = rk[(k + 3u) * H + j];
+            let w0 = rk_at(k, j);
+            let w1 = rk_at(k + 1u, j);
+            let w2 = rk_at(k + 2u, j);
+            let w3 = rk_at(k + 3u, j);
             let h0 = state4[(r0 + k) / 4u];
             let h1 = state4[(r1 + k) / 4u];
             let h2 = state4[(r2 + k) / 4u];
@@ -98,7 +98,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
     } else {
         for (var k = 0u; k < H; k++) {
-            let r = rk[k * H + j];
+            let r = rk_at(k, j);
             acc0 = fma(vec4<f32>(state_in[r0 + k]), r, acc0);
             acc1 = fma(vec4<f32>(state_in[r1 + k]), r, acc1);
             acc2 = fma(vec4<f32>(state_in[r2 + k]), r, acc2);

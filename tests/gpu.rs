@@ -477,8 +477,8 @@ fn chunked_projection_gives_identical_results() {
     let wide = LstmConfig::new(256);
     let w = LstmWeights::<f32>::new(
         &wide,
-        1,
-        Array2::zeros((1, 1024)),
+        64,
+        Array2::zeros((64, 1024)),
         Array2::zeros((256, 1024)),
         Some(ndarray::Array1::zeros(1024)),
     )
@@ -486,7 +486,7 @@ fn chunked_projection_gives_identical_results() {
     let cpu = Lstm::new(wide, w).unwrap();
     match GpuLstm::new(small.clone(), &cpu) {
         Err(e) => assert!(e.to_string().contains("limit"), "{e}"),
-        Ok(_) => panic!("a 1 MiB recurrent kernel cannot fit a 64 KiB binding"),
+        Ok(_) => panic!("a 256 KiB input kernel cannot fit a 64 KiB binding"),
     }
     let mut ok = GpuLstm::new(
         small,

@@ -189,7 +189,16 @@ impl Kernels {
             "step",
             &[
                 params(true),
-                storage(1, true),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
+                    },
+                    count: None,
+                },
                 storage(2, true),
                 storage(3, true),
                 storage(4, true),

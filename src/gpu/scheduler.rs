@@ -162,7 +162,9 @@ struct DirWeights {
     config: LstmConfig,
     input_dim: usize,
     kernel: wgpu::Buffer,
-    recurrent: wgpu::Buffer,
+    /// The recurrent kernel as a texture of `H x H` texels, texel (j, k) holding unit j's
+    /// four gates for row k (see `recurrent_texture`).
+    recurrent: wgpu::TextureView,
     bias: Option<wgpu::Buffer>,
 }
 
@@ -1210,7 +1212,7 @@ impl GpuNetwork {
                         layout: &self.kernels.step_layout,
                         entries: &[
                             entry(0, uniform.clone()),
-                            entry(1, w.recurrent.as_entire_binding()),
+                            entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
                             entry(2, proj.as_entire_binding()),
                             entry(3, mask.as_entire_binding()),
                             entry(4, pair[p].as_entire_binding()),
@@ -1687,6 +1689,52 @@ fn upload_f32(ctx: &GpuContext, name: &str, data: &[f32], bytes: &mut u64) -> Re
     Ok(buf)
 }
 
+/// Uploads the recurrent kernel, in the order of [`gates_side_by_side`], as an `H x H`
+/// texture of four-float texels. The kernels read it with `textureLoad`: lavapipe builds a
+/// texel fetch as a vector gather, where it runs a storage-buffer load as a loop over lanes.
+fn recurrent_texture(
+    ctx: &GpuContext,
+    name: &str,
+    data: &[f32],
+    units: usize,
+    bytes: &mut u64,
+) -> Result<wgpu::TextureView> {
+    let max = ctx.limits().max_texture_dimension_2d as usize;
+    if units > max {
+        return Err(LstmError::invalid(
+            name,
+            format!("{units} units exceed this adapter's texture size limit of {max}"),
+        ));
+    }
+    let size = wgpu::Extent3d {
+        width: units as u32,
+        height: units as u32,
+        depth_or_array_layers: 1,
+    };
+    let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
+        label: Some(name),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    ctx.queue().write_texture(
+        texture.as_image_copy(),
+        bytemuck::cast_slice(data),
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some((units * 16) as u32),
+            rows_per_image: Some(units as u32),
+        },
+        size,
+    );
+    *bytes += (data.len() * 4) as u64;
+    Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
+}
+
 /// Uploads one direction's weights as f32 (exact for an f32 layer; `new` refuses f64 ones).
 fn upload_weights<T: Element>(
     ctx: &GpuContext,
@@ -1706,10 +1754,11 @@ fn upload_weights<T: Element>(
                 &projection_order(w.kernel.view()),
                 bytes,
             )?,
-            recurrent: upload_f32(
+            recurrent: recurrent_texture(
                 ctx,
                 &name("recurrent_kernel"),
                 &gates_side_by_side(w.recurrent_kernel.view()),
+                c.units,
                 bytes,
             )?,
             bias: match &w.bias {
