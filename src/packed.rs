@@ -820,7 +820,8 @@ pub(crate) fn run<T: Element>(
     let c0 = start.c.as_standard_layout();
     let h0 = ArrayView2::from_shape((batch, units), f32_slice(h0.as_slice()?)?).ok()?;
     let c0 = ArrayView2::from_shape((batch, units), f32_slice(c0.as_slice()?)?).ok()?;
-    if TypeId::of::<T>() != TypeId::of::<f32>() || input != w.input {
+    // (`f32_slice` returned Some above, so T is f32.)
+    if input != w.input {
         return None;
     }
     let width = w.panels * COLS;
@@ -837,7 +838,8 @@ pub(crate) fn run<T: Element>(
     let proj_len = if fused { 0 } else { rows * width };
     scratch.resize(proj_len, 0.0);
     let proj = &mut scratch[..proj_len];
-    let mut sequence = Array3::<f32>::uninit((batch, steps, units));
+    let mut sequence = Array3::<T>::uninit((batch, steps, units));
+    // (T is f32.)
     let seq_ptr = SharedPtr(sequence.as_mut_ptr().cast());
     // The two buffers of h: step s reads `h_a` when s is even and writes the other.
     let mut h_a = to_panels(h0, w.panels);
@@ -846,99 +848,84 @@ pub(crate) fn run<T: Element>(
     let mut h_b = vec![0.0f32; state_len];
     let mut out = vec![0.0f32; state_len];
 
-    let mut body = || {
-        if fused {
-            // (each step projects its own input)
-        } else if parallel_projection {
-            let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
-            proj.par_chunks_mut(chunk * width)
-                .zip(xs.par_chunks(chunk * input))
-                .for_each(|(out, x)| project_chunk(w, x, out));
-        } else {
-            project_chunk(w, xs, proj);
-        }
-        let proj = &*proj;
-        let fast = in_registers(rule.activation) && in_registers(rule.recurrent_activation);
-        let per_task = w.panels.div_ceil(tasks);
-        let chunks = w.panels.div_ceil(per_task);
-        let chunk_len = per_task * batch * UNITS;
-        let hs = [SharedPtr(h_a.as_mut_ptr()), SharedPtr(h_b.as_mut_ptr())];
-        let (c_ptr, out_ptr) = (SharedPtr(c.as_mut_ptr()), SharedPtr(out.as_mut_ptr()));
-        let run_item = |step: usize, chunk: usize| {
-            let time = if go_backwards { steps - 1 - step } else { step };
-            let start = chunk * chunk_len;
-            let len = chunk_len.min(state_len - start);
-            // SAFETY: step `step` reads h buffer `step % 2` whole and writes chunk `chunk` of
-            // the other, of c and of out; no other item of this step touches that chunk, and
-            // items of other steps are ordered before or after this one (`Tickets`, or the
-            // plain loop below), so no slice here aliases a live mutable one.
-            let (h_old, h_new, c, out) = unsafe {
-                (
-                    std::slice::from_raw_parts(hs[step % 2].get(), state_len),
-                    std::slice::from_raw_parts_mut(hs[(step + 1) % 2].get().add(start), len),
-                    std::slice::from_raw_parts_mut(c_ptr.get().add(start), len),
-                    std::slice::from_raw_parts_mut(out_ptr.get().add(start), len),
-                )
-            };
-            let input = StepInput {
-                w,
-                rule,
-                batch,
-                steps,
-                step,
-                time,
-                proj,
-                x: xs,
-                h_old,
-                mask,
-                fast,
-            };
-            let mut output = StepOutput {
-                p0: chunk * per_task,
-                h_new,
-                c,
-                out,
-                sequence: seq_ptr,
-            };
-            step_chunk(&input, &mut output);
+    // Fused steps project their own input; otherwise all timesteps are projected first.
+    if !fused && parallel_projection {
+        let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+        proj.par_chunks_mut(chunk * width)
+            .zip(xs.par_chunks(chunk * input))
+            .for_each(|(out, x)| project_chunk(w, x, out));
+    } else if !fused {
+        project_chunk(w, xs, proj);
+    }
+    let proj = &*proj;
+    let fast = in_registers(rule.activation) && in_registers(rule.recurrent_activation);
+    let per_task = w.panels.div_ceil(tasks);
+    let chunks = w.panels.div_ceil(per_task);
+    let chunk_len = per_task * batch * UNITS;
+    let hs = [SharedPtr(h_a.as_mut_ptr()), SharedPtr(h_b.as_mut_ptr())];
+    let (c_ptr, out_ptr) = (SharedPtr(c.as_mut_ptr()), SharedPtr(out.as_mut_ptr()));
+    let run_item = |step: usize, chunk: usize| {
+        let time = if go_backwards { steps - 1 - step } else { step };
+        let start = chunk * chunk_len;
+        let len = chunk_len.min(state_len - start);
+        // SAFETY: step `step` reads h buffer `step % 2` whole and writes chunk `chunk` of
+        // the other, of c and of out; no other item of this step touches that chunk, and
+        // items of other steps are ordered before or after this one (`Tickets`, or the
+        // plain loop below), so no slice here aliases a live mutable one.
+        let (h_old, h_new, c, out) = unsafe {
+            (
+                std::slice::from_raw_parts(hs[step % 2].get(), state_len),
+                std::slice::from_raw_parts_mut(hs[(step + 1) % 2].get().add(start), len),
+                std::slice::from_raw_parts_mut(c_ptr.get().add(start), len),
+                std::slice::from_raw_parts_mut(out_ptr.get().add(start), len),
+            )
         };
-        if chunks == 1 {
-            for step in 0..steps {
-                run_item(step, 0);
-            }
-        } else {
-            let tickets = Tickets::new(steps, chunks);
-            rayon::scope(|scope| {
-                for _ in 1..chunks.min(rayon::current_num_threads()) {
-                    scope.spawn(|_| tickets.work(&run_item));
-                }
-                tickets.work(&run_item);
-            });
-        }
+        let input = StepInput {
+            w,
+            rule,
+            batch,
+            steps,
+            step,
+            time,
+            proj,
+            x: xs,
+            h_old,
+            mask,
+            fast,
+        };
+        let mut output = StepOutput {
+            p0: chunk * per_task,
+            h_new,
+            c,
+            out,
+            sequence: seq_ptr,
+        };
+        step_chunk(&input, &mut output);
     };
-    if tasks > 1 || parallel_projection {
-        // The loop runs on a worker of the pool, so each step's fork-join stays inside the
-        // pool instead of waking this thread twice per step.
-        rayon::scope(|_| body());
+    if chunks == 1 {
+        for step in 0..steps {
+            run_item(step, 0);
+        }
     } else {
-        body();
+        let tickets = Tickets::new(steps, chunks);
+        rayon::scope(|scope| {
+            for _ in 1..chunks.min(rayon::current_num_threads()) {
+                scope.spawn(|_| tickets.work(&run_item));
+            }
+            tickets.work(&run_item);
+        });
     }
     // SAFETY: every step wrote every batch row's H columns of its row of the sequence.
     let sequence = unsafe { sequence.assume_init() };
 
-    let mut seq_out = Array3::<T>::zeros((0, 0, 0));
     let mut last = Array2::<T>::zeros((batch, units));
     let mut h = Array2::<T>::zeros((batch, units));
     let mut c_out = Array2::<T>::zeros((batch, units));
-    // T is f32 (checked above): move the sequence over without copying it.
-    if let Some(dst) = (&mut seq_out as &mut dyn std::any::Any).downcast_mut::<Array3<f32>>() {
-        *dst = sequence;
-    }
     from_panels(&out, f32_slice_mut(last.as_slice_mut()?)?, batch, units);
     let h_last = if steps % 2 == 0 { &h_a } else { &h_b };
     from_panels(h_last, f32_slice_mut(h.as_slice_mut()?)?, batch, units);
     from_panels(&c, f32_slice_mut(c_out.as_slice_mut()?)?, batch, units);
-    Some((seq_out, last, LstmState { h, c: c_out }))
+    Some((sequence, last, LstmState { h, c: c_out }))
 }
 
 #[cfg(test)]
