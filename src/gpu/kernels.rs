@@ -118,6 +118,20 @@ fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
+/// A 2-D float texture read with `textureLoad` (no sampler, so not filterable).
+fn texture(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Texture {
+            sample_type: wgpu::TextureSampleType::Float { filterable: false },
+            view_dimension: wgpu::TextureViewDimension::D2,
+            multisampled: false,
+        },
+        count: None,
+    }
+}
+
 fn params(dynamic: bool) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding: 0,
@@ -175,30 +189,24 @@ impl Kernels {
                 storage(5, true),
             ],
         );
-        let projection_module = module("projection", sources["projection"].clone());
-        let projection = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("projection"),
-            layout: Some(&pipeline_layout("projection", &projection_layout)),
-            module: &projection_module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        // The kernels without override constants: compiled once here.
+        let pipeline = |label: &str, bgl: &wgpu::BindGroupLayout| {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&pipeline_layout(label, bgl)),
+                module: &module(label, sources[label].clone()),
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            })
+        };
+        let projection = pipeline("projection", &projection_layout);
 
         let step_layout = layout(
             "step",
             &[
                 params(true),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
+                texture(1),
                 storage(2, true),
                 storage(3, true),
                 storage(4, true),
@@ -228,15 +236,7 @@ impl Kernels {
                 storage(3, false),
             ],
         );
-        let mask_module = module("mask", sources["mask"].clone());
-        let mask = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("mask"),
-            layout: Some(&pipeline_layout("mask", &mask_layout)),
-            module: &mask_module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let mask = pipeline("mask", &mask_layout);
         let dense_layout = layout("dense", &[params(false), storage(1, false)]);
         let dense_pipeline_layout = pipeline_layout("dense", &dense_layout);
         Kernels {

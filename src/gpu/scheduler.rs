@@ -1184,27 +1184,17 @@ impl GpuNetwork {
                     offset: 0,
                     size: wgpu::BufferSize::new(PARAMS_SIZE),
                 });
-                let proj_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("projection"),
-                    layout: &self.kernels.projection_layout,
-                    entries: &[
-                        entry(0, uniform.clone()),
-                        entry(1, input.0.as_entire_binding()),
-                        entry(2, w.kernel.as_entire_binding()),
-                        entry(3, w.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
-                        entry(4, proj.as_entire_binding()),
-                        // x as vec4s (projection.wgsl reads it only when I % 4 == 0)
-                        entry(
-                            5,
-                            if w.input_dim.is_multiple_of(4) {
-                                &input.0
-                            } else {
-                                &dummy_vec4
-                            }
-                            .as_entire_binding(),
-                        ),
-                    ],
-                });
+                let proj_bind = projection_bind_group(
+                    device,
+                    &self.kernels.projection_layout,
+                    "projection",
+                    uniform.clone(),
+                    (&input.0, w.input_dim),
+                    &w.kernel,
+                    w.bias.as_ref(),
+                    &proj,
+                    (&dummy, &dummy_vec4),
+                );
                 let pair = &states.dirs[d];
                 let step_bind = [0usize, 1].map(|p| {
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1343,26 +1333,17 @@ impl GpuNetwork {
                         offset: 0,
                         size: wgpu::BufferSize::new(PARAMS_SIZE),
                     });
-                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("dense"),
-                        layout: &self.kernels.projection_layout,
-                        entries: &[
-                            entry(0, uniform),
-                            entry(1, input.0.as_entire_binding()),
-                            entry(2, dw.kernel.as_entire_binding()),
-                            entry(3, dw.bias.as_ref().unwrap_or(&dummy).as_entire_binding()),
-                            entry(4, out.as_entire_binding()),
-                            entry(
-                                5,
-                                if dw.inputs.is_multiple_of(4) {
-                                    &input.0
-                                } else {
-                                    &dummy_vec4
-                                }
-                                .as_entire_binding(),
-                            ),
-                        ],
-                    });
+                    let bind = projection_bind_group(
+                        device,
+                        &self.kernels.projection_layout,
+                        "dense",
+                        uniform,
+                        (&input.0, dw.inputs),
+                        &dw.kernel,
+                        dw.bias.as_ref(),
+                        &out,
+                        (&dummy, &dummy_vec4),
+                    );
                     let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(PROJECTION_ROWS));
                     if gx > max_groups || gy > max_groups {
                         return Err(LstmError::invalid(
@@ -1652,6 +1633,37 @@ fn grid(items: usize, per_group: usize, max_groups: usize) -> Result<(u32, u32)>
         ));
     }
     Ok((gx as u32, gy as u32))
+}
+
+/// The bind group of projection.wgsl (an LSTM's input projection, or a Dense layer): input
+/// `x` of width `k`, kernel, optional bias, output. `dummies` are the unused-binding buffers
+/// (the second, 16 bytes, stands in for the vec4 view of x when `k` is not a multiple of 4).
+#[allow(clippy::too_many_arguments)]
+fn projection_bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    label: &str,
+    params: wgpu::BindingResource<'_>,
+    (x, k): (&wgpu::Buffer, usize),
+    kernel: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+    (dummy, dummy_vec4): (&wgpu::Buffer, &wgpu::Buffer),
+) -> wgpu::BindGroup {
+    let x4 = if k.is_multiple_of(4) { x } else { dummy_vec4 };
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &[
+            entry(0, params),
+            entry(1, x.as_entire_binding()),
+            entry(2, kernel.as_entire_binding()),
+            entry(3, bias.unwrap_or(dummy).as_entire_binding()),
+            entry(4, out.as_entire_binding()),
+            // x as vec4s (projection.wgsl reads it only when k % 4 == 0)
+            entry(5, x4.as_entire_binding()),
+        ],
+    })
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
