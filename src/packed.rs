@@ -184,6 +184,8 @@ trait Lanes: Copy {
     unsafe fn round(x: Self) -> Self;
     /// `y · 2^n` for integral `n` in [-126, 127].
     unsafe fn scale2(y: Self, n: Self) -> Self;
+    /// `then` where `x < bound`, else `other` (a NaN in `x` gives `other`).
+    unsafe fn where_below(x: Self, bound: Self, then: Self, other: Self) -> Self;
 }
 
 /// Vector `e^x` (the same Cephes reduction and polynomial as `exp_f32`; the argument is
@@ -209,11 +211,13 @@ unsafe fn exp<V: Lanes>(x: V) -> V {
     V::scale2(y, n)
 }
 
-/// Vector logistic sigmoid, `1 / (1 + e^-x)`.
+/// Vector logistic sigmoid, `1 / (1 + e^-x)`: exactly 0 where `e^-x` overflows f32 (as the
+/// generic path's and Keras's, so that 0 · inf gives NaN there too), NaN for NaN.
 #[inline(always)]
 unsafe fn sigmoid<V: Lanes>(x: V) -> V {
     let one = V::splat(1.0);
-    V::div(one, V::add(one, exp(V::mul(x, V::splat(-1.0)))))
+    let s = V::div(one, V::add(one, exp(V::mul(x, V::splat(-1.0)))));
+    V::where_below(x, V::splat(-88.722_84), V::splat(0.0), s)
 }
 
 /// The activations the fused step epilogue computes in registers; the others go through
@@ -308,6 +312,11 @@ mod x86 {
         unsafe fn scale2(y: Self, n: Self) -> Self {
             Avx512(_mm512_scalef_ps(y.0, n.0))
         }
+        #[inline(always)]
+        unsafe fn where_below(x: Self, bound: Self, then: Self, other: Self) -> Self {
+            let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x.0, bound.0);
+            Avx512(_mm512_mask_blend_ps(below, other.0, then.0))
+        }
     }
 
     impl Lanes for Avx2 {
@@ -363,6 +372,11 @@ mod x86 {
                 _mm256_set1_epi32(127),
             ));
             Avx2(_mm256_mul_ps(y.0, _mm256_castsi256_ps(bits)))
+        }
+        #[inline(always)]
+        unsafe fn where_below(x: Self, bound: Self, then: Self, other: Self) -> Self {
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(x.0, bound.0);
+            Avx2(_mm256_blendv_ps(other.0, then.0, below))
         }
     }
 }

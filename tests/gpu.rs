@@ -488,18 +488,26 @@ fn chunked_projection_gives_identical_results() {
         Err(e) => assert!(e.to_string().contains("limit"), "{e}"),
         Ok(_) => panic!("a 256 KiB input kernel cannot fit a 64 KiB binding"),
     }
-    let mut ok = GpuLstm::new(
-        small,
-        &Lstm::new(
-            config.clone(),
-            LstmWeights::<f32>::random(&config, 16, 5).unwrap(),
-        )
-        .unwrap(),
+    let layer = Lstm::new(
+        config.clone(),
+        LstmWeights::<f32>::random(&config, 16, 5).unwrap(),
     )
     .unwrap();
-    let huge = input(8, 200, 16, 0); // 100 KiB of x
-    let err = ok.forward(huge.view(), None, None).unwrap_err();
-    assert!(err.to_string().contains("limit"), "{err}");
+    let mut ok = GpuLstm::new(small, &layer).unwrap();
+    // 100 KiB of x: runs in batch chunks, with the bits of an unlimited device.
+    let huge = input(8, 200, 16, 0);
+    let a = ok.forward(huge.view(), None, None).unwrap();
+    assert!(ok.stats().batch_chunks >= 2, "{:?}", ok.stats());
+    let mut unlimited = GpuLstm::new(gpu("chunked").unwrap(), &layer).unwrap();
+    assert_eq!(a, unlimited.forward(huge.view(), None, None).unwrap());
+    // One batch row of x over the limit (1,100 steps: 70 KiB): an error naming the limit.
+    let err = ok
+        .forward(input(2, 1100, 16, 0).view(), None, None)
+        .unwrap_err();
+    assert!(
+        matches!(err, LstmError::Limit { .. }) && err.to_string().contains("limit"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -613,7 +621,7 @@ fn gpu_errors_on_bad_inputs_and_float64() {
     for j in 0..4 {
         assert!((out.output[[1, j]] - want.output[[1, j]]).abs() <= 1e-5);
     }
-    // Huge inputs: clamped tanh/exp arguments, no NaN.
+    // Huge inputs: exp overflows to inf and inf · 0 gives NaN exactly where the CPU's do.
     let big = Array3::from_elem((1, 4, 3), 1e30f32);
     let cfg = LstmConfig::new(4)
         .activation(Activation::Exponential)
@@ -623,7 +631,10 @@ fn gpu_errors_on_bad_inputs_and_float64() {
         .unwrap()
         .forward(big.view(), None, None)
         .unwrap();
-    assert!(out.output.iter().all(|v| !v.is_nan()), "{:?}", out.output);
+    let want = l.clone().forward(big.view(), None, None).unwrap();
+    for (g, w) in out.output.iter().zip(want.output.iter()) {
+        assert!(g == w || (g.is_nan() && w.is_nan()), "GPU {g}, CPU {w}");
+    }
     let out = gpu.forward((-&big).view(), None, None).unwrap();
     assert!(out.output.iter().all(|v| v.is_finite()));
 }
