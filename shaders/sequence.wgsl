@@ -1,22 +1,27 @@
-// The whole time loop of one LSTM direction in one dispatch of one workgroup, for small layers
+// A run of timesteps of one LSTM direction in one dispatch of one workgroup, for small layers
 // (B·H <= 1024): the wgpu analogue of cuDNN's persistent small-hidden kernel. h lives in
 // workgroup memory, c and the last output in registers; a workgroup barrier separates the
 // steps instead of a dispatch boundary. Same math and mask rule as step.wgsl (`lstm_cell`);
-// CPU twin: `run` in src/cpu.rs. The projection for all T steps is computed before it
-// (projection.wgsl, one chunk: row b·T + t).
+// CPU twin: `run` in src/cpu.rs.
 //
-// Thread `tid` owns elements e = tid + 256 q (q < 4) of the B·H state, e = b·H + j.
-
+// One dispatch covers steps [s_begin, s_end) (processing order) of one projection chunk
+// (rows b·tc + t - t_lo of `proj`). It reads h, c from `state_in` and the last output from
+// `last`, and leaves them in `state_out` and `last`, so that a time loop can be split into
+// several dispatches: some drivers (Mesa's llvmpipe) stop an invocation's loops after a fixed
+// number of iterations, and the host keeps each dispatch within that (src/gpu/loops.rs
+// models the loops below; keep it in step with them).
+//
+// Thread `tid` owns elements e = tid + WG q (q < nq) of the B·H state, e = b·H + j.
 
 struct SeqParams {
     batch: u32,
     units: u32,
-    steps: u32,
+    tc: u32,           // timesteps in the projection chunk
+    t_lo: u32,         // first timestep of the projection chunk
+    s_begin: u32,      // first step of this dispatch (processing order)
+    s_end: u32,        // one past its last step
+    seq_len: u32,      // T
     go_backwards: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: SeqParams;
@@ -30,37 +35,47 @@ var<workgroup> hs: array<f32, 1024>;
 fn main(@builtin(local_invocation_index) tid: u32) {
     let H = p.units;
     let BH = p.batch * H;
-    let T = p.steps;
-    var c: array<f32, 16>;
-    var out: array<f32, 16>;
-    var h_next: array<f32, 16>;
-    for (var q = 0u; q < PER; q++) {
+    let T = p.seq_len;
+    let nq = (BH + WG - 1u) / WG;
+    var c: array<f32, PER>;
+    var out: array<f32, PER>;
+    var h_next: array<f32, PER>;
+    for (var q = 0u; q < nq; q++) {
         let e = tid + q * WG;
         if (e < BH) {
             hs[e] = state_in[e];
             c[q] = state_in[BH + e];
+            out[q] = last[e];
         }
-        out[q] = 0.0;
     }
     workgroupBarrier();
-    for (var s = 0u; s < T; s++) {
+    for (var s = p.s_begin; s < p.s_end; s++) {
         var t = s;
         if (p.go_backwards != 0u) {
             t = T - 1u - s;
         }
-        for (var q = 0u; q < PER; q++) {
+        for (var q = 0u; q < nq; q++) {
             let e = tid + q * WG;
             if (e >= BH) {
                 continue;
             }
             let b = e / H;
             let j = e % H;
+            let hb = b * H;
             var acc = vec4<f32>(0.0);
-            for (var k = 0u; k < H; k++) {
-                let r = rk_at(k, j);
-                acc = fma(vec4<f32>(hs[b * H + k]), r, acc);
+            if (H % 4u == 0u) {
+                for (var k = 0u; k < H; k += 4u) {
+                    acc = fma(vec4<f32>(hs[hb + k]), rk_at(k, j), acc);
+                    acc = fma(vec4<f32>(hs[hb + k + 1u]), rk_at(k + 1u, j), acc);
+                    acc = fma(vec4<f32>(hs[hb + k + 2u]), rk_at(k + 2u, j), acc);
+                    acc = fma(vec4<f32>(hs[hb + k + 3u]), rk_at(k + 3u, j), acc);
+                }
+            } else {
+                for (var k = 0u; k < H; k++) {
+                    acc = fma(vec4<f32>(hs[hb + k]), rk_at(k, j), acc);
+                }
             }
-            let row = (b * T + t) * 4u * H + j;
+            let row = (b * p.tc + t - p.t_lo) * 4u * H + j;
             let z = acc + vec4<f32>(proj[row], proj[row + H], proj[row + 2u * H], proj[row + 3u * H]);
             let hc = lstm_cell(z, c[q]);
             var present = true;
@@ -80,7 +95,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
             }
         }
         workgroupBarrier();
-        for (var q = 0u; q < PER; q++) {
+        for (var q = 0u; q < nq; q++) {
             let e = tid + q * WG;
             if (e < BH) {
                 hs[e] = h_next[q];
@@ -88,7 +103,7 @@ fn main(@builtin(local_invocation_index) tid: u32) {
         }
         workgroupBarrier();
     }
-    for (var q = 0u; q < PER; q++) {
+    for (var q = 0u; q < nq; q++) {
         let e = tid + q * WG;
         if (e < BH) {
             state_out[e] = hs[e];

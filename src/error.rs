@@ -95,6 +95,26 @@ pub enum LstmError {
         message: String,
     },
 
+    /// A GPU buffer the forward needs is larger than the adapter allows. Over the storage
+    /// binding limit a forward runs in several submissions of fewer batch rows; this error
+    /// means that even one batch row does not fit.
+    #[error(
+        "{what} needs a {need}-byte GPU buffer, over this adapter's limit of {max} bytes \
+         ({limit}); {hint}"
+    )]
+    Limit {
+        /// The buffer (`x`, `output sequence`, a weight's name, ...).
+        what: String,
+        /// Bytes it needs.
+        need: u64,
+        /// Bytes the adapter allows.
+        max: u64,
+        /// Which limit (`max_storage_buffer_binding_size`, `max_buffer_size`).
+        limit: String,
+        /// What to do instead.
+        hint: String,
+    },
+
     /// The operation is not available for this element type on this path.
     #[error("{what} is not supported on the {path} path: {hint}")]
     UnsupportedOnPath {

@@ -86,6 +86,8 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     pub(crate) kernels: OnceLock<Arc<super::kernels::Kernels>>,
+    /// The measured loop-iteration limit of one invocation (see [`GpuContext::loop_limit`]).
+    loop_limit: OnceLock<Option<u64>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -159,7 +161,7 @@ impl GpuContext {
         // Errors outside our error scopes are reported by the calls that check them; never
         // let wgpu's default handler panic inside the library.
         device.on_uncaptured_error(Arc::new(|e| {
-            eprintln!("lstm-wgpu: uncaptured wgpu error: {e}");
+            log::error!("uncaptured wgpu error: {e}");
         }));
         Ok(Arc::new(Self::assemble(device, queue, adapter.get_info())))
     }
@@ -187,6 +189,7 @@ impl GpuContext {
             info,
             limits,
             kernels: OnceLock::new(),
+            loop_limit: OnceLock::new(),
         }
     }
 
@@ -208,6 +211,35 @@ impl GpuContext {
     /// The device's limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// How many loop iterations one shader invocation may run on this adapter before the
+    /// driver ends its loops: `Some(n)` on drivers that cut loops short without an error
+    /// (Mesa's llvmpipe/lavapipe: 65,535, counted over all loops of the invocation), `None`
+    /// where a loop of millions of iterations ran to its end. Measured once, on first use, by
+    /// a one-thread probe kernel; the plan builders keep every dispatch within half of it.
+    ///
+    /// ```no_run
+    /// let ctx = lstm_wgpu::gpu::GpuContext::new()?;
+    /// if let Some(n) = ctx.loop_limit()? {
+    ///     println!("{} stops loops after {n} iterations", ctx.describe());
+    /// }
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn loop_limit(&self) -> Result<Option<u64>> {
+        if let Some(n) = self.loop_limit.get() {
+            return Ok(*n);
+        }
+        let n = self.checked("probing the loop limit", || {
+            super::loops::probe(&self.device, &self.queue)
+        })??;
+        if let Some(n) = n {
+            log::info!(
+                "{}: shader loops stop after {n} iterations",
+                self.describe()
+            );
+        }
+        Ok(*self.loop_limit.get_or_init(|| n))
     }
 
     /// The device's enabled features.

@@ -46,6 +46,13 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Threads of the whole-sequence kernel's one workgroup (`WG` in sequence.wgsl).
+pub(crate) const SEQUENCE_THREADS: usize = 64;
+/// Batch rows one workgroup of the step kernel covers (`BT` in step.wgsl).
+pub(crate) const STEP_ROWS: usize = 4;
+/// Rows one workgroup of the projection covers (`RB` in projection.wgsl).
+pub(crate) const PROJECTION_ROWS: usize = 8;
+
 /// Bytes of each kernel's parameter block (the WGSL structs are 8 × u32).
 pub(crate) const PARAMS_SIZE: u64 = 32;
 

@@ -6,10 +6,12 @@
 //!   submission and one readback per call.
 //! - The kernels (`shaders/*.wgsl`): the input projection for all timesteps as one register-tiled GEMM,
 //!   then one fused dispatch per timestep (recurrent product, gates, cell update, mask rule),
-//!   or, for small layers, one dispatch running the whole time loop in one workgroup.
+//!   or, for small layers, dispatches running many timesteps each in one workgroup (the whole
+//!   time loop in one where the adapter allows; see [`GpuContext::loop_limit`]).
 
 mod context;
 mod kernels;
+mod loops;
 mod scheduler;
 
 pub use context::{GpuContext, GpuOptions};
@@ -19,5 +21,5 @@ pub use kernels::{
 };
 pub use scheduler::{
     ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,
-    PERSISTENT_MAX_STATE,
+    DEFAULT_PLAN_CAPACITY, PERSISTENT_MAX_STATE,
 };

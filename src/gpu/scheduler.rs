@@ -4,7 +4,8 @@
 //! encoder, one compute pass, one submission and one readback.
 
 use super::context::GpuContext;
-use super::kernels::{Kernels, StepKey, PARAMS_SIZE};
+use super::kernels::{Kernels, StepKey, PARAMS_SIZE, PROJECTION_ROWS, STEP_ROWS};
+use super::loops;
 use crate::activation::Activation;
 use crate::config::{LstmConfig, MergeMode};
 use crate::cpu::{check_inputs, check_state, Lstm, LstmOutput, LstmState};
@@ -32,8 +33,14 @@ pub struct ForwardStats {
     pub bytes_uploaded: u64,
     /// Bytes read back to the host.
     pub bytes_read_back: u64,
-    /// Projection chunks (1 unless the projection exceeds the binding limit).
+    /// Input projections recorded, summed over the recurrent layers and their directions:
+    /// one per direction (a Bidirectional layer has two, a stack one per layer), more where
+    /// one direction's projection for all timesteps exceeds the binding limit and is split
+    /// into chunks of timesteps.
     pub projection_chunks: u32,
+    /// Submissions of batch rows the forward was split into because a buffer exceeded the
+    /// adapter's binding limit (0 when the whole batch ran at once).
+    pub batch_chunks: u32,
     /// GPU buffers created by this forward (0 when the shape's plan was reused).
     pub buffers_created: u32,
 }
@@ -106,18 +113,19 @@ struct StepParams {
 struct SeqParams {
     batch: u32,
     units: u32,
-    steps: u32,
+    tc: u32,
+    t_lo: u32,
+    s_begin: u32,
+    s_end: u32,
+    seq_len: u32,
     go_backwards: u32,
-    _pad: [u32; 4],
 }
-
-/// Batch rows one workgroup of the step kernel covers (`BT` in step.wgsl).
-const STEP_ROWS: usize = 4;
-/// Rows one workgroup of the projection covers (`RB` in projection.wgsl).
-const PROJECTION_ROWS: usize = 8;
 
 /// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array).
 pub const PERSISTENT_MAX_STATE: usize = 1024;
+
+/// How many shapes keep their plan by default ([`GpuNetwork::set_plan_capacity`]).
+pub const DEFAULT_PLAN_CAPACITY: usize = 4;
 
 /// Which kernel runs the time loop of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -129,14 +137,17 @@ pub enum RecurrentKernel {
     Auto,
     /// One dispatch per timestep (`step.wgsl`), always.
     PerStep,
-    /// The whole time loop in one dispatch (`sequence.wgsl`) wherever it fits (B·H ≤
-    /// [`PERSISTENT_MAX_STATE`] and the projection in one chunk), else per step.
+    /// The time loop in one workgroup (`sequence.wgsl`) wherever it fits (B·H ≤
+    /// [`PERSISTENT_MAX_STATE`]), else per step. It runs as one dispatch per projection
+    /// chunk, or as several where the adapter stops long loops
+    /// ([`GpuContext::loop_limit`](super::GpuContext::loop_limit)): each dispatch then
+    /// covers as many timesteps as fit within half that limit.
     WholeSequence,
 }
 
 impl RecurrentKernel {
-    fn whole_sequence(self, batch: usize, units: usize, chunks: usize) -> bool {
-        let fits = chunks == 1 && batch * units <= PERSISTENT_MAX_STATE;
+    fn whole_sequence(self, batch: usize, units: usize) -> bool {
+        let fits = batch * units <= PERSISTENT_MAX_STATE;
         match self {
             RecurrentKernel::Auto => fits && batch <= 2 && units >= 128,
             RecurrentKernel::PerStep => false,
@@ -210,20 +221,30 @@ struct ExtraPlan {
     dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, Vec<u32>, u32, u32)>,
 }
 
+/// One projection chunk of a direction and the recurrent dispatches that consume it.
+struct ChunkPlan {
+    /// The projection's parameter offset and workgroups (x, y).
+    projection: (u32, u32, u32),
+    /// Parameter offsets of the recurrent dispatches (one per timestep for step.wgsl, one per
+    /// run of timesteps for sequence.wgsl).
+    recurrent: Vec<u32>,
+    /// How many recurrent dispatches of the direction come before this chunk's (which of the
+    /// ping-pong state buffers the first one reads).
+    first: usize,
+}
+
 /// Buffers of one direction for one shape.
 struct DirPlan {
     last: wgpu::Buffer,
     seq: Option<wgpu::Buffer>,
     proj_bind: wgpu::BindGroup,
+    /// Recurrent dispatch n reads state buffer n % 2 and writes the other.
     step_bind: [wgpu::BindGroup; 2],
     step_pipeline: wgpu::ComputePipeline,
-    /// (params offset, workgroups x, workgroups y, steps covered) per projection chunk.
-    chunks: Vec<(u32, u32, u32, Range<usize>)>,
-    step_offsets: Vec<u32>,
+    chunks: Vec<ChunkPlan>,
+    /// Workgroups (x, y) of each recurrent dispatch.
     step_groups: (u32, u32),
-    /// The whole time loop runs in one dispatch (sequence.wgsl); `step_offsets` then holds its
-    /// one parameter block.
-    persistent: bool,
+    /// Which state buffer holds the final state.
     final_parity: usize,
 }
 
@@ -274,31 +295,88 @@ impl Readback {
     }
 }
 
-/// Creates a plan's buffers and counts what they hold.
+/// The working buffers (inputs, projections, sequences, outputs, readback) shared by every
+/// cached plan of a network: a plan asks for its n-th buffer of a kind and size, and gets the
+/// pool's buffer of that kind when it is large enough, else a new one (at least twice the old
+/// size, so a growing shape reallocates a logarithmic number of times) that replaces it. The
+/// kernels bind whole buffers and read only the shape's part (their parameters carry the
+/// shape), so one buffer serves every shape that fits it. Plans run one at a time (a forward
+/// waits for the one before it), so sharing is safe.
+#[derive(Default)]
+struct BufferPool {
+    slots: HashMap<(String, u32, u32), wgpu::Buffer>,
+}
+
+/// Creates a plan's buffers: working buffers from the pool, parameter blocks its own.
 struct Allocator<'a> {
     ctx: &'a GpuContext,
-    bytes: u64,
-    buffers: u32,
+    pool: &'a mut BufferPool,
+    /// How many buffers of each (label, usage) this plan has asked for so far.
+    ordinals: HashMap<(String, u32), u32>,
+    /// Every buffer the plan references.
+    held: Vec<wgpu::Buffer>,
+    /// Buffers created for this plan.
+    created: u32,
     params_bytes: u64,
 }
 
-impl Allocator<'_> {
-    fn buffer(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
-        let size = size.max(4);
-        self.bytes += size;
-        self.buffers += 1;
-        self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+impl<'a> Allocator<'a> {
+    fn new(ctx: &'a GpuContext, pool: &'a mut BufferPool) -> Self {
+        Allocator {
+            ctx,
+            pool,
+            ordinals: HashMap::new(),
+            held: Vec::new(),
+            created: 0,
+            params_bytes: 0,
+        }
+    }
+
+    fn create(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.created += 1;
+        let buf = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size,
             usage,
             mapped_at_creation: false,
-        })
+        });
+        self.held.push(buf.clone());
+        buf
+    }
+
+    /// A working buffer of at least `size` bytes (see [`BufferPool`]).
+    fn buffer(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = size.max(4).next_multiple_of(4);
+        let n = self
+            .ordinals
+            .entry((label.to_string(), usage.bits()))
+            .or_insert(0);
+        let key = (label.to_string(), usage.bits(), *n);
+        *n += 1;
+        let old = self.pool.slots.get(&key);
+        if let Some(b) = old.filter(|b| b.size() >= size) {
+            let b = b.clone();
+            self.held.push(b.clone());
+            return b;
+        }
+        let limits = self.ctx.limits();
+        let max = if usage.contains(wgpu::BufferUsages::STORAGE) {
+            limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size)
+        } else {
+            limits.max_buffer_size
+        };
+        let grown = old.map_or(size, |b| (2 * b.size()).min(max).max(size));
+        let buf = self.create(label, grown, usage);
+        self.pool.slots.insert(key, buf.clone());
+        buf
     }
 
     /// A uniform buffer holding `data` (parameter blocks, written once per plan).
     fn uniform(&mut self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
-        let buf = self.buffer(label, data.len() as u64, usage);
+        let buf = self.create(label, (data.len() as u64).max(4), usage);
         self.ctx.queue().write_buffer(&buf, 0, data);
         self.params_bytes += data.len() as u64;
         buf
@@ -312,10 +390,13 @@ struct Plan {
     merges: Vec<Option<MergePlan>>,
     extras: Vec<Option<ExtraPlan>>,
     staging: wgpu::Buffer,
+    /// Bytes of `staging` this shape reads back.
+    staging_size: u64,
     copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
     outputs: Vec<OutSpec>,
     timestamps: Option<Timestamps>,
-    bytes: u64,
+    /// Every buffer the plan references (pooled working buffers and its own parameters).
+    held: Vec<wgpu::Buffer>,
     params_bytes: u64,
     buffers: u32,
 }
@@ -404,8 +485,14 @@ pub struct GpuNetwork {
     /// For models: which of the last layer's outputs to return, in order.
     output_select: Option<Vec<usize>>,
     weight_bytes: u64,
-    /// Plans per shape (batch, steps, mask given), built on first use.
-    plans: HashMap<PlanKey, Plan>,
+    /// Plans per shape (batch, steps, mask given), built on first use; the most recently
+    /// used last, at most `plan_capacity` of them.
+    plans: Vec<(PlanKey, Plan)>,
+    plan_capacity: usize,
+    /// The working buffers the plans share.
+    pool: BufferPool,
+    /// Outputs of a forward that ran before `forward_async` returned (batch-chunked).
+    ready: Option<(Vec<ArrayD<f32>>, ForwardStats)>,
     /// A submitted forward whose outputs have not been read yet.
     pending: Option<Pending>,
     states: Option<StateBuffers>,
@@ -483,7 +570,10 @@ impl GpuNetwork {
             input_dim,
             output_select,
             weight_bytes,
-            plans: HashMap::new(),
+            plans: Vec::new(),
+            plan_capacity: DEFAULT_PLAN_CAPACITY,
+            pool: BufferPool::default(),
+            ready: None,
             pending: None,
             states: None,
             state_valid: false,
@@ -584,12 +674,80 @@ impl GpuNetwork {
         self.stats
     }
 
-    /// Device memory this network holds now: weights, the current shape's buffers and the
-    /// carried states.
+    /// Device memory this network holds now, in bytes: the weights, the carried states, the
+    /// working buffers the cached plans share (sized for the largest shape seen since they
+    /// were last dropped, see [`GpuNetwork::clear_plans`]) and each cached plan's parameter
+    /// blocks. Each buffer is counted once.
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// # use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+    /// # let net = Network::<f32>::random(&LayerConfig::Lstm(LstmConfig::new(8)), 4, 0)?;
+    /// let mut gpu = GpuNetwork::new(GpuContext::new()?, &net)?;
+    /// let weights = gpu.gpu_bytes();
+    /// gpu.forward(ndarray::Array3::zeros((2, 30, 4)).view(), None, None)?;
+    /// assert!(gpu.gpu_bytes() > weights);
+    /// gpu.clear_plans();
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
     pub fn gpu_bytes(&self) -> u64 {
-        self.weight_bytes
-            + self.plans.values().map(|p| p.bytes).sum::<u64>()
-            + self.states.as_ref().map_or(0, |s| s.bytes)
+        let mut seen = std::collections::HashSet::new();
+        let working: u64 = self
+            .pool
+            .slots
+            .values()
+            .chain(self.plans.iter().flat_map(|(_, p)| p.held.iter()))
+            .filter(|b| seen.insert((*b).clone()))
+            .map(wgpu::Buffer::size)
+            .sum();
+        self.weight_bytes + working + self.states.as_ref().map_or(0, |s| s.bytes)
+    }
+
+    /// How many shapes (batch, timesteps, mask or not) keep their plan (bind groups and
+    /// parameter blocks) between calls; the least recently used is dropped past that.
+    /// Default [`DEFAULT_PLAN_CAPACITY`]; at least 1.
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// # use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+    /// # let net = Network::<f32>::random(&LayerConfig::Lstm(LstmConfig::new(8)), 4, 0)?;
+    /// let mut gpu = GpuNetwork::new(GpuContext::new()?, &net)?;
+    /// gpu.set_plan_capacity(16)?; // an application that cycles through 16 shapes
+    /// assert!(gpu.set_plan_capacity(0).is_err());
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn set_plan_capacity(&mut self, shapes: usize) -> Result<()> {
+        if shapes == 0 {
+            return Err(LstmError::invalid(
+                "shapes",
+                "the plan cache holds at least 1 shape (the one running)",
+            ));
+        }
+        self.finish_pending();
+        self.plan_capacity = shapes;
+        let excess = self.plans.len().saturating_sub(shapes);
+        self.plans.drain(..excess);
+        Ok(())
+    }
+
+    /// Drops every cached plan and the working buffers they share, keeping the weights and
+    /// the carried state of stateful layers: the next forward plans its shape anew.
+    pub fn clear_plans(&mut self) {
+        self.finish_pending();
+        self.plans.clear();
+        self.pool = BufferPool::default();
+    }
+
+    /// Reads (and drops) the outputs of a forward_async nobody waited for.
+    fn finish_pending(&mut self) {
+        if self.pending.is_some() {
+            let _ = self.finish();
+        }
+        self.ready = None;
+    }
+
+    fn plan(&self, key: PlanKey) -> Option<&Plan> {
+        self.plans.iter().find(|(k, _)| *k == key).map(|(_, p)| p)
     }
 
     /// The input width I.
@@ -608,6 +766,7 @@ impl GpuNetwork {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn set_recurrent_kernel(&mut self, kernel: RecurrentKernel) {
+        self.finish_pending();
         self.kernel_choice = kernel;
         self.plans.clear();
     }
@@ -616,6 +775,7 @@ impl GpuNetwork {
     /// `TIMESTAMP_QUERY_INSIDE_PASSES`, each forward records where its time went
     /// ([`GpuNetwork::profile`]); the timestamps travel in the same readback.
     pub fn set_profiling(&mut self, on: bool) {
+        self.finish_pending();
         self.profiling = on;
         self.plans.clear();
     }
@@ -667,7 +827,11 @@ impl GpuNetwork {
 
     /// One timestep of a stateful network: `x_t [B, I]` in, the step's output `[B, W]` out
     /// (W = units, or the merged width of a Bidirectional layer). The state stays on the GPU
-    /// between calls, so T calls give the same outputs as one forward over the T steps.
+    /// between calls: a call is a forward over a one-step sequence. For LSTM layers and
+    /// stacks of them, T calls give the same outputs as one forward over the T steps. A
+    /// stateful `Bidirectional` layer is different, as in Keras: each call runs its backward
+    /// layer over that call's steps only, so T calls equal T one-step forwards of the CPU
+    /// network (`Network::forward` on `[B, 1, I]`), not one forward over T steps.
     ///
     /// ```no_run
     /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
@@ -689,7 +853,9 @@ impl GpuNetwork {
             ));
         }
         let (b, i) = x_t.dim();
+        let x_t = x_t.as_standard_layout();
         let x = x_t
+            .view()
             .into_shape_with_order((b, 1, i))
             .map_err(|_| LstmError::invalid("x_t", "must be a standard-layout [B, I] array"))?;
         let first = self.forward(x, None, None)?.swap_remove(0);
@@ -699,16 +865,149 @@ impl GpuNetwork {
             .map_err(|_| LstmError::invalid("step", "the output is not one step wide"))
     }
 
+    /// Submits a forward, in one submission when its buffers fit the adapter's limits, else in
+    /// batch chunks (then run to the end before this returns: the outputs wait in `ready`).
     fn submit(
         &mut self,
         x: ArrayView3<f32>,
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<()> {
-        if self.pending.is_some() {
-            // An earlier forward_async whose outputs were never read.
-            let _ = self.finish();
+        // An earlier forward_async whose outputs were never read.
+        self.finish_pending();
+        let (batch, _, _) = self.check(x, initial_state, mask)?;
+        match self.submit_whole(x, initial_state, mask) {
+            Err(LstmError::Limit { need, max, .. }) if batch > 1 && !self.stateful() => {
+                let rows = rows_within(batch, need, max);
+                let (outputs, stats) = self.forward_in_chunks(x, initial_state, mask, rows)?;
+                self.ready = Some((outputs, stats));
+                Ok(())
+            }
+            Err(LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                ..
+            }) if self.stateful() => Err(LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                hint: "a stateful network keeps one state for its whole batch and cannot run \
+                       it in batch chunks: use a smaller batch"
+                    .into(),
+            }),
+            r => r,
         }
+    }
+
+    /// Runs the forward over batch rows `[0, rows)`, `[rows, 2·rows)`, ... (one submission
+    /// each; fewer rows when a chunk still exceeds a limit) and joins the outputs along the
+    /// batch axis. Every row is computed as in a whole-batch forward, so the outputs are the
+    /// same bits.
+    fn forward_in_chunks(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+        mut rows: usize,
+    ) -> Result<(Vec<ArrayD<f32>>, ForwardStats)> {
+        use ndarray::{s, Axis};
+        let batch = x.dim().0;
+        let mut parts: Vec<Vec<ArrayD<f32>>> = Vec::new();
+        let mut total = ForwardStats::default();
+        let mut r0 = 0;
+        while r0 < batch {
+            if rows == 0 {
+                return Err(self.one_row_error(x, initial_state, mask));
+            }
+            let r1 = (r0 + rows).min(batch);
+            let init: Option<Vec<ArrayView2<f32>>> =
+                initial_state.map(|i| i.iter().map(|a| a.slice(s![r0..r1, ..])).collect());
+            let run = self
+                .submit_whole(
+                    x.slice(s![r0..r1, .., ..]),
+                    init.as_deref(),
+                    mask.map(|m| m.slice_move(s![r0..r1, ..])),
+                )
+                .and_then(|()| self.finish());
+            match run {
+                Ok(out) => {
+                    let st = self.stats;
+                    total.dispatches += st.dispatches;
+                    total.submits += st.submits;
+                    total.readbacks += st.readbacks;
+                    total.bytes_uploaded += st.bytes_uploaded;
+                    total.bytes_read_back += st.bytes_read_back;
+                    total.projection_chunks += st.projection_chunks;
+                    total.buffers_created += st.buffers_created;
+                    total.batch_chunks += 1;
+                    parts.push(out);
+                    r0 = r1;
+                }
+                Err(LstmError::Limit { need, max, .. }) => {
+                    rows = rows_within(r1 - r0, need, max).min(rows - 1);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        log::debug!(
+            "batch {batch} ran in {} submissions of up to {rows} rows",
+            parts.len()
+        );
+        let outputs = (0..parts[0].len())
+            .map(|k| {
+                let views: Vec<_> = parts.iter().map(|p| p[k].view()).collect();
+                ndarray::concatenate(Axis(0), &views)
+                    .map_err(|e| LstmError::invalid("outputs", format!("joining chunks: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outputs, total))
+    }
+
+    /// The limit error of a forward whose one batch row does not fit.
+    fn one_row_error(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> LstmError {
+        use ndarray::s;
+        let init: Option<Vec<ArrayView2<f32>>> =
+            initial_state.map(|i| i.iter().map(|a| a.slice(s![0..1, ..])).collect());
+        let mask = mask.map(|m| m.slice_move(s![0..1, ..]));
+        match self.submit_whole(x.slice(s![0..1, .., ..]), init.as_deref(), mask) {
+            Err(LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                ..
+            }) => LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                hint: "even one batch row exceeds it: use fewer timesteps per call (a \
+                       stateful layer carries the state across calls) or the CPU path"
+                    .into(),
+            },
+            Err(e) => e,
+            Ok(()) => {
+                let _ = self.finish();
+                LstmError::invalid("x", "batch chunking found no chunk size that fits")
+            }
+        }
+    }
+
+    /// Submits the forward of the whole batch `x` as one submission.
+    fn submit_whole(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<()> {
         let started = std::time::Instant::now();
         let (batch, steps, _) = self.check(x, initial_state, mask)?;
         let mut stats = ForwardStats {
@@ -735,13 +1034,22 @@ impl GpuNetwork {
             self.state_valid = false;
         }
         let key = (batch, steps, mask.is_some());
-        if !self.plans.contains_key(&key) {
-            let plan = self.build_plan(batch, steps, key.2)?;
-            stats.bytes_uploaded += plan.params_bytes;
-            stats.buffers_created += plan.buffers;
-            self.plans.insert(key, plan);
+        match self.plans.iter().position(|(k, _)| *k == key) {
+            Some(i) => {
+                let entry = self.plans.remove(i);
+                self.plans.push(entry);
+            }
+            None => {
+                let plan = self.build_plan(batch, steps, key.2)?;
+                stats.bytes_uploaded += plan.params_bytes;
+                stats.buffers_created += plan.buffers;
+                if self.plans.len() >= self.plan_capacity {
+                    self.plans.remove(0);
+                }
+                self.plans.push((key, plan));
+            }
         }
-        let plan = &self.plans[&key];
+        let plan = &self.plans.last().expect("the plan was just placed").1;
         let states = self.states.as_ref().expect("states were just built");
         let queue = self.ctx.queue();
 
@@ -801,23 +1109,19 @@ impl GpuNetwork {
             for (k, stage) in self.stages.iter().enumerate() {
                 for d in stage.dirs() {
                     let dp = &plan.dirs[d];
-                    for (offset, gx, gy, range) in &dp.chunks {
+                    for chunk in &dp.chunks {
+                        let (offset, gx, gy) = chunk.projection;
                         pass.set_pipeline(&self.kernels.projection);
-                        pass.set_bind_group(0, &dp.proj_bind, &[*offset]);
-                        pass.dispatch_workgroups(*gx, *gy, 1);
+                        pass.set_bind_group(0, &dp.proj_bind, &[offset]);
+                        pass.dispatch_workgroups(gx, gy, 1);
                         stats.dispatches += 1;
                         mark(&mut pass);
                         pass.set_pipeline(&dp.step_pipeline);
-                        if dp.persistent {
-                            pass.set_bind_group(0, &dp.step_bind[0], &[dp.step_offsets[0]]);
-                            pass.dispatch_workgroups(1, 1, 1);
+                        for (n, offset) in chunk.recurrent.iter().enumerate() {
+                            let parity = (chunk.first + n) % 2;
+                            pass.set_bind_group(0, &dp.step_bind[parity], &[*offset]);
+                            pass.dispatch_workgroups(dp.step_groups.0, dp.step_groups.1, 1);
                             stats.dispatches += 1;
-                        } else {
-                            for s in range.clone() {
-                                pass.set_bind_group(0, &dp.step_bind[s % 2], &[dp.step_offsets[s]]);
-                                pass.dispatch_workgroups(dp.step_groups.0, dp.step_groups.1, 1);
-                                stats.dispatches += 1;
-                            }
                         }
                         mark(&mut pass);
                     }
@@ -864,10 +1168,11 @@ impl GpuNetwork {
         })?;
         let slot: MapSlot = Arc::new(Mutex::new(None));
         let callback_slot = slot.clone();
-        plan.staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            *callback_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        });
-        stats.bytes_read_back = plan.staging.size();
+        plan.staging
+            .map_async(wgpu::MapMode::Read, ..plan.staging_size, move |r| {
+                *callback_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        stats.bytes_read_back = plan.staging_size;
         self.state_valid = self.stateful();
         self.pending = Some(Pending {
             key,
@@ -881,12 +1186,18 @@ impl GpuNetwork {
 
     /// Waits for the submitted forward and reads its outputs.
     fn finish(&mut self) -> Result<Vec<ArrayD<f32>>> {
+        if let Some((outputs, stats)) = self.ready.take() {
+            self.stats = stats;
+            return Ok(outputs);
+        }
         let pending = self
             .pending
             .take()
             .ok_or_else(|| LstmError::invalid("forward", "no forward was submitted"))?;
-        let plan = &self.plans[&pending.key];
-        let data = wait_and_read(&self.ctx, &plan.staging, &pending.mapped)?;
+        let plan = self
+            .plan(pending.key)
+            .expect("a pending forward's plan stays cached until it is read");
+        let data = wait_and_read(&self.ctx, &plan.staging, plan.staging_size, &pending.mapped)?;
         let mapped = std::time::Instant::now();
         let outputs = plan
             .outputs
@@ -1010,37 +1321,40 @@ impl GpuNetwork {
     fn check_binding(&self, what: &str, size: u64) -> Result<()> {
         let max = self.max_binding();
         if size > max {
-            return Err(LstmError::invalid(
+            return Err(limit_error(
                 what,
-                format!(
-                    "needs a {size}-byte GPU buffer, over this adapter's limit of {max} bytes \
-                     per storage binding; use a smaller batch or fewer timesteps per call"
-                ),
+                size,
+                max,
+                "max_storage_buffer_binding_size",
             ));
         }
         Ok(())
     }
 
-    fn build_plan(&self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
+    fn build_plan(&mut self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
         let ctx = self.ctx.clone();
-        ctx.checked("building the forward plan", || {
-            self.build_plan_inner(batch, steps, has_mask)
-        })?
+        let mut pool = std::mem::take(&mut self.pool);
+        let plan = ctx.checked("building the forward plan", || {
+            self.build_plan_inner(batch, steps, has_mask, &mut pool)
+        });
+        self.pool = pool;
+        plan?
     }
 
-    fn build_plan_inner(&self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
+    fn build_plan_inner(
+        &self,
+        batch: usize,
+        steps: usize,
+        has_mask: bool,
+        pool: &mut BufferPool,
+    ) -> Result<Plan> {
         let device = self.ctx.device();
         let limits = self.ctx.limits();
         let max_groups = limits.max_compute_workgroups_per_dimension as usize;
         let stride = (PARAMS_SIZE as u32)
             .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
             as usize;
-        let mut alloc = Allocator {
-            ctx: &self.ctx,
-            bytes: 0,
-            buffers: 0,
-            params_bytes: 0,
-        };
+        let mut alloc = Allocator::new(&self.ctx, pool);
         let storage = wgpu::BufferUsages::STORAGE;
         let input_dim = self.input_dim;
         let x_size = (batch * steps * input_dim * 4) as u64;
@@ -1058,6 +1372,8 @@ impl GpuNetwork {
         // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
         // bound read-write in the same dispatch).
         let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
+        let loop_cap = self.ctx.loop_limit()?;
+        let loop_budget = loops::budget(loop_cap);
         let states = self
             .states
             .as_ref()
@@ -1092,15 +1408,18 @@ impl GpuNetwork {
                 // columns (x).
                 let by_groups = max_groups * PROJECTION_ROWS / batch;
                 let tc_max = by_bytes.min(by_groups).min(steps);
+                if by_bytes == 0 {
+                    return Err(limit_error(
+                        &format!("one timestep's input projection of {}", w.config.name),
+                        per_step,
+                        self.max_binding(),
+                        "max_storage_buffer_binding_size",
+                    ));
+                }
                 if tc_max == 0 {
                     return Err(LstmError::invalid(
                         "x",
-                        format!(
-                            "one timestep's input projection for batch {batch} and {h} units \
-                             needs {per_step} bytes, over this adapter's binding limit of {} \
-                             bytes; use a smaller batch",
-                            self.max_binding()
-                        ),
+                        format!("batch {batch} exceeds the adapter's dispatch limit"),
                     ));
                 }
                 let nchunks = steps.div_ceil(tc_max);
@@ -1127,8 +1446,30 @@ impl GpuNetwork {
                     params.resize(off + stride, 0);
                     off as u32
                 };
+                // The whole-sequence kernel where chosen and where at least one timestep fits
+                // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
+                let per_dispatch = if self.kernel_choice.whole_sequence(batch, h) {
+                    loops::sequence_steps_per_dispatch(batch, h, loop_budget)
+                } else {
+                    0
+                };
+                let persistent = per_dispatch > 0;
+                if !persistent {
+                    loops::check(
+                        &format!("LSTM layer {} ({h} units)", w.config.name),
+                        loops::step_iterations(h),
+                        loop_budget,
+                        loop_cap,
+                    )?;
+                }
+                loops::check(
+                    &format!("LSTM layer {} ({} inputs)", w.config.name, w.input_dim),
+                    loops::projection_iterations(w.input_dim),
+                    loop_budget,
+                    loop_cap,
+                )?;
                 let mut chunks = Vec::new();
-                let mut step_offsets = vec![0u32; steps];
+                let mut dispatched = 0;
                 for c in 0..nchunks {
                     let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
                     let len = s1 - s0;
@@ -1149,34 +1490,46 @@ impl GpuNetwork {
                     }));
                     let gx = n.div_ceil(256) as u32;
                     let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
-                    chunks.push((off, gx, gy, s0..s1));
-                    for (s, slot) in step_offsets.iter_mut().enumerate().take(s1).skip(s0) {
-                        let t = if w.config.go_backwards {
-                            steps - 1 - s
-                        } else {
-                            s
-                        };
-                        *slot = push(bytemuck::bytes_of(&StepParams {
-                            batch: batch as u32,
-                            units: h as u32,
-                            tc: len as u32,
-                            t_local: (t - t_lo) as u32,
-                            t_abs: t as u32,
-                            s_out: s as u32,
-                            seq_len: steps as u32,
-                            _pad: 0,
-                        }));
+                    let mut recurrent = Vec::new();
+                    if persistent {
+                        for a in (s0..s1).step_by(per_dispatch) {
+                            recurrent.push(push(bytemuck::bytes_of(&SeqParams {
+                                batch: batch as u32,
+                                units: h as u32,
+                                tc: len as u32,
+                                t_lo: t_lo as u32,
+                                s_begin: a as u32,
+                                s_end: (a + per_dispatch).min(s1) as u32,
+                                seq_len: steps as u32,
+                                go_backwards: u32::from(w.config.go_backwards),
+                            })));
+                        }
+                    } else {
+                        for s in s0..s1 {
+                            let t = if w.config.go_backwards {
+                                steps - 1 - s
+                            } else {
+                                s
+                            };
+                            recurrent.push(push(bytemuck::bytes_of(&StepParams {
+                                batch: batch as u32,
+                                units: h as u32,
+                                tc: len as u32,
+                                t_local: (t - t_lo) as u32,
+                                t_abs: t as u32,
+                                s_out: s as u32,
+                                seq_len: steps as u32,
+                                _pad: 0,
+                            })));
+                        }
                     }
-                }
-                let persistent = self.kernel_choice.whole_sequence(batch, h, nchunks);
-                if persistent {
-                    step_offsets = vec![push(bytemuck::bytes_of(&SeqParams {
-                        batch: batch as u32,
-                        units: h as u32,
-                        steps: steps as u32,
-                        go_backwards: u32::from(w.config.go_backwards),
-                        _pad: [0; 4],
-                    }))];
+                    let first = dispatched;
+                    dispatched += recurrent.len();
+                    chunks.push(ChunkPlan {
+                        projection: (off, gx, gy),
+                        recurrent,
+                        first,
+                    });
                 }
                 let params_buf = alloc.uniform("parameters", &params);
                 let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -1233,7 +1586,11 @@ impl GpuNetwork {
                         persistent,
                     },
                 )?;
-                let step_groups = (h.div_ceil(64), batch.div_ceil(STEP_ROWS));
+                let step_groups = if persistent {
+                    (1, 1)
+                } else {
+                    (h.div_ceil(64), batch.div_ceil(STEP_ROWS))
+                };
                 if step_groups.0 > max_groups || step_groups.1 > max_groups {
                     return Err(LstmError::invalid(
                         "x",
@@ -1247,11 +1604,8 @@ impl GpuNetwork {
                     step_bind,
                     step_pipeline,
                     chunks,
-                    step_offsets,
                     step_groups: (step_groups.0 as u32, step_groups.1 as u32),
-                    persistent,
-                    // The whole-sequence kernel reads pair[0] and writes pair[1].
-                    final_parity: if persistent { 1 } else { steps % 2 },
+                    final_parity: dispatched % 2,
                 });
             }
             // This stage's output buffer (input of the next stage).
@@ -1269,6 +1623,13 @@ impl GpuNetwork {
                 }
                 Stage::Mask(value) => {
                     let width = input.1;
+                    self.check_binding("Masking output", (batch * steps * width * 4) as u64)?;
+                    loops::check(
+                        &format!("Masking layer ({width} features)"),
+                        loops::mask_iterations(width),
+                        loop_budget,
+                        loop_cap,
+                    )?;
                     let out = alloc.buffer(
                         "masked",
                         (batch * steps * width * 4) as u64,
@@ -1312,6 +1673,14 @@ impl GpuNetwork {
                             &[dw.inputs, dw.units],
                         ));
                     }
+                    let what = format!("Dense layer ({} inputs, {} units)", dw.inputs, dw.units);
+                    loops::check(
+                        &what,
+                        loops::projection_iterations(dw.inputs)
+                            .max(loops::dense_iterations(dw.units, dw.activation.is_none())),
+                        loop_budget,
+                        loop_cap,
+                    )?;
                     let rows = batch * t_rows;
                     let out_size = (rows * dw.units * 4) as u64;
                     self.check_binding("Dense output", out_size)?;
@@ -1563,13 +1932,11 @@ impl GpuNetwork {
             None => (offset * 4) as u64,
         };
         if staging_size > limits.max_buffer_size {
-            return Err(LstmError::invalid(
-                "x",
-                format!(
-                    "the outputs need {staging_size} bytes, over this adapter's buffer size \
-                     limit of {} bytes",
-                    limits.max_buffer_size
-                ),
+            return Err(limit_error(
+                "outputs (readback)",
+                staging_size,
+                limits.max_buffer_size,
+                "max_buffer_size",
             ));
         }
         let staging = alloc.buffer(
@@ -1584,18 +1951,24 @@ impl GpuNetwork {
             merges,
             extras,
             staging,
+            staging_size,
             copies,
             outputs,
             timestamps,
-            bytes: alloc.bytes,
             params_bytes: alloc.params_bytes,
-            buffers: alloc.buffers,
+            buffers: alloc.created,
+            held: alloc.held,
         })
     }
 }
 
 /// Waits until the map of `staging` (requested at submit) completes and returns its bytes.
-fn wait_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, slot: &MapSlot) -> Result<Vec<u8>> {
+fn wait_and_read(
+    ctx: &GpuContext,
+    staging: &wgpu::Buffer,
+    size: u64,
+    slot: &MapSlot,
+) -> Result<Vec<u8>> {
     let mapped = loop {
         if let Some(r) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
             break r;
@@ -1611,7 +1984,7 @@ fn wait_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, slot: &MapSlot) -> Re
     })?;
     let data = {
         let view = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..size)
             .map_err(|e| LstmError::Device {
                 message: format!("reading the outputs: {e}"),
             })?;
@@ -1619,6 +1992,23 @@ fn wait_and_read(ctx: &GpuContext, staging: &wgpu::Buffer, slot: &MapSlot) -> Re
     };
     staging.unmap();
     Ok(data)
+}
+
+/// A buffer over an adapter limit (before batch chunking is tried).
+fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmError {
+    LstmError::Limit {
+        what: what.into(),
+        need,
+        max,
+        limit: limit.into(),
+        hint: "use a smaller batch or fewer timesteps per call".into(),
+    }
+}
+
+/// The batch rows that fit a limit of `max` bytes when `rows` rows need `need` (the buffers
+/// grow in proportion to the batch).
+fn rows_within(rows: usize, need: u64, max: u64) -> usize {
+    ((rows as u128 * max as u128) / need.max(1) as u128) as usize
 }
 
 /// A 2-D dispatch grid for `items` one-per-thread items in workgroups of `per_group`.
