@@ -329,8 +329,15 @@ fn as3<'a>(a: &'a ArrayD<f32>, layer: &str) -> Result<ArrayView3<'a, f32>> {
         .map_err(|_| LstmError::shape(format!("input of layer {layer}"), &[0, 0, 0], a.shape()))
 }
 
-/// Checks that a functional layer's input is the previous layer's output.
+/// Checks that a functional layer is called once, on exactly one tensor, and that tensor is
+/// the previous layer's first output (`keras_history` `[previous, 0, 0]`), with no tensor in
+/// its keyword arguments (`initial_state`, `mask`, ...). Anything else is a graph this reader
+/// does not follow, and an error: running it as a chain would be a different model.
 fn check_chain(entry: &Value, class: &str, name: &str, previous: Option<&str>) -> Result<()> {
+    let nodes = entry
+        .get("inbound_nodes")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
     let Some(previous) = previous else {
         return if class == "InputLayer" {
             Ok(())
@@ -340,16 +347,53 @@ fn check_chain(entry: &Value, class: &str, name: &str, previous: Option<&str>) -
             ))
         };
     };
-    let source = entry
-        .pointer("/inbound_nodes/0/args/0/config/keras_history/0")
-        .and_then(Value::as_str);
-    if source != Some(previous) {
-        return Err(bad_model(format!(
-            "layer {name} reads {source:?}, not the previous layer {previous:?}: only chains \
-             of layers are supported"
-        )));
+    let unsupported = |what: String| {
+        Err(bad_model(format!(
+            "layer {name} {what}: only chains of layers, each reading the previous layer's \
+             first output, are supported"
+        )))
+    };
+    let [node] = nodes else {
+        return unsupported(format!("is called {} times", nodes.len()));
+    };
+    let args = node
+        .get("args")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let tensors: Vec<&Value> = args.iter().flat_map(keras_tensors).collect();
+    let [tensor] = tensors.as_slice() else {
+        return unsupported(format!("reads {} tensors", tensors.len()));
+    };
+    let history = tensor.pointer("/config/keras_history");
+    let expected = serde_json::json!([previous, 0, 0]);
+    if history != Some(&expected) {
+        return unsupported(format!(
+            "reads {}, not the previous layer's first output {expected}",
+            history.map_or("an unnamed tensor".to_string(), Value::to_string)
+        ));
+    }
+    if let Some(kwargs) = node.get("kwargs").and_then(Value::as_object) {
+        for (key, value) in kwargs {
+            if !keras_tensors(value).is_empty() {
+                return unsupported(format!("takes a tensor as its `{key}` argument"));
+            }
+        }
     }
     Ok(())
+}
+
+/// The serialized Keras tensors in a node argument (a tensor, or lists and dicts of them).
+fn keras_tensors(v: &Value) -> Vec<&Value> {
+    match v {
+        Value::Object(o)
+            if o.get("class_name").and_then(Value::as_str) == Some("__keras_tensor__") =>
+        {
+            vec![v]
+        }
+        Value::Object(o) => o.values().flat_map(keras_tensors).collect(),
+        Value::Array(a) => a.iter().flat_map(keras_tensors).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The indices into the last layer's outputs that a functional model returns.

@@ -204,3 +204,76 @@ fn corrupt_and_truncated_files_give_errors_not_panics() {
     println!("corrupt variants: {errors} errors, {correct} loaded");
     assert!(errors > 0);
 }
+
+/// A functional graph that is not a chain (a Dense on the LSTM's `state_h`, a layer called
+/// twice, a tensor passed as `initial_state`) is refused, not read as the wrong chain.
+#[test]
+fn functional_graphs_that_are_not_chains_are_errors() {
+    let keras = std::fs::read(dir().join("functional_states.keras")).unwrap();
+    let members = archive::members(&keras).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(members.iter().find(|(n, _)| n == "config.json").unwrap().1)
+            .unwrap();
+    let h5 = members
+        .iter()
+        .find(|(n, _)| n == "model.weights.h5")
+        .unwrap()
+        .1;
+    let tensor = |layer: &str, node: u64, index: u64| {
+        serde_json::json!({
+            "class_name": "__keras_tensor__",
+            "config": {"shape": [null, 12], "dtype": "float32",
+                       "keras_history": [layer, node, index]}
+        })
+    };
+    let with_dense = |args: serde_json::Value, kwargs: serde_json::Value| {
+        let mut c = config.clone();
+        let dense = serde_json::json!({
+            "module": "keras.layers", "class_name": "Dense", "name": "dense",
+            "config": {"name": "dense", "units": 1, "activation": "linear", "use_bias": true},
+            "inbound_nodes": [{"args": args, "kwargs": kwargs}]
+        });
+        c["config"]["layers"].as_array_mut().unwrap().push(dense);
+        c["config"]["output_layers"] = serde_json::json!([["dense", 0, 0]]);
+        c
+    };
+    // y = Dense(1)(h) where seq, h, c = LSTM(..., return_state=True)(x).
+    let on_state_h = with_dense(
+        serde_json::json!([tensor("encoder_lstm", 0, 1)]),
+        serde_json::json!({}),
+    );
+    let e = KerasModel::from_config_and_weights(&on_state_h, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dense") && e.contains("[\"encoder_lstm\",0,1]"),
+        "{e}"
+    );
+    // Two inputs, a tensor keyword argument, a second call of the same layer.
+    let two = with_dense(
+        serde_json::json!([[tensor("encoder_lstm", 0, 0), tensor("x_in", 0, 0)]]),
+        serde_json::json!({}),
+    );
+    let e = KerasModel::from_config_and_weights(&two, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reads 2 tensors"), "{e}");
+    let kw = with_dense(
+        serde_json::json!([tensor("encoder_lstm", 0, 0)]),
+        serde_json::json!({"initial_state": [tensor("encoder_lstm", 0, 1)]}),
+    );
+    let e = KerasModel::from_config_and_weights(&kw, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("initial_state"), "{e}");
+    let mut twice = config.clone();
+    let lstm = &mut twice["config"]["layers"][1]["inbound_nodes"];
+    let node = lstm[0].clone();
+    lstm.as_array_mut().unwrap().push(node);
+    let e = KerasModel::from_config_and_weights(&twice, h5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("called 2 times"), "{e}");
+    // The unmodified model still loads.
+    KerasModel::from_config_and_weights(&config, h5).unwrap();
+}
