@@ -418,7 +418,12 @@ fn one_forward_is_one_submit_one_readback() {
         .unwrap();
     let st = bi.stats();
     assert_eq!((st.submits, st.readbacks), (1, 1));
-    assert_eq!(st.dispatches as usize, 2 * (steps + 1) + 1);
+    // B·H = 16: Auto runs the whole-sequence kernel, projection + 1 dispatch per direction.
+    assert_eq!(st.dispatches, 2 * 2 + 1);
+    bi.set_recurrent_kernel(RecurrentKernel::PerStep);
+    bi.forward(input(2, steps, 3, 0).view(), None, None)
+        .unwrap();
+    assert_eq!(bi.stats().dispatches as usize, 2 * (steps + 1) + 1);
 
     // Stack: the sequence stays on the GPU between layers (one readback of the last output).
     let scfg = LayerConfig::Sequential(vec![
@@ -426,6 +431,7 @@ fn one_forward_is_one_submit_one_readback() {
         LayerConfig::Lstm(LstmConfig::new(4)),
     ]);
     let mut stack = GpuNetwork::new(ctx, &Network::<f32>::random(&scfg, 3, 0).unwrap()).unwrap();
+    stack.set_recurrent_kernel(RecurrentKernel::PerStep);
     stack
         .forward(input(2, steps, 3, 0).view(), None, None)
         .unwrap();

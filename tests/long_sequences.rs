@@ -36,7 +36,7 @@ fn mask(b: usize, t: usize) -> Array2<bool> {
         if r == 0 {
             k >= t / 10 && k < t - t / 7
         } else {
-            s % 3 != 0
+            !s.is_multiple_of(3)
         }
     })
 }
@@ -86,7 +86,7 @@ fn both_kernels_match_cpu_over_thousands_of_steps() {
                             .return_sequences(true)
                             .return_state(true)
                             .go_backwards(backwards)
-                            .zero_output_for_mask(case % 2 == 0),
+                            .zero_output_for_mask(case.is_multiple_of(2)),
                     );
                     let cpu = Network::<f32>::random(&config, input_dim, case).unwrap();
                     let x = input(batch, steps, input_dim, case);

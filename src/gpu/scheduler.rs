@@ -130,9 +130,13 @@ pub const DEFAULT_PLAN_CAPACITY: usize = 4;
 /// Which kernel runs the time loop of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecurrentKernel {
-    /// The whole-sequence kernel where it measured faster (on lavapipe: batch ≤ 2 with
-    /// 128 ≤ H and B·H ≤ 1024, 2.4-3.5x faster than one dispatch per step; for H = 64 or
-    /// batch ≥ 4 it was slower), else one dispatch per timestep.
+    /// The whole-sequence kernel where it measured faster, else one dispatch per timestep.
+    /// Measured on lavapipe (2 cores, 1,000 steps, side by side): at batch 1 it is 1.3-3x
+    /// faster for H = 32 to 256 and 1.1-1.4x slower for H = 512 and 1024; at larger batches
+    /// it is about even at B·H = 128 and slower above (B = 2, H = 128: 1.2-1.6x slower). So:
+    /// batch 1 with H ≤ 256, or B·H ≤ 128. (Before the kernel respected the driver's loop
+    /// limit, its timings were of a loop cut short, and this rule was wider.) Not yet
+    /// measured on a hardware GPU.
     #[default]
     Auto,
     /// One dispatch per timestep (`step.wgsl`), always.
@@ -149,7 +153,7 @@ impl RecurrentKernel {
     fn whole_sequence(self, batch: usize, units: usize) -> bool {
         let fits = batch * units <= PERSISTENT_MAX_STATE;
         match self {
-            RecurrentKernel::Auto => fits && batch <= 2 && units >= 128,
+            RecurrentKernel::Auto => fits && ((batch == 1 && units <= 256) || batch * units <= 128),
             RecurrentKernel::PerStep => false,
             RecurrentKernel::WholeSequence => fits,
         }
@@ -404,8 +408,10 @@ struct Plan {
 /// Where the map callback leaves its result.
 type MapSlot = Arc<Mutex<Option<std::result::Result<(), wgpu::BufferAsyncError>>>>;
 
-/// A plan's shape: batch, timesteps, whether a mask is given.
-type PlanKey = (usize, usize, bool);
+/// A plan's shape: batch, timesteps, whether a mask is given, and the batch the kernel choice
+/// is made for (the whole batch of a forward that runs in batch chunks, so that every chunk
+/// runs the kernel the whole batch would and the outputs are the same bits).
+type PlanKey = (usize, usize, bool, usize);
 
 /// A submitted forward: where its outputs will be and what it cost so far.
 struct Pending {
@@ -691,15 +697,19 @@ impl GpuNetwork {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn gpu_bytes(&self) -> u64 {
-        let mut seen = std::collections::HashSet::new();
-        let working: u64 = self
+        // (a few dozen buffers: a list, and wgpu::Buffer compares by identity)
+        let mut seen: Vec<&wgpu::Buffer> = Vec::new();
+        for b in self
             .pool
             .slots
             .values()
             .chain(self.plans.iter().flat_map(|(_, p)| p.held.iter()))
-            .filter(|b| seen.insert((*b).clone()))
-            .map(wgpu::Buffer::size)
-            .sum();
+        {
+            if !seen.contains(&b) {
+                seen.push(b);
+            }
+        }
+        let working: u64 = seen.iter().map(|b| b.size()).sum();
         self.weight_bytes + working + self.states.as_ref().map_or(0, |s| s.bytes)
     }
 
@@ -876,7 +886,7 @@ impl GpuNetwork {
         // An earlier forward_async whose outputs were never read.
         self.finish_pending();
         let (batch, _, _) = self.check(x, initial_state, mask)?;
-        match self.submit_whole(x, initial_state, mask) {
+        match self.submit_whole(x, initial_state, mask, batch) {
             Err(LstmError::Limit { need, max, .. }) if batch > 1 && !self.stateful() => {
                 let rows = rows_within(batch, need, max);
                 let (outputs, stats) = self.forward_in_chunks(x, initial_state, mask, rows)?;
@@ -930,6 +940,7 @@ impl GpuNetwork {
                     x.slice(s![r0..r1, .., ..]),
                     init.as_deref(),
                     mask.map(|m| m.slice_move(s![r0..r1, ..])),
+                    batch,
                 )
                 .and_then(|()| self.finish());
             match run {
@@ -977,7 +988,8 @@ impl GpuNetwork {
         let init: Option<Vec<ArrayView2<f32>>> =
             initial_state.map(|i| i.iter().map(|a| a.slice(s![0..1, ..])).collect());
         let mask = mask.map(|m| m.slice_move(s![0..1, ..]));
-        match self.submit_whole(x.slice(s![0..1, .., ..]), init.as_deref(), mask) {
+        let batch = x.dim().0;
+        match self.submit_whole(x.slice(s![0..1, .., ..]), init.as_deref(), mask, batch) {
             Err(LstmError::Limit {
                 what,
                 need,
@@ -1001,12 +1013,14 @@ impl GpuNetwork {
         }
     }
 
-    /// Submits the forward of the whole batch `x` as one submission.
+    /// Submits the forward of the whole batch `x` as one submission, with the recurrent
+    /// kernels chosen for a batch of `choice_batch` rows.
     fn submit_whole(
         &mut self,
         x: ArrayView3<f32>,
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
+        choice_batch: usize,
     ) -> Result<()> {
         let started = std::time::Instant::now();
         let (batch, steps, _) = self.check(x, initial_state, mask)?;
@@ -1033,14 +1047,14 @@ impl GpuNetwork {
             self.states = Some(states);
             self.state_valid = false;
         }
-        let key = (batch, steps, mask.is_some());
+        let key = (batch, steps, mask.is_some(), choice_batch);
         match self.plans.iter().position(|(k, _)| *k == key) {
             Some(i) => {
                 let entry = self.plans.remove(i);
                 self.plans.push(entry);
             }
             None => {
-                let plan = self.build_plan(batch, steps, key.2)?;
+                let plan = self.build_plan(key)?;
                 stats.bytes_uploaded += plan.params_bytes;
                 stats.buffers_created += plan.buffers;
                 if self.plans.len() >= self.plan_capacity {
@@ -1331,11 +1345,11 @@ impl GpuNetwork {
         Ok(())
     }
 
-    fn build_plan(&mut self, batch: usize, steps: usize, has_mask: bool) -> Result<Plan> {
+    fn build_plan(&mut self, key: PlanKey) -> Result<Plan> {
         let ctx = self.ctx.clone();
         let mut pool = std::mem::take(&mut self.pool);
         let plan = ctx.checked("building the forward plan", || {
-            self.build_plan_inner(batch, steps, has_mask, &mut pool)
+            self.build_plan_inner(key, &mut pool)
         });
         self.pool = pool;
         plan?
@@ -1343,9 +1357,7 @@ impl GpuNetwork {
 
     fn build_plan_inner(
         &self,
-        batch: usize,
-        steps: usize,
-        has_mask: bool,
+        (batch, steps, has_mask, choice_batch): PlanKey,
         pool: &mut BufferPool,
     ) -> Result<Plan> {
         let device = self.ctx.device();
@@ -1448,7 +1460,8 @@ impl GpuNetwork {
                 };
                 // The whole-sequence kernel where chosen and where at least one timestep fits
                 // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
-                let per_dispatch = if self.kernel_choice.whole_sequence(batch, h) {
+                let chosen = self.kernel_choice.whole_sequence(choice_batch, h);
+                let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
                     loops::sequence_steps_per_dispatch(batch, h, loop_budget)
                 } else {
                     0
