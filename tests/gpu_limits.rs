@@ -8,13 +8,7 @@ mod common;
 use common::gpu;
 
 fn input(b: usize, t: usize, i: usize, seed: u64) -> Array3<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    Array3::from_shape_fn((b, t, i), |_| {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    })
+    common::xorshift_input(b, t, i, seed, 1.0)
 }
 
 fn capped(bytes: u64) -> std::sync::Arc<GpuContext> {

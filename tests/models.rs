@@ -108,18 +108,19 @@ fn weights_h5_with_the_archives_config_gives_the_same_predictions() {
     }
 }
 
+/// A shared model's `config.json` and `model.weights.h5`, from its `.keras` archive.
+fn config_and_weights(name: &str) -> (serde_json::Value, Vec<u8>) {
+    let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+    let members = archive::members(&keras).unwrap();
+    let member = |want: &str| members.iter().find(|(n, _)| n == want).unwrap().1;
+    let config = serde_json::from_slice(member("config.json")).unwrap();
+    (config, member("model.weights.h5").to_vec())
+}
+
 #[test]
 fn unsupported_layers_and_wrong_weights_are_errors() {
-    let keras = std::fs::read(dir().join("lstm_seq_dense.keras")).unwrap();
-    let members = archive::members(&keras).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_slice(members.iter().find(|(n, _)| n == "config.json").unwrap().1)
-            .unwrap();
-    let h5 = members
-        .iter()
-        .find(|(n, _)| n == "model.weights.h5")
-        .unwrap()
-        .1;
+    let (config, h5) = config_and_weights("lstm_seq_dense");
+    let h5 = h5.as_slice();
     // An unknown layer class: the error names the class and the layer.
     let text = config
         .to_string()
@@ -209,16 +210,8 @@ fn corrupt_and_truncated_files_give_errors_not_panics() {
 /// twice, a tensor passed as `initial_state`) is refused, not read as the wrong chain.
 #[test]
 fn functional_graphs_that_are_not_chains_are_errors() {
-    let keras = std::fs::read(dir().join("functional_states.keras")).unwrap();
-    let members = archive::members(&keras).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_slice(members.iter().find(|(n, _)| n == "config.json").unwrap().1)
-            .unwrap();
-    let h5 = members
-        .iter()
-        .find(|(n, _)| n == "model.weights.h5")
-        .unwrap()
-        .1;
+    let (config, h5) = config_and_weights("functional_states");
+    let h5 = h5.as_slice();
     let tensor = |layer: &str, node: u64, index: u64| {
         serde_json::json!({
             "class_name": "__keras_tensor__",

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use lstm_wgpu::gpu::GpuContext;
-use ndarray::ArrayD;
+use ndarray::{Array3, ArrayD};
 use std::sync::{Arc, OnceLock};
 
 /// The shared context, or None (after printing why) when no adapter exists and the
@@ -34,4 +34,15 @@ pub fn max_abs(a: &[ArrayD<f32>], b: &[ArrayD<f32>]) -> f32 {
                 .fold(0.0, f32::max)
         })
         .fold(0.0, f32::max)
+}
+
+/// Deterministic values in [-scale, scale) (xorshift), `[b, t, i]`.
+pub fn xorshift_input(b: usize, t: usize, i: usize, seed: u64, scale: f32) -> Array3<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    Array3::from_shape_fn((b, t, i), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * scale - scale
+    })
 }
