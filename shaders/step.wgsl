@@ -1,15 +1,15 @@
 // One LSTM timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus the
 // input projection, the gates, the cell update and Keras's mask rule, in one dispatch.
 // CPU twin: the `h · R` product and `cell_update` in src/cpu.rs (`run`).
-// For small layers, sequence.wgsl runs the whole time loop in one dispatch instead.
+// For small layers, sequence.wgsl runs many timesteps per dispatch instead.
 //
-// A workgroup covers 64 units of 4 batch rows; each thread computes one unit of 4 rows, so
-// every recurrent weight it loads serves 4 rows. h_{t-1} is read directly (the same address
-// in every thread of a workgroup: a broadcast); a version staging h through workgroup memory
-// with barriers measured 30% slower on lavapipe. The recurrent kernel and the projection keep
-// Keras's layout (four H-wide gate blocks i, f, c, o per row): each thread reads its unit's four gates as four scalars, and
-// neighbouring threads read neighbouring addresses (coalesced on GPUs, one vector load per
-// gate on SIMD rasterizers such as lavapipe).
+// A workgroup covers WG = 64 units of BT = 4 batch rows; each thread computes one unit of 4
+// rows, so every recurrent weight it loads serves 4 rows. h_{t-1} is read directly (the same
+// address in every thread of a workgroup: a broadcast); a version staging h through workgroup
+// memory with barriers measured 30% slower on lavapipe. The recurrent kernel is the H x H
+// texture of cell.wgsl: each thread fetches its unit's four gates for one k as one vec4
+// texel, and neighbouring threads fetch neighbouring texels. `proj` keeps Keras's gate-block
+// order (i, f, c, o blocks of H columns per row).
 // h and c ping-pong: the step reads `state_in` and writes `state_out` (h at [0, BH), c at
 // [BH, 2BH)). The activation choice and flags are the overridable constants of cell.wgsl.
 

@@ -1,4 +1,6 @@
-//! Every WGSL kernel parses and validates with naga (no GPU needed).
+//! Every WGSL kernel parses and validates with naga (no GPU needed). The parameter structs,
+//! workgroup sizes and constants are checked against their Rust definitions by the unit tests
+//! of `src/gpu/params.rs`.
 
 use lstm_wgpu::gpu::kernel_sources;
 
@@ -25,7 +27,12 @@ fn every_kernel_parses_and_validates() {
 
 #[test]
 fn step_kernel_selects_activations_with_overrides() {
-    let src = &kernel_sources()[1].1;
+    let sources = kernel_sources();
+    let src = &sources
+        .iter()
+        .find(|(name, _)| *name == "step")
+        .expect("a step kernel")
+        .1;
     let module = naga::front::wgsl::parse_str(src).unwrap();
     let names: Vec<_> = module
         .overrides

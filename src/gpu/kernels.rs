@@ -2,6 +2,7 @@
 //! [`GpuContext`] and cached (step pipelines per set of override constants).
 
 use super::context::GpuContext;
+use super::params::PARAMS_SIZE;
 use crate::activation::Activation;
 use crate::config::MergeMode;
 use crate::error::Result;
@@ -46,16 +47,6 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Threads of the whole-sequence kernel's one workgroup (`WG` in sequence.wgsl).
-pub(crate) const SEQUENCE_THREADS: usize = 64;
-/// Batch rows one workgroup of the step kernel covers (`BT` in step.wgsl).
-pub(crate) const STEP_ROWS: usize = 4;
-/// Rows one workgroup of the projection covers (`RB` in projection.wgsl).
-pub(crate) const PROJECTION_ROWS: usize = 8;
-
-/// Bytes of each kernel's parameter block (the WGSL structs are 8 × u32).
-pub(crate) const PARAMS_SIZE: u64 = 32;
-
 /// The override constants that select a step pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct StepKey {
@@ -65,7 +56,7 @@ pub(crate) struct StepKey {
     pub has_mask: bool,
     pub write_sequence: bool,
     /// The whole-sequence kernel (sequence.wgsl) instead of the per-step one.
-    pub persistent: bool,
+    pub whole_sequence: bool,
 }
 
 pub(crate) struct Kernels {
@@ -307,12 +298,16 @@ impl Kernels {
             ("HAS_MASK", flag(key.has_mask)),
             ("WRITE_SEQUENCE", flag(key.write_sequence)),
         ];
-        let module = if key.persistent {
+        let module = if key.whole_sequence {
             &self.sequence_module
         } else {
             &self.step_module
         };
-        let label = if key.persistent { "sequence" } else { "step" };
+        let label = if key.whole_sequence {
+            "sequence"
+        } else {
+            "step"
+        };
         let p = compile(ctx, label, &self.step_pipeline_layout, module, &constants)?;
         cache.insert(key, p.clone());
         Ok(p)

@@ -111,7 +111,7 @@ pub(crate) fn budget(cap: Option<u64>) -> u64 {
 /// Loop iterations one invocation of `sequence.wgsl` runs for `steps` timesteps of a
 /// `batch` x `units` state (the loops as written there; `per_thread` = its `nq`).
 pub(crate) fn sequence_iterations(batch: usize, units: usize, steps: usize) -> u64 {
-    let per_thread = (batch * units).div_ceil(super::kernels::SEQUENCE_THREADS) as u64;
+    let per_thread = (batch * units).div_ceil(super::params::SEQUENCE_THREADS) as u64;
     let k_loop = step_iterations(units);
     // load + store loops, then per step: the step loop itself, the q loop with its k loop and
     // the cell (five activations: a `switch` may be compiled as a loop), and the q loop that
@@ -140,7 +140,7 @@ pub(crate) fn step_iterations(units: usize) -> u64 {
 /// Loop iterations one invocation of `projection.wgsl` runs for `k` inputs (the row loops
 /// counted as loops, the k loop with its row loop inside).
 pub(crate) fn projection_iterations(k: usize) -> u64 {
-    let rows = super::kernels::PROJECTION_ROWS as u64;
+    let rows = super::params::PROJECTION_ROWS as u64;
     let k_loop = if k.is_multiple_of(4) { k / 4 } else { k } as u64;
     // xo and acc set-up, the k loop with its row loop, the stores with their column loop.
     2 * rows + k_loop * (1 + rows) + rows * (1 + 4)

@@ -12,6 +12,7 @@
 mod context;
 mod kernels;
 mod loops;
+mod params;
 mod scheduler;
 
 pub use context::{GpuContext, GpuOptions};
@@ -19,7 +20,8 @@ pub use kernels::{
     kernel_sources, CELL_WGSL, COMMON_WGSL, DENSE_WGSL, MASK_WGSL, MERGE_WGSL, PROJECTION_WGSL,
     SEQUENCE_WGSL, STEP_WGSL,
 };
+pub use params::PERSISTENT_MAX_STATE;
 pub use scheduler::{
     ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,
-    DEFAULT_PLAN_CAPACITY, PERSISTENT_MAX_STATE,
+    DEFAULT_PLAN_CAPACITY,
 };

@@ -1,11 +1,18 @@
-//! The host-side scheduler: uploads a network's weights once (in Keras's layout, which the
-//! kernels read directly), builds per-shape plans (buffers, bind groups, per-step parameters baked into a
+//! The host-side scheduler: uploads a network's weights once (reordered for the kernels: the
+//! input kernel with each projection thread's four columns side by side, the recurrent kernel
+//! as a texture of four-gate texels; see `projection_order` and `gates_side_by_side`), builds
+//! per-shape plans (buffers, bind groups, per-step parameters baked into a
 //! uniform buffer addressed with dynamic offsets), and runs a whole forward as one command
 //! encoder, one compute pass, one submission and one readback.
 
 use super::context::GpuContext;
-use super::kernels::{Kernels, StepKey, PARAMS_SIZE, PROJECTION_ROWS, STEP_ROWS};
+use super::kernels::{Kernels, StepKey};
 use super::loops;
+use super::params::{
+    DenseParams, MaskParams, MergeParams, ProjParams, SeqParams, StepParams, DENSE_THREADS,
+    MASK_THREADS, MERGE_THREADS, PARAMS_SIZE, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS,
+    PROJECTION_ROWS, PROJECTION_THREADS, STEP_ROWS, STEP_THREADS,
+};
 use crate::activation::Activation;
 use crate::config::{LstmConfig, MergeMode};
 use crate::cpu::{check_inputs, check_state, Lstm, LstmOutput, LstmState};
@@ -13,7 +20,6 @@ use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::{DenseActivation, KerasModel, ModelLayer};
 use crate::network::Network;
-use bytemuck::{Pod, Zeroable};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, IxDyn};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -82,48 +88,6 @@ struct Timestamps {
     offset: u64,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct ProjParams {
-    rows: u32,
-    k: u32,
-    n: u32,
-    tc: u32,
-    seq_len: u32,
-    t_lo: u32,
-    has_bias: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct StepParams {
-    batch: u32,
-    units: u32,
-    tc: u32,
-    t_local: u32,
-    t_abs: u32,
-    s_out: u32,
-    seq_len: u32,
-    _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SeqParams {
-    batch: u32,
-    units: u32,
-    tc: u32,
-    t_lo: u32,
-    s_begin: u32,
-    s_end: u32,
-    seq_len: u32,
-    go_backwards: u32,
-}
-
-/// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array).
-pub const PERSISTENT_MAX_STATE: usize = 1024;
-
 /// How many shapes keep their plan by default ([`GpuNetwork::set_plan_capacity`]).
 pub const DEFAULT_PLAN_CAPACITY: usize = 4;
 
@@ -158,18 +122,6 @@ impl RecurrentKernel {
             RecurrentKernel::WholeSequence => fits,
         }
     }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct MergeParams {
-    batch: u32,
-    steps: u32,
-    units_fwd: u32,
-    units_bwd: u32,
-    flip: u32,
-    width: u32,
-    _pad: [u32; 2],
 }
 
 /// One LSTM direction's weights on the GPU.
@@ -1416,7 +1368,8 @@ impl GpuNetwork {
                 // dispatch limit.
                 let per_step = (batch * n * 4) as u64;
                 let by_bytes = (self.max_binding() / per_step) as usize;
-                // The projection covers PROJECTION_ROWS rows per workgroup (y) and 256
+                // The projection covers PROJECTION_ROWS rows per workgroup (y) and
+                // PROJECTION_COLUMNS
                 // columns (x).
                 let by_groups = max_groups * PROJECTION_ROWS / batch;
                 let tc_max = by_bytes.min(by_groups).min(steps);
@@ -1466,8 +1419,8 @@ impl GpuNetwork {
                 } else {
                     0
                 };
-                let persistent = per_dispatch > 0;
-                if !persistent {
+                let whole_sequence = per_dispatch > 0;
+                if !whole_sequence {
                     loops::check(
                         &format!("LSTM layer {} ({h} units)", w.config.name),
                         loops::step_iterations(h),
@@ -1501,10 +1454,10 @@ impl GpuNetwork {
                         has_bias: u32::from(w.bias.is_some()),
                         _pad: 0,
                     }));
-                    let gx = n.div_ceil(256) as u32;
+                    let gx = n.div_ceil(PROJECTION_COLUMNS) as u32;
                     let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
                     let mut recurrent = Vec::new();
-                    if persistent {
+                    if whole_sequence {
                         for a in (s0..s1).step_by(per_dispatch) {
                             recurrent.push(push(bytemuck::bytes_of(&SeqParams {
                                 batch: batch as u32,
@@ -1596,13 +1549,13 @@ impl GpuNetwork {
                         zero_output_for_mask: w.config.zero_output_for_mask,
                         has_mask: mask_on,
                         write_sequence: seq_needed,
-                        persistent,
+                        whole_sequence,
                     },
                 )?;
-                let step_groups = if persistent {
+                let step_groups = if whole_sequence {
                     (1, 1)
                 } else {
-                    (h.div_ceil(64), batch.div_ceil(STEP_ROWS))
+                    (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS))
                 };
                 if step_groups.0 > max_groups || step_groups.1 > max_groups {
                     return Err(LstmError::invalid(
@@ -1648,17 +1601,14 @@ impl GpuNetwork {
                         (batch * steps * width * 4) as u64,
                         storage | wgpu::BufferUsages::COPY_SRC,
                     );
-                    let words = [
-                        batch as u32,
-                        steps as u32,
-                        width as u32,
-                        value.to_bits(),
-                        0,
-                        0,
-                        0,
-                        0,
-                    ];
-                    let params = alloc.uniform("mask parameters", bytemuck::cast_slice(&words));
+                    let mp = MaskParams {
+                        batch: batch as u32,
+                        steps: steps as u32,
+                        width: width as u32,
+                        value,
+                        ..bytemuck::Zeroable::zeroed()
+                    };
+                    let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("mask"),
                         layout: &self.kernels.mask_layout,
@@ -1669,7 +1619,7 @@ impl GpuNetwork {
                             entry(3, out.as_entire_binding()),
                         ],
                     });
-                    let (gx, gy) = grid(batch * steps, 64, max_groups)?;
+                    let (gx, gy) = grid(batch * steps, MASK_THREADS, max_groups)?;
                     extras.push(Some(ExtraPlan {
                         dispatches: vec![(self.kernels.mask.clone(), bind, vec![], gx, gy)],
                     }));
@@ -1726,7 +1676,10 @@ impl GpuNetwork {
                         &out,
                         (&dummy, &dummy_vec4),
                     );
-                    let (gx, gy) = (dw.units.div_ceil(256), rows.div_ceil(PROJECTION_ROWS));
+                    let (gx, gy) = (
+                        dw.units.div_ceil(PROJECTION_COLUMNS),
+                        rows.div_ceil(PROJECTION_ROWS),
+                    );
                     if gx > max_groups || gy > max_groups {
                         return Err(LstmError::invalid(
                             "x",
@@ -1741,9 +1694,13 @@ impl GpuNetwork {
                         gy as u32,
                     )];
                     if dw.activation != Some(Activation::Linear) {
-                        let words = [rows as u32, dw.units as u32, 0, 0, 0, 0, 0, 0];
-                        let act_params = alloc
-                            .uniform("dense activation parameters", bytemuck::cast_slice(&words));
+                        let dp = DenseParams {
+                            rows: rows as u32,
+                            n: dw.units as u32,
+                            ..bytemuck::Zeroable::zeroed()
+                        };
+                        let act_params =
+                            alloc.uniform("dense activation parameters", bytemuck::bytes_of(&dp));
                         let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some("dense activation"),
                             layout: &self.kernels.dense_layout,
@@ -1757,7 +1714,7 @@ impl GpuNetwork {
                             dw.activation.map_or(0, Activation::id),
                             dw.activation.is_none(),
                         )?;
-                        let (ax, ay) = grid(rows, 64, max_groups)?;
+                        let (ax, ay) = grid(rows, DENSE_THREADS, max_groups)?;
                         dispatches.push((pipeline, act_bind, vec![], ax, ay));
                     }
                     extras.push(Some(ExtraPlan { dispatches }));
@@ -1789,7 +1746,8 @@ impl GpuNetwork {
                         units_bwd: hb as u32,
                         flip: u32::from(seqs),
                         width: width as u32,
-                        _pad: [0; 2],
+                        _pad0: 0,
+                        _pad1: 0,
                     };
                     let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1814,20 +1772,12 @@ impl GpuNetwork {
                             },
                         ],
                     });
-                    let total_groups = (batch * t_out * width).div_ceil(256);
-                    let gx = total_groups.min(max_groups);
-                    let gy = total_groups.div_ceil(gx);
-                    if gy > max_groups {
-                        return Err(LstmError::invalid(
-                            "x",
-                            "the merged output exceeds the adapter's dispatch limit",
-                        ));
-                    }
+                    let (gx, gy) = grid(batch * t_out * width, MERGE_THREADS, max_groups)?;
                     merges.push(Some(MergePlan {
                         out: out.clone(),
                         bind,
                         pipeline: self.kernels.merge(&self.ctx, mode)?,
-                        groups: (gx as u32, gy as u32),
+                        groups: (gx, gy),
                     }));
                     input = (out, width);
                     extras.push(None);
@@ -2189,17 +2139,19 @@ fn upload_weights<T: Element>(
     })?
 }
 
-/// A `[K, N]` kernel as projection.wgsl reads it: per row k, groups of 256 columns, each as
-/// 64 vec4s holding columns `(c, c + 64, c + 128, c + 192)` for `c = 256·g + x` (zero past
+/// A `[K, N]` kernel as projection.wgsl reads it: per row k, groups of 256 columns
+/// (`PROJECTION_COLUMNS`), each as 64 vec4s (one per thread) holding columns
+/// `(c, c + 64, c + 128, c + 192)` for `c = 256·g + x` (zero past
 /// N), so each thread's four columns are one vec4.
 fn projection_order<T: Element>(m: ndarray::ArrayView2<T>) -> Vec<f32> {
     let (k, n) = m.dim();
-    let stride = n.div_ceil(256) * 256;
+    let (cols, threads) = (PROJECTION_COLUMNS, PROJECTION_THREADS);
+    let stride = n.div_ceil(cols) * cols;
     let mut out = vec![0.0f32; k * stride];
     for row in 0..k {
         for col in 0..n {
-            let (g, q, x) = (col / 256, (col % 256) / 64, col % 64);
-            out[row * stride + (g * 64 + x) * 4 + q] = m[[row, col]].to_f64() as f32;
+            let (g, q, x) = (col / cols, (col % cols) / threads, col % threads);
+            out[row * stride + (g * threads + x) * 4 + q] = m[[row, col]].to_f64() as f32;
         }
     }
     out

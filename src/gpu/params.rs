@@ -1,0 +1,260 @@
+//! What Rust and the WGSL kernels must agree on, defined once: the kernels' parameter blocks
+//! (`#[repr(C)]` structs mirrored member for member by the WGSL structs of the same name) and
+//! the workgroup shapes. The unit test at the end reads every kernel with naga and checks each
+//! struct's size and member offsets, each `workgroup_size` and each named WGSL constant
+//! against these definitions, so a change on one side alone fails the tests.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Bytes of every parameter block (each is 8 four-byte members; one binding layout serves all).
+pub(crate) const PARAMS_SIZE: u64 = 32;
+
+/// Threads of a projection workgroup (`WG` in projection.wgsl); each covers 4 columns.
+pub(crate) const PROJECTION_THREADS: usize = 64;
+/// Columns of the output one projection workgroup covers.
+pub(crate) const PROJECTION_COLUMNS: usize = 4 * PROJECTION_THREADS;
+/// Rows one projection workgroup covers (`RB` in projection.wgsl).
+pub(crate) const PROJECTION_ROWS: usize = 8;
+/// Units one step workgroup covers, one per thread (`WG` in step.wgsl).
+pub(crate) const STEP_THREADS: usize = 64;
+/// Batch rows one step workgroup covers (`BT` in step.wgsl).
+pub(crate) const STEP_ROWS: usize = 4;
+/// Threads of the whole-sequence kernel's one workgroup (`WG` in sequence.wgsl).
+pub(crate) const SEQUENCE_THREADS: usize = 64;
+/// State elements each of them holds in registers (`PER` in sequence.wgsl).
+pub(crate) const SEQUENCE_PER_THREAD: usize = 16;
+/// Threads of a merge workgroup (merge.wgsl).
+pub(crate) const MERGE_THREADS: usize = 256;
+/// Threads (rows) of a Masking workgroup (mask.wgsl).
+pub(crate) const MASK_THREADS: usize = 64;
+/// Threads (rows) of a Dense-activation workgroup (dense.wgsl).
+pub(crate) const DENSE_THREADS: usize = 64;
+
+/// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array `hs`).
+pub const PERSISTENT_MAX_STATE: usize = SEQUENCE_THREADS * SEQUENCE_PER_THREAD;
+
+/// projection.wgsl: `proj[B·tc, N] = x[rows, K] · W + bias` for one chunk of timesteps (an
+/// LSTM's input projection), or a Dense layer (`tc = seq_len` = rows per batch row).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ProjParams {
+    pub rows: u32,
+    pub k: u32,
+    pub n: u32,
+    pub tc: u32,
+    pub seq_len: u32,
+    pub t_lo: u32,
+    pub has_bias: u32,
+    pub _pad: u32,
+}
+
+/// step.wgsl: one timestep.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct StepParams {
+    pub batch: u32,
+    pub units: u32,
+    pub tc: u32,
+    pub t_local: u32,
+    pub t_abs: u32,
+    pub s_out: u32,
+    pub seq_len: u32,
+    pub _pad: u32,
+}
+
+/// sequence.wgsl: steps `[s_begin, s_end)` of one projection chunk.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct SeqParams {
+    pub batch: u32,
+    pub units: u32,
+    pub tc: u32,
+    pub t_lo: u32,
+    pub s_begin: u32,
+    pub s_end: u32,
+    pub seq_len: u32,
+    pub go_backwards: u32,
+}
+
+/// merge.wgsl: a Bidirectional layer's two directions into one tensor.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct MergeParams {
+    pub batch: u32,
+    pub steps: u32,
+    pub units_fwd: u32,
+    pub units_bwd: u32,
+    pub flip: u32,
+    pub width: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// mask.wgsl: Keras `Masking`.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct MaskParams {
+    pub batch: u32,
+    pub steps: u32,
+    pub width: u32,
+    pub value: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
+}
+
+/// dense.wgsl: a Dense layer's activation over `rows` rows of `n` values.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct DenseParams {
+    pub rows: u32,
+    pub n: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
+    pub _pad4: u32,
+    pub _pad5: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    fn module(kernel: &str) -> naga::Module {
+        let src = crate::gpu::kernel_sources()
+            .into_iter()
+            .find(|(name, _)| *name == kernel)
+            .unwrap_or_else(|| panic!("no kernel {kernel}"))
+            .1;
+        naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{kernel}: {e}"))
+    }
+
+    /// Checks the WGSL struct `name` of `kernel` against a Rust struct's size and members.
+    fn check_struct(kernel: &str, name: &str, size: usize, members: &[(&str, usize)]) {
+        let m = module(kernel);
+        let ty = m
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{kernel}: no struct {name}"))
+            .1;
+        let naga::TypeInner::Struct {
+            members: wgsl,
+            span,
+        } = &ty.inner
+        else {
+            panic!("{kernel}: {name} is not a struct");
+        };
+        assert_eq!(*span as usize, size, "{kernel}: size of {name}");
+        assert_eq!(size as u64, PARAMS_SIZE, "{name}");
+        let wgsl: Vec<(&str, usize)> = wgsl
+            .iter()
+            .map(|m| (m.name.as_deref().unwrap_or(""), m.offset as usize))
+            .collect();
+        assert_eq!(wgsl, members, "{kernel}: members of {name}");
+    }
+
+    macro_rules! members {
+        ($t:ty: $($f:ident),*) => {
+            (size_of::<$t>(), vec![$((stringify!($f), offset_of!($t, $f))),*])
+        };
+    }
+
+    #[test]
+    fn parameter_blocks_match_the_wgsl_structs() {
+        let cases = [
+            (
+                "projection",
+                "ProjParams",
+                members!(ProjParams: rows, k, n, tc, seq_len, t_lo, has_bias, _pad),
+            ),
+            (
+                "step",
+                "StepParams",
+                members!(StepParams: batch, units, tc, t_local, t_abs, s_out, seq_len, _pad),
+            ),
+            (
+                "sequence",
+                "SeqParams",
+                members!(SeqParams: batch, units, tc, t_lo, s_begin, s_end, seq_len, go_backwards),
+            ),
+            (
+                "merge",
+                "MergeParams",
+                members!(MergeParams: batch, steps, units_fwd, units_bwd, flip, width, _pad0, _pad1),
+            ),
+            (
+                "mask",
+                "MaskParams",
+                members!(MaskParams: batch, steps, width, value, _pad0, _pad1, _pad2, _pad3),
+            ),
+            (
+                "dense",
+                "DenseParams",
+                members!(DenseParams: rows, n, _pad0, _pad1, _pad2, _pad3, _pad4, _pad5),
+            ),
+        ];
+        for (kernel, name, (size, members)) in cases {
+            check_struct(kernel, name, size, &members);
+        }
+    }
+
+    /// The value of the `u32` constant `name` in `kernel`.
+    fn constant(kernel: &str, name: &str) -> usize {
+        let m = module(kernel);
+        let c = m
+            .constants
+            .iter()
+            .find(|(_, c)| c.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{kernel}: no constant {name}"))
+            .1;
+        match m.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(v)) => v as usize,
+            ref other => panic!("{kernel}: {name} = {other:?}"),
+        }
+    }
+
+    fn workgroup_size(kernel: &str) -> [u32; 3] {
+        let m = module(kernel);
+        m.entry_points
+            .iter()
+            .find(|e| e.name == "main")
+            .unwrap_or_else(|| panic!("{kernel}: no main"))
+            .workgroup_size
+    }
+
+    #[test]
+    fn workgroup_shapes_match_the_wgsl() {
+        let threads = |n: usize| [n as u32, 1, 1];
+        assert_eq!(workgroup_size("projection"), threads(PROJECTION_THREADS));
+        assert_eq!(constant("projection", "WG"), PROJECTION_THREADS);
+        assert_eq!(constant("projection", "RB"), PROJECTION_ROWS);
+        assert_eq!(workgroup_size("step"), threads(STEP_THREADS));
+        assert_eq!(constant("step", "WG"), STEP_THREADS);
+        assert_eq!(constant("step", "BT"), STEP_ROWS);
+        assert_eq!(workgroup_size("sequence"), threads(SEQUENCE_THREADS));
+        assert_eq!(constant("sequence", "WG"), SEQUENCE_THREADS);
+        assert_eq!(constant("sequence", "PER"), SEQUENCE_PER_THREAD);
+        assert_eq!(workgroup_size("merge"), threads(MERGE_THREADS));
+        assert_eq!(workgroup_size("mask"), threads(MASK_THREADS));
+        assert_eq!(workgroup_size("dense"), threads(DENSE_THREADS));
+        // The whole-sequence kernel's workgroup array holds PERSISTENT_MAX_STATE values.
+        let m = module("sequence");
+        let hs = m
+            .global_variables
+            .iter()
+            .find(|(_, v)| v.name.as_deref() == Some("hs"))
+            .expect("sequence.wgsl keeps h in `hs`")
+            .1;
+        match m.types[hs.ty].inner {
+            naga::TypeInner::Array {
+                size: naga::ArraySize::Constant(n),
+                ..
+            } => assert_eq!(n.get() as usize, PERSISTENT_MAX_STATE),
+            ref other => panic!("hs is {other:?}"),
+        }
+    }
+}
