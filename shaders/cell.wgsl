@@ -24,7 +24,7 @@ fn rk_at(k: u32, j: u32) -> vec4<f32> {
 @group(0) @binding(6) var<storage, read_write> last: array<f32>;
 @group(0) @binding(7) var<storage, read_write> seq: array<f32>;
 
-// The LSTM cell for one (batch row, unit). CPU twin: `cell_update` in src/cpu.rs.
+// The LSTM cell for one (batch row, unit). CPU twin: `cell_update` in src/cpu/reference.rs.
 // z: the pre-activations of the gates (i, f, c, o); returns (h_t, c_t).
 
 fn lstm_cell(z: vec4<f32>, c_prev: f32) -> vec2<f32> {

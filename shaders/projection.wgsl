@@ -1,5 +1,5 @@
 // Input projection for a range of timesteps: proj[B*tc, 4H] = x[rows, I] * kernel[I, 4H] + bias.
-// CPU twin: `project_inputs` in src/cpu.rs.
+// CPU twin: `project_inputs` in src/cpu/reference.rs.
 //
 // Rows of proj are batch-major within the chunk (row = b * tc + local step); row r reads
 // x row b * seq_len + t_lo + local step. Kernel, bias and proj keep Keras's column order.

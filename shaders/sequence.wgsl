@@ -2,7 +2,7 @@
 // (B·H <= 1024): the wgpu analogue of cuDNN's persistent small-hidden kernel. h lives in
 // workgroup memory, c and the last output in registers; a workgroup barrier separates the
 // steps instead of a dispatch boundary. Same math and mask rule as step.wgsl (`lstm_cell`);
-// CPU twin: `run` in src/cpu.rs.
+// CPU twin: `run` in src/cpu/reference.rs.
 //
 // One dispatch covers steps [s_begin, s_end) (processing order) of one projection chunk
 // (rows b·tc + t - t_lo of `proj`). It reads h, c from `state_in` and the last output from

@@ -1,6 +1,6 @@
 // One LSTM timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus the
 // input projection, the gates, the cell update and Keras's mask rule, in one dispatch.
-// CPU twin: the `h · R` product and `cell_update` in src/cpu.rs (`run`).
+// CPU twin: the `h · R` product and `cell_update` in src/cpu/reference.rs (`run`).
 // For small layers, sequence.wgsl runs many timesteps per dispatch instead.
 //
 // A workgroup covers WG = 64 units of BT = 4 batch rows; each thread computes one unit of 4

@@ -35,8 +35,9 @@ pub mod gpu;
 pub mod hdf5;
 pub mod model;
 mod network;
-mod packed;
+mod output;
 pub mod perf;
+mod validate;
 mod weights;
 
 pub use activation::Activation;

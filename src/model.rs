@@ -5,7 +5,8 @@
 use crate::activation::Activation;
 use crate::archive;
 use crate::config::LayerConfig;
-use crate::cpu::{matmul, Lstm};
+use crate::cpu::reference::matmul;
+use crate::cpu::Lstm;
 use crate::error::{LstmError, Result};
 use crate::hdf5::H5File;
 use crate::network::{Bidirectional, Network};

@@ -15,11 +15,13 @@ use super::params::{
 };
 use crate::activation::Activation;
 use crate::config::{LstmConfig, MergeMode};
-use crate::cpu::{check_inputs, check_state, Lstm, LstmOutput, LstmState};
+use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::{DenseActivation, KerasModel, ModelLayer};
 use crate::network::Network;
+use crate::output::{LstmOutput, LstmState};
+use crate::validate::{check_inputs, check_state};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, IxDyn};
 use std::collections::HashMap;
 use std::ops::Range;
