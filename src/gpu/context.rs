@@ -85,7 +85,7 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    pub(crate) kernels: OnceLock<Arc<super::kernels::Kernels>>,
+    kernels: OnceLock<Arc<super::kernels::Kernels>>,
     /// The measured loop-iteration limit of one invocation (see [`GpuContext::loop_limit`]).
     loop_limit: OnceLock<Option<u64>>,
 }
@@ -274,16 +274,15 @@ impl GpuContext {
 
     /// Runs `f`, capturing wgpu validation and out-of-memory errors as an `Err`.
     pub(crate) fn checked<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R> {
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let r = f();
-        let v = pollster::block_on(validation.pop());
-        let o = pollster::block_on(oom.pop());
-        match v.or(o) {
-            Some(e) => Err(LstmError::Device {
-                message: format!("{what}: {e}"),
-            }),
-            None => Ok(r),
+        super::scope::checked(&self.device, what, f)
+    }
+
+    /// The kernel registry of this device, created on first use.
+    pub(crate) fn kernels(&self) -> Result<Arc<super::kernels::Kernels>> {
+        if let Some(k) = self.kernels.get() {
+            return Ok(k.clone());
         }
+        let k = Arc::new(super::kernels::Kernels::new(&self.device)?);
+        Ok(self.kernels.get_or_init(|| k).clone())
     }
 }

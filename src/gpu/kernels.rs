@@ -1,31 +1,32 @@
-//! The compute kernels: WGSL sources, their bind-group layouts and pipelines, created once per
-//! [`GpuContext`] and cached (step pipelines per set of override constants).
+//! The kernel registry: the WGSL sources, one bind-group layout per kernel, and one cache of
+//! compiled pipelines keyed by (kernel, override constants). Built from a `wgpu::Device`
+//! alone; [`GpuContext`](super::GpuContext) keeps one per device.
 
-use super::context::GpuContext;
 use super::params::PARAMS_SIZE;
+use super::scope::checked;
 use crate::activation::Activation;
 use crate::config::MergeMode;
 use crate::error::Result;
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// The activation functions shared by the kernels (prepended to their sources).
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub(crate) const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// The input-projection GEMM.
-pub const PROJECTION_WGSL: &str = include_str!("../../shaders/projection.wgsl");
+pub(crate) const PROJECTION_WGSL: &str = include_str!("../../shaders/projection.wgsl");
 /// The LSTM cell shared by the step and sequence kernels (prepended after the activations).
-pub const CELL_WGSL: &str = include_str!("../../shaders/cell.wgsl");
+pub(crate) const CELL_WGSL: &str = include_str!("../../shaders/cell.wgsl");
 /// The fused per-timestep kernel (without the prelude).
-pub const STEP_WGSL: &str = include_str!("../../shaders/step.wgsl");
+pub(crate) const STEP_WGSL: &str = include_str!("../../shaders/step.wgsl");
 /// The whole-sequence kernel for small layers (without the prelude).
-pub const SEQUENCE_WGSL: &str = include_str!("../../shaders/sequence.wgsl");
+pub(crate) const SEQUENCE_WGSL: &str = include_str!("../../shaders/sequence.wgsl");
 /// The Bidirectional merge.
-pub const MERGE_WGSL: &str = include_str!("../../shaders/merge.wgsl");
+pub(crate) const MERGE_WGSL: &str = include_str!("../../shaders/merge.wgsl");
 /// Keras `Masking`.
-pub const MASK_WGSL: &str = include_str!("../../shaders/mask.wgsl");
+pub(crate) const MASK_WGSL: &str = include_str!("../../shaders/mask.wgsl");
 /// The activation of a `Dense` layer (without the prelude).
-pub const DENSE_WGSL: &str = include_str!("../../shaders/dense.wgsl");
+pub(crate) const DENSE_WGSL: &str = include_str!("../../shaders/dense.wgsl");
 
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
@@ -47,6 +48,85 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A compute kernel (one WGSL module, entry point `main`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    Projection,
+    Step,
+    Sequence,
+    Merge,
+    Mask,
+    Dense,
+}
+
+impl Kernel {
+    const ALL: [Kernel; 6] = [
+        Kernel::Projection,
+        Kernel::Step,
+        Kernel::Sequence,
+        Kernel::Merge,
+        Kernel::Mask,
+        Kernel::Dense,
+    ];
+
+    /// Its name in [`kernel_sources`].
+    fn name(self) -> &'static str {
+        match self {
+            Kernel::Projection => "projection",
+            Kernel::Step => "step",
+            Kernel::Sequence => "sequence",
+            Kernel::Merge => "merge",
+            Kernel::Mask => "mask",
+            Kernel::Dense => "dense",
+        }
+    }
+
+    /// The bindings of its group 0 (binding 0 is always the parameter block).
+    fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
+        match self {
+            // params (dynamic offset: one buffer holds every chunk's), x, kernel, bias, out,
+            // x as vec4s
+            Kernel::Projection => vec![
+                params(true),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+                storage(5, true),
+            ],
+            // params (one block per step or run of steps), recurrent texture, proj, mask,
+            // state in, state out, last, sequence, state in as vec4s
+            Kernel::Step | Kernel::Sequence => vec![
+                params(true),
+                texture(1),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, false),
+                storage(6, false),
+                storage(7, false),
+                storage(8, true),
+            ],
+            // params, forward, backward, out
+            Kernel::Merge => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+            ],
+            // params, x, mask out, out
+            Kernel::Mask => vec![
+                params(false),
+                storage(1, true),
+                storage(2, false),
+                storage(3, false),
+            ],
+            // params, y (in place)
+            Kernel::Dense => vec![params(false), storage(1, false)],
+        }
+    }
+}
+
 /// The override constants that select a step pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct StepKey {
@@ -59,48 +139,14 @@ pub(crate) struct StepKey {
     pub whole_sequence: bool,
 }
 
-pub(crate) struct Kernels {
-    pub projection_layout: wgpu::BindGroupLayout,
-    pub projection: wgpu::ComputePipeline,
-    pub step_layout: wgpu::BindGroupLayout,
-    step_pipeline_layout: wgpu::PipelineLayout,
-    step_module: wgpu::ShaderModule,
-    sequence_module: wgpu::ShaderModule,
-    steps: Mutex<HashMap<StepKey, wgpu::ComputePipeline>>,
-    pub merge_layout: wgpu::BindGroupLayout,
-    merge_pipeline_layout: wgpu::PipelineLayout,
-    merge_module: wgpu::ShaderModule,
-    merges: Mutex<HashMap<u32, wgpu::ComputePipeline>>,
-    pub mask_layout: wgpu::BindGroupLayout,
-    pub mask: wgpu::ComputePipeline,
-    pub dense_layout: wgpu::BindGroupLayout,
-    dense_pipeline_layout: wgpu::PipelineLayout,
-    dense_module: wgpu::ShaderModule,
-    denses: Mutex<HashMap<(u32, bool), wgpu::ComputePipeline>>,
-}
+/// A pipeline's identity: its kernel and its override constants (values as bits).
+type PipelineKey = (Kernel, Vec<(&'static str, u64)>);
 
-/// Compiles `module`'s `main` with the given override constants.
-fn compile(
-    ctx: &GpuContext,
-    label: &str,
-    layout: &wgpu::PipelineLayout,
-    module: &wgpu::ShaderModule,
-    constants: &[(&str, f64)],
-) -> Result<wgpu::ComputePipeline> {
-    ctx.checked(&format!("compiling the {label} kernel"), || {
-        ctx.device()
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(label),
-                layout: Some(layout),
-                module,
-                entry_point: Some("main"),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants,
-                    zero_initialize_workgroup_memory: false,
-                },
-                cache: None,
-            })
-    })
+/// Every kernel's module and layouts, and the pipelines compiled so far.
+pub(crate) struct Kernels {
+    modules: HashMap<Kernel, wgpu::ShaderModule>,
+    layouts: HashMap<Kernel, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
 }
 
 fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
@@ -144,196 +190,126 @@ fn params(dynamic: bool) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl Kernels {
-    /// The context's kernels, created on first use.
-    pub fn get(ctx: &GpuContext) -> Result<Arc<Kernels>> {
-        if let Some(k) = ctx.kernels.get() {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(ctx.checked("creating the kernels", || Kernels::create(ctx))?);
-        Ok(ctx.kernels.get_or_init(|| k).clone())
+    /// Creates every kernel's module and layouts on `device` (pipelines are compiled on
+    /// first use).
+    pub fn new(device: &wgpu::Device) -> Result<Kernels> {
+        checked(device, "creating the kernels", || {
+            let sources: HashMap<_, _> = kernel_sources().into_iter().collect();
+            let mut modules = HashMap::new();
+            let mut layouts = HashMap::new();
+            for k in Kernel::ALL {
+                let name = k.name();
+                modules.insert(
+                    k,
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(name),
+                        source: wgpu::ShaderSource::Wgsl(Cow::Owned(sources[name].clone())),
+                    }),
+                );
+                let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(name),
+                    entries: &k.entries(),
+                });
+                let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(name),
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+                layouts.insert(k, (bgl, pl));
+            }
+            Kernels {
+                modules,
+                layouts,
+                pipelines: Mutex::new(HashMap::new()),
+            }
+        })
     }
 
-    fn create(ctx: &GpuContext) -> Kernels {
-        let device = ctx.device();
-        let module = |label: &str, src: String| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(label),
-                source: wgpu::ShaderSource::Wgsl(Cow::Owned(src)),
-            })
-        };
-        let sources: HashMap<_, _> = kernel_sources().into_iter().collect();
-        let layout = |label: &str, entries: &[wgpu::BindGroupLayoutEntry]| {
-            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(label),
-                entries,
-            })
-        };
-        let pipeline_layout = |label: &str, bgl: &wgpu::BindGroupLayout| {
-            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(label),
-                bind_group_layouts: &[Some(bgl)],
-                immediate_size: 0,
-            })
-        };
-
-        let projection_layout = layout(
-            "projection",
-            &[
-                params(true),
-                storage(1, true),
-                storage(2, true),
-                storage(3, true),
-                storage(4, false),
-                storage(5, true),
-            ],
-        );
-        // The kernels without override constants: compiled once here.
-        let pipeline = |label: &str, bgl: &wgpu::BindGroupLayout| {
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(label),
-                layout: Some(&pipeline_layout(label, bgl)),
-                module: &module(label, sources[label].clone()),
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            })
-        };
-        let projection = pipeline("projection", &projection_layout);
-
-        let step_layout = layout(
-            "step",
-            &[
-                params(true),
-                texture(1),
-                storage(2, true),
-                storage(3, true),
-                storage(4, true),
-                storage(5, false),
-                storage(6, false),
-                storage(7, false),
-                storage(8, true),
-            ],
-        );
-        let step_pipeline_layout = pipeline_layout("step", &step_layout);
-        let merge_layout = layout(
-            "merge",
-            &[
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-            ],
-        );
-        let merge_pipeline_layout = pipeline_layout("merge", &merge_layout);
-        let mask_layout = layout(
-            "mask",
-            &[
-                params(false),
-                storage(1, true),
-                storage(2, false),
-                storage(3, false),
-            ],
-        );
-        let mask = pipeline("mask", &mask_layout);
-        let dense_layout = layout("dense", &[params(false), storage(1, false)]);
-        let dense_pipeline_layout = pipeline_layout("dense", &dense_layout);
-        Kernels {
-            projection_layout,
-            projection,
-            step_layout,
-            step_pipeline_layout,
-            step_module: module("step", sources["step"].clone()),
-            sequence_module: module("sequence", sources["sequence"].clone()),
-            steps: Mutex::new(HashMap::new()),
-            merge_layout,
-            merge_pipeline_layout,
-            merge_module: module("merge", sources["merge"].clone()),
-            merges: Mutex::new(HashMap::new()),
-            mask_layout,
-            mask,
-            dense_layout,
-            dense_pipeline_layout,
-            dense_module: module("dense", sources["dense"].clone()),
-            denses: Mutex::new(HashMap::new()),
-        }
+    /// The bind-group layout of `kernel`.
+    pub fn layout(&self, kernel: Kernel) -> &wgpu::BindGroupLayout {
+        &self.layouts[&kernel].0
     }
 
-    /// The Dense activation pipeline (an activation id, or softmax).
-    pub fn dense(
+    /// `kernel` compiled with `constants`, from the cache or compiled now.
+    pub fn pipeline(
         &self,
-        ctx: &GpuContext,
-        activation: u32,
-        softmax: bool,
+        device: &wgpu::Device,
+        kernel: Kernel,
+        constants: &[(&'static str, f64)],
     ) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self.denses.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(&(activation, softmax)) {
-            return Ok(p.clone());
-        }
-        let constants = [
-            ("ACTIVATION", activation as f64),
-            ("SOFTMAX", if softmax { 1.0 } else { 0.0 }),
-        ];
-        let p = compile(
-            ctx,
-            "dense",
-            &self.dense_pipeline_layout,
-            &self.dense_module,
-            &constants,
-        )?;
-        cache.insert((activation, softmax), p.clone());
-        Ok(p)
-    }
-
-    /// The step (or whole-sequence) pipeline for `key`, compiled on first use.
-    pub fn step(&self, ctx: &GpuContext, key: StepKey) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let key: PipelineKey = (
+            kernel,
+            constants.iter().map(|&(n, v)| (n, v.to_bits())).collect(),
+        );
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&key) {
             return Ok(p.clone());
         }
-        let flag = |b: bool| if b { 1.0 } else { 0.0 };
-        let constants = [
-            ("ACTIVATION", key.activation.id() as f64),
-            ("RECURRENT_ACTIVATION", key.recurrent_activation.id() as f64),
-            ("ZERO_OUTPUT_FOR_MASK", flag(key.zero_output_for_mask)),
-            ("HAS_MASK", flag(key.has_mask)),
-            ("WRITE_SEQUENCE", flag(key.write_sequence)),
-        ];
-        let module = if key.whole_sequence {
-            &self.sequence_module
-        } else {
-            &self.step_module
-        };
-        let label = if key.whole_sequence {
-            "sequence"
-        } else {
-            "step"
-        };
-        let p = compile(ctx, label, &self.step_pipeline_layout, module, &constants)?;
+        let label = kernel.name();
+        let p = checked(device, &format!("compiling the {label} kernel"), || {
+            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(label),
+                layout: Some(&self.layouts[&kernel].1),
+                module: &self.modules[&kernel],
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            })
+        })?;
         cache.insert(key, p.clone());
         Ok(p)
     }
 
-    /// The merge pipeline for `mode` (None merges as concat; the host splits the halves).
-    pub fn merge(&self, ctx: &GpuContext, mode: MergeMode) -> Result<wgpu::ComputePipeline> {
-        let id = match mode {
-            MergeMode::Concat | MergeMode::None => 0u32,
-            MergeMode::Sum => 1,
-            MergeMode::Mul => 2,
-            MergeMode::Ave => 3,
+    /// The step (or whole-sequence) pipeline for `key`.
+    pub fn step(&self, device: &wgpu::Device, key: StepKey) -> Result<wgpu::ComputePipeline> {
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let kernel = if key.whole_sequence {
+            Kernel::Sequence
+        } else {
+            Kernel::Step
         };
-        let mut cache = self.merges.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(&id) {
-            return Ok(p.clone());
-        }
-        let constants = [("MERGE_MODE", id as f64)];
-        let p = compile(
-            ctx,
-            "merge",
-            &self.merge_pipeline_layout,
-            &self.merge_module,
-            &constants,
-        )?;
-        cache.insert(id, p.clone());
-        Ok(p)
+        self.pipeline(
+            device,
+            kernel,
+            &[
+                ("ACTIVATION", f64::from(key.activation.id())),
+                (
+                    "RECURRENT_ACTIVATION",
+                    f64::from(key.recurrent_activation.id()),
+                ),
+                ("ZERO_OUTPUT_FOR_MASK", flag(key.zero_output_for_mask)),
+                ("HAS_MASK", flag(key.has_mask)),
+                ("WRITE_SEQUENCE", flag(key.write_sequence)),
+            ],
+        )
+    }
+
+    /// The merge pipeline for `mode` (None merges as concat; the host splits the halves).
+    pub fn merge(&self, device: &wgpu::Device, mode: MergeMode) -> Result<wgpu::ComputePipeline> {
+        let id = match mode {
+            MergeMode::Concat | MergeMode::None => 0.0,
+            MergeMode::Sum => 1.0,
+            MergeMode::Mul => 2.0,
+            MergeMode::Ave => 3.0,
+        };
+        self.pipeline(device, Kernel::Merge, &[("MERGE_MODE", id)])
+    }
+
+    /// The Dense activation pipeline (an activation, or softmax for `None`).
+    pub fn dense(
+        &self,
+        device: &wgpu::Device,
+        activation: Option<Activation>,
+    ) -> Result<wgpu::ComputePipeline> {
+        let id = activation.map_or(0, Activation::id);
+        let softmax = if activation.is_none() { 1.0 } else { 0.0 };
+        self.pipeline(
+            device,
+            Kernel::Dense,
+            &[("ACTIVATION", f64::from(id)), ("SOFTMAX", softmax)],
+        )
     }
 }

@@ -14,12 +14,10 @@ mod kernels;
 mod loops;
 mod params;
 mod scheduler;
+mod scope;
 
 pub use context::{GpuContext, GpuOptions};
-pub use kernels::{
-    kernel_sources, CELL_WGSL, COMMON_WGSL, DENSE_WGSL, MASK_WGSL, MERGE_WGSL, PROJECTION_WGSL,
-    SEQUENCE_WGSL, STEP_WGSL,
-};
+pub use kernels::kernel_sources;
 pub use params::PERSISTENT_MAX_STATE;
 pub use scheduler::{
     ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,

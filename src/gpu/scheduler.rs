@@ -6,7 +6,7 @@
 //! encoder, one compute pass, one submission and one readback.
 
 use super::context::GpuContext;
-use super::kernels::{Kernels, StepKey};
+use super::kernels::{Kernel, Kernels, StepKey};
 use super::loops;
 use super::params::{
     DenseParams, MaskParams, MergeParams, ProjParams, SeqParams, StepParams, DENSE_THREADS,
@@ -196,6 +196,7 @@ struct DirPlan {
     last: wgpu::Buffer,
     seq: Option<wgpu::Buffer>,
     proj_bind: wgpu::BindGroup,
+    proj_pipeline: wgpu::ComputePipeline,
     /// Recurrent dispatch n reads state buffer n % 2 and writes the other.
     step_bind: [wgpu::BindGroup; 2],
     step_pipeline: wgpu::ComputePipeline,
@@ -492,7 +493,7 @@ impl GpuNetwork {
         if T::DTYPE != "float32" {
             return Err(float64_error());
         }
-        let kernels = Kernels::get(&ctx)?;
+        let kernels = ctx.kernels()?;
         let mut dirs = Vec::new();
         let mut stages = Vec::new();
         flatten(network, &mut |l: &Lstm<T>| dirs.push(l), &mut stages);
@@ -558,7 +559,7 @@ impl GpuNetwork {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn from_model(ctx: Arc<GpuContext>, model: &KerasModel) -> Result<Self> {
-        let kernels = Kernels::get(&ctx)?;
+        let kernels = ctx.kernels()?;
         let mut lstms: Vec<&Lstm<f32>> = Vec::new();
         let mut stages = Vec::new();
         let mut denses = Vec::new();
@@ -1079,7 +1080,7 @@ impl GpuNetwork {
                     let dp = &plan.dirs[d];
                     for chunk in &dp.chunks {
                         let (offset, gx, gy) = chunk.projection;
-                        pass.set_pipeline(&self.kernels.projection);
+                        pass.set_pipeline(&dp.proj_pipeline);
                         pass.set_bind_group(0, &dp.proj_bind, &[offset]);
                         pass.dispatch_workgroups(gx, gy, 1);
                         stats.dispatches += 1;
@@ -1507,7 +1508,7 @@ impl GpuNetwork {
                 });
                 let proj_bind = projection_bind_group(
                     device,
-                    &self.kernels.projection_layout,
+                    self.kernels.layout(Kernel::Projection),
                     "projection",
                     uniform.clone(),
                     (&input.0, w.input_dim),
@@ -1520,7 +1521,7 @@ impl GpuNetwork {
                 let step_bind = [0usize, 1].map(|p| {
                     device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("step"),
-                        layout: &self.kernels.step_layout,
+                        layout: self.kernels.layout(Kernel::Step),
                         entries: &[
                             entry(0, uniform.clone()),
                             entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
@@ -1544,7 +1545,7 @@ impl GpuNetwork {
                     })
                 });
                 let step_pipeline = self.kernels.step(
-                    &self.ctx,
+                    device,
                     StepKey {
                         activation: w.config.activation,
                         recurrent_activation: w.config.recurrent_activation,
@@ -1569,6 +1570,7 @@ impl GpuNetwork {
                     last,
                     seq,
                     proj_bind,
+                    proj_pipeline: self.kernels.pipeline(device, Kernel::Projection, &[])?,
                     step_bind,
                     step_pipeline,
                     chunks,
@@ -1613,7 +1615,7 @@ impl GpuNetwork {
                     let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("mask"),
-                        layout: &self.kernels.mask_layout,
+                        layout: self.kernels.layout(Kernel::Mask),
                         entries: &[
                             entry(0, params.as_entire_binding()),
                             entry(1, input.0.as_entire_binding()),
@@ -1623,7 +1625,13 @@ impl GpuNetwork {
                     });
                     let (gx, gy) = grid(batch * steps, MASK_THREADS, max_groups)?;
                     extras.push(Some(ExtraPlan {
-                        dispatches: vec![(self.kernels.mask.clone(), bind, vec![], gx, gy)],
+                        dispatches: vec![(
+                            self.kernels.pipeline(device, Kernel::Mask, &[])?,
+                            bind,
+                            vec![],
+                            gx,
+                            gy,
+                        )],
                     }));
                     merges.push(None);
                     input = (out, width);
@@ -1669,7 +1677,7 @@ impl GpuNetwork {
                     });
                     let bind = projection_bind_group(
                         device,
-                        &self.kernels.projection_layout,
+                        self.kernels.layout(Kernel::Projection),
                         "dense",
                         uniform,
                         (&input.0, dw.inputs),
@@ -1689,7 +1697,7 @@ impl GpuNetwork {
                         ));
                     }
                     let mut dispatches = vec![(
-                        self.kernels.projection.clone(),
+                        self.kernels.pipeline(device, Kernel::Projection, &[])?,
                         bind,
                         vec![0],
                         gx as u32,
@@ -1705,17 +1713,13 @@ impl GpuNetwork {
                             alloc.uniform("dense activation parameters", bytemuck::bytes_of(&dp));
                         let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some("dense activation"),
-                            layout: &self.kernels.dense_layout,
+                            layout: self.kernels.layout(Kernel::Dense),
                             entries: &[
                                 entry(0, act_params.as_entire_binding()),
                                 entry(1, out.as_entire_binding()),
                             ],
                         });
-                        let pipeline = self.kernels.dense(
-                            &self.ctx,
-                            dw.activation.map_or(0, Activation::id),
-                            dw.activation.is_none(),
-                        )?;
+                        let pipeline = self.kernels.dense(device, dw.activation)?;
                         let (ax, ay) = grid(rows, DENSE_THREADS, max_groups)?;
                         dispatches.push((pipeline, act_bind, vec![], ax, ay));
                     }
@@ -1754,7 +1758,7 @@ impl GpuNetwork {
                     let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
                     let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("merge"),
-                        layout: &self.kernels.merge_layout,
+                        layout: self.kernels.layout(Kernel::Merge),
                         entries: &[
                             wgpu::BindGroupEntry {
                                 binding: 0,
@@ -1778,7 +1782,7 @@ impl GpuNetwork {
                     merges.push(Some(MergePlan {
                         out: out.clone(),
                         bind,
-                        pipeline: self.kernels.merge(&self.ctx, mode)?,
+                        pipeline: self.kernels.merge(device, mode)?,
                         groups: (gx, gy),
                     }));
                     input = (out, width);
