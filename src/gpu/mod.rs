@@ -10,16 +10,22 @@
 //!   time loop in one where the adapter allows; see [`GpuContext::loop_limit`]).
 
 mod context;
+mod exec;
 mod kernels;
 mod loops;
+mod lstm;
+mod network;
 mod params;
-mod scheduler;
+mod plan;
 mod scope;
+mod stats;
+mod upload;
 
 pub use context::{GpuContext, GpuOptions};
+pub use exec::PendingForward;
 pub use kernels::kernel_sources;
+pub use lstm::GpuLstm;
+pub use network::GpuNetwork;
 pub use params::PERSISTENT_MAX_STATE;
-pub use scheduler::{
-    ForwardProfile, ForwardStats, GpuLstm, GpuNetwork, PendingForward, RecurrentKernel,
-    DEFAULT_PLAN_CAPACITY,
-};
+pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
+pub use stats::{ForwardProfile, ForwardStats};

@@ -1,0 +1,959 @@
+//! Plans: for one shape (batch, timesteps, mask), the buffers, bind groups and parameter
+//! blocks of every dispatch, built once and cached; the working buffers are pooled across
+//! shapes. The kernel choice (`RecurrentKernel`) and every adapter limit (binding sizes,
+//! dispatch sizes, the driver's loop limit) are applied here.
+
+use super::context::GpuContext;
+use super::kernels::{Kernel, StepKey};
+use super::loops;
+use super::network::GpuNetwork;
+use super::params::{
+    DenseParams, MaskParams, MergeParams, ProjParams, SeqParams, StepParams, DENSE_THREADS,
+    MASK_THREADS, MERGE_THREADS, PARAMS_SIZE, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS,
+    PROJECTION_ROWS, STEP_ROWS, STEP_THREADS,
+};
+use super::stats::{Phase, Timestamps};
+use super::upload::Stage;
+use crate::activation::Activation;
+use crate::config::MergeMode;
+use crate::error::{LstmError, Result};
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// How many shapes keep their plan by default ([`GpuNetwork::set_plan_capacity`]).
+pub const DEFAULT_PLAN_CAPACITY: usize = 4;
+
+/// Which kernel runs the time loop of a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecurrentKernel {
+    /// The whole-sequence kernel where it measured faster, else one dispatch per timestep.
+    /// Measured on lavapipe (2 cores, 1,000 steps, side by side): at batch 1 it is 1.3-3x
+    /// faster for H = 32 to 256 and 1.1-1.4x slower for H = 512 and 1024; at larger batches
+    /// it is about even at B·H = 128 and slower above (B = 2, H = 128: 1.2-1.6x slower). So:
+    /// batch 1 with H ≤ 256, or B·H ≤ 128. (Before the kernel respected the driver's loop
+    /// limit, its timings were of a loop cut short, and this rule was wider.) Not yet
+    /// measured on a hardware GPU.
+    #[default]
+    Auto,
+    /// One dispatch per timestep (`step.wgsl`), always.
+    PerStep,
+    /// The time loop in one workgroup (`sequence.wgsl`) wherever it fits (B·H ≤
+    /// [`PERSISTENT_MAX_STATE`]), else per step. It runs as one dispatch per projection
+    /// chunk, or as several where the adapter stops long loops
+    /// ([`GpuContext::loop_limit`](super::GpuContext::loop_limit)): each dispatch then
+    /// covers as many timesteps as fit within half that limit.
+    WholeSequence,
+}
+
+impl RecurrentKernel {
+    fn whole_sequence(self, batch: usize, units: usize) -> bool {
+        let fits = batch * units <= PERSISTENT_MAX_STATE;
+        match self {
+            RecurrentKernel::Auto => fits && ((batch == 1 && units <= 256) || batch * units <= 128),
+            RecurrentKernel::PerStep => false,
+            RecurrentKernel::WholeSequence => fits,
+        }
+    }
+}
+
+/// The dispatches of a Masking or Dense stage.
+pub(super) struct ExtraPlan {
+    /// (pipeline, bind group, dynamic offsets, workgroups x, workgroups y)
+    pub(super) dispatches: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, Vec<u32>, u32, u32)>,
+}
+
+/// One projection chunk of a direction and the recurrent dispatches that consume it.
+pub(super) struct ChunkPlan {
+    /// The projection's parameter offset and workgroups (x, y).
+    pub(super) projection: (u32, u32, u32),
+    /// Parameter offsets of the recurrent dispatches (one per timestep for step.wgsl, one per
+    /// run of timesteps for sequence.wgsl).
+    pub(super) recurrent: Vec<u32>,
+    /// How many recurrent dispatches of the direction come before this chunk's (which of the
+    /// ping-pong state buffers the first one reads).
+    pub(super) first: usize,
+}
+
+/// Buffers of one direction for one shape.
+pub(super) struct DirPlan {
+    pub(super) last: wgpu::Buffer,
+    pub(super) seq: Option<wgpu::Buffer>,
+    pub(super) proj_bind: wgpu::BindGroup,
+    pub(super) proj_pipeline: wgpu::ComputePipeline,
+    /// Recurrent dispatch n reads state buffer n % 2 and writes the other.
+    pub(super) step_bind: [wgpu::BindGroup; 2],
+    pub(super) step_pipeline: wgpu::ComputePipeline,
+    pub(super) chunks: Vec<ChunkPlan>,
+    /// Workgroups (x, y) of each recurrent dispatch.
+    pub(super) step_groups: (u32, u32),
+    /// Which state buffer holds the final state.
+    pub(super) final_parity: usize,
+}
+
+pub(super) struct MergePlan {
+    pub(super) out: wgpu::Buffer,
+    pub(super) bind: wgpu::BindGroup,
+    pub(super) pipeline: wgpu::ComputePipeline,
+    pub(super) groups: (u32, u32),
+}
+
+/// Where an output lies in the staging buffer.
+pub(super) struct OutSpec {
+    pub(super) offset: usize,
+    pub(super) shape: Vec<usize>,
+    pub(super) cols: Option<Range<usize>>,
+}
+
+/// The copies into the staging buffer and where each output lies in it.
+#[derive(Default)]
+pub(super) struct Readback {
+    pub(super) copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
+    pub(super) outputs: Vec<OutSpec>,
+    pub(super) floats: usize,
+}
+
+impl Readback {
+    /// Copies `shape` floats from `buf` at byte `src_off`; each entry of `cols` becomes one
+    /// output (a column range of the last axis, or the whole tensor).
+    fn add(
+        &mut self,
+        buf: &wgpu::Buffer,
+        src_off: u64,
+        shape: Vec<usize>,
+        cols: Vec<Option<Range<usize>>>,
+    ) {
+        let n: usize = shape.iter().product();
+        let offset = self.floats;
+        self.copies
+            .push((buf.clone(), src_off, (offset * 4) as u64, (n * 4) as u64));
+        for c in cols {
+            self.outputs.push(OutSpec {
+                offset,
+                shape: shape.clone(),
+                cols: c,
+            });
+        }
+        self.floats += n;
+    }
+}
+
+/// The working buffers (inputs, projections, sequences, outputs, readback) shared by every
+/// cached plan of a network: a plan asks for its n-th buffer of a kind and size, and gets the
+/// pool's buffer of that kind when it is large enough, else a new one (at least twice the old
+/// size, so a growing shape reallocates a logarithmic number of times) that replaces it. The
+/// kernels bind whole buffers and read only the shape's part (their parameters carry the
+/// shape), so one buffer serves every shape that fits it. Plans run one at a time (a forward
+/// waits for the one before it), so sharing is safe.
+#[derive(Default)]
+pub(super) struct BufferPool {
+    pub(super) slots: HashMap<(String, u32, u32), wgpu::Buffer>,
+}
+
+/// Creates a plan's buffers: working buffers from the pool, parameter blocks its own.
+pub(super) struct Allocator<'a> {
+    pub(super) ctx: &'a GpuContext,
+    pub(super) pool: &'a mut BufferPool,
+    /// How many buffers of each (label, usage) this plan has asked for so far.
+    pub(super) ordinals: HashMap<(String, u32), u32>,
+    /// Every buffer the plan references.
+    pub(super) held: Vec<wgpu::Buffer>,
+    /// Buffers created for this plan.
+    pub(super) created: u32,
+    pub(super) params_bytes: u64,
+}
+
+impl<'a> Allocator<'a> {
+    fn new(ctx: &'a GpuContext, pool: &'a mut BufferPool) -> Self {
+        Allocator {
+            ctx,
+            pool,
+            ordinals: HashMap::new(),
+            held: Vec::new(),
+            created: 0,
+            params_bytes: 0,
+        }
+    }
+
+    fn create(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.created += 1;
+        let buf = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        self.held.push(buf.clone());
+        buf
+    }
+
+    /// A working buffer of at least `size` bytes (see [`BufferPool`]).
+    fn buffer(&mut self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        let size = size.max(4).next_multiple_of(4);
+        let n = self
+            .ordinals
+            .entry((label.to_string(), usage.bits()))
+            .or_insert(0);
+        let key = (label.to_string(), usage.bits(), *n);
+        *n += 1;
+        let old = self.pool.slots.get(&key);
+        if let Some(b) = old.filter(|b| b.size() >= size) {
+            let b = b.clone();
+            self.held.push(b.clone());
+            return b;
+        }
+        let limits = self.ctx.limits();
+        let max = if usage.contains(wgpu::BufferUsages::STORAGE) {
+            limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size)
+        } else {
+            limits.max_buffer_size
+        };
+        let grown = old.map_or(size, |b| (2 * b.size()).min(max).max(size));
+        let buf = self.create(label, grown, usage);
+        self.pool.slots.insert(key, buf.clone());
+        buf
+    }
+
+    /// A uniform buffer holding `data` (parameter blocks, written once per plan).
+    fn uniform(&mut self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let buf = self.create(label, (data.len() as u64).max(4), usage);
+        self.ctx.queue().write_buffer(&buf, 0, data);
+        self.params_bytes += data.len() as u64;
+        buf
+    }
+}
+
+pub(super) struct Plan {
+    pub(super) x: wgpu::Buffer,
+    pub(super) mask: wgpu::Buffer,
+    pub(super) dirs: Vec<DirPlan>,
+    pub(super) merges: Vec<Option<MergePlan>>,
+    pub(super) extras: Vec<Option<ExtraPlan>>,
+    pub(super) staging: wgpu::Buffer,
+    /// Bytes of `staging` this shape reads back.
+    pub(super) staging_size: u64,
+    pub(super) copies: Vec<(wgpu::Buffer, u64, u64, u64)>,
+    pub(super) outputs: Vec<OutSpec>,
+    pub(super) timestamps: Option<Timestamps>,
+    /// Every buffer the plan references (pooled working buffers and its own parameters).
+    pub(super) held: Vec<wgpu::Buffer>,
+    pub(super) params_bytes: u64,
+    pub(super) buffers: u32,
+}
+
+/// A plan's shape: batch, timesteps, whether a mask is given, and the batch the kernel choice
+/// is made for (the whole batch of a forward that runs in batch chunks, so that every chunk
+/// runs the kernel the whole batch would and the outputs are the same bits).
+pub(super) type PlanKey = (usize, usize, bool, usize);
+
+/// A buffer over an adapter limit (before batch chunking is tried).
+pub(super) fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmError {
+    LstmError::Limit {
+        what: what.into(),
+        need,
+        max,
+        limit: limit.into(),
+        hint: "use a smaller batch or fewer timesteps per call".into(),
+    }
+}
+
+/// A 2-D dispatch grid for `items` one-per-thread items in workgroups of `per_group`.
+pub(super) fn grid(items: usize, per_group: usize, max_groups: usize) -> Result<(u32, u32)> {
+    let groups = items.div_ceil(per_group).max(1);
+    let gx = groups.min(max_groups);
+    let gy = groups.div_ceil(gx);
+    if gy > max_groups {
+        return Err(LstmError::invalid(
+            "x",
+            "the input exceeds the adapter's dispatch limit",
+        ));
+    }
+    Ok((gx as u32, gy as u32))
+}
+
+/// The bind group of projection.wgsl (an LSTM's input projection, or a Dense layer): input
+/// `x` of width `k`, kernel, optional bias, output. `dummies` are the unused-binding buffers
+/// (the second, 16 bytes, stands in for the vec4 view of x when `k` is not a multiple of 4).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn projection_bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    label: &str,
+    params: wgpu::BindingResource<'_>,
+    (x, k): (&wgpu::Buffer, usize),
+    kernel: &wgpu::Buffer,
+    bias: Option<&wgpu::Buffer>,
+    out: &wgpu::Buffer,
+    (dummy, dummy_vec4): (&wgpu::Buffer, &wgpu::Buffer),
+) -> wgpu::BindGroup {
+    let x4 = if k.is_multiple_of(4) { x } else { dummy_vec4 };
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &[
+            entry(0, params),
+            entry(1, x.as_entire_binding()),
+            entry(2, kernel.as_entire_binding()),
+            entry(3, bias.unwrap_or(dummy).as_entire_binding()),
+            entry(4, out.as_entire_binding()),
+            // x as vec4s (projection.wgsl reads it only when k % 4 == 0)
+            entry(5, x4.as_entire_binding()),
+        ],
+    })
+}
+
+pub(super) fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+impl GpuNetwork {
+    pub(super) fn max_binding(&self) -> u64 {
+        let l = self.ctx.limits();
+        l.max_storage_buffer_binding_size.min(l.max_buffer_size)
+    }
+
+    pub(super) fn check_binding(&self, what: &str, size: u64) -> Result<()> {
+        let max = self.max_binding();
+        if size > max {
+            return Err(limit_error(
+                what,
+                size,
+                max,
+                "max_storage_buffer_binding_size",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn build_plan(&mut self, key: PlanKey) -> Result<Plan> {
+        let ctx = self.ctx.clone();
+        let mut pool = std::mem::take(&mut self.pool);
+        let plan = ctx.checked("building the forward plan", || {
+            self.build_plan_inner(key, &mut pool)
+        });
+        self.pool = pool;
+        plan?
+    }
+
+    pub(super) fn build_plan_inner(
+        &self,
+        (batch, steps, has_mask, choice_batch): PlanKey,
+        pool: &mut BufferPool,
+    ) -> Result<Plan> {
+        let device = self.ctx.device();
+        let limits = self.ctx.limits();
+        let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+        let stride = (PARAMS_SIZE as u32)
+            .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
+            as usize;
+        let mut alloc = Allocator::new(&self.ctx, pool);
+        let storage = wgpu::BufferUsages::STORAGE;
+        let input_dim = self.input_dim;
+        let x_size = (batch * steps * input_dim * 4) as u64;
+        self.check_binding("x", x_size)?;
+        let x = alloc.buffer("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
+        let masking = self.stages.iter().any(|s| matches!(s, Stage::Mask(_)));
+        let mask_size = if has_mask || masking {
+            (batch * steps * 4) as u64
+        } else {
+            4
+        };
+        self.check_binding("mask", mask_size)?;
+        let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
+        let dummy = alloc.buffer("unused", 4, storage);
+        // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
+        // bound read-write in the same dispatch).
+        let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
+        let loop_cap = self.ctx.loop_limit()?;
+        let loop_budget = loops::budget(loop_cap);
+        let states = self
+            .states
+            .as_ref()
+            .expect("states are created before the plan");
+
+        let mut dir_plans: Vec<Option<DirPlan>> = (0..self.dirs.len()).map(|_| None).collect();
+        let mut merges = Vec::new();
+        let mut extras: Vec<Option<ExtraPlan>> = Vec::new();
+        // The buffer each stage reads its input from, and that input's width.
+        let mut input: (wgpu::Buffer, usize) = (x.clone(), input_dim);
+        // Whether a mask applies to the next recurrent stage, and the rows per batch row of
+        // the current tensor (T, or 1 after a layer that returns its last output only).
+        let mut mask_on = has_mask;
+        let mut t_rows = steps;
+        for stage in &self.stages {
+            let dirs = stage.dirs();
+            if !dirs.is_empty() && t_rows != steps {
+                return Err(LstmError::invalid(
+                    "model",
+                    "a recurrent layer after a layer that returns only its last output",
+                ));
+            }
+            for &d in &dirs {
+                let w = &self.dirs[d];
+                let h = w.config.units;
+                let n = 4 * h;
+                // Projection chunks: as many timesteps as fit the binding limit and the
+                // dispatch limit.
+                let per_step = (batch * n * 4) as u64;
+                let by_bytes = (self.max_binding() / per_step) as usize;
+                // The projection covers PROJECTION_ROWS rows per workgroup (y) and
+                // PROJECTION_COLUMNS
+                // columns (x).
+                let by_groups = max_groups * PROJECTION_ROWS / batch;
+                let tc_max = by_bytes.min(by_groups).min(steps);
+                if by_bytes == 0 {
+                    return Err(limit_error(
+                        &format!("one timestep's input projection of {}", w.config.name),
+                        per_step,
+                        self.max_binding(),
+                        "max_storage_buffer_binding_size",
+                    ));
+                }
+                if tc_max == 0 {
+                    return Err(LstmError::invalid(
+                        "x",
+                        format!("batch {batch} exceeds the adapter's dispatch limit"),
+                    ));
+                }
+                let nchunks = steps.div_ceil(tc_max);
+                let tc = steps.div_ceil(nchunks);
+                let proj = alloc.buffer("projection", tc as u64 * per_step, storage);
+                let seq_needed = w.config.return_sequences;
+                let seq_size = (batch * steps * h * 4) as u64;
+                if seq_needed {
+                    self.check_binding("output sequence", seq_size)?;
+                }
+                let seq = seq_needed.then(|| {
+                    alloc.buffer("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC)
+                });
+                let last = alloc.buffer(
+                    "last output",
+                    (batch * h * 4) as u64,
+                    storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                );
+                // Per-chunk and per-step parameters, baked once for this shape.
+                let mut params: Vec<u8> = Vec::new();
+                let mut push = |bytes: &[u8]| {
+                    let off = params.len();
+                    params.extend_from_slice(bytes);
+                    params.resize(off + stride, 0);
+                    off as u32
+                };
+                // The whole-sequence kernel where chosen and where at least one timestep fits
+                // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
+                let chosen = self.kernel_choice.whole_sequence(choice_batch, h);
+                let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
+                    loops::sequence_steps_per_dispatch(batch, h, loop_budget)
+                } else {
+                    0
+                };
+                let whole_sequence = per_dispatch > 0;
+                if !whole_sequence {
+                    loops::check(
+                        &format!("LSTM layer {} ({h} units)", w.config.name),
+                        loops::step_iterations(h),
+                        loop_budget,
+                        loop_cap,
+                    )?;
+                }
+                loops::check(
+                    &format!("LSTM layer {} ({} inputs)", w.config.name, w.input_dim),
+                    loops::projection_iterations(w.input_dim),
+                    loop_budget,
+                    loop_cap,
+                )?;
+                let mut chunks = Vec::new();
+                let mut dispatched = 0;
+                for c in 0..nchunks {
+                    let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
+                    let len = s1 - s0;
+                    let t_lo = if w.config.go_backwards {
+                        steps - s1
+                    } else {
+                        s0
+                    };
+                    let off = push(bytemuck::bytes_of(&ProjParams {
+                        rows: (batch * len) as u32,
+                        k: w.input_dim as u32,
+                        n: n as u32,
+                        tc: len as u32,
+                        seq_len: steps as u32,
+                        t_lo: t_lo as u32,
+                        has_bias: u32::from(w.bias.is_some()),
+                        _pad: 0,
+                    }));
+                    let gx = n.div_ceil(PROJECTION_COLUMNS) as u32;
+                    let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
+                    let mut recurrent = Vec::new();
+                    if whole_sequence {
+                        for a in (s0..s1).step_by(per_dispatch) {
+                            recurrent.push(push(bytemuck::bytes_of(&SeqParams {
+                                batch: batch as u32,
+                                units: h as u32,
+                                tc: len as u32,
+                                t_lo: t_lo as u32,
+                                s_begin: a as u32,
+                                s_end: (a + per_dispatch).min(s1) as u32,
+                                seq_len: steps as u32,
+                                go_backwards: u32::from(w.config.go_backwards),
+                            })));
+                        }
+                    } else {
+                        for s in s0..s1 {
+                            let t = if w.config.go_backwards {
+                                steps - 1 - s
+                            } else {
+                                s
+                            };
+                            recurrent.push(push(bytemuck::bytes_of(&StepParams {
+                                batch: batch as u32,
+                                units: h as u32,
+                                tc: len as u32,
+                                t_local: (t - t_lo) as u32,
+                                t_abs: t as u32,
+                                s_out: s as u32,
+                                seq_len: steps as u32,
+                                _pad: 0,
+                            })));
+                        }
+                    }
+                    let first = dispatched;
+                    dispatched += recurrent.len();
+                    chunks.push(ChunkPlan {
+                        projection: (off, gx, gy),
+                        recurrent,
+                        first,
+                    });
+                }
+                let params_buf = alloc.uniform("parameters", &params);
+                let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &params_buf,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(PARAMS_SIZE),
+                });
+                let proj_bind = projection_bind_group(
+                    device,
+                    self.kernels.layout(Kernel::Projection),
+                    "projection",
+                    uniform.clone(),
+                    (&input.0, w.input_dim),
+                    &w.kernel,
+                    w.bias.as_ref(),
+                    &proj,
+                    (&dummy, &dummy_vec4),
+                );
+                let pair = &states.dirs[d];
+                let step_bind = [0usize, 1].map(|p| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("step"),
+                        layout: self.kernels.layout(Kernel::Step),
+                        entries: &[
+                            entry(0, uniform.clone()),
+                            entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
+                            entry(2, proj.as_entire_binding()),
+                            entry(3, mask.as_entire_binding()),
+                            entry(4, pair[p].as_entire_binding()),
+                            entry(5, pair[1 - p].as_entire_binding()),
+                            entry(6, last.as_entire_binding()),
+                            entry(7, seq.as_ref().unwrap_or(&dummy).as_entire_binding()),
+                            // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
+                            entry(
+                                8,
+                                if h.is_multiple_of(4) {
+                                    &pair[p]
+                                } else {
+                                    &dummy_vec4
+                                }
+                                .as_entire_binding(),
+                            ),
+                        ],
+                    })
+                });
+                let step_pipeline = self.kernels.step(
+                    device,
+                    StepKey {
+                        activation: w.config.activation,
+                        recurrent_activation: w.config.recurrent_activation,
+                        zero_output_for_mask: w.config.zero_output_for_mask,
+                        has_mask: mask_on,
+                        write_sequence: seq_needed,
+                        whole_sequence,
+                    },
+                )?;
+                let step_groups = if whole_sequence {
+                    (1, 1)
+                } else {
+                    (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS))
+                };
+                if step_groups.0 > max_groups || step_groups.1 > max_groups {
+                    return Err(LstmError::invalid(
+                        "x",
+                        format!("batch {batch} x {h} units exceeds the adapter's dispatch limit"),
+                    ));
+                }
+                dir_plans[d] = Some(DirPlan {
+                    last,
+                    seq,
+                    proj_bind,
+                    proj_pipeline: self.kernels.pipeline(device, Kernel::Projection, &[])?,
+                    step_bind,
+                    step_pipeline,
+                    chunks,
+                    step_groups: (step_groups.0 as u32, step_groups.1 as u32),
+                    final_parity: dispatched % 2,
+                });
+            }
+            // This stage's output buffer (input of the next stage).
+            match *stage {
+                Stage::Lstm(d) => {
+                    let dp = dir_plans[d].as_ref().expect("planned above");
+                    let h = self.dirs[d].config.units;
+                    input = (dp.seq.clone().unwrap_or_else(|| dp.last.clone()), h);
+                    merges.push(None);
+                    extras.push(None);
+                    if !self.dirs[d].config.return_sequences {
+                        mask_on = false;
+                        t_rows = 1;
+                    }
+                }
+                Stage::Mask(value) => {
+                    let width = input.1;
+                    self.check_binding("Masking output", (batch * steps * width * 4) as u64)?;
+                    loops::check(
+                        &format!("Masking layer ({width} features)"),
+                        loops::mask_iterations(width),
+                        loop_budget,
+                        loop_cap,
+                    )?;
+                    let out = alloc.buffer(
+                        "masked",
+                        (batch * steps * width * 4) as u64,
+                        storage | wgpu::BufferUsages::COPY_SRC,
+                    );
+                    let mp = MaskParams {
+                        batch: batch as u32,
+                        steps: steps as u32,
+                        width: width as u32,
+                        value,
+                        ..bytemuck::Zeroable::zeroed()
+                    };
+                    let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
+                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("mask"),
+                        layout: self.kernels.layout(Kernel::Mask),
+                        entries: &[
+                            entry(0, params.as_entire_binding()),
+                            entry(1, input.0.as_entire_binding()),
+                            entry(2, mask.as_entire_binding()),
+                            entry(3, out.as_entire_binding()),
+                        ],
+                    });
+                    let (gx, gy) = grid(batch * steps, MASK_THREADS, max_groups)?;
+                    extras.push(Some(ExtraPlan {
+                        dispatches: vec![(
+                            self.kernels.pipeline(device, Kernel::Mask, &[])?,
+                            bind,
+                            vec![],
+                            gx,
+                            gy,
+                        )],
+                    }));
+                    merges.push(None);
+                    input = (out, width);
+                    mask_on = true;
+                }
+                Stage::Dense(i) => {
+                    let dw = &self.denses[i];
+                    if input.1 != dw.inputs {
+                        return Err(LstmError::shape(
+                            "Dense kernel",
+                            &[input.1, dw.units],
+                            &[dw.inputs, dw.units],
+                        ));
+                    }
+                    let what = format!("Dense layer ({} inputs, {} units)", dw.inputs, dw.units);
+                    loops::check(
+                        &what,
+                        loops::projection_iterations(dw.inputs)
+                            .max(loops::dense_iterations(dw.units, dw.activation.is_none())),
+                        loop_budget,
+                        loop_cap,
+                    )?;
+                    let rows = batch * t_rows;
+                    let out_size = (rows * dw.units * 4) as u64;
+                    self.check_binding("Dense output", out_size)?;
+                    let out =
+                        alloc.buffer("dense", out_size, storage | wgpu::BufferUsages::COPY_SRC);
+                    let pp = ProjParams {
+                        rows: rows as u32,
+                        k: dw.inputs as u32,
+                        n: dw.units as u32,
+                        tc: t_rows as u32,
+                        seq_len: t_rows as u32,
+                        t_lo: 0,
+                        has_bias: u32::from(dw.bias.is_some()),
+                        _pad: 0,
+                    };
+                    let params = alloc.uniform("dense parameters", bytemuck::bytes_of(&pp));
+                    let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(PARAMS_SIZE),
+                    });
+                    let bind = projection_bind_group(
+                        device,
+                        self.kernels.layout(Kernel::Projection),
+                        "dense",
+                        uniform,
+                        (&input.0, dw.inputs),
+                        &dw.kernel,
+                        dw.bias.as_ref(),
+                        &out,
+                        (&dummy, &dummy_vec4),
+                    );
+                    let (gx, gy) = (
+                        dw.units.div_ceil(PROJECTION_COLUMNS),
+                        rows.div_ceil(PROJECTION_ROWS),
+                    );
+                    if gx > max_groups || gy > max_groups {
+                        return Err(LstmError::invalid(
+                            "x",
+                            "the Dense layer's rows exceed the adapter's dispatch limit",
+                        ));
+                    }
+                    let mut dispatches = vec![(
+                        self.kernels.pipeline(device, Kernel::Projection, &[])?,
+                        bind,
+                        vec![0],
+                        gx as u32,
+                        gy as u32,
+                    )];
+                    if dw.activation != Some(Activation::Linear) {
+                        let dp = DenseParams {
+                            rows: rows as u32,
+                            n: dw.units as u32,
+                            ..bytemuck::Zeroable::zeroed()
+                        };
+                        let act_params =
+                            alloc.uniform("dense activation parameters", bytemuck::bytes_of(&dp));
+                        let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("dense activation"),
+                            layout: self.kernels.layout(Kernel::Dense),
+                            entries: &[
+                                entry(0, act_params.as_entire_binding()),
+                                entry(1, out.as_entire_binding()),
+                            ],
+                        });
+                        let pipeline = self.kernels.dense(device, dw.activation)?;
+                        let (ax, ay) = grid(rows, DENSE_THREADS, max_groups)?;
+                        dispatches.push((pipeline, act_bind, vec![], ax, ay));
+                    }
+                    extras.push(Some(ExtraPlan { dispatches }));
+                    merges.push(None);
+                    input = (out, dw.units);
+                }
+                Stage::Bidi { fwd, bwd, mode } => {
+                    let (f, b) = (&self.dirs[fwd], &self.dirs[bwd]);
+                    let (hf, hb) = (f.config.units, b.config.units);
+                    let seqs = f.config.return_sequences;
+                    let t_out = if seqs { steps } else { 1 };
+                    let width = match mode {
+                        MergeMode::Concat | MergeMode::None => hf + hb,
+                        _ => hf,
+                    };
+                    let out_size = (batch * t_out * width * 4) as u64;
+                    self.check_binding("merged output", out_size)?;
+                    let out =
+                        alloc.buffer("merged", out_size, storage | wgpu::BufferUsages::COPY_SRC);
+                    let (fp, bp) = (
+                        dir_plans[fwd].as_ref().expect("planned above"),
+                        dir_plans[bwd].as_ref().expect("planned above"),
+                    );
+                    let src = |p: &DirPlan| p.seq.clone().unwrap_or_else(|| p.last.clone());
+                    let mp = MergeParams {
+                        batch: batch as u32,
+                        steps: t_out as u32,
+                        units_fwd: hf as u32,
+                        units_bwd: hb as u32,
+                        flip: u32::from(seqs),
+                        width: width as u32,
+                        _pad0: 0,
+                        _pad1: 0,
+                    };
+                    let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
+                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("merge"),
+                        layout: self.kernels.layout(Kernel::Merge),
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: params_buf.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: src(fp).as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 2,
+                                resource: src(bp).as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 3,
+                                resource: out.as_entire_binding(),
+                            },
+                        ],
+                    });
+                    let (gx, gy) = grid(batch * t_out * width, MERGE_THREADS, max_groups)?;
+                    merges.push(Some(MergePlan {
+                        out: out.clone(),
+                        bind,
+                        pipeline: self.kernels.merge(device, mode)?,
+                        groups: (gx, gy),
+                    }));
+                    input = (out, width);
+                    extras.push(None);
+                    if !seqs {
+                        mask_on = false;
+                        t_rows = 1;
+                    }
+                }
+            }
+        }
+        let dirs: Vec<DirPlan> = dir_plans
+            .into_iter()
+            .map(|d| d.expect("every direction belongs to a stage"))
+            .collect();
+
+        // Readback: the last stage's outputs in Keras order, copied into one staging buffer.
+        let mut rb = Readback::default();
+        let state_outputs = |rb: &mut Readback, d: usize| {
+            let h = self.dirs[d].config.units;
+            let buf = &states.dirs[d][dirs[d].final_parity];
+            rb.add(buf, 0, vec![batch, h], vec![None]);
+            rb.add(buf, (batch * h * 4) as u64, vec![batch, h], vec![None]);
+        };
+        match *self
+            .stages
+            .last()
+            .expect("a network has at least one layer")
+        {
+            Stage::Lstm(d) => {
+                let c = &self.dirs[d].config;
+                let dp = &dirs[d];
+                match &dp.seq {
+                    Some(seq) => rb.add(seq, 0, vec![batch, steps, c.units], vec![None]),
+                    None => rb.add(&dp.last, 0, vec![batch, c.units], vec![None]),
+                }
+                if c.return_state {
+                    state_outputs(&mut rb, d);
+                }
+            }
+            Stage::Mask(_) | Stage::Dense(_) => {
+                let shape = if t_rows == steps {
+                    vec![batch, steps, input.1]
+                } else {
+                    vec![batch, input.1]
+                };
+                rb.add(&input.0, 0, shape, vec![None]);
+            }
+            Stage::Bidi { fwd, bwd, mode } => {
+                let (f, b) = (&self.dirs[fwd].config, &self.dirs[bwd].config);
+                let m = merges
+                    .last()
+                    .and_then(|m| m.as_ref())
+                    .expect("a Bidi stage merges");
+                let width = match mode {
+                    MergeMode::Concat | MergeMode::None => f.units + b.units,
+                    _ => f.units,
+                };
+                let shape = if f.return_sequences {
+                    vec![batch, steps, width]
+                } else {
+                    vec![batch, width]
+                };
+                let cols = if mode == MergeMode::None {
+                    vec![Some(0..f.units), Some(f.units..width)]
+                } else {
+                    vec![None]
+                };
+                rb.add(&m.out, 0, shape, cols);
+                if f.return_state {
+                    state_outputs(&mut rb, fwd);
+                    state_outputs(&mut rb, bwd);
+                }
+            }
+        }
+        let Readback {
+            copies,
+            outputs,
+            floats: offset,
+        } = rb;
+        let timestamps = if self.can_profile() {
+            let mut phases = vec![Phase::Start];
+            for (k, stage) in self.stages.iter().enumerate() {
+                for d in stage.dirs() {
+                    for _ in &dirs[d].chunks {
+                        phases.push(Phase::Projection);
+                        phases.push(Phase::Steps);
+                    }
+                }
+                if merges[k].is_some() {
+                    phases.push(Phase::Merge);
+                }
+            }
+            let n = phases.len() as u32;
+            let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("forward timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n,
+            });
+            let resolve = alloc.buffer(
+                "timestamps",
+                8 * u64::from(n),
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            );
+            Some(Timestamps {
+                set,
+                resolve,
+                phases,
+                offset: ((offset * 4) as u64).next_multiple_of(8),
+            })
+        } else {
+            None
+        };
+        let staging_size = match &timestamps {
+            Some(ts) => ts.offset + 8 * ts.phases.len() as u64,
+            None => (offset * 4) as u64,
+        };
+        if staging_size > limits.max_buffer_size {
+            return Err(limit_error(
+                "outputs (readback)",
+                staging_size,
+                limits.max_buffer_size,
+                "max_buffer_size",
+            ));
+        }
+        let staging = alloc.buffer(
+            "readback",
+            staging_size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        Ok(Plan {
+            x,
+            mask,
+            dirs,
+            merges,
+            extras,
+            staging,
+            staging_size,
+            copies,
+            outputs,
+            timestamps,
+            params_bytes: alloc.params_bytes,
+            buffers: alloc.created,
+            held: alloc.held,
+        })
+    }
+}
