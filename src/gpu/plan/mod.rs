@@ -3,18 +3,17 @@
 //! shapes. The kernel choice (`RecurrentKernel`) and every adapter limit (binding sizes,
 //! dispatch sizes, the driver's loop limit) are applied here.
 
+mod dense;
+mod lstm;
+mod mask;
+mod merge;
+
 use super::context::GpuContext;
-use super::kernels::{Kernel, StepKey};
 use super::loops;
-use super::network::GpuNetwork;
-use super::params::{
-    DenseParams, MaskParams, MergeParams, ProjParams, SeqParams, StepParams, DENSE_THREADS,
-    MASK_THREADS, MERGE_THREADS, PARAMS_SIZE, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS,
-    PROJECTION_ROWS, STEP_ROWS, STEP_THREADS,
-};
+use super::network::{GpuNetwork, StateBuffers};
+use super::params::{PARAMS_SIZE, PERSISTENT_MAX_STATE};
 use super::stats::{Phase, Timestamps};
 use super::upload::Stage;
-use crate::activation::Activation;
 use crate::config::MergeMode;
 use crate::error::{LstmError, Result};
 use std::collections::HashMap;
@@ -248,6 +247,30 @@ pub(super) struct Plan {
 /// runs the kernel the whole batch would and the outputs are the same bits).
 pub(super) type PlanKey = (usize, usize, bool, usize);
 
+/// What the stage builders of one plan share: the network, the shape, the allocator and the
+/// buffers every stage binds.
+pub(in crate::gpu) struct PlanContext<'a, 'p> {
+    pub net: &'a GpuNetwork,
+    pub device: &'a wgpu::Device,
+    pub alloc: Allocator<'p>,
+    pub states: &'a StateBuffers,
+    pub batch: usize,
+    pub steps: usize,
+    /// The batch the recurrent kernel is chosen for (see `PlanKey`).
+    pub choice_batch: usize,
+    pub max_groups: usize,
+    /// Bytes between parameter blocks (the uniform offset alignment).
+    pub stride: usize,
+    /// The mask `[B, T]` (one u32 per step), or a 4-byte stand-in.
+    pub mask: wgpu::Buffer,
+    /// Stand-ins for unused bindings (the second for read-only vec4 views).
+    pub dummy: wgpu::Buffer,
+    pub dummy_vec4: wgpu::Buffer,
+    /// The adapter's loop limit and the iterations one dispatch may run (`gpu::loops`).
+    pub loop_cap: Option<u64>,
+    pub loop_budget: u64,
+}
+
 /// A buffer over an adapter limit (before batch chunking is tried).
 pub(super) fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmError {
     LstmError::Limit {
@@ -372,6 +395,22 @@ impl GpuNetwork {
             .states
             .as_ref()
             .expect("states are created before the plan");
+        let mut cx = PlanContext {
+            net: self,
+            device,
+            alloc,
+            states,
+            batch,
+            steps,
+            choice_batch,
+            max_groups,
+            stride,
+            mask,
+            dummy,
+            dummy_vec4,
+            loop_cap,
+            loop_budget,
+        };
 
         let mut dir_plans: Vec<Option<DirPlan>> = (0..self.dirs.len()).map(|_| None).collect();
         let mut merges = Vec::new();
@@ -391,219 +430,7 @@ impl GpuNetwork {
                 ));
             }
             for &d in &dirs {
-                let w = &self.dirs[d];
-                let h = w.config.units;
-                let n = 4 * h;
-                // Projection chunks: as many timesteps as fit the binding limit and the
-                // dispatch limit.
-                let per_step = (batch * n * 4) as u64;
-                let by_bytes = (self.max_binding() / per_step) as usize;
-                // The projection covers PROJECTION_ROWS rows per workgroup (y) and
-                // PROJECTION_COLUMNS
-                // columns (x).
-                let by_groups = max_groups * PROJECTION_ROWS / batch;
-                let tc_max = by_bytes.min(by_groups).min(steps);
-                if by_bytes == 0 {
-                    return Err(limit_error(
-                        &format!("one timestep's input projection of {}", w.config.name),
-                        per_step,
-                        self.max_binding(),
-                        "max_storage_buffer_binding_size",
-                    ));
-                }
-                if tc_max == 0 {
-                    return Err(LstmError::invalid(
-                        "x",
-                        format!("batch {batch} exceeds the adapter's dispatch limit"),
-                    ));
-                }
-                let nchunks = steps.div_ceil(tc_max);
-                let tc = steps.div_ceil(nchunks);
-                let proj = alloc.buffer("projection", tc as u64 * per_step, storage);
-                let seq_needed = w.config.return_sequences;
-                let seq_size = (batch * steps * h * 4) as u64;
-                if seq_needed {
-                    self.check_binding("output sequence", seq_size)?;
-                }
-                let seq = seq_needed.then(|| {
-                    alloc.buffer("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC)
-                });
-                let last = alloc.buffer(
-                    "last output",
-                    (batch * h * 4) as u64,
-                    storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-                );
-                // Per-chunk and per-step parameters, baked once for this shape.
-                let mut params: Vec<u8> = Vec::new();
-                let mut push = |bytes: &[u8]| {
-                    let off = params.len();
-                    params.extend_from_slice(bytes);
-                    params.resize(off + stride, 0);
-                    off as u32
-                };
-                // The whole-sequence kernel where chosen and where at least one timestep fits
-                // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
-                let chosen = self.kernel_choice.whole_sequence(choice_batch, h);
-                let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
-                    loops::sequence_steps_per_dispatch(batch, h, loop_budget)
-                } else {
-                    0
-                };
-                let whole_sequence = per_dispatch > 0;
-                if !whole_sequence {
-                    loops::check(
-                        &format!("LSTM layer {} ({h} units)", w.config.name),
-                        loops::step_iterations(h),
-                        loop_budget,
-                        loop_cap,
-                    )?;
-                }
-                loops::check(
-                    &format!("LSTM layer {} ({} inputs)", w.config.name, w.input_dim),
-                    loops::projection_iterations(w.input_dim),
-                    loop_budget,
-                    loop_cap,
-                )?;
-                let mut chunks = Vec::new();
-                let mut dispatched = 0;
-                for c in 0..nchunks {
-                    let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
-                    let len = s1 - s0;
-                    let t_lo = if w.config.go_backwards {
-                        steps - s1
-                    } else {
-                        s0
-                    };
-                    let off = push(bytemuck::bytes_of(&ProjParams {
-                        rows: (batch * len) as u32,
-                        k: w.input_dim as u32,
-                        n: n as u32,
-                        tc: len as u32,
-                        seq_len: steps as u32,
-                        t_lo: t_lo as u32,
-                        has_bias: u32::from(w.bias.is_some()),
-                        _pad: 0,
-                    }));
-                    let gx = n.div_ceil(PROJECTION_COLUMNS) as u32;
-                    let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
-                    let mut recurrent = Vec::new();
-                    if whole_sequence {
-                        for a in (s0..s1).step_by(per_dispatch) {
-                            recurrent.push(push(bytemuck::bytes_of(&SeqParams {
-                                batch: batch as u32,
-                                units: h as u32,
-                                tc: len as u32,
-                                t_lo: t_lo as u32,
-                                s_begin: a as u32,
-                                s_end: (a + per_dispatch).min(s1) as u32,
-                                seq_len: steps as u32,
-                                go_backwards: u32::from(w.config.go_backwards),
-                            })));
-                        }
-                    } else {
-                        for s in s0..s1 {
-                            let t = if w.config.go_backwards {
-                                steps - 1 - s
-                            } else {
-                                s
-                            };
-                            recurrent.push(push(bytemuck::bytes_of(&StepParams {
-                                batch: batch as u32,
-                                units: h as u32,
-                                tc: len as u32,
-                                t_local: (t - t_lo) as u32,
-                                t_abs: t as u32,
-                                s_out: s as u32,
-                                seq_len: steps as u32,
-                                _pad: 0,
-                            })));
-                        }
-                    }
-                    let first = dispatched;
-                    dispatched += recurrent.len();
-                    chunks.push(ChunkPlan {
-                        projection: (off, gx, gy),
-                        recurrent,
-                        first,
-                    });
-                }
-                let params_buf = alloc.uniform("parameters", &params);
-                let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &params_buf,
-                    offset: 0,
-                    size: wgpu::BufferSize::new(PARAMS_SIZE),
-                });
-                let proj_bind = projection_bind_group(
-                    device,
-                    self.kernels.layout(Kernel::Projection),
-                    "projection",
-                    uniform.clone(),
-                    (&input.0, w.input_dim),
-                    &w.kernel,
-                    w.bias.as_ref(),
-                    &proj,
-                    (&dummy, &dummy_vec4),
-                );
-                let pair = &states.dirs[d];
-                let step_bind = [0usize, 1].map(|p| {
-                    device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("step"),
-                        layout: self.kernels.layout(Kernel::Step),
-                        entries: &[
-                            entry(0, uniform.clone()),
-                            entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
-                            entry(2, proj.as_entire_binding()),
-                            entry(3, mask.as_entire_binding()),
-                            entry(4, pair[p].as_entire_binding()),
-                            entry(5, pair[1 - p].as_entire_binding()),
-                            entry(6, last.as_entire_binding()),
-                            entry(7, seq.as_ref().unwrap_or(&dummy).as_entire_binding()),
-                            // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
-                            entry(
-                                8,
-                                if h.is_multiple_of(4) {
-                                    &pair[p]
-                                } else {
-                                    &dummy_vec4
-                                }
-                                .as_entire_binding(),
-                            ),
-                        ],
-                    })
-                });
-                let step_pipeline = self.kernels.step(
-                    device,
-                    StepKey {
-                        activation: w.config.activation,
-                        recurrent_activation: w.config.recurrent_activation,
-                        zero_output_for_mask: w.config.zero_output_for_mask,
-                        has_mask: mask_on,
-                        write_sequence: seq_needed,
-                        whole_sequence,
-                    },
-                )?;
-                let step_groups = if whole_sequence {
-                    (1, 1)
-                } else {
-                    (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS))
-                };
-                if step_groups.0 > max_groups || step_groups.1 > max_groups {
-                    return Err(LstmError::invalid(
-                        "x",
-                        format!("batch {batch} x {h} units exceeds the adapter's dispatch limit"),
-                    ));
-                }
-                dir_plans[d] = Some(DirPlan {
-                    last,
-                    seq,
-                    proj_bind,
-                    proj_pipeline: self.kernels.pipeline(device, Kernel::Projection, &[])?,
-                    step_bind,
-                    step_pipeline,
-                    chunks,
-                    step_groups: (step_groups.0 as u32, step_groups.1 as u32),
-                    final_parity: dispatched % 2,
-                });
+                dir_plans[d] = Some(lstm::plan_direction(&mut cx, d, &input, mask_on)?);
             }
             // This stage's output buffer (input of the next stage).
             match *stage {
@@ -619,208 +446,33 @@ impl GpuNetwork {
                     }
                 }
                 Stage::Mask(value) => {
-                    let width = input.1;
-                    self.check_binding("Masking output", (batch * steps * width * 4) as u64)?;
-                    loops::check(
-                        &format!("Masking layer ({width} features)"),
-                        loops::mask_iterations(width),
-                        loop_budget,
-                        loop_cap,
-                    )?;
-                    let out = alloc.buffer(
-                        "masked",
-                        (batch * steps * width * 4) as u64,
-                        storage | wgpu::BufferUsages::COPY_SRC,
-                    );
-                    let mp = MaskParams {
-                        batch: batch as u32,
-                        steps: steps as u32,
-                        width: width as u32,
-                        value,
-                        ..bytemuck::Zeroable::zeroed()
-                    };
-                    let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
-                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("mask"),
-                        layout: self.kernels.layout(Kernel::Mask),
-                        entries: &[
-                            entry(0, params.as_entire_binding()),
-                            entry(1, input.0.as_entire_binding()),
-                            entry(2, mask.as_entire_binding()),
-                            entry(3, out.as_entire_binding()),
-                        ],
-                    });
-                    let (gx, gy) = grid(batch * steps, MASK_THREADS, max_groups)?;
-                    extras.push(Some(ExtraPlan {
-                        dispatches: vec![(
-                            self.kernels.pipeline(device, Kernel::Mask, &[])?,
-                            bind,
-                            vec![],
-                            gx,
-                            gy,
-                        )],
-                    }));
+                    let (extra, out) = mask::plan_mask(&mut cx, value, &input)?;
+                    extras.push(Some(extra));
                     merges.push(None);
-                    input = (out, width);
+                    input = out;
                     mask_on = true;
                 }
                 Stage::Dense(i) => {
-                    let dw = &self.denses[i];
-                    if input.1 != dw.inputs {
-                        return Err(LstmError::shape(
-                            "Dense kernel",
-                            &[input.1, dw.units],
-                            &[dw.inputs, dw.units],
-                        ));
-                    }
-                    let what = format!("Dense layer ({} inputs, {} units)", dw.inputs, dw.units);
-                    loops::check(
-                        &what,
-                        loops::projection_iterations(dw.inputs)
-                            .max(loops::dense_iterations(dw.units, dw.activation.is_none())),
-                        loop_budget,
-                        loop_cap,
-                    )?;
-                    let rows = batch * t_rows;
-                    let out_size = (rows * dw.units * 4) as u64;
-                    self.check_binding("Dense output", out_size)?;
-                    let out =
-                        alloc.buffer("dense", out_size, storage | wgpu::BufferUsages::COPY_SRC);
-                    let pp = ProjParams {
-                        rows: rows as u32,
-                        k: dw.inputs as u32,
-                        n: dw.units as u32,
-                        tc: t_rows as u32,
-                        seq_len: t_rows as u32,
-                        t_lo: 0,
-                        has_bias: u32::from(dw.bias.is_some()),
-                        _pad: 0,
-                    };
-                    let params = alloc.uniform("dense parameters", bytemuck::bytes_of(&pp));
-                    let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(PARAMS_SIZE),
-                    });
-                    let bind = projection_bind_group(
-                        device,
-                        self.kernels.layout(Kernel::Projection),
-                        "dense",
-                        uniform,
-                        (&input.0, dw.inputs),
-                        &dw.kernel,
-                        dw.bias.as_ref(),
-                        &out,
-                        (&dummy, &dummy_vec4),
-                    );
-                    let (gx, gy) = (
-                        dw.units.div_ceil(PROJECTION_COLUMNS),
-                        rows.div_ceil(PROJECTION_ROWS),
-                    );
-                    if gx > max_groups || gy > max_groups {
-                        return Err(LstmError::invalid(
-                            "x",
-                            "the Dense layer's rows exceed the adapter's dispatch limit",
-                        ));
-                    }
-                    let mut dispatches = vec![(
-                        self.kernels.pipeline(device, Kernel::Projection, &[])?,
-                        bind,
-                        vec![0],
-                        gx as u32,
-                        gy as u32,
-                    )];
-                    if dw.activation != Some(Activation::Linear) {
-                        let dp = DenseParams {
-                            rows: rows as u32,
-                            n: dw.units as u32,
-                            ..bytemuck::Zeroable::zeroed()
-                        };
-                        let act_params =
-                            alloc.uniform("dense activation parameters", bytemuck::bytes_of(&dp));
-                        let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some("dense activation"),
-                            layout: self.kernels.layout(Kernel::Dense),
-                            entries: &[
-                                entry(0, act_params.as_entire_binding()),
-                                entry(1, out.as_entire_binding()),
-                            ],
-                        });
-                        let pipeline = self.kernels.dense(device, dw.activation)?;
-                        let (ax, ay) = grid(rows, DENSE_THREADS, max_groups)?;
-                        dispatches.push((pipeline, act_bind, vec![], ax, ay));
-                    }
-                    extras.push(Some(ExtraPlan { dispatches }));
+                    let (extra, out) = dense::plan_dense(&mut cx, i, &input, t_rows)?;
+                    extras.push(Some(extra));
                     merges.push(None);
-                    input = (out, dw.units);
+                    input = out;
                 }
                 Stage::Bidi { fwd, bwd, mode } => {
-                    let (f, b) = (&self.dirs[fwd], &self.dirs[bwd]);
-                    let (hf, hb) = (f.config.units, b.config.units);
-                    let seqs = f.config.return_sequences;
-                    let t_out = if seqs { steps } else { 1 };
-                    let width = match mode {
-                        MergeMode::Concat | MergeMode::None => hf + hb,
-                        _ => hf,
-                    };
-                    let out_size = (batch * t_out * width * 4) as u64;
-                    self.check_binding("merged output", out_size)?;
-                    let out =
-                        alloc.buffer("merged", out_size, storage | wgpu::BufferUsages::COPY_SRC);
-                    let (fp, bp) = (
-                        dir_plans[fwd].as_ref().expect("planned above"),
-                        dir_plans[bwd].as_ref().expect("planned above"),
-                    );
-                    let src = |p: &DirPlan| p.seq.clone().unwrap_or_else(|| p.last.clone());
-                    let mp = MergeParams {
-                        batch: batch as u32,
-                        steps: t_out as u32,
-                        units_fwd: hf as u32,
-                        units_bwd: hb as u32,
-                        flip: u32::from(seqs),
-                        width: width as u32,
-                        _pad0: 0,
-                        _pad1: 0,
-                    };
-                    let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
-                    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("merge"),
-                        layout: self.kernels.layout(Kernel::Merge),
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: params_buf.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: src(fp).as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 2,
-                                resource: src(bp).as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 3,
-                                resource: out.as_entire_binding(),
-                            },
-                        ],
-                    });
-                    let (gx, gy) = grid(batch * t_out * width, MERGE_THREADS, max_groups)?;
-                    merges.push(Some(MergePlan {
-                        out: out.clone(),
-                        bind,
-                        pipeline: self.kernels.merge(device, mode)?,
-                        groups: (gx, gy),
-                    }));
-                    input = (out, width);
+                    let (merge, out) = merge::plan_merge(&mut cx, (fwd, bwd, mode), &dir_plans)?;
+                    merges.push(Some(merge));
                     extras.push(None);
-                    if !seqs {
+                    input = out;
+                    if !self.dirs[fwd].config.return_sequences {
                         mask_on = false;
                         t_rows = 1;
                     }
                 }
             }
         }
+        let PlanContext {
+            mut alloc, mask, ..
+        } = cx;
         let dirs: Vec<DirPlan> = dir_plans
             .into_iter()
             .map(|d| d.expect("every direction belongs to a stage"))
