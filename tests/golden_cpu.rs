@@ -1,19 +1,12 @@
 //! Every public golden case on the CPU path: ≤ 1e-5 (float32) / ≤ 1e-12 (float64) against Keras.
 
 use lstm_wgpu::golden::{case_files, check_case_cpu, cpu_tolerance, Case};
-use std::path::PathBuf;
 
-fn golden_dir() -> PathBuf {
-    std::env::var_os("LSTM_WGPU_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-lstm")
-        })
-}
+mod common;
 
 #[test]
 fn every_golden_case_matches_keras_on_cpu() {
-    let dir = golden_dir();
+    let dir = common::lstm_cases_dir();
     let files =
         case_files(&dir).unwrap_or_else(|e| panic!("golden cases at {}: {e}", dir.display()));
     assert!(

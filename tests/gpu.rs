@@ -14,7 +14,6 @@ use proptest::prelude::*;
 mod common;
 use common::{gpu, max_abs};
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use std::path::PathBuf;
 
 fn input(b: usize, t: usize, i: usize, seed: u64) -> Array3<f32> {
     let mut s = seed
@@ -33,11 +32,7 @@ fn every_golden_case_matches_keras_on_gpu() {
     let Some(ctx) = gpu("every_golden_case_matches_keras_on_gpu") else {
         return;
     };
-    let dir = std::env::var_os("LSTM_WGPU_GOLDEN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-lstm")
-        });
+    let dir = common::lstm_cases_dir();
     let files = case_files(&dir).unwrap();
     assert!(
         files.len() >= 41,

@@ -5,10 +5,11 @@
 use lstm_wgpu::golden::{case_files, check_case, cpu_tolerance, Case};
 use lstm_wgpu::{LstmWeights, Network};
 use ndarray::ArrayD;
-use std::path::PathBuf;
+
+mod common;
 
 fn cases() -> Vec<Case> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-lstm");
+    let dir = common::lstm_cases_dir();
     case_files(&dir)
         .unwrap()
         .iter()

@@ -21,11 +21,7 @@ const MODELS: [&str; 7] = [
 ];
 
 fn dir() -> PathBuf {
-    std::env::var_os("LSTM_WGPU_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-models")
-        })
+    common::golden_dir("keras-models", "LSTM_WGPU_MODELS_DIR")
 }
 
 fn expected(name: &str) -> Vec<ArrayD<f32>> {

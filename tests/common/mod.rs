@@ -3,6 +3,7 @@
 
 use lstm_wgpu::gpu::GpuContext;
 use ndarray::{Array3, ArrayD};
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 /// The shared context, or None (after printing why) when no adapter exists and the
@@ -45,4 +46,19 @@ pub fn xorshift_input(b: usize, t: usize, i: usize, seed: u64, scale: f32) -> Ar
         s ^= s << 17;
         ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 * scale - scale
     })
+}
+
+/// A folder of the shared reference data, `../shared/golden/NAME` beside the checkout, or the
+/// folder the environment variable `var` names.
+pub fn golden_dir(name: &str, var: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/golden")
+            .join(name)
+    })
+}
+
+/// The recorded LSTM cases (`LSTM_WGPU_GOLDEN_DIR` overrides).
+pub fn lstm_cases_dir() -> PathBuf {
+    golden_dir("keras-lstm", "LSTM_WGPU_GOLDEN_DIR")
 }
