@@ -126,7 +126,19 @@ pub enum LstmError {
         hint: String,
     },
 
-    /// A case or model file could not be read or parsed.
+    /// A file or folder could not be read (the operating system's error is kept as the
+    /// source).
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A case or model file is not in the format it should be (or a model uses what this
+    /// crate cannot run).
     #[error("cannot read {path}: {reason}")]
     File {
         /// The file.
@@ -140,6 +152,13 @@ pub enum LstmError {
 pub type Result<T> = std::result::Result<T, LstmError>;
 
 impl LstmError {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        LstmError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     pub(crate) fn shape(what: impl Into<String>, expected: &[usize], actual: &[usize]) -> Self {
         LstmError::ShapeMismatch {
             what: what.into(),

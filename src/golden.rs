@@ -110,10 +110,7 @@ pub struct Case {
 impl Case {
     /// Reads and parses one case file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| LstmError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| LstmError::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| LstmError::File {
             path: path.display().to_string(),
             reason: e.to_string(),
@@ -256,10 +253,7 @@ pub fn case_files(path: &Path) -> Result<Vec<PathBuf>> {
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
-    let entries = std::fs::read_dir(path).map_err(|e| LstmError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let entries = std::fs::read_dir(path).map_err(|e| LstmError::io(path, e))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))

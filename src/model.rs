@@ -87,10 +87,7 @@ fn snake_case(class: &str) -> String {
 impl KerasModel {
     /// Loads a `.keras` file.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| LstmError::File {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| LstmError::io(path, e))?;
         Self::from_keras_bytes(&bytes).map_err(|e| match e {
             LstmError::File { reason, .. } => LstmError::File {
                 path: path.display().to_string(),
@@ -104,12 +101,7 @@ impl KerasModel {
     /// configuration taken from `config`: a `.keras` file (its `config.json`) or a JSON file
     /// holding the serialized model (`model.to_json()` or a `config.json`).
     pub fn load_weights(config: &Path, weights: &Path) -> Result<Self> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| LstmError::File {
-                path: p.display().to_string(),
-                reason: e.to_string(),
-            })
-        };
+        let read = |p: &Path| std::fs::read(p).map_err(|e| LstmError::io(p, e));
         let config_bytes = read(config)?;
         let json: Value = if config.extension().is_some_and(|e| e == "keras") {
             let members = archive::members(&config_bytes)?;

@@ -137,6 +137,16 @@ fn unsupported_layers_and_wrong_weights_are_errors() {
     assert!(e.contains("kernel") || e.contains("shape"), "{e}");
     // A missing weight file member.
     assert!(KerasModel::from_config_and_weights(&config, b"").is_err());
+    // A missing file: an Io error naming the path, with the operating system's error as source.
+    let missing = dir().join("no_such_model.keras");
+    match KerasModel::load(&missing) {
+        Err(e @ lstm_wgpu::LstmError::Io { .. }) => {
+            assert!(e.to_string().contains("no_such_model.keras"), "{e}");
+            let source = std::error::Error::source(&e).expect("the I/O error is kept");
+            assert!(source.downcast_ref::<std::io::Error>().is_some());
+        }
+        other => panic!("expected an Io error, got {other:?}"),
+    }
 }
 
 /// Truncated and bit-flipped copies of every file: an error or (for the CRC-checked
