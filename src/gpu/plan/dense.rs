@@ -2,7 +2,7 @@
 //! projection) and the activation (dense.wgsl) over every row. CPU twin: `dense_forward` in
 //! src/model.rs.
 
-use super::{entry, grid, projection_bind_group, ExtraPlan, PlanContext};
+use super::{dispatch_limit, entry, grid, projection_bind_group, ExtraPlan, PlanContext};
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
@@ -84,10 +84,7 @@ pub(in crate::gpu) fn plan_dense(
         rows.div_ceil(PROJECTION_ROWS),
     );
     if gx > max_groups || gy > max_groups {
-        return Err(LstmError::invalid(
-            "x",
-            "the Dense layer's rows exceed the adapter's dispatch limit",
-        ));
+        return Err(dispatch_limit(&what, gx.max(gy), max_groups));
     }
     let mut dispatches = vec![(
         net.kernels.pipeline(device, Kernel::Projection, &[])?,
@@ -112,7 +109,7 @@ pub(in crate::gpu) fn plan_dense(
             ],
         });
         let pipeline = net.kernels.dense(device, dw.activation)?;
-        let (ax, ay) = grid(rows, DENSE_THREADS, max_groups)?;
+        let (ax, ay) = grid(&what, rows, DENSE_THREADS, max_groups)?;
         dispatches.push((pipeline, act_bind, vec![], ax, ay));
     }
     Ok((ExtraPlan { dispatches }, (out, dw.units)))

@@ -3,8 +3,10 @@
 //! of the whole-sequence kernel within the driver's loop limit). Kernels: projection.wgsl,
 //! step.wgsl, sequence.wgsl; CPU twin: `cpu::reference::run`.
 
-use super::{entry, limit_error, projection_bind_group, ChunkPlan, DirPlan, PlanContext};
-use crate::error::{LstmError, Result};
+use super::{
+    dispatch_limit, entry, limit_error, projection_bind_group, ChunkPlan, DirPlan, PlanContext,
+};
+use crate::error::Result;
 use crate::gpu::kernels::{Kernel, StepKey};
 use crate::gpu::loops;
 use crate::gpu::params::{
@@ -56,9 +58,11 @@ pub(in crate::gpu) fn plan_direction(
         ));
     }
     if tc_max == 0 {
-        return Err(LstmError::invalid(
-            "x",
-            format!("batch {batch} exceeds the adapter's dispatch limit"),
+        let groups = batch.div_ceil(PROJECTION_ROWS);
+        return Err(dispatch_limit(
+            &format!("LSTM layer {} (batch {batch})", w.config.name),
+            groups,
+            max_groups,
         ));
     }
     let nchunks = steps.div_ceil(tc_max);
@@ -231,9 +235,10 @@ pub(in crate::gpu) fn plan_direction(
         (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS))
     };
     if step_groups.0 > max_groups || step_groups.1 > max_groups {
-        return Err(LstmError::invalid(
-            "x",
-            format!("batch {batch} x {h} units exceeds the adapter's dispatch limit"),
+        return Err(dispatch_limit(
+            &format!("LSTM layer {} (batch {batch}, {h} units)", w.config.name),
+            step_groups.0.max(step_groups.1),
+            max_groups,
         ));
     }
     Ok(DirPlan {

@@ -58,7 +58,7 @@ pub(in crate::gpu) fn plan_mask(
             entry(3, out.as_entire_binding()),
         ],
     });
-    let (gx, gy) = grid(batch * steps, MASK_THREADS, max_groups)?;
+    let (gx, gy) = grid("Masking layer", batch * steps, MASK_THREADS, max_groups)?;
     let extra = ExtraPlan {
         dispatches: vec![(
             net.kernels.pipeline(device, Kernel::Mask, &[])?,

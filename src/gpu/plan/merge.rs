@@ -74,7 +74,12 @@ pub(in crate::gpu) fn plan_merge(
             },
         ],
     });
-    let (gx, gy) = grid(batch * t_out * width, MERGE_THREADS, max_groups)?;
+    let (gx, gy) = grid(
+        "Bidirectional merge",
+        batch * t_out * width,
+        MERGE_THREADS,
+        max_groups,
+    )?;
     let merge = MergePlan {
         out: out.clone(),
         bind,

@@ -282,18 +282,32 @@ pub(super) fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmE
     }
 }
 
-/// A 2-D dispatch grid for `items` one-per-thread items in workgroups of `per_group`.
-pub(super) fn grid(items: usize, per_group: usize, max_groups: usize) -> Result<(u32, u32)> {
+/// A 2-D dispatch grid for `items` one-per-thread items in workgroups of `per_group`; `what`
+/// names the layer in the error when they exceed the adapter's dispatch limit.
+pub(super) fn grid(
+    what: &str,
+    items: usize,
+    per_group: usize,
+    max_groups: usize,
+) -> Result<(u32, u32)> {
     let groups = items.div_ceil(per_group).max(1);
     let gx = groups.min(max_groups);
     let gy = groups.div_ceil(gx);
     if gy > max_groups {
-        return Err(LstmError::invalid(
-            "x",
-            "the input exceeds the adapter's dispatch limit",
-        ));
+        return Err(dispatch_limit(what, groups, max_groups));
     }
     Ok((gx as u32, gy as u32))
+}
+
+/// `what` needs `groups` workgroups, more than the adapter dispatches (`max` per dimension).
+pub(super) fn dispatch_limit(what: &str, groups: usize, max: usize) -> LstmError {
+    LstmError::invalid(
+        what,
+        format!(
+            "needs {groups} workgroups in one dimension of a dispatch, over this adapter's \
+             max_compute_workgroups_per_dimension of {max}; use a smaller batch"
+        ),
+    )
 }
 
 /// The bind group of projection.wgsl (an LSTM's input projection, or a Dense layer): input
