@@ -70,7 +70,7 @@ impl Kernel {
     ];
 
     /// Its name in [`kernel_sources`].
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kernel::Projection => "projection",
             Kernel::Step => "step",

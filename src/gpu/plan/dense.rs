@@ -2,13 +2,16 @@
 //! projection) and the activation (dense.wgsl) over every row. CPU twin: `dense_forward` in
 //! src/model.rs.
 
-use super::{dispatch_limit, entry, grid, projection_bind_group, ExtraPlan, PlanContext};
+use super::{
+    bind_buffers, dispatch_limit, grid, params_binding, projection_bind_group, ExtraPlan,
+    PlanContext,
+};
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
 use crate::gpu::loops;
 use crate::gpu::params::{
-    DenseParams, ProjParams, DENSE_THREADS, PARAMS_SIZE, PROJECTION_COLUMNS, PROJECTION_ROWS,
+    DenseParams, ProjParams, DENSE_THREADS, PROJECTION_COLUMNS, PROJECTION_ROWS,
 };
 
 /// Plans Dense layer `i` on `input` with `t_rows` rows per batch row; returns its dispatches
@@ -63,11 +66,7 @@ pub(in crate::gpu) fn plan_dense(
         _pad: 0,
     };
     let params = alloc.uniform("dense parameters", bytemuck::bytes_of(&pp));
-    let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer: &params,
-        offset: 0,
-        size: wgpu::BufferSize::new(PARAMS_SIZE),
-    });
+    let uniform = params_binding(&params);
     let bind = projection_bind_group(
         device,
         net.kernels.layout(Kernel::Projection),
@@ -100,14 +99,7 @@ pub(in crate::gpu) fn plan_dense(
             ..bytemuck::Zeroable::zeroed()
         };
         let act_params = alloc.uniform("dense activation parameters", bytemuck::bytes_of(&dp));
-        let act_bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("dense activation"),
-            layout: net.kernels.layout(Kernel::Dense),
-            entries: &[
-                entry(0, act_params.as_entire_binding()),
-                entry(1, out.as_entire_binding()),
-            ],
-        });
+        let act_bind = bind_buffers(cx, Kernel::Dense, &[&act_params, &out]);
         let pipeline = net.kernels.dense(device, dw.activation)?;
         let (ax, ay) = grid(&what, rows, DENSE_THREADS, max_groups)?;
         dispatches.push((pipeline, act_bind, vec![], ax, ay));

@@ -4,14 +4,15 @@
 //! step.wgsl, sequence.wgsl; CPU twin: `cpu::reference::run`.
 
 use super::{
-    dispatch_limit, entry, limit_error, projection_bind_group, ChunkPlan, DirPlan, PlanContext,
+    dispatch_limit, entry, limit_error, params_binding, projection_bind_group, ChunkPlan, DirPlan,
+    PlanContext,
 };
 use crate::error::Result;
 use crate::gpu::kernels::{Kernel, StepKey};
 use crate::gpu::loops;
 use crate::gpu::params::{
-    ProjParams, SeqParams, StepParams, PARAMS_SIZE, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS,
-    PROJECTION_ROWS, STEP_ROWS, STEP_THREADS,
+    ProjParams, SeqParams, StepParams, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS, PROJECTION_ROWS,
+    STEP_ROWS, STEP_THREADS,
 };
 
 /// Plans direction `d`, reading `input` (a buffer and its width); `mask_on` says whether a
@@ -175,11 +176,7 @@ pub(in crate::gpu) fn plan_direction(
         });
     }
     let params_buf = alloc.uniform("parameters", &params);
-    let uniform = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer: &params_buf,
-        offset: 0,
-        size: wgpu::BufferSize::new(PARAMS_SIZE),
-    });
+    let uniform = params_binding(&params_buf);
     let proj_bind = projection_bind_group(
         device,
         net.kernels.layout(Kernel::Projection),

@@ -2,7 +2,7 @@
 //! the recurrent layers after it. Kernel: mask.wgsl; CPU twin: the `Masking` arm of
 //! `KerasModel::predict`.
 
-use super::{entry, grid, ExtraPlan, PlanContext};
+use super::{bind_buffers, grid, ExtraPlan, PlanContext};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::loops;
@@ -48,16 +48,7 @@ pub(in crate::gpu) fn plan_mask(
         ..bytemuck::Zeroable::zeroed()
     };
     let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
-    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("mask"),
-        layout: net.kernels.layout(Kernel::Mask),
-        entries: &[
-            entry(0, params.as_entire_binding()),
-            entry(1, input.0.as_entire_binding()),
-            entry(2, mask.as_entire_binding()),
-            entry(3, out.as_entire_binding()),
-        ],
-    });
+    let bind = bind_buffers(cx, Kernel::Mask, &[&params, &input.0, mask, &out]);
     let (gx, gy) = grid("Masking layer", batch * steps, MASK_THREADS, max_groups)?;
     let extra = ExtraPlan {
         dispatches: vec![(

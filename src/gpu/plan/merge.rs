@@ -2,7 +2,7 @@
 //! (concat, sum, mul, ave; `None` as concat, split on the host). Kernel: merge.wgsl; CPU twin:
 //! `merge_directions` in src/network.rs.
 
-use super::{grid, DirPlan, MergePlan, PlanContext};
+use super::{bind_buffers, grid, DirPlan, MergePlan, PlanContext};
 use crate::config::MergeMode;
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
@@ -52,28 +52,7 @@ pub(in crate::gpu) fn plan_merge(
         _pad1: 0,
     };
     let params_buf = alloc.uniform("merge parameters", bytemuck::bytes_of(&mp));
-    let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("merge"),
-        layout: net.kernels.layout(Kernel::Merge),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: params_buf.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: src(fp).as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: src(bp).as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: out.as_entire_binding(),
-            },
-        ],
-    });
+    let bind = bind_buffers(cx, Kernel::Merge, &[&params_buf, &src(fp), &src(bp), &out]);
     let (gx, gy) = grid(
         "Bidirectional merge",
         batch * t_out * width,

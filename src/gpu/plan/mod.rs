@@ -9,6 +9,7 @@ mod mask;
 mod merge;
 
 use super::context::GpuContext;
+use super::kernels::Kernel;
 use super::loops;
 use super::network::{GpuNetwork, StateBuffers};
 use super::params::{PARAMS_SIZE, PERSISTENT_MAX_STATE};
@@ -269,6 +270,33 @@ pub(in crate::gpu) struct PlanContext<'a, 'p> {
     /// The adapter's loop limit and the iterations one dispatch may run (`gpu::loops`).
     pub loop_cap: Option<u64>,
     pub loop_budget: u64,
+}
+
+/// The binding of one parameter block of `params` (at the dynamic offset a dispatch sets).
+pub(super) fn params_binding(params: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: params,
+        offset: 0,
+        size: wgpu::BufferSize::new(PARAMS_SIZE),
+    })
+}
+
+/// A bind group of `kernel` binding each of `buffers` whole, at bindings 0, 1, ...
+pub(super) fn bind_buffers(
+    cx: &PlanContext<'_, '_>,
+    kernel: Kernel,
+    buffers: &[&wgpu::Buffer],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .enumerate()
+        .map(|(k, b)| entry(k as u32, b.as_entire_binding()))
+        .collect();
+    cx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(kernel.name()),
+        layout: cx.net.kernels.layout(kernel),
+        entries: &entries,
+    })
 }
 
 /// A buffer over an adapter limit (before batch chunking is tried).
