@@ -29,3 +29,5 @@ pub use network::GpuNetwork;
 pub use params::PERSISTENT_MAX_STATE;
 pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
 pub use stats::{ForwardProfile, ForwardStats};
+#[cfg(test)]
+mod twins;
