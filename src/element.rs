@@ -27,6 +27,10 @@ pub trait Element:
 {
     /// The dtype name Keras uses (`float32`, `float64`).
     const DTYPE: &'static str;
+    /// Whether this is `f32` (the GPU path's type).
+    fn is_f32() -> bool {
+        std::any::TypeId::of::<Self>() == std::any::TypeId::of::<f32>()
+    }
     /// Converts from `f64` (rounding to nearest for `f32`).
     fn from_f64(v: f64) -> Self;
     /// Converts to `f64` exactly.

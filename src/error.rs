@@ -141,7 +141,8 @@ pub enum LstmError {
     /// crate cannot run).
     #[error("cannot read {path}: {reason}")]
     File {
-        /// The file.
+        /// The file; when the bytes were given in memory, what they are (`.keras archive`,
+        /// `HDF5 weights`, `Keras model`).
         path: String,
         /// Why it failed.
         reason: String,

@@ -22,9 +22,12 @@ pub struct Dataset {
     pub values: Vec<f32>,
 }
 
+/// What [`LstmError::File`] names as the file when the bytes were given in memory.
+pub(crate) const SOURCE: &str = "HDF5 weights";
+
 fn bad(reason: impl Into<String>) -> LstmError {
     LstmError::File {
-        path: "HDF5 weights".into(),
+        path: SOURCE.into(),
         reason: reason.into(),
     }
 }

@@ -117,7 +117,19 @@ impl KerasModel {
             path: config.display().to_string(),
             reason: e.to_string(),
         })?;
-        Self::from_config_and_weights(&json, &read(weights)?)
+        // Errors of the bytes say what they came from ("HDF5 weights", "Keras model"); name
+        // the file each came from instead.
+        Self::from_config_and_weights(&json, &read(weights)?).map_err(|e| match e {
+            LstmError::File { path, reason } => LstmError::File {
+                path: if path == crate::hdf5::SOURCE {
+                    weights.display().to_string()
+                } else {
+                    config.display().to_string()
+                },
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// Loads a `.keras` archive held in memory.

@@ -147,6 +147,16 @@ fn unsupported_layers_and_wrong_weights_are_errors() {
         }
         other => panic!("expected an Io error, got {other:?}"),
     }
+    // A corrupt weights file: the error names that file, not "HDF5 weights".
+    let weights = std::env::temp_dir().join(format!(
+        "lstm_wgpu_truncated_{}.weights.h5",
+        std::process::id()
+    ));
+    let h5 = std::fs::read(dir().join("lstm_seq_dense.weights.h5")).unwrap();
+    std::fs::write(&weights, &h5[..h5.len() / 3]).unwrap();
+    let e = KerasModel::load_weights(&dir().join("lstm_seq_dense.keras"), &weights).unwrap_err();
+    std::fs::remove_file(&weights).unwrap();
+    assert!(e.to_string().contains("lstm_wgpu_truncated_"), "{e}");
 }
 
 /// Truncated and bit-flipped copies of every file: an error or (for the CRC-checked

@@ -96,7 +96,7 @@ impl GpuNetwork {
     /// Uploads `network`'s weights to the GPU. Only `f32` networks run on the GPU; an `f64`
     /// network gives an error that says so.
     pub fn new<T: Element>(ctx: Arc<GpuContext>, network: &Network<T>) -> Result<Self> {
-        if T::DTYPE != "float32" {
+        if !T::is_f32() {
             return Err(float64_error());
         }
         let kernels = ctx.kernels()?;

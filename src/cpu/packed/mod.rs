@@ -26,7 +26,6 @@ use crate::output::LstmState;
 use crate::weights::LstmWeights;
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use rayon::prelude::*;
-use std::any::TypeId;
 use threads::{SharedPtr, Tickets};
 use tiles::{project_chunk, step_chunk, StepInput, StepOutput};
 
@@ -86,12 +85,12 @@ fn pack_matrix(m: ArrayView2<f32>, units: usize, panels: usize) -> Vec<f32> {
 
 /// Views `a` as f32 when `T` is f32.
 fn f32_slice<T: Element>(a: &[T]) -> Option<&[f32]> {
-    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice(a))
+    T::is_f32().then(|| bytemuck::cast_slice(a))
 }
 
 /// Mutable twin of [`f32_slice`].
 fn f32_slice_mut<T: Element>(a: &mut [T]) -> Option<&mut [f32]> {
-    (TypeId::of::<T>() == TypeId::of::<f32>()).then(|| bytemuck::cast_slice_mut(a))
+    T::is_f32().then(|| bytemuck::cast_slice_mut(a))
 }
 
 impl PackedWeights {
