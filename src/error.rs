@@ -153,6 +153,26 @@ pub enum LstmError {
 pub type Result<T> = std::result::Result<T, LstmError>;
 
 impl LstmError {
+    /// A [`LstmError::Limit`] with `hint` as its advice; any other error unchanged.
+    pub(crate) fn with_hint(self, hint: &str) -> Self {
+        match self {
+            LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                ..
+            } => LstmError::Limit {
+                what,
+                need,
+                max,
+                limit,
+                hint: hint.into(),
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         LstmError::Io {
             path: path.to_path_buf(),

@@ -69,52 +69,54 @@ impl GpuNetwork {
     ) -> Result<()> {
         // An earlier forward_async whose outputs were never read.
         self.finish_pending();
-        let (batch, _, _) = self.check(x, initial_state, mask)?;
+        let batch = x.dim().0;
         match self.submit_whole(x, initial_state, mask, batch) {
-            Err(LstmError::Limit { need, max, .. }) if batch > 1 && !self.stateful() => {
-                let rows = rows_within(batch, need, max);
-                let (outputs, stats) = self.forward_in_chunks(x, initial_state, mask, rows)?;
+            Err(e @ LstmError::Limit { .. }) if self.stateful() => Err(e.with_hint(
+                "a stateful network keeps one state for its whole batch and cannot run it in \
+                 batch chunks: use a smaller batch",
+            )),
+            Err(e @ LstmError::Limit { .. }) => {
+                let (outputs, stats) = self.forward_in_chunks(x, initial_state, mask, e)?;
                 self.ready = Some((outputs, stats));
                 Ok(())
             }
-            Err(LstmError::Limit {
-                what,
-                need,
-                max,
-                limit,
-                ..
-            }) if self.stateful() => Err(LstmError::Limit {
-                what,
-                need,
-                max,
-                limit,
-                hint: "a stateful network keeps one state for its whole batch and cannot run \
-                       it in batch chunks: use a smaller batch"
-                    .into(),
-            }),
             r => r,
         }
     }
 
     /// Runs the forward over batch rows `[0, rows)`, `[rows, 2·rows)`, ... (one submission
-    /// each; fewer rows when a chunk still exceeds a limit) and joins the outputs along the
-    /// batch axis. Every row is computed as in a whole-batch forward, so the outputs are the
-    /// same bits.
+    /// each), with as many rows as `limit` (the whole batch's limit error) says fit, fewer when
+    /// a chunk still exceeds a limit, and joins the outputs along the batch axis. Every row is
+    /// computed as in a whole-batch forward, so the outputs are the same bits.
     pub(super) fn forward_in_chunks(
         &mut self,
         x: ArrayView3<f32>,
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
-        mut rows: usize,
+        limit: LstmError,
     ) -> Result<(Vec<ArrayD<f32>>, ForwardStats)> {
         use ndarray::{s, Axis};
         let batch = x.dim().0;
+        let mut rows = batch;
+        // The last limit error and how many rows it was for, until the rows are shrunk to it.
+        let mut failed = Some((limit, batch));
         let mut parts: Vec<Vec<ArrayD<f32>>> = Vec::new();
         let mut total = ForwardStats::default();
         let mut r0 = 0;
         while r0 < batch {
-            if rows == 0 {
-                return Err(self.one_row_error(x, initial_state, mask));
+            if let Some((mut limit, tried)) = failed.take() {
+                let LstmError::Limit { need, max, .. } = &mut limit else {
+                    return Err(limit);
+                };
+                rows = rows_within(tried, *need, *max).min(rows - 1);
+                if rows == 0 {
+                    // The buffers grow with the batch: one row needs 1/tried of what failed.
+                    *need = need.div_ceil(tried as u64);
+                    return Err(limit.with_hint(
+                        "even one batch row exceeds it: use fewer timesteps per call (a \
+                         stateful layer carries the state across calls) or the CPU path",
+                    ));
+                }
             }
             let r1 = (r0 + rows).min(batch);
             let init: Option<Vec<ArrayView2<f32>>> =
@@ -129,21 +131,14 @@ impl GpuNetwork {
                 .and_then(|()| self.finish());
             match run {
                 Ok(out) => {
-                    let st = self.stats;
-                    total.dispatches += st.dispatches;
-                    total.submits += st.submits;
-                    total.readbacks += st.readbacks;
-                    total.bytes_uploaded += st.bytes_uploaded;
-                    total.bytes_read_back += st.bytes_read_back;
-                    total.projection_chunks += st.projection_chunks;
-                    total.buffers_created += st.buffers_created;
-                    total.batch_chunks += 1;
+                    total += ForwardStats {
+                        batch_chunks: 1,
+                        ..self.stats
+                    };
                     parts.push(out);
                     r0 = r1;
                 }
-                Err(LstmError::Limit { need, max, .. }) => {
-                    rows = rows_within(r1 - r0, need, max).min(rows - 1);
-                }
+                Err(e @ LstmError::Limit { .. }) => failed = Some((e, r1 - r0)),
                 Err(e) => return Err(e),
             }
         }
@@ -159,42 +154,6 @@ impl GpuNetwork {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((outputs, total))
-    }
-
-    /// The limit error of a forward whose one batch row does not fit.
-    pub(super) fn one_row_error(
-        &mut self,
-        x: ArrayView3<f32>,
-        initial_state: Option<&[ArrayView2<f32>]>,
-        mask: Option<ArrayView2<bool>>,
-    ) -> LstmError {
-        use ndarray::s;
-        let init: Option<Vec<ArrayView2<f32>>> =
-            initial_state.map(|i| i.iter().map(|a| a.slice(s![0..1, ..])).collect());
-        let mask = mask.map(|m| m.slice_move(s![0..1, ..]));
-        let batch = x.dim().0;
-        match self.submit_whole(x.slice(s![0..1, .., ..]), init.as_deref(), mask, batch) {
-            Err(LstmError::Limit {
-                what,
-                need,
-                max,
-                limit,
-                ..
-            }) => LstmError::Limit {
-                what,
-                need,
-                max,
-                limit,
-                hint: "even one batch row exceeds it: use fewer timesteps per call (a \
-                       stateful layer carries the state across calls) or the CPU path"
-                    .into(),
-            },
-            Err(e) => e,
-            Ok(()) => {
-                let _ = self.finish();
-                LstmError::invalid("x", "batch chunking found no chunk size that fits")
-            }
-        }
     }
 
     /// Submits the forward of the whole batch `x` as one submission, with the recurrent

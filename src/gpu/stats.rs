@@ -26,6 +26,20 @@ pub struct ForwardStats {
     pub buffers_created: u32,
 }
 
+/// Adds the costs of another forward (the submissions of a batch-chunked forward).
+impl std::ops::AddAssign for ForwardStats {
+    fn add_assign(&mut self, o: ForwardStats) {
+        self.dispatches += o.dispatches;
+        self.submits += o.submits;
+        self.readbacks += o.readbacks;
+        self.bytes_uploaded += o.bytes_uploaded;
+        self.bytes_read_back += o.bytes_read_back;
+        self.projection_chunks += o.projection_chunks;
+        self.buffers_created += o.buffers_created;
+        self.batch_chunks += o.batch_chunks;
+    }
+}
+
 /// Where the time of one forward went, from GPU timestamp queries (projection, steps, merge)
 /// and host clocks (upload, waiting, readback). Recorded when profiling is on
 /// ([`GpuNetwork::set_profiling`](super::GpuNetwork::set_profiling)) and the adapter has timestamp queries inside passes.
