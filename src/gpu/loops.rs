@@ -160,9 +160,10 @@ pub(crate) fn mask_iterations(width: usize) -> u64 {
     2 * width as u64
 }
 
-/// An error unless `iterations` fit `budget`: `what` names the layer and its size.
-pub(crate) fn check(what: &str, iterations: u64, budget: u64, cap: Option<u64>) -> Result<()> {
-    if iterations <= budget {
+/// An error unless `iterations` fit the budget of an adapter whose loops stop after `cap`:
+/// `what` names the layer and its size.
+pub(crate) fn check(what: &str, iterations: u64, cap: Option<u64>) -> Result<()> {
+    if iterations <= budget(cap) {
         return Ok(());
     }
     Err(LstmError::invalid(

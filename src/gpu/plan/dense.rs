@@ -31,7 +31,6 @@ pub(in crate::gpu) fn plan_dense(
         ref dummy,
         ref dummy_vec4,
         loop_cap,
-        loop_budget,
         ..
     } = *cx;
     let storage = wgpu::BufferUsages::STORAGE;
@@ -48,7 +47,6 @@ pub(in crate::gpu) fn plan_dense(
         &what,
         loops::projection_iterations(dw.inputs)
             .max(loops::dense_iterations(dw.units, dw.activation.is_none())),
-        loop_budget,
         loop_cap,
     )?;
     let rows = batch * t_rows;

@@ -37,7 +37,6 @@ pub(in crate::gpu) fn plan_direction(
         ref dummy,
         ref dummy_vec4,
         loop_cap,
-        loop_budget,
         ..
     } = *cx;
     let storage = wgpu::BufferUsages::STORAGE;
@@ -93,7 +92,7 @@ pub(in crate::gpu) fn plan_direction(
     // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
     let chosen = net.kernel_choice.whole_sequence(choice_batch, h);
     let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
-        loops::sequence_steps_per_dispatch(batch, h, loop_budget)
+        loops::sequence_steps_per_dispatch(batch, h, loops::budget(loop_cap))
     } else {
         0
     };
@@ -102,14 +101,12 @@ pub(in crate::gpu) fn plan_direction(
         loops::check(
             &format!("LSTM layer {} ({h} units)", w.config.name),
             loops::step_iterations(h),
-            loop_budget,
             loop_cap,
         )?;
     }
     loops::check(
         &format!("LSTM layer {} ({} inputs)", w.config.name, w.input_dim),
         loops::projection_iterations(w.input_dim),
-        loop_budget,
         loop_cap,
     )?;
     let mut chunks = Vec::new();

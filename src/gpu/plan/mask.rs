@@ -23,7 +23,6 @@ pub(in crate::gpu) fn plan_mask(
         max_groups,
         ref mask,
         loop_cap,
-        loop_budget,
         ..
     } = *cx;
     let storage = wgpu::BufferUsages::STORAGE;
@@ -32,7 +31,6 @@ pub(in crate::gpu) fn plan_mask(
     loops::check(
         &format!("Masking layer ({width} features)"),
         loops::mask_iterations(width),
-        loop_budget,
         loop_cap,
     )?;
     let out = alloc.buffer(

@@ -10,7 +10,6 @@ mod merge;
 
 use super::context::GpuContext;
 use super::kernels::Kernel;
-use super::loops;
 use super::network::{GpuNetwork, StateBuffers};
 use super::params::{PARAMS_SIZE, PERSISTENT_MAX_STATE};
 use super::stats::{Phase, Timestamps};
@@ -267,9 +266,8 @@ pub(in crate::gpu) struct PlanContext<'a, 'p> {
     /// Stand-ins for unused bindings (the second for read-only vec4 views).
     pub dummy: wgpu::Buffer,
     pub dummy_vec4: wgpu::Buffer,
-    /// The adapter's loop limit and the iterations one dispatch may run (`gpu::loops`).
+    /// The adapter's loop limit (`gpu::loops`).
     pub loop_cap: Option<u64>,
-    pub loop_budget: u64,
 }
 
 /// The binding of one parameter block of `params` (at the dynamic offset a dispatch sets).
@@ -432,7 +430,6 @@ impl GpuNetwork {
         // bound read-write in the same dispatch).
         let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
         let loop_cap = self.ctx.loop_limit()?;
-        let loop_budget = loops::budget(loop_cap);
         let states = self
             .states
             .as_ref()
@@ -451,7 +448,6 @@ impl GpuNetwork {
             dummy,
             dummy_vec4,
             loop_cap,
-            loop_budget,
         };
 
         let mut dir_plans: Vec<Option<DirPlan>> = (0..self.dirs.len()).map(|_| None).collect();
