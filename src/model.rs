@@ -71,6 +71,18 @@ fn bad_model(reason: impl Into<String>) -> LstmError {
     }
 }
 
+/// `e` naming the file its bytes came from: a [`LstmError::File`] about bytes given in memory
+/// (whose `path` says what they are) gets `file(that description)`; other errors unchanged.
+fn in_file<'p>(e: LstmError, file: impl Fn(&str) -> &'p Path) -> LstmError {
+    match e {
+        LstmError::File { path, reason } => LstmError::File {
+            path: file(&path).display().to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
 /// Keras's weight-group key of a class: snake case (`InputLayer` -> `input_layer`).
 fn snake_case(class: &str) -> String {
     let mut out = String::new();
@@ -88,13 +100,7 @@ impl KerasModel {
     /// Loads a `.keras` file.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| LstmError::io(path, e))?;
-        Self::from_keras_bytes(&bytes).map_err(|e| match e {
-            LstmError::File { reason, .. } => LstmError::File {
-                path: path.display().to_string(),
-                reason,
-            },
-            other => other,
-        })
+        Self::from_keras_bytes(&bytes).map_err(|e| in_file(e, |_| path))
     }
 
     /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, with the model's
@@ -104,7 +110,7 @@ impl KerasModel {
         let read = |p: &Path| std::fs::read(p).map_err(|e| LstmError::io(p, e));
         let config_bytes = read(config)?;
         let json: Value = if config.extension().is_some_and(|e| e == "keras") {
-            let members = archive::members(&config_bytes)?;
+            let members = archive::members(&config_bytes).map_err(|e| in_file(e, |_| config))?;
             let member = members
                 .iter()
                 .find(|(n, _)| n == "config.json")
@@ -117,18 +123,15 @@ impl KerasModel {
             path: config.display().to_string(),
             reason: e.to_string(),
         })?;
-        // Errors of the bytes say what they came from ("HDF5 weights", "Keras model"); name
-        // the file each came from instead.
-        Self::from_config_and_weights(&json, &read(weights)?).map_err(|e| match e {
-            LstmError::File { path, reason } => LstmError::File {
-                path: if path == crate::hdf5::SOURCE {
-                    weights.display().to_string()
+        // Errors of the bytes say what they came from; name the file instead.
+        Self::from_config_and_weights(&json, &read(weights)?).map_err(|e| {
+            in_file(e, |what| {
+                if what == crate::hdf5::SOURCE {
+                    weights
                 } else {
-                    config.display().to_string()
-                },
-                reason,
-            },
-            other => other,
+                    config
+                }
+            })
         })
     }
 
