@@ -22,10 +22,10 @@ mod stats;
 mod upload;
 
 pub use context::{GpuContext, GpuOptions};
-pub use exec::PendingForward;
 pub use kernels::kernel_sources;
 pub use lstm::GpuLstm;
 pub use network::GpuNetwork;
+pub use network::PendingForward;
 pub use params::PERSISTENT_MAX_STATE;
 pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
 pub use stats::{ForwardProfile, ForwardStats};

@@ -40,7 +40,7 @@ impl std::ops::AddAssign for ForwardStats {
     }
 }
 
-/// Where the time of one forward went, from GPU timestamp queries (projection, steps, merge)
+/// Where the time of one forward went, from GPU timestamp queries (projection, steps, merge, other layers)
 /// and host clocks (upload, waiting, readback). Recorded when profiling is on
 /// ([`GpuNetwork::set_profiling`](super::GpuNetwork::set_profiling)) and the adapter has timestamp queries inside passes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -53,6 +53,8 @@ pub struct ForwardProfile {
     pub steps_s: f64,
     /// GPU: Bidirectional merges.
     pub merge_s: f64,
+    /// GPU: the other layers (Masking, Dense).
+    pub layers_s: f64,
     /// Host: from submit until the outputs were mapped.
     pub wait_s: f64,
     /// Host: copying the mapped outputs into arrays.
@@ -66,6 +68,7 @@ pub(super) enum Phase {
     Projection,
     Steps,
     Merge,
+    Layers,
 }
 
 /// Timestamp queries of a profiled plan.

@@ -1,18 +1,17 @@
 //! Weights on the GPU: uploaded once, reordered for the kernels (the input kernel with each
 //! projection thread's four columns side by side, the recurrent kernel as a texture of
-//! four-gate texels), and a network flattened into the stages the plan builder walks.
+//! four-gate texels).
 
 use super::context::GpuContext;
 use super::params::{PROJECTION_COLUMNS, PROJECTION_THREADS};
-use crate::activation::Activation;
-use crate::config::{LstmConfig, MergeMode};
+use crate::config::LstmConfig;
 use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use crate::network::Network;
 use ndarray::ArrayView2;
 
 /// One LSTM direction's weights on the GPU.
+#[derive(Debug)]
 pub(super) struct DirWeights {
     pub(super) config: LstmConfig,
     pub(super) input_dim: usize,
@@ -21,42 +20,6 @@ pub(super) struct DirWeights {
     /// four gates for row k (see `recurrent_texture`).
     pub(super) recurrent: wgpu::TextureView,
     pub(super) bias: Option<wgpu::Buffer>,
-}
-
-/// A layer of the flattened network.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Stage {
-    Lstm(usize),
-    Bidi {
-        fwd: usize,
-        bwd: usize,
-        mode: MergeMode,
-    },
-    /// Keras `Masking` (models).
-    Mask(f32),
-    /// Keras `Dense`: index into `GpuNetwork::denses` (models).
-    Dense(usize),
-}
-
-impl Stage {
-    /// The LSTM directions of a recurrent stage.
-    pub(super) fn dirs(&self) -> Vec<usize> {
-        match *self {
-            Stage::Lstm(d) => vec![d],
-            Stage::Bidi { fwd, bwd, .. } => vec![fwd, bwd],
-            Stage::Mask(_) | Stage::Dense(_) => vec![],
-        }
-    }
-}
-
-/// A Dense layer's weights on the GPU.
-pub(super) struct DenseWeights {
-    pub(super) kernel: wgpu::Buffer,
-    pub(super) bias: Option<wgpu::Buffer>,
-    pub(super) inputs: usize,
-    pub(super) units: usize,
-    /// Activation id, or None for softmax; linear needs no dispatch.
-    pub(super) activation: Option<Activation>,
 }
 
 /// The values of `m` in row-major order (Keras's layout, which the kernels read).
@@ -211,33 +174,4 @@ pub(super) fn gates_side_by_side<T: Element>(r: ndarray::ArrayView2<T>) -> Vec<f
         }
     }
     out
-}
-
-/// Lists the LSTM directions (in weight order) and the stages of a network.
-pub(super) fn flatten<'a, T: Element>(
-    net: &'a Network<T>,
-    dirs: &mut dyn FnMut(&'a Lstm<T>),
-    stages: &mut Vec<Stage>,
-) {
-    let count = stages.iter().map(|s| s.dirs().len()).sum::<usize>();
-    match net {
-        Network::Lstm(l) => {
-            dirs(l);
-            stages.push(Stage::Lstm(count));
-        }
-        Network::Bidirectional(b) => {
-            dirs(b.forward_layer());
-            dirs(b.backward_layer());
-            stages.push(Stage::Bidi {
-                fwd: count,
-                bwd: count + 1,
-                mode: b.merge_mode(),
-            });
-        }
-        Network::Sequential(layers) => {
-            for l in layers {
-                flatten(l, dirs, stages);
-            }
-        }
-    }
 }

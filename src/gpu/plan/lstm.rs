@@ -3,247 +3,313 @@
 //! of the whole-sequence kernel within the driver's loop limit). Kernels: projection.wgsl,
 //! step.wgsl, sequence.wgsl; CPU twin: `cpu::reference::run`.
 
-use super::{
-    dispatch_limit, entry, limit_error, params_binding, projection_bind_group, ChunkPlan, DirPlan,
-    PlanContext,
-};
-use crate::error::Result;
+use super::context::{dispatch_limit, entry, params_binding};
+use super::{GpuStage, Output, PlanContext, Planned, Tensor};
+use crate::config::LstmConfig;
+use crate::error::{LstmError, Result};
 use crate::gpu::kernels::{Kernel, StepKey};
 use crate::gpu::loops;
 use crate::gpu::params::{
     ProjParams, SeqParams, StepParams, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS, PROJECTION_ROWS,
     STEP_ROWS, STEP_THREADS,
 };
+use crate::gpu::stats::Phase;
+use crate::gpu::upload::DirWeights;
 
-/// Plans direction `d`, reading `input` (a buffer and its width); `mask_on` says whether a
-/// mask applies to it.
-pub(in crate::gpu) fn plan_direction(
-    cx: &mut PlanContext<'_, '_>,
-    d: usize,
-    input: &(wgpu::Buffer, usize),
-    mask_on: bool,
-) -> Result<DirPlan> {
-    let PlanContext {
-        net,
-        device,
-        ref mut alloc,
-        states,
-        batch,
-        steps,
-        choice_batch,
-        max_groups,
-        stride,
-        ref mask,
-        ref dummy,
-        ref dummy_vec4,
-        loop_cap,
-        ..
-    } = *cx;
-    let storage = wgpu::BufferUsages::STORAGE;
-    let w = &net.dirs[d];
-    let h = w.config.units;
-    let n = 4 * h;
-    // Projection chunks: as many timesteps as fit the binding limit and the dispatch limit
-    // (a workgroup covers PROJECTION_ROWS rows and PROJECTION_COLUMNS columns).
-    let per_step = (batch * n * 4) as u64;
-    let by_bytes = (net.max_binding() / per_step) as usize;
-    let by_groups = max_groups * PROJECTION_ROWS / batch;
-    let tc_max = by_bytes.min(by_groups).min(steps);
-    if by_bytes == 0 {
-        return Err(limit_error(
-            &format!("one timestep's input projection of {}", w.config.name),
-            per_step,
-            net.max_binding(),
-            "max_storage_buffer_binding_size",
-        ));
+/// An LSTM layer (one direction): its weights and the index of its state buffers.
+#[derive(Debug)]
+pub(in crate::gpu) struct LstmStage {
+    pub(in crate::gpu) weights: DirWeights,
+    /// Which of the plan's state pairs is this direction's.
+    pub(in crate::gpu) state: usize,
+}
+
+/// Where a planned direction leaves its outputs.
+pub(in crate::gpu) struct DirOutputs {
+    /// The output sequence `[B, T, H]` (return_sequences), else the last output `[B, H]`.
+    pub(in crate::gpu) out: wgpu::Buffer,
+    /// The buffer holding the final `[h | c]`.
+    pub(in crate::gpu) state: wgpu::Buffer,
+}
+
+impl GpuStage for LstmStage {
+    fn directions(&self) -> Vec<&LstmConfig> {
+        vec![&self.weights.config]
     }
-    if tc_max == 0 {
-        let groups = batch.div_ceil(PROJECTION_ROWS);
-        return Err(dispatch_limit(
-            &format!("LSTM layer {} (batch {batch})", w.config.name),
-            groups,
-            max_groups,
-        ));
-    }
-    let nchunks = steps.div_ceil(tc_max);
-    let tc = steps.div_ceil(nchunks);
-    let proj = alloc.buffer("projection", tc as u64 * per_step, storage);
-    let seq_needed = w.config.return_sequences;
-    let seq_size = (batch * steps * h * 4) as u64;
-    if seq_needed {
-        net.check_binding("output sequence", seq_size)?;
-    }
-    let seq = seq_needed
-        .then(|| alloc.buffer("sequence", seq_size, storage | wgpu::BufferUsages::COPY_SRC));
-    let last = alloc.buffer(
-        "last output",
-        (batch * h * 4) as u64,
-        storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-    );
-    // Per-chunk and per-step parameters, baked once for this shape.
-    let mut params: Vec<u8> = Vec::new();
-    let mut push = |bytes: &[u8]| {
-        let off = params.len();
-        params.extend_from_slice(bytes);
-        params.resize(off + stride, 0);
-        off as u32
-    };
-    // The whole-sequence kernel where chosen and where at least one timestep fits
-    // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
-    let chosen = net.kernel_choice.whole_sequence(choice_batch, h);
-    let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
-        loops::sequence_steps_per_dispatch(batch, h, loops::budget(loop_cap))
-    } else {
-        0
-    };
-    let whole_sequence = per_dispatch > 0;
-    if !whole_sequence {
-        loops::check(
-            &format!("LSTM layer {} ({h} units)", w.config.name),
-            loops::step_iterations(h),
-            loop_cap,
-        )?;
-    }
-    loops::check(
-        &format!("LSTM layer {} ({} inputs)", w.config.name, w.input_dim),
-        loops::projection_iterations(w.input_dim),
-        loop_cap,
-    )?;
-    let mut chunks = Vec::new();
-    let mut dispatched = 0;
-    for c in 0..nchunks {
-        let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
-        let len = s1 - s0;
-        let t_lo = if w.config.go_backwards {
-            steps - s1
-        } else {
-            s0
+
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
+        let dir = self.plan_direction(cx, input)?;
+        let c = &self.weights.config;
+        let next = Tensor {
+            buf: dir.out.clone(),
+            width: c.units,
+            sequence: c.return_sequences,
+            masked: input.masked && c.return_sequences,
         };
-        let off = push(bytemuck::bytes_of(&ProjParams {
-            rows: (batch * len) as u32,
-            k: w.input_dim as u32,
-            n: n as u32,
-            tc: len as u32,
-            seq_len: steps as u32,
-            t_lo: t_lo as u32,
-            has_bias: u32::from(w.bias.is_some()),
-            _pad: 0,
-        }));
-        let gx = n.div_ceil(PROJECTION_COLUMNS) as u32;
-        let gy = (batch * len).div_ceil(PROJECTION_ROWS) as u32;
-        let mut recurrent = Vec::new();
-        if whole_sequence {
-            for a in (s0..s1).step_by(per_dispatch) {
-                recurrent.push(push(bytemuck::bytes_of(&SeqParams {
-                    batch: batch as u32,
-                    units: h as u32,
-                    tc: len as u32,
-                    t_lo: t_lo as u32,
-                    s_begin: a as u32,
-                    s_end: (a + per_dispatch).min(s1) as u32,
-                    seq_len: steps as u32,
-                    go_backwards: u32::from(w.config.go_backwards),
-                })));
-            }
-        } else {
-            for s in s0..s1 {
-                let t = if w.config.go_backwards {
-                    steps - 1 - s
-                } else {
-                    s
-                };
-                recurrent.push(push(bytemuck::bytes_of(&StepParams {
-                    batch: batch as u32,
-                    units: h as u32,
-                    tc: len as u32,
-                    t_local: (t - t_lo) as u32,
-                    t_abs: t as u32,
-                    s_out: s as u32,
-                    seq_len: steps as u32,
-                    _pad: 0,
-                })));
-            }
+        let mut outputs = vec![Output::tensor(&next, cx.batch, cx.steps)];
+        if c.return_state {
+            outputs.extend(state_outputs(&dir.state, cx.batch, c.units));
         }
-        let first = dispatched;
-        dispatched += recurrent.len();
-        chunks.push(ChunkPlan {
-            projection: (off, gx, gy),
-            recurrent,
-            first,
-        });
+        Ok(Planned { next, outputs })
     }
-    let params_buf = alloc.uniform("parameters", &params);
-    let uniform = params_binding(&params_buf);
-    let proj_bind = projection_bind_group(
-        device,
-        net.kernels.layout(Kernel::Projection),
-        "projection",
-        uniform.clone(),
-        (&input.0, w.input_dim),
-        &w.kernel,
-        w.bias.as_ref(),
-        &proj,
-        (dummy, dummy_vec4),
-    );
-    let pair = &states.dirs[d];
-    let step_bind = [0usize, 1].map(|p| {
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("step"),
-            layout: net.kernels.layout(Kernel::Step),
-            entries: &[
-                entry(0, uniform.clone()),
-                entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
-                entry(2, proj.as_entire_binding()),
-                entry(3, mask.as_entire_binding()),
-                entry(4, pair[p].as_entire_binding()),
-                entry(5, pair[1 - p].as_entire_binding()),
-                entry(6, last.as_entire_binding()),
-                entry(7, seq.as_ref().unwrap_or(dummy).as_entire_binding()),
-                // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
-                entry(
-                    8,
-                    if h.is_multiple_of(4) {
-                        &pair[p]
-                    } else {
-                        dummy_vec4
-                    }
-                    .as_entire_binding(),
-                ),
-            ],
-        })
-    });
-    let step_pipeline = net.kernels.step(
-        device,
-        StepKey {
-            activation: w.config.activation,
-            recurrent_activation: w.config.recurrent_activation,
-            zero_output_for_mask: w.config.zero_output_for_mask,
-            has_mask: mask_on,
-            write_sequence: seq_needed,
-            whole_sequence,
-        },
-    )?;
-    let step_groups = if whole_sequence {
-        (1, 1)
-    } else {
-        (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS))
-    };
-    if step_groups.0 > max_groups || step_groups.1 > max_groups {
-        return Err(dispatch_limit(
-            &format!("LSTM layer {} (batch {batch}, {h} units)", w.config.name),
-            step_groups.0.max(step_groups.1),
-            max_groups,
-        ));
-    }
-    Ok(DirPlan {
-        last,
-        seq,
-        proj_bind,
-        proj_pipeline: net.kernels.pipeline(device, Kernel::Projection, &[])?,
-        step_bind,
-        step_pipeline,
-        chunks,
-        step_groups: (step_groups.0 as u32, step_groups.1 as u32),
-        final_parity: dispatched % 2,
+}
+
+/// The final h and c of a direction as two outputs `[B, H]`.
+pub(in crate::gpu) fn state_outputs(
+    state: &wgpu::Buffer,
+    batch: usize,
+    units: usize,
+) -> [Output; 2] {
+    [0, 1].map(|k| Output {
+        buf: state.clone(),
+        offset: (k * batch * units * 4) as u64,
+        shape: vec![batch, units],
+        cols: vec![None],
     })
+}
+
+impl LstmStage {
+    /// Plans this direction reading `input`.
+    pub(in crate::gpu) fn plan_direction(
+        &self,
+        cx: &mut PlanContext<'_, '_>,
+        input: &Tensor,
+    ) -> Result<DirOutputs> {
+        let w = &self.weights;
+        let name = &w.config.name;
+        if !input.sequence {
+            return Err(LstmError::invalid(
+                "model",
+                format!(
+                    "LSTM layer {name} after a layer that returns only its last output \
+                     (a recurrent layer needs a sequence)"
+                ),
+            ));
+        }
+        let (batch, steps) = (cx.batch, cx.steps);
+        let h = w.config.units;
+        let n = 4 * h;
+        // Projection chunks: as many timesteps as fit the binding limit and the dispatch
+        // limit (a workgroup covers PROJECTION_ROWS rows and PROJECTION_COLUMNS columns).
+        let per_step = (batch * n * 4) as u64;
+        let by_bytes = (cx.max_binding() / per_step) as usize;
+        let by_groups = cx.max_groups * PROJECTION_ROWS / batch;
+        let tc_max = by_bytes.min(by_groups).min(steps);
+        if by_bytes == 0 {
+            return Err(super::buffers::limit_error(
+                &format!("one timestep's input projection of {name}"),
+                per_step,
+                cx.max_binding(),
+                "max_storage_buffer_binding_size",
+            ));
+        }
+        if tc_max == 0 {
+            let groups = batch.div_ceil(PROJECTION_ROWS);
+            return Err(dispatch_limit(
+                &format!("LSTM layer {name} (batch {batch})"),
+                groups,
+                cx.max_groups,
+            ));
+        }
+        let nchunks = steps.div_ceil(tc_max);
+        let tc = steps.div_ceil(nchunks);
+        let proj = cx.storage(
+            &format!("input projection of {name}"),
+            tc as u64 * per_step,
+            wgpu::BufferUsages::empty(),
+        )?;
+        let seq_needed = w.config.return_sequences;
+        let seq = if seq_needed {
+            Some(cx.storage(
+                "output sequence",
+                (batch * steps * h * 4) as u64,
+                wgpu::BufferUsages::COPY_SRC,
+            )?)
+        } else {
+            None
+        };
+        let last = cx.storage(
+            "last output",
+            (batch * h * 4) as u64,
+            wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        // The whole-sequence kernel reads the last output of the dispatch before it.
+        cx.clear(&last);
+        // Per-chunk and per-step parameters, baked once for this shape.
+        let stride = cx.stride;
+        let mut params: Vec<u8> = Vec::new();
+        let mut push = |bytes: &[u8]| {
+            let off = params.len();
+            params.extend_from_slice(bytes);
+            params.resize(off + stride, 0);
+            off as u32
+        };
+        // The whole-sequence kernel where chosen and where at least one timestep fits
+        // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
+        let chosen = cx.kernel_choice.whole_sequence(cx.choice_batch, h);
+        let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
+            loops::sequence_steps_per_dispatch(batch, h, loops::budget(cx.loop_cap))
+        } else {
+            0
+        };
+        let whole_sequence = per_dispatch > 0;
+        if !whole_sequence {
+            loops::check(
+                &format!("LSTM layer {name} ({h} units)"),
+                loops::step_iterations(h),
+                cx.loop_cap,
+            )?;
+        }
+        loops::check(
+            &format!("LSTM layer {name} ({} inputs)", w.input_dim),
+            loops::projection_iterations(w.input_dim),
+            cx.loop_cap,
+        )?;
+        // (projection parameter offset, its grid, the recurrent parameter offsets) per chunk
+        let mut chunks = Vec::new();
+        for c in 0..nchunks {
+            let (s0, s1) = (c * tc, ((c + 1) * tc).min(steps));
+            let len = s1 - s0;
+            let t_lo = if w.config.go_backwards {
+                steps - s1
+            } else {
+                s0
+            };
+            let off = push(bytemuck::bytes_of(&ProjParams {
+                rows: (batch * len) as u32,
+                k: w.input_dim as u32,
+                n: n as u32,
+                tc: len as u32,
+                seq_len: steps as u32,
+                t_lo: t_lo as u32,
+                has_bias: u32::from(w.bias.is_some()),
+                _pad: 0,
+            }));
+            let groups = cx.check_groups(
+                &format!("LSTM layer {name} (batch {batch})"),
+                (
+                    n.div_ceil(PROJECTION_COLUMNS),
+                    (batch * len).div_ceil(PROJECTION_ROWS),
+                ),
+            )?;
+            let mut recurrent = Vec::new();
+            if whole_sequence {
+                for a in (s0..s1).step_by(per_dispatch) {
+                    recurrent.push(push(bytemuck::bytes_of(&SeqParams {
+                        batch: batch as u32,
+                        units: h as u32,
+                        tc: len as u32,
+                        t_lo: t_lo as u32,
+                        s_begin: a as u32,
+                        s_end: (a + per_dispatch).min(s1) as u32,
+                        seq_len: steps as u32,
+                        go_backwards: u32::from(w.config.go_backwards),
+                    })));
+                }
+            } else {
+                for s in s0..s1 {
+                    let t = if w.config.go_backwards {
+                        steps - 1 - s
+                    } else {
+                        s
+                    };
+                    recurrent.push(push(bytemuck::bytes_of(&StepParams {
+                        batch: batch as u32,
+                        units: h as u32,
+                        tc: len as u32,
+                        t_local: (t - t_lo) as u32,
+                        t_abs: t as u32,
+                        s_out: s as u32,
+                        seq_len: steps as u32,
+                        _pad: 0,
+                    })));
+                }
+            }
+            chunks.push((off, groups, recurrent));
+        }
+        let params_buf = cx.uniform("parameters", &params);
+        let proj_bind = cx.projection_bind_group(
+            "projection",
+            &params_buf,
+            (&input.buf, w.input_dim),
+            &w.kernel,
+            w.bias.as_ref(),
+            &proj,
+        );
+        let pair = &cx.states.dirs[self.state];
+        let step_bind = [0usize, 1].map(|p| {
+            cx.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("step"),
+                layout: cx.kernels.layout(Kernel::Step),
+                entries: &[
+                    entry(0, params_binding(&params_buf)),
+                    entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
+                    entry(2, proj.as_entire_binding()),
+                    entry(3, cx.mask.as_entire_binding()),
+                    entry(4, pair[p].as_entire_binding()),
+                    entry(5, pair[1 - p].as_entire_binding()),
+                    entry(6, last.as_entire_binding()),
+                    entry(7, seq.as_ref().unwrap_or(&cx.dummy).as_entire_binding()),
+                    // state_in as vec4s (step.wgsl reads it only when H % 4 == 0)
+                    entry(
+                        8,
+                        if h.is_multiple_of(4) {
+                            &pair[p]
+                        } else {
+                            &cx.dummy_vec4
+                        }
+                        .as_entire_binding(),
+                    ),
+                ],
+            })
+        });
+        let step_pipeline = cx.kernels.step(
+            cx.device(),
+            StepKey {
+                activation: w.config.activation,
+                recurrent_activation: w.config.recurrent_activation,
+                zero_output_for_mask: w.config.zero_output_for_mask,
+                has_mask: input.masked,
+                write_sequence: seq_needed,
+                whole_sequence,
+            },
+        )?;
+        let step_groups = if whole_sequence {
+            (1, 1)
+        } else {
+            cx.check_groups(
+                &format!("LSTM layer {name} (batch {batch}, {h} units)"),
+                (h.div_ceil(STEP_THREADS), batch.div_ceil(STEP_ROWS)),
+            )?
+        };
+        let proj_pipeline = cx.pipeline(Kernel::Projection)?;
+        cx.count_projection_chunks(chunks.len());
+        // Recurrent dispatch k reads state buffer k % 2 and writes the other.
+        let mut dispatched = 0;
+        for (off, groups, recurrent) in chunks {
+            cx.dispatch(&proj_pipeline, &proj_bind, &[off], groups);
+            cx.mark(Phase::Projection);
+            for off in recurrent {
+                cx.dispatch(
+                    &step_pipeline,
+                    &step_bind[dispatched % 2],
+                    &[off],
+                    step_groups,
+                );
+                dispatched += 1;
+            }
+            cx.mark(Phase::Steps);
+        }
+        let pair = &cx.states.dirs[self.state];
+        let state = pair[dispatched % 2].clone();
+        if w.config.stateful && dispatched % 2 == 1 {
+            // The next call reads the carried state from buffer 0.
+            let (from, to) = (pair[1].clone(), pair[0].clone());
+            cx.carry(&from, &to);
+        }
+        Ok(DirOutputs {
+            out: seq.unwrap_or(last),
+            state,
+        })
+    }
 }

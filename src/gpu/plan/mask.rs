@@ -2,60 +2,54 @@
 //! the recurrent layers after it. Kernel: mask.wgsl; CPU twin: the `Masking` arm of
 //! `KerasModel::predict`.
 
-use super::{bind_buffers, grid, ExtraPlan, PlanContext};
+use super::{GpuStage, Output, PlanContext, Planned, Tensor};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::loops;
 use crate::gpu::params::{MaskParams, MASK_THREADS};
+use crate::gpu::stats::Phase;
 
-/// Plans a Masking layer of `value` on `input`; returns its dispatches and its output.
-pub(in crate::gpu) fn plan_mask(
-    cx: &mut PlanContext<'_, '_>,
-    value: f32,
-    input: &(wgpu::Buffer, usize),
-) -> Result<(ExtraPlan, (wgpu::Buffer, usize))> {
-    let PlanContext {
-        net,
-        device,
-        ref mut alloc,
-        batch,
-        steps,
-        max_groups,
-        ref mask,
-        loop_cap,
-        ..
-    } = *cx;
-    let storage = wgpu::BufferUsages::STORAGE;
-    let width = input.1;
-    net.check_binding("Masking output", (batch * steps * width * 4) as u64)?;
-    loops::check(
-        &format!("Masking layer ({width} features)"),
-        loops::mask_iterations(width),
-        loop_cap,
-    )?;
-    let out = alloc.buffer(
-        "masked",
-        (batch * steps * width * 4) as u64,
-        storage | wgpu::BufferUsages::COPY_SRC,
-    );
-    let mp = MaskParams {
-        batch: batch as u32,
-        steps: steps as u32,
-        width: width as u32,
-        value,
-        ..bytemuck::Zeroable::zeroed()
-    };
-    let params = alloc.uniform("mask parameters", bytemuck::bytes_of(&mp));
-    let bind = bind_buffers(cx, Kernel::Mask, &[&params, &input.0, mask, &out]);
-    let (gx, gy) = grid("Masking layer", batch * steps, MASK_THREADS, max_groups)?;
-    let extra = ExtraPlan {
-        dispatches: vec![(
-            net.kernels.pipeline(device, Kernel::Mask, &[])?,
-            bind,
-            vec![],
-            gx,
-            gy,
-        )],
-    };
-    Ok((extra, (out, width)))
+/// Keras `Masking(mask_value)`.
+#[derive(Debug)]
+pub(in crate::gpu) struct MaskStage {
+    pub(in crate::gpu) value: f32,
+}
+
+impl GpuStage for MaskStage {
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
+        let (batch, steps, width) = (cx.batch, cx.steps, input.width);
+        let rows = input.rows(steps);
+        loops::check(
+            &format!("Masking layer ({width} features)"),
+            loops::mask_iterations(width),
+            cx.loop_cap,
+        )?;
+        let out = cx.storage(
+            "Masking output",
+            (batch * rows * width * 4) as u64,
+            wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let mp = MaskParams {
+            batch: batch as u32,
+            steps: rows as u32,
+            width: width as u32,
+            value: self.value,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        let params = cx.uniform("mask parameters", bytemuck::bytes_of(&mp));
+        let mask = cx.mask.clone();
+        let bind = cx.bind(Kernel::Mask, &[&params, &input.buf, &mask, &out]);
+        let groups = cx.grid("Masking layer", batch * rows, MASK_THREADS)?;
+        let pipeline = cx.pipeline(Kernel::Mask)?;
+        cx.dispatch(&pipeline, &bind, &[], groups);
+        cx.mark(Phase::Layers);
+        let next = Tensor {
+            buf: out,
+            width,
+            sequence: input.sequence,
+            masked: true,
+        };
+        let outputs = vec![Output::tensor(&next, batch, steps)];
+        Ok(Planned { next, outputs })
+    }
 }

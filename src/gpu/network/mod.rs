@@ -1,31 +1,17 @@
 //! [`GpuNetwork`]: a network's weights on the GPU, its cached plans and carried state, and
 //! the public calls (forward, forward_async, step, profiling, memory).
 
+mod build;
+mod run;
+
 use super::context::GpuContext;
-use super::exec::{Pending, PendingForward};
-use super::kernels::Kernels;
-use super::plan::{BufferPool, Plan, PlanKey, RecurrentKernel, DEFAULT_PLAN_CAPACITY};
+use super::exec::{is_mapped, MapSlot};
+use super::plan::{BufferPool, GpuModel, Plan, PlanKey, RecurrentKernel, StateBuffers};
 use super::stats::{ForwardProfile, ForwardStats};
-use super::upload::{
-    flatten, projection_order, row_major, upload_f32, upload_weights, DenseWeights, DirWeights,
-    Stage,
-};
-use crate::cpu::Lstm;
-use crate::element::Element;
 use crate::error::{LstmError, Result};
-use crate::model::{DenseActivation, KerasModel, ModelLayer};
-use crate::network::Network;
 use crate::validate::{check_inputs, check_state};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3};
 use std::sync::Arc;
-
-/// The carried h/c buffers of every direction (ping-pong pair; the state lives in `[0]`
-/// between calls).
-pub(super) struct StateBuffers {
-    pub(super) batch: usize,
-    pub(super) dirs: Vec<[wgpu::Buffer; 2]>,
-    pub(super) bytes: u64,
-}
 
 /// A [`Network`] on the GPU: an LSTM, a Bidirectional LSTM or a stack, run as one submission.
 ///
@@ -43,17 +29,11 @@ pub(super) struct StateBuffers {
 /// # Ok::<(), lstm_wgpu::LstmError>(())
 /// ```
 pub struct GpuNetwork {
-    pub(super) ctx: Arc<GpuContext>,
-    pub(super) kernels: Arc<Kernels>,
-    pub(super) dirs: Vec<DirWeights>,
-    pub(super) stages: Vec<Stage>,
-    pub(super) denses: Vec<DenseWeights>,
-    pub(super) input_dim: usize,
+    pub(super) model: GpuModel,
     /// For models: which of the last layer's outputs to return, in order.
     pub(super) output_select: Option<Vec<usize>>,
-    pub(super) weight_bytes: u64,
-    /// Plans per shape (batch, steps, mask given), built on first use; the most recently
-    /// used last, at most `plan_capacity` of them.
+    /// Plans per shape (see `PlanKey`), built on first use; the most recently used last, at
+    /// most `plan_capacity` of them.
     pub(super) plans: Vec<(PlanKey, Plan)>,
     pub(super) plan_capacity: usize,
     /// The working buffers the plans share.
@@ -73,11 +53,56 @@ pub struct GpuNetwork {
     pub(super) stats: ForwardStats,
 }
 
+/// A submitted forward: where its outputs will be and what it cost so far.
+pub(super) struct Pending {
+    pub(super) key: PlanKey,
+    /// Set by the map callback when the outputs are readable.
+    pub(super) mapped: MapSlot,
+    pub(super) stats: ForwardStats,
+    pub(super) started: std::time::Instant,
+    pub(super) submitted: std::time::Instant,
+}
+
+/// A forward that has been submitted to the GPU and not read back yet: the application can do
+/// its own work meanwhile, then [`wait`](PendingForward::wait) for the outputs.
+///
+/// ```no_run
+/// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+/// # use lstm_wgpu::{LayerConfig, LstmConfig, Network};
+/// # let net = Network::<f32>::random(&LayerConfig::Lstm(LstmConfig::new(8)), 4, 0)?;
+/// let mut gpu = GpuNetwork::new(GpuContext::new()?, &net)?;
+/// let x = ndarray::Array3::<f32>::zeros((2, 50, 4));
+/// let pending = gpu.forward_async(x.view(), None, None)?;
+/// // ... the application's own work, while the GPU runs ...
+/// let outputs = pending.wait()?;
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
+#[must_use = "the outputs are read by wait()"]
+pub struct PendingForward<'a> {
+    net: &'a mut GpuNetwork,
+}
+
+impl PendingForward<'_> {
+    /// Whether the GPU has finished (checks without blocking).
+    pub fn is_ready(&self) -> bool {
+        let _ = self.net.model.ctx.device().poll(wgpu::PollType::Poll);
+        self.net
+            .pending
+            .as_ref()
+            .is_some_and(|p| is_mapped(&p.mapped))
+    }
+
+    /// Waits for the GPU and returns the outputs, as [`GpuNetwork::forward`] does.
+    pub fn wait(self) -> Result<Vec<ArrayD<f32>>> {
+        self.net.finish()
+    }
+}
+
 impl std::fmt::Debug for GpuNetwork {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GpuNetwork")
-            .field("adapter", &self.ctx.adapter_info().name)
-            .field("stages", &self.stages)
+            .field("adapter", &self.model.ctx.adapter_info().name)
+            .field("stages", &self.model.stages)
             .finish()
     }
 }
@@ -93,147 +118,9 @@ pub(super) fn float64_error() -> LstmError {
 }
 
 impl GpuNetwork {
-    /// Uploads `network`'s weights to the GPU. Only `f32` networks run on the GPU; an `f64`
-    /// network gives an error that says so.
-    pub fn new<T: Element>(ctx: Arc<GpuContext>, network: &Network<T>) -> Result<Self> {
-        if !T::is_f32() {
-            return Err(float64_error());
-        }
-        let kernels = ctx.kernels()?;
-        let mut dirs = Vec::new();
-        let mut stages = Vec::new();
-        flatten(network, &mut |l: &Lstm<T>| dirs.push(l), &mut stages);
-        let mut weight_bytes = 0;
-        let dirs: Vec<DirWeights> = dirs
-            .into_iter()
-            .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
-            .collect::<Result<_>>()?;
-        let input_dim = network.input_dim();
-        Ok(Self::assemble(
-            ctx,
-            kernels,
-            (dirs, stages, Vec::new()),
-            input_dim,
-            None,
-            weight_bytes,
-        ))
-    }
-
-    /// A network with nothing planned yet.
-    pub(super) fn assemble(
-        ctx: Arc<GpuContext>,
-        kernels: Arc<Kernels>,
-        (dirs, stages, denses): (Vec<DirWeights>, Vec<Stage>, Vec<DenseWeights>),
-        input_dim: usize,
-        output_select: Option<Vec<usize>>,
-        weight_bytes: u64,
-    ) -> Self {
-        GpuNetwork {
-            ctx,
-            kernels,
-            dirs,
-            stages,
-            denses,
-            input_dim,
-            output_select,
-            weight_bytes,
-            plans: Vec::new(),
-            plan_capacity: DEFAULT_PLAN_CAPACITY,
-            pool: BufferPool::default(),
-            ready: None,
-            pending: None,
-            states: None,
-            state_valid: false,
-            kernel_choice: RecurrentKernel::Auto,
-            profiling: false,
-            profile: None,
-            stats: ForwardStats::default(),
-        }
-    }
-
-    /// Uploads a loaded Keras model (Masking, LSTM, Bidirectional and Dense layers) so that
-    /// the whole model runs in one submission with one readback; [`GpuNetwork::forward`]
-    /// then returns the model's outputs in its output order.
-    ///
-    /// ```no_run
-    /// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
-    /// use lstm_wgpu::model::KerasModel;
-    /// let model = KerasModel::load("model.keras".as_ref())?;
-    /// let mut gpu = GpuNetwork::from_model(GpuContext::new()?, &model)?;
-    /// let x = ndarray::Array3::<f32>::zeros((4, 20, 3));
-    /// let predictions = gpu.forward(x.view(), None, None)?;
-    /// # Ok::<(), lstm_wgpu::LstmError>(())
-    /// ```
-    pub fn from_model(ctx: Arc<GpuContext>, model: &KerasModel) -> Result<Self> {
-        let kernels = ctx.kernels()?;
-        let mut lstms: Vec<&Lstm<f32>> = Vec::new();
-        let mut stages = Vec::new();
-        let mut denses = Vec::new();
-        let mut weight_bytes = 0;
-        let mut input_dim = None;
-        for (name, layer) in model.layers() {
-            match layer {
-                ModelLayer::Masking { mask_value } => stages.push(Stage::Mask(*mask_value)),
-                ModelLayer::Recurrent(net) => {
-                    input_dim.get_or_insert(net.input_dim());
-                    flatten(net, &mut |l: &Lstm<f32>| lstms.push(l), &mut stages);
-                }
-                ModelLayer::Dense {
-                    kernel,
-                    bias,
-                    activation,
-                } => {
-                    input_dim.get_or_insert(kernel.nrows());
-                    let dense =
-                        ctx.checked("uploading weights", || -> Result<DenseWeights> {
-                            Ok(DenseWeights {
-                                kernel: upload_f32(
-                                    &ctx,
-                                    &format!("{name}/kernel"),
-                                    &projection_order(kernel.view()),
-                                    &mut weight_bytes,
-                                )?,
-                                bias: match bias {
-                                    Some(b) => Some(upload_f32(
-                                        &ctx,
-                                        &format!("{name}/bias"),
-                                        &row_major(b.view().insert_axis(ndarray::Axis(0))),
-                                        &mut weight_bytes,
-                                    )?),
-                                    None => None,
-                                },
-                                inputs: kernel.nrows(),
-                                units: kernel.ncols(),
-                                activation: match activation {
-                                    DenseActivation::Elementwise(a) => Some(*a),
-                                    DenseActivation::Softmax => None,
-                                },
-                            })
-                        })??;
-                    denses.push(dense);
-                    stages.push(Stage::Dense(denses.len() - 1));
-                }
-            }
-        }
-        let input_dim =
-            input_dim.ok_or_else(|| LstmError::invalid("model", "has no LSTM or Dense layer"))?;
-        let dirs = lstms
-            .iter()
-            .map(|l| upload_weights(&ctx, l, &mut weight_bytes))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self::assemble(
-            ctx,
-            kernels,
-            (dirs, stages, denses),
-            input_dim,
-            Some(model.output_indices().to_vec()),
-            weight_bytes,
-        ))
-    }
-
     /// The context this network runs on.
     pub fn context(&self) -> &Arc<GpuContext> {
-        &self.ctx
+        &self.model.ctx
     }
 
     /// The statistics of the last forward.
@@ -271,7 +158,7 @@ impl GpuNetwork {
             }
         }
         let working: u64 = seen.iter().map(|b| b.size()).sum();
-        self.weight_bytes + working + self.states.as_ref().map_or(0, |s| s.bytes)
+        self.model.weight_bytes + working + self.states.as_ref().map_or(0, |s| s.bytes)
     }
 
     /// How many shapes (batch, timesteps, mask or not) keep their plan (bind groups and
@@ -323,7 +210,7 @@ impl GpuNetwork {
 
     /// The input width I.
     pub fn input_dim(&self) -> usize {
-        self.input_dim
+        self.model.input_dim
     }
 
     /// Chooses the kernel that runs the time loops (see [`RecurrentKernel`]; default `Auto`).
@@ -358,7 +245,7 @@ impl GpuNetwork {
 
     pub(super) fn can_profile(&self) -> bool {
         self.profiling
-            && self.ctx.features().contains(
+            && self.model.ctx.features().contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             )
     }
@@ -369,7 +256,7 @@ impl GpuNetwork {
     }
 
     pub(super) fn stateful(&self) -> bool {
-        self.dirs.iter().any(|d| d.config.stateful)
+        self.model.directions().iter().any(|d| d.stateful)
     }
 
     /// Runs the network on `x [B, T, I]`, exactly as [`Network::forward`] does on the CPU, and
@@ -414,12 +301,12 @@ impl GpuNetwork {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn step(&mut self, x_t: ArrayView2<f32>) -> Result<Array2<f32>> {
-        if let Some(d) = self.dirs.iter().find(|d| !d.config.stateful) {
+        if let Some(d) = self.model.directions().into_iter().find(|d| !d.stateful) {
             return Err(LstmError::invalid(
                 "step",
                 format!(
                     "layer {} is not stateful: a step call needs every LSTM stateful",
-                    d.config.name
+                    d.name
                 ),
             ));
         }
@@ -442,52 +329,42 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<(usize, usize, usize)> {
-        let dims = check_inputs(self.input_dim, x, mask)?;
+        let dims = check_inputs(self.model.input_dim, x, mask)?;
         if let Some(init) = initial_state {
-            let (expected, names): (usize, &[&str]) = match self.stages.as_slice() {
-                [Stage::Lstm(_)] => (2, &["h0", "c0"]),
-                [Stage::Bidi { .. }] => (4, &["h_fwd", "c_fwd", "h_bwd", "c_bwd"]),
+            let dirs = match self.model.stages.as_slice() {
+                [only] => only.directions(),
+                _ => Vec::new(),
+            };
+            let names: &[&str] = match dirs.len() {
+                1 => &["h0", "c0"],
+                2 => &["h_fwd", "c_fwd", "h_bwd", "c_bwd"],
                 _ => {
                     return Err(LstmError::invalid(
                         "initial_state",
-                        "a Sequential stack takes no initial state",
+                        "only a network of one LSTM or Bidirectional layer takes an initial \
+                         state (a Sequential stack or a model does not)",
                     ))
                 }
             };
-            if init.len() != expected {
+            if init.len() != names.len() {
                 return Err(LstmError::invalid(
                     "initial_state",
-                    format!("expected {expected} tensors {names:?}, got {}", init.len()),
+                    format!(
+                        "expected {} tensors {names:?}, got {}",
+                        names.len(),
+                        init.len()
+                    ),
                 ));
             }
             for (k, s) in init.iter().enumerate() {
-                check_state(names[k], *s, dims.0, self.dirs[k / 2].config.units)?;
+                check_state(names[k], *s, dims.0, dirs[k / 2].units)?;
             }
         }
         Ok(dims)
     }
 
     pub(super) fn create_states(&self, batch: usize) -> Result<StateBuffers> {
-        let mut bytes = 0;
-        let dirs = self
-            .dirs
-            .iter()
-            .map(|d| {
-                let size = (2 * batch * d.config.units * 4) as u64;
-                self.check_binding("state (h, c)", size)?;
-                Ok([0, 1].map(|k| {
-                    bytes += size;
-                    self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
-                        label: Some(if k == 0 { "state a" } else { "state b" }),
-                        size,
-                        usage: wgpu::BufferUsages::STORAGE
-                            | wgpu::BufferUsages::COPY_DST
-                            | wgpu::BufferUsages::COPY_SRC,
-                        mapped_at_creation: false,
-                    })
-                }))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(StateBuffers { batch, dirs, bytes })
+        let units: Vec<usize> = self.model.directions().iter().map(|d| d.units).collect();
+        StateBuffers::new(&self.model.ctx, batch, &units)
     }
 }
