@@ -1,17 +1,20 @@
-// One LSTM timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus the
-// input projection, the gates, the cell update and Keras's mask rule, in one dispatch.
-// CPU twin: the `h · R` product and `cell_update` in src/cpu/reference.rs (`run`).
+// One recurrent timestep for every (batch row, unit): the recurrent product h_{t-1} * R, plus
+// the input projection, the gates, the cell update and Keras's mask rule, in one dispatch
+// (two for a GRU without reset_after). The cell is the CELL constant of cell.wgsl.
+// CPU twins: the `h · R` product and `cell_update` in src/cpu/reference.rs (`run`) for the
+// LSTM, the loop and cells of src/cpu/cells.rs for GRU and SimpleRNN.
 // For small layers, sequence.wgsl runs many timesteps per dispatch instead.
 //
 // A workgroup covers WG = 64 units of BT = 4 batch rows; each thread computes one unit of 4
 // rows, so every recurrent weight it loads serves 4 rows. h_{t-1} is read directly (the same
 // address in every thread of a workgroup: a broadcast); a version staging h through workgroup
 // memory with barriers measured 30% slower on lavapipe. The recurrent kernel is the H x H
-// texture of cell.wgsl: each thread fetches its unit's four gates for one k as one vec4
-// texel, and neighbouring threads fetch neighbouring texels. `proj` keeps Keras's gate-block
-// order (i, f, c, o blocks of H columns per row).
+// texture of cell.wgsl: each thread fetches its unit's gates for one k as one vec4 texel,
+// and neighbouring threads fetch neighbouring texels. `proj` keeps Keras's gate-block order
+// (GATES blocks of H columns per row: i, f, c, o for an LSTM, z, r, h for a GRU).
 // h and c ping-pong: the step reads `state_in` and writes `state_out` (h at [0, BH), c at
-// [BH, 2BH)). The activation choice and flags are the overridable constants of cell.wgsl.
+// [BH, 2BH)). The cell, activation choice and flags are the overridable constants of
+// cell.wgsl.
 
 
 struct StepParams {
@@ -37,12 +40,26 @@ fn update(b: u32, j: u32, acc: vec4<f32>) {
     let H = p.units;
     let BH = p.batch * H;
     let e = b * H + j;
-    let row = (b * p.tc + p.t_local) * 4u * H + j;
-    let z = acc + vec4<f32>(proj[row], proj[row + H], proj[row + 2u * H], proj[row + 3u * H]);
-    let c_prev = state_in[BH + e];
-    let hc = lstm_cell(z, c_prev);
-    let h_new = hc.x;
-    let c_new = hc.y;
+    let row = (b * p.tc + p.t_local) * GATES * H + j;
+    let h_prev = state_in[e];
+    var h_new = 0.0;
+    var c_new = 0.0;
+    if (CELL == CELL_LSTM) {
+        let z = acc + vec4<f32>(proj[row], proj[row + H], proj[row + 2u * H], proj[row + 3u * H]);
+        let hc = lstm_cell(z, state_in[BH + e]);
+        h_new = hc.x;
+        c_new = hc.y;
+    } else if (CELL == CELL_GRU) {
+        let rec = acc.xyz + rk_at(H, j).xyz;
+        h_new = gru_cell(vec3<f32>(proj[row], proj[row + H], proj[row + 2u * H]), rec, h_prev);
+    } else if (CELL == CELL_GRU_RESET) {
+        state_out[BH + e] = gru_reset_gate(proj[row + H], acc.y, h_prev);
+        return;
+    } else if (CELL == CELL_GRU_CANDIDATE) {
+        h_new = gru_candidate(proj[row], proj[row + 2u * H], acc.x, acc.z, h_prev);
+    } else {
+        h_new = rnn_cell(proj[row], acc.x);
+    }
     var present = true;
     if (HAS_MASK) {
         present = mask[b * p.seq_len + p.t_abs] != 0u;
@@ -50,10 +67,14 @@ fn update(b: u32, j: u32, acc: vec4<f32>) {
     var out = h_new;
     if (present) {
         state_out[e] = h_new;
-        state_out[BH + e] = c_new;
+        if (CELL == CELL_LSTM) {
+            state_out[BH + e] = c_new;
+        }
     } else {
-        state_out[e] = state_in[e];
-        state_out[BH + e] = c_prev;
+        state_out[e] = h_prev;
+        if (CELL == CELL_LSTM) {
+            state_out[BH + e] = state_in[BH + e];
+        }
         out = select(last[e], 0.0, ZERO_OUTPUT_FOR_MASK);
     }
     last[e] = out;
@@ -79,7 +100,18 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let r1 = min(b0 + 1u, B - 1u) * H;
     let r2 = min(b0 + 2u, B - 1u) * H;
     let r3 = min(b0 + 3u, B - 1u) * H;
-    if (H % 4u == 0u) {
+    if (CELL == CELL_GRU_CANDIDATE) {
+        // z from h · R_z (.x), the candidate from (r · h) · R_h (.z), r · h being what the
+        // reset dispatch left in the c half of state_out.
+        let BH = B * H;
+        for (var k = 0u; k < H; k++) {
+            let r = rk_at(k, j);
+            acc0 = fma(vec4<f32>(state_in[r0 + k], 0.0, state_out[BH + r0 + k], 0.0), r, acc0);
+            acc1 = fma(vec4<f32>(state_in[r1 + k], 0.0, state_out[BH + r1 + k], 0.0), r, acc1);
+            acc2 = fma(vec4<f32>(state_in[r2 + k], 0.0, state_out[BH + r2 + k], 0.0), r, acc2);
+            acc3 = fma(vec4<f32>(state_in[r3 + k], 0.0, state_out[BH + r3 + k], 0.0), r, acc3);
+        }
+    } else if (H % 4u == 0u) {
         // Four k at a time: one vec4 of h per row and four of the kernel serve 64 products
         // (storage loads are what a SIMD rasterizer such as lavapipe pays most for).
         for (var k = 0u; k < H; k += 4u) {

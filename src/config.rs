@@ -106,7 +106,71 @@ impl Initializer {
     }
 }
 
-/// Configuration of one LSTM layer, with Keras's defaults.
+/// Which recurrent cell a layer runs: Keras's `LSTM`, `GRU` or `SimpleRNN`. Everything
+/// around the cell (masks, `go_backwards`, `stateful`, `initial_state`, `Bidirectional`,
+/// stacks) is the same for all three, as in Keras, so one configuration type carries them.
+///
+/// ```
+/// use lstm_wgpu::{Cell, LstmConfig};
+/// let gru = LstmConfig::gru(8);
+/// assert_eq!(gru.cell, Cell::Gru { reset_after: true });
+/// assert_eq!((gru.cell.gates(), gru.cell.states()), (3, 1));
+/// assert_eq!(LstmConfig::simple_rnn(8).cell.gates(), 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cell {
+    /// `LSTM`: gates i, f, c, o; state h and c.
+    #[default]
+    Lstm,
+    /// `GRU`: gates z, r, h; state h. `reset_after` (the Keras 3 default, and cuDNN's and
+    /// PyTorch's form) applies the reset gate after the recurrent product and has a separate
+    /// recurrent bias; without it the reset gate scales h before the product.
+    Gru {
+        /// Keras's `reset_after`.
+        reset_after: bool,
+    },
+    /// `SimpleRNN`: `h_t = activation(x_t · kernel + h_{t-1} · recurrent_kernel + bias)`.
+    SimpleRnn,
+}
+
+impl Cell {
+    /// Gate blocks in the kernels' last axis (4, 3, 1).
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru { .. } => 3,
+            Cell::SimpleRnn => 1,
+        }
+    }
+
+    /// State tensors per direction (h and c, or h).
+    pub fn states(self) -> usize {
+        match self {
+            Cell::Lstm => 2,
+            _ => 1,
+        }
+    }
+
+    /// Keras's class name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Cell::Lstm => "LSTM",
+            Cell::Gru { .. } => "GRU",
+            Cell::SimpleRnn => "SimpleRNN",
+        }
+    }
+
+    /// The names of a direction's initial-state tensors.
+    pub(crate) fn state_names(self) -> &'static [&'static str] {
+        match self {
+            Cell::Lstm => &["h0", "c0"],
+            _ => &["h0"],
+        }
+    }
+}
+
+/// Configuration of one recurrent layer (an `LSTM`, or with [`LstmConfig::cell`] a `GRU` or
+/// `SimpleRNN`), with Keras's defaults.
 ///
 /// ```
 /// use lstm_wgpu::{Activation, LstmConfig};
@@ -118,6 +182,8 @@ impl Initializer {
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LstmConfig {
+    /// The recurrent cell (default LSTM).
+    pub cell: Cell,
     /// The number of units H (width of h and c).
     pub units: usize,
     /// Applied to the cell candidate and to the cell state before the output gate.
@@ -136,7 +202,7 @@ pub struct LstmConfig {
     pub stateful: bool,
     /// Masked steps output zeros instead of repeating the previous output.
     pub zero_output_for_mask: bool,
-    /// Initialise the forget-gate bias to ones (initialisation only).
+    /// Initialise the forget-gate bias to ones (initialisation only; LSTM only).
     pub unit_forget_bias: bool,
     /// Initializer of `kernel`.
     pub kernel_initializer: Initializer,
@@ -164,6 +230,7 @@ impl LstmConfig {
     /// A layer with `units` units and Keras's defaults for everything else.
     pub fn new(units: usize) -> Self {
         LstmConfig {
+            cell: Cell::Lstm,
             units,
             activation: Activation::Tanh,
             recurrent_activation: Activation::Sigmoid,
@@ -181,7 +248,29 @@ impl LstmConfig {
         }
     }
 
+    /// A Keras `GRU` with `units` units and Keras 3's defaults (`reset_after=True`).
+    pub fn gru(units: usize) -> Self {
+        LstmConfig {
+            cell: Cell::Gru { reset_after: true },
+            unit_forget_bias: false,
+            name: "gru".to_string(),
+            ..LstmConfig::new(units)
+        }
+    }
+
+    /// A Keras `SimpleRNN` with `units` units and Keras's defaults (tanh).
+    pub fn simple_rnn(units: usize) -> Self {
+        LstmConfig {
+            cell: Cell::SimpleRnn,
+            unit_forget_bias: false,
+            name: "simple_rnn".to_string(),
+            ..LstmConfig::new(units)
+        }
+    }
+
     builder! {
+        /// Sets `cell`.
+        cell: Cell,
         /// Sets `units`.
         units: usize,
         /// Sets `activation`.
@@ -228,12 +317,36 @@ impl LstmConfig {
     /// assert!(e.contains("activation") && e.contains("mish"));
     /// ```
     pub fn from_keras(config: &Value) -> Result<Self> {
+        Self::from_keras_class("LSTM", config)
+    }
+
+    /// Reads the `config` dictionary of a Keras `LSTM`, `GRU` or `SimpleRNN` (`class`);
+    /// another class is an error naming it. A GRU's `reset_after` is read (default true).
+    ///
+    /// ```
+    /// use lstm_wgpu::{Cell, LstmConfig};
+    /// let v = serde_json::json!({"units": 3, "reset_after": false});
+    /// let c = LstmConfig::from_keras_class("GRU", &v).unwrap();
+    /// assert_eq!(c.cell, Cell::Gru { reset_after: false });
+    /// assert!(LstmConfig::from_keras_class("ConvLSTM1D", &v).is_err());
+    /// ```
+    pub fn from_keras_class(class: &str, config: &Value) -> Result<Self> {
+        let cell = match class {
+            "LSTM" => Cell::Lstm,
+            "GRU" => Cell::Gru { reset_after: true },
+            "SimpleRNN" => Cell::SimpleRnn,
+            other => return Err(LstmError::unsupported("class_name", other)),
+        };
         let units = config
             .get("units")
             .and_then(Value::as_u64)
             .ok_or_else(|| LstmError::bad_config("units", "expected a positive integer"))?
             as usize;
-        let mut c = LstmConfig::new(units);
+        let mut c = match cell {
+            Cell::Lstm => LstmConfig::new(units),
+            Cell::Gru { .. } => LstmConfig::gru(units),
+            Cell::SimpleRnn => LstmConfig::simple_rnn(units),
+        };
         let flag = |key: &str, default: bool| -> Result<bool> {
             match config.get(key) {
                 None | Some(Value::Null) => Ok(default),
@@ -247,7 +360,14 @@ impl LstmConfig {
         c.go_backwards = flag("go_backwards", false)?;
         c.stateful = flag("stateful", false)?;
         c.zero_output_for_mask = flag("zero_output_for_mask", false)?;
-        c.unit_forget_bias = flag("unit_forget_bias", true)?;
+        if cell == Cell::Lstm {
+            c.unit_forget_bias = flag("unit_forget_bias", true)?;
+        }
+        if let Cell::Gru { .. } = cell {
+            c.cell = Cell::Gru {
+                reset_after: flag("reset_after", true)?,
+            };
+        }
         c.activation = activation_from_keras("activation", config.get("activation"), "tanh")?;
         c.recurrent_activation = activation_from_keras(
             "recurrent_activation",
@@ -378,13 +498,13 @@ impl BidirectionalConfig {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => {
                     let class = v.get("class_name").and_then(Value::as_str).unwrap_or("");
-                    if class != "LSTM" {
+                    if !matches!(class, "LSTM" | "GRU" | "SimpleRNN") {
                         return Err(LstmError::unsupported(format!("{key}.class_name"), class));
                     }
                     let cfg = v
                         .get("config")
                         .ok_or_else(|| LstmError::bad_config(key, "layer without config"))?;
-                    LstmConfig::from_keras(cfg).map(Some)
+                    LstmConfig::from_keras_class(class, cfg).map(Some)
                 }
             }
         };
@@ -427,9 +547,9 @@ impl BidirectionalConfig {
 /// Configuration of a layer or a stack of layers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerConfig {
-    /// One `LSTM`.
+    /// One recurrent layer: `LSTM`, `GRU` or `SimpleRNN` (see [`LstmConfig::cell`]).
     Lstm(LstmConfig),
-    /// One `Bidirectional(LSTM)`.
+    /// One `Bidirectional` around a recurrent layer.
     Bidirectional(BidirectionalConfig),
     /// Layers applied in order, each consuming the previous (single) output.
     Sequential(Vec<LayerConfig>),
@@ -450,8 +570,8 @@ impl LayerConfig {
     ///     LayerConfig::Sequential(layers) => assert_eq!(layers.len(), 2),
     ///     _ => unreachable!(),
     /// }
-    /// let e = LayerConfig::from_keras(&serde_json::json!({"class_name": "GRU", "config": {}}));
-    /// assert!(e.unwrap_err().to_string().contains("GRU"));
+    /// let e = LayerConfig::from_keras(&serde_json::json!({"class_name": "ConvLSTM1D", "config": {}}));
+    /// assert!(e.unwrap_err().to_string().contains("ConvLSTM1D"));
     /// ```
     pub fn from_keras(layer: &Value) -> Result<Self> {
         let class = layer
@@ -462,7 +582,9 @@ impl LayerConfig {
             .get("config")
             .ok_or_else(|| LstmError::bad_config("config", "layer without config"))?;
         match class {
-            "LSTM" => Ok(LayerConfig::Lstm(LstmConfig::from_keras(config)?)),
+            "LSTM" | "GRU" | "SimpleRNN" => Ok(LayerConfig::Lstm(LstmConfig::from_keras_class(
+                class, config,
+            )?)),
             "Bidirectional" => Ok(LayerConfig::Bidirectional(BidirectionalConfig::from_keras(
                 config,
             )?)),

@@ -41,7 +41,7 @@ mod validate;
 mod weights;
 
 pub use activation::Activation;
-pub use config::{BidirectionalConfig, Initializer, LayerConfig, LstmConfig, MergeMode};
+pub use config::{BidirectionalConfig, Cell, Initializer, LayerConfig, LstmConfig, MergeMode};
 pub use cpu::{Lstm, LstmOutput, LstmState};
 pub use element::Element;
 pub use error::{LstmError, Result};

@@ -215,7 +215,7 @@ impl KerasModel {
                         .and_then(Value::as_f64)
                         .unwrap_or(0.0) as f32,
                 },
-                "LSTM" | "Bidirectional" => {
+                "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
                     let layer_config = LayerConfig::from_keras(entry)?;
                     ModelLayer::Recurrent(recurrent(&h5, &key, &layer_config)?)
                 }

@@ -38,7 +38,10 @@ impl<T: Element> Bidirectional<T> {
         if forward.input_dim() != backward.input_dim() {
             return Err(LstmError::shape(
                 format!("{}/kernel", config.backward.name),
-                &[forward.input_dim(), 4 * config.backward.units],
+                &[
+                    forward.input_dim(),
+                    config.backward.cell.gates() * config.backward.units,
+                ],
                 backward.kernel.shape(),
             ));
         }
@@ -79,21 +82,29 @@ impl<T: Element> Bidirectional<T> {
         initial_state: Option<&[ArrayView2<T>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<Vec<ArrayD<T>>> {
+        let n = self.forward.config().cell.states();
         let (fwd_init, bwd_init) = match initial_state {
             None => (None, None),
-            Some([h0, c0, h1, c1]) => (Some((*h0, *c0)), Some((*h1, *c1))),
+            Some(init) if init.len() == 2 * n => (Some(&init[..n]), Some(&init[n..])),
             Some(other) => {
+                let names = if n == 2 {
+                    "[h_fwd, c_fwd, h_bwd, c_bwd]"
+                } else {
+                    "[h_fwd, h_bwd]"
+                };
                 return Err(LstmError::invalid(
                     "initial_state",
                     format!(
-                        "Bidirectional takes 4 tensors [h_fwd, c_fwd, h_bwd, c_bwd], got {}",
+                        "Bidirectional({}) takes {} tensors {names}, got {}",
+                        self.forward.config().cell.class_name(),
+                        2 * n,
                         other.len()
                     ),
-                ))
+                ));
             }
         };
-        let f = self.forward.forward(x, fwd_init, mask)?;
-        let b = self.backward.forward(x, bwd_init, mask)?;
+        let f = self.forward.forward_states(x, fwd_init, mask)?;
+        let b = self.backward.forward_states(x, bwd_init, mask)?;
         let return_sequences = self.forward.config().return_sequences;
         Ok(merge_directions(
             self.merge_mode,
@@ -318,14 +329,15 @@ impl<T: Element> Network<T> {
     /// How many tensors a call returns.
     pub fn output_count(&self) -> usize {
         match self {
-            Network::Lstm(l) => 1 + 2 * usize::from(l.config().return_state),
+            Network::Lstm(l) => 1 + l.config().cell.states() * usize::from(l.config().return_state),
             Network::Bidirectional(b) => {
                 let outs = if b.merge_mode() == MergeMode::None {
                     2
                 } else {
                     1
                 };
-                outs + 4 * usize::from(b.forward_layer().config().return_state)
+                let c = b.forward_layer().config();
+                outs + 2 * c.cell.states() * usize::from(c.return_state)
             }
             Network::Sequential(ls) => ls.last().map_or(0, |l| l.output_count()),
         }
@@ -382,19 +394,7 @@ impl<T: Element> Network<T> {
         mask: Option<ArrayView2<bool>>,
     ) -> Result<Vec<ArrayD<T>>> {
         match self {
-            Network::Lstm(l) => {
-                let init = match initial_state {
-                    None => None,
-                    Some([h0, c0]) => Some((*h0, *c0)),
-                    Some(other) => {
-                        return Err(LstmError::invalid(
-                            "initial_state",
-                            format!("an LSTM takes 2 tensors [h0, c0], got {}", other.len()),
-                        ))
-                    }
-                };
-                Ok(l.forward(x, init, mask)?.into_keras())
-            }
+            Network::Lstm(l) => Ok(l.forward_states(x, initial_state, mask)?.into_keras()),
             Network::Bidirectional(b) => b.forward(x, initial_state, mask),
             Network::Sequential(layers) => {
                 if initial_state.is_some() {

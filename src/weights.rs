@@ -1,16 +1,22 @@
 //! LSTM weights in Keras layout, validated against the configuration, and seeded random
 //! initialisation with Keras's distributions.
 
-use crate::config::{Initializer, LstmConfig};
+use crate::config::{Cell, Initializer, LstmConfig};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Ix1, Ix2};
+use ndarray::{Array1, Array2, ArrayD, ArrayView1, ArrayView2, Ix2};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-/// The weights of one LSTM in Keras layout: `kernel [I, 4H]`, `recurrent_kernel [H, 4H]`,
-/// `bias [4H]` (absent when `use_bias` is false). The `4H` axis holds four H-wide gate blocks
-/// in the order input, forget, cell candidate, output (`i, f, c, o`).
+/// The weights of one recurrent layer in Keras layout: `kernel [I, G·H]`,
+/// `recurrent_kernel [H, G·H]`, `bias` (absent when `use_bias` is false), with G gate blocks
+/// of H columns each ([`Cell::gates`](crate::Cell::gates)):
+///
+/// - LSTM: G = 4, blocks input, forget, cell candidate, output (`i, f, c, o`); bias `[4H]`.
+/// - GRU: G = 3, blocks update, reset, candidate (`z, r, h`); with `reset_after` the bias is
+///   Keras's `[2, 3H]` flattened to `[6H]` (the input bias, then the recurrent bias), without
+///   it `[3H]`.
+/// - SimpleRNN: G = 1; bias `[H]`.
 ///
 /// ```
 /// use lstm_wgpu::{LstmConfig, LstmWeights};
@@ -25,11 +31,12 @@ use rand::{RngExt, SeedableRng};
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct LstmWeights<T> {
-    /// `[I, 4H]`.
+    /// `[I, G·H]`.
     pub kernel: Array2<T>,
-    /// `[H, 4H]`.
+    /// `[H, G·H]`.
     pub recurrent_kernel: Array2<T>,
-    /// `[4H]`, present exactly when the configuration has `use_bias`.
+    /// `[G·H]` (`[6H]` for a GRU with `reset_after`), present exactly when the configuration
+    /// has `use_bias`.
     pub bias: Option<Array1<T>>,
 }
 
@@ -57,7 +64,7 @@ impl<T: Element> LstmWeights<T> {
         if input_dim == 0 {
             return Err(LstmError::invalid("input_dim", "must be at least 1"));
         }
-        let h4 = 4 * config.units;
+        let h4 = config.cell.gates() * config.units;
         let check = |what: &str, expected: &[usize], actual: &[usize]| {
             if expected != actual {
                 Err(LstmError::shape(
@@ -76,7 +83,7 @@ impl<T: Element> LstmWeights<T> {
             self.recurrent_kernel.shape(),
         )?;
         match (&self.bias, config.use_bias) {
-            (Some(b), true) => check("bias", &[h4], b.shape())?,
+            (Some(b), true) => check("bias", &[bias_len(config)], b.shape())?,
             (None, true) => {
                 return Err(LstmError::MissingWeight {
                     name: format!("{}/bias", config.name),
@@ -113,13 +120,14 @@ impl<T: Element> LstmWeights<T> {
     /// ```
     pub fn from_keras_list(config: &LstmConfig, list: &[ArrayD<T>]) -> Result<(Self, usize)> {
         let name = |w: &str| format!("{}/{w}", config.name);
+        let gh = config.cell.gates() * config.units;
         let take2 = |i: usize, what: &str| -> Result<Array2<T>> {
             let a = list
                 .get(i)
                 .ok_or_else(|| LstmError::MissingWeight { name: name(what) })?;
             a.clone()
                 .into_dimensionality::<Ix2>()
-                .map_err(|_| LstmError::shape(name(what), &[0, 4 * config.units], a.shape()))
+                .map_err(|_| LstmError::shape(name(what), &[0, gh], a.shape()))
         };
         let kernel = take2(0, "kernel")?;
         let recurrent_kernel = take2(1, "recurrent_kernel")?;
@@ -127,11 +135,14 @@ impl<T: Element> LstmWeights<T> {
             let a = list
                 .get(2)
                 .ok_or_else(|| LstmError::MissingWeight { name: name("bias") })?;
-            Some(
-                a.clone()
-                    .into_dimensionality::<Ix1>()
-                    .map_err(|_| LstmError::shape(name("bias"), &[4 * config.units], a.shape()))?,
-            )
+            let expected: &[usize] = match config.cell {
+                Cell::Gru { reset_after: true } => &[2, gh],
+                _ => &[gh],
+            };
+            if a.shape() != expected {
+                return Err(LstmError::shape(name("bias"), expected, a.shape()));
+            }
+            Some(Array1::from_iter(a.iter().cloned()))
         } else {
             None
         };
@@ -153,18 +164,29 @@ impl<T: Element> LstmWeights<T> {
         }
         let h = config.units;
         let mut rng = StdRng::seed_from_u64(seed);
-        let kernel = sample(&config.kernel_initializer, input_dim, 4 * h, &mut rng);
-        let recurrent_kernel = sample(&config.recurrent_initializer, h, 4 * h, &mut rng);
+        let gh = config.cell.gates() * h;
+        let kernel = sample(&config.kernel_initializer, input_dim, gh, &mut rng);
+        let recurrent_kernel = sample(&config.recurrent_initializer, h, gh, &mut rng);
         let bias = config.use_bias.then(|| {
-            let mut b = sample(&config.bias_initializer, 1, 4 * h, &mut rng)
-                .into_shape_with_order(4 * h)
-                .expect("1 x 4H has 4H elements");
-            if config.unit_forget_bias {
+            let n = bias_len(config);
+            let mut b = sample(&config.bias_initializer, 1, n, &mut rng)
+                .into_shape_with_order(n)
+                .expect("1 x n has n elements");
+            if config.unit_forget_bias && config.cell == Cell::Lstm {
                 b.slice_mut(ndarray::s![h..2 * h]).fill(T::one());
             }
             b
         });
         LstmWeights::new(config, input_dim, kernel, recurrent_kernel, bias)
+    }
+}
+
+/// The length of a layer's bias vector.
+pub(crate) fn bias_len(config: &LstmConfig) -> usize {
+    let gh = config.cell.gates() * config.units;
+    match config.cell {
+        Cell::Gru { reset_after: true } => 2 * gh,
+        _ => gh,
     }
 }
 

@@ -120,12 +120,12 @@ fn unsupported_layers_and_wrong_weights_are_errors() {
     // An unknown layer class: the error names the class and the layer.
     let text = config
         .to_string()
-        .replacen("\"class_name\":\"Dense\"", "\"class_name\":\"GRU\"", 1);
-    let gru: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let e = KerasModel::from_config_and_weights(&gru, h5)
+        .replacen("\"class_name\":\"Dense\"", "\"class_name\":\"ConvLSTM1D\"", 1);
+    let unknown: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = KerasModel::from_config_and_weights(&unknown, h5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("GRU") && e.contains("dense"), "{e}");
+    assert!(e.contains("ConvLSTM1D") && e.contains("dense"), "{e}");
     // A config whose LSTM is wider than its weights: a shape error naming the weight.
     let text = config
         .to_string()

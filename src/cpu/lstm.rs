@@ -4,7 +4,7 @@
 
 use super::packed::PackedWeights;
 use super::reference;
-use crate::config::LstmConfig;
+use crate::config::{Cell, LstmConfig};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::output::{LstmOutput, LstmState};
@@ -45,7 +45,12 @@ impl<T: Element> Lstm<T> {
     /// Builds a layer, checking the weights against the configuration.
     pub fn new(config: LstmConfig, weights: LstmWeights<T>) -> Result<Self> {
         weights.validate(&config, weights.input_dim())?;
-        let packed = PackedWeights::new(&weights).map(Arc::new);
+        // The packed kernels are LSTM kernels; GRU and SimpleRNN run the generic path.
+        let packed = if config.cell == Cell::Lstm {
+            PackedWeights::new(&weights).map(Arc::new)
+        } else {
+            None
+        };
         Ok(Lstm {
             config,
             weights,
@@ -97,8 +102,9 @@ impl<T: Element> Lstm<T> {
         }
     }
 
-    /// Runs the layer on `x [B, T, I]` with an optional initial state (h0, c0), each `[B, H]`,
-    /// and an optional mask `[B, T]` (true = step present).
+    /// Runs an LSTM layer on `x [B, T, I]` with an optional initial state (h0, c0), each
+    /// `[B, H]`, and an optional mask `[B, T]` (true = step present). A GRU or SimpleRNN
+    /// layer (one state tensor) takes its initial state through [`Lstm::forward_states`].
     ///
     /// A stateful layer starts from its carried state unless `initial_state` is given, and
     /// keeps the final state for the next call.
@@ -108,20 +114,66 @@ impl<T: Element> Lstm<T> {
         initial_state: Option<(ArrayView2<T>, ArrayView2<T>)>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<LstmOutput<T>> {
-        let (batch, _, _) = check_inputs(self.input_dim(), x, mask)?;
-        if let Some((h0, c0)) = initial_state {
-            check_state("h0", h0, batch, self.config.units)?;
-            check_state("c0", c0, batch, self.config.units)?;
+        match initial_state {
+            None => self.forward_states(x, None, mask),
+            Some((h0, c0)) => self.forward_states(x, Some(&[h0, c0]), mask),
         }
+    }
+
+    /// Runs the layer on `x [B, T, I]` with an optional initial state given as Keras takes
+    /// it, `[h0, c0]` for an LSTM and `[h0]` for a GRU or SimpleRNN (each `[B, H]`), and an
+    /// optional mask `[B, T]` (true = step present).
+    ///
+    /// ```
+    /// use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
+    /// let config = LstmConfig::gru(4).return_state(true);
+    /// let w = LstmWeights::<f32>::random(&config, 3, 0).unwrap();
+    /// let mut gru = Lstm::new(config, w).unwrap();
+    /// let x = ndarray::Array3::<f32>::ones((2, 5, 3));
+    /// let h0 = ndarray::Array2::<f32>::zeros((2, 4));
+    /// let out = gru.forward_states(x.view(), Some(&[h0.view()]), None).unwrap();
+    /// assert_eq!(out.into_keras().len(), 2); // [output, h]
+    /// assert!(gru.forward_states(x.view(), Some(&[h0.view(), h0.view()]), None).is_err());
+    /// ```
+    pub fn forward_states(
+        &mut self,
+        x: ArrayView3<T>,
+        initial_state: Option<&[ArrayView2<T>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<LstmOutput<T>> {
+        let (batch, _, _) = check_inputs(self.input_dim(), x, mask)?;
+        let units = self.config.units;
+        let names = self.config.cell.state_names();
+        if let Some(init) = initial_state {
+            if init.len() != names.len() {
+                return Err(LstmError::invalid(
+                    "initial_state",
+                    format!(
+                        "{} layer {} takes {} tensors {names:?}, got {}",
+                        self.config.cell.class_name(),
+                        self.config.name,
+                        names.len(),
+                        init.len()
+                    ),
+                ));
+            }
+            for (name, s) in names.iter().zip(init) {
+                check_state(name, *s, batch, units)?;
+            }
+        }
+        let c_units = if names.len() == 2 { units } else { 0 };
         let start = match (initial_state, &self.state) {
-            (Some((h, c)), _) => LstmState {
-                h: h.to_owned(),
-                c: c.to_owned(),
+            (Some(init), _) => LstmState {
+                h: init[0].to_owned(),
+                c: match init.get(1) {
+                    Some(c) => c.to_owned(),
+                    None => Array2::zeros((batch, 0)),
+                },
             },
             (None, Some(s)) if self.config.stateful => s.clone(),
             _ => LstmState {
-                h: Array2::zeros((batch, self.config.units)),
-                c: Array2::zeros((batch, self.config.units)),
+                h: Array2::zeros((batch, units)),
+                c: Array2::zeros((batch, c_units)),
             },
         };
         if self.config.stateful {

@@ -4,6 +4,7 @@
 //! [`project_inputs`] is the twin of `shaders/projection.wgsl`, `reference::cell_update` the
 //! twin of the element-wise part of `shaders/step.wgsl`, and `reference::run` of the time loop.
 //!
+//! - `cells.rs`: the GRU and SimpleRNN cells and their time loop (generic path).
 //! - `lstm.rs`: the [`Lstm`] layer (validation, stateful state, the choice of path).
 //! - `reference.rs`: the generic path, the reference the fast path is tested against; f64 and
 //!   f32 on CPUs without AVX2/FMA run it.
@@ -13,6 +14,7 @@
 //!   built, the cell update fused into each step's product). `LSTM_WGPU_CPU_ISA=generic` forces
 //!   the generic path (`avx2` caps the packed kernels at AVX2).
 
+mod cells;
 mod lstm;
 mod packed;
 pub(crate) mod reference;

@@ -71,17 +71,20 @@ pub(crate) fn matmul<T: Element>(
 /// at once. Row `b·T + t` holds timestep t of batch row b.
 pub fn project_inputs<T: Element>(x: ArrayView3<T>, weights: &LstmWeights<T>) -> Array2<T> {
     let (b, t, i) = x.dim();
+    let n = weights.kernel.ncols();
     let x2 = x
         .as_standard_layout()
         .into_owned()
         .into_shape_with_order((b * t, i))
         .expect("a standard-layout [B, T, I] array reshapes to [B·T, I]");
+    // (a GRU with reset_after has its recurrent bias after the n input-bias entries)
     let mut proj = match &weights.bias {
         Some(bias) => bias
-            .broadcast((b * t, bias.len()))
-            .expect("bias is [4H]")
+            .slice(s![..n])
+            .broadcast((b * t, n))
+            .expect("bias is [G·H]")
             .to_owned(),
-        None => Array2::zeros((b * t, weights.kernel.ncols())),
+        None => Array2::zeros((b * t, n)),
     };
     matmul(
         x2.view(),
@@ -203,7 +206,7 @@ pub(crate) fn cell_update_impl<T: Element>(
 }
 
 /// The time loop. Returns (sequence [B, T, H] in processing order, last output [B, H],
-/// final state).
+/// final state). GRU and SimpleRNN layers run the loop of `cells.rs`.
 pub(crate) fn run<T: Element>(
     config: &LstmConfig,
     weights: &LstmWeights<T>,
@@ -211,6 +214,9 @@ pub(crate) fn run<T: Element>(
     start: LstmState<T>,
     mask: Option<ArrayView2<bool>>,
 ) -> (Array3<T>, Array2<T>, LstmState<T>) {
+    if config.cell != crate::config::Cell::Lstm {
+        return super::cells::run(config, weights, x, start, mask);
+    }
     let (b, t, _) = x.dim();
     let hu = config.units;
     let rule = StepRule::of(config);

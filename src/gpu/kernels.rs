@@ -137,6 +137,8 @@ pub(crate) struct StepKey {
     pub write_sequence: bool,
     /// The whole-sequence kernel (sequence.wgsl) instead of the per-step one.
     pub whole_sequence: bool,
+    /// The `CELL` constant of cell.wgsl (`CELL_LSTM`, ...) and the cell's gate count.
+    pub cell: (u32, u32),
 }
 
 /// A pipeline's identity: its kernel and its override constants (values as bits).
@@ -271,20 +273,19 @@ impl Kernels {
         } else {
             Kernel::Step
         };
-        self.pipeline(
-            device,
-            kernel,
-            &[
-                ("ACTIVATION", f64::from(key.activation.id())),
-                (
-                    "RECURRENT_ACTIVATION",
-                    f64::from(key.recurrent_activation.id()),
-                ),
-                ("ZERO_OUTPUT_FOR_MASK", flag(key.zero_output_for_mask)),
-                ("HAS_MASK", flag(key.has_mask)),
-                ("WRITE_SEQUENCE", flag(key.write_sequence)),
-            ],
-        )
+        let mut constants = vec![
+            ("ACTIVATION", f64::from(key.activation.id())),
+            (
+                "RECURRENT_ACTIVATION",
+                f64::from(key.recurrent_activation.id()),
+            ),
+            ("ZERO_OUTPUT_FOR_MASK", flag(key.zero_output_for_mask)),
+            ("HAS_MASK", flag(key.has_mask)),
+            ("WRITE_SEQUENCE", flag(key.write_sequence)),
+        ];
+        constants.push(("CELL", f64::from(key.cell.0)));
+        constants.push(("GATES", f64::from(key.cell.1)));
+        self.pipeline(device, kernel, &constants)
     }
 
     /// The merge pipeline for `mode` (None merges as concat; the host splits the halves).

@@ -109,22 +109,38 @@ pub(crate) fn budget(cap: Option<u64>) -> u64 {
 }
 
 /// Loop iterations one invocation of `sequence.wgsl` runs for `steps` timesteps of a
-/// `batch` x `units` state (the loops as written there; `per_thread` = its `nq`).
-pub(crate) fn sequence_iterations(batch: usize, units: usize, steps: usize) -> u64 {
+/// `batch` x `units` state (the loops as written there; `per_thread` = its `nq`);
+/// `reset_first`: a GRU without reset_after (one more q loop with its k loop per step).
+pub(crate) fn sequence_iterations(
+    batch: usize,
+    units: usize,
+    steps: usize,
+    reset_first: bool,
+) -> u64 {
     let per_thread = (batch * units).div_ceil(super::params::SEQUENCE_THREADS) as u64;
     let k_loop = step_iterations(units);
     // load + store loops, then per step: the step loop itself, the q loop with its k loop and
     // the cell (five activations: a `switch` may be compiled as a loop), and the q loop that
     // publishes h. Measured on llvmpipe (H = 128, B = 1): the 65,535th iteration fell in step
     // 851, 77 a step, where this counts 79.
-    2 * per_thread + steps as u64 * (1 + per_thread * (1 + k_loop + 5) + per_thread)
+    let reset = if reset_first {
+        per_thread * (1 + k_loop + 2)
+    } else {
+        0
+    };
+    2 * per_thread + steps as u64 * (1 + per_thread * (1 + k_loop + 5) + per_thread + reset)
 }
 
 /// The most timesteps one dispatch of `sequence.wgsl` may cover within `budget`, or 0 when
 /// not even one fits.
-pub(crate) fn sequence_steps_per_dispatch(batch: usize, units: usize, budget: u64) -> usize {
-    let fixed = sequence_iterations(batch, units, 0);
-    let per_step = sequence_iterations(batch, units, 1) - fixed;
+pub(crate) fn sequence_steps_per_dispatch(
+    batch: usize,
+    units: usize,
+    reset_first: bool,
+    budget: u64,
+) -> usize {
+    let fixed = sequence_iterations(batch, units, 0, reset_first);
+    let per_step = sequence_iterations(batch, units, 1, reset_first) - fixed;
     (budget.saturating_sub(fixed) / per_step).min(usize::MAX as u64) as usize
 }
 
@@ -185,12 +201,17 @@ mod tests {
     fn sequence_chunks_fit_the_budget() {
         for (b, h) in [(1, 64), (1, 128), (2, 256), (1, 1024), (4, 3)] {
             for budget in [1000u64, 32_767, 1 << 30] {
-                let n = sequence_steps_per_dispatch(b, h, budget);
-                assert!(sequence_iterations(b, h, n) <= budget, "{b} {h} {budget}");
-                assert!(
-                    sequence_iterations(b, h, n + 1) > budget,
-                    "{b} {h} {budget}"
-                );
+                for two in [false, true] {
+                    let n = sequence_steps_per_dispatch(b, h, two, budget);
+                    assert!(
+                        sequence_iterations(b, h, n, two) <= budget,
+                        "{b} {h} {budget}"
+                    );
+                    assert!(
+                        sequence_iterations(b, h, n + 1, two) > budget,
+                        "{b} {h} {budget}"
+                    );
+                }
             }
         }
         assert_eq!(budget(None), u64::MAX);

@@ -30,6 +30,17 @@ pub(crate) const MASK_THREADS: usize = 64;
 /// Threads (rows) of a Dense-activation workgroup (dense.wgsl).
 pub(crate) const DENSE_THREADS: usize = 64;
 
+/// The cells of step.wgsl (its `CELL` override; the constants of cell.wgsl).
+pub(crate) const CELL_LSTM: u32 = 0;
+/// A GRU with `reset_after`.
+pub(crate) const CELL_GRU: u32 = 1;
+/// A GRU without `reset_after`, first dispatch of a step (the reset gate).
+pub(crate) const CELL_GRU_RESET: u32 = 2;
+/// A GRU without `reset_after`, second dispatch (the candidate and the update).
+pub(crate) const CELL_GRU_CANDIDATE: u32 = 3;
+/// SimpleRNN.
+pub(crate) const CELL_SIMPLE_RNN: u32 = 4;
+
 /// The most state elements (B·H) the whole-sequence kernel holds (its workgroup array `hs`).
 pub const PERSISTENT_MAX_STATE: usize = SEQUENCE_THREADS * SEQUENCE_PER_THREAD;
 
@@ -238,6 +249,15 @@ mod tests {
         assert_eq!(workgroup_size("sequence"), threads(SEQUENCE_THREADS));
         assert_eq!(constant("sequence", "WG"), SEQUENCE_THREADS);
         assert_eq!(constant("sequence", "PER"), SEQUENCE_PER_THREAD);
+        for (name, value) in [
+            ("CELL_LSTM", CELL_LSTM),
+            ("CELL_GRU", CELL_GRU),
+            ("CELL_GRU_RESET", CELL_GRU_RESET),
+            ("CELL_GRU_CANDIDATE", CELL_GRU_CANDIDATE),
+            ("CELL_SIMPLE_RNN", CELL_SIMPLE_RNN),
+        ] {
+            assert_eq!(constant("step", name), value as usize, "{name}");
+        }
         assert_eq!(workgroup_size("merge"), threads(MERGE_THREADS));
         assert_eq!(workgroup_size("mask"), threads(MASK_THREADS));
         assert_eq!(workgroup_size("dense"), threads(DENSE_THREADS));

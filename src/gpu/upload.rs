@@ -4,7 +4,7 @@
 
 use super::context::GpuContext;
 use super::params::{PROJECTION_COLUMNS, PROJECTION_THREADS};
-use crate::config::LstmConfig;
+use crate::config::{Cell, LstmConfig};
 use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -69,7 +69,8 @@ pub(super) fn recurrent_texture(
     bytes: &mut u64,
 ) -> Result<wgpu::TextureView> {
     let max = ctx.limits().max_texture_dimension_2d as usize;
-    if units > max {
+    let rows = data.len() / (4 * units);
+    if rows > max {
         return Err(LstmError::invalid(
             name,
             format!("{units} units exceed this adapter's texture size limit of {max}"),
@@ -77,7 +78,7 @@ pub(super) fn recurrent_texture(
     }
     let size = wgpu::Extent3d {
         width: units as u32,
-        height: units as u32,
+        height: rows as u32,
         depth_or_array_layers: 1,
     };
     let texture = ctx.device().create_texture(&wgpu::TextureDescriptor {
@@ -96,7 +97,7 @@ pub(super) fn recurrent_texture(
         wgpu::TexelCopyBufferLayout {
             offset: 0,
             bytes_per_row: Some((units * 16) as u32),
-            rows_per_image: Some(units as u32),
+            rows_per_image: Some(rows as u32),
         },
         size,
     );
@@ -113,6 +114,20 @@ pub(super) fn upload_weights<T: Element>(
     let c = l.config();
     let w = l.weights();
     let name = |what: &str| format!("{}/{what}", c.name);
+    let gh = c.cell.gates() * c.units;
+    let mut recurrent = gates_side_by_side(w.recurrent_kernel.view(), c.cell.gates());
+    if c.cell == (Cell::Gru { reset_after: true }) {
+        // One row more: the recurrent bias as texel (j, H) (zero without a bias).
+        let mut row = vec![0.0f32; 4 * c.units];
+        if let Some(b) = &w.bias {
+            for j in 0..c.units {
+                for g in 0..3 {
+                    row[4 * j + g] = b[gh + g * c.units + j].to_f64() as f32;
+                }
+            }
+        }
+        recurrent.extend(row);
+    }
     ctx.checked("uploading weights", || {
         Ok(DirWeights {
             config: c.clone(),
@@ -126,15 +141,16 @@ pub(super) fn upload_weights<T: Element>(
             recurrent: recurrent_texture(
                 ctx,
                 &name("recurrent_kernel"),
-                &gates_side_by_side(w.recurrent_kernel.view()),
+                &recurrent,
                 c.units,
                 bytes,
             )?,
+            // (the input bias: a GRU's recurrent bias went into the texture)
             bias: match &w.bias {
                 Some(b) => Some(upload_f32(
                     ctx,
                     &name("bias"),
-                    &row_major(b.view().insert_axis(ndarray::Axis(0))),
+                    &row_major(b.slice(ndarray::s![..gh]).insert_axis(ndarray::Axis(0))),
                     bytes,
                 )?),
                 None => None,
@@ -161,14 +177,15 @@ pub(super) fn projection_order<T: Element>(m: ndarray::ArrayView2<T>) -> Vec<f32
     out
 }
 
-/// The recurrent kernel `[H, 4H]` (gate blocks i, f, c, o) as step.wgsl and sequence.wgsl
-/// read it: `[H][H][4]`, the four gates of unit j for row k at `(k·H + j)·4`.
-pub(super) fn gates_side_by_side<T: Element>(r: ndarray::ArrayView2<T>) -> Vec<f32> {
+/// The recurrent kernel `[H, G·H]` (G gate blocks: i, f, c, o for an LSTM) as step.wgsl and
+/// sequence.wgsl read it: `[H][H][4]`, the gates of unit j for row k at `(k·H + j)·4` (zero
+/// past the G gates).
+pub(super) fn gates_side_by_side<T: Element>(r: ndarray::ArrayView2<T>, gates: usize) -> Vec<f32> {
     let h = r.nrows();
     let mut out = vec![0.0f32; h * 4 * h];
     for k in 0..h {
         for j in 0..h {
-            for g in 0..4 {
+            for g in 0..gates {
                 out[(k * h + j) * 4 + g] = r[[k, g * h + j]].to_f64() as f32;
             }
         }

@@ -335,29 +335,38 @@ impl GpuNetwork {
                 [only] => only.directions(),
                 _ => Vec::new(),
             };
-            let names: &[&str] = match dirs.len() {
-                1 => &["h0", "c0"],
-                2 => &["h_fwd", "c_fwd", "h_bwd", "c_bwd"],
-                _ => {
-                    return Err(LstmError::invalid(
-                        "initial_state",
-                        "only a network of one LSTM or Bidirectional layer takes an initial \
-                         state (a Sequential stack or a model does not)",
-                    ))
+            if dirs.is_empty() || dirs.len() > 2 {
+                return Err(LstmError::invalid(
+                    "initial_state",
+                    "only a network of one recurrent or Bidirectional layer takes an initial \
+                     state (a Sequential stack or a model does not)",
+                ));
+            }
+            // [h0, c0] or [h0] per direction, forward first.
+            let mut expected = Vec::new();
+            for (k, d) in dirs.iter().enumerate() {
+                for name in d.cell.state_names() {
+                    let name = match (dirs.len(), k) {
+                        (1, _) => name.to_string(),
+                        (_, 0) => name.replace('0', "_fwd"),
+                        _ => name.replace('0', "_bwd"),
+                    };
+                    expected.push((name, d.units));
                 }
-            };
-            if init.len() != names.len() {
+            }
+            if init.len() != expected.len() {
+                let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
                 return Err(LstmError::invalid(
                     "initial_state",
                     format!(
                         "expected {} tensors {names:?}, got {}",
-                        names.len(),
+                        expected.len(),
                         init.len()
                     ),
                 ));
             }
-            for (k, s) in init.iter().enumerate() {
-                check_state(names[k], *s, dims.0, dirs[k / 2].units)?;
+            for ((name, units), s) in expected.iter().zip(init) {
+                check_state(name, *s, dims.0, *units)?;
             }
         }
         Ok(dims)

@@ -181,14 +181,20 @@ impl GpuNetwork {
             });
         match initial_state {
             Some(init) => {
-                // [h0, c0] per direction of the single stage.
-                for (d, pair) in init.chunks(2).enumerate() {
-                    let h: Vec<f32> = pair[0].iter().copied().collect();
-                    let c: Vec<f32> = pair[1].iter().copied().collect();
-                    let bh = (4 * h.len()) as u64;
-                    queue.write_buffer(&states.dirs[d][0], 0, bytemuck::cast_slice(&h));
-                    queue.write_buffer(&states.dirs[d][0], bh, bytemuck::cast_slice(&c));
-                    stats.bytes_uploaded += 2 * bh;
+                // [h0, c0] (LSTM) or [h0] per direction of the single stage.
+                let mut tensors = init.iter();
+                for (d, dir) in self.model.directions().iter().enumerate() {
+                    let mut offset = 0;
+                    for s in tensors.by_ref().take(dir.cell.states()) {
+                        let values: Vec<f32> = s.iter().copied().collect();
+                        queue.write_buffer(
+                            &states.dirs[d][0],
+                            offset,
+                            bytemuck::cast_slice(&values),
+                        );
+                        offset += (4 * values.len()) as u64;
+                    }
+                    stats.bytes_uploaded += offset;
                 }
             }
             None => {

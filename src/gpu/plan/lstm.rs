@@ -1,22 +1,24 @@
-//! The plan builder of one LSTM direction: its input projection (in chunks of timesteps that
+//! The plan builder of one recurrent direction (LSTM, GRU or SimpleRNN): its input projection (in chunks of timesteps that
 //! fit the binding limit) and its recurrent dispatches (one per timestep, or runs of timesteps
 //! of the whole-sequence kernel within the driver's loop limit). Kernels: projection.wgsl,
 //! step.wgsl, sequence.wgsl; CPU twin: `cpu::reference::run`.
 
 use super::context::{dispatch_limit, entry, params_binding};
 use super::{GpuStage, Output, PlanContext, Planned, Tensor};
-use crate::config::LstmConfig;
+use crate::config::{Cell, LstmConfig};
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::{Kernel, StepKey};
 use crate::gpu::loops;
 use crate::gpu::params::{
-    ProjParams, SeqParams, StepParams, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS, PROJECTION_ROWS,
-    STEP_ROWS, STEP_THREADS,
+    ProjParams, SeqParams, StepParams, CELL_GRU, CELL_GRU_CANDIDATE, CELL_GRU_RESET, CELL_LSTM,
+    CELL_SIMPLE_RNN, PERSISTENT_MAX_STATE, PROJECTION_COLUMNS, PROJECTION_ROWS, STEP_ROWS,
+    STEP_THREADS,
 };
 use crate::gpu::stats::Phase;
 use crate::gpu::upload::DirWeights;
 
-/// An LSTM layer (one direction): its weights and the index of its state buffers.
+/// A recurrent layer (one direction; LSTM, GRU or SimpleRNN): its weights and the index of its
+/// state buffers.
 #[derive(Debug)]
 pub(in crate::gpu) struct LstmStage {
     pub(in crate::gpu) weights: DirWeights,
@@ -48,24 +50,27 @@ impl GpuStage for LstmStage {
         };
         let mut outputs = vec![Output::tensor(&next, cx.batch, cx.steps)];
         if c.return_state {
-            outputs.extend(state_outputs(&dir.state, cx.batch, c.units));
+            outputs.extend(state_outputs(&dir.state, cx.batch, c));
         }
         Ok(Planned { next, outputs })
     }
 }
 
-/// The final h and c of a direction as two outputs `[B, H]`.
+/// The final state of a direction as outputs `[B, H]`: h and c of an LSTM, h of the others.
 pub(in crate::gpu) fn state_outputs(
     state: &wgpu::Buffer,
     batch: usize,
-    units: usize,
-) -> [Output; 2] {
-    [0, 1].map(|k| Output {
-        buf: state.clone(),
-        offset: (k * batch * units * 4) as u64,
-        shape: vec![batch, units],
-        cols: vec![None],
-    })
+    config: &LstmConfig,
+) -> Vec<Output> {
+    let units = config.units;
+    (0..config.cell.states())
+        .map(|k| Output {
+            buf: state.clone(),
+            offset: (k * batch * units * 4) as u64,
+            shape: vec![batch, units],
+            cols: vec![None],
+        })
+        .collect()
 }
 
 impl LstmStage {
@@ -88,7 +93,8 @@ impl LstmStage {
         }
         let (batch, steps) = (cx.batch, cx.steps);
         let h = w.config.units;
-        let n = 4 * h;
+        let cell = w.config.cell;
+        let n = cell.gates() * h;
         // Projection chunks: as many timesteps as fit the binding limit and the dispatch
         // limit (a workgroup covers PROJECTION_ROWS rows and PROJECTION_COLUMNS columns).
         let per_step = (batch * n * 4) as u64;
@@ -147,8 +153,9 @@ impl LstmStage {
         // The whole-sequence kernel where chosen and where at least one timestep fits
         // the adapter's loop budget; it then runs `per_dispatch` timesteps a dispatch.
         let chosen = cx.kernel_choice.whole_sequence(cx.choice_batch, h);
+        let reset_first = cell == (Cell::Gru { reset_after: false });
         let per_dispatch = if chosen && batch * h <= PERSISTENT_MAX_STATE {
-            loops::sequence_steps_per_dispatch(batch, h, loops::budget(cx.loop_cap))
+            loops::sequence_steps_per_dispatch(batch, h, reset_first, loops::budget(cx.loop_cap))
         } else {
             0
         };
@@ -263,17 +270,32 @@ impl LstmStage {
                 ],
             })
         });
-        let step_pipeline = cx.kernels.step(
-            cx.device(),
-            StepKey {
-                activation: w.config.activation,
-                recurrent_activation: w.config.recurrent_activation,
-                zero_output_for_mask: w.config.zero_output_for_mask,
-                has_mask: input.masked,
-                write_sequence: seq_needed,
-                whole_sequence,
-            },
-        )?;
+        let step_key = |cell_id: u32| StepKey {
+            activation: w.config.activation,
+            recurrent_activation: w.config.recurrent_activation,
+            zero_output_for_mask: w.config.zero_output_for_mask,
+            has_mask: input.masked,
+            write_sequence: seq_needed,
+            whole_sequence,
+            cell: (cell_id, cell.gates() as u32),
+        };
+        // The step's pipelines: one, or a GRU without reset_after's reset and candidate
+        // dispatches (the same bindings and parameters).
+        let step_pipelines = match cell {
+            Cell::Lstm => vec![cx.kernels.step(cx.device(), step_key(CELL_LSTM))?],
+            Cell::Gru { reset_after: true } => {
+                vec![cx.kernels.step(cx.device(), step_key(CELL_GRU))?]
+            }
+            // (sequence.wgsl runs both halves in one dispatch)
+            Cell::Gru { reset_after: false } if whole_sequence => {
+                vec![cx.kernels.step(cx.device(), step_key(CELL_GRU_RESET))?]
+            }
+            Cell::Gru { reset_after: false } => vec![
+                cx.kernels.step(cx.device(), step_key(CELL_GRU_RESET))?,
+                cx.kernels.step(cx.device(), step_key(CELL_GRU_CANDIDATE))?,
+            ],
+            Cell::SimpleRnn => vec![cx.kernels.step(cx.device(), step_key(CELL_SIMPLE_RNN))?],
+        };
         let step_groups = if whole_sequence {
             (1, 1)
         } else {
@@ -284,18 +306,15 @@ impl LstmStage {
         };
         let proj_pipeline = cx.pipeline(Kernel::Projection)?;
         cx.count_projection_chunks(chunks.len());
-        // Recurrent dispatch k reads state buffer k % 2 and writes the other.
+        // Recurrent step k reads state buffer k % 2 and writes the other.
         let mut dispatched = 0;
         for (off, groups, recurrent) in chunks {
             cx.dispatch(&proj_pipeline, &proj_bind, &[off], groups);
             cx.mark(Phase::Projection);
             for off in recurrent {
-                cx.dispatch(
-                    &step_pipeline,
-                    &step_bind[dispatched % 2],
-                    &[off],
-                    step_groups,
-                );
+                for pipeline in &step_pipelines {
+                    cx.dispatch(pipeline, &step_bind[dispatched % 2], &[off], step_groups);
+                }
                 dispatched += 1;
             }
             cx.mark(Phase::Steps);

@@ -70,8 +70,8 @@ impl GpuStage for BidiStage {
         }
         let mut outputs = vec![whole];
         if f.return_state {
-            outputs.extend(state_outputs(&fp.state, batch, hf));
-            outputs.extend(state_outputs(&bp.state, batch, hb));
+            outputs.extend(state_outputs(&fp.state, batch, f));
+            outputs.extend(state_outputs(&bp.state, batch, b));
         }
         Ok(Planned { next, outputs })
     }
