@@ -118,9 +118,11 @@ fn unsupported_layers_and_wrong_weights_are_errors() {
     let (config, h5) = config_and_weights("lstm_seq_dense");
     let h5 = h5.as_slice();
     // An unknown layer class: the error names the class and the layer.
-    let text = config
-        .to_string()
-        .replacen("\"class_name\":\"Dense\"", "\"class_name\":\"ConvLSTM1D\"", 1);
+    let text = config.to_string().replacen(
+        "\"class_name\":\"Dense\"",
+        "\"class_name\":\"ConvLSTM1D\"",
+        1,
+    );
     let unknown: serde_json::Value = serde_json::from_str(&text).unwrap();
     let e = KerasModel::from_config_and_weights(&unknown, h5)
         .unwrap_err()

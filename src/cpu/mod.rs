@@ -14,7 +14,7 @@
 //!   built, the cell update fused into each step's product). `LSTM_WGPU_CPU_ISA=generic` forces
 //!   the generic path (`avx2` caps the packed kernels at AVX2).
 
-mod cells;
+pub(crate) mod cells;
 mod lstm;
 mod packed;
 pub(crate) mod reference;

@@ -287,3 +287,214 @@ fn dense_activation_kernel_matches_activation_apply() {
         }
     }
 }
+
+/// One dispatch of step.wgsl (bindings as `plan/lstm.rs` makes them) for each cell, against
+/// the CPU twins of `cpu/reference.rs` and `cpu/cells.rs`: random h (and c), projection rows,
+/// recurrent kernel and bias, H on the vec4 path and off it, one masked batch row. A GRU
+/// without reset_after runs its two dispatches on the same bindings.
+#[test]
+fn step_kernel_matches_the_cell_twins() {
+    use super::params::{
+        StepParams, CELL_GRU, CELL_GRU_CANDIDATE, CELL_GRU_RESET, CELL_LSTM, CELL_SIMPLE_RNN,
+        STEP_ROWS, STEP_THREADS,
+    };
+    use super::upload::gates_side_by_side;
+    use crate::config::Cell;
+    use crate::cpu::cells::{gru_candidate, gru_cell, gru_reset_gate, rnn_cell};
+    use crate::cpu::reference::{cell_update, StepRule};
+    use ndarray::Array1;
+    let Some(ctx) = ctx("step_kernel_matches_the_cell_twins") else {
+        return;
+    };
+    let device = ctx.device();
+    let kernels = ctx.kernels().unwrap();
+    let cells = [
+        (Cell::Lstm, vec![CELL_LSTM]),
+        (Cell::Gru { reset_after: true }, vec![CELL_GRU]),
+        (
+            Cell::Gru { reset_after: false },
+            vec![CELL_GRU_RESET, CELL_GRU_CANDIDATE],
+        ),
+        (Cell::SimpleRnn, vec![CELL_SIMPLE_RNN]),
+    ];
+    for (cell, ids) in cells {
+        for (b, h) in [(5, 8), (3, 70)] {
+            let g = cell.gates();
+            let rule = StepRule {
+                activation: Activation::Tanh,
+                recurrent_activation: Activation::Sigmoid,
+                zero_output_for_mask: false,
+            };
+            let to2 = |a: Array3<f32>, r: usize, c: usize| a.into_shape_with_order((r, c)).unwrap();
+            let hs = to2(input(1, b, h, 11), b, h);
+            let cs = to2(input(1, b, h, 12), b, h);
+            let last = to2(input(1, b, h, 13), b, h);
+            let proj = to2(input(1, b, g * h, 14), b, g * h);
+            let r = to2(input(1, h, g * h, 15), h, g * h);
+            let rb: Array1<f32> = input(1, 1, g * h, 16).into_iter().collect();
+            let present = |row: usize| row != 1;
+            // CPU: rec = h · R (+ recurrent bias), then the cell and the mask rule.
+            let rec = hs.dot(&r);
+            let (mut want_h, mut want_c, mut want_out) = (hs.clone(), cs.clone(), last.clone());
+            for row in 0..b {
+                if !present(row) {
+                    continue;
+                }
+                let x = |k: usize| proj[[row, k]];
+                for j in 0..h {
+                    let hp = hs[[row, j]];
+                    let new = match cell {
+                        Cell::Lstm => continue,
+                        Cell::Gru { reset_after: true } => gru_cell(
+                            rule,
+                            [x(j), x(h + j), x(2 * h + j)],
+                            [
+                                rec[[row, j]] + rb[j],
+                                rec[[row, h + j]] + rb[h + j],
+                                rec[[row, 2 * h + j]] + rb[2 * h + j],
+                            ],
+                            hp,
+                        ),
+                        Cell::Gru { reset_after: false } => {
+                            let rh: Vec<f32> = (0..h)
+                                .map(|k| {
+                                    gru_reset_gate(rule, x(h + k), rec[[row, h + k]], hs[[row, k]])
+                                })
+                                .collect();
+                            let cand: f32 = (0..h).map(|k| rh[k] * r[[k, 2 * h + j]]).sum();
+                            gru_candidate(rule, x(j), x(2 * h + j), rec[[row, j]], cand, hp)
+                        }
+                        Cell::SimpleRnn => rnn_cell(rule, x(j), rec[[row, j]]),
+                    };
+                    want_h[[row, j]] = new;
+                    want_out[[row, j]] = new;
+                }
+                if cell == Cell::Lstm {
+                    let mut z: Vec<f32> = (0..4 * h).map(|k| x(k) + rec[[row, k]]).collect();
+                    let (mut hr, mut cr) = (hs.row(row).to_vec(), cs.row(row).to_vec());
+                    let mut or = vec![0.0; h];
+                    cell_update(rule, &mut z, &mut hr, &mut cr, &mut or, true);
+                    want_h.row_mut(row).assign(&Array1::from(hr));
+                    want_c.row_mut(row).assign(&Array1::from(cr));
+                    want_out.row_mut(row).assign(&Array1::from(or));
+                }
+            }
+            // GPU: the same step through step.wgsl.
+            let params = StepParams {
+                batch: b as u32,
+                units: h as u32,
+                tc: 1,
+                t_local: 0,
+                t_abs: 0,
+                s_out: 0,
+                seq_len: 1,
+                _pad: 0,
+            };
+            let mut texels = gates_side_by_side(r.view(), g);
+            if cell == (Cell::Gru { reset_after: true }) {
+                for j in 0..h {
+                    texels.extend((0..4).map(|k| if k < 3 { rb[k * h + j] } else { 0.0 }));
+                }
+            }
+            let rows = texels.len() / (4 * h);
+            let mut bytes = 0;
+            let texture =
+                super::upload::recurrent_texture(&ctx, "twin", &texels, h, &mut bytes).unwrap();
+            assert_eq!(
+                rows,
+                h + usize::from(cell == Cell::Gru { reset_after: true })
+            );
+            let state_in: Vec<f32> = hs.iter().chain(cs.iter()).copied().collect();
+            let mask: Vec<u32> = (0..b).map(|row| u32::from(present(row))).collect();
+            let bufs = [
+                buffer(&ctx, bytemuck::bytes_of(&params), 256),
+                floats(&ctx, proj.as_slice().unwrap()),
+                buffer(&ctx, bytemuck::cast_slice(&mask), 16),
+                floats(&ctx, &state_in),
+                floats(&ctx, &vec![0.0; 2 * b * h]),
+                floats(&ctx, last.as_slice().unwrap()),
+                floats(&ctx, &[0.0; 4]),
+                // (the unused vec4 view: bound read-only, so not the read-write stand-in)
+                floats(&ctx, &[0.0; 4]),
+            ];
+            let e = super::plan::entry;
+            let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("step twin"),
+                layout: kernels.layout(Kernel::Step),
+                entries: &[
+                    e(
+                        0,
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &bufs[0],
+                            offset: 0,
+                            size: wgpu::BufferSize::new(super::params::PARAMS_SIZE),
+                        }),
+                    ),
+                    e(1, wgpu::BindingResource::TextureView(&texture)),
+                    e(2, bufs[1].as_entire_binding()),
+                    e(3, bufs[2].as_entire_binding()),
+                    e(4, bufs[3].as_entire_binding()),
+                    e(5, bufs[4].as_entire_binding()),
+                    e(6, bufs[5].as_entire_binding()),
+                    e(7, bufs[6].as_entire_binding()),
+                    e(
+                        8,
+                        if h % 4 == 0 { &bufs[3] } else { &bufs[7] }.as_entire_binding(),
+                    ),
+                ],
+            });
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for &id in &ids {
+                    let key = super::kernels::StepKey {
+                        activation: rule.activation,
+                        recurrent_activation: rule.recurrent_activation,
+                        zero_output_for_mask: false,
+                        has_mask: true,
+                        write_sequence: false,
+                        whole_sequence: false,
+                        cell: (id, g as u32),
+                    };
+                    pass.set_pipeline(&kernels.step(device, key).unwrap());
+                    pass.set_bind_group(0, &bind, &[0]);
+                    pass.dispatch_workgroups(
+                        h.div_ceil(STEP_THREADS) as u32,
+                        b.div_ceil(STEP_ROWS) as u32,
+                        1,
+                    );
+                }
+            }
+            let read = |buf: &wgpu::Buffer, n: usize| -> Vec<f32> {
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("step twin readback"),
+                    size: (4 * n) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut enc = device.create_command_encoder(&Default::default());
+                enc.copy_buffer_to_buffer(buf, 0, &staging, 0, (4 * n) as u64);
+                ctx.queue().submit([enc.finish()]);
+                staging.map_async(wgpu::MapMode::Read, .., |r| r.unwrap());
+                device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+                let v = bytemuck::pod_collect_to_vec(&staging.get_mapped_range(..).unwrap());
+                staging.unmap();
+                v
+            };
+            ctx.queue().submit([encoder.finish()]);
+            let state_out = read(&bufs[4], 2 * b * h);
+            let got_last = read(&bufs[5], b * h);
+            let what = format!("{cell:?} B={b} H={h}");
+            let err_h = max_abs(&state_out[..b * h], want_h.as_slice().unwrap());
+            let err_out = max_abs(&got_last, want_out.as_slice().unwrap());
+            assert!(
+                err_h <= 1e-5 && err_out <= 1e-5,
+                "{what}: h {err_h}, output {err_out}"
+            );
+            if cell == Cell::Lstm {
+                let err_c = max_abs(&state_out[b * h..], want_c.as_slice().unwrap());
+                assert!(err_c <= 1e-5, "{what}: c {err_c}");
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ mod mask;
 mod merge;
 
 pub(super) use buffers::{BufferPool, StateBuffers};
-pub(super) use context::PlanContext;
+pub(super) use context::{entry, PlanContext};
 pub(super) use dense::DenseStage;
 pub(super) use lstm::LstmStage;
 pub(super) use mask::MaskStage;
@@ -214,158 +214,142 @@ impl GpuModel {
         profile: bool,
         pool: &mut BufferPool,
     ) -> Result<Plan> {
-        self.ctx.checked("building the forward plan", || {
-            self.plan_inner(
-                (batch, steps, has_mask, choice_batch),
-                states,
-                kernel_choice,
-                profile,
-                pool,
-            )
-        })?
-    }
+        self.ctx
+            .checked("building the forward plan", || -> Result<Plan> {
+                let ctx = &*self.ctx;
+                let limits = ctx.limits();
+                let stride = (PARAMS_SIZE as u32)
+                    .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
+                    as usize;
+                let mut alloc = Allocator::new(ctx, pool);
+                let storage = wgpu::BufferUsages::STORAGE;
+                let x_size = (batch * steps * self.input_dim * 4) as u64;
+                check_binding(ctx, "x", x_size)?;
+                let x = alloc.buffer("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
+                // Always [B, T]: a Masking stage writes it when no mask is given.
+                let mask_size = (batch * steps * 4) as u64;
+                check_binding(ctx, "mask", mask_size)?;
+                let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
+                let dummy = alloc.buffer("unused", 4, storage);
+                // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
+                // bound read-write in the same dispatch).
+                let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
+                let mut cx = PlanContext {
+                    ctx,
+                    kernels: &self.kernels,
+                    alloc,
+                    states,
+                    batch,
+                    steps,
+                    choice_batch,
+                    kernel_choice,
+                    max_groups: limits.max_compute_workgroups_per_dimension as usize,
+                    stride,
+                    mask,
+                    dummy,
+                    dummy_vec4,
+                    loop_cap: ctx.loop_limit()?,
+                    ops: Vec::new(),
+                    clears: Vec::new(),
+                    carries: Vec::new(),
+                    projection_chunks: 0,
+                };
+                let mut input = Tensor {
+                    buf: x.clone(),
+                    width: self.input_dim,
+                    sequence: true,
+                    masked: has_mask,
+                };
+                let mut outputs = Vec::new();
+                for stage in &self.stages {
+                    let planned = stage.plan(&mut cx, &input)?;
+                    input = planned.next;
+                    outputs = planned.outputs;
+                }
+                let PlanContext {
+                    mut alloc,
+                    mask,
+                    ops,
+                    clears,
+                    carries,
+                    projection_chunks,
+                    ..
+                } = cx;
 
-    fn plan_inner(
-        &self,
-        (batch, steps, has_mask, choice_batch): PlanKey,
-        states: &StateBuffers,
-        kernel_choice: RecurrentKernel,
-        profile: bool,
-        pool: &mut BufferPool,
-    ) -> Result<Plan> {
-        let ctx = &*self.ctx;
-        let limits = ctx.limits();
-        let stride = (PARAMS_SIZE as u32)
-            .next_multiple_of(limits.min_uniform_buffer_offset_alignment)
-            as usize;
-        let mut alloc = Allocator::new(ctx, pool);
-        let storage = wgpu::BufferUsages::STORAGE;
-        let x_size = (batch * steps * self.input_dim * 4) as u64;
-        check_binding(ctx, "x", x_size)?;
-        let x = alloc.buffer("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
-        // Always [B, T]: a Masking stage writes it when no mask is given.
-        let mask_size = (batch * steps * 4) as u64;
-        check_binding(ctx, "mask", mask_size)?;
-        let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
-        let dummy = alloc.buffer("unused", 4, storage);
-        // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
-        // bound read-write in the same dispatch).
-        let dummy_vec4 = alloc.buffer("unused vec4 view", 16, storage);
-        let mut cx = PlanContext {
-            ctx,
-            kernels: &self.kernels,
-            alloc,
-            states,
-            batch,
-            steps,
-            choice_batch,
-            kernel_choice,
-            max_groups: limits.max_compute_workgroups_per_dimension as usize,
-            stride,
-            mask,
-            dummy,
-            dummy_vec4,
-            loop_cap: ctx.loop_limit()?,
-            ops: Vec::new(),
-            clears: Vec::new(),
-            carries: Vec::new(),
-            projection_chunks: 0,
-        };
-        let mut input = Tensor {
-            buf: x.clone(),
-            width: self.input_dim,
-            sequence: true,
-            masked: has_mask,
-        };
-        let mut outputs = Vec::new();
-        for stage in &self.stages {
-            let planned = stage.plan(&mut cx, &input)?;
-            input = planned.next;
-            outputs = planned.outputs;
-        }
-        let PlanContext {
-            mut alloc,
-            mask,
-            ops,
-            clears,
-            carries,
-            projection_chunks,
-            ..
-        } = cx;
-
-        // Readback: the last stage's outputs, copied into one staging buffer.
-        let mut copies = Vec::new();
-        let mut specs = Vec::new();
-        let mut floats = 0;
-        for o in outputs {
-            let n: usize = o.shape.iter().product();
-            copies.push((o.buf, o.offset, (floats * 4) as u64, (n * 4) as u64));
-            for cols in o.cols {
-                specs.push(OutSpec {
-                    offset: floats,
-                    shape: o.shape.clone(),
-                    cols,
+                // Readback: the last stage's outputs, copied into one staging buffer.
+                let mut copies = Vec::new();
+                let mut specs = Vec::new();
+                let mut floats = 0;
+                for o in outputs {
+                    let n: usize = o.shape.iter().product();
+                    copies.push((o.buf, o.offset, (floats * 4) as u64, (n * 4) as u64));
+                    for cols in o.cols {
+                        specs.push(OutSpec {
+                            offset: floats,
+                            shape: o.shape.clone(),
+                            cols,
+                        });
+                    }
+                    floats += n;
+                }
+                let timestamps = profile.then(|| {
+                    let phases: Vec<Phase> = std::iter::once(Phase::Start)
+                        .chain(ops.iter().filter_map(|op| match op {
+                            Op::Mark(p) => Some(*p),
+                            Op::Dispatch(_) => None,
+                        }))
+                        .collect();
+                    let n = phases.len() as u32;
+                    let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("forward timestamps"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: n,
+                    });
+                    let resolve = alloc.buffer(
+                        "timestamps",
+                        8 * u64::from(n),
+                        wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    );
+                    Timestamps {
+                        set,
+                        resolve,
+                        phases,
+                        offset: ((floats * 4) as u64).next_multiple_of(8),
+                    }
                 });
-            }
-            floats += n;
-        }
-        let timestamps = profile.then(|| {
-            let phases: Vec<Phase> = std::iter::once(Phase::Start)
-                .chain(ops.iter().filter_map(|op| match op {
-                    Op::Mark(p) => Some(*p),
-                    Op::Dispatch(_) => None,
-                }))
-                .collect();
-            let n = phases.len() as u32;
-            let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("forward timestamps"),
-                ty: wgpu::QueryType::Timestamp,
-                count: n,
-            });
-            let resolve = alloc.buffer(
-                "timestamps",
-                8 * u64::from(n),
-                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            );
-            Timestamps {
-                set,
-                resolve,
-                phases,
-                offset: ((floats * 4) as u64).next_multiple_of(8),
-            }
-        });
-        let staging_size = match &timestamps {
-            Some(ts) => ts.offset + 8 * ts.phases.len() as u64,
-            None => (floats * 4) as u64,
-        };
-        if staging_size > limits.max_buffer_size {
-            return Err(limit_error(
-                "outputs (readback)",
-                staging_size,
-                limits.max_buffer_size,
-                "max_buffer_size",
-            ));
-        }
-        let staging = alloc.buffer(
-            "readback",
-            staging_size,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        );
-        Ok(Plan {
-            x,
-            mask,
-            clears,
-            ops,
-            carries,
-            copies,
-            outputs: specs,
-            staging,
-            staging_size,
-            timestamps,
-            params_bytes: alloc.params_bytes,
-            buffers: alloc.created,
-            held: alloc.held,
-            projection_chunks,
-        })
+                let staging_size = match &timestamps {
+                    Some(ts) => ts.offset + 8 * ts.phases.len() as u64,
+                    None => (floats * 4) as u64,
+                };
+                if staging_size > limits.max_buffer_size {
+                    return Err(limit_error(
+                        "outputs (readback)",
+                        staging_size,
+                        limits.max_buffer_size,
+                        "max_buffer_size",
+                    ));
+                }
+                let staging = alloc.buffer(
+                    "readback",
+                    staging_size,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                );
+                Ok(Plan {
+                    x,
+                    mask,
+                    clears,
+                    ops,
+                    carries,
+                    copies,
+                    outputs: specs,
+                    staging,
+                    staging_size,
+                    timestamps,
+                    params_bytes: alloc.params_bytes,
+                    buffers: alloc.created,
+                    held: alloc.held,
+                    projection_chunks,
+                })
+            })?
     }
 }
