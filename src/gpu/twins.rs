@@ -417,7 +417,9 @@ fn step_kernel_matches_the_cell_twins() {
                 // (the unused vec4 view: bound read-only, so not the read-write stand-in)
                 floats(&ctx, &[0.0; 4]),
             ];
-            let e = super::plan::entry;
+            fn e(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+                wgpu::BindGroupEntry { binding, resource }
+            }
             let bind = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("step twin"),
                 layout: kernels.layout(Kernel::Step),

@@ -18,7 +18,7 @@ mod mask;
 mod merge;
 
 pub(super) use buffers::{BufferPool, StateBuffers};
-pub(super) use context::{entry, PlanContext};
+pub(super) use context::PlanContext;
 pub(super) use dense::DenseStage;
 pub(super) use lstm::LstmStage;
 pub(super) use mask::MaskStage;
