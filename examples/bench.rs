@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --backend cpu|gpu --batch B --steps T --input I --units H \
-//!     [--iters N] [--warmup N] [--json]
+//!     [--cell lstm|gru|gru-reset-before|simple-rnn] [--iters N] [--warmup N] [--json]
 //! cargo run --release --example bench -- --sweep [--iters N]      # standard shapes, both paths
 //! cargo run --release --example bench -- --plot FILE.svg          # time vs steps and vs batch
 //! cargo run --release --example bench -- --list-adapters
@@ -13,8 +13,8 @@
 //! (default: chosen automatically), to compare the two.
 
 use lstm_wgpu::gpu::{GpuContext, GpuLstm, RecurrentKernel};
-use lstm_wgpu::perf::{forward_flops, STANDARD_SHAPES};
-use lstm_wgpu::{Lstm, LstmConfig, LstmWeights, Result};
+use lstm_wgpu::perf::{forward_flops, forward_flops_gates, STANDARD_SHAPES};
+use lstm_wgpu::{Cell, Lstm, LstmConfig, LstmWeights, Result};
 use ndarray::Array3;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ struct Shape {
 }
 
 struct Measurement {
+    cell: Cell,
     times: Vec<f64>,
     dispatches: u32,
     submits: u32,
@@ -66,7 +67,19 @@ fn measure(
     iters: usize,
     warmup: usize,
 ) -> Result<Measurement> {
+    measure_cell(Cell::Lstm, backend, gpu, s, iters, warmup)
+}
+
+fn measure_cell(
+    cell: Cell,
+    backend: Backend,
+    gpu: Option<&Arc<GpuContext>>,
+    s: Shape,
+    iters: usize,
+    warmup: usize,
+) -> Result<Measurement> {
     let config = LstmConfig::new(s.units)
+        .cell(cell)
         .return_sequences(true)
         .return_state(true);
     let weights = LstmWeights::<f32>::random(&config, s.input, 0)?;
@@ -87,6 +100,7 @@ fn measure(
                 }
             }
             Ok(Measurement {
+                cell,
                 times,
                 dispatches: 0,
                 submits: 0,
@@ -122,6 +136,7 @@ fn measure(
             }
             let st = layer.stats();
             Ok(Measurement {
+                cell,
                 times,
                 dispatches: st.dispatches,
                 submits: st.submits,
@@ -158,9 +173,10 @@ fn report_profile(profiles: &[lstm_wgpu::gpu::ForwardProfile]) {
 fn json(backend: Backend, s: Shape, m: &Measurement) -> String {
     let t = m.sorted();
     let median = m.median();
-    let flops = forward_flops(s.batch, s.steps, s.input, s.units) as f64;
+    let flops = cell_flops(m.cell, s) as f64;
     format!(
-        "{{\"peer\":\"lstm-wgpu\",\"backend\":\"{}\",\"adapter\":{:?},\"batch\":{},\"steps\":{},\"input\":{},\"units\":{},\"median_s\":{:e},\"min_s\":{:e},\"max_s\":{:e},\"gflops\":{:.3},\"runs\":{},\"dispatches\":{},\"submits\":{},\"gpu_bytes\":{}}}",
+        "{{\"peer\":\"lstm-wgpu\",\"cell\":\"{}\",\"backend\":\"{}\",\"adapter\":{:?},\"batch\":{},\"steps\":{},\"input\":{},\"units\":{},\"median_s\":{:e},\"min_s\":{:e},\"max_s\":{:e},\"gflops\":{:.3},\"runs\":{},\"dispatches\":{},\"submits\":{},\"gpu_bytes\":{}}}",
+        cell_name(m.cell),
         if backend == Backend::Cpu { "cpu" } else { "gpu" },
         m.adapter,
         s.batch,
@@ -176,6 +192,20 @@ fn json(backend: Backend, s: Shape, m: &Measurement) -> String {
         m.submits,
         m.gpu_bytes
     )
+}
+
+fn cell_name(cell: Cell) -> &'static str {
+    match cell {
+        Cell::Lstm => "lstm",
+        Cell::Gru { reset_after: true } => "gru",
+        Cell::Gru { reset_after: false } => "gru-reset-before",
+        Cell::SimpleRnn => "simple-rnn",
+    }
+}
+
+/// FLOPs of one forward: `2·T·B·G·H·(I+H)` (`forward_flops` for an LSTM).
+fn cell_flops(cell: Cell, s: Shape) -> u64 {
+    forward_flops_gates(cell.gates(), s.batch, s.steps, s.input, s.units)
 }
 
 fn open_gpu() -> Option<Arc<GpuContext>> {
@@ -338,7 +368,7 @@ fn plot(
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bench --backend cpu|gpu --batch B --steps T --input I --units H [--iters N] [--warmup N] [--json]\n       bench --sweep [--iters N] [--warmup N]\n       bench --plot FILE.svg [--iters N]\n       bench --list-adapters"
+        "usage: bench --backend cpu|gpu --batch B --steps T --input I --units H [--cell lstm|gru|gru-reset-before|simple-rnn] [--iters N] [--warmup N] [--json]\n       bench --sweep [--iters N] [--warmup N]\n       bench --plot FILE.svg [--iters N]\n       bench --list-adapters"
     );
     ExitCode::from(2)
 }
@@ -349,6 +379,7 @@ fn main() -> ExitCode {
     let (mut iters, mut warmup) = (10usize, 2usize);
     let (mut as_json, mut do_sweep, mut list) = (false, false, false);
     let mut plot_path = None;
+    let mut cell = Cell::Lstm;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let num = |v: Option<String>| v.and_then(|s| s.parse::<usize>().ok());
@@ -364,6 +395,15 @@ fn main() -> ExitCode {
             "--steps" => steps = num(args.next()),
             "--input" => input = num(args.next()),
             "--units" => units = num(args.next()),
+            "--cell" => {
+                cell = match args.next().as_deref() {
+                    Some("lstm") => Cell::Lstm,
+                    Some("gru") => Cell::Gru { reset_after: true },
+                    Some("gru-reset-before") => Cell::Gru { reset_after: false },
+                    Some("simple-rnn") => Cell::SimpleRnn,
+                    _ => return usage(),
+                }
+            }
             "--iters" => match num(args.next()) {
                 Some(n) if n > 0 => iters = n,
                 _ => return usage(),
@@ -419,15 +459,16 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    match measure(backend, gpu.as_ref(), s, iters, warmup) {
+    match measure_cell(cell, backend, gpu.as_ref(), s, iters, warmup) {
         Ok(m) => {
             if as_json {
                 println!("{}", json(backend, s, &m));
             } else {
-                let flops = forward_flops(batch, steps, input, units) as f64;
+                let flops = cell_flops(cell, s) as f64;
                 println!(
-                    "{:?} on {}: B={batch} T={steps} I={input} H={units}: median {:.3} ms, {:.2} GFLOP/s ({} runs, {} dispatches, {} submits, {} GPU bytes)",
+                    "{:?} {} on {}: B={batch} T={steps} I={input} H={units}: median {:.3} ms, {:.2} GFLOP/s ({} runs, {} dispatches, {} submits, {} GPU bytes)",
                     backend,
+                    cell_name(cell),
                     m.adapter,
                     m.median() * 1e3,
                     flops / m.median() / 1e9,

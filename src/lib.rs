@@ -33,8 +33,10 @@ mod error;
 pub mod golden;
 pub mod gpu;
 pub mod hdf5;
+mod layouts;
 pub mod model;
 mod network;
+pub mod onnx;
 mod output;
 pub mod perf;
 mod validate;
@@ -45,8 +47,9 @@ pub use config::{BidirectionalConfig, Cell, Initializer, LayerConfig, LstmConfig
 pub use cpu::{Lstm, LstmOutput, LstmState};
 pub use element::Element;
 pub use error::{LstmError, Result};
+pub use layouts::{OnnxLstmWeights, PytorchLstmWeights};
 pub use network::{Bidirectional, Network};
-pub use weights::{LstmWeights, OnnxLstmWeights, PytorchLstmWeights};
+pub use weights::LstmWeights;
 
 /// The README's examples run as doc-tests.
 #[doc = include_str!("../README.md")]

@@ -18,3 +18,21 @@ pub const STANDARD_SHAPES: [(usize, usize, usize, usize); 5] = [
 pub fn forward_flops(batch: usize, steps: usize, input: usize, units: usize) -> u64 {
     2 * steps as u64 * batch as u64 * 4 * units as u64 * (input + units) as u64
 }
+
+/// Floating-point operations of one forward of a recurrent layer with `gates` gate blocks (4
+/// for an LSTM, 3 for a GRU, 1 for a SimpleRNN): `2·T·B·G·H·(I+H)`, counted as the peers count
+/// them.
+///
+/// ```
+/// use lstm_wgpu::perf::{forward_flops, forward_flops_gates};
+/// assert_eq!(forward_flops_gates(4, 2, 10, 3, 5), forward_flops(2, 10, 3, 5));
+/// ```
+pub fn forward_flops_gates(
+    gates: usize,
+    batch: usize,
+    steps: usize,
+    input: usize,
+    units: usize,
+) -> u64 {
+    2 * steps as u64 * batch as u64 * gates as u64 * units as u64 * (input + units) as u64
+}
