@@ -4,7 +4,7 @@
 
 use super::packed::PackedWeights;
 use super::reference;
-use crate::config::{Cell, LstmConfig};
+use crate::config::LstmConfig;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::output::{LstmOutput, LstmState};
@@ -45,12 +45,8 @@ impl<T: Element> Lstm<T> {
     /// Builds a layer, checking the weights against the configuration.
     pub fn new(config: LstmConfig, weights: LstmWeights<T>) -> Result<Self> {
         weights.validate(&config, weights.input_dim())?;
-        // The packed kernels are LSTM kernels; GRU and SimpleRNN run the generic path.
-        let packed = if config.cell == Cell::Lstm {
-            PackedWeights::new(&weights).map(Arc::new)
-        } else {
-            None
-        };
+        // (None where the packed kernels do not run the cell or the type: the generic path)
+        let packed = PackedWeights::new(&weights, config.cell).map(Arc::new);
         Ok(Lstm {
             config,
             weights,

@@ -10,8 +10,13 @@
 //! path in [`crate::cpu`] stays the reference (and runs f64 and CPUs without these
 //! instructions); a test holds the two within rounding of each other.
 //!
-//! **Layout.** A *panel* holds the four gates (i, f, c, o) of 16 consecutive units: 64
-//! columns. Packed weights are `[panel][k][64]`, so one panel's columns for one `k` are one
+//! **Cells.** LSTM, GRU with `reset_after` and SimpleRNN. A panel has four gate slots of 16
+//! columns: an LSTM's i, f, c, o; a GRU's z, r, then the candidate's input part (slot 2, from
+//! the kernel) and recurrent part (slot 3, from the recurrent kernel), kept apart because the
+//! reset gate scales only the latter; a SimpleRNN uses slot 0 (the others are zero). A GRU
+//! without `reset_after` needs r·h before its candidate's product and runs the generic path.
+//!
+//! **Layout.** A *panel* holds the four gate slots of 16 consecutive units: 64 columns. Packed weights are `[panel][k][64]`, so one panel's columns for one `k` are one
 //! contiguous 256-byte row. The state (`h`, `c`, the last output) is kept panel-major,
 //! `[panel][B][16]`, so that the panels a thread owns are one contiguous slice of each buffer.
 //! Units past H (the last panel's padding) have zero weights; they are computed and never read.
@@ -21,6 +26,7 @@ mod tiles;
 
 use super::reference::StepRule;
 use super::simd::{in_registers, Isa};
+use crate::config::Cell;
 use crate::element::Element;
 use crate::output::LstmState;
 use crate::weights::LstmWeights;
@@ -52,6 +58,7 @@ const PROJECTION_PARALLEL_MIN_MACS: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct PackedWeights {
     isa: Isa,
+    cell: Cell,
     units: usize,
     input: usize,
     panels: usize,
@@ -61,20 +68,47 @@ pub(crate) struct PackedWeights {
     recurrent: Vec<f32>,
     /// `[panel][64]` (zeros without a bias).
     bias: Vec<f32>,
+    /// A GRU's recurrent bias `[panel][64]` (slots z, r, -, h; zeros otherwise).
+    rbias: Vec<f32>,
 }
 
-/// Reorders a Keras `[k, 4H]` matrix (gate blocks i, f, c, o) into `[panel][k][64]`.
-fn pack_matrix(m: ArrayView2<f32>, units: usize, panels: usize) -> Vec<f32> {
+/// Which of a Keras matrix's gate blocks fills each slot of a panel (None: zero).
+type Slots = [Option<usize>; 4];
+
+/// The slots of (kernel and input bias, recurrent kernel and recurrent bias) for `cell`, or
+/// None when the packed kernels do not run it.
+fn slots(cell: Cell) -> Option<(Slots, Slots)> {
+    match cell {
+        Cell::Lstm => {
+            let all = [Some(0), Some(1), Some(2), Some(3)];
+            Some((all, all))
+        }
+        Cell::Gru { reset_after: true } => Some((
+            [Some(0), Some(1), Some(2), None],
+            [Some(0), Some(1), None, Some(2)],
+        )),
+        Cell::Gru { reset_after: false } => None,
+        Cell::SimpleRnn => {
+            let first = [Some(0), None, None, None];
+            Some((first, first))
+        }
+    }
+}
+
+/// Reorders a Keras `[k, G·H]` matrix (G gate blocks) into `[panel][k][64]`, slot s of each
+/// panel holding gate block `slots[s]`.
+fn pack_matrix(m: ArrayView2<f32>, units: usize, panels: usize, slots: Slots) -> Vec<f32> {
     let k = m.nrows();
     let mut out = vec![0.0f32; panels * k * COLS];
     for p in 0..panels {
         for row in 0..k {
             let dst = &mut out[(p * k + row) * COLS..][..COLS];
-            for gate in 0..4 {
+            for (slot, gate) in slots.iter().enumerate() {
+                let Some(gate) = gate else { continue };
                 for lane in 0..UNITS {
                     let unit = p * UNITS + lane;
                     if unit < units {
-                        dst[gate * UNITS + lane] = m[[row, gate * units + unit]];
+                        dst[slot * UNITS + lane] = m[[row, gate * units + unit]];
                     }
                 }
             }
@@ -94,14 +128,20 @@ fn f32_slice_mut<T: Element>(a: &mut [T]) -> Option<&mut [f32]> {
 }
 
 impl PackedWeights {
-    /// Packs `weights` when `T` is f32 and the CPU has one of the instruction sets; None
-    /// otherwise (the layer then runs on the generic path).
-    pub(crate) fn new<T: Element>(weights: &LstmWeights<T>) -> Option<PackedWeights> {
-        Self::with_isa(weights, Isa::detect()?)
+    /// Packs `weights` of a `cell` layer when `T` is f32, the CPU has one of the instruction
+    /// sets and the kernels run the cell; None otherwise (the layer then runs on the generic
+    /// path).
+    pub(crate) fn new<T: Element>(weights: &LstmWeights<T>, cell: Cell) -> Option<PackedWeights> {
+        Self::with_isa(weights, cell, Isa::detect()?)
     }
 
     /// [`PackedWeights::new`] for a given instruction set, which the CPU must have.
-    fn with_isa<T: Element>(weights: &LstmWeights<T>, isa: Isa) -> Option<PackedWeights> {
+    fn with_isa<T: Element>(
+        weights: &LstmWeights<T>,
+        cell: Cell,
+        isa: Isa,
+    ) -> Option<PackedWeights> {
+        let (input_slots, recurrent_slots) = slots(cell)?;
         let kernel = weights.kernel.as_standard_layout();
         let recurrent = weights.recurrent_kernel.as_standard_layout();
         let kernel = ArrayView2::from_shape(kernel.dim(), f32_slice(kernel.as_slice()?)?).ok()?;
@@ -109,23 +149,34 @@ impl PackedWeights {
             ArrayView2::from_shape(recurrent.dim(), f32_slice(recurrent.as_slice()?)?).ok()?;
         let units = recurrent.nrows();
         let panels = units.div_ceil(UNITS);
-        let bias = match &weights.bias {
+        let gh = cell.gates() * units;
+        let (bias, rbias) = match &weights.bias {
             Some(b) => {
                 let b = b.as_standard_layout();
                 let b = f32_slice(b.as_slice()?)?;
-                let b = ArrayView2::from_shape((1, b.len()), b).ok()?;
-                pack_matrix(b, units, panels)
+                let input = ArrayView2::from_shape((1, gh), &b[..gh]).ok()?;
+                let rbias = match cell {
+                    // the second half of a reset_after GRU's [6H] bias
+                    Cell::Gru { reset_after: true } => {
+                        let r = ArrayView2::from_shape((1, gh), &b[gh..]).ok()?;
+                        pack_matrix(r, units, panels, recurrent_slots)
+                    }
+                    _ => vec![0.0; panels * COLS],
+                };
+                (pack_matrix(input, units, panels, input_slots), rbias)
             }
-            None => vec![0.0; panels * COLS],
+            None => (vec![0.0; panels * COLS], vec![0.0; panels * COLS]),
         };
         Some(PackedWeights {
             isa,
+            cell,
             units,
             input: kernel.nrows(),
             panels,
-            kernel: pack_matrix(kernel, units, panels),
-            recurrent: pack_matrix(recurrent, units, panels),
+            kernel: pack_matrix(kernel, units, panels, input_slots),
+            recurrent: pack_matrix(recurrent, units, panels, recurrent_slots),
             bias,
+            rbias,
         })
     }
 }
@@ -168,8 +219,14 @@ pub(crate) fn run<T: Element>(
     let x = x.as_standard_layout();
     let xs = f32_slice(x.as_slice()?)?;
     let h0 = start.h.as_standard_layout();
-    let c0 = start.c.as_standard_layout();
     let h0 = ArrayView2::from_shape((batch, units), f32_slice(h0.as_slice()?)?).ok()?;
+    // (a GRU or SimpleRNN carries no c: its `[B, 0]` becomes zeros the kernels ignore)
+    let lstm = w.cell == Cell::Lstm;
+    let c0 = if lstm {
+        start.c.as_standard_layout().into_owned()
+    } else {
+        Array2::zeros((batch, units))
+    };
     let c0 = ArrayView2::from_shape((batch, units), f32_slice(c0.as_slice()?)?).ok()?;
     // (`f32_slice` returned Some above, so T is f32.)
     if input != w.input {
@@ -271,11 +328,13 @@ pub(crate) fn run<T: Element>(
 
     let mut last = Array2::<T>::zeros((batch, units));
     let mut h = Array2::<T>::zeros((batch, units));
-    let mut c_out = Array2::<T>::zeros((batch, units));
+    let mut c_out = Array2::<T>::zeros((batch, if lstm { units } else { 0 }));
     from_panels(&out, f32_slice_mut(last.as_slice_mut()?)?, batch, units);
     let h_last = if steps % 2 == 0 { &h_a } else { &h_b };
     from_panels(h_last, f32_slice_mut(h.as_slice_mut()?)?, batch, units);
-    from_panels(&c, f32_slice_mut(c_out.as_slice_mut()?)?, batch, units);
+    if lstm {
+        from_panels(&c, f32_slice_mut(c_out.as_slice_mut()?)?, batch, units);
+    }
     Some((sequence, last, LstmState { h, c: c_out }))
 }
 

@@ -2,6 +2,16 @@
 
 use super::*;
 use crate::{Activation, LstmConfig};
+
+/// A GRU without reset_after is not packed (it runs the generic path).
+#[test]
+fn a_reset_before_gru_is_not_packed() {
+    let c = LstmConfig::gru(5).cell(Cell::Gru { reset_after: false });
+    let w = LstmWeights::<f32>::random(&c, 3, 0).unwrap();
+    for isa in isas() {
+        assert!(PackedWeights::with_isa(&w, c.cell, isa).is_none());
+    }
+}
 use ndarray::Array;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
@@ -45,7 +55,7 @@ fn packed_matches_generic_path() {
     }
     let mut rng = StdRng::seed_from_u64(11);
     let mut worst = 0.0f32;
-    for case in 0..60 {
+    for case in 0..90 {
         // every 10th case is big enough to split each step across threads
         let (batch, units) = if case % 10 == 9 {
             (rng.random_range(8..=13), rng.random_range(120..=160))
@@ -54,7 +64,10 @@ fn packed_matches_generic_path() {
         };
         let steps = rng.random_range(1..=7);
         let input = rng.random_range(1..=37);
-        let mut config = LstmConfig::new(units);
+        // every cell the packed kernels run
+        let cell =
+            [Cell::Lstm, Cell::Gru { reset_after: true }, Cell::SimpleRnn][case as usize % 3];
+        let mut config = LstmConfig::new(units).cell(cell);
         config.activation = OUTPUTS[rng.random_range(0..OUTPUTS.len())];
         config.recurrent_activation = GATES[rng.random_range(0..GATES.len())];
         config.use_bias = rng.random_bool(0.7);
@@ -65,9 +78,10 @@ fn packed_matches_generic_path() {
         let mask = rng
             .random_bool(0.4)
             .then(|| Array::from_shape_fn((batch, steps), |_| rng.random_bool(0.7)));
+        let c_units = if cell == Cell::Lstm { units } else { 0 };
         let start = LstmState {
             h: Array::from_shape_fn((batch, units), |_| rng.random_range(-1.0..1.0)),
-            c: Array::from_shape_fn((batch, units), |_| rng.random_range(-1.0..1.0)),
+            c: Array::from_shape_fn((batch, c_units), |_| rng.random_range(-1.0..1.0)),
         };
         let expected = super::super::reference::run(
             &config,
@@ -77,7 +91,7 @@ fn packed_matches_generic_path() {
             mask.as_ref().map(|m| m.view()),
         );
         for &isa in &isas {
-            let packed = PackedWeights::with_isa(&weights, isa).unwrap();
+            let packed = PackedWeights::with_isa(&weights, cell, isa).unwrap();
             let mut scratch = vec![f32::NAN; 3];
             let got = run(
                 &packed,
@@ -102,8 +116,8 @@ fn packed_matches_generic_path() {
                     worst = worst.max(err);
                     assert!(
                         err <= 1e-5,
-                        "case {case} {isa:?} B={batch} T={steps} I={input} H={units}: \
-                         {a} vs {b}"
+                        "case {case} {cell:?} {isa:?} B={batch} T={steps} I={input} \
+                         H={units}: {a} vs {b}"
                     );
                 }
             }
@@ -122,7 +136,7 @@ fn concurrent_forwards_match_a_lone_forward() {
     };
     let config = LstmConfig::new(130);
     let weights = LstmWeights::<f32>::random(&config, 9, 3).unwrap();
-    let packed = PackedWeights::with_isa(&weights, isa).unwrap();
+    let packed = PackedWeights::with_isa(&weights, Cell::Lstm, isa).unwrap();
     let (batch, steps) = (7, 12);
     assert!(batch * 130 * packed.panels * COLS >= STEP_PARALLEL_MIN_MACS);
     let x = Array::from_shape_fn((batch, steps, 9), |(b, t, i)| {

@@ -4,6 +4,8 @@
 
 use super::threads::SharedPtr;
 use super::{PackedWeights, COLS, ROW_BLOCK, UNITS};
+use crate::config::Cell;
+use crate::cpu::cells::{gru_cell, rnn_cell};
 use crate::cpu::reference::{cell_update_impl, StepRule};
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::simd::x86;
@@ -219,6 +221,10 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
         w.recurrent.as_ptr().add(p * w.units * COLS),
     );
     let n = (w.units - p * UNITS).min(UNITS);
+    if s.fast && w.cell != Cell::Lstm && (b0..b0 + R).all(|b| s.present(b)) {
+        other_cells_in_registers::<V, R, NV>(s, o, pl, b0, &acc, n);
+        return;
+    }
     if s.fast && (b0..b0 + R).all(|b| s.present(b)) {
         let rule = s.rule;
         let q = NV / 4;
@@ -266,11 +272,110 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
             h.copy_from_slice(&s.h_old[(p * bsz + b) * UNITS..][..UNITS]);
         }
         let out = &mut o.out[at..at + UNITS];
-        cell_update_impl(s.rule, zr, h, &mut o.c[at..at + UNITS], out, present);
+        if w.cell == Cell::Lstm {
+            cell_update_impl(s.rule, zr, h, &mut o.c[at..at + UNITS], out, present);
+        } else {
+            let h_prev = &s.h_old[(p * bsz + b) * UNITS..][..UNITS];
+            let rb = &w.rbias[p * COLS..][..COLS];
+            other_cell_update(w.cell, s.rule, zr, rb, h_prev, h, out, present);
+        }
         let seq = (b * s.steps + s.step) * w.units + p * UNITS;
         // SAFETY: `seq + n` ≤ B·T·H (b < B, step < T, p·16 + n ≤ H), and these elements
         // belong to this panel (see `StepOutput::sequence`).
         std::ptr::copy_nonoverlapping(out.as_ptr(), o.sequence.0.add(seq), n);
+    }
+}
+
+/// The GRU (`reset_after`) and SimpleRNN update of one row of one panel, from its slots
+/// `z` (`x·K + b + h·R`, see the module's layout), the recurrent bias slots `rb` and the
+/// previous h: the twins of `gru_cell` and `rnn_cell` (`cpu/cells.rs`) with Keras's mask rule.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn other_cell_update(
+    cell: Cell,
+    rule: StepRule,
+    z: &[f32],
+    rb: &[f32],
+    h_prev: &[f32],
+    h: &mut [f32],
+    out: &mut [f32],
+    present: bool,
+) {
+    if !present {
+        // h was carried by the caller; the output repeats, or is zero.
+        if rule.zero_output_for_mask {
+            out.fill(0.0);
+        }
+        return;
+    }
+    for j in 0..UNITS {
+        let new = match cell {
+            // slot 0 holds x_z + h·R_z (+ biases), slot 2 x_h, slot 3 h·R_h
+            Cell::Gru { .. } => gru_cell(
+                rule,
+                [z[j] + rb[j], z[UNITS + j] + rb[UNITS + j], z[2 * UNITS + j]],
+                [0.0, 0.0, z[3 * UNITS + j] + rb[3 * UNITS + j]],
+                h_prev[j],
+            ),
+            _ => rnn_cell(rule, z[j], 0.0),
+        };
+        h[j] = new;
+        out[j] = new;
+    }
+}
+
+/// [`other_cell_update`] for `R` rows that are all present, in registers (activations that
+/// [`in_registers`](crate::cpu::simd::in_registers) computes).
+#[inline(always)]
+unsafe fn other_cells_in_registers<V: Lanes, const R: usize, const NV: usize>(
+    s: &StepInput,
+    o: &mut StepOutput,
+    pl: usize,
+    b0: usize,
+    acc: &[[V; NV]; R],
+    n: usize,
+) {
+    let w = s.w;
+    let p = o.p0 + pl;
+    let bsz = s.batch;
+    let rule = s.rule;
+    let q = NV / 4;
+    let rb = w.rbias.as_ptr().add(p * COLS);
+    let (one, minus) = (V::splat(1.0), V::splat(-1.0));
+    for (r, z) in acc.iter().enumerate() {
+        let b = b0 + r;
+        let at = (pl * bsz + b) * UNITS;
+        let h_prev = s.h_old.as_ptr().add((p * bsz + b) * UNITS);
+        let h = o.h_new.as_mut_ptr().add(at);
+        let out = o.out.as_mut_ptr().add(at);
+        let seq = o
+            .sequence
+            .0
+            .add((b * s.steps + s.step) * w.units + p * UNITS);
+        for j in 0..q {
+            let hn = if w.cell == Cell::SimpleRnn {
+                activate(rule.activation, z[j])
+            } else {
+                let bias = |k: usize| V::load(rb.add(k * V::N));
+                let zg = activate(rule.recurrent_activation, V::add(z[j], bias(j)));
+                let rg = activate(rule.recurrent_activation, V::add(z[q + j], bias(q + j)));
+                let rec_h = V::add(z[3 * q + j], bias(3 * q + j));
+                let hh = activate(rule.activation, V::add(z[2 * q + j], V::mul(rg, rec_h)));
+                // z·h + (1 - z)·hh, as the generic path rounds it
+                let keep = V::mul(zg, V::load(h_prev.add(j * V::N)));
+                V::add(keep, V::mul(V::add(one, V::mul(minus, zg)), hh))
+            };
+            hn.store(h.add(j * V::N));
+            hn.store(out.add(j * V::N));
+            if n == UNITS {
+                // SAFETY: as in `step_tile` (a whole panel of this row inside H).
+                hn.store(seq.add(j * V::N));
+            }
+        }
+        if n < UNITS {
+            // SAFETY: as in `step_tile`.
+            std::ptr::copy_nonoverlapping(out, seq, n);
+        }
     }
 }
 
