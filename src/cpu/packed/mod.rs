@@ -11,9 +11,12 @@
 //! instructions); a test holds the two within rounding of each other.
 //!
 //! **Cells.** LSTM, GRU with `reset_after` and SimpleRNN. A panel has four gate slots of 16
-//! columns: an LSTM's i, f, c, o; a GRU's z, r, then the candidate's input part (slot 2, from
-//! the kernel) and recurrent part (slot 3, from the recurrent kernel), kept apart because the
-//! reset gate scales only the latter; a SimpleRNN uses slot 0 (the others are zero). A GRU
+//! columns: an LSTM's i, f, c, o; a GRU's candidate input part (slot 0, from the kernel), z,
+//! r, and the candidate's recurrent part (slot 3, from the recurrent kernel), kept apart
+//! because the reset gate scales only the latter; a SimpleRNN's one gate in slot 0. Each
+//! product covers only the slots its weights fill (slots 0-2 for a GRU's input, 1-3 for its
+//! recurrent product, 0 for a SimpleRNN), so an infinite input never meets a padding zero
+//! (NaN where Keras has no such term), and a SimpleRNN does a quarter of an LSTM's work. A GRU
 //! without `reset_after` needs r·h before its candidate's product and runs the generic path.
 //!
 //! **Layout.** A *panel* holds the four gate slots of 16 consecutive units: 64 columns. Packed weights are `[panel][k][64]`, so one panel's columns for one `k` are one
@@ -83,9 +86,10 @@ fn slots(cell: Cell) -> Option<(Slots, Slots)> {
             let all = [Some(0), Some(1), Some(2), Some(3)];
             Some((all, all))
         }
+        // slots: the candidate's input part, z, r, the candidate's recurrent part
         Cell::Gru { reset_after: true } => Some((
-            [Some(0), Some(1), Some(2), None],
-            [Some(0), Some(1), None, Some(2)],
+            [Some(2), Some(0), Some(1), None],
+            [None, Some(0), Some(1), Some(2)],
         )),
         Cell::Gru { reset_after: false } => None,
         Cell::SimpleRnn => {

@@ -161,3 +161,48 @@ fn concurrent_forwards_match_a_lone_forward() {
         assert_eq!(got, &alone);
     }
 }
+
+/// Infinite and NaN inputs give what the generic path gives, for every packed cell: no slot
+/// of a panel is an input times a padding zero (NaN for an infinite input).
+#[test]
+fn non_finite_inputs_match_the_generic_path() {
+    for isa in isas() {
+        for cell in [Cell::Lstm, Cell::Gru { reset_after: true }, Cell::SimpleRnn] {
+            for batch in [2, 7] {
+                let config = LstmConfig::new(20).cell(cell);
+                let weights = LstmWeights::<f32>::random(&config, 5, 4).unwrap();
+                let mut x = Array::from_shape_fn((batch, 6, 5), |(b, t, i)| {
+                    ((b * 7 + t * 3 + i) % 11) as f32 / 5.0 - 1.0
+                });
+                x[[0, 1, 2]] = f32::INFINITY;
+                x[[1, 3, 0]] = f32::NEG_INFINITY;
+                x[[batch - 1, 4, 4]] = f32::NAN;
+                let c_units = if cell == Cell::Lstm { 20 } else { 0 };
+                let start = LstmState {
+                    h: Array2::zeros((batch, 20)),
+                    c: Array2::zeros((batch, c_units)),
+                };
+                let want =
+                    super::super::reference::run(&config, &weights, x.view(), start.clone(), None);
+                let packed = PackedWeights::with_isa(&weights, cell, isa).unwrap();
+                let rule = StepRule::of(&config);
+                let got = run(
+                    &packed,
+                    rule,
+                    false,
+                    x.view(),
+                    &start,
+                    None,
+                    &mut Vec::new(),
+                )
+                .unwrap();
+                for (a, b) in got.0.iter().zip(want.0.iter()) {
+                    let same = (a.is_nan() && b.is_nan())
+                        || a == b
+                        || (a - b).abs() <= 1e-5 * b.abs().max(1.0);
+                    assert!(same, "{cell:?} {isa:?} B={batch}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

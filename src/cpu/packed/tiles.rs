@@ -48,8 +48,59 @@ impl StepInput<'_> {
 ///
 /// # Safety
 /// The CPU has `V`'s instructions, `NV · V::N = 64`, and every address above is in bounds.
+/// Which gate slots of a panel a product covers (`tile`'s `PART`): the slots a cell's
+/// weights fill, so that a slot is never the sum of an input times a padding zero (which is
+/// NaN for an infinite input, where Keras's product has no such term).
+const ALL_SLOTS: u8 = 0;
+/// Slots 0-2: a GRU's input product (candidate, z, r).
+const SLOTS_0_TO_2: u8 = 1;
+/// Slots 1-3: a GRU's recurrent product (z, r, candidate).
+const SLOTS_1_TO_3: u8 = 2;
+/// Slot 0: a SimpleRNN.
+const SLOT_0: u8 = 3;
+
+/// The registers `[lo, hi)` of the slots `PART` covers (NV registers, four slots).
 #[inline(always)]
-unsafe fn tile<V: Lanes, const R: usize, const NV: usize>(
+const fn part<const NV: usize, const PART: u8>() -> (usize, usize) {
+    match PART {
+        ALL_SLOTS => (0, NV),
+        SLOTS_0_TO_2 => (0, 3 * NV / 4),
+        SLOTS_1_TO_3 => (NV / 4, NV),
+        _ => (0, NV / 4),
+    }
+}
+
+/// The parts of the (input, recurrent) products of a cell (see `PackedWeights` slots).
+#[inline(always)]
+fn parts(cell: Cell) -> (u8, u8) {
+    match cell {
+        Cell::Lstm => (ALL_SLOTS, ALL_SLOTS),
+        Cell::Gru { .. } => (SLOTS_0_TO_2, SLOTS_1_TO_3),
+        Cell::SimpleRnn => (SLOT_0, SLOT_0),
+    }
+}
+
+/// [`tile`] over the slots `part` covers.
+#[inline(always)]
+unsafe fn tile_part<V: Lanes, const R: usize, const NV: usize>(
+    part: u8,
+    acc: [[V; NV]; R],
+    k: usize,
+    a: *const f32,
+    rs: usize,
+    ps: usize,
+    b: *const f32,
+) -> [[V; NV]; R] {
+    match part {
+        ALL_SLOTS => tile::<V, R, NV, ALL_SLOTS>(acc, k, a, rs, ps, b),
+        SLOTS_0_TO_2 => tile::<V, R, NV, SLOTS_0_TO_2>(acc, k, a, rs, ps, b),
+        SLOTS_1_TO_3 => tile::<V, R, NV, SLOTS_1_TO_3>(acc, k, a, rs, ps, b),
+        _ => tile::<V, R, NV, SLOT_0>(acc, k, a, rs, ps, b),
+    }
+}
+
+#[inline(always)]
+unsafe fn tile<V: Lanes, const R: usize, const NV: usize, const PART: u8>(
     mut acc: [[V; NV]; R],
     k: usize,
     a: *const f32,
@@ -57,19 +108,21 @@ unsafe fn tile<V: Lanes, const R: usize, const NV: usize>(
     ps: usize,
     b: *const f32,
 ) -> [[V; NV]; R] {
+    let (lo, hi) = part::<NV, PART>();
     let mut bp = b;
     let mut k0 = 0;
     while k0 < k {
         let a0 = a.add((k0 / UNITS) * ps);
         for kk in 0..(k - k0).min(UNITS) {
             let mut bv = [V::splat(0.0); NV];
-            for (v, reg) in bv.iter_mut().enumerate() {
-                *reg = V::load(bp.add(v * V::N));
+            #[allow(clippy::needless_range_loop)] // (constant bounds: unrolled)
+            for v in lo..hi {
+                bv[v] = V::load(bp.add(v * V::N));
             }
             for (r, row) in acc.iter_mut().enumerate() {
                 let av = V::splat(*a0.add(r * rs + kk));
-                for (sum, &w) in row.iter_mut().zip(bv.iter()) {
-                    *sum = V::fma(av, w, *sum);
+                for v in lo..hi {
+                    row[v] = V::fma(av, bv[v], row[v]);
                 }
             }
             bp = bp.add(COLS);
@@ -136,7 +189,8 @@ unsafe fn project_tile<V: Lanes, const R: usize, const NV: usize>(
     let width = w.panels * COLS;
     debug_assert!((r0 + R) * i <= x.len() && (r0 + R) * width <= out.len());
     let mut acc = load_rows::<V, R, NV>(w.bias.as_ptr().add(p * COLS), 0);
-    acc = tile::<V, R, NV>(
+    acc = tile_part::<V, R, NV>(
+        parts(w.cell).0,
         acc,
         i,
         x.as_ptr().add(r0 * i),
@@ -195,7 +249,8 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
         // Fused: this step's input projection, `bias + x[b, time] · kernel`, first.
         debug_assert!(((b0 + R - 1) * s.steps + s.time + 1) * w.input <= s.x.len());
         let acc = load_rows::<V, R, NV>(w.bias.as_ptr().add(p * COLS), 0);
-        tile::<V, R, NV>(
+        tile_part::<V, R, NV>(
+            parts(w.cell).0,
             acc,
             w.input,
             s.x.as_ptr().add((b0 * s.steps + s.time) * w.input),
@@ -212,7 +267,8 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
             s.steps * width,
         )
     };
-    acc = tile::<V, R, NV>(
+    acc = tile_part::<V, R, NV>(
+        parts(w.cell).1,
         acc,
         w.units,
         s.h_old.as_ptr().add(b0 * UNITS),
@@ -310,10 +366,14 @@ fn other_cell_update(
     }
     for j in 0..UNITS {
         let new = match cell {
-            // slot 0 holds x_z + h·R_z (+ biases), slot 2 x_h, slot 3 h·R_h
+            // slot 0 holds x_h, slot 1 x_z + h·R_z (+ biases), slot 2 r's, slot 3 h·R_h
             Cell::Gru { .. } => gru_cell(
                 rule,
-                [z[j] + rb[j], z[UNITS + j] + rb[UNITS + j], z[2 * UNITS + j]],
+                [
+                    z[UNITS + j] + rb[UNITS + j],
+                    z[2 * UNITS + j] + rb[2 * UNITS + j],
+                    z[j],
+                ],
                 [0.0, 0.0, z[3 * UNITS + j] + rb[3 * UNITS + j]],
                 h_prev[j],
             ),
@@ -356,11 +416,15 @@ unsafe fn other_cells_in_registers<V: Lanes, const R: usize, const NV: usize>(
             let hn = if w.cell == Cell::SimpleRnn {
                 activate(rule.activation, z[j])
             } else {
+                // slots: 0 the candidate's input part, 1 z, 2 r, 3 its recurrent part
                 let bias = |k: usize| V::load(rb.add(k * V::N));
-                let zg = activate(rule.recurrent_activation, V::add(z[j], bias(j)));
-                let rg = activate(rule.recurrent_activation, V::add(z[q + j], bias(q + j)));
+                let zg = activate(rule.recurrent_activation, V::add(z[q + j], bias(q + j)));
+                let rg = activate(
+                    rule.recurrent_activation,
+                    V::add(z[2 * q + j], bias(2 * q + j)),
+                );
                 let rec_h = V::add(z[3 * q + j], bias(3 * q + j));
-                let hh = activate(rule.activation, V::add(z[2 * q + j], V::mul(rg, rec_h)));
+                let hh = activate(rule.activation, V::add(z[j], V::mul(rg, rec_h)));
                 // z·h + (1 - z)·hh, as the generic path rounds it
                 let keep = V::mul(zg, V::load(h_prev.add(j * V::N)));
                 V::add(keep, V::mul(V::add(one, V::mul(minus, zg)), hh))
