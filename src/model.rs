@@ -1,6 +1,6 @@
 //! Keras models saved as `.keras` files (or a config plus `.weights.h5`), made of
-//! `InputLayer`, `Masking`, `LSTM`, `Bidirectional(LSTM)` and `Dense`, as `Sequential` models or
-//! functional models that are a chain; run on the CPU path.
+//! `InputLayer`, `Masking`, `LSTM`, `GRU`, `SimpleRNN`, `Bidirectional` around them and
+//! `Dense`, as `Sequential` models or functional models that are a chain; run on the CPU path.
 
 use crate::activation::Activation;
 use crate::archive;
@@ -448,19 +448,20 @@ fn read1(h5: &H5File, path: &str) -> Result<Array1<f32>> {
     Ok(Array1::from_vec(d.values))
 }
 
+/// A recurrent layer's weights (LSTM, GRU, SimpleRNN) from its `cell/vars` group, checked
+/// against `config` by `LstmWeights::from_keras_list` (a GRU's bias is `[2, 3H]` there).
 fn lstm_weights(h5: &H5File, group: &str, config: &crate::LstmConfig) -> Result<Lstm<f32>> {
-    let kernel = read2(h5, &format!("{group}/cell/vars/0"))?;
-    let recurrent = read2(h5, &format!("{group}/cell/vars/1"))?;
-    let bias = if config.use_bias {
-        Some(read1(h5, &format!("{group}/cell/vars/2"))?)
-    } else {
-        None
-    };
-    let input_dim = kernel.nrows();
-    Lstm::new(
-        config.clone(),
-        LstmWeights::new(config, input_dim, kernel, recurrent, bias)?,
-    )
+    let count = 2 + usize::from(config.use_bias);
+    let list = (0..count)
+        .map(|k| {
+            let d = h5.dataset(&format!("{group}/cell/vars/{k}"))?;
+            let shape = d.shape.clone();
+            ArrayD::from_shape_vec(IxDyn(&d.shape), d.values)
+                .map_err(|_| LstmError::shape(format!("{group}/cell/vars/{k}"), &[0], &shape))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (weights, _) = LstmWeights::from_keras_list(config, &list)?;
+    Lstm::new(config.clone(), weights)
 }
 
 fn recurrent(h5: &H5File, key: &str, config: &LayerConfig) -> Result<Network<f32>> {

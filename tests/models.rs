@@ -288,3 +288,24 @@ fn functional_graphs_that_are_not_chains_are_errors() {
     // The unmodified model still loads.
     KerasModel::from_config_and_weights(&config, h5).unwrap();
 }
+
+/// A Keras model mixing Masking, Bidirectional(GRU), a reset-before GRU, SimpleRNN and Dense
+/// (`tests/data/keras/gru_stack.*`, recorded by `scripts/record_gru_model.py`): Keras's
+/// prediction on both paths.
+#[test]
+fn a_gru_and_simple_rnn_model_matches_keras_on_both_paths() {
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let mut model = KerasModel::load(&data.join("gru_stack.keras")).unwrap();
+    let x: Array3<f32> = read_npy(data.join("gru_stack.input.npy")).unwrap();
+    let want: ArrayD<f32> = read_npy(data.join("gru_stack.expected.npy")).unwrap();
+    let got = model.predict(x.view()).unwrap();
+    let e = max_abs(&got, std::slice::from_ref(&want));
+    assert!(e <= 1e-5, "cpu: {e}");
+    if let Some(ctx) = gpu("a_gru_and_simple_rnn_model_matches_keras_on_both_paths") {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+        let got = g.forward(x.view(), None, None).unwrap();
+        let e = max_abs(&got, std::slice::from_ref(&want));
+        assert!(e <= 1e-4, "gpu: {e}");
+        assert_eq!(g.stats().submits, 1);
+    }
+}
