@@ -309,3 +309,31 @@ fn gru_weights_are_checked_against_the_form() {
         .to_string();
     assert!(e.contains("simple_rnn/bias") && e.contains("[4]"), "{e}");
 }
+
+#[test]
+fn gpu_layer_returns_the_cpu_layers_output_and_state_for_every_cell() {
+    let Some(ctx) = gpu("gpu_layer_returns_the_cpu_layers_output_and_state_for_every_cell") else {
+        return;
+    };
+    for cell in CELLS {
+        let c = config(cell, 6);
+        let w = LstmWeights::<f32>::random(&c, 3, 1).unwrap();
+        let mut cpu = lstm_wgpu::Lstm::new(c, w).unwrap();
+        let mut g = lstm_wgpu::gpu::GpuLstm::new(ctx.clone(), &cpu).unwrap();
+        let x = xorshift_input(2, 5, 3, 8, 1.0);
+        let h0 = Array2::<f32>::from_elem((2, 6), 0.25);
+        let want = cpu
+            .forward_states(x.view(), Some(&[h0.view()]), None)
+            .unwrap();
+        let got = g
+            .forward_states(x.view(), Some(&[h0.view()]), None)
+            .unwrap();
+        let (ws, gs) = (want.state.unwrap(), got.state.unwrap());
+        assert_eq!(gs.c.dim(), (2, 0), "{cell:?}: one state tensor");
+        let err = max_abs(
+            &[got.output, gs.h.into_dyn()],
+            &[want.output, ws.h.into_dyn()],
+        );
+        assert!(err <= 1e-5, "{cell:?}: {err:e}");
+    }
+}

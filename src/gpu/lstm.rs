@@ -1,4 +1,5 @@
-//! [`GpuLstm`]: one Keras `LSTM` layer on the GPU, with the CPU layer's interface.
+//! [`GpuLstm`]: one Keras recurrent layer (`LSTM`, `GRU`, `SimpleRNN`) on the GPU, with the
+//! CPU layer's interface.
 
 use super::context::GpuContext;
 use super::network::GpuNetwork;
@@ -6,13 +7,14 @@ use super::plan::RecurrentKernel;
 use super::stats::{ForwardProfile, ForwardStats};
 use crate::cpu::Lstm;
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{LstmError, Result};
 use crate::network::Network;
 use crate::output::{LstmOutput, LstmState};
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3};
+use ndarray::{Array2, ArrayView2, ArrayView3};
 use std::sync::Arc;
 
-/// One Keras `LSTM` layer on the GPU, with the CPU layer's interface.
+/// One Keras recurrent layer (`LSTM`, `GRU`, `SimpleRNN`) on the GPU, with the CPU layer's
+/// interface.
 ///
 /// ```no_run
 /// use lstm_wgpu::gpu::{GpuContext, GpuLstm};
@@ -29,6 +31,8 @@ use std::sync::Arc;
 pub struct GpuLstm {
     inner: GpuNetwork,
     return_state: bool,
+    /// Whether the state has a c (an LSTM).
+    has_c: bool,
 }
 
 impl GpuLstm {
@@ -38,6 +42,7 @@ impl GpuLstm {
         Ok(GpuLstm {
             inner: GpuNetwork::new(ctx, &Network::Lstm(layer.clone()))?,
             return_state,
+            has_c: layer.config().cell.states() == 2,
         })
     }
 
@@ -49,20 +54,40 @@ impl GpuLstm {
         mask: Option<ArrayView2<bool>>,
     ) -> Result<LstmOutput<f32>> {
         let init = initial_state.map(|(h, c)| [h, c]);
-        let mut outs = self
-            .inner
-            .forward(x, init.as_ref().map(|a| a.as_slice()), mask)?
-            .into_iter();
-        let output = outs.next().expect("an LSTM returns its output");
-        let state2 = |outs: &mut dyn Iterator<Item = ArrayD<f32>>| -> Array2<f32> {
+        self.forward_states(x, init.as_ref().map(|a| a.as_slice()), mask)
+    }
+
+    /// Runs the layer; the same contract as [`Lstm::forward_states`] (`[h0, c0]` for an
+    /// LSTM, `[h0]` for a GRU or SimpleRNN).
+    pub fn forward_states(
+        &mut self,
+        x: ArrayView3<f32>,
+        initial_state: Option<&[ArrayView2<f32>]>,
+        mask: Option<ArrayView2<bool>>,
+    ) -> Result<LstmOutput<f32>> {
+        let outs = self.inner.forward(x, initial_state, mask)?;
+        let expected = 1 + usize::from(self.return_state) * (1 + usize::from(self.has_c));
+        if outs.len() != expected {
+            return Err(LstmError::invalid(
+                "outputs",
+                format!("expected {expected} tensors, got {}", outs.len()),
+            ));
+        }
+        let mut outs = outs.into_iter();
+        let output = outs.next().expect("counted above");
+        let mut state2 = || -> Result<Array2<f32>> {
             outs.next()
-                .expect("return_state gives h and c")
+                .expect("counted above")
                 .into_dimensionality()
-                .expect("states are 2-D")
+                .map_err(|_| LstmError::invalid("outputs", "a state is not 2-D"))
         };
         let state = if self.return_state {
-            let h = state2(&mut outs);
-            let c = state2(&mut outs);
+            let h = state2()?;
+            let c = if self.has_c {
+                state2()?
+            } else {
+                Array2::zeros((h.nrows(), 0))
+            };
             Some(LstmState { h, c })
         } else {
             None
