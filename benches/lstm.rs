@@ -8,7 +8,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
-use lstm_wgpu::gpu::{GpuContext, GpuLstm};
+use lstm_wgpu::gpu::{GpuContext, GpuLstm, GpuOptions};
 use lstm_wgpu::perf::{forward_flops, STANDARD_SHAPES};
 use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
 use ndarray::Array3;
@@ -63,7 +63,7 @@ fn cpu_forward(c: &mut Criterion) {
 }
 
 fn gpu_forward(c: &mut Criterion) {
-    let ctx = match GpuContext::new() {
+    let ctx = match GpuContext::with_options(&GpuOptions::from_env().allow_software(true)) {
         Ok(ctx) => ctx,
         Err(e) => {
             eprintln!("gpu_forward skipped: {e}");

@@ -12,7 +12,7 @@
 //! `LSTM_WGPU_KERNEL=step|sequence` forces the GPU's per-step or whole-sequence kernel
 //! (default: chosen automatically), to compare the two.
 
-use lstm_wgpu::gpu::{GpuContext, GpuLstm, RecurrentKernel};
+use lstm_wgpu::gpu::{GpuContext, GpuLstm, GpuOptions, RecurrentKernel};
 use lstm_wgpu::perf::{forward_flops, forward_flops_gates, STANDARD_SHAPES};
 use lstm_wgpu::{Cell, Lstm, LstmConfig, LstmWeights, Result};
 use ndarray::Array3;
@@ -208,8 +208,10 @@ fn cell_flops(cell: Cell, s: Shape) -> u64 {
     forward_flops_gates(cell.gates(), s.batch, s.steps, s.input, s.units)
 }
 
+/// The GPU to measure: a software adapter too when there is no hardware one (the figures
+/// then show correctness costs, not what a GPU does).
 fn open_gpu() -> Option<Arc<GpuContext>> {
-    match GpuContext::new() {
+    match GpuContext::with_options(&GpuOptions::from_env().allow_software(true)) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("no GPU: {e}");

@@ -63,13 +63,15 @@ fn run(
 }
 
 fn main() -> Result<()> {
+    // A hardware GPU if there is one (software adapters are slower than the CPU path and
+    // are used only when LSTM_WGPU_ALLOW_SOFTWARE=1 asks for them), else the CPU path.
     let gpu = match GpuContext::new() {
         Ok(ctx) => {
-            println!("device: GPU {}", ctx.describe());
+            println!("device: GPU {} (a GPU adapter was found)", ctx.describe());
             Some(ctx)
         }
         Err(e) => {
-            println!("device: CPU (no GPU: {e})");
+            println!("device: CPU (no hardware GPU adapter: {e})");
             None
         }
     };

@@ -443,8 +443,12 @@ fn chunked_projection_gives_identical_results() {
     };
     // A device that may bind at most 64 KiB per storage buffer: B·4H·4 = 2 KiB per step, so
     // 100 steps need 4 chunks of at most 32 steps.
-    let small =
-        GpuContext::with_options(&GpuOptions::from_env().max_binding_size(64 << 10)).unwrap();
+    let small = GpuContext::with_options(
+        &GpuOptions::from_env()
+            .allow_software(true)
+            .max_binding_size(64 << 10),
+    )
+    .unwrap();
     let config = LstmConfig::new(32)
         .return_sequences(true)
         .return_state(true)
@@ -725,4 +729,37 @@ fn step_calls_equal_one_forward_and_async_forward_equals_forward() {
     // A pending forward that is dropped unread does not break the next call.
     drop(g.forward_async(x.view(), None, None).unwrap());
     assert_eq!(g.forward(x.view(), None, None).unwrap(), want);
+}
+
+/// Software adapters are chosen only when asked for: on a machine whose adapters are all
+/// software (CI: lavapipe), the default options give an error that names the skipped adapters
+/// and how to allow them; naming one allows it.
+#[test]
+fn software_adapters_only_when_asked_for() {
+    let Some(ctx) = gpu("software_adapters_only_when_asked_for") else {
+        return;
+    };
+    let info = ctx.adapter_info().clone();
+    let mut strict = GpuOptions::from_env().allow_software(false);
+    strict.adapter_name = None;
+    strict.force_fallback_adapter = false;
+    match GpuContext::with_options(&strict) {
+        Ok(hw) => assert_ne!(hw.adapter_info().device_type, wgpu::DeviceType::Cpu),
+        Err(e) => {
+            assert_eq!(info.device_type, wgpu::DeviceType::Cpu, "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("software adapters skipped")
+                    && e.contains(&info.name)
+                    && e.contains("LSTM_WGPU_ALLOW_SOFTWARE=1"),
+                "{e}"
+            );
+            // Naming the software adapter asks for it.
+            let named = GpuContext::with_options(&strict.clone().adapter_name(&info.name));
+            assert_eq!(
+                named.unwrap().adapter_info().device_type,
+                wgpu::DeviceType::Cpu
+            );
+        }
+    }
 }

@@ -12,7 +12,12 @@ fn input(b: usize, t: usize, i: usize, seed: u64) -> Array3<f32> {
 }
 
 fn capped(bytes: u64) -> std::sync::Arc<GpuContext> {
-    GpuContext::with_options(&GpuOptions::from_env().max_binding_size(bytes)).unwrap()
+    GpuContext::with_options(
+        &GpuOptions::from_env()
+            .allow_software(true)
+            .max_binding_size(bytes),
+    )
+    .unwrap()
 }
 
 #[test]

@@ -4,10 +4,17 @@
 use crate::error::{LstmError, Result};
 use std::sync::{Arc, OnceLock};
 
-/// How to choose the GPU adapter. `Default` reads the environment:
+/// How to choose the GPU adapter. [`GpuOptions::from_env`] reads the environment:
 /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`, `gl`), `WGPU_ADAPTER_NAME` (a case-insensitive
-/// substring of the adapter's name), `WGPU_POWER_PREF` (`low`, `high`, `none`) and
+/// substring of the adapter's name), `WGPU_POWER_PREF` (`low`, `high`, `none`),
+/// `LSTM_WGPU_ALLOW_SOFTWARE=1` (software adapters may be chosen) and
 /// `LSTM_WGPU_FORCE_FALLBACK=1` (ask for the fallback, i.e. software, adapter).
+///
+/// **Software adapters** (device type `Cpu`: llvmpipe, lavapipe, WARP, SwiftShader) run the
+/// kernels 20-40x slower than the crate's own CPU path, so they are chosen only when asked
+/// for: [`GpuOptions::allow_software`], `LSTM_WGPU_ALLOW_SOFTWARE=1`, a `WGPU_ADAPTER_NAME`
+/// that names one, or `force_fallback_adapter`. Among the others a discrete GPU comes first
+/// (an integrated one with `WGPU_POWER_PREF=low`).
 ///
 /// ```
 /// use lstm_wgpu::gpu::GpuOptions;
@@ -24,6 +31,8 @@ pub struct GpuOptions {
     pub adapter_name: Option<String>,
     /// Ask for the fallback (software) adapter.
     pub force_fallback_adapter: bool,
+    /// Software adapters may be chosen (when no hardware adapter is found).
+    pub allow_software: bool,
     /// Request at most this storage-buffer binding size and buffer size (bytes) from the
     /// device, e.g. to exercise chunking; by default the adapter's own limits.
     pub max_binding_size: Option<u64>,
@@ -39,10 +48,21 @@ impl GpuOptions {
             adapter_name: std::env::var("WGPU_ADAPTER_NAME")
                 .ok()
                 .filter(|s| !s.is_empty()),
-            force_fallback_adapter: std::env::var("LSTM_WGPU_FORCE_FALLBACK")
-                .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+            force_fallback_adapter: env_flag("LSTM_WGPU_FORCE_FALLBACK"),
+            allow_software: env_flag("LSTM_WGPU_ALLOW_SOFTWARE"),
             max_binding_size: None,
         }
+    }
+
+    /// Lets a software adapter be chosen when no hardware one is found.
+    ///
+    /// ```
+    /// use lstm_wgpu::gpu::GpuOptions;
+    /// assert!(GpuOptions::default().allow_software(true).allow_software);
+    /// ```
+    pub fn allow_software(mut self, allow: bool) -> Self {
+        self.allow_software = allow;
+        self
     }
 
     /// Sets the adapter name filter.
@@ -59,14 +79,33 @@ impl GpuOptions {
 
     fn describe(&self, backends: wgpu::Backends) -> String {
         format!(
-            "backends {:?}, power preference {:?}, adapter name {}, force_fallback_adapter {}",
+            "backends {:?}, power preference {:?}, adapter name {}, force_fallback_adapter {}, \
+             allow_software {}",
             backends,
             self.power_preference.unwrap_or_default(),
             self.adapter_name
                 .as_deref()
                 .map_or("any".to_string(), |n| format!("containing {n:?}")),
-            self.force_fallback_adapter
+            self.force_fallback_adapter,
+            self.allow_software
         )
+    }
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// Ranks an adapter for `options` (lower first): hardware before software, then discrete or
+/// integrated first as the power preference says.
+fn rank(info: &wgpu::AdapterInfo, low_power: bool) -> u8 {
+    use wgpu::DeviceType::*;
+    match (info.device_type, low_power) {
+        (DiscreteGpu, false) | (IntegratedGpu, true) => 0,
+        (IntegratedGpu, false) | (DiscreteGpu, true) => 1,
+        (VirtualGpu, _) => 2,
+        (Other, _) => 3,
+        (Cpu, _) => 4,
     }
 }
 
@@ -116,28 +155,51 @@ impl GpuContext {
         let no_adapter = |extra: &str| LstmError::NoGpuAdapter {
             tried: format!("{}{extra}", options.describe(backends)),
         };
-        let adapter = match &options.adapter_name {
-            Some(name) => {
-                let wanted = name.to_lowercase();
-                let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-                let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
-                adapters
-                    .into_iter()
-                    .filter(|a| {
-                        !options.force_fallback_adapter
-                            || a.get_info().device_type == wgpu::DeviceType::Cpu
-                    })
-                    .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
-                    .ok_or_else(|| no_adapter(&format!("; adapters seen: {names:?}")))?
-            }
-            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: options.power_preference.unwrap_or_default(),
-                force_fallback_adapter: options.force_fallback_adapter,
-                compatible_surface: None,
-                apply_limit_buckets: false,
-            }))
-            .map_err(|e| no_adapter(&format!("; wgpu: {e}")))?,
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let label = |i: &wgpu::AdapterInfo| format!("{} ({:?})", i.name, i.backend);
+        let seen: Vec<String> = adapters.iter().map(|a| label(&a.get_info())).collect();
+        let wanted = options.adapter_name.as_ref().map(|n| n.to_lowercase());
+        let allow_software =
+            options.allow_software || options.force_fallback_adapter || wanted.is_some();
+        let low_power = options.power_preference == Some(wgpu::PowerPreference::LowPower);
+        let mut skipped = Vec::new();
+        let mut candidates: Vec<wgpu::Adapter> = adapters
+            .into_iter()
+            .filter(|a| {
+                let info = a.get_info();
+                let software = info.device_type == wgpu::DeviceType::Cpu;
+                let named = wanted
+                    .as_ref()
+                    .is_none_or(|n| info.name.to_lowercase().contains(n));
+                if named && software && !allow_software {
+                    skipped.push(label(&info));
+                }
+                named
+                    && (!options.force_fallback_adapter || software)
+                    && (allow_software || !software)
+            })
+            .collect();
+        candidates.sort_by_key(|a| rank(&a.get_info(), low_power));
+        let Some(adapter) = candidates.into_iter().next() else {
+            let extra = if skipped.is_empty() {
+                format!("; adapters seen: {seen:?}")
+            } else {
+                format!(
+                    "; adapters seen: {seen:?}; software adapters skipped: {skipped:?} (they \
+                     run 20-40x slower than this crate's CPU path; to use one anyway set \
+                     LSTM_WGPU_ALLOW_SOFTWARE=1, GpuOptions::allow_software(true), or \
+                     WGPU_ADAPTER_NAME to its name)"
+                )
+            };
+            return Err(no_adapter(&extra));
         };
+        let info = adapter.get_info();
+        if info.device_type == wgpu::DeviceType::Cpu {
+            log::warn!(
+                "GPU path on a software adapter ({}): expect it to be slower than the CPU path",
+                label(&info)
+            );
+        }
         let mut limits = adapter.limits();
         if let Some(cap) = options.max_binding_size {
             limits.max_storage_buffer_binding_size =

@@ -17,7 +17,7 @@ use ndarray::{Array3, ArrayD};
 use std::sync::Arc;
 
 fn ctx(test: &str) -> Option<Arc<GpuContext>> {
-    match GpuContext::new() {
+    match GpuContext::with_options(&super::GpuOptions::from_env().allow_software(true)) {
         Ok(c) => Some(c),
         Err(e) => {
             if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {

@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use lstm_wgpu::gpu::GpuContext;
+use lstm_wgpu::gpu::{GpuContext, GpuOptions};
 use ndarray::{Array3, ArrayD};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -10,7 +10,9 @@ use std::sync::{Arc, OnceLock};
 /// environment does not require one.
 pub fn gpu(test: &str) -> Option<Arc<GpuContext>> {
     static CTX: OnceLock<Result<Arc<GpuContext>, String>> = OnceLock::new();
-    match CTX.get_or_init(|| GpuContext::new().map_err(|e| e.to_string())) {
+    // The tests ask for software adapters too: CI has only lavapipe.
+    let open = || GpuContext::with_options(&GpuOptions::from_env().allow_software(true));
+    match CTX.get_or_init(|| open().map_err(|e| e.to_string())) {
         Ok(c) => Some(c.clone()),
         Err(e) => {
             if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
