@@ -1,13 +1,28 @@
 //! # lstm-wgpu
 //!
-//! Keras-compatible LSTM layers on any GPU through wgpu, with a CPU path on ndarray that gives
-//! the same numbers.
+//! Keras-compatible recurrent layers (`LSTM`, `GRU`, `SimpleRNN`) on any GPU through wgpu,
+//! with a CPU path on ndarray that gives the same numbers.
 //!
-//! The layers behave exactly like `keras.layers.LSTM` (Keras 3): the same weight layout
-//! (`kernel [I, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o), the same
-//! activations (including both `hard_sigmoid` definitions), `return_sequences`,
+//! The layers behave exactly like Keras 3's: the same weight layout (an LSTM's
+//! `kernel [I, 4H]`, `recurrent_kernel [H, 4H]`, `bias [4H]`, gates i, f, c, o; a GRU's z, r,
+//! h), the same activations (including both `hard_sigmoid` definitions), `return_sequences`,
 //! `return_state`, `go_backwards`, initial states, stateful layers, masks, `Bidirectional`
 //! and stacks.
+//!
+//! ## Three ways in
+//!
+//! 1. **A layer from a config and weights** ([`Lstm`], [`Network`]): build one with
+//!    [`LstmConfig`] (or read Keras's `get_config()` with [`LayerConfig::from_keras`]) and
+//!    give it weights in Keras's layout ([`LstmWeights`], or [`Network::from_keras_weights`]
+//!    with the `get_weights()` list; PyTorch and ONNX layouts convert, see [`onnx`]).
+//! 2. **A Keras file** ([`model::KerasModel`]): `KerasModel::load("model.keras")`, then
+//!    `predict` on the CPU.
+//! 3. **The GPU** ([`gpu`]): [`gpu::GpuContext::new`] once, then [`gpu::GpuNetwork::new`] (a
+//!    network) or [`gpu::GpuNetwork::from_model`] (a loaded model): weights uploaded once, one
+//!    submission and one readback per forward.
+//!
+//! Diagnostics go through the [`log`](https://docs.rs/log) facade; the library never prints,
+//! and bad input is an [`LstmError`] naming what was wrong, never a panic.
 //!
 //! ```
 //! use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};

@@ -13,7 +13,8 @@ use crate::validate::{check_inputs, check_state};
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3};
 use std::sync::Arc;
 
-/// A [`Network`] on the GPU: an LSTM, a Bidirectional LSTM or a stack, run as one submission.
+/// A [`Network`](crate::Network) on the GPU: a recurrent layer (LSTM, GRU, SimpleRNN), a
+/// Bidirectional one or a stack, or a loaded Keras model, run as one submission.
 ///
 /// ```no_run
 /// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
@@ -163,7 +164,7 @@ impl GpuNetwork {
 
     /// How many shapes (batch, timesteps, mask or not) keep their plan (bind groups and
     /// parameter blocks) between calls; the least recently used is dropped past that.
-    /// Default [`DEFAULT_PLAN_CAPACITY`]; at least 1.
+    /// Default [`DEFAULT_PLAN_CAPACITY`](super::DEFAULT_PLAN_CAPACITY); at least 1.
     ///
     /// ```no_run
     /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
@@ -259,7 +260,7 @@ impl GpuNetwork {
         self.model.directions().iter().any(|d| d.stateful)
     }
 
-    /// Runs the network on `x [B, T, I]`, exactly as [`Network::forward`] does on the CPU, and
+    /// Runs the network on `x [B, T, I]`, exactly as [`Network::forward`](crate::Network::forward) does on the CPU, and
     /// returns Keras's outputs in return order.
     pub fn forward(
         &mut self,
