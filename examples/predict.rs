@@ -1,8 +1,10 @@
 //! Runs a saved Keras model on an input and writes its predictions.
 //!
 //! ```text
-//! cargo run --release --example predict -- --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu]
+//! cargo run --release --example predict -- --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu] [--weights FILE]
 //! ```
+//! `--weights` takes the weights from a `.weights.h5` or a sharded `.weights.json` index, with
+//! `--model` (a `.keras` or JSON file) supplying the configuration.
 //! `--backend auto` (the default) runs on a hardware GPU when there is one, else on the CPU
 //! path, and says which and why in one line on stderr; `gpu` takes a software adapter
 //! (llvmpipe, lavapipe, ...) too when no hardware one is found.
@@ -17,11 +19,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn usage() -> String {
-    "usage: predict --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu]".into()
+    "usage: predict --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu] \
+     [--weights FILE.weights.h5|FILE.weights.json]"
+        .into()
 }
 
 fn run() -> Result<(), String> {
     let (mut model, mut input, mut output, mut backend) = (None, None, None, "auto".to_string());
+    let mut weights: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(usage);
@@ -30,6 +35,7 @@ fn run() -> Result<(), String> {
             "--input" => input = Some(PathBuf::from(value()?)),
             "--output" => output = Some(PathBuf::from(value()?)),
             "--backend" => backend = value()?,
+            "--weights" => weights = Some(PathBuf::from(value()?)),
             _ => return Err(usage()),
         }
     }
@@ -39,7 +45,11 @@ fn run() -> Result<(), String> {
     if !matches!(backend.as_str(), "auto" | "cpu" | "gpu") {
         return Err(format!("unknown backend {backend:?} (auto, cpu or gpu)"));
     }
-    let mut m = KerasModel::load(&model).map_err(|e| e.to_string())?;
+    let mut m = match &weights {
+        Some(w) => KerasModel::load_weights(&model, w),
+        None => KerasModel::load(&model),
+    }
+    .map_err(|e| e.to_string())?;
     let x: Array3<f32> = read_npy(&input).map_err(|e| {
         format!(
             "{}: {e} (expected a float32 array of shape (B, T, I))",

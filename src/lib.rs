@@ -55,6 +55,7 @@ pub mod onnx;
 mod output;
 pub mod perf;
 mod validate;
+mod weight_source;
 mod weights;
 
 pub use activation::Activation;

@@ -6,11 +6,9 @@ use crate::activation::Activation;
 use crate::archive;
 use crate::config::LayerConfig;
 use crate::cpu::reference::matmul;
-use crate::cpu::Lstm;
 use crate::error::{LstmError, Result};
-use crate::hdf5::H5File;
-use crate::network::{Bidirectional, Network};
-use crate::weights::LstmWeights;
+use crate::network::Network;
+use crate::weight_source::{shard_names, WeightSource};
 use ndarray::{Array1, Array2, ArrayD, ArrayView3, Axis, Ix2, Ix3, IxDyn};
 use serde_json::Value;
 use std::path::Path;
@@ -103,9 +101,11 @@ impl KerasModel {
         Self::from_keras_bytes(&bytes).map_err(|e| in_file(e, |_| path))
     }
 
-    /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, with the model's
-    /// configuration taken from `config`: a `.keras` file (its `config.json`) or a JSON file
-    /// holding the serialized model (`model.to_json()` or a `config.json`).
+    /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, or sharded with
+    /// `save_weights("NAME.weights.json", max_shard_size=...)` (the index: every shard it names
+    /// is read from beside it), with the model's configuration taken from `config`: a `.keras`
+    /// file (its `config.json`) or a JSON file holding the serialized model (`model.to_json()`
+    /// or a `config.json`).
     pub fn load_weights(config: &Path, weights: &Path) -> Result<Self> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| LstmError::io(p, e));
         let config_bytes = read(config)?;
@@ -123,6 +123,23 @@ impl KerasModel {
             path: config.display().to_string(),
             reason: e.to_string(),
         })?;
+        if weights.extension().is_some_and(|e| e == "json") {
+            let index = read(weights)?;
+            let names = shard_names(&index).map_err(|e| in_file(e, |_| weights))?;
+            let dir = weights.parent().unwrap_or(Path::new("."));
+            let shards = names
+                .into_iter()
+                .map(|n| Ok((dir.join(&n).display().to_string(), read(&dir.join(&n))?)))
+                .collect::<Result<Vec<_>>>()?;
+            // (shard errors name their shard already; the model's name the config)
+            return Self::from_config_and_shards(&json, &shards).map_err(|e| match e {
+                LstmError::File { path, reason } if path == "Keras model" => LstmError::File {
+                    path: config.display().to_string(),
+                    reason,
+                },
+                other => other,
+            });
+        }
         // Errors of the bytes say what they came from; name the file instead.
         Self::from_config_and_weights(&json, &read(weights)?).map_err(|e| {
             in_file(e, |what| {
@@ -153,7 +170,16 @@ impl KerasModel {
     /// Builds a model from its `config.json` (the serialized model) and the bytes of its
     /// weights file (`model.weights.h5` or a `.weights.h5` saved with `save_weights`).
     pub fn from_config_and_weights(config: &Value, weights_h5: &[u8]) -> Result<Self> {
-        let h5 = H5File::new(weights_h5)?;
+        Self::build(config, &WeightSource::single(weights_h5)?)
+    }
+
+    /// Builds a model from its `config.json` and the shards of sharded weights (`(file name,
+    /// bytes)` of each file a `.weights.json` index names; see [`KerasModel::load_weights`]).
+    pub fn from_config_and_shards(config: &Value, shards: &[(String, Vec<u8>)]) -> Result<Self> {
+        Self::build(config, &WeightSource::shards(shards)?)
+    }
+
+    fn build(config: &Value, h5: &WeightSource) -> Result<Self> {
         let class = config
             .get("class_name")
             .and_then(Value::as_str)
@@ -217,9 +243,9 @@ impl KerasModel {
                 },
                 "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
                     let layer_config = LayerConfig::from_keras(entry)?;
-                    ModelLayer::Recurrent(recurrent(&h5, &key, &layer_config)?)
+                    ModelLayer::Recurrent(recurrent(h5, &key, &layer_config)?)
                 }
-                "Dense" => dense(&h5, &key, lcfg, &lname)?,
+                "Dense" => dense(h5, &key, lcfg, &lname)?,
                 other => {
                     return Err(LstmError::unsupported(
                         "layer class_name",
@@ -431,63 +457,25 @@ fn output_indices(cfg: &Value, last: &str, count: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn read2(h5: &H5File, path: &str) -> Result<Array2<f32>> {
-    let d = h5.dataset(path)?;
-    let shape = d.shape.clone();
-    ArrayD::from_shape_vec(IxDyn(&d.shape), d.values)
-        .ok()
-        .and_then(|a| a.into_dimensionality::<Ix2>().ok())
-        .ok_or_else(|| LstmError::shape(path, &[0, 0], &shape))
+/// `a` as a matrix (`what` names it in the error).
+fn matrix(a: ArrayD<f32>, what: &str) -> Result<Array2<f32>> {
+    let shape = a.shape().to_vec();
+    a.into_dimensionality::<Ix2>()
+        .map_err(|_| LstmError::shape(what, &[0, 0], &shape))
 }
 
-fn read1(h5: &H5File, path: &str) -> Result<Array1<f32>> {
-    let d = h5.dataset(path)?;
-    if d.shape.len() != 1 {
-        return Err(LstmError::shape(path, &[0], &d.shape));
-    }
-    Ok(Array1::from_vec(d.values))
-}
-
-/// A recurrent layer's weights (LSTM, GRU, SimpleRNN) from its `cell/vars` group, checked
-/// against `config` by `LstmWeights::from_keras_list` (a GRU's bias is `[2, 3H]` there).
-fn lstm_weights(h5: &H5File, group: &str, config: &crate::LstmConfig) -> Result<Lstm<f32>> {
-    let count = 2 + usize::from(config.use_bias);
-    let list = (0..count)
-        .map(|k| {
-            let d = h5.dataset(&format!("{group}/cell/vars/{k}"))?;
-            let shape = d.shape.clone();
-            ArrayD::from_shape_vec(IxDyn(&d.shape), d.values)
-                .map_err(|_| LstmError::shape(format!("{group}/cell/vars/{k}"), &[0], &shape))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (weights, _) = LstmWeights::from_keras_list(config, &list)?;
-    Lstm::new(config.clone(), weights)
-}
-
-fn recurrent(h5: &H5File, key: &str, config: &LayerConfig) -> Result<Network<f32>> {
-    match config {
-        LayerConfig::Lstm(c) => Ok(Network::Lstm(lstm_weights(
-            h5,
-            &format!("layers/{key}"),
-            c,
-        )?)),
-        LayerConfig::Bidirectional(b) => {
-            let f = lstm_weights(h5, &format!("layers/{key}/forward_layer"), &b.forward)?;
-            let w = lstm_weights(h5, &format!("layers/{key}/backward_layer"), &b.backward)?;
-            Ok(Network::Bidirectional(Box::new(Bidirectional::new(
-                b.clone(),
-                f.weights().clone(),
-                w.weights().clone(),
-            )?)))
-        }
-        LayerConfig::Sequential(_) => Err(LstmError::unsupported(
+/// A recurrent layer (or Bidirectional) from its weights in `get_weights()` order.
+fn recurrent(src: &WeightSource, key: &str, config: &LayerConfig) -> Result<Network<f32>> {
+    if let LayerConfig::Sequential(_) = config {
+        return Err(LstmError::unsupported(
             "layer class_name",
             "Sequential nested in a model",
-        )),
+        ));
     }
+    Network::from_keras_weights(config, &src.layer(key)?)
 }
 
-fn dense(h5: &H5File, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> {
+fn dense(src: &WeightSource, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> {
     let activation = match cfg.get("activation") {
         None | Some(Value::Null) => DenseActivation::Elementwise(Activation::Linear),
         Some(Value::String(s)) if s == "softmax" => DenseActivation::Softmax,
@@ -497,17 +485,21 @@ fn dense(h5: &H5File, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> 
         Some(other) => return Err(LstmError::unsupported("activation", other)),
     };
     let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
-    let kernel = read2(h5, &format!("layers/{key}/vars/0"))?;
+    let mut list = src.layer(key)?.into_iter();
+    let missing = |w: &str| LstmError::MissingWeight {
+        name: format!("{name}/{w}"),
+    };
+    let kernel = matrix(list.next().ok_or_else(|| missing("kernel"))?, name)?;
     let bias = if use_bias {
-        let b = read1(h5, &format!("layers/{key}/vars/1"))?;
-        if b.len() != kernel.ncols() {
+        let b = list.next().ok_or_else(|| missing("bias"))?;
+        if b.len() != kernel.ncols() || b.ndim() != 1 {
             return Err(LstmError::shape(
                 format!("{name}/bias"),
                 &[kernel.ncols()],
-                &[b.len()],
+                b.shape(),
             ));
         }
-        Some(b)
+        Some(b.iter().copied().collect())
     } else {
         None
     };
