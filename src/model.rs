@@ -7,6 +7,7 @@ use crate::archive;
 use crate::config::LayerConfig;
 use crate::cpu::reference::matmul;
 use crate::error::{LstmError, Result};
+use crate::hdf5::H5File;
 use crate::network::Network;
 use crate::weight_source::{shard_names, WeightSource};
 use ndarray::{Array1, Array2, ArrayD, ArrayView3, Axis, Ix2, Ix3, IxDyn};
@@ -81,6 +82,24 @@ fn in_file<'p>(e: LstmError, file: impl Fn(&str) -> &'p Path) -> LstmError {
     }
 }
 
+/// Gives a Keras 2 configuration Keras 2's meaning where Keras 3 reads the same words
+/// differently: `"hard_sigmoid"` (any activation key) is Keras 2's `clip(0.2x + 0.5, 0, 1)`.
+fn keras2_semantics(config: &mut Value) {
+    match config {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                if k.ends_with("activation") && v.as_str() == Some("hard_sigmoid") {
+                    *v = Value::String("hard_sigmoid_keras2".into());
+                } else {
+                    keras2_semantics(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(keras2_semantics),
+        _ => {}
+    }
+}
+
 /// Keras's weight-group key of a class: snake case (`InputLayer` -> `input_layer`).
 fn snake_case(class: &str) -> String {
     let mut out = String::new();
@@ -95,10 +114,41 @@ fn snake_case(class: &str) -> String {
 }
 
 impl KerasModel {
-    /// Loads a `.keras` file.
+    /// Loads a `.keras` file, or a whole-model HDF5 file (`model.save("m.h5")` of Keras 2 or
+    /// Keras 3's legacy writer: the `model_config` attribute and the `model_weights` groups).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| LstmError::io(path, e))?;
+        if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+            return Self::from_h5_bytes(&bytes).map_err(|e| in_file(e, |_| path));
+        }
         Self::from_keras_bytes(&bytes).map_err(|e| in_file(e, |_| path))
+    }
+
+    /// Loads a whole-model HDF5 file held in memory (see [`KerasModel::load`]). A model saved
+    /// by Keras 2 (`keras_version` 2.x) gets Keras 2's semantics where they differ: its
+    /// `"hard_sigmoid"` is `clip(0.2x + 0.5, 0, 1)` (`hard_sigmoid_keras2`).
+    pub fn from_h5_bytes(bytes: &[u8]) -> Result<Self> {
+        let h5 = H5File::new(bytes)?;
+        let first = |name: &str| -> Result<String> {
+            h5.string_attribute("", name)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad_model(format!("the {name} attribute is empty")))
+        };
+        let text = first("model_config").map_err(|e| match e {
+            LstmError::File { reason, .. } => bad_model(format!(
+                "no model_config attribute ({reason}): a weights-only file needs \
+                 KerasModel::load_weights with the configuration"
+            )),
+            other => other,
+        })?;
+        let mut config: Value =
+            serde_json::from_str(&text).map_err(|e| bad_model(format!("model_config: {e}")))?;
+        let version = first("keras_version").unwrap_or_default();
+        if version.starts_with("2.") || version.starts_with("1.") {
+            keras2_semantics(&mut config);
+        }
+        Self::build(&config, &WeightSource::legacy(h5)?)
     }
 
     /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, or sharded with
@@ -170,6 +220,20 @@ impl KerasModel {
     /// Builds a model from its `config.json` (the serialized model) and the bytes of its
     /// weights file (`model.weights.h5` or a `.weights.h5` saved with `save_weights`).
     pub fn from_config_and_weights(config: &Value, weights_h5: &[u8]) -> Result<Self> {
+        let file = H5File::new(weights_h5)?;
+        if WeightSource::is_legacy(&file) {
+            // Keras 2's save_weights("w.h5"): its semantics where they differ.
+            let mut config = config.clone();
+            let version = file
+                .string_attribute("", "keras_version")
+                .ok()
+                .and_then(|v| v.into_iter().next())
+                .unwrap_or_default();
+            if version.starts_with("2.") || version.starts_with("1.") {
+                keras2_semantics(&mut config);
+            }
+            return Self::build(&config, &WeightSource::legacy(file)?);
+        }
         Self::build(config, &WeightSource::single(weights_h5)?)
     }
 
@@ -234,7 +298,14 @@ impl KerasModel {
                 previous = Some(lname.clone());
             }
             let layer = match class {
-                "InputLayer" => continue,
+                // the identity at inference (no weights)
+                "InputLayer"
+                | "Dropout"
+                | "SpatialDropout1D"
+                | "GaussianNoise"
+                | "GaussianDropout"
+                | "AlphaDropout"
+                | "ActivityRegularization" => continue,
                 "Masking" => ModelLayer::Masking {
                     mask_value: lcfg
                         .get("mask_value")
@@ -243,7 +314,7 @@ impl KerasModel {
                 },
                 "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
                     let layer_config = LayerConfig::from_keras(entry)?;
-                    ModelLayer::Recurrent(recurrent(h5, &key, &layer_config)?)
+                    ModelLayer::Recurrent(recurrent(h5, (&key, &lname), &layer_config)?)
                 }
                 "Dense" => dense(h5, &key, lcfg, &lname)?,
                 other => {
@@ -465,14 +536,18 @@ fn matrix(a: ArrayD<f32>, what: &str) -> Result<Array2<f32>> {
 }
 
 /// A recurrent layer (or Bidirectional) from its weights in `get_weights()` order.
-fn recurrent(src: &WeightSource, key: &str, config: &LayerConfig) -> Result<Network<f32>> {
+fn recurrent(
+    src: &WeightSource,
+    (key, name): (&str, &str),
+    config: &LayerConfig,
+) -> Result<Network<f32>> {
     if let LayerConfig::Sequential(_) = config {
         return Err(LstmError::unsupported(
             "layer class_name",
             "Sequential nested in a model",
         ));
     }
-    Network::from_keras_weights(config, &src.layer(key)?)
+    Network::from_keras_weights(config, &src.layer(key, name)?)
 }
 
 fn dense(src: &WeightSource, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> {
@@ -485,7 +560,7 @@ fn dense(src: &WeightSource, key: &str, cfg: &Value, name: &str) -> Result<Model
         Some(other) => return Err(LstmError::unsupported("activation", other)),
     };
     let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
-    let mut list = src.layer(key)?.into_iter();
+    let mut list = src.layer(key, name)?.into_iter();
     let missing = |w: &str| LstmError::MissingWeight {
         name: format!("{name}/{w}"),
     };

@@ -1,6 +1,8 @@
 //! Where a model's weights come from, as one interface for the model loader: a Keras 3
 //! `.weights.h5` (one file, or shards named by a `.weights.json` index) whose layers keep
-//! their variables under `layers/<key>/.../vars/<k>`. Each layer's weights come back in
+//! their variables under `layers/<key>/.../vars/<k>`, or the legacy HDF5 layout (Keras 2's
+//! and Keras 3's `model.save("m.h5")`, Keras 2's `save_weights("w.h5")`), where each layer's
+//! group lists its datasets in a `weight_names` attribute. Each layer's weights come back in
 //! Keras's `get_weights()` order.
 
 use crate::error::{LstmError, Result};
@@ -12,6 +14,9 @@ use serde_json::Value;
 pub(crate) struct WeightSource<'a> {
     /// (file name, file) in the index's order.
     files: Vec<(String, H5File<'a>)>,
+    /// The legacy layout's group of layer groups (`model_weights` or the root), or None for
+    /// Keras 3's.
+    legacy_root: Option<String>,
 }
 
 /// The shard files a `.weights.json` index names, in first-mention order.
@@ -55,7 +60,31 @@ impl<'a> WeightSource<'a> {
     pub(crate) fn single(bytes: &'a [u8]) -> Result<Self> {
         Ok(WeightSource {
             files: vec![(crate::hdf5::SOURCE.to_string(), H5File::new(bytes)?)],
+            legacy_root: None,
         })
+    }
+
+    /// A file in the legacy layout: layer groups under `model_weights` (a whole-model file)
+    /// or at the root (Keras 2's `save_weights`).
+    pub(crate) fn legacy(file: H5File<'a>) -> Result<Self> {
+        let root = if file.exists("model_weights")? {
+            "model_weights".to_string()
+        } else {
+            String::new()
+        };
+        Ok(WeightSource {
+            files: vec![(crate::hdf5::SOURCE.to_string(), file)],
+            legacy_root: Some(root),
+        })
+    }
+
+    /// Whether a Keras weight file is in the legacy layout (a `layer_names` attribute at its
+    /// root or on `model_weights`), as Keras 2 and `model.save("m.h5")` write it.
+    pub(crate) fn is_legacy(file: &H5File<'a>) -> bool {
+        file.string_attribute("", "layer_names").is_ok()
+            || file
+                .string_attribute("model_weights", "layer_names")
+                .is_ok()
     }
 
     /// Shards `(name, bytes)`; a layer's variables may be in any of them.
@@ -68,14 +97,17 @@ impl<'a> WeightSource<'a> {
                     .map_err(|e| relabel(e, name))
             })
             .collect::<Result<_>>()?;
-        Ok(WeightSource { files })
+        Ok(WeightSource {
+            files,
+            legacy_root: None,
+        })
     }
 
     /// The names in group `path` across the files.
     fn list(&self, path: &str) -> Result<Vec<String>> {
         let mut names: Vec<String> = Vec::new();
         for (name, f) in &self.files {
-            if f.find(path).map_err(|e| relabel(e, name))?.is_some() {
+            if f.exists(path).map_err(|e| relabel(e, name))? {
                 for n in f.list(path).map_err(|e| relabel(e, name))? {
                     if !names.contains(&n) {
                         names.push(n);
@@ -89,7 +121,7 @@ impl<'a> WeightSource<'a> {
     /// The dataset at `path` from the first file holding it, or None.
     fn dataset(&self, path: &str) -> Result<Option<ArrayD<f32>>> {
         for (name, f) in &self.files {
-            if f.find(path).map_err(|e| relabel(e, name))?.is_some() {
+            if f.exists(path).map_err(|e| relabel(e, name))? {
                 let d = f.dataset(path).map_err(|e| relabel(e, name))?;
                 let shape = d.shape.clone();
                 return ArrayD::from_shape_vec(IxDyn(&d.shape), d.values)
@@ -100,13 +132,48 @@ impl<'a> WeightSource<'a> {
         Ok(None)
     }
 
-    /// The weights of the layer whose group key is `key` (`lstm`, `dense_1`, ...), in
-    /// `get_weights()` order: its own `vars/0, 1, ...`, then those of its sublayers (`cell`,
-    /// a Bidirectional layer's `forward_layer` then `backward_layer`, then any other in name
-    /// order).
-    pub(crate) fn layer(&self, key: &str) -> Result<Vec<ArrayD<f32>>> {
+    /// The weights of the layer named `name` whose Keras 3 group key is `key` (`lstm`,
+    /// `dense_1`, ...), in `get_weights()` order. Keras 3: its own `vars/0, 1, ...`, then those
+    /// of its sublayers (`cell`, a Bidirectional layer's `forward_layer` then
+    /// `backward_layer`, then any other in name order). Legacy: the datasets its
+    /// `weight_names` attribute lists (split into `weight_names0`, `1`, ... when long).
+    pub(crate) fn layer(&self, key: &str, name: &str) -> Result<Vec<ArrayD<f32>>> {
         let mut out = Vec::new();
-        self.collect(&format!("layers/{key}"), &mut out)?;
+        match &self.legacy_root {
+            None => self.collect(&format!("layers/{key}"), &mut out)?,
+            Some(root) => {
+                let group = if root.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{root}/{name}")
+                };
+                let (file_name, file) = &self.files[0];
+                if !file.exists(&group).map_err(|e| relabel(e, file_name))? {
+                    return Ok(out);
+                }
+                let mut names = file.string_attribute(&group, "weight_names");
+                if names.is_err() {
+                    let mut parts = Vec::new();
+                    while let Ok(p) =
+                        file.string_attribute(&group, &format!("weight_names{}", parts.len()))
+                    {
+                        parts.push(p);
+                    }
+                    if !parts.is_empty() {
+                        names = Ok(parts.concat());
+                    }
+                }
+                for w in names.map_err(|e| relabel(e, file_name))? {
+                    let path = format!("{group}/{w}");
+                    let a = self
+                        .dataset(&path)?
+                        .ok_or_else(|| LstmError::MissingWeight {
+                            name: format!("{path} (listed in {group}'s weight_names)"),
+                        })?;
+                    out.push(a);
+                }
+            }
+        }
         Ok(out)
     }
 

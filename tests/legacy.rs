@@ -76,3 +76,29 @@ fn a_missing_or_bad_shard_is_an_error_naming_it() {
     assert!(e.contains("../x.weights.h5"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+/// Whole-model HDF5 files (`model.save("m.h5")`) from Keras 2 and Keras 3's legacy writer:
+/// the config from `model_config`, the weights from `model_weights/<layer>` in
+/// `weight_names` order, Keras 2's `hard_sigmoid` for the Keras 2 file, `Dropout` as the
+/// identity.
+#[test]
+fn whole_model_hdf5_files_match_keras() {
+    for name in ["k3_public_whole_model", "k2_public_stacked_hard_sigmoid"] {
+        let model = KerasModel::load(&dir().join(format!("{name}.h5"))).unwrap();
+        check(name, model);
+    }
+}
+
+/// The legacy files whose layers the crate does not run yet say which layer stops them.
+#[test]
+fn legacy_models_beyond_chains_name_what_stops_them() {
+    for (name, what) in [
+        ("k2_public_embedding_bigru", "Embedding"),
+        ("k2_public_encoder_decoder", "input_"),
+    ] {
+        let e = KerasModel::load(&dir().join(format!("{name}.h5")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "{name}: {e}");
+    }
+}
