@@ -1,6 +1,7 @@
 //! Reading the members of a `.keras` file: a zip archive whose members Keras stores without
-//! compression. Each member's CRC-32 is checked; compressed members, zip64 and truncated or
-//! corrupt archives are errors, never panics.
+//! compression, zip64 where Keras writes it (members past about 2 GiB, or opened with
+//! `force_zip64`: the sizes then live in the zip64 extra field). Each member's CRC-32 is
+//! checked; compressed members and truncated or corrupt archives are errors, never panics.
 
 use crate::error::{LstmError, Result};
 
@@ -51,7 +52,8 @@ pub fn members(data: &[u8]) -> Result<Vec<(String, &[u8])>> {
         let flags = u16_at(at + 6)?;
         let method = u16_at(at + 8)?;
         let crc = u32_at(at + 14)?;
-        let size = u32_at(at + 18)? as usize;
+        let compressed = u32_at(at + 18)?;
+        let uncompressed = u32_at(at + 22)?;
         let name_len = u16_at(at + 26)?;
         let extra_len = u16_at(at + 28)?;
         let name_at = at + 30;
@@ -59,6 +61,17 @@ pub fn members(data: &[u8]) -> Result<Vec<(String, &[u8])>> {
             .get(name_at..name_at + name_len)
             .ok_or_else(|| bad("truncated member name"))?;
         let name = String::from_utf8_lossy(name).into_owned();
+        let extra = data
+            .get(name_at + name_len..name_at + name_len + extra_len)
+            .ok_or_else(|| bad(format!("{name}: truncated extra field")))?;
+        let size = if compressed == u32::MAX || uncompressed == u32::MAX {
+            zip64_size(extra, uncompressed == u32::MAX, compressed == u32::MAX)
+                .ok_or_else(|| bad(format!("{name}: zip64 sizes without a zip64 extra field")))?
+        } else {
+            u64::from(compressed)
+        };
+        let size = usize::try_from(size)
+            .map_err(|_| bad(format!("{name}: {size} bytes do not fit this platform")))?;
         if flags & 0x08 != 0 {
             return Err(bad(format!("{name}: data descriptors are not supported")));
         }
@@ -84,6 +97,32 @@ pub fn members(data: &[u8]) -> Result<Vec<(String, &[u8])>> {
     Ok(out)
 }
 
+/// The compressed size in a local header's zip64 extra field (ID 1), which holds the
+/// uncompressed size first when `has_uncompressed`, then the compressed one when
+/// `has_compressed`.
+fn zip64_size(mut extra: &[u8], has_uncompressed: bool, has_compressed: bool) -> Option<u64> {
+    while extra.len() >= 4 {
+        let id = u16::from_le_bytes([extra[0], extra[1]]);
+        let len = usize::from(u16::from_le_bytes([extra[2], extra[3]]));
+        let body = extra.get(4..4 + len)?;
+        if id == 1 {
+            let word = |k: usize| {
+                body.get(8 * k..8 * k + 8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            };
+            return match (has_uncompressed, has_compressed) {
+                (true, true) => word(1),
+                (false, true) => word(0),
+                // only the uncompressed size moved: stored members have both equal
+                (true, false) => word(0),
+                (false, false) => None,
+            };
+        }
+        extra = &extra[4 + len..];
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +130,41 @@ mod tests {
     #[test]
     fn crc32_of_known_string() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// A stored member as Python's zipfile writes it with `force_zip64=True` (as Keras writes
+    /// `model.weights.h5`): both sizes 0xFFFFFFFF, the real ones in the zip64 extra field.
+    fn zip64_member(name: &str, body: &[u8]) -> Vec<u8> {
+        let mut v = b"PK\x03\x04".to_vec();
+        v.extend(45u16.to_le_bytes()); // version needed
+        v.extend(0u16.to_le_bytes()); // flags
+        v.extend(0u16.to_le_bytes()); // stored
+        v.extend([0u8; 4]); // time, date
+        v.extend(crc32(body).to_le_bytes());
+        v.extend(u32::MAX.to_le_bytes());
+        v.extend(u32::MAX.to_le_bytes());
+        v.extend((name.len() as u16).to_le_bytes());
+        v.extend(20u16.to_le_bytes());
+        v.extend(name.as_bytes());
+        v.extend(1u16.to_le_bytes());
+        v.extend(16u16.to_le_bytes());
+        v.extend((body.len() as u64).to_le_bytes());
+        v.extend((body.len() as u64).to_le_bytes());
+        v.extend(body);
+        v
+    }
+
+    #[test]
+    fn zip64_members_are_read() {
+        let mut zip = zip64_member("config.json", b"{}");
+        zip.extend(zip64_member("model.weights.h5", b"weights"));
+        let m = members(&zip).unwrap();
+        assert_eq!(m[0], ("config.json".to_string(), &b"{}"[..]));
+        assert_eq!(m[1].1, b"weights");
+        // a zip64 header without its extra field is an error, not a 4 GiB read
+        let mut broken = zip64_member("a", b"x");
+        broken[28] = 0;
+        broken[29] = 0;
+        assert!(members(&broken).is_err());
     }
 }
