@@ -12,34 +12,64 @@
 //! Any error: a one-line reason on stderr and a non-zero exit code.
 
 use lstm_wgpu::gpu::{GpuContext, GpuNetwork, GpuOptions};
-use lstm_wgpu::model::KerasModel;
+use lstm_wgpu::model::{KerasModel, ModelInput};
 use ndarray::{Array3, ArrayD};
 use ndarray_npy::{read_npy, write_npy};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: predict --model FILE.keras|FILE.h5 --input X.npy [--input X2.npy ...] \
+--output Y.npy [--backend auto|cpu|gpu] [--weights FILE.weights.h5|FILE.weights.json] [--summary] [--help]
+
+  --input    once per model input, in the model's input order: float32 features, or int32/int64
+             token ids for an Embedding input
+  --backend  auto (default): a hardware GPU if there is one and the model is a chain the GPU
+             path runs, else the CPU path (one line on stderr says which and why); cpu; gpu
+             (a software adapter too)
+  --weights  take the weights from this file (a sharded .weights.json index included), the
+             configuration from --model
+  --summary  print the model's inputs, layers and outputs, and exit";
+
 fn usage() -> String {
-    "usage: predict --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu] \
-     [--weights FILE.weights.h5|FILE.weights.json]"
-        .into()
+    USAGE.into()
+}
+
+/// An input `.npy` as float32, or as token ids (int32/int64).
+fn read_input(path: &Path) -> Result<ModelInput, String> {
+    if let Ok(a) = read_npy::<_, ArrayD<f32>>(path) {
+        return Ok(a.into());
+    }
+    if let Ok(a) = read_npy::<_, ArrayD<i32>>(path) {
+        return Ok(a.into());
+    }
+    read_npy::<_, ArrayD<i64>>(path)
+        .map(ModelInput::from)
+        .map_err(|e| format!("{}: {e} (expected float32, int32 or int64)", path.display()))
 }
 
 fn run() -> Result<(), String> {
-    let (mut model, mut input, mut output, mut backend) = (None, None, None, "auto".to_string());
+    let (mut model, mut output, mut backend) = (None, None, "auto".to_string());
+    let mut inputs: Vec<PathBuf> = Vec::new();
     let mut weights: Option<PathBuf> = None;
+    let mut summary = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(usage);
         match a.as_str() {
             "--model" => model = Some(PathBuf::from(value()?)),
-            "--input" => input = Some(PathBuf::from(value()?)),
+            "--input" => inputs.push(PathBuf::from(value()?)),
             "--output" => output = Some(PathBuf::from(value()?)),
             "--backend" => backend = value()?,
             "--weights" => weights = Some(PathBuf::from(value()?)),
+            "--summary" => summary = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
             _ => return Err(usage()),
         }
     }
-    let (Some(model), Some(input), Some(output)) = (model, input, output) else {
+    let Some(model) = model else {
         return Err(usage());
     };
     if !matches!(backend.as_str(), "auto" | "cpu" | "gpu") {
@@ -50,12 +80,42 @@ fn run() -> Result<(), String> {
         None => KerasModel::load(&model),
     }
     .map_err(|e| e.to_string())?;
-    let x: Array3<f32> = read_npy(&input).map_err(|e| {
-        format!(
-            "{}: {e} (expected a float32 array of shape (B, T, I))",
-            input.display()
-        )
-    })?;
+    if summary {
+        println!("model {}", m.name());
+        for i in m.inputs() {
+            println!("  input {} {:?} {}", i.name, i.shape, i.dtype);
+        }
+        for (name, class) in m.layer_classes() {
+            println!("  layer {name} ({class})");
+        }
+        match m.chain_error() {
+            None => println!("  runs on the CPU and the GPU path"),
+            Some(why) => println!("  runs on the CPU path only (GPU: {why})"),
+        }
+        println!("  outputs {:?}", m.output_names());
+        return Ok(());
+    }
+    let Some(output) = output else {
+        return Err(usage());
+    };
+    if inputs.len() != m.inputs().len() {
+        let names: Vec<String> = m
+            .inputs()
+            .iter()
+            .map(|i| format!("{} {:?} {}", i.name, i.shape, i.dtype))
+            .collect();
+        return Err(format!(
+            "the model takes {} inputs ({}), {} --input given",
+            names.len(),
+            names.join("; "),
+            inputs.len()
+        ));
+    }
+    let xs: Vec<ModelInput> = inputs
+        .iter()
+        .map(|p| read_input(p))
+        .collect::<Result<_, _>>()?;
+    let gpu_runs = m.chain_error().is_none() && xs.len() == 1;
     let ctx = match backend.as_str() {
         "cpu" => None,
         // an explicit GPU request may use a software adapter
@@ -63,6 +123,13 @@ fn run() -> Result<(), String> {
             GpuContext::with_options(&GpuOptions::from_env().allow_software(true))
                 .map_err(|e| e.to_string())?,
         ),
+        _ if !gpu_runs => {
+            eprintln!(
+                "backend: CPU (the GPU path does not run this model yet: {})",
+                m.chain_error().unwrap_or("several inputs")
+            );
+            None
+        }
         _ => match GpuContext::new() {
             Ok(ctx) => {
                 eprintln!(
@@ -79,10 +146,17 @@ fn run() -> Result<(), String> {
     };
     let outputs: Vec<ArrayD<f32>> = if let Some(ctx) = ctx {
         let mut gpu = GpuNetwork::from_model(ctx, &m).map_err(|e| e.to_string())?;
+        let ModelInput::F32(x) = &xs[0] else {
+            return Err("the GPU path takes float32 features".into());
+        };
+        let x: Array3<f32> = x
+            .clone()
+            .into_dimensionality()
+            .map_err(|_| format!("{}: expected shape (B, T, I)", inputs[0].display()))?;
         gpu.forward(x.view(), None, None)
             .map_err(|e| e.to_string())?
     } else {
-        m.predict(x.view()).map_err(|e| e.to_string())?
+        m.predict_inputs(&xs).map_err(|e| e.to_string())?
     };
     let write = |path: &Path, a: &ArrayD<f32>| {
         write_npy(path, a).map_err(|e| format!("{}: {e}", path.display()))

@@ -47,6 +47,7 @@ mod element;
 mod error;
 pub mod golden;
 pub mod gpu;
+mod graph;
 pub mod hdf5;
 mod layouts;
 pub mod model;

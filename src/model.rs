@@ -5,12 +5,13 @@
 use crate::activation::Activation;
 use crate::archive;
 use crate::config::LayerConfig;
-use crate::cpu::reference::matmul;
 use crate::error::{LstmError, Result};
+pub use crate::graph::InputSpec;
+use crate::graph::{Graph, Value as GraphValue};
 use crate::hdf5::H5File;
 use crate::network::Network;
 use crate::weight_source::{shard_names, WeightSource};
-use ndarray::{Array1, Array2, ArrayD, ArrayView3, Axis, Ix2, Ix3, IxDyn};
+use ndarray::{Array1, Array2, ArrayD, ArrayView3, Ix2};
 use serde_json::Value;
 use std::path::Path;
 
@@ -46,6 +47,55 @@ pub enum ModelLayer {
     },
 }
 
+/// One input of a model: float features, or integer token ids (for `Embedding`).
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// Float features.
+    F32(ArrayD<f32>),
+    /// Token ids (int32 or int64 in Keras).
+    I64(ArrayD<i64>),
+}
+
+impl From<ArrayD<f32>> for ModelInput {
+    fn from(a: ArrayD<f32>) -> Self {
+        ModelInput::F32(a)
+    }
+}
+
+impl From<ArrayD<i64>> for ModelInput {
+    fn from(a: ArrayD<i64>) -> Self {
+        ModelInput::I64(a)
+    }
+}
+
+impl From<ArrayD<i32>> for ModelInput {
+    fn from(a: ArrayD<i32>) -> Self {
+        ModelInput::I64(a.mapv(i64::from))
+    }
+}
+
+impl ModelInput {
+    fn is_integer(&self) -> bool {
+        matches!(self, ModelInput::I64(_))
+    }
+
+    /// The values as f32 (token ids exactly: at most 2^24).
+    fn to_f32(&self, name: &str) -> Result<ArrayD<f32>> {
+        match self {
+            ModelInput::F32(a) => Ok(a.clone()),
+            ModelInput::I64(a) => {
+                if let Some(v) = a.iter().find(|v| v.unsigned_abs() > 1 << 24) {
+                    return Err(LstmError::invalid(
+                        format!("input {name}"),
+                        format!("token id {v} is too large"),
+                    ));
+                }
+                Ok(a.mapv(|v| v as f32))
+            }
+        }
+    }
+}
+
 /// A Keras model loaded from a `.keras` file.
 ///
 /// ```no_run
@@ -58,8 +108,16 @@ pub enum ModelLayer {
 #[derive(Debug, Clone)]
 pub struct KerasModel {
     name: String,
+    /// The model as a chain of layers, when it is one (what the GPU path runs), or why not.
+    chain: std::result::Result<Chain, String>,
+    /// The model as a graph (what `predict` runs).
+    graph: Graph,
+}
+
+/// A model that is a chain: its layers and which outputs of the last one it returns.
+#[derive(Debug, Clone)]
+struct Chain {
     layers: Vec<(String, ModelLayer)>,
-    /// Which outputs of the last layer the model returns, in order.
     outputs: Vec<usize>,
 }
 
@@ -244,6 +302,19 @@ impl KerasModel {
     }
 
     fn build(config: &Value, h5: &WeightSource) -> Result<Self> {
+        let graph = Graph::from_config(config, h5)?;
+        let name = config
+            .get("config")
+            .and_then(|c| c.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("model")
+            .to_string();
+        let chain = Self::build_chain(config, h5).map_err(|e| e.to_string());
+        Ok(KerasModel { name, chain, graph })
+    }
+
+    /// The model as a chain of Masking, recurrent and Dense layers, for the GPU path.
+    fn build_chain(config: &Value, h5: &WeightSource) -> Result<Chain> {
         let class = config
             .get("class_name")
             .and_then(Value::as_str)
@@ -338,11 +409,8 @@ impl KerasModel {
         } else {
             (0..last_count).collect()
         };
-        Ok(KerasModel {
-            name,
-            layers,
-            outputs,
-        })
+        let _ = name;
+        Ok(Chain { layers, outputs })
     }
 
     /// The model's name.
@@ -350,88 +418,119 @@ impl KerasModel {
         &self.name
     }
 
-    /// Which outputs of the last layer the model returns, in order.
+    /// Which outputs of the last layer the model returns, in order (a chain model; empty
+    /// for other graphs).
     pub fn output_indices(&self) -> &[usize] {
-        &self.outputs
+        self.chain.as_ref().map_or(&[], |c| &c.outputs)
     }
 
-    /// The layers, with their names.
+    /// The layers, with their names, when the model is a chain of `Masking`, recurrent and
+    /// `Dense` layers (what the GPU path runs); empty for other graphs (see
+    /// [`KerasModel::chain_error`]).
     pub fn layers(&self) -> &[(String, ModelLayer)] {
-        &self.layers
+        self.chain.as_ref().map_or(&[], |c| &c.layers)
     }
 
-    /// Runs the model on `x [B, T, I]` on the CPU and returns its outputs in the model's order.
-    pub fn predict(&mut self, x: ArrayView3<f32>) -> Result<Vec<ArrayD<f32>>> {
-        let mut current: ArrayD<f32> = x.to_owned().into_dyn();
-        let mut mask: Option<Array2<bool>> = None;
-        let mut last_outputs = Vec::new();
-        let n_layers = self.layers.len();
-        for (k, (name, layer)) in self.layers.iter_mut().enumerate() {
-            let outs = match layer {
-                ModelLayer::Masking { mask_value } => {
-                    let x3 = as3(&current, name)?;
-                    let m = x3.map_axis(Axis(2), |row| row.iter().any(|v| v != mask_value));
-                    let mut masked = x3.to_owned();
-                    for ((b, t, _), v) in masked.indexed_iter_mut() {
-                        if !m[[b, t]] {
-                            *v = 0.0;
+    /// Every layer of the model as `(name, Keras class)`, in the config's order.
+    pub fn layer_classes(&self) -> &[(String, String)] {
+        &self.graph.layers
+    }
+
+    /// Why the model is not a chain the GPU path runs, or None when it is.
+    pub fn chain_error(&self) -> Option<&str> {
+        self.chain.as_ref().err().map(String::as_str)
+    }
+
+    /// The model's inputs, in order: name, shape after the batch axis (`None` for a free
+    /// axis) and Keras dtype.
+    pub fn inputs(&self) -> &[InputSpec] {
+        &self.graph.inputs
+    }
+
+    /// The names of the model's outputs (the layers producing them), in order.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.graph.outputs.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Runs the model on several inputs in the model's input order (float features, or
+    /// integer token ids for `Embedding` inputs) on the CPU; returns the outputs in the
+    /// model's order. A wrong count, rank or dtype is an error naming the input.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::model::{KerasModel, ModelInput};
+    /// let mut model = KerasModel::load("encoder_decoder.keras".as_ref())?;
+    /// let enc = ndarray::Array3::<f32>::zeros((2, 8, 4)).into_dyn();
+    /// let dec = ndarray::Array3::<f32>::zeros((2, 6, 3)).into_dyn();
+    /// let outputs = model.predict_inputs(&[enc.into(), dec.into()])?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn predict_inputs(&mut self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
+        if inputs.len() != self.graph.inputs.len() {
+            let names: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(LstmError::invalid(
+                "inputs",
+                format!(
+                    "the model takes {} inputs {names:?}, got {}",
+                    names.len(),
+                    inputs.len()
+                ),
+            ));
+        }
+        let mut values = Vec::new();
+        for (spec, input) in self.graph.inputs.iter().zip(inputs) {
+            let data = input.to_f32(&spec.name)?;
+            let integer_spec = spec.dtype.starts_with("int") || spec.dtype.starts_with("uint");
+            if integer_spec != input.is_integer() {
+                return Err(LstmError::invalid(
+                    format!("input {}", spec.name),
+                    format!(
+                        "the model takes {} values here, got {}",
+                        spec.dtype,
+                        if input.is_integer() {
+                            "integers"
+                        } else {
+                            "floats"
                         }
-                    }
-                    mask = Some(m);
-                    vec![masked.into_dyn()]
-                }
-                ModelLayer::Recurrent(net) => {
-                    let x3 = as3(&current, name)?;
-                    if x3.shape()[2] != net.input_dim() {
+                    ),
+                ));
+            }
+            if !spec.shape.is_empty() && data.ndim() != spec.shape.len() + 1 {
+                return Err(LstmError::invalid(
+                    format!("input {}", spec.name),
+                    format!(
+                        "expected rank {} (batch + {:?}), got shape {:?}",
+                        spec.shape.len() + 1,
+                        spec.shape,
+                        data.shape()
+                    ),
+                ));
+            }
+            for (k, want) in spec.shape.iter().enumerate() {
+                if let Some(w) = want {
+                    if data.shape()[k + 1] != *w {
                         return Err(LstmError::shape(
-                            format!("input of layer {name}"),
-                            &[x3.shape()[0], x3.shape()[1], net.input_dim()],
-                            x3.shape(),
+                            format!("input {}", spec.name),
+                            &spec
+                                .shape
+                                .iter()
+                                .map(|d| d.unwrap_or(0))
+                                .collect::<Vec<_>>(),
+                            &data.shape()[1..],
                         ));
                     }
-                    let outs = net.forward(x3, None, mask.as_ref().map(|m| m.view()))?;
-                    if !net.returns_sequences() {
-                        mask = None;
-                    }
-                    outs
                 }
-                ModelLayer::Dense {
-                    kernel,
-                    bias,
-                    activation,
-                } => vec![dense_forward(
-                    &current,
-                    kernel,
-                    bias.as_ref(),
-                    *activation,
-                    name,
-                )?],
-            };
-            if k + 1 == n_layers {
-                last_outputs = outs;
-            } else {
-                current = outs
-                    .into_iter()
-                    .next()
-                    .expect("every layer returns an output");
             }
+            values.push(GraphValue { data, mask: None });
         }
-        self.outputs
-            .iter()
-            .map(|&k| {
-                last_outputs
-                    .get(k)
-                    .cloned()
-                    .ok_or_else(|| bad_model(format!("the last layer has no output {k}")))
-            })
-            .collect()
+        self.graph.run(values)
     }
-}
 
-fn as3<'a>(a: &'a ArrayD<f32>, layer: &str) -> Result<ArrayView3<'a, f32>> {
-    a.view()
-        .into_dimensionality::<Ix3>()
-        .map_err(|_| LstmError::shape(format!("input of layer {layer}"), &[0, 0, 0], a.shape()))
+    /// Runs the model on `x [B, T, I]` on the CPU and returns its outputs in the model's order
+    /// (a model with one float input; [`KerasModel::predict_inputs`] takes several, or token
+    /// ids).
+    pub fn predict(&mut self, x: ArrayView3<f32>) -> Result<Vec<ArrayD<f32>>> {
+        self.predict_inputs(&[ModelInput::F32(x.to_owned().into_dyn())])
+    }
 }
 
 /// Checks that a functional layer is called once, on exactly one tensor, and that tensor is
@@ -592,51 +691,6 @@ fn dense(src: &WeightSource, key: &str, cfg: &Value, name: &str) -> Result<Model
         bias,
         activation,
     })
-}
-
-fn dense_forward(
-    x: &ArrayD<f32>,
-    kernel: &Array2<f32>,
-    bias: Option<&Array1<f32>>,
-    activation: DenseActivation,
-    name: &str,
-) -> Result<ArrayD<f32>> {
-    let width = *x.shape().last().unwrap_or(&0);
-    if width != kernel.nrows() {
-        return Err(LstmError::shape(
-            format!("input of layer {name}"),
-            &[kernel.nrows()],
-            &[width],
-        ));
-    }
-    let rows = x.len() / width.max(1);
-    let x2 = x
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((rows, width))
-        .expect("a standard-layout array reshapes to [rows, width]");
-    let mut y = match bias {
-        Some(b) => b.broadcast((rows, b.len())).expect("[units]").to_owned(),
-        None => Array2::zeros((rows, kernel.ncols())),
-    };
-    matmul(x2.view(), kernel.view(), y.view_mut(), bias.is_some());
-    match activation {
-        DenseActivation::Elementwise(a) => {
-            a.apply_slice(y.as_slice_mut().expect("standard layout"))
-        }
-        DenseActivation::Softmax => {
-            for mut row in y.rows_mut() {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.mapv_inplace(|v| (v - max).exp());
-                let sum = row.sum();
-                row.mapv_inplace(|v| v / sum);
-            }
-        }
-    }
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("at least 1-D") = kernel.ncols();
-    Ok(y.into_shape_with_order(IxDyn(&shape))
-        .expect("same number of elements"))
 }
 
 #[cfg(test)]

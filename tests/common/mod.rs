@@ -64,3 +64,35 @@ pub fn golden_dir(name: &str, var: &str) -> PathBuf {
 pub fn lstm_cases_dir() -> PathBuf {
     golden_dir("keras-lstm", "LSTM_WGPU_GOLDEN_DIR")
 }
+
+/// A model's inputs from `DIR/NAME.input.npy` (one input) or `NAME.input.K.npy`, as float32 or
+/// (for integer inputs) int32 arrays.
+pub fn model_inputs(
+    dir: &std::path::Path,
+    name: &str,
+    specs: &[lstm_wgpu::model::InputSpec],
+) -> Vec<lstm_wgpu::model::ModelInput> {
+    use ndarray_npy::read_npy;
+    let path = |k: usize| {
+        if specs.len() == 1 {
+            dir.join(format!("{name}.input.npy"))
+        } else {
+            dir.join(format!("{name}.input.{k}.npy"))
+        }
+    };
+    specs
+        .iter()
+        .enumerate()
+        .map(|(k, spec)| {
+            if spec.dtype.starts_with("int") {
+                let a: ndarray::ArrayD<i32> =
+                    read_npy(path(k)).unwrap_or_else(|e| panic!("{name} input {k}: {e}"));
+                a.into()
+            } else {
+                let a: ArrayD<f32> =
+                    read_npy(path(k)).unwrap_or_else(|e| panic!("{name} input {k}: {e}"));
+                a.into()
+            }
+        })
+        .collect()
+}

@@ -51,6 +51,19 @@ impl GpuNetwork {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn from_model(ctx: Arc<GpuContext>, model: &KerasModel) -> Result<Self> {
+        if let Some(why) = model.chain_error() {
+            return Err(LstmError::UnsupportedOnPath {
+                what: format!(
+                    "model {} (not a chain of layers the GPU runs: {why})",
+                    model.name()
+                ),
+                path: "gpu".into(),
+                hint: "the GPU path runs chains of Masking, LSTM, GRU, SimpleRNN, \
+                       Bidirectional and Dense layers so far; run this model on the CPU path \
+                       (KerasModel::predict_inputs)"
+                    .into(),
+            });
+        }
         let mut stages: Vec<Box<dyn GpuStage>> = Vec::new();
         let mut weight_bytes = 0;
         let mut dirs = 0;

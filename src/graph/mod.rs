@@ -1,0 +1,451 @@
+//! A Keras model as a graph of layer calls, evaluated on the CPU: Keras 3 functional models
+//! (several inputs and outputs, layers called on other layers' outputs, keyword arguments
+//! such as `initial_state` and `mask`), Keras 2 functional models (the older `inbound_nodes`
+//! form) and `Sequential` models. Every tensor carries its Keras mask (`[B, T]`) as Keras
+//! computes it; each layer's rule is in `ops.rs`.
+
+mod ops;
+
+use crate::error::{LstmError, Result};
+use crate::weight_source::WeightSource;
+use ndarray::{Array2, ArrayD};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+
+/// A tensor of the graph and its mask.
+#[derive(Debug, Clone)]
+pub(crate) struct Value {
+    pub data: ArrayD<f32>,
+    /// The Keras mask `[B, T]` (true = step present), if any.
+    pub mask: Option<Array2<bool>>,
+}
+
+/// A model input: its name, shape without the batch axis (`None` for a free axis) and dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    /// The input layer's name.
+    pub name: String,
+    /// The shape after the batch axis.
+    pub shape: Vec<Option<usize>>,
+    /// Keras's dtype name (`float32`, `int32`, ...).
+    pub dtype: String,
+}
+
+/// `(layer name, call index, output index)`, as Keras's `keras_history`.
+type TensorRef = (String, usize, usize);
+
+#[derive(Clone)]
+struct Node {
+    layer: String,
+    /// Index of the layer's op in `Graph::ops`.
+    op: usize,
+    call: usize,
+    inputs: Vec<TensorRef>,
+    states: Vec<TensorRef>,
+    mask: Option<TensorRef>,
+    scalars: Vec<f64>,
+}
+
+/// A model's graph: its layers (each an op, shared by every call of it), the calls in order,
+/// its inputs and outputs.
+#[derive(Clone)]
+pub(crate) struct Graph {
+    ops: Vec<(String, Box<dyn ops::Op>)>,
+    /// (layer name, class) in config order.
+    pub(crate) layers: Vec<(String, String)>,
+    nodes: Vec<Node>,
+    pub(crate) inputs: Vec<InputSpec>,
+    pub(crate) outputs: Vec<(String, TensorRef)>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("inputs", &self.inputs)
+            .field(
+                "layers",
+                &self.ops.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn bad(reason: impl Into<String>) -> LstmError {
+    LstmError::File {
+        path: "Keras model".into(),
+        reason: reason.into(),
+    }
+}
+
+/// Keras's weight-group key of a class: snake case (`InputLayer` -> `input_layer`).
+pub(crate) fn snake_case(class: &str) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = class.chars().collect();
+    for (k, c) in chars.iter().enumerate() {
+        if c.is_uppercase() && k > 0 && chars[k - 1].is_lowercase() {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+/// A Keras 3 tensor reference (`{"class_name": "__keras_tensor__", ...}`).
+fn keras3_tensor(v: &Json) -> Option<TensorRef> {
+    if v.get("class_name").and_then(Json::as_str) != Some("__keras_tensor__") {
+        return None;
+    }
+    let h = v.get("config")?.get("keras_history")?.as_array()?;
+    Some((
+        h.first()?.as_str()?.to_string(),
+        h.get(1)?.as_u64()? as usize,
+        h.get(2)?.as_u64()? as usize,
+    ))
+}
+
+/// A `[name, node, tensor]` (or Keras 2's `[name, node, tensor, kwargs]`) list.
+fn history(v: &Json) -> Option<TensorRef> {
+    let a = v.as_array()?;
+    Some((
+        a.first()?.as_str()?.to_string(),
+        a.get(1)?.as_u64()? as usize,
+        a.get(2)?.as_u64()? as usize,
+    ))
+}
+
+/// The tensors (in order) and scalars of Keras 3 call arguments.
+fn walk_args(v: &Json, tensors: &mut Vec<TensorRef>, scalars: &mut Vec<f64>) {
+    if let Some(t) = keras3_tensor(v) {
+        tensors.push(t);
+    } else if let Some(items) = v.as_array() {
+        items.iter().for_each(|i| walk_args(i, tensors, scalars));
+    } else if let Some(x) = v.as_f64() {
+        scalars.push(x);
+    }
+}
+
+/// `input_layers` / `output_layers`: one `[name, 0, 0]` or a list of them.
+fn endpoints(v: Option<&Json>, what: &str) -> Result<Vec<TensorRef>> {
+    let v = v.ok_or_else(|| bad(format!("a functional model without {what}")))?;
+    if let Some(one) = history(v) {
+        return Ok(vec![one]);
+    }
+    v.as_array()
+        .ok_or_else(|| bad(format!("{what} is not a list")))?
+        .iter()
+        .map(|e| history(e).ok_or_else(|| bad(format!("{what} has an entry {e}"))))
+        .collect()
+}
+
+fn input_spec(name: &str, cfg: &Json) -> InputSpec {
+    let shape = cfg
+        .get("batch_shape")
+        .or_else(|| cfg.get("batch_input_shape"))
+        .and_then(Json::as_array)
+        .map(|dims| {
+            dims.iter()
+                .skip(1)
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dtype = match cfg.get("dtype") {
+        Some(Json::String(s)) => s.clone(),
+        Some(Json::Object(o)) => o
+            .get("config")
+            .and_then(|c| c.get("name"))
+            .and_then(Json::as_str)
+            .unwrap_or("float32")
+            .to_string(),
+        _ => "float32".into(),
+    };
+    InputSpec {
+        name: name.to_string(),
+        shape,
+        dtype,
+    }
+}
+
+impl Graph {
+    /// Reads the graph of a model config (`{"class_name": "Functional" | "Sequential", ...}`),
+    /// building each layer with its weights from `src`.
+    pub(crate) fn from_config(config: &Json, src: &WeightSource) -> Result<Self> {
+        let class = config
+            .get("class_name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad("the config has no class_name"))?;
+        let cfg = config
+            .get("config")
+            .ok_or_else(|| bad("the config has no config"))?;
+        let entries = cfg
+            .get("layers")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad("the model config has no layers list"))?;
+        let functional = match class {
+            "Sequential" => false,
+            "Functional" | "Model" => true,
+            other => return Err(LstmError::unsupported("model class_name", other)),
+        };
+        let mut graph = Graph {
+            ops: Vec::new(),
+            layers: Vec::new(),
+            nodes: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
+        let mut counts = HashMap::<String, usize>::new();
+        let mut previous: Option<TensorRef> = None;
+        for entry in entries {
+            let lclass = entry
+                .get("class_name")
+                .and_then(Json::as_str)
+                .ok_or_else(|| bad("a layer without class_name"))?;
+            let lcfg = entry
+                .get("config")
+                .ok_or_else(|| bad(format!("{lclass} layer without config")))?;
+            let name = entry
+                .get("name")
+                .and_then(Json::as_str)
+                .or_else(|| lcfg.get("name").and_then(Json::as_str))
+                .unwrap_or(lclass)
+                .to_string();
+            if graph.ops.iter().any(|(n, _)| *n == name) {
+                return Err(bad(format!("two layers named {name:?}")));
+            }
+            graph.layers.push((name.clone(), lclass.to_string()));
+            if lclass == "InputLayer" {
+                graph.inputs.push(input_spec(&name, lcfg));
+                if !functional {
+                    previous = Some((name, 0, 0));
+                }
+                continue;
+            }
+            // The weight group key: snake-case class name, _1, _2, ... by order of class.
+            let base = snake_case(lclass);
+            let n = counts.entry(base.clone()).or_insert(0);
+            let key = if *n == 0 {
+                base.clone()
+            } else {
+                format!("{base}_{n}")
+            };
+            *n += 1;
+            let op = ops::build(lclass, lcfg, entry, &name, &key, src)?;
+            let op_index = graph.ops.len();
+            graph.ops.push((name.clone(), op));
+            if !functional {
+                let input = match previous.take() {
+                    Some(p) => p,
+                    None => {
+                        // Keras 2 Sequential: the first layer declares the input shape.
+                        graph.inputs.push(input_spec("input", lcfg));
+                        ("input".to_string(), 0, 0)
+                    }
+                };
+                graph.nodes.push(Node {
+                    layer: name.clone(),
+                    op: op_index,
+                    call: 0,
+                    inputs: vec![input],
+                    states: Vec::new(),
+                    mask: None,
+                    scalars: Vec::new(),
+                });
+                previous = Some((name, 0, 0));
+                continue;
+            }
+            let calls = entry
+                .get("inbound_nodes")
+                .and_then(Json::as_array)
+                .map_or(&[][..], Vec::as_slice);
+            if calls.is_empty() {
+                return Err(bad(format!("layer {name} ({lclass}) is never called")));
+            }
+            for (call, node) in calls.iter().enumerate() {
+                let mut n = Node {
+                    layer: name.clone(),
+                    op: op_index,
+                    call,
+                    inputs: Vec::new(),
+                    states: Vec::new(),
+                    mask: None,
+                    scalars: Vec::new(),
+                };
+                if let Some(list) = node.as_array() {
+                    // Keras 2: a list of [name, node, tensor, kwargs]
+                    for t in list {
+                        n.inputs.push(
+                            history(t).ok_or_else(|| {
+                                bad(format!("layer {name}: an inbound tensor {t}"))
+                            })?,
+                        );
+                    }
+                } else {
+                    let args = node.get("args").unwrap_or(&Json::Null);
+                    walk_args(args, &mut n.inputs, &mut n.scalars);
+                    if let Some(kwargs) = node.get("kwargs").and_then(Json::as_object) {
+                        for (k, v) in kwargs {
+                            let mut ts = Vec::new();
+                            walk_args(v, &mut ts, &mut Vec::new());
+                            match k.as_str() {
+                                "initial_state" => n.states = ts,
+                                "mask" if ts.len() == 1 => n.mask = ts.pop(),
+                                // a list of masks (merge layers): they follow their inputs
+                                "mask" | "training" => {}
+                                _ if ts.is_empty() => {}
+                                other => {
+                                    return Err(LstmError::unsupported(
+                                        format!("keyword argument of layer {name}"),
+                                        other,
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                }
+                if n.inputs.is_empty() {
+                    return Err(bad(format!("layer {name}: a call with no input tensor")));
+                }
+                graph.nodes.push(n);
+            }
+        }
+        if functional {
+            let names: Vec<String> = graph.inputs.iter().map(|i| i.name.clone()).collect();
+            let order = endpoints(cfg.get("input_layers"), "input_layers")?;
+            let mut inputs = Vec::new();
+            for (n, _, _) in order {
+                let spec = graph.inputs.iter().find(|i| i.name == n).ok_or_else(|| {
+                    bad(format!(
+                        "input_layers names {n:?}, not an InputLayer ({names:?})"
+                    ))
+                })?;
+                inputs.push(spec.clone());
+            }
+            graph.inputs = inputs;
+            for t in endpoints(cfg.get("output_layers"), "output_layers")? {
+                graph.outputs.push((t.0.clone(), t));
+            }
+        } else {
+            let last = previous.ok_or_else(|| bad("a Sequential model without layers"))?;
+            // every output of the last layer (a recurrent layer may return its states)
+            graph
+                .outputs
+                .push((last.0.clone(), (last.0, 0, usize::MAX)));
+        }
+        if graph.inputs.is_empty() {
+            return Err(bad("the model has no input"));
+        }
+        Ok(graph)
+    }
+
+    /// Runs the graph on `inputs` (in the model's input order, with their masks).
+    pub(crate) fn run(&mut self, inputs: Vec<Value>) -> Result<Vec<ArrayD<f32>>> {
+        if inputs.len() != self.inputs.len() {
+            let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+            return Err(LstmError::invalid(
+                "inputs",
+                format!(
+                    "the model takes {} inputs {names:?}, got {}",
+                    names.len(),
+                    inputs.len()
+                ),
+            ));
+        }
+        let mut values: HashMap<(String, usize), Vec<Value>> = HashMap::new();
+        for (spec, v) in self.inputs.iter().zip(inputs) {
+            values.insert((spec.name.clone(), 0), vec![v]);
+        }
+        let get = |values: &HashMap<(String, usize), Vec<Value>>, t: &TensorRef| {
+            values
+                .get(&(t.0.clone(), t.1))
+                .and_then(|outs| outs.get(t.2))
+                .cloned()
+        };
+        // Calls run once all their tensors exist (configs list layers in order; this also
+        // takes any other order, and names what can never run).
+        let mut done = vec![false; self.nodes.len()];
+        loop {
+            let mut progress = false;
+            for (k, node) in self.nodes.iter().enumerate() {
+                if done[k] {
+                    continue;
+                }
+                let refs: Vec<&TensorRef> = node
+                    .inputs
+                    .iter()
+                    .chain(&node.states)
+                    .chain(node.mask.iter())
+                    .collect();
+                if refs.iter().any(|t| get(&values, t).is_none()) {
+                    continue;
+                }
+                let ins: Vec<Value> = node
+                    .inputs
+                    .iter()
+                    .map(|t| get(&values, t).expect("checked"))
+                    .collect();
+                let states: Vec<Value> = node
+                    .states
+                    .iter()
+                    .map(|t| get(&values, t).expect("checked"))
+                    .collect();
+                let mask = node
+                    .mask
+                    .as_ref()
+                    .map(|t| get(&values, t).expect("checked"));
+                let extra = ops::Extra {
+                    states: states.iter().collect(),
+                    mask: mask.as_ref(),
+                    scalars: node.scalars.clone(),
+                };
+                let in_refs: Vec<&Value> = ins.iter().collect();
+                let outs = self.ops[node.op].1.call(&in_refs, &extra)?;
+                values.insert((node.layer.clone(), node.call), outs);
+                done[k] = true;
+                progress = true;
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            if !progress {
+                let stuck: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .zip(&done)
+                    .filter(|(_, d)| !**d)
+                    .map(|(n, _)| {
+                        let missing: Vec<String> = n
+                            .inputs
+                            .iter()
+                            .chain(&n.states)
+                            .chain(n.mask.iter())
+                            .filter(|t| get(&values, t).is_none())
+                            .map(|t| format!("{}[{}][{}]", t.0, t.1, t.2))
+                            .collect();
+                        format!("{} (waits for {})", n.layer, missing.join(", "))
+                    })
+                    .collect();
+                return Err(bad(format!(
+                    "layers that can never run (a cycle or a dangling inbound name): {}",
+                    stuck.join("; ")
+                )));
+            }
+        }
+        let mut out = Vec::new();
+        for (name, t) in &self.outputs {
+            let outs = values
+                .get(&(t.0.clone(), t.1))
+                .ok_or_else(|| bad(format!("output {name} is no layer's output")))?;
+            if t.2 == usize::MAX {
+                out.extend(outs.iter().map(|v| v.data.clone()));
+            } else {
+                out.push(
+                    outs.get(t.2)
+                        .ok_or_else(|| bad(format!("output {name}[{}] does not exist", t.2)))?
+                        .data
+                        .clone(),
+                );
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,78 @@
+//! The models people build around recurrent layers (`../shared/golden/keras-zoo`): every
+//! model whose layers the crate runs predicts like Keras on the CPU path; the others name the
+//! layer that stops them.
+
+use lstm_wgpu::model::KerasModel;
+use ndarray::ArrayD;
+use ndarray_npy::read_npy;
+use std::path::PathBuf;
+
+mod common;
+use common::max_abs;
+
+fn dir() -> PathBuf {
+    common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR")
+}
+
+fn expected(name: &str) -> Vec<ArrayD<f32>> {
+    let single = dir().join(format!("{name}.expected.npy"));
+    if single.exists() {
+        return vec![read_npy(&single).unwrap()];
+    }
+    (0..)
+        .map(|k| dir().join(format!("{name}.expected.{k}.npy")))
+        .take_while(|p| p.exists())
+        .map(|p| read_npy(&p).unwrap())
+        .collect()
+}
+
+const RUNS: [&str; 8] = [
+    "p_embedding_pooling",
+    "p_embedding_gru",
+    "p_encoder_decoder_states",
+    "p_gru_encoder_decoder",
+    "p_simplernn_autoencoder",
+    "p_merge_layers",
+    "p_functional_masking_states",
+    "p_masked_bigru_tagger",
+];
+
+#[test]
+fn zoo_models_match_keras_on_the_cpu() {
+    let mut worst = (0.0f32, "");
+    for name in RUNS {
+        for weights in [false, true] {
+            let keras = dir().join(format!("{name}.keras"));
+            let mut model = if weights {
+                KerasModel::load_weights(&keras, &dir().join(format!("{name}.weights.h5")))
+            } else {
+                KerasModel::load(&keras)
+            }
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let inputs = common::model_inputs(&dir(), name, model.inputs());
+            let got = model
+                .predict_inputs(&inputs)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let e = max_abs(&got, &expected(name));
+            assert!(e <= 1e-5, "{name}: {e}");
+            if e > worst.0 {
+                worst = (e, name);
+            }
+        }
+    }
+    println!("worst zoo error on the CPU: {:e} ({})", worst.0, worst.1);
+}
+
+/// Convolution and attention come with their own issue: until then the error names them.
+#[test]
+fn zoo_models_with_other_layers_name_them() {
+    for (name, class) in [
+        ("p_conv_pool_norm", "Conv1D"),
+        ("p_attention_layers", "Attention"),
+    ] {
+        let e = KerasModel::load(&dir().join(format!("{name}.keras")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(class) && e.contains("supported:"), "{name}: {e}");
+    }
+}
