@@ -224,69 +224,26 @@ fn corrupt_and_truncated_files_give_errors_not_panics() {
     assert!(errors > 0);
 }
 
-/// A functional graph that is not a chain (a Dense on the LSTM's `state_h`, a layer called
-/// twice, a tensor passed as `initial_state`) is refused, not read as the wrong chain.
+/// A functional graph that is not a chain (a layer on the LSTM's `state_h`, several inputs,
+/// `initial_state` from another layer) runs on the CPU path (`tests/zoo.rs`); the GPU path,
+/// which runs chains so far, refuses it by name instead of reading it as the wrong chain.
 #[test]
-fn functional_graphs_that_are_not_chains_are_errors() {
-    let (config, h5) = config_and_weights("functional_states");
-    let h5 = h5.as_slice();
-    let tensor = |layer: &str, node: u64, index: u64| {
-        serde_json::json!({
-            "class_name": "__keras_tensor__",
-            "config": {"shape": [null, 12], "dtype": "float32",
-                       "keras_history": [layer, node, index]}
-        })
+fn graphs_that_are_not_chains_are_refused_by_the_gpu_path() {
+    let Some(ctx) = gpu("graphs_that_are_not_chains_are_refused_by_the_gpu_path") else {
+        return;
     };
-    let with_dense = |args: serde_json::Value, kwargs: serde_json::Value| {
-        let mut c = config.clone();
-        let dense = serde_json::json!({
-            "module": "keras.layers", "class_name": "Dense", "name": "dense",
-            "config": {"name": "dense", "units": 1, "activation": "linear", "use_bias": true},
-            "inbound_nodes": [{"args": args, "kwargs": kwargs}]
-        });
-        c["config"]["layers"].as_array_mut().unwrap().push(dense);
-        c["config"]["output_layers"] = serde_json::json!([["dense", 0, 0]]);
-        c
-    };
-    // y = Dense(1)(h) where seq, h, c = LSTM(..., return_state=True)(x).
-    let on_state_h = with_dense(
-        serde_json::json!([tensor("encoder_lstm", 0, 1)]),
-        serde_json::json!({}),
-    );
-    let e = KerasModel::from_config_and_weights(&on_state_h, h5)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("dense") && e.contains("[\"encoder_lstm\",0,1]"),
-        "{e}"
-    );
-    // Two inputs, a tensor keyword argument, a second call of the same layer.
-    let two = with_dense(
-        serde_json::json!([[tensor("encoder_lstm", 0, 0), tensor("x_in", 0, 0)]]),
-        serde_json::json!({}),
-    );
-    let e = KerasModel::from_config_and_weights(&two, h5)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("reads 2 tensors"), "{e}");
-    let kw = with_dense(
-        serde_json::json!([tensor("encoder_lstm", 0, 0)]),
-        serde_json::json!({"initial_state": [tensor("encoder_lstm", 0, 1)]}),
-    );
-    let e = KerasModel::from_config_and_weights(&kw, h5)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("initial_state"), "{e}");
-    let mut twice = config.clone();
-    let lstm = &mut twice["config"]["layers"][1]["inbound_nodes"];
-    let node = lstm[0].clone();
-    lstm.as_array_mut().unwrap().push(node);
-    let e = KerasModel::from_config_and_weights(&twice, h5)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("called 2 times"), "{e}");
-    // The unmodified model still loads.
-    KerasModel::from_config_and_weights(&config, h5).unwrap();
+    let zoo = common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR");
+    for name in ["p_encoder_decoder_states", "p_functional_masking_states"] {
+        let model = KerasModel::load(&zoo.join(format!("{name}.keras"))).unwrap();
+        assert!(model.chain_error().is_some(), "{name}");
+        let e = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("CPU path") && e.contains("not a chain"),
+            "{name}: {e}"
+        );
+    }
 }
 
 /// A Keras model mixing Masking, Bidirectional(GRU), a reset-before GRU, SimpleRNN and Dense

@@ -334,7 +334,64 @@ impl Graph {
         if graph.inputs.is_empty() {
             return Err(bad("the model has no input"));
         }
+        graph.check_runnable()?;
         Ok(graph)
+    }
+
+    /// Every call can run once the inputs are given (no cycle, no dangling inbound name) and
+    /// every output is some call's.
+    fn check_runnable(&self) -> Result<()> {
+        let mut have: std::collections::HashSet<(String, usize)> =
+            self.inputs.iter().map(|i| (i.name.clone(), 0)).collect();
+        let mut done = vec![false; self.nodes.len()];
+        loop {
+            let mut progress = false;
+            for (k, n) in self.nodes.iter().enumerate() {
+                let ready = n
+                    .inputs
+                    .iter()
+                    .chain(&n.states)
+                    .chain(n.mask.iter())
+                    .all(|t| have.contains(&(t.0.clone(), t.1)));
+                if !done[k] && ready {
+                    have.insert((n.layer.clone(), n.call));
+                    done[k] = true;
+                    progress = true;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        let stuck: Vec<String> = self
+            .nodes
+            .iter()
+            .zip(&done)
+            .filter(|(_, d)| !**d)
+            .map(|(n, _)| {
+                let missing: Vec<String> = n
+                    .inputs
+                    .iter()
+                    .chain(&n.states)
+                    .chain(n.mask.iter())
+                    .filter(|t| !have.contains(&(t.0.clone(), t.1)))
+                    .map(|t| t.0.clone())
+                    .collect();
+                format!("{} (waits for {})", n.layer, missing.join(", "))
+            })
+            .collect();
+        if !stuck.is_empty() {
+            return Err(bad(format!(
+                "layers that can never run (a cycle or a dangling inbound name): {}",
+                stuck.join("; ")
+            )));
+        }
+        for (name, t) in &self.outputs {
+            if !have.contains(&(t.0.clone(), t.1)) {
+                return Err(bad(format!("output {name} is no layer's output")));
+            }
+        }
+        Ok(())
     }
 
     /// Runs the graph on `inputs` (in the model's input order, with their masks).

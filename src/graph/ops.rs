@@ -798,17 +798,25 @@ impl Op for Merge {
             }
             acc
         };
-        // The inputs' masks combined (a missing mask counts as all present).
-        let masks: Vec<&Array2<bool>> = inputs.iter().filter_map(|v| v.mask.as_ref()).collect();
-        let mask = masks.split_first().map(|(m0, rest)| {
-            let mut m = (*m0).clone();
-            for r in rest {
+        // Keras's compute_mask: Concatenate ORs the masks, a missing one counting as all
+        // present (None when no input has one); the other merges OR them, and have none when
+        // any input has none.
+        let present: Vec<&Array2<bool>> = inputs.iter().filter_map(|v| v.mask.as_ref()).collect();
+        let mask = if present.is_empty()
+            || (self.class != "Concatenate" && present.len() < inputs.len())
+        {
+            None
+        } else if present.len() < inputs.len() {
+            Some(Array2::from_elem(present[0].dim(), true))
+        } else {
+            let mut m = present[0].clone();
+            for r in &present[1..] {
                 ndarray::Zip::from(&mut m)
                     .and(*r)
-                    .for_each(|a, &b| *a = *a && b);
+                    .for_each(|a, &b| *a = *a || b);
             }
-            m
-        });
+            Some(m)
+        };
         Ok(vec![Value { data, mask }])
     }
 }
