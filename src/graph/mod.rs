@@ -4,6 +4,7 @@
 //! form) and `Sequential` models. Every tensor carries its Keras mask (`[B, T]`) as Keras
 //! computes it; each layer's rule is in `ops.rs`.
 
+mod conv;
 mod ops;
 
 use crate::error::{LstmError, Result};
@@ -44,6 +45,8 @@ struct Node {
     states: Vec<TensorRef>,
     mask: Option<TensorRef>,
     scalars: Vec<f64>,
+    /// Keyword arguments that are not tensors (`use_causal_mask`, ...).
+    kwargs: serde_json::Map<String, Json>,
 }
 
 /// A model's graph: its layers (each an op, shared by every call of it), the calls in order,
@@ -249,6 +252,7 @@ impl Graph {
                     states: Vec::new(),
                     mask: None,
                     scalars: Vec::new(),
+                    kwargs: Default::default(),
                 });
                 previous = Some((name, 0, 0));
                 continue;
@@ -269,6 +273,7 @@ impl Graph {
                     states: Vec::new(),
                     mask: None,
                     scalars: Vec::new(),
+                    kwargs: Default::default(),
                 };
                 if let Some(list) = node.as_array() {
                     // Keras 2: a list of [name, node, tensor, kwargs]
@@ -288,10 +293,22 @@ impl Graph {
                             walk_args(v, &mut ts, &mut Vec::new());
                             match k.as_str() {
                                 "initial_state" => n.states = ts,
-                                "mask" if ts.len() == 1 => n.mask = ts.pop(),
-                                // a list of masks (merge layers): they follow their inputs
-                                "mask" | "training" => {}
-                                _ if ts.is_empty() => {}
+                                "mask" if ts.len() == 1 && v.as_array().is_none() => {
+                                    n.mask = ts.pop()
+                                }
+                                // no explicit mask: the inputs' own masks apply
+                                "mask" if ts.is_empty() => {}
+                                "mask" => {
+                                    return Err(LstmError::unsupported(
+                                        format!("keyword argument mask of layer {name}"),
+                                        "a list of mask tensors (the inputs' own masks are \
+                                         supported)",
+                                    ))
+                                }
+                                "training" => {}
+                                "use_causal_mask" | "return_attention_scores" if ts.is_empty() => {
+                                    n.kwargs.insert(k.clone(), v.clone());
+                                }
                                 other => {
                                     return Err(LstmError::unsupported(
                                         format!("keyword argument of layer {name}"),
@@ -453,6 +470,7 @@ impl Graph {
                     states: states.iter().collect(),
                     mask: mask.as_ref(),
                     scalars: node.scalars.clone(),
+                    kwargs: &node.kwargs,
                 };
                 let in_refs: Vec<&Value> = ins.iter().collect();
                 let outs = self.ops[node.op].1.call(&in_refs, &extra)?;

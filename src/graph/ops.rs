@@ -19,6 +19,18 @@ pub(crate) struct Extra<'a> {
     pub mask: Option<&'a Value>,
     /// Scalar positional arguments (`NotEqual(x, 0.0)`).
     pub scalars: Vec<f64>,
+    /// The call's other keyword arguments (`use_causal_mask`, `return_attention_scores`).
+    pub kwargs: &'a serde_json::Map<String, Json>,
+}
+
+impl Extra<'_> {
+    /// A boolean keyword argument (false when absent).
+    pub fn flag(&self, key: &str) -> bool {
+        self.kwargs
+            .get(key)
+            .and_then(Json::as_bool)
+            .unwrap_or(false)
+    }
 }
 
 /// A boxed copy of an op (a model is `Clone`).
@@ -83,6 +95,14 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "ActivityRegularization",
     "NotEqual",
     "Any",
+    "Conv1D",
+    "MaxPooling1D",
+    "AveragePooling1D",
+    "ZeroPadding1D",
+    "Cropping1D",
+    "UpSampling1D",
+    "Attention",
+    "AdditiveAttention",
 ];
 
 fn f64_of(cfg: &Json, key: &str, default: f64) -> f64 {
@@ -164,6 +184,9 @@ pub(crate) fn build(
     src: &WeightSource,
 ) -> Result<Box<dyn Op>> {
     let weights = || src.layer(key, name);
+    if let Some(op) = super::conv::build(class, cfg, name, &weights)? {
+        return Ok(op);
+    }
     Ok(match class {
         "InputLayer"
         | "Dropout"
