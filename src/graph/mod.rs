@@ -4,7 +4,9 @@
 //! form) and `Sequential` models. Every tensor carries its Keras mask (`[B, T]`) as Keras
 //! computes it; each layer's rule is in `ops.rs`.
 
+mod combine;
 mod conv;
+mod core;
 mod ops;
 
 use crate::error::{LstmError, Result};

@@ -1,0 +1,364 @@
+//! The graph's per-tensor layers on the CPU: the identity layers, recurrent layers (with
+//! `initial_state` and `mask` from the graph), `Dense`, `Embedding`, `Masking`, the shape
+//! layers and the activation layers.
+
+use super::ops::{act_of, apply_act, bool_mask, one_input, Act, Extra, Op};
+use super::Value;
+use crate::cpu::reference::matmul;
+use crate::error::{LstmError, Result};
+use crate::network::Network;
+use ndarray::{Array1, Array2, ArrayD, Axis, Ix2, Ix3, IxDyn};
+use serde_json::Value as Json;
+
+#[derive(Debug, Clone)]
+pub(super) struct Identity;
+
+impl Op for Identity {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        Ok(inputs.iter().map(|v| (*v).clone()).collect())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Recurrent {
+    pub(super) name: String,
+    pub(super) net: Network<f32>,
+}
+
+impl Op for Recurrent {
+    fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
+        // Keras 2 graphs pass the initial states positionally after x.
+        let (x, positional_states) = inputs
+            .split_first()
+            .ok_or_else(|| LstmError::invalid(format!("layer {}", self.name), "no input"))?;
+        let states: Vec<&Value> = if extra.states.is_empty() {
+            positional_states.to_vec()
+        } else {
+            extra.states.clone()
+        };
+        let x3 = x.data.view().into_dimensionality::<Ix3>().map_err(|_| {
+            LstmError::shape(
+                format!("input of layer {}", self.name),
+                &[0, 0, 0],
+                x.data.shape(),
+            )
+        })?;
+        let mask = match extra.mask {
+            Some(m) => Some(bool_mask(m, &self.name)?),
+            None => x.mask.clone(),
+        };
+        let init: Vec<ndarray::ArrayView2<f32>> = states
+            .iter()
+            .map(|s| {
+                s.data.view().into_dimensionality::<Ix2>().map_err(|_| {
+                    LstmError::shape(
+                        format!("initial_state of layer {}", self.name),
+                        &[0, 0],
+                        s.data.shape(),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let outs = self.net.forward(
+            x3,
+            (!init.is_empty()).then_some(init.as_slice()),
+            mask.as_ref().map(|m| m.view()),
+        )?;
+        let seq_mask = self.net.returns_sequences().then_some(mask).flatten();
+        Ok(outs
+            .into_iter()
+            .enumerate()
+            .map(|(k, data)| Value {
+                // the sequence keeps the mask; states and last outputs have none
+                mask: if k == 0 || (data.ndim() == 3) {
+                    seq_mask.clone()
+                } else {
+                    None
+                },
+                data,
+            })
+            .collect())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Dense {
+    pub(super) name: String,
+    pub(super) kernel: Array2<f32>,
+    pub(super) bias: Option<Array1<f32>>,
+    pub(super) act: Act,
+}
+
+impl Dense {
+    pub(super) fn new(cfg: &Json, name: &str, w: Vec<ArrayD<f32>>) -> Result<Self> {
+        let mut w = w.into_iter();
+        let kernel = w
+            .next()
+            .ok_or_else(|| LstmError::MissingWeight {
+                name: format!("{name}/kernel"),
+            })?
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| LstmError::shape(format!("{name}/kernel"), &[0, 0], &[]))?;
+        let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
+        let bias: Option<Array1<f32>> = if use_bias {
+            let b = w.next().ok_or_else(|| LstmError::MissingWeight {
+                name: format!("{name}/bias"),
+            })?;
+            if b.len() != kernel.ncols() {
+                return Err(LstmError::shape(
+                    format!("{name}/bias"),
+                    &[kernel.ncols()],
+                    b.shape(),
+                ));
+            }
+            Some(b.iter().copied().collect())
+        } else {
+            None
+        };
+        Ok(Dense {
+            name: name.to_string(),
+            kernel,
+            bias,
+            act: act_of(cfg.get("activation"), "activation")?,
+        })
+    }
+}
+
+impl Op for Dense {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, &self.name)?;
+        let shape = x.data.shape().to_vec();
+        let width = *shape.last().unwrap_or(&0);
+        if width != self.kernel.nrows() {
+            return Err(LstmError::shape(
+                format!("input of layer {}", self.name),
+                &[self.kernel.nrows()],
+                &[width],
+            ));
+        }
+        let rows = x.data.len() / width.max(1);
+        let x2 = x
+            .data
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((rows, width))
+            .expect("rows x width elements");
+        let n = self.kernel.ncols();
+        let mut y = match &self.bias {
+            Some(b) => b.broadcast((rows, n)).expect("[N]").to_owned(),
+            None => Array2::zeros((rows, n)),
+        };
+        matmul(
+            x2.view(),
+            self.kernel.view(),
+            y.view_mut(),
+            self.bias.is_some(),
+        );
+        let mut out_shape = shape;
+        *out_shape.last_mut().expect("at least 1-D") = n;
+        let mut y = y
+            .into_shape_with_order(IxDyn(&out_shape))
+            .expect("same count");
+        apply_act(self.act, &mut y);
+        Ok(vec![Value {
+            data: y,
+            mask: x.mask.clone(),
+        }])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Embedding {
+    pub(super) name: String,
+    pub(super) table: Array2<f32>,
+    pub(super) mask_zero: bool,
+}
+
+impl Op for Embedding {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, &self.name)?;
+        let (vocab, dim) = self.table.dim();
+        let mut shape = x.data.shape().to_vec();
+        let mut out = Vec::with_capacity(x.data.len() * dim);
+        for &id in x.data.iter() {
+            if id < 0.0 || id.fract() != 0.0 || id as usize >= vocab {
+                return Err(LstmError::invalid(
+                    format!("input of layer {}", self.name),
+                    format!("token id {id} is not in 0..{vocab}"),
+                ));
+            }
+            out.extend(self.table.row(id as usize).iter());
+        }
+        let mask = if self.mask_zero {
+            Some(
+                x.data
+                    .mapv(|v| v != 0.0)
+                    .into_dimensionality::<Ix2>()
+                    .map_err(|_| {
+                        LstmError::shape(format!("input of layer {}", self.name), &[0, 0], &shape)
+                    })?,
+            )
+        } else {
+            None
+        };
+        shape.push(dim);
+        Ok(vec![Value {
+            data: ArrayD::from_shape_vec(IxDyn(&shape), out).expect("ids x dim values"),
+            mask,
+        }])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Masking {
+    pub(super) value: f32,
+}
+
+impl Op for Masking {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "Masking")?;
+        let x3 = x
+            .data
+            .view()
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| LstmError::shape("input of Masking", &[0, 0, 0], x.data.shape()))?;
+        let m = x3.map_axis(Axis(2), |row| row.iter().any(|&v| v != self.value));
+        let mut out = x3.to_owned();
+        for ((b, t, _), v) in out.indexed_iter_mut() {
+            if !m[[b, t]] {
+                *v = 0.0;
+            }
+        }
+        Ok(vec![Value {
+            data: out.into_dyn(),
+            mask: Some(m),
+        }])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct RepeatVector {
+    pub(super) n: usize,
+}
+
+impl Op for RepeatVector {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "RepeatVector")?;
+        let x2 = x
+            .data
+            .view()
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| LstmError::shape("input of RepeatVector", &[0, 0], x.data.shape()))?;
+        let (b, w) = x2.dim();
+        let out = ndarray::Array3::from_shape_fn((b, self.n, w), |(i, _, k)| x2[[i, k]]);
+        Ok(vec![Value {
+            data: out.into_dyn(),
+            mask: None,
+        }])
+    }
+}
+
+/// `Reshape(target)` (a `-1` entry inferred), or `Flatten` (no target).
+#[derive(Debug, Clone)]
+pub(super) struct Reshape {
+    pub(super) target: Option<Vec<i64>>,
+}
+
+impl Op for Reshape {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "Reshape")?;
+        let b = x.data.shape()[0];
+        let per = x.data.len() / b.max(1);
+        let mut shape = vec![b];
+        match &self.target {
+            None => shape.push(per),
+            Some(t) => {
+                let known: i64 = t.iter().filter(|&&d| d > 0).product();
+                for &d in t {
+                    shape.push(if d > 0 {
+                        d as usize
+                    } else {
+                        per / known.max(1) as usize
+                    });
+                }
+            }
+        }
+        let data = x
+            .data
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&shape))
+            .map_err(|_| LstmError::shape("target_shape", &shape, x.data.shape()))?;
+        Ok(vec![Value { data, mask: None }])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Permute {
+    pub(super) dims: Vec<usize>,
+}
+
+impl Op for Permute {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "Permute")?;
+        let mut axes = vec![0];
+        axes.extend(&self.dims);
+        let valid = axes.len() == x.data.ndim() && {
+            let mut s = axes.clone();
+            s.sort_unstable();
+            s.iter().enumerate().all(|(k, &a)| k == a)
+        };
+        if !valid {
+            return Err(LstmError::shape(
+                "Permute dims",
+                &[x.data.ndim() - 1],
+                &[self.dims.len()],
+            ));
+        }
+        let data = x
+            .data
+            .clone()
+            .permuted_axes(IxDyn(&axes))
+            .as_standard_layout()
+            .into_owned();
+        Ok(vec![Value { data, mask: None }])
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Activate(pub(super) Act);
+
+impl Op for Activate {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "Activation")?;
+        let mut data = x.data.clone();
+        apply_act(self.0, &mut data);
+        Ok(vec![Value {
+            data,
+            mask: x.mask.clone(),
+        }])
+    }
+}
+
+/// Keras `ReLU` with parameters, or `LeakyReLU`.
+#[derive(Debug, Clone)]
+pub(super) struct Leaky {
+    pub(super) slope: f32,
+    pub(super) threshold: f32,
+    pub(super) max: Option<f32>,
+}
+
+impl Op for Leaky {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "ReLU")?;
+        let (slope, th, max) = (self.slope, self.threshold, self.max);
+        let data = x.data.mapv(|v| {
+            let y = if v >= th { v } else { slope * (v - th) };
+            max.map_or(y, |m| y.min(m))
+        });
+        Ok(vec![Value {
+            data,
+            mask: x.mask.clone(),
+        }])
+    }
+}
