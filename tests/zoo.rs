@@ -64,3 +64,27 @@ fn zoo_models_match_keras_on_the_cpu() {
     }
     println!("worst zoo error on the CPU: {:e} ({})", worst.0, worst.1);
 }
+
+/// The zoo models that are chains the GPU path runs (Masking, recurrent layers,
+/// Bidirectional, Dense and TimeDistributed(Dense)) match Keras there too, in one submission.
+#[test]
+fn zoo_chains_match_keras_on_the_gpu() {
+    let Some(ctx) = common::gpu("zoo_chains_match_keras_on_the_gpu") else {
+        return;
+    };
+    let mut ran = Vec::new();
+    for name in RUNS {
+        let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+        if model.chain_error().is_some() {
+            continue;
+        }
+        let x: ndarray::Array3<f32> = read_npy(dir().join(format!("{name}.input.npy"))).unwrap();
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model).unwrap();
+        let got = g.forward(x.view(), None, None).unwrap();
+        let e = max_abs(&got, &expected(name));
+        assert!(e <= 1e-4, "{name} gpu: {e}");
+        assert_eq!(g.stats().submits, 1);
+        ran.push(name);
+    }
+    assert!(ran.contains(&"p_masked_bigru_tagger"), "{ran:?}");
+}

@@ -94,6 +94,20 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
                 ModelLayer::Recurrent(recurrent(h5, (&key, &lname), &layer_config)?)
             }
             "Dense" => dense(h5, &key, lcfg, &lname)?,
+            // a Dense per timestep is the Dense on the last axis
+            "TimeDistributed"
+                if lcfg
+                    .get("layer")
+                    .and_then(|l| l.get("class_name"))
+                    .and_then(Value::as_str)
+                    == Some("Dense") =>
+            {
+                let inner = lcfg
+                    .get("layer")
+                    .and_then(|l| l.get("config"))
+                    .unwrap_or(&Value::Null);
+                dense(h5, &key, inner, &lname)?
+            }
             other => {
                 return Err(LstmError::unsupported(
                     "layer class_name",
