@@ -15,15 +15,7 @@ fn dir() -> PathBuf {
 }
 
 fn expected(name: &str) -> Vec<ArrayD<f32>> {
-    let single = dir().join(format!("{name}.expected.npy"));
-    if single.exists() {
-        return vec![read_npy(&single).unwrap()];
-    }
-    (0..)
-        .map(|k| dir().join(format!("{name}.expected.{k}.npy")))
-        .take_while(|p| p.exists())
-        .map(|p| read_npy(&p).unwrap())
-        .collect()
+    common::expected_outputs(&dir(), name)
 }
 
 const RUNS: [&str; 10] = [

@@ -61,6 +61,8 @@ pub(crate) struct Graph {
     nodes: Vec<Node>,
     pub(crate) inputs: Vec<InputSpec>,
     pub(crate) outputs: Vec<(String, TensorRef)>,
+    /// The calls in an order where every tensor exists before it is read.
+    order: Vec<usize>,
 }
 
 impl std::fmt::Debug for Graph {
@@ -197,6 +199,7 @@ impl Graph {
             nodes: Vec::new(),
             inputs: Vec::new(),
             outputs: Vec::new(),
+            order: Vec::new(),
         };
         let mut counts = HashMap::<String, usize>::new();
         let mut previous: Option<TensorRef> = None;
@@ -353,13 +356,15 @@ impl Graph {
         if graph.inputs.is_empty() {
             return Err(bad("the model has no input"));
         }
-        graph.check_runnable()?;
+        graph.order = graph.run_order()?;
         Ok(graph)
     }
 
-    /// Every call can run once the inputs are given (no cycle, no dangling inbound name) and
-    /// every output is some call's.
-    fn check_runnable(&self) -> Result<()> {
+    /// An order of the calls in which each runs after the calls it reads (configs list layers
+    /// in order; any other order works too), or an error naming the calls that can never run
+    /// (a cycle, a dangling inbound name) or an output that is no call's.
+    fn run_order(&self) -> Result<Vec<usize>> {
+        let mut order = Vec::new();
         let mut have: std::collections::HashSet<(String, usize)> =
             self.inputs.iter().map(|i| (i.name.clone(), 0)).collect();
         let mut done = vec![false; self.nodes.len()];
@@ -375,6 +380,7 @@ impl Graph {
                 if !done[k] && ready {
                     have.insert((n.layer.clone(), n.call));
                     done[k] = true;
+                    order.push(k);
                     progress = true;
                 }
             }
@@ -410,7 +416,7 @@ impl Graph {
                 return Err(bad(format!("output {name} is no layer's output")));
             }
         }
-        Ok(())
+        Ok(order)
     }
 
     /// Runs the graph on `inputs` (in the model's input order, with their masks).
@@ -436,76 +442,23 @@ impl Graph {
                 .and_then(|outs| outs.get(t.2))
                 .cloned()
         };
-        // Calls run once all their tensors exist (configs list layers in order; this also
-        // takes any other order, and names what can never run).
-        let mut done = vec![false; self.nodes.len()];
-        loop {
-            let mut progress = false;
-            for (k, node) in self.nodes.iter().enumerate() {
-                if done[k] {
-                    continue;
-                }
-                let refs: Vec<&TensorRef> = node
-                    .inputs
-                    .iter()
-                    .chain(&node.states)
-                    .chain(node.mask.iter())
-                    .collect();
-                if refs.iter().any(|t| get(&values, t).is_none()) {
-                    continue;
-                }
-                let ins: Vec<Value> = node
-                    .inputs
-                    .iter()
-                    .map(|t| get(&values, t).expect("checked"))
-                    .collect();
-                let states: Vec<Value> = node
-                    .states
-                    .iter()
-                    .map(|t| get(&values, t).expect("checked"))
-                    .collect();
-                let mask = node
-                    .mask
-                    .as_ref()
-                    .map(|t| get(&values, t).expect("checked"));
-                let extra = ops::Extra {
-                    states: states.iter().collect(),
-                    mask: mask.as_ref(),
-                    scalars: node.scalars.clone(),
-                    kwargs: &node.kwargs,
-                };
-                let in_refs: Vec<&Value> = ins.iter().collect();
-                let outs = self.ops[node.op].1.call(&in_refs, &extra)?;
-                values.insert((node.layer.clone(), node.call), outs);
-                done[k] = true;
-                progress = true;
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            if !progress {
-                let stuck: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .zip(&done)
-                    .filter(|(_, d)| !**d)
-                    .map(|(n, _)| {
-                        let missing: Vec<String> = n
-                            .inputs
-                            .iter()
-                            .chain(&n.states)
-                            .chain(n.mask.iter())
-                            .filter(|t| get(&values, t).is_none())
-                            .map(|t| format!("{}[{}][{}]", t.0, t.1, t.2))
-                            .collect();
-                        format!("{} (waits for {})", n.layer, missing.join(", "))
-                    })
-                    .collect();
-                return Err(bad(format!(
-                    "layers that can never run (a cycle or a dangling inbound name): {}",
-                    stuck.join("; ")
-                )));
-            }
+        for &k in &self.order {
+            let node = &self.nodes[k];
+            let take = |t: &TensorRef| {
+                get(&values, t).ok_or_else(|| bad(format!("no tensor {}[{}][{}]", t.0, t.1, t.2)))
+            };
+            let ins: Vec<Value> = node.inputs.iter().map(take).collect::<Result<_>>()?;
+            let states: Vec<Value> = node.states.iter().map(take).collect::<Result<_>>()?;
+            let mask = node.mask.as_ref().map(take).transpose()?;
+            let extra = ops::Extra {
+                states: states.iter().collect(),
+                mask: mask.as_ref(),
+                scalars: node.scalars.clone(),
+                kwargs: &node.kwargs,
+            };
+            let in_refs: Vec<&Value> = ins.iter().collect();
+            let outs = self.ops[node.op].1.call(&in_refs, &extra)?;
+            values.insert((node.layer.clone(), node.call), outs);
         }
         let mut out = Vec::new();
         for (name, t) in &self.outputs {

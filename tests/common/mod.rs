@@ -96,3 +96,17 @@ pub fn model_inputs(
         })
         .collect()
 }
+
+/// A model's expected outputs: `DIR/NAME.expected.npy`, or `NAME.expected.K.npy` for several.
+pub fn expected_outputs(dir: &std::path::Path, name: &str) -> Vec<ArrayD<f32>> {
+    use ndarray_npy::read_npy;
+    let single = dir.join(format!("{name}.expected.npy"));
+    if single.exists() {
+        return vec![read_npy(&single).unwrap()];
+    }
+    (0..)
+        .map(|k| dir.join(format!("{name}.expected.{k}.npy")))
+        .take_while(|p| p.exists())
+        .map(|p| read_npy(&p).unwrap())
+        .collect()
+}
