@@ -82,15 +82,17 @@ impl Op for Recurrent {
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Dense {
-    pub(super) name: String,
-    pub(super) kernel: Array2<f32>,
-    pub(super) bias: Option<Array1<f32>>,
-    pub(super) act: Act,
+pub(crate) struct Dense {
+    pub(crate) name: String,
+    pub(crate) kernel: Array2<f32>,
+    pub(crate) bias: Option<Array1<f32>>,
+    pub(crate) act: Act,
 }
 
 impl Dense {
-    pub(super) fn new(cfg: &Json, name: &str, w: Vec<ArrayD<f32>>) -> Result<Self> {
+    /// A Keras `Dense` from its config and weights (`kernel`, then `bias` if `use_bias`),
+    /// checked against each other.
+    pub(crate) fn new(cfg: &Json, name: &str, w: Vec<ArrayD<f32>>) -> Result<Self> {
         let mut w = w.into_iter();
         let kernel = w
             .next()
@@ -115,6 +117,15 @@ impl Dense {
         } else {
             None
         };
+        if let Some(units) = cfg.get("units").and_then(Json::as_u64) {
+            if units as usize != kernel.ncols() {
+                return Err(LstmError::shape(
+                    format!("{name}/kernel"),
+                    &[kernel.nrows(), units as usize],
+                    kernel.shape(),
+                ));
+            }
+        }
         Ok(Dense {
             name: name.to_string(),
             kernel,

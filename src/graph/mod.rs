@@ -7,6 +7,7 @@
 mod combine;
 mod conv;
 mod core;
+pub(crate) use self::core::Dense;
 mod ops;
 
 use crate::error::{LstmError, Result};

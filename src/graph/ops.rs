@@ -126,14 +126,13 @@ pub(super) fn one_input<'a>(inputs: &[&'a Value], name: &str) -> Result<&'a Valu
     }
 }
 
-/// The activation of a Keras config value (`"relu"`, `null` = linear, or softmax).
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Act {
-    Elementwise(Activation),
-    Softmax,
-}
+/// A layer's activation: element-wise, or softmax over the last axis (the model's
+/// `DenseActivation`).
+pub(super) use crate::model::DenseActivation as Act;
 
-pub(super) fn act_of(v: Option<&Json>, what: &str) -> Result<Act> {
+/// The activation of a Keras config value (`"relu"`, `null` = linear, an activation object,
+/// or softmax).
+pub(crate) fn act_of(v: Option<&Json>, what: &str) -> Result<Act> {
     let name = match v {
         None | Some(Json::Null) => return Ok(Act::Elementwise(Activation::Linear)),
         Some(Json::String(s)) => s.clone(),

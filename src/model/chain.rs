@@ -2,14 +2,12 @@
 //! so far): the layers with their weights, and which outputs of the last one the model
 //! returns.
 
-use super::{bad_model, DenseActivation, ModelLayer};
-use crate::activation::Activation;
+use super::{bad_model, ModelLayer};
 use crate::config::LayerConfig;
 use crate::error::{LstmError, Result};
-use crate::graph::snake_case;
+use crate::graph::{snake_case, Dense};
 use crate::network::Network;
 use crate::weight_source::WeightSource;
-use ndarray::{Array2, ArrayD, Ix2};
 use serde_json::Value;
 
 /// A model that is a chain: its layers and which outputs of the last one it returns.
@@ -227,13 +225,6 @@ fn output_indices(cfg: &Value, last: &str, count: usize) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// `a` as a matrix (`what` names it in the error).
-fn matrix(a: ArrayD<f32>, what: &str) -> Result<Array2<f32>> {
-    let shape = a.shape().to_vec();
-    a.into_dimensionality::<Ix2>()
-        .map_err(|_| LstmError::shape(what, &[0, 0], &shape))
-}
-
 /// A recurrent layer (or Bidirectional) from its weights in `get_weights()` order.
 fn recurrent(
     src: &WeightSource,
@@ -250,45 +241,10 @@ fn recurrent(
 }
 
 fn dense(src: &WeightSource, key: &str, cfg: &Value, name: &str) -> Result<ModelLayer> {
-    let activation = match cfg.get("activation") {
-        None | Some(Value::Null) => DenseActivation::Elementwise(Activation::Linear),
-        Some(Value::String(s)) if s == "softmax" => DenseActivation::Softmax,
-        Some(Value::String(s)) => DenseActivation::Elementwise(
-            Activation::from_name(s).map_err(|_| LstmError::unsupported("activation", s))?,
-        ),
-        Some(other) => return Err(LstmError::unsupported("activation", other)),
-    };
-    let use_bias = cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true);
-    let mut list = src.layer(key, name)?.into_iter();
-    let missing = |w: &str| LstmError::MissingWeight {
-        name: format!("{name}/{w}"),
-    };
-    let kernel = matrix(list.next().ok_or_else(|| missing("kernel"))?, name)?;
-    let bias = if use_bias {
-        let b = list.next().ok_or_else(|| missing("bias"))?;
-        if b.len() != kernel.ncols() || b.ndim() != 1 {
-            return Err(LstmError::shape(
-                format!("{name}/bias"),
-                &[kernel.ncols()],
-                b.shape(),
-            ));
-        }
-        Some(b.iter().copied().collect())
-    } else {
-        None
-    };
-    if let Some(units) = cfg.get("units").and_then(Value::as_u64) {
-        if units as usize != kernel.ncols() {
-            return Err(LstmError::shape(
-                format!("{name}/kernel"),
-                &[kernel.nrows(), units as usize],
-                kernel.shape(),
-            ));
-        }
-    }
+    let d = Dense::new(cfg, name, src.layer(key, name)?)?;
     Ok(ModelLayer::Dense {
-        kernel,
-        bias,
-        activation,
+        kernel: d.kernel,
+        bias: d.bias,
+        activation: d.act,
     })
 }
