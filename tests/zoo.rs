@@ -80,3 +80,94 @@ fn zoo_chains_match_keras_on_the_gpu() {
     }
     assert!(ran.contains(&"p_masked_bigru_tagger"), "{ran:?}");
 }
+
+/// Mutated configs of every zoo model (a key removed, a value replaced by null, a number, a
+/// string, a list, or another layer's name): loading and predicting give an error or a
+/// result, never a panic.
+#[test]
+fn mutated_configs_never_panic() {
+    use serde_json::Value;
+    // every (path of keys/indices) to a value in the config
+    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| {
+                at.push(k.clone());
+                paths(c, at, out);
+                at.pop();
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(k, c)| {
+                at.push(k.to_string());
+                paths(c, at, out);
+                at.pop();
+            }),
+            _ => {}
+        }
+    }
+    fn at_path<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+        path.iter().try_fold(v, |v, k| match v {
+            Value::Object(m) => m.get_mut(k),
+            Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
+            _ => None,
+        })
+    }
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let mut outcomes = (0usize, 0usize);
+    for name in RUNS {
+        let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+        let members = lstm_wgpu::archive::members(&keras).unwrap();
+        let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
+        let config: Value = serde_json::from_slice(member("config.json")).unwrap();
+        let weights = member("model.weights.h5");
+        let model = KerasModel::from_config_and_weights(&config, weights).unwrap();
+        let inputs = common::model_inputs(&dir(), name, model.inputs());
+        let mut all = Vec::new();
+        paths(&config, &mut Vec::new(), &mut all);
+        for _ in 0..40 {
+            let mut c = config.clone();
+            let path = all[next(all.len())].clone();
+            let Some((last, parent)) = path.split_last() else {
+                continue;
+            };
+            let replacement = match next(6) {
+                0 => None,
+                1 => Some(Value::Null),
+                2 => Some(serde_json::json!(-3)),
+                3 => Some(serde_json::json!("dense")),
+                4 => Some(serde_json::json!([])),
+                _ => Some(
+                    serde_json::json!({"class_name": "__keras_tensor__", "config": {"keras_history": ["missing", 7, 9]}}),
+                ),
+            };
+            match (at_path(&mut c, parent), replacement) {
+                (Some(Value::Object(m)), None) => {
+                    m.remove(last);
+                }
+                (Some(p), Some(r)) => {
+                    if let Some(v) = at_path(p, std::slice::from_ref(last)) {
+                        *v = r;
+                    }
+                }
+                _ => continue,
+            }
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                KerasModel::from_config_and_weights(&c, weights)
+                    .and_then(|mut m| m.predict_inputs(&inputs))
+                    .is_ok()
+            }));
+            match run {
+                Ok(true) => outcomes.0 += 1,
+                Ok(false) => outcomes.1 += 1,
+                Err(_) => panic!("{name}: a config with {path:?} mutated panicked"),
+            }
+        }
+    }
+    println!("mutated configs: {} ran, {} errors", outcomes.0, outcomes.1);
+    assert!(outcomes.1 > 0);
+}

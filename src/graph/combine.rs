@@ -1,7 +1,7 @@
 //! The graph's layers that combine or reduce tensors on the CPU: the merges, layer and batch
 //! normalization, global pooling, and the op layers Keras saves for a functional `Masking`.
 
-use super::ops::{bool_mask, one_input, Extra, Op};
+use super::ops::{bool_mask, fitting_mask, one_input, Extra, Op};
 use super::Value;
 use crate::error::{LstmError, Result};
 use ndarray::{s, Array1, Array2, Axis, Ix3};
@@ -67,6 +67,11 @@ impl Op for Merge {
         // present (None when no input has one); the other merges OR them, and have none when
         // any input has none.
         let present: Vec<&Array2<bool>> = inputs.iter().filter_map(|v| v.mask.as_ref()).collect();
+        if let Some(m0) = present.first() {
+            for m in &present {
+                fitting_mask(Some(m), m0.dim(), &self.name)?;
+            }
+        }
         let mask = if present.is_empty()
             || (self.class != "Concatenate" && present.len() < inputs.len())
         {
@@ -165,6 +170,7 @@ impl Op for GlobalPool {
             Some(m) => Some(bool_mask(m, "GlobalPooling1D")?),
             None => x.mask.clone(),
         };
+        fitting_mask(mask.as_ref(), (b, t), "GlobalPooling1D")?;
         let mut out = Array2::<f32>::zeros((b, w));
         for i in 0..b {
             for k in 0..w {

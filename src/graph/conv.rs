@@ -4,7 +4,7 @@
 //! incoming mask, except the attention layers, which apply the value mask to the scores and
 //! pass the query's mask on (their `compute_mask`).
 
-use super::ops::{Extra, Op};
+use super::ops::{fitting_mask, Extra, Op};
 use super::Value;
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
@@ -394,6 +394,8 @@ impl Op for Attention {
         );
         let (b, tq, dim) = qa.dim();
         let (_, tv, vdim) = va.dim();
+        fitting_mask(q.mask.as_ref(), (b, tq), &self.name)?;
+        fitting_mask(v.mask.as_ref(), (b, tv), &self.name)?;
         if ka.dim() != (b, tv, dim) || va.dim().0 != b {
             return Err(LstmError::shape(
                 format!("key of {what}"),

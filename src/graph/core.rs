@@ -139,6 +139,13 @@ impl Op for Dense {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         let x = one_input(inputs, &self.name)?;
         let shape = x.data.shape().to_vec();
+        if shape.len() < 2 {
+            return Err(LstmError::shape(
+                format!("input of layer {}", self.name),
+                &[0, self.kernel.nrows()],
+                &shape,
+            ));
+        }
         let width = *shape.last().unwrap_or(&0);
         if width != self.kernel.nrows() {
             return Err(LstmError::shape(

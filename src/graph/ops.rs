@@ -168,6 +168,23 @@ pub(super) fn apply_act(a: Act, x: &mut ArrayD<f32>) {
     }
 }
 
+/// `mask` when it is `[b, t]` (the tensor's batch and time axes), else an error naming the
+/// layer: a mask that does not fit its tensor is never indexed.
+pub(super) fn fitting_mask<'m>(
+    mask: Option<&'m Array2<bool>>,
+    (b, t): (usize, usize),
+    name: &str,
+) -> Result<Option<&'m Array2<bool>>> {
+    match mask {
+        Some(m) if m.dim() != (b, t) => Err(LstmError::shape(
+            format!("mask reaching layer {name}"),
+            &[b, t],
+            m.shape(),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The mask of a `[B, T]` tensor of 0/1 values.
 pub(super) fn bool_mask(v: &Value, name: &str) -> Result<Array2<bool>> {
     v.data
