@@ -250,3 +250,22 @@ fn malformed_configs_are_errors_not_panics() {
     let e = m.predict_inputs(&[]).unwrap_err().to_string();
     assert!(e.contains("1 inputs") && e.contains("\"x\""), "{e}");
 }
+
+/// `Dot` (batch dot along (2, 2), and cosine similarity with `normalize` on 2-D tensors) and
+/// `PReLU` (alpha shared over time) in a model saved by Keras
+/// (`tests/data/keras/dot_prelu.*`, `scripts/record_dot_prelu_model.py`).
+#[test]
+fn dot_and_prelu_match_keras() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let mut m = KerasModel::load(&dir.join("dot_prelu.keras")).unwrap();
+    let inputs = common::model_inputs(&dir, "dot_prelu", m.inputs());
+    let got = m.predict_inputs(&inputs).unwrap();
+    let want = common::expected_outputs(&dir, "dot_prelu");
+    assert_eq!(got[0].shape(), &[3, 5, 6]);
+    assert_eq!(got[1].shape(), &[3, 1]);
+    assert!(
+        common::max_abs(&got, &want) <= 1e-5,
+        "{}",
+        common::max_abs(&got, &want)
+    );
+}

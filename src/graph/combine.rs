@@ -249,3 +249,104 @@ impl Op for AnyOp {
         Ok(vec![Value { data, mask: None }])
     }
 }
+
+/// Keras `Dot(axes, normalize)`: the batch dot product of two tensors along one axis each
+/// (after L2-normalizing them along it, with `normalize`). No mask (its `compute_mask`).
+#[derive(Debug, Clone)]
+pub(super) struct Dot {
+    pub(super) name: String,
+    /// The axis of each input (batch = 0; negative from the end).
+    pub(super) axes: (i64, i64),
+    pub(super) normalize: bool,
+}
+
+impl Dot {
+    /// `x` as `[B, P, K]` with its axis `ax` last (`first` false) or as `[B, K, P]` with it
+    /// first after the batch (`first` true), and the kept dimensions.
+    fn arrange(
+        x: &ndarray::ArrayD<f32>,
+        ax: usize,
+        first: bool,
+    ) -> (ndarray::Array3<f32>, Vec<usize>) {
+        let nd = x.ndim();
+        let mut order: Vec<usize> = (0..nd).filter(|&a| a != ax).collect();
+        let kept: Vec<usize> = order[1..].iter().map(|&a| x.shape()[a]).collect();
+        if first {
+            order.insert(1, ax);
+        } else {
+            order.push(ax);
+        }
+        let p: usize = kept.iter().product();
+        let (b, k) = (x.shape()[0], x.shape()[ax]);
+        let moved = x
+            .view()
+            .permuted_axes(ndarray::IxDyn(&order))
+            .as_standard_layout()
+            .into_owned();
+        let shape = if first { (b, k, p) } else { (b, p, k) };
+        (
+            moved
+                .into_shape_with_order(shape)
+                .expect("the same number of values"),
+            kept,
+        )
+    }
+}
+
+impl Op for Dot {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let what = format!("layer {}", self.name);
+        let [x, y] = inputs else {
+            return Err(LstmError::invalid(what, "Dot takes 2 inputs"));
+        };
+        let axis = |a: i64, nd: usize| -> Result<usize> {
+            let a = if a < 0 { a + nd as i64 } else { a };
+            if a <= 0 || a as usize >= nd {
+                return Err(LstmError::invalid(
+                    format!("axes of {what}"),
+                    format!("{a} is not a non-batch axis of a rank-{nd} input"),
+                ));
+            }
+            Ok(a as usize)
+        };
+        let (ax, ay) = (
+            axis(self.axes.0, x.data.ndim())?,
+            axis(self.axes.1, y.data.ndim())?,
+        );
+        let (mut xd, mut yd) = (x.data.clone(), y.data.clone());
+        if self.normalize {
+            for (d, a) in [(&mut xd, ax), (&mut yd, ay)] {
+                for mut lane in d.lanes_mut(Axis(a)) {
+                    let sq: f32 = lane.iter().map(|v| v * v).sum();
+                    let inv = 1.0 / sq.max(1e-12).sqrt();
+                    lane.mapv_inplace(|v| v * inv);
+                }
+            }
+        }
+        if xd.shape()[0] != yd.shape()[0] || xd.shape()[ax] != yd.shape()[ay] {
+            return Err(LstmError::shape(
+                format!("second input of {what}"),
+                &[xd.shape()[0], xd.shape()[ax]],
+                &[yd.shape()[0], yd.shape()[ay]],
+            ));
+        }
+        let (xm, xkeep) = Dot::arrange(&xd, ax, false);
+        let (ym, ykeep) = Dot::arrange(&yd, ay, true);
+        let b = xm.dim().0;
+        let mut out = ndarray::Array3::<f32>::zeros((b, xm.dim().1, ym.dim().2));
+        for i in 0..b {
+            out.index_axis_mut(Axis(0), i)
+                .assign(&xm.index_axis(Axis(0), i).dot(&ym.index_axis(Axis(0), i)));
+        }
+        let mut shape = vec![b];
+        shape.extend(xkeep);
+        shape.extend(ykeep);
+        if shape.len() == 1 {
+            shape.push(1);
+        }
+        let data = out
+            .into_shape_with_order(ndarray::IxDyn(&shape))
+            .expect("the same number of values");
+        Ok(vec![Value { data, mask: None }])
+    }
+}

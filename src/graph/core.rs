@@ -380,3 +380,41 @@ impl Op for Leaky {
         }])
     }
 }
+
+/// Keras `PReLU`: `x` where `x >= 0`, else `alpha · x`, with `alpha` (shape `x.shape[1:]`,
+/// 1 along `shared_axes`) broadcast over the batch. Keeps the mask.
+#[derive(Debug, Clone)]
+pub(super) struct PRelu {
+    pub(super) name: String,
+    pub(super) alpha: ArrayD<f32>,
+}
+
+impl Op for PRelu {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, &self.name)?;
+        let mut full = vec![1];
+        full.extend(self.alpha.shape());
+        let alpha = self
+            .alpha
+            .view()
+            .into_shape_with_order(IxDyn(&full))
+            .expect("one more unit axis");
+        let alpha = alpha.broadcast(x.data.raw_dim()).ok_or_else(|| {
+            LstmError::shape(
+                format!("{}/alpha", self.name),
+                &x.data.shape()[1..],
+                self.alpha.shape(),
+            )
+        })?;
+        let mut data = x.data.clone();
+        ndarray::Zip::from(&mut data).and(&alpha).for_each(|v, &a| {
+            if *v < 0.0 {
+                *v *= a
+            }
+        });
+        Ok(vec![Value {
+            data,
+            mask: x.mask.clone(),
+        }])
+    }
+}

@@ -85,17 +85,50 @@ fn bad(reason: impl Into<String>) -> LstmError {
     }
 }
 
-/// Keras's weight-group key of a class: snake case (`InputLayer` -> `input_layer`).
+/// Keras's weight-group key of a class, as `keras.src.utils.naming.to_snake_case` makes it
+/// (`InputLayer` -> `input_layer`, `PReLU` -> `p_re_lu`): drop non-word characters, put `_`
+/// before every capitalized word that follows a character, then between a lowercase letter
+/// and an uppercase one, and lowercase.
 pub(crate) fn snake_case(class: &str) -> String {
-    let mut out = String::new();
-    let chars: Vec<char> = class.chars().collect();
-    for (k, c) in chars.iter().enumerate() {
-        if c.is_uppercase() && k > 0 && chars[k - 1].is_lowercase() {
-            out.push('_');
+    let c: Vec<char> = class
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '_')
+        .collect();
+    // `(.)([A-Z][a-z]+)` -> `\1_\2`, scanning left to right without overlaps
+    let mut a: Vec<char> = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let word =
+            i + 2 < c.len() && c[i + 1].is_ascii_uppercase() && c[i + 2].is_ascii_lowercase();
+        if word {
+            let mut end = i + 2;
+            while end < c.len() && c[end].is_ascii_lowercase() {
+                end += 1;
+            }
+            a.push(c[i]);
+            a.push('_');
+            a.extend(&c[i + 1..end]);
+            i = end;
+        } else {
+            a.push(c[i]);
+            i += 1;
         }
-        out.extend(c.to_lowercase());
     }
-    out
+    // `([a-z])([A-Z])` -> `\1_\2`
+    let mut out = String::new();
+    let mut i = 0;
+    while i < a.len() {
+        if i + 1 < a.len() && a[i].is_ascii_lowercase() && a[i + 1].is_ascii_uppercase() {
+            out.push(a[i]);
+            out.push('_');
+            out.push(a[i + 1]);
+            i += 2;
+        } else {
+            out.push(a[i]);
+            i += 1;
+        }
+    }
+    out.to_lowercase()
 }
 
 /// A Keras 3 tensor reference (`{"class_name": "__keras_tensor__", ...}`).

@@ -1,9 +1,10 @@
 //! The layers of a model graph on the CPU, each with its Keras inference semantics and its
 //! `compute_mask` rule: what a layer does with the `[B, T]` mask of its inputs.
 
-use super::combine::{AnyOp, GlobalPool, Merge, Norm, NotEqual};
+use super::combine::{AnyOp, Dot, GlobalPool, Merge, Norm, NotEqual};
 use super::core::{
-    Activate, Dense, Embedding, Identity, Leaky, Masking, Permute, Recurrent, RepeatVector, Reshape,
+    Activate, Dense, Embedding, Identity, Leaky, Masking, PRelu, Permute, Recurrent, RepeatVector,
+    Reshape,
 };
 use super::Value;
 use crate::activation::Activation;
@@ -98,6 +99,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "ActivityRegularization",
     "NotEqual",
     "Any",
+    "Dot",
+    "PReLU",
     "Conv1D",
     "MaxPooling1D",
     "AveragePooling1D",
@@ -414,6 +417,35 @@ pub(crate) fn build(
             })
         }
         "NotEqual" => Box::new(NotEqual),
+        "Dot" => {
+            let axes = match cfg.get("axes") {
+                Some(Json::Array(a)) if a.len() == 2 => {
+                    (a[0].as_i64().unwrap_or(-1), a[1].as_i64().unwrap_or(-1))
+                }
+                Some(v) => {
+                    let a = v.as_i64().unwrap_or(-1);
+                    (a, a)
+                }
+                None => return Err(LstmError::bad_config("axes", "Dot without axes")),
+            };
+            Box::new(Dot {
+                name: name.to_string(),
+                axes,
+                normalize: cfg
+                    .get("normalize")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
+            })
+        }
+        "PReLU" => Box::new(PRelu {
+            name: name.to_string(),
+            alpha: weights()?
+                .into_iter()
+                .next()
+                .ok_or_else(|| LstmError::MissingWeight {
+                    name: format!("{name}/alpha"),
+                })?,
+        }),
         "Any" => Box::new(AnyOp {
             axis: int_of(cfg, "axis", -1),
             keepdims: cfg.get("keepdims").and_then(Json::as_bool).unwrap_or(false),

@@ -424,5 +424,18 @@ mod tests {
         assert_eq!(snake_case("LSTM"), "lstm");
         assert_eq!(snake_case("InputLayer"), "input_layer");
         assert_eq!(snake_case("Bidirectional"), "bidirectional");
+        // as Keras's naming.to_snake_case
+        for (class, key) in [
+            ("PReLU", "p_re_lu"),
+            ("GlobalAveragePooling1D", "global_average_pooling1d"),
+            ("Conv1D", "conv1d"),
+            ("SimpleRNN", "simple_rnn"),
+            ("GRU", "gru"),
+            ("LayerNormalization", "layer_normalization"),
+            ("TimeDistributed", "time_distributed"),
+            ("ReLU", "re_lu"),
+        ] {
+            assert_eq!(snake_case(class), key, "{class}");
+        }
     }
 }
