@@ -112,6 +112,13 @@ pub(crate) fn build(
             };
             let groups = cfg.get("groups").and_then(Json::as_u64).unwrap_or(1).max(1) as usize;
             let filters = kernel.dim().2;
+            if kernel.dim().0 == 0 || kernel.dim().1 == 0 {
+                return Err(LstmError::shape(
+                    format!("{name}/kernel"),
+                    &[1, 1, filters],
+                    kernel.shape(),
+                ));
+            }
             if filters % groups != 0 {
                 return Err(LstmError::shape(
                     format!("{name}/kernel"),
@@ -394,6 +401,16 @@ impl Op for Attention {
         );
         let (b, tq, dim) = qa.dim();
         let (_, tv, vdim) = va.dim();
+        if let Some(scale) = &self.scale {
+            let want = if self.additive { dim } else { 1 };
+            if scale.len() != want {
+                return Err(LstmError::shape(
+                    format!("{}/scale", self.name),
+                    &[want],
+                    &[scale.len()],
+                ));
+            }
+        }
         fitting_mask(q.mask.as_ref(), (b, tq), &self.name)?;
         fitting_mask(v.mask.as_ref(), (b, tv), &self.name)?;
         if ka.dim() != (b, tv, dim) || va.dim().0 != b {
