@@ -171,3 +171,17 @@ fn mutated_configs_never_panic() {
     println!("mutated configs: {} ran, {} errors", outcomes.0, outcomes.1);
     assert!(outcomes.1 > 0);
 }
+
+/// Outputs by name, as Keras's `model.output_names` names them.
+#[test]
+fn outputs_come_with_keras_output_names() {
+    let name = "p_encoder_decoder_states";
+    let mut model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+    assert_eq!(model.output_names(), ["dense_2", "lstm_2", "lstm_2"]);
+    let inputs = common::model_inputs(&dir(), name, model.inputs());
+    let named = model.predict_named(&inputs).unwrap();
+    let want = expected(name);
+    assert_eq!(named.len(), 3);
+    let dense = &named.iter().find(|(n, _)| n == "dense_2").unwrap().1;
+    assert!(max_abs(std::slice::from_ref(dense), &want[..1]) <= 1e-5);
+}

@@ -407,6 +407,29 @@ impl KerasModel {
         self.graph.run(values)
     }
 
+    /// [`KerasModel::predict_inputs`] with each output paired with its name, as Keras's
+    /// `model.output_names` names them (the producing layer's name: several outputs of one
+    /// layer share it, as in Keras).
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::model::KerasModel;
+    /// # let mut model = KerasModel::load("m.keras".as_ref())?;
+    /// # let x = ndarray::Array3::<f32>::zeros((1, 4, 3)).into_dyn();
+    /// let outputs = model.predict_named(&[x.into()])?;
+    /// let dense = &outputs.iter().find(|(name, _)| name == "dense").unwrap().1;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn predict_named(&mut self, inputs: &[ModelInput]) -> Result<Vec<(String, ArrayD<f32>)>> {
+        let names: Vec<String> = self.output_names().iter().map(|n| n.to_string()).collect();
+        let outputs = self.predict_inputs(inputs)?;
+        if names.len() != outputs.len() {
+            // (a Sequential model's last layer may return several tensors under one name)
+            let name = names.first().cloned().unwrap_or_default();
+            return Ok(outputs.into_iter().map(|o| (name.clone(), o)).collect());
+        }
+        Ok(names.into_iter().zip(outputs).collect())
+    }
+
     /// Runs the model on `x [B, T, I]` on the CPU and returns its outputs in the model's order
     /// (a model with one float input; [`KerasModel::predict_inputs`] takes several, or token
     /// ids).
