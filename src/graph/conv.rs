@@ -502,7 +502,7 @@ mod tests {
         let extra = Extra {
             states: Vec::new(),
             mask: None,
-            scalars: Vec::new(),
+            scalars: &[],
             kwargs,
         };
         op.call(inputs, &extra).unwrap()

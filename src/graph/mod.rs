@@ -470,28 +470,36 @@ impl Graph {
         for (spec, v) in self.inputs.iter().zip(inputs) {
             values.insert((spec.name.clone(), 0), vec![v]);
         }
-        let get = |values: &HashMap<(String, usize), Vec<Value>>, t: &TensorRef| {
+        // (the run order guarantees every tensor a call reads exists; read them in place)
+        fn get<'v>(
+            values: &'v HashMap<(String, usize), Vec<Value>>,
+            t: &TensorRef,
+        ) -> Result<&'v Value> {
             values
                 .get(&(t.0.clone(), t.1))
                 .and_then(|outs| outs.get(t.2))
-                .cloned()
-        };
+                .ok_or_else(|| bad(format!("no tensor {}[{}][{}]", t.0, t.1, t.2)))
+        }
         for &k in &self.order {
             let node = &self.nodes[k];
-            let take = |t: &TensorRef| {
-                get(&values, t).ok_or_else(|| bad(format!("no tensor {}[{}][{}]", t.0, t.1, t.2)))
+            let outs = {
+                let ins: Vec<&Value> = node
+                    .inputs
+                    .iter()
+                    .map(|t| get(&values, t))
+                    .collect::<Result<_>>()?;
+                let extra = ops::Extra {
+                    states: node
+                        .states
+                        .iter()
+                        .map(|t| get(&values, t))
+                        .collect::<Result<_>>()?,
+                    mask: node.mask.as_ref().map(|t| get(&values, t)).transpose()?,
+                    scalars: &node.scalars,
+                    kwargs: &node.kwargs,
+                };
+                self.ops[node.op].1.call(&ins, &extra)?
             };
-            let ins: Vec<Value> = node.inputs.iter().map(take).collect::<Result<_>>()?;
-            let states: Vec<Value> = node.states.iter().map(take).collect::<Result<_>>()?;
-            let mask = node.mask.as_ref().map(take).transpose()?;
-            let extra = ops::Extra {
-                states: states.iter().collect(),
-                mask: mask.as_ref(),
-                scalars: node.scalars.clone(),
-                kwargs: &node.kwargs,
-            };
-            let in_refs: Vec<&Value> = ins.iter().collect();
-            let outs = self.ops[node.op].1.call(&in_refs, &extra)?;
             values.insert((node.layer.clone(), node.call), outs);
         }
         let mut out = Vec::new();

@@ -22,7 +22,7 @@ pub(crate) struct Extra<'a> {
     /// An explicit `mask=` tensor (bool values as 0/1), overriding the inputs' masks.
     pub mask: Option<&'a Value>,
     /// Scalar positional arguments (`NotEqual(x, 0.0)`).
-    pub scalars: Vec<f64>,
+    pub scalars: &'a [f64],
     /// The call's other keyword arguments (`use_causal_mask`, `return_attention_scores`).
     pub kwargs: &'a serde_json::Map<String, Json>,
 }
