@@ -56,12 +56,12 @@ pub(crate) fn shard_names(index: &[u8]) -> Result<Vec<String>> {
 }
 
 impl<'a> WeightSource<'a> {
-    /// One weight file.
-    pub(crate) fn single(bytes: &'a [u8]) -> Result<Self> {
-        Ok(WeightSource {
-            files: vec![(crate::hdf5::SOURCE.to_string(), H5File::new(bytes)?)],
+    /// One Keras 3 weight file.
+    pub(crate) fn single(file: H5File<'a>) -> Self {
+        WeightSource {
+            files: vec![(crate::hdf5::SOURCE.to_string(), file)],
             legacy_root: None,
-        })
+        }
     }
 
     /// A file in the legacy layout: layer groups under `model_weights` (a whole-model file)

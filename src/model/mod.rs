@@ -274,7 +274,7 @@ impl KerasModel {
             }
             return Self::build(&config, &WeightSource::legacy(file)?);
         }
-        Self::build(config, &WeightSource::single(weights_h5)?)
+        Self::build(config, &WeightSource::single(file))
     }
 
     /// Builds a model from its `config.json` and the shards of sharded weights (`(file name,
