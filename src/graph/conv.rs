@@ -51,6 +51,31 @@ fn as3<'a>(v: &'a Value, name: &str) -> Result<ndarray::ArrayView3<'a, f32>> {
         .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], v.data.shape()))
 }
 
+/// The in-range input steps `(tap, step)` of output step `o` of a window of `k` taps
+/// `dilation` apart, moved by `stride`, over `t` steps padded by `left` (padding taps are
+/// skipped: zeros for a convolution, nothing for pooling).
+fn taps(
+    o: usize,
+    k: usize,
+    (stride, dilation, left, t): (usize, usize, usize, usize),
+) -> impl Iterator<Item = (usize, usize)> {
+    (0..k).filter_map(move |kk| {
+        let pos = (o * stride + kk * dilation).checked_sub(left)?;
+        (pos < t).then_some((kk, pos))
+    })
+}
+
+/// The one `[B, T, C]` input of layer `name`.
+fn one_3d<'a>(inputs: &[&'a Value], name: &str) -> Result<ndarray::ArrayView3<'a, f32>> {
+    match inputs {
+        [x] => as3(x, name),
+        _ => Err(LstmError::invalid(
+            format!("layer {name}"),
+            "takes one input",
+        )),
+    }
+}
+
 /// (left padding, output length) of a 1-D window of `span` (dilated size) over `t` steps.
 fn window(padding: &str, t: usize, span: usize, stride: usize) -> Result<(usize, usize)> {
     Ok(match padding {
@@ -236,13 +261,7 @@ struct Conv1D {
 
 impl Op for Conv1D {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let [x] = inputs else {
-            return Err(LstmError::invalid(
-                format!("layer {}", self.name),
-                "takes one input",
-            ));
-        };
-        let x = as3(x, &self.name)?;
+        let x = one_3d(inputs, &self.name)?;
         let (b, t, cin) = x.dim();
         let (k, cg, f) = self.kernel.dim();
         if cin != cg * self.groups {
@@ -261,13 +280,9 @@ impl Op for Conv1D {
                 for filter in 0..f {
                     let g = filter / fg;
                     let mut acc = self.bias.as_ref().map_or(0.0, |bias| bias[filter]);
-                    for kk in 0..k {
-                        let pos = (o * self.stride + kk * self.dilation) as isize - left as isize;
-                        if pos < 0 || pos as usize >= t {
-                            continue;
-                        }
+                    for (kk, pos) in taps(o, k, (self.stride, self.dilation, left, t)) {
                         for c in 0..cg {
-                            acc += x[[i, pos as usize, g * cg + c]] * self.kernel[[kk, c, filter]];
+                            acc += x[[i, pos, g * cg + c]] * self.kernel[[kk, c, filter]];
                         }
                     }
                     y[[i, o, filter]] = self.activation.apply(acc);
@@ -292,13 +307,7 @@ struct Pool {
 
 impl Op for Pool {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let [x] = inputs else {
-            return Err(LstmError::invalid(
-                format!("layer {}", self.name),
-                "takes one input",
-            ));
-        };
-        let x = as3(x, &self.name)?;
+        let x = one_3d(inputs, &self.name)?;
         let (b, t, c) = x.dim();
         let (left, out_len) = window(&self.padding, t, self.size, self.stride)?;
         let mut y = Array3::<f32>::zeros((b, out_len, c));
@@ -307,12 +316,8 @@ impl Op for Pool {
                 for ch in 0..c {
                     // padding positions take no part (max: -inf; average: not counted)
                     let (mut acc, mut n) = (if self.max { f32::NEG_INFINITY } else { 0.0 }, 0);
-                    for kk in 0..self.size {
-                        let pos = (o * self.stride + kk) as isize - left as isize;
-                        if pos < 0 || pos as usize >= t {
-                            continue;
-                        }
-                        let v = x[[i, pos as usize, ch]];
+                    for (_, pos) in taps(o, self.size, (self.stride, 1, left, t)) {
+                        let v = x[[i, pos, ch]];
                         acc = if self.max { acc.max(v) } else { acc + v };
                         n += 1;
                     }
@@ -337,10 +342,7 @@ struct Pad {
 
 impl Op for Pad {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let [x] = inputs else {
-            return Err(LstmError::invalid("padding layer", "takes one input"));
-        };
-        let x = as3(x, "padding layer")?;
+        let x = one_3d(inputs, "padding")?;
         let (b, t, c) = x.dim();
         if self.crop.0 + self.crop.1 > t {
             return Err(LstmError::invalid(
