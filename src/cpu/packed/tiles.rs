@@ -277,17 +277,19 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
         w.recurrent.as_ptr().add(p * w.units * COLS),
     );
     let n = (w.units - p * UNITS).min(UNITS);
-    if s.fast && w.cell != Cell::Lstm && (b0..b0 + R).all(|b| s.present(b)) {
-        other_cells_in_registers::<V, R, NV>(s, o, pl, b0, &acc, n);
-        return;
-    }
     if s.fast && (b0..b0 + R).all(|b| s.present(b)) {
+        // Every row present and both activations in registers: the cell update of the
+        // panel's 16 units in vector registers, slots as `PackedWeights` lays them out.
         let rule = s.rule;
         let q = NV / 4;
+        let rb = w.rbias.as_ptr().add(p * COLS);
+        let bias = |k: usize| V::load(rb.add(k * V::N));
+        let (one, minus) = (V::splat(1.0), V::splat(-1.0));
         for (r, z) in acc.iter().enumerate() {
             let b = b0 + r;
             let at = (pl * bsz + b) * UNITS;
             let c = o.c.as_mut_ptr().add(at);
+            let h_prev = s.h_old.as_ptr().add((p * bsz + b) * UNITS);
             let h = o.h_new.as_mut_ptr().add(at);
             let out = o.out.as_mut_ptr().add(at);
             let seq = o
@@ -295,14 +297,32 @@ unsafe fn step_tile<V: Lanes, const R: usize, const NV: usize>(
                 .0
                 .add((b * s.steps + s.step) * w.units + p * UNITS);
             for j in 0..q {
-                let i = activate(rule.recurrent_activation, z[j]);
-                let f = activate(rule.recurrent_activation, z[q + j]);
-                let g = activate(rule.activation, z[2 * q + j]);
-                let og = activate(rule.recurrent_activation, z[3 * q + j]);
-                let cj = c.add(j * V::N);
-                let cn = V::fma(f, V::load(cj), V::mul(i, g));
-                cn.store(cj);
-                let hn = V::mul(og, activate(rule.activation, cn));
+                let hn = match w.cell {
+                    Cell::Lstm => {
+                        let i = activate(rule.recurrent_activation, z[j]);
+                        let f = activate(rule.recurrent_activation, z[q + j]);
+                        let g = activate(rule.activation, z[2 * q + j]);
+                        let og = activate(rule.recurrent_activation, z[3 * q + j]);
+                        let cj = c.add(j * V::N);
+                        let cn = V::fma(f, V::load(cj), V::mul(i, g));
+                        cn.store(cj);
+                        V::mul(og, activate(rule.activation, cn))
+                    }
+                    Cell::SimpleRnn => activate(rule.activation, z[j]),
+                    Cell::Gru { .. } => {
+                        // slots: 0 the candidate's input part, 1 z, 2 r, 3 its recurrent part
+                        let zg = activate(rule.recurrent_activation, V::add(z[q + j], bias(q + j)));
+                        let rg = activate(
+                            rule.recurrent_activation,
+                            V::add(z[2 * q + j], bias(2 * q + j)),
+                        );
+                        let rec_h = V::add(z[3 * q + j], bias(3 * q + j));
+                        let hh = activate(rule.activation, V::add(z[j], V::mul(rg, rec_h)));
+                        // z·h + (1 - z)·hh, as the generic path rounds it
+                        let keep = V::mul(zg, V::load(h_prev.add(j * V::N)));
+                        V::add(keep, V::mul(V::add(one, V::mul(minus, zg)), hh))
+                    }
+                };
                 hn.store(h.add(j * V::N));
                 hn.store(out.add(j * V::N));
                 if n == UNITS {
@@ -381,65 +401,6 @@ fn other_cell_update(
         };
         h[j] = new;
         out[j] = new;
-    }
-}
-
-/// [`other_cell_update`] for `R` rows that are all present, in registers (activations that
-/// [`in_registers`](crate::cpu::simd::in_registers) computes).
-#[inline(always)]
-unsafe fn other_cells_in_registers<V: Lanes, const R: usize, const NV: usize>(
-    s: &StepInput,
-    o: &mut StepOutput,
-    pl: usize,
-    b0: usize,
-    acc: &[[V; NV]; R],
-    n: usize,
-) {
-    let w = s.w;
-    let p = o.p0 + pl;
-    let bsz = s.batch;
-    let rule = s.rule;
-    let q = NV / 4;
-    let rb = w.rbias.as_ptr().add(p * COLS);
-    let (one, minus) = (V::splat(1.0), V::splat(-1.0));
-    for (r, z) in acc.iter().enumerate() {
-        let b = b0 + r;
-        let at = (pl * bsz + b) * UNITS;
-        let h_prev = s.h_old.as_ptr().add((p * bsz + b) * UNITS);
-        let h = o.h_new.as_mut_ptr().add(at);
-        let out = o.out.as_mut_ptr().add(at);
-        let seq = o
-            .sequence
-            .0
-            .add((b * s.steps + s.step) * w.units + p * UNITS);
-        for j in 0..q {
-            let hn = if w.cell == Cell::SimpleRnn {
-                activate(rule.activation, z[j])
-            } else {
-                // slots: 0 the candidate's input part, 1 z, 2 r, 3 its recurrent part
-                let bias = |k: usize| V::load(rb.add(k * V::N));
-                let zg = activate(rule.recurrent_activation, V::add(z[q + j], bias(q + j)));
-                let rg = activate(
-                    rule.recurrent_activation,
-                    V::add(z[2 * q + j], bias(2 * q + j)),
-                );
-                let rec_h = V::add(z[3 * q + j], bias(3 * q + j));
-                let hh = activate(rule.activation, V::add(z[j], V::mul(rg, rec_h)));
-                // z·h + (1 - z)·hh, as the generic path rounds it
-                let keep = V::mul(zg, V::load(h_prev.add(j * V::N)));
-                V::add(keep, V::mul(V::add(one, V::mul(minus, zg)), hh))
-            };
-            hn.store(h.add(j * V::N));
-            hn.store(out.add(j * V::N));
-            if n == UNITS {
-                // SAFETY: as in `step_tile` (a whole panel of this row inside H).
-                hn.store(seq.add(j * V::N));
-            }
-        }
-        if n < UNITS {
-            // SAFETY: as in `step_tile`.
-            std::ptr::copy_nonoverlapping(out, seq, n);
-        }
     }
 }
 
