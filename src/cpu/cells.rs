@@ -127,14 +127,11 @@ pub(crate) fn run<T: Element>(
                     rec += &rb;
                 }
                 for row in 0..b {
+                    let (x, rc) = (xs.row(row), rec.row(row));
                     for j in 0..hu {
-                        let blocks = |a: &dyn Fn(usize) -> T| [a(j), a(hu + j), a(2 * hu + j)];
-                        h_new[[row, j]] = gru_cell(
-                            rule,
-                            blocks(&|k| xs[[row, k]]),
-                            blocks(&|k| rec[[row, k]]),
-                            h[[row, j]],
-                        );
+                        let (z, r, c) = (j, hu + j, 2 * hu + j);
+                        h_new[[row, j]] =
+                            gru_cell(rule, [x[z], x[r], x[c]], [rc[z], rc[r], rc[c]], h[[row, j]]);
                     }
                 }
             }
