@@ -135,20 +135,32 @@ fn in_file<'p>(e: LstmError, file: impl Fn(&str) -> &'p Path) -> LstmError {
     }
 }
 
-/// Gives a Keras 2 configuration Keras 2's meaning where Keras 3 reads the same words
-/// differently: `"hard_sigmoid"` (any activation key) is Keras 2's `clip(0.2x + 0.5, 0, 1)`.
-fn keras2_semantics(config: &mut Value) {
+/// When `file` was written by Keras 1 or 2 (its root `keras_version`), gives its
+/// configuration Keras 2's meaning where Keras 3 reads the same words differently.
+fn keras2_semantics(config: &mut Value, file: &H5File) {
+    let version = file
+        .string_attribute("", "keras_version")
+        .ok()
+        .and_then(|v| v.into_iter().next())
+        .unwrap_or_default();
+    if version.starts_with("2.") || version.starts_with("1.") {
+        keras2_words(config);
+    }
+}
+
+/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`.
+fn keras2_words(config: &mut Value) {
     match config {
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
                 if k.ends_with("activation") && v.as_str() == Some("hard_sigmoid") {
                     *v = Value::String("hard_sigmoid_keras2".into());
                 } else {
-                    keras2_semantics(v);
+                    keras2_words(v);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(keras2_semantics),
+        Value::Array(items) => items.iter_mut().for_each(keras2_words),
         _ => {}
     }
 }
@@ -184,10 +196,7 @@ impl KerasModel {
         })?;
         let mut config: Value =
             serde_json::from_str(&text).map_err(|e| bad_model(format!("model_config: {e}")))?;
-        let version = first("keras_version").unwrap_or_default();
-        if version.starts_with("2.") || version.starts_with("1.") {
-            keras2_semantics(&mut config);
-        }
+        keras2_semantics(&mut config, &h5);
         Self::build(&config, &WeightSource::legacy(h5)?)
     }
 
@@ -264,14 +273,7 @@ impl KerasModel {
         if WeightSource::is_legacy(&file) {
             // Keras 2's save_weights("w.h5"): its semantics where they differ.
             let mut config = config.clone();
-            let version = file
-                .string_attribute("", "keras_version")
-                .ok()
-                .and_then(|v| v.into_iter().next())
-                .unwrap_or_default();
-            if version.starts_with("2.") || version.starts_with("1.") {
-                keras2_semantics(&mut config);
-            }
+            keras2_semantics(&mut config, &file);
             return Self::build(&config, &WeightSource::legacy(file)?);
         }
         Self::build(config, &WeightSource::single(file))
