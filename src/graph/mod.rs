@@ -453,19 +453,21 @@ impl Graph {
         Ok(order)
     }
 
+    /// An error listing the model's inputs unless `n` inputs are given.
+    pub(crate) fn check_input_count(&self, n: usize) -> Result<()> {
+        if n == self.inputs.len() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+        Err(LstmError::invalid(
+            "inputs",
+            format!("the model takes {} inputs {names:?}, got {n}", names.len()),
+        ))
+    }
+
     /// Runs the graph on `inputs` (in the model's input order, with their masks).
     pub(crate) fn run(&mut self, inputs: Vec<Value>) -> Result<Vec<ArrayD<f32>>> {
-        if inputs.len() != self.inputs.len() {
-            let names: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(LstmError::invalid(
-                "inputs",
-                format!(
-                    "the model takes {} inputs {names:?}, got {}",
-                    names.len(),
-                    inputs.len()
-                ),
-            ));
-        }
+        self.check_input_count(inputs.len())?;
         let mut values: HashMap<(String, usize), Vec<Value>> = HashMap::new();
         for (spec, v) in self.inputs.iter().zip(inputs) {
             values.insert((spec.name.clone(), 0), vec![v]);

@@ -349,17 +349,7 @@ impl KerasModel {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn predict_inputs(&mut self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
-        if inputs.len() != self.graph.inputs.len() {
-            let names: Vec<&str> = self.graph.inputs.iter().map(|i| i.name.as_str()).collect();
-            return Err(LstmError::invalid(
-                "inputs",
-                format!(
-                    "the model takes {} inputs {names:?}, got {}",
-                    names.len(),
-                    inputs.len()
-                ),
-            ));
-        }
+        self.graph.check_input_count(inputs.len())?;
         let mut values = Vec::new();
         for (spec, input) in self.graph.inputs.iter().zip(inputs) {
             let data = input.to_f32(&spec.name)?;
