@@ -13,7 +13,7 @@
 
 use lstm_wgpu::gpu::{GpuContext, GpuNetwork, GpuOptions};
 use lstm_wgpu::model::{KerasModel, ModelInput};
-use ndarray::{Array3, ArrayD};
+use ndarray::ArrayD;
 use ndarray_npy::{read_npy, write_npy};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,10 +88,7 @@ fn run() -> Result<(), String> {
         for (name, class) in m.layer_classes() {
             println!("  layer {name} ({class})");
         }
-        match m.chain_error() {
-            None => println!("  runs on the CPU and the GPU path"),
-            Some(why) => println!("  runs on the CPU path only (GPU: {why})"),
-        }
+        println!("  runs on the CPU path and the GPU path (one submission per forward)");
         println!("  outputs {:?}", m.output_names());
         return Ok(());
     }
@@ -115,7 +112,6 @@ fn run() -> Result<(), String> {
         .iter()
         .map(|p| read_input(p))
         .collect::<Result<_, _>>()?;
-    let gpu_runs = m.chain_error().is_none() && xs.len() == 1;
     let ctx = match backend.as_str() {
         "cpu" => None,
         // an explicit GPU request may use a software adapter
@@ -123,13 +119,6 @@ fn run() -> Result<(), String> {
             GpuContext::with_options(&GpuOptions::from_env().allow_software(true))
                 .map_err(|e| e.to_string())?,
         ),
-        _ if !gpu_runs => {
-            eprintln!(
-                "backend: CPU (the GPU path does not run this model yet: {})",
-                m.chain_error().unwrap_or("several inputs")
-            );
-            None
-        }
         _ => match GpuContext::new() {
             Ok(ctx) => {
                 eprintln!(
@@ -144,19 +133,18 @@ fn run() -> Result<(), String> {
             }
         },
     };
-    let outputs: Vec<ArrayD<f32>> = if let Some(ctx) = ctx {
-        let mut gpu = GpuNetwork::from_model(ctx, &m).map_err(|e| e.to_string())?;
-        let ModelInput::F32(x) = &xs[0] else {
-            return Err("the GPU path takes float32 features".into());
-        };
-        let x: Array3<f32> = x
-            .clone()
-            .into_dimensionality()
-            .map_err(|_| format!("{}: expected shape (B, T, I)", inputs[0].display()))?;
-        gpu.forward(x.view(), None, None)
-            .map_err(|e| e.to_string())?
-    } else {
-        m.predict_inputs(&xs).map_err(|e| e.to_string())?
+    let on_gpu = |ctx| -> Result<Vec<ArrayD<f32>>, lstm_wgpu::LstmError> {
+        GpuNetwork::from_model(ctx, &m)?.forward_inputs(&xs)
+    };
+    let outputs: Vec<ArrayD<f32>> = match ctx.map(on_gpu) {
+        Some(Ok(out)) => out,
+        // auto: a model the GPU path cannot run falls back to the CPU, saying why
+        Some(Err(e @ lstm_wgpu::LstmError::UnsupportedOnPath { .. })) if backend == "auto" => {
+            eprintln!("backend: CPU (the GPU path does not run this model: {e})");
+            m.predict_inputs(&xs).map_err(|e| e.to_string())?
+        }
+        Some(Err(e)) => return Err(e.to_string()),
+        None => m.predict_inputs(&xs).map_err(|e| e.to_string())?,
     };
     let write = |path: &Path, a: &ArrayD<f32>| {
         write_npy(path, a).map_err(|e| format!("{}: {e}", path.display()))

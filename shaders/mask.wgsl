@@ -29,7 +29,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var i = 0u; i < p.width; i++) {
         present = present || x[base + i] != p.value;
     }
-    mask[row] = select(0u, 1u, present);
+    mask[row] = select(0u, 0x3f800000u, present); // 1.0: masks are 0.0/1.0 floats
     for (var i = 0u; i < p.width; i++) {
         out[base + i] = select(0.0, x[base + i], present);
     }

@@ -114,16 +114,8 @@ pub(super) fn outputs(plan: &Plan, data: &[u8]) -> Vec<ArrayD<f32>> {
             let n: usize = o.shape.iter().product();
             let values: Vec<f32> =
                 bytemuck::pod_collect_to_vec(&data[o.offset * 4..(o.offset + n) * 4]);
-            let a = ArrayD::from_shape_vec(IxDyn(&o.shape), values)
-                .expect("staging layout matches the output shape");
-            match &o.cols {
-                None => a,
-                Some(r) => {
-                    let last = a.ndim() - 1;
-                    a.slice_axis(ndarray::Axis(last), r.clone().into())
-                        .to_owned()
-                }
-            }
+            ArrayD::from_shape_vec(IxDyn(&o.shape), values)
+                .expect("staging layout matches the output shape")
         })
         .collect()
 }

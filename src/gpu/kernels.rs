@@ -28,11 +28,34 @@ pub(crate) const MASK_WGSL: &str = include_str!("../../shaders/mask.wgsl");
 /// The activation of a `Dense` layer (without the prelude).
 pub(crate) const DENSE_WGSL: &str = include_str!("../../shaders/dense.wgsl");
 
+/// Strided copies (RepeatVector, Permute, padding, Concatenate, states).
+pub(crate) const GATHER_WGSL: &str = include_str!("../../shaders/gather.wgsl");
+/// Value-by-value and row-wise layers of one input (without the prelude).
+pub(crate) const UNARY_WGSL: &str = include_str!("../../shaders/unary.wgsl");
+/// The merge layers of tensors of one shape (without the prelude).
+pub(crate) const BINARY_WGSL: &str = include_str!("../../shaders/binary.wgsl");
+/// Keras `Embedding`.
+pub(crate) const EMBEDDING_WGSL: &str = include_str!("../../shaders/embedding.wgsl");
+/// Layer and batch normalization.
+pub(crate) const NORM_WGSL: &str = include_str!("../../shaders/norm.wgsl");
+/// Pooling over time.
+pub(crate) const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
+/// Conv1D, a tiled implicit GEMM (without the prelude).
+pub(crate) const CONV_WGSL: &str = include_str!("../../shaders/conv1d.wgsl");
+/// Attention, AdditiveAttention and Dot (without the prelude).
+pub(crate) const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
+
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
 /// ```
 /// let names: Vec<&str> = lstm_wgpu::gpu::kernel_sources().iter().map(|(n, _)| *n).collect();
-/// assert_eq!(names, ["projection", "step", "sequence", "merge", "mask", "dense"]);
+/// assert_eq!(
+///     names,
+///     [
+///         "projection", "step", "sequence", "merge", "mask", "dense", "gather", "unary",
+///         "binary", "embedding", "norm", "pool", "conv1d", "attention"
+///     ]
+/// );
 /// ```
 pub fn kernel_sources() -> Vec<(&'static str, String)> {
     vec![
@@ -45,6 +68,14 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
         ("merge", MERGE_WGSL.to_string()),
         ("mask", MASK_WGSL.to_string()),
         ("dense", format!("{COMMON_WGSL}\n{DENSE_WGSL}")),
+        ("gather", GATHER_WGSL.to_string()),
+        ("unary", format!("{COMMON_WGSL}\n{UNARY_WGSL}")),
+        ("binary", format!("{COMMON_WGSL}\n{BINARY_WGSL}")),
+        ("embedding", EMBEDDING_WGSL.to_string()),
+        ("norm", NORM_WGSL.to_string()),
+        ("pool", POOL_WGSL.to_string()),
+        ("conv1d", format!("{COMMON_WGSL}\n{CONV_WGSL}")),
+        ("attention", format!("{COMMON_WGSL}\n{ATTENTION_WGSL}")),
     ]
 }
 
@@ -57,16 +88,32 @@ pub(crate) enum Kernel {
     Merge,
     Mask,
     Dense,
+    Gather,
+    Unary,
+    Binary,
+    Embedding,
+    Norm,
+    Pool,
+    Conv,
+    Attention,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 6] = [
+    const ALL: [Kernel; 14] = [
         Kernel::Projection,
         Kernel::Step,
         Kernel::Sequence,
         Kernel::Merge,
         Kernel::Mask,
         Kernel::Dense,
+        Kernel::Gather,
+        Kernel::Unary,
+        Kernel::Binary,
+        Kernel::Embedding,
+        Kernel::Norm,
+        Kernel::Pool,
+        Kernel::Conv,
+        Kernel::Attention,
     ];
 
     /// Its name in [`kernel_sources`].
@@ -78,6 +125,14 @@ impl Kernel {
             Kernel::Merge => "merge",
             Kernel::Mask => "mask",
             Kernel::Dense => "dense",
+            Kernel::Gather => "gather",
+            Kernel::Unary => "unary",
+            Kernel::Binary => "binary",
+            Kernel::Embedding => "embedding",
+            Kernel::Norm => "norm",
+            Kernel::Pool => "pool",
+            Kernel::Conv => "conv1d",
+            Kernel::Attention => "attention",
         }
     }
 
@@ -123,6 +178,52 @@ impl Kernel {
             ],
             // params, y (in place)
             Kernel::Dense => vec![params(false), storage(1, false)],
+            // params, x, out
+            Kernel::Gather => vec![params(false), storage(1, true), storage(2, false)],
+            // params, x, alpha, out / params, a, b, out / params, x, mask, out
+            Kernel::Unary | Kernel::Binary | Kernel::Pool => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+            ],
+            // params, ids, table, out, mask
+            Kernel::Embedding => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+                storage(4, false),
+            ],
+            // params, x, gamma, beta, mean, variance, out
+            Kernel::Norm => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, true),
+                storage(6, false),
+            ],
+            // params, x, kernel, bias, out
+            Kernel::Conv => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+            ],
+            // params, q, k, v, scale, mask, scores, out
+            Kernel::Attention => vec![
+                params(false),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, true),
+                storage(6, false),
+                storage(7, false),
+            ],
         }
     }
 }
@@ -185,7 +286,12 @@ fn params(dynamic: bool) -> wgpu::BindGroupLayoutEntry {
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
             has_dynamic_offset: dynamic,
-            min_binding_size: wgpu::BufferSize::new(PARAMS_SIZE),
+            // (dynamic blocks are PARAMS_SIZE; a whole-buffer block is its struct's size)
+            min_binding_size: if dynamic {
+                wgpu::BufferSize::new(PARAMS_SIZE)
+            } else {
+                None
+            },
         },
         count: None,
     }

@@ -16,7 +16,7 @@ mod loops;
 mod lstm;
 mod network;
 mod params;
-mod plan;
+pub(crate) mod plan;
 mod scope;
 mod stats;
 mod upload;
@@ -27,7 +27,17 @@ pub use lstm::GpuLstm;
 pub use network::GpuNetwork;
 pub use network::PendingForward;
 pub use params::PERSISTENT_MAX_STATE;
+pub(crate) use plan::{GpuInput, GpuNode, GpuStage, Src};
 pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
 pub use stats::{ForwardProfile, ForwardStats};
+pub(crate) use upload::Uploader;
+
+/// A model graph lowered for the GPU (`Graph::to_gpu`).
+pub(crate) struct GpuGraph {
+    pub stages: Vec<Box<dyn GpuStage>>,
+    pub nodes: Vec<GpuNode>,
+    pub inputs: Vec<GpuInput>,
+    pub outputs: Vec<(usize, Option<usize>)>,
+}
 #[cfg(test)]
 mod twins;

@@ -30,6 +30,23 @@ pub(crate) const MASK_THREADS: usize = 64;
 /// Threads (rows) of a Dense-activation workgroup (dense.wgsl).
 pub(crate) const DENSE_THREADS: usize = 64;
 
+/// Threads of a gather.wgsl workgroup.
+pub(crate) const GATHER_THREADS: usize = 256;
+/// Threads of a unary.wgsl workgroup (values, or rows in the row modes).
+pub(crate) const UNARY_THREADS: usize = 64;
+/// Threads of a binary.wgsl workgroup.
+pub(crate) const BINARY_THREADS: usize = 256;
+/// Threads of an embedding.wgsl workgroup.
+pub(crate) const EMBEDDING_THREADS: usize = 256;
+/// Threads (rows) of a norm.wgsl workgroup.
+pub(crate) const NORM_THREADS: usize = 64;
+/// Threads of a pool.wgsl workgroup.
+pub(crate) const POOL_THREADS: usize = 64;
+/// Rows and columns of the output tile of a conv1d.wgsl workgroup (`TM`, `TN`).
+pub(crate) const CONV_TILE: usize = 64;
+/// Threads of an attention.wgsl workgroup.
+pub(crate) const ATTENTION_THREADS: usize = 64;
+
 /// The cells of step.wgsl (its `CELL` override; the constants of cell.wgsl).
 pub(crate) const CELL_LSTM: u32 = 0;
 /// A GRU with `reset_after`.
@@ -129,6 +146,136 @@ pub(crate) struct DenseParams {
     pub _pad5: u32,
 }
 
+/// gather.wgsl: a strided copy of a box of up to 4 axes (see `plan::gather::Gather`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct GatherParams {
+    pub count: u32,
+    pub out_base: u32,
+    pub in_base: u32,
+    pub _pad0: u32,
+    pub box_dims: [u32; 4],
+    pub out_stride: [u32; 4],
+    pub in_stride: [u32; 4],
+    pub in_dims: [u32; 4],
+    pub pad: [i32; 4],
+    pub div: [u32; 4],
+}
+
+/// unary.wgsl: one value (or row) in, one out.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct UnaryParams {
+    pub count: u32,
+    pub width: u32,
+    pub period: u32,
+    pub has_max: u32,
+    pub a: f32,
+    pub b: f32,
+    pub c: f32,
+    pub _pad0: u32,
+}
+
+/// binary.wgsl: two tensors of one shape, value by value.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct BinaryParams {
+    pub count: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
+    pub _pad4: u32,
+    pub _pad5: u32,
+    pub _pad6: u32,
+}
+
+/// embedding.wgsl: a table row per token id.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct EmbeddingParams {
+    pub count: u32,
+    pub dim: u32,
+    pub vocab: u32,
+    pub mask_zero: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
+}
+
+/// norm.wgsl: layer or batch normalization over the last axis.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct NormParams {
+    pub rows: u32,
+    pub width: u32,
+    pub eps: f32,
+    pub has_gamma: u32,
+    pub has_beta: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+/// pool.wgsl: pooling over time.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct PoolParams {
+    pub batch: u32,
+    pub steps: u32,
+    pub channels: u32,
+    pub out_len: u32,
+    pub size: u32,
+    pub stride: u32,
+    pub left: u32,
+    pub _pad0: u32,
+}
+
+/// conv1d.wgsl: one group of a Conv1D layer.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ConvParams {
+    pub rows: u32,
+    pub out_len: u32,
+    pub steps: u32,
+    pub cin: u32,
+    pub k: u32,
+    pub cg: u32,
+    pub n: u32,
+    pub filters: u32,
+    pub stride: u32,
+    pub dilation: u32,
+    pub left: u32,
+    pub c0: u32,
+    pub f0: u32,
+    pub has_bias: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// attention.wgsl: scores, softmax, weighted sum (and Dot).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct AttentionParams {
+    pub batch: u32,
+    pub tq: u32,
+    pub tv: u32,
+    pub dim: u32,
+    pub vdim: u32,
+    pub q_b: u32,
+    pub q_i: u32,
+    pub q_k: u32,
+    pub k_b: u32,
+    pub k_j: u32,
+    pub k_k: u32,
+    pub has_scale: u32,
+    pub causal: u32,
+    pub has_mask: u32,
+    pub scale: f32,
+    pub concat_weight: f32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +307,11 @@ mod tests {
             panic!("{kernel}: {name} is not a struct");
         };
         assert_eq!(*span as usize, size, "{kernel}: size of {name}");
-        assert_eq!(size as u64, PARAMS_SIZE, "{name}");
+        // dynamic-offset blocks are PARAMS_SIZE apart; every uniform block a multiple of 16
+        if ["projection", "step", "sequence"].contains(&kernel) {
+            assert_eq!(size as u64, PARAMS_SIZE, "{name}");
+        }
+        assert_eq!(size % 16, 0, "{name}");
         let wgsl: Vec<(&str, usize)> = wgsl
             .iter()
             .map(|m| (m.name.as_deref().unwrap_or(""), m.offset as usize))
@@ -206,6 +357,50 @@ mod tests {
                 "dense",
                 "DenseParams",
                 members!(DenseParams: rows, n, _pad0, _pad1, _pad2, _pad3, _pad4, _pad5),
+            ),
+            (
+                "gather",
+                "GatherParams",
+                members!(GatherParams: count, out_base, in_base, _pad0, box_dims, out_stride,
+                    in_stride, in_dims, pad, div),
+            ),
+            (
+                "unary",
+                "UnaryParams",
+                members!(UnaryParams: count, width, period, has_max, a, b, c, _pad0),
+            ),
+            (
+                "binary",
+                "BinaryParams",
+                members!(BinaryParams: count, _pad0, _pad1, _pad2, _pad3, _pad4, _pad5, _pad6),
+            ),
+            (
+                "embedding",
+                "EmbeddingParams",
+                members!(EmbeddingParams: count, dim, vocab, mask_zero, _pad0, _pad1, _pad2,
+                    _pad3),
+            ),
+            (
+                "norm",
+                "NormParams",
+                members!(NormParams: rows, width, eps, has_gamma, has_beta, _pad0, _pad1, _pad2),
+            ),
+            (
+                "pool",
+                "PoolParams",
+                members!(PoolParams: batch, steps, channels, out_len, size, stride, left, _pad0),
+            ),
+            (
+                "conv1d",
+                "ConvParams",
+                members!(ConvParams: rows, out_len, steps, cin, k, cg, n, filters, stride,
+                    dilation, left, c0, f0, has_bias, _pad0, _pad1),
+            ),
+            (
+                "attention",
+                "AttentionParams",
+                members!(AttentionParams: batch, tq, tv, dim, vdim, q_b, q_i, q_k, k_b, k_j,
+                    k_k, has_scale, causal, has_mask, scale, concat_weight),
             ),
         ];
         for (kernel, name, (size, members)) in cases {
@@ -261,6 +456,17 @@ mod tests {
         assert_eq!(workgroup_size("merge"), threads(MERGE_THREADS));
         assert_eq!(workgroup_size("mask"), threads(MASK_THREADS));
         assert_eq!(workgroup_size("dense"), threads(DENSE_THREADS));
+        assert_eq!(workgroup_size("gather"), threads(GATHER_THREADS));
+        assert_eq!(workgroup_size("unary"), threads(UNARY_THREADS));
+        assert_eq!(workgroup_size("binary"), threads(BINARY_THREADS));
+        assert_eq!(workgroup_size("embedding"), threads(EMBEDDING_THREADS));
+        assert_eq!(workgroup_size("norm"), threads(NORM_THREADS));
+        assert_eq!(workgroup_size("pool"), threads(POOL_THREADS));
+        assert_eq!(workgroup_size("attention"), threads(ATTENTION_THREADS));
+        // conv1d: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
+        assert_eq!(workgroup_size("conv1d"), [16, 16, 1]);
+        assert_eq!(constant("conv1d", "TM"), CONV_TILE);
+        assert_eq!(constant("conv1d", "TN"), CONV_TILE);
         // The whole-sequence kernel's workgroup array holds PERSISTENT_MAX_STATE values.
         let m = module("sequence");
         let hs = m

@@ -63,7 +63,7 @@ pub struct ForwardProfile {
 
 /// What each timestamp closes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     Start,
     Projection,
     Steps,

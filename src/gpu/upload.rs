@@ -4,6 +4,7 @@
 
 use super::context::GpuContext;
 use super::params::{PROJECTION_COLUMNS, PROJECTION_THREADS};
+use super::plan::{BidiStage, GpuStage, LstmStage};
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::Lstm;
 use crate::element::Element;
@@ -12,7 +13,7 @@ use ndarray::ArrayView2;
 
 /// One LSTM direction's weights on the GPU.
 #[derive(Debug)]
-pub(super) struct DirWeights {
+pub(crate) struct DirWeights {
     pub(super) config: LstmConfig,
     pub(super) input_dim: usize,
     pub(super) kernel: wgpu::Buffer,
@@ -23,7 +24,7 @@ pub(super) struct DirWeights {
 }
 
 /// The values of `m` in row-major order (Keras's layout, which the kernels read).
-pub(super) fn row_major<T: Element>(m: ArrayView2<T>) -> Vec<f32> {
+pub(crate) fn row_major<T: Element>(m: ArrayView2<T>) -> Vec<f32> {
     m.iter().map(|v| v.to_f64() as f32).collect()
 }
 
@@ -163,7 +164,7 @@ pub(super) fn upload_weights<T: Element>(
 /// (`PROJECTION_COLUMNS`), each as 64 vec4s (one per thread) holding columns
 /// `(c, c + 64, c + 128, c + 192)` for `c = 256·g + x` (zero past
 /// N), so each thread's four columns are one vec4.
-pub(super) fn projection_order<T: Element>(m: ndarray::ArrayView2<T>) -> Vec<f32> {
+pub(crate) fn projection_order<T: Element>(m: ndarray::ArrayView2<T>) -> Vec<f32> {
     let (k, n) = m.dim();
     let (cols, threads) = (PROJECTION_COLUMNS, PROJECTION_THREADS);
     let stride = n.div_ceil(cols) * cols;
@@ -191,4 +192,69 @@ pub(super) fn gates_side_by_side<T: Element>(r: ndarray::ArrayView2<T>, gates: u
         }
     }
     out
+}
+
+/// Uploads the weights of a model's layers once, counting their bytes and numbering the
+/// recurrent directions (each gets a pair of state buffers).
+pub(crate) struct Uploader<'a> {
+    pub(crate) ctx: &'a GpuContext,
+    pub(crate) bytes: u64,
+    pub(crate) directions: usize,
+}
+
+impl<'a> Uploader<'a> {
+    pub(crate) fn new(ctx: &'a GpuContext) -> Self {
+        Uploader {
+            ctx,
+            bytes: 0,
+            directions: 0,
+        }
+    }
+
+    /// `data` in a new storage buffer named `name`.
+    pub(crate) fn floats(&mut self, name: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let ctx = self.ctx;
+        let bytes = &mut self.bytes;
+        // (a zero-length weight still binds: one unread value)
+        let data = if data.is_empty() { &[0.0][..] } else { data };
+        ctx.checked("uploading weights", || upload_f32(ctx, name, data, bytes))?
+    }
+
+    /// The stages of `net` (an LSTM/GRU/SimpleRNN, a Bidirectional one or a stack of them).
+    pub(crate) fn recurrent<T: Element>(
+        &mut self,
+        net: &crate::network::Network<T>,
+    ) -> Result<Vec<Box<dyn GpuStage>>> {
+        use crate::network::Network;
+        let direction = |l: &Lstm<T>, up: &mut Self| -> Result<LstmStage> {
+            let ctx = up.ctx;
+            let bytes = &mut up.bytes;
+            let weights = ctx.checked("uploading weights", || upload_weights(ctx, l, bytes))??;
+            let stage = LstmStage {
+                weights,
+                state: up.directions,
+            };
+            up.directions += 1;
+            Ok(stage)
+        };
+        Ok(match net {
+            Network::Lstm(l) => vec![Box::new(direction(l, self)?)],
+            Network::Bidirectional(b) => {
+                let fwd = direction(b.forward_layer(), self)?;
+                let bwd = direction(b.backward_layer(), self)?;
+                vec![Box::new(BidiStage {
+                    fwd,
+                    bwd,
+                    mode: b.merge_mode(),
+                })]
+            }
+            Network::Sequential(layers) => {
+                let mut all = Vec::new();
+                for l in layers {
+                    all.extend(self.recurrent(l)?);
+                }
+                all
+            }
+        })
+    }
 }

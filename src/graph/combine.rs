@@ -1,9 +1,12 @@
 //! The graph's layers that combine or reduce tensors on the CPU: the merges, layer and batch
 //! normalization, global pooling, and the op layers Keras saves for a functional `Masking`.
 
-use super::ops::{bool_mask, fitting_mask, one_input, Extra, Op};
+use super::ops::{bool_mask, fitting_mask, one_input, stage, Extra, GpuStage, Op, Uploader};
 use super::Value;
 use crate::error::{LstmError, Result};
+use crate::gpu::plan::{
+    BinaryOp, BinaryStage, DotStage, GatherStage, Layout, NormStage, PoolStage, UnaryOp, UnaryStage,
+};
 use ndarray::{s, Array1, Array2, Axis, Ix3};
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,27 @@ impl Op for Merge {
         };
         Ok(vec![Value { data, mask }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let op = match self.class.as_str() {
+            "Concatenate" => {
+                return stage(GatherStage {
+                    name: self.name.clone(),
+                    layout: Layout::Concat(self.axis),
+                })
+            }
+            "Add" | "Average" => BinaryOp::Add,
+            "Subtract" => BinaryOp::Subtract,
+            "Multiply" => BinaryOp::Multiply,
+            "Maximum" => BinaryOp::Maximum,
+            _ => BinaryOp::Minimum,
+        };
+        stage(BinaryStage {
+            name: self.name.clone(),
+            op,
+            average: self.class == "Average",
+        })
+    }
 }
 
 /// `LayerNormalization` (over the last axis) or `BatchNormalization` with its moving
@@ -149,6 +173,28 @@ impl Op for Norm {
             mask: x.mask.clone(),
         }])
     }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let mut vec = |w: &Option<Array1<f32>>, what: &str| -> Result<Option<wgpu::Buffer>> {
+            w.as_ref()
+                .map(|a| up.floats(&format!("{}/{what}", self.name), &a.to_vec()))
+                .transpose()
+        };
+        let width = [&self.gamma, &self.beta, &self.mean]
+            .iter()
+            .find_map(|w| w.as_ref().map(|a| a.len()))
+            .unwrap_or(0);
+        stage(NormStage {
+            name: self.name.clone(),
+            width,
+            eps: self.eps,
+            layer: self.layer,
+            gamma: vec(&self.gamma, "gamma")?,
+            beta: vec(&self.beta, "beta")?,
+            mean: vec(&self.mean, "moving_mean")?,
+            var: vec(&self.var, "moving_variance")?,
+        })
+    }
 }
 
 /// `GlobalAveragePooling1D` (over unmasked steps only) or `GlobalMaxPooling1D` (every step:
@@ -200,6 +246,15 @@ impl Op for GlobalPool {
         };
         Ok(vec![Value { data, mask: None }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(PoolStage {
+            name: "GlobalPooling1D".into(),
+            max: !self.average,
+            window: None,
+            keepdims: self.keepdims,
+        })
+    }
 }
 
 /// The op layer Keras saves for `x != scalar` (a functional `Masking`'s mask).
@@ -218,6 +273,13 @@ impl Op for NotEqual {
             data: x.data.mapv(|v| f32::from(u8::from(v != c))),
             mask: None,
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: "NotEqual".into(),
+            op: UnaryOp::NotEqual,
+        })
     }
 }
 
@@ -247,6 +309,16 @@ impl Op for AnyOp {
             data = data.insert_axis(axis);
         }
         Ok(vec![Value { data, mask: None }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: "Any".into(),
+            op: UnaryOp::Any {
+                axis: self.axis,
+                keepdims: self.keepdims,
+            },
+        })
     }
 }
 
@@ -348,5 +420,13 @@ impl Op for Dot {
             .into_shape_with_order(ndarray::IxDyn(&shape))
             .expect("the same number of values");
         Ok(vec![Value { data, mask: None }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(DotStage {
+            name: self.name.clone(),
+            axes: self.axes,
+            normalize: self.normalize,
+        })
     }
 }

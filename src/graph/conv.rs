@@ -4,10 +4,11 @@
 //! incoming mask, except the attention layers, which apply the value mask to the scores and
 //! pass the query's mask on (their `compute_mask`).
 
-use super::ops::{fitting_mask, Extra, Op};
+use super::ops::{fitting_mask, stage, Extra, GpuStage, Op, Uploader};
 use super::Value;
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
+use crate::gpu::plan::{AttentionStage, ConvStage, GatherStage, Layout, PoolStage};
 use ndarray::{Array1, Array3, ArrayD, Axis, Ix1, Ix3};
 use serde_json::Value as Json;
 
@@ -77,7 +78,12 @@ fn one_3d<'a>(inputs: &[&'a Value], name: &str) -> Result<ndarray::ArrayView3<'a
 }
 
 /// (left padding, output length) of a 1-D window of `span` (dilated size) over `t` steps.
-fn window(padding: &str, t: usize, span: usize, stride: usize) -> Result<(usize, usize)> {
+pub(crate) fn window(
+    padding: &str,
+    t: usize,
+    span: usize,
+    stride: usize,
+) -> Result<(usize, usize)> {
     Ok(match padding {
         "valid" => (
             0,
@@ -294,6 +300,28 @@ impl Op for Conv1D {
             mask: None,
         }])
     }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let (k, cg, f) = self.kernel.dim();
+        let w: Vec<f32> = self.kernel.iter().copied().collect();
+        stage(ConvStage {
+            name: self.name.clone(),
+            kernel: up.floats(&format!("{}/kernel", self.name), &w)?,
+            bias: self
+                .bias
+                .as_ref()
+                .map(|b| up.floats(&format!("{}/bias", self.name), &b.to_vec()))
+                .transpose()?,
+            kernel_size: k,
+            channels_per_group: cg,
+            filters: f,
+            groups: self.groups,
+            stride: self.stride,
+            dilation: self.dilation,
+            padding: self.padding.clone(),
+            activation: self.activation,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -330,6 +358,15 @@ impl Op for Pool {
             mask: None,
         }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(PoolStage {
+            name: self.name.clone(),
+            max: self.max,
+            window: Some((self.size, self.stride, self.padding.clone())),
+            keepdims: false,
+        })
+    }
 }
 
 /// `ZeroPadding1D`, `Cropping1D` and `UpSampling1D` on the time axis.
@@ -363,6 +400,17 @@ impl Op for Pad {
             data: y.into_dyn(),
             mask: None,
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "padding".into(),
+            layout: Layout::Pad {
+                pad: self.pad,
+                crop: self.crop,
+                repeat: self.repeat,
+            },
+        })
     }
 }
 
@@ -481,6 +529,20 @@ impl Op for Attention {
             });
         }
         Ok(outs)
+    }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let scale_buf = match (&self.scale, self.additive) {
+            (Some(s), true) => Some(up.floats(&format!("{}/scale", self.name), s)?),
+            _ => None,
+        };
+        stage(AttentionStage {
+            name: self.name.clone(),
+            additive: self.additive,
+            scale: self.scale.clone(),
+            scale_buf,
+            concat_weight: self.concat_weight,
+        })
     }
 }
 

@@ -2,10 +2,15 @@
 //! `initial_state` and `mask` from the graph), `Dense`, `Embedding`, `Masking`, the shape
 //! layers and the activation layers.
 
-use super::ops::{act_of, apply_act, bool_mask, one_input, Act, Extra, Op};
+use super::ops::{
+    act_of, apply_act, bool_mask, one_input, stage, Act, Extra, GpuStage, Op, Uploader,
+};
 use super::Value;
 use crate::cpu::reference::matmul;
 use crate::error::{LstmError, Result};
+use crate::gpu::plan::{
+    DenseStage, EmbeddingStage, GatherStage, Layout, MaskStage, UnaryOp, UnaryStage,
+};
 use crate::network::Network;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix2, Ix3, IxDyn};
 use serde_json::Value as Json;
@@ -16,6 +21,13 @@ pub(super) struct Identity;
 impl Op for Identity {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         Ok(inputs.iter().map(|v| (*v).clone()).collect())
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "identity".into(),
+            layout: Layout::Identity,
+        })
     }
 }
 
@@ -78,6 +90,17 @@ impl Op for Recurrent {
                 data,
             })
             .collect())
+    }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let mut stages = up.recurrent(&self.net)?;
+        match stages.len() {
+            1 => Ok(stages.remove(0)),
+            n => Err(LstmError::invalid(
+                format!("layer {}", self.name),
+                format!("a recurrent layer of {n} stages"),
+            )),
+        }
     }
 }
 
@@ -183,6 +206,20 @@ impl Op for Dense {
             mask: x.mask.clone(),
         }])
     }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let act = match self.act {
+            Act::Elementwise(a) => Some(a),
+            Act::Softmax => None,
+        };
+        stage(DenseStage::upload(
+            up,
+            &self.name,
+            self.kernel.view(),
+            self.bias.as_ref().map(|b| b.view()),
+            act,
+        )?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +262,18 @@ impl Op for Embedding {
             mask,
         }])
     }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let (vocab, dim) = self.table.dim();
+        let values: Vec<f32> = self.table.iter().copied().collect();
+        stage(EmbeddingStage {
+            name: self.name.clone(),
+            table: up.floats(&format!("{}/embeddings", self.name), &values)?,
+            vocab,
+            dim,
+            mask_zero: self.mask_zero,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +301,10 @@ impl Op for Masking {
             mask: Some(m),
         }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(MaskStage { value: self.value })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -273,6 +326,13 @@ impl Op for RepeatVector {
             data: out.into_dyn(),
             mask: None,
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "RepeatVector".into(),
+            layout: Layout::Repeat(self.n),
+        })
     }
 }
 
@@ -309,6 +369,13 @@ impl Op for Reshape {
             .map_err(|_| LstmError::shape("target_shape", &shape, x.data.shape()))?;
         Ok(vec![Value { data, mask: None }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "Reshape".into(),
+            layout: Layout::Reshape(self.target.clone()),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +408,13 @@ impl Op for Permute {
             .into_owned();
         Ok(vec![Value { data, mask: None }])
     }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "Permute".into(),
+            layout: Layout::Permute(self.dims.clone()),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -355,6 +429,16 @@ impl Op for Activate {
             data,
             mask: x.mask.clone(),
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: "Activation".into(),
+            op: match self.0 {
+                Act::Elementwise(a) => UnaryOp::Act(a),
+                Act::Softmax => UnaryOp::Softmax,
+            },
+        })
     }
 }
 
@@ -378,6 +462,17 @@ impl Op for Leaky {
             data,
             mask: x.mask.clone(),
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: "ReLU".into(),
+            op: UnaryOp::Leaky {
+                slope: self.slope,
+                threshold: self.threshold,
+                max: self.max,
+            },
+        })
     }
 }
 
@@ -416,5 +511,12 @@ impl Op for PRelu {
             data,
             mask: x.mask.clone(),
         }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: self.name.clone(),
+            op: UnaryOp::PRelu(self.alpha.clone()),
+        })
     }
 }

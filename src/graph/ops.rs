@@ -10,6 +10,8 @@ use super::Value;
 use crate::activation::Activation;
 use crate::config::LayerConfig;
 use crate::error::{LstmError, Result};
+pub(super) use crate::gpu::plan::GpuStage;
+pub(super) use crate::gpu::Uploader;
 use crate::network::Network;
 use crate::weight_source::WeightSource;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix2};
@@ -58,6 +60,15 @@ impl Clone for Box<dyn Op> {
 pub(crate) trait Op: OpClone + std::fmt::Debug + Send {
     /// Runs the layer on `inputs`, returning its outputs with their masks.
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>>;
+
+    /// The layer's GPU twin: its stage with the weights uploaded by `up` (the stage's
+    /// builder and kernel compute what `call` does, step for step).
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>>;
+}
+
+/// `s` boxed as a stage.
+pub(super) fn stage(s: impl GpuStage + 'static) -> Result<Box<dyn GpuStage>> {
+    Ok(Box::new(s))
 }
 
 /// The layer classes a graph runs (and `InputLayer`).

@@ -302,6 +302,11 @@ impl KerasModel {
         &self.name
     }
 
+    /// The model's graph (what the GPU path compiles).
+    pub(crate) fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
     /// Which outputs of the last layer the model returns, in order (a chain model; empty
     /// for other graphs).
     pub fn output_indices(&self) -> &[usize] {

@@ -9,8 +9,9 @@ use super::exec::{is_mapped, MapSlot};
 use super::plan::{BufferPool, GpuModel, Plan, PlanKey, RecurrentKernel, StateBuffers};
 use super::stats::{ForwardProfile, ForwardStats};
 use crate::error::{LstmError, Result};
+use crate::model::ModelInput;
 use crate::validate::{check_inputs, check_state};
-use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayView3, ArrayViewD};
 use std::sync::Arc;
 
 /// A [`Network`](crate::Network) on the GPU: a recurrent layer (LSTM, GRU, SimpleRNN), a
@@ -31,8 +32,6 @@ use std::sync::Arc;
 /// ```
 pub struct GpuNetwork {
     pub(super) model: GpuModel,
-    /// For models: which of the last layer's outputs to return, in order.
-    pub(super) output_select: Option<Vec<usize>>,
     /// Plans per shape (see `PlanKey`), built on first use; the most recently used last, at
     /// most `plan_capacity` of them.
     pub(super) plans: Vec<(PlanKey, Plan)>,
@@ -104,6 +103,7 @@ impl std::fmt::Debug for GpuNetwork {
         f.debug_struct("GpuNetwork")
             .field("adapter", &self.model.ctx.adapter_info().name)
             .field("stages", &self.model.stages)
+            .field("nodes", &self.model.nodes)
             .finish()
     }
 }
@@ -205,13 +205,17 @@ impl GpuNetwork {
         self.ready = None;
     }
 
-    pub(super) fn plan(&self, key: PlanKey) -> Option<&Plan> {
-        self.plans.iter().find(|(k, _)| *k == key).map(|(_, p)| p)
+    pub(super) fn plan(&self, key: &PlanKey) -> Option<&Plan> {
+        self.plans.iter().find(|(k, _)| k == key).map(|(_, p)| p)
     }
 
-    /// The input width I.
+    /// The input width I (of the first input).
     pub fn input_dim(&self) -> usize {
-        self.model.input_dim
+        self.model
+            .inputs
+            .first()
+            .and_then(|i| i.dims.last().copied().flatten())
+            .unwrap_or(0)
     }
 
     /// Chooses the kernel that runs the time loops (see [`RecurrentKernel`]; default `Auto`).
@@ -268,8 +272,77 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<Vec<ArrayD<f32>>> {
-        self.submit(x, initial_state, mask)?;
+        self.submit(&[x.into_dyn()], initial_state, mask)?;
         self.finish()
+    }
+
+    /// Runs a model of several inputs (or of one input of any rank, such as token ids):
+    /// `inputs` in the model's input order ([`KerasModel::inputs`](crate::model::KerasModel::inputs)),
+    /// float or integer (token ids, checked against the vocabulary of the Embedding layers
+    /// reading them). Returns the model's outputs in its output order, from one submission.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// use lstm_wgpu::model::{KerasModel, ModelInput};
+    /// let model = KerasModel::load("encoder_decoder.keras".as_ref())?;
+    /// let mut gpu = GpuNetwork::from_model(GpuContext::new()?, &model)?;
+    /// let encoder = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 8, 4]));
+    /// let decoder = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[2, 6, 3]));
+    /// let outputs = gpu.forward_inputs(&[encoder.into(), decoder.into()])?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn forward_inputs(&mut self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
+        let xs = self.float_inputs(inputs)?;
+        let views: Vec<ArrayViewD<f32>> = xs.iter().map(|x| x.view()).collect();
+        self.submit(&views, None, None)?;
+        self.finish()
+    }
+
+    /// The inputs as floats: token ids checked (integers in 0..vocabulary of the Embedding
+    /// layers reading the input, and below 2^24 so that a float holds them exactly).
+    fn float_inputs(&self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
+        let specs = &self.model.inputs;
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(k, x)| {
+                let name = specs.get(k).map_or("x", |s| s.name.as_str());
+                let vocab = specs.get(k).and_then(|s| s.vocabulary);
+                let check = |v: f64| -> Result<()> {
+                    let limit = vocab.map_or(1u64 << 24, |n| (n as u64).min(1 << 24)) as f64;
+                    if vocab.is_some() && !(v >= 0.0 && v < limit && v.fract() == 0.0) {
+                        return Err(LstmError::invalid(
+                            format!("input {name}"),
+                            format!("token id {v} is not in 0..{limit}"),
+                        ));
+                    }
+                    Ok(())
+                };
+                match x {
+                    ModelInput::F32(a) => {
+                        for &v in a {
+                            check(f64::from(v))?;
+                        }
+                        Ok(a.clone())
+                    }
+                    ModelInput::I64(a) => {
+                        for &v in a {
+                            check(v as f64)?;
+                            if vocab.is_none() && v.unsigned_abs() >= 1 << 24 {
+                                return Err(LstmError::invalid(
+                                    format!("input {name}"),
+                                    format!(
+                                        "integer {v} is not exact as a float32 (the GPU's \
+                                         inputs are float32)"
+                                    ),
+                                ));
+                            }
+                        }
+                        Ok(a.mapv(|v| v as f32))
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Submits a forward and returns before the GPU finishes; [`PendingForward::wait`] reads
@@ -280,7 +353,7 @@ impl GpuNetwork {
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<PendingForward<'_>> {
-        self.submit(x, initial_state, mask)?;
+        self.submit(&[x.into_dyn()], initial_state, mask)?;
         Ok(PendingForward { net: self })
     }
 
@@ -324,16 +397,77 @@ impl GpuNetwork {
             .map_err(|_| LstmError::invalid("step", "the output is not one step wide"))
     }
 
+    /// Checks the inputs (count, rank, the fixed axes, one batch), the mask and the initial
+    /// states; returns the batch.
     pub(super) fn check(
         &self,
-        x: ArrayView3<f32>,
+        xs: &[ArrayViewD<f32>],
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
-    ) -> Result<(usize, usize, usize)> {
-        let dims = check_inputs(self.model.input_dim, x, mask)?;
+    ) -> Result<usize> {
+        let specs = &self.model.inputs;
+        if xs.len() != specs.len() {
+            let names: Vec<&str> = specs.iter().map(|i| i.name.as_str()).collect();
+            return Err(LstmError::invalid(
+                "inputs",
+                format!(
+                    "the model takes {} inputs {names:?}, got {}",
+                    names.len(),
+                    xs.len()
+                ),
+            ));
+        }
+        let one_sequence = specs.len() == 1
+            && specs[0].dims.len() == 2
+            && specs[0].dims[1].is_some()
+            && xs[0].ndim() == 3;
+        let dims = if one_sequence {
+            let x3 = xs[0]
+                .view()
+                .into_dimensionality::<ndarray::Ix3>()
+                .map_err(|_| LstmError::invalid("x", "must be [B, T, I]"))?;
+            check_inputs(specs[0].dims[1].unwrap_or(0), x3, mask)?
+        } else {
+            if mask.is_some() {
+                return Err(LstmError::invalid(
+                    "mask",
+                    "a mask is taken by models of one sequence input [B, T, I]; this model's \
+                     masks come from its own layers",
+                ));
+            }
+            let batch = xs[0].shape().first().copied().unwrap_or(0);
+            for (x, spec) in xs.iter().zip(specs) {
+                let want: Vec<String> = std::iter::once("B".to_string())
+                    .chain(
+                        spec.dims
+                            .iter()
+                            .map(|d| d.map_or("None".into(), |v| v.to_string())),
+                    )
+                    .collect();
+                let fits = x.ndim() == spec.dims.len() + 1
+                    && x.shape()[0] == batch
+                    && spec
+                        .dims
+                        .iter()
+                        .zip(&x.shape()[1..])
+                        .all(|(d, &n)| d.is_none_or(|d| d == n));
+                if !fits || x.is_empty() {
+                    return Err(LstmError::invalid(
+                        format!("input {}", spec.name),
+                        format!(
+                            "has shape {:?}; the model takes [{}] (B = {batch}, the first \
+                             input's batch), with no empty axis",
+                            x.shape(),
+                            want.join(", ")
+                        ),
+                    ));
+                }
+            }
+            (batch, 0, 0)
+        };
         if let Some(init) = initial_state {
-            let dirs = match self.model.stages.as_slice() {
-                [only] => only.directions(),
+            let dirs = match self.model.nodes.as_slice() {
+                [only] => self.model.stages[only.stage].directions(),
                 _ => Vec::new(),
             };
             if dirs.is_empty() || dirs.len() > 2 {
@@ -370,7 +504,7 @@ impl GpuNetwork {
                 check_state(name, *s, dims.0, *units)?;
             }
         }
-        Ok(dims)
+        Ok(dims.0)
     }
 
     pub(super) fn create_states(&self, batch: usize) -> Result<StateBuffers> {

@@ -4,28 +4,31 @@
 use super::{GpuNetwork, Pending};
 use crate::error::{LstmError, Result};
 use crate::gpu::exec::{gpu_profile, map, outputs, record, rows_within, wait_and_read};
+use crate::gpu::plan::PlanKey;
 use crate::gpu::stats::{ForwardProfile, ForwardStats};
-use ndarray::{ArrayD, ArrayView2, ArrayView3};
+use ndarray::{ArrayD, ArrayView2, ArrayViewD};
 
 impl GpuNetwork {
     /// Submits a forward, in one submission when its buffers fit the adapter's limits, else in
     /// batch chunks (then run to the end before this returns: the outputs wait in `ready`).
     pub(super) fn submit(
         &mut self,
-        x: ArrayView3<f32>,
+        xs: &[ArrayViewD<f32>],
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
     ) -> Result<()> {
         // An earlier forward_async whose outputs were never read.
         self.finish_pending();
-        let batch = x.dim().0;
-        match self.submit_whole(x, initial_state, mask, batch) {
+        let batch = xs
+            .first()
+            .map_or(0, |x| x.shape().first().copied().unwrap_or(0));
+        match self.submit_whole(xs, initial_state, mask, batch) {
             Err(e @ LstmError::Limit { .. }) if self.stateful() => Err(e.with_hint(
                 "a stateful network keeps one state for its whole batch and cannot run it in \
                  batch chunks: use a smaller batch",
             )),
             Err(e @ LstmError::Limit { .. }) => {
-                let (outputs, stats) = self.forward_in_chunks(x, initial_state, mask, e)?;
+                let (outputs, stats) = self.forward_in_chunks(xs, initial_state, mask, e)?;
                 self.ready = Some((outputs, stats));
                 Ok(())
             }
@@ -39,13 +42,13 @@ impl GpuNetwork {
     /// computed as in a whole-batch forward, so the outputs are the same bits.
     pub(super) fn forward_in_chunks(
         &mut self,
-        x: ArrayView3<f32>,
+        xs: &[ArrayViewD<f32>],
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
         limit: LstmError,
     ) -> Result<(Vec<ArrayD<f32>>, ForwardStats)> {
-        use ndarray::{s, Axis};
-        let batch = x.dim().0;
+        use ndarray::{s, Axis, Slice};
+        let batch = xs.first().map_or(0, |x| x.shape()[0]);
         let mut rows = batch;
         // The last limit error and how many rows it was for, until the rows are shrunk to it.
         let mut failed = Some((limit, batch));
@@ -70,9 +73,13 @@ impl GpuNetwork {
             let r1 = (r0 + rows).min(batch);
             let init: Option<Vec<ArrayView2<f32>>> =
                 initial_state.map(|i| i.iter().map(|a| a.slice(s![r0..r1, ..])).collect());
+            let part: Vec<ArrayViewD<f32>> = xs
+                .iter()
+                .map(|x| x.slice_axis(Axis(0), Slice::from(r0..r1)))
+                .collect();
             let run = self
                 .submit_whole(
-                    x.slice(s![r0..r1, .., ..]),
+                    &part,
                     init.as_deref(),
                     mask.map(|m| m.slice_move(s![r0..r1, ..])),
                     batch,
@@ -109,13 +116,13 @@ impl GpuNetwork {
     /// kernels chosen for a batch of `choice_batch` rows.
     pub(super) fn submit_whole(
         &mut self,
-        x: ArrayView3<f32>,
+        xs: &[ArrayViewD<f32>],
         initial_state: Option<&[ArrayView2<f32>]>,
         mask: Option<ArrayView2<bool>>,
         choice_batch: usize,
     ) -> Result<()> {
         let started = std::time::Instant::now();
-        let (batch, steps, _) = self.check(x, initial_state, mask)?;
+        let batch = self.check(xs, initial_state, mask)?;
         let mut stats = ForwardStats {
             submits: 1,
             readbacks: 1,
@@ -139,7 +146,11 @@ impl GpuNetwork {
             self.states = Some(states);
             self.state_valid = false;
         }
-        let key = (batch, steps, mask.is_some(), choice_batch);
+        let key = PlanKey {
+            shapes: xs.iter().map(|x| x.shape().to_vec()).collect(),
+            has_mask: mask.is_some(),
+            choice_batch,
+        };
         match self.plans.iter().position(|(k, _)| *k == key) {
             Some(i) => {
                 let entry = self.plans.remove(i);
@@ -150,13 +161,13 @@ impl GpuNetwork {
                 let states = self.states.as_ref().expect("states were just built");
                 let plan =
                     self.model
-                        .plan(key, states, self.kernel_choice, profile, &mut self.pool)?;
+                        .plan(&key, states, self.kernel_choice, profile, &mut self.pool)?;
                 stats.bytes_uploaded += plan.params_bytes;
                 stats.buffers_created += plan.buffers;
                 if self.plans.len() >= self.plan_capacity {
                     self.plans.remove(0);
                 }
-                self.plans.push((key, plan));
+                self.plans.push((key.clone(), plan));
             }
         }
         let plan = &self.plans.last().expect("the plan was just placed").1;
@@ -164,14 +175,16 @@ impl GpuNetwork {
         let ctx = &self.model.ctx;
         let queue = ctx.queue();
 
-        // Uploads: x, mask, initial states.
-        let x_std = x.as_standard_layout();
-        let x_bytes: &[u8] = bytemuck::cast_slice(x_std.as_slice().expect("standard layout"));
-        queue.write_buffer(&plan.x, 0, x_bytes);
-        stats.bytes_uploaded += x_bytes.len() as u64;
-        if let Some(m) = mask {
-            let words: Vec<u32> = m.iter().map(|&v| u32::from(v)).collect();
-            queue.write_buffer(&plan.mask, 0, bytemuck::cast_slice(&words));
+        // Uploads: the inputs, the mask (as 0.0/1.0 floats), initial states.
+        for (x, buf) in xs.iter().zip(&plan.inputs) {
+            let x_std = x.as_standard_layout();
+            let x_bytes: &[u8] = bytemuck::cast_slice(x_std.as_slice().expect("standard layout"));
+            queue.write_buffer(buf, 0, x_bytes);
+            stats.bytes_uploaded += x_bytes.len() as u64;
+        }
+        if let (Some(m), Some(buf)) = (mask, &plan.mask) {
+            let words: Vec<f32> = m.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+            queue.write_buffer(buf, 0, bytemuck::cast_slice(&words));
             stats.bytes_uploaded += 4 * words.len() as u64;
         }
         let mut encoder = ctx
@@ -236,7 +249,7 @@ impl GpuNetwork {
             .take()
             .ok_or_else(|| LstmError::invalid("forward", "no forward was submitted"))?;
         let plan = self
-            .plan(pending.key)
+            .plan(&pending.key)
             .expect("a pending forward's plan stays cached until it is read");
         let ctx = &self.model.ctx;
         let data = wait_and_read(ctx, &plan.staging, plan.staging_size, &pending.mapped)?;
@@ -249,19 +262,6 @@ impl GpuNetwork {
             ..p
         });
         self.stats = pending.stats;
-        match &self.output_select {
-            None => Ok(outputs),
-            Some(select) => {
-                let mut outputs: Vec<Option<ArrayD<f32>>> = outputs.into_iter().map(Some).collect();
-                select
-                    .iter()
-                    .map(|&k| {
-                        outputs.get_mut(k).and_then(Option::take).ok_or_else(|| {
-                            LstmError::invalid("model outputs", format!("no output {k}"))
-                        })
-                    })
-                    .collect()
-            }
-        }
+        Ok(outputs)
     }
 }

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 /// shape), so one buffer serves every shape that fits it. Plans run one at a time (a forward
 /// waits for the one before it), so sharing is safe.
 #[derive(Default)]
-pub(in crate::gpu) struct BufferPool {
-    pub(in crate::gpu) slots: HashMap<(String, u32, u32), wgpu::Buffer>,
+pub(crate) struct BufferPool {
+    pub(crate) slots: HashMap<(String, u32, u32), wgpu::Buffer>,
 }
 
 /// Creates a plan's buffers: working buffers from the pool, parameter blocks its own.
-pub(in crate::gpu) struct Allocator<'a> {
+pub(crate) struct Allocator<'a> {
     ctx: &'a GpuContext,
     pool: &'a mut BufferPool,
     /// How many buffers of each (label, usage) this plan has asked for so far.
@@ -86,6 +86,18 @@ impl<'a> Allocator<'a> {
         buf
     }
 
+    /// A read-only storage buffer holding `data` (values a plan derives for its shape, such
+    /// as a broadcast weight), written once per plan.
+    pub(super) fn constant(&mut self, label: &str, data: &[f32]) -> wgpu::Buffer {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let buf = self.create(label, (4 * data.len() as u64).max(4), usage);
+        self.ctx
+            .queue()
+            .write_buffer(&buf, 0, bytemuck::cast_slice(data));
+        self.params_bytes += 4 * data.len() as u64;
+        buf
+    }
+
     /// A uniform buffer holding `data` (parameter blocks, written once per plan).
     pub(super) fn uniform(&mut self, label: &str, data: &[u8]) -> wgpu::Buffer {
         let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
@@ -97,13 +109,13 @@ impl<'a> Allocator<'a> {
 }
 
 /// The largest storage buffer this adapter binds.
-pub(in crate::gpu) fn max_binding(ctx: &GpuContext) -> u64 {
+pub(crate) fn max_binding(ctx: &GpuContext) -> u64 {
     let l = ctx.limits();
     l.max_storage_buffer_binding_size.min(l.max_buffer_size)
 }
 
 /// A buffer over an adapter limit (before batch chunking is tried).
-pub(in crate::gpu) fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmError {
+pub(crate) fn limit_error(what: &str, need: u64, max: u64, limit: &str) -> LstmError {
     LstmError::Limit {
         what: what.into(),
         need,
@@ -114,7 +126,7 @@ pub(in crate::gpu) fn limit_error(what: &str, need: u64, max: u64, limit: &str) 
 }
 
 /// `what` of `size` bytes must fit one storage binding.
-pub(in crate::gpu) fn check_binding(ctx: &GpuContext, what: &str, size: u64) -> Result<()> {
+pub(crate) fn check_binding(ctx: &GpuContext, what: &str, size: u64) -> Result<()> {
     let max = max_binding(ctx);
     if size > max {
         return Err(limit_error(
@@ -129,15 +141,15 @@ pub(in crate::gpu) fn check_binding(ctx: &GpuContext, what: &str, size: u64) -> 
 
 /// The carried h/c buffers of every recurrent direction: a ping-pong pair each, `[h | c]`
 /// with `[B, H]` each; the state lives in `[0]` between calls.
-pub(in crate::gpu) struct StateBuffers {
-    pub(in crate::gpu) batch: usize,
-    pub(in crate::gpu) dirs: Vec<[wgpu::Buffer; 2]>,
-    pub(in crate::gpu) bytes: u64,
+pub(crate) struct StateBuffers {
+    pub(crate) batch: usize,
+    pub(crate) dirs: Vec<[wgpu::Buffer; 2]>,
+    pub(crate) bytes: u64,
 }
 
 impl StateBuffers {
     /// The pairs for a batch of `batch` rows, one per direction of `units` units.
-    pub(in crate::gpu) fn new(ctx: &GpuContext, batch: usize, units: &[usize]) -> Result<Self> {
+    pub(crate) fn new(ctx: &GpuContext, batch: usize, units: &[usize]) -> Result<Self> {
         let mut bytes = 0;
         let dirs = units
             .iter()

@@ -12,21 +12,18 @@ use crate::gpu::stats::Phase;
 
 /// The state of one plan being built: read by every stage builder, and the list of
 /// operations they append to.
-pub(in crate::gpu) struct PlanContext<'a, 'p> {
+pub(crate) struct PlanContext<'a, 'p> {
     pub ctx: &'a GpuContext,
     pub kernels: &'a Kernels,
     pub(super) alloc: Allocator<'p>,
     pub states: &'a StateBuffers,
     pub batch: usize,
-    pub steps: usize,
     /// The batch the recurrent kernel is chosen for (see `PlanKey`).
     pub choice_batch: usize,
     pub kernel_choice: RecurrentKernel,
     pub max_groups: usize,
     /// Bytes between parameter blocks (the uniform offset alignment).
     pub stride: usize,
-    /// The mask `[B, T]` (one u32 per step), or a 4-byte stand-in.
-    pub mask: wgpu::Buffer,
     /// Stand-ins for unused bindings (the second for read-only vec4 views).
     pub dummy: wgpu::Buffer,
     pub dummy_vec4: wgpu::Buffer,
@@ -40,6 +37,12 @@ pub(in crate::gpu) struct PlanContext<'a, 'p> {
     /// the buffer the next call reads.
     pub(super) carries: Vec<(wgpu::Buffer, wgpu::Buffer)>,
     pub(super) projection_chunks: u32,
+    /// The recurrent directions (state pairs) planned so far: a direction called again
+    /// starts from zeros or its `initial_state`, never from the last call's state.
+    pub(super) planned_states: Vec<usize>,
+    /// Whether the stage being planned has more than one call in the model (its state
+    /// buffers are then reused, so state outputs are copied out).
+    pub repeated: bool,
 }
 
 impl PlanContext<'_, '_> {
@@ -56,9 +59,12 @@ impl PlanContext<'_, '_> {
         usage: wgpu::BufferUsages,
     ) -> Result<wgpu::Buffer> {
         check_binding(self.ctx, what, size)?;
-        Ok(self
-            .alloc
-            .buffer(what, size, wgpu::BufferUsages::STORAGE | usage))
+        // (COPY_SRC always: any tensor may be a model output, read back by a copy)
+        Ok(self.alloc.buffer(
+            what,
+            size,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | usage,
+        ))
     }
 
     /// The largest storage buffer this adapter binds.
@@ -69,6 +75,35 @@ impl PlanContext<'_, '_> {
     /// A uniform buffer holding `data` (one or more parameter blocks).
     pub fn uniform(&mut self, label: &str, data: &[u8]) -> wgpu::Buffer {
         self.alloc.uniform(label, data)
+    }
+
+    /// A storage buffer of `data` for this plan (see `Allocator::constant`), or an error
+    /// naming `what` over the binding limit.
+    pub fn constant(&mut self, what: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        check_binding(self.ctx, what, 4 * data.len() as u64)?;
+        Ok(self.alloc.constant(what, data))
+    }
+
+    /// A tensor's values as a mask (1.0 where not 0.0, as the CPU's `bool_mask`), for an
+    /// explicit `mask=` argument.
+    pub fn as_mask(&mut self, what: &str, t: &super::Tensor) -> Result<wgpu::Buffer> {
+        let n = t.len();
+        let out = self.storage(what, (4 * n) as u64, wgpu::BufferUsages::empty())?;
+        let up = crate::gpu::params::UnaryParams {
+            count: n as u32,
+            width: 1,
+            period: 1,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        self.unary(
+            what,
+            (3, crate::activation::Activation::Linear),
+            up,
+            &t.buf,
+            None,
+            &out,
+        )?;
+        Ok(out)
     }
 
     /// The pipeline of `kernel` with no override constants.
@@ -180,7 +215,7 @@ impl PlanContext<'_, '_> {
 }
 
 /// The binding of one parameter block of `params` (at the dynamic offset a dispatch sets).
-pub(in crate::gpu) fn params_binding(params: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+pub(crate) fn params_binding(params: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
         buffer: params,
         offset: 0,
@@ -188,15 +223,12 @@ pub(in crate::gpu) fn params_binding(params: &wgpu::Buffer) -> wgpu::BindingReso
     })
 }
 
-pub(in crate::gpu) fn entry(
-    binding: u32,
-    resource: wgpu::BindingResource<'_>,
-) -> wgpu::BindGroupEntry<'_> {
+pub(crate) fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry { binding, resource }
 }
 
 /// `what` needs `groups` workgroups, more than the adapter dispatches (`max` per dimension).
-pub(in crate::gpu) fn dispatch_limit(what: &str, groups: usize, max: usize) -> LstmError {
+pub(crate) fn dispatch_limit(what: &str, groups: usize, max: usize) -> LstmError {
     LstmError::invalid(
         what,
         format!(

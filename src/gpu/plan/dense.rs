@@ -2,7 +2,7 @@
 //! projection) and the activation (dense.wgsl) over every row. CPU twin: `dense_forward` in
 //! src/model.rs.
 
-use super::{GpuStage, Output, PlanContext, Planned, Tensor};
+use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
@@ -14,23 +14,51 @@ use crate::gpu::stats::Phase;
 
 /// A Dense layer's weights on the GPU.
 #[derive(Debug)]
-pub(in crate::gpu) struct DenseStage {
-    pub(in crate::gpu) name: String,
-    pub(in crate::gpu) kernel: wgpu::Buffer,
-    pub(in crate::gpu) bias: Option<wgpu::Buffer>,
-    pub(in crate::gpu) inputs: usize,
-    pub(in crate::gpu) units: usize,
+pub(crate) struct DenseStage {
+    pub(crate) name: String,
+    pub(crate) kernel: wgpu::Buffer,
+    pub(crate) bias: Option<wgpu::Buffer>,
+    pub(crate) inputs: usize,
+    pub(crate) units: usize,
     /// The activation, or None for softmax.
-    pub(in crate::gpu) activation: Option<Activation>,
+    pub(crate) activation: Option<Activation>,
+}
+
+impl DenseStage {
+    /// Uploads a Dense layer's `kernel [inputs, units]` and bias; `activation` None is softmax.
+    pub(crate) fn upload(
+        up: &mut crate::gpu::Uploader<'_>,
+        name: &str,
+        kernel: ndarray::ArrayView2<f32>,
+        bias: Option<ndarray::ArrayView1<f32>>,
+        activation: Option<Activation>,
+    ) -> Result<Self> {
+        use crate::gpu::upload::{projection_order, row_major};
+        Ok(DenseStage {
+            name: name.to_string(),
+            kernel: up.floats(&format!("{name}/kernel"), &projection_order(kernel))?,
+            bias: match bias {
+                Some(b) => Some(up.floats(
+                    &format!("{name}/bias"),
+                    &row_major(b.insert_axis(ndarray::Axis(0))),
+                )?),
+                None => None,
+            },
+            inputs: kernel.nrows(),
+            units: kernel.ncols(),
+            activation,
+        })
+    }
 }
 
 impl GpuStage for DenseStage {
-    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
-        if input.width != self.inputs {
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
+        let input = args.one(&self.name)?;
+        if input.width() != self.inputs || input.shape.len() < 2 {
             return Err(LstmError::shape(
-                format!("{}/kernel", self.name),
-                &[input.width, self.units],
-                &[self.inputs, self.units],
+                format!("input of layer {}", self.name),
+                &[self.inputs],
+                &input.shape,
             ));
         }
         let what = format!(
@@ -45,8 +73,8 @@ impl GpuStage for DenseStage {
             )),
             cx.loop_cap,
         )?;
-        let t_rows = input.rows(cx.steps);
-        let rows = cx.batch * t_rows;
+        let rows = input.rows();
+        let t_rows = rows / cx.batch.max(1);
         let out = cx.storage(
             "Dense output",
             (rows * self.units * 4) as u64,
@@ -93,13 +121,13 @@ impl GpuStage for DenseStage {
             cx.dispatch(&pipeline, &act_bind, &[], groups);
         }
         cx.mark(Phase::Layers);
-        let next = Tensor {
+        let mut shape = input.shape.clone();
+        *shape.last_mut().expect("at least 2-D") = self.units;
+        Ok(vec![Tensor {
             buf: out,
-            width: self.units,
-            sequence: input.sequence,
-            masked: input.masked,
-        };
-        let outputs = vec![Output::tensor(&next, cx.batch, cx.steps)];
-        Ok(Planned { next, outputs })
+            offset: 0,
+            shape,
+            mask: input.mask.clone(),
+        }])
     }
 }

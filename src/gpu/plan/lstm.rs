@@ -4,7 +4,8 @@
 //! step.wgsl, sequence.wgsl; CPU twin: `cpu::reference::run`.
 
 use super::context::{dispatch_limit, entry, params_binding};
-use super::{GpuStage, Output, PlanContext, Planned, Tensor};
+use super::gather::Gather;
+use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::config::{Cell, LstmConfig};
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::{Kernel, StepKey};
@@ -20,18 +21,18 @@ use crate::gpu::upload::DirWeights;
 /// A recurrent layer (one direction; LSTM, GRU or SimpleRNN): its weights and the index of its
 /// state buffers.
 #[derive(Debug)]
-pub(in crate::gpu) struct LstmStage {
-    pub(in crate::gpu) weights: DirWeights,
+pub(crate) struct LstmStage {
+    pub(crate) weights: DirWeights,
     /// Which of the plan's state pairs is this direction's.
-    pub(in crate::gpu) state: usize,
+    pub(crate) state: usize,
 }
 
 /// Where a planned direction leaves its outputs.
-pub(in crate::gpu) struct DirOutputs {
+pub(crate) struct DirOutputs {
     /// The output sequence `[B, T, H]` (return_sequences), else the last output `[B, H]`.
-    pub(in crate::gpu) out: wgpu::Buffer,
+    pub(crate) out: wgpu::Buffer,
     /// The buffer holding the final `[h | c]`.
-    pub(in crate::gpu) state: wgpu::Buffer,
+    pub(crate) state: wgpu::Buffer,
 }
 
 impl GpuStage for LstmStage {
@@ -39,59 +40,110 @@ impl GpuStage for LstmStage {
         vec![&self.weights.config]
     }
 
-    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
-        let dir = self.plan_direction(cx, input)?;
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let c = &self.weights.config;
-        let next = Tensor {
-            buf: dir.out.clone(),
-            width: c.units,
-            sequence: c.return_sequences,
-            masked: input.masked && c.return_sequences,
+        let (x, init) = recurrent_args(cx, args, &c.name)?;
+        let mask = x.mask.clone();
+        let dir = self.plan_direction(cx, &x, &init)?;
+        let shape = if c.return_sequences {
+            x.shape[..2].iter().copied().chain([c.units]).collect()
+        } else {
+            vec![cx.batch, c.units]
         };
-        let mut outputs = vec![Output::tensor(&next, cx.batch, cx.steps)];
+        let mut outputs = vec![Tensor {
+            buf: dir.out,
+            offset: 0,
+            shape,
+            mask: if c.return_sequences { mask } else { None },
+        }];
         if c.return_state {
-            outputs.extend(state_outputs(&dir.state, cx.batch, c));
+            outputs.extend(state_outputs(cx, &dir.state, c)?);
         }
-        Ok(Planned { next, outputs })
+        Ok(outputs)
     }
 }
 
-/// The final state of a direction as outputs `[B, H]`: h and c of an LSTM, h of the others.
-pub(in crate::gpu) fn state_outputs(
+/// A recurrent call's input (with the mask it runs under: an explicit `mask=` tensor, else
+/// the input's own) and its initial-state tensors (`initial_state=`, or the positional
+/// tensors after the input, as Keras takes them).
+pub(crate) fn recurrent_args(
+    cx: &mut PlanContext<'_, '_>,
+    args: &Args<'_>,
+    name: &str,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let (x, positional) = args
+        .inputs
+        .split_first()
+        .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "no input"))?;
+    let init = if args.states.is_empty() {
+        positional.to_vec()
+    } else {
+        args.states.to_vec()
+    };
+    let mut x = x.clone();
+    if let Some(m) = args.mask {
+        x.mask = Some(cx.as_mask(&format!("mask of layer {name}"), m)?);
+    }
+    Ok((x, init))
+}
+
+/// The final state of a direction as outputs `[B, H]` (h and c of an LSTM, h of the
+/// others): views of the state buffer `[h | c]`, or copies of it when the layer is called
+/// again in the model (the next call reuses the buffer).
+pub(crate) fn state_outputs(
+    cx: &mut PlanContext<'_, '_>,
     state: &wgpu::Buffer,
-    batch: usize,
     config: &LstmConfig,
-) -> Vec<Output> {
-    let units = config.units;
+) -> Result<Vec<Tensor>> {
+    let (b, h) = (cx.batch, config.units);
     (0..config.cell.states())
-        .map(|k| Output {
-            buf: state.clone(),
-            offset: (k * batch * units * 4) as u64,
-            shape: vec![batch, units],
-            cols: vec![None],
+        .map(|k| {
+            if !cx.repeated {
+                return Ok(Tensor {
+                    buf: state.clone(),
+                    offset: (k * b * h * 4) as u64,
+                    shape: vec![b, h],
+                    mask: None,
+                });
+            }
+            let mut g = Gather::copy(&[b, h]);
+            g.in_base = k * b * h;
+            cx.gathered(&format!("state of {}", config.name), state, vec![b, h], &g)
         })
         .collect()
 }
 
 impl LstmStage {
     /// Plans this direction reading `input`.
-    pub(in crate::gpu) fn plan_direction(
+    pub(crate) fn plan_direction(
         &self,
         cx: &mut PlanContext<'_, '_>,
         input: &Tensor,
+        init: &[Tensor],
     ) -> Result<DirOutputs> {
         let w = &self.weights;
         let name = &w.config.name;
-        if !input.sequence {
-            return Err(LstmError::invalid(
-                "model",
-                format!(
-                    "LSTM layer {name} after a layer that returns only its last output \
-                     (a recurrent layer needs a sequence)"
-                ),
+        let (batch, steps, width) = match input.shape[..] {
+            [b, t, i] => (b, t, i),
+            _ => {
+                return Err(LstmError::invalid(
+                    format!("input of layer {name}"),
+                    format!(
+                        "a recurrent layer reads a sequence [batch, timesteps, features], got \
+                         shape {:?}",
+                        input.shape
+                    ),
+                ))
+            }
+        };
+        if width != w.input_dim {
+            return Err(LstmError::shape(
+                format!("input of layer {name}"),
+                &[batch, steps, w.input_dim],
+                &input.shape,
             ));
         }
-        let (batch, steps) = (cx.batch, cx.steps);
+        self.start_state(cx, init)?;
         let h = w.config.units;
         let cell = w.config.cell;
         let n = cell.gates() * h;
@@ -252,7 +304,14 @@ impl LstmStage {
                     entry(0, params_binding(&params_buf)),
                     entry(1, wgpu::BindingResource::TextureView(&w.recurrent)),
                     entry(2, proj.as_entire_binding()),
-                    entry(3, cx.mask.as_entire_binding()),
+                    entry(
+                        3,
+                        input
+                            .mask
+                            .as_ref()
+                            .unwrap_or(&cx.dummy_vec4)
+                            .as_entire_binding(),
+                    ),
                     entry(4, pair[p].as_entire_binding()),
                     entry(5, pair[1 - p].as_entire_binding()),
                     entry(6, last.as_entire_binding()),
@@ -274,7 +333,7 @@ impl LstmStage {
             activation: w.config.activation,
             recurrent_activation: w.config.recurrent_activation,
             zero_output_for_mask: w.config.zero_output_for_mask,
-            has_mask: input.masked,
+            has_mask: input.mask.is_some(),
             write_sequence: seq_needed,
             whole_sequence,
             cell: (cell_id, cell.gates() as u32),
@@ -330,5 +389,39 @@ impl LstmStage {
             out: seq.unwrap_or(last),
             state,
         })
+    }
+
+    /// Puts this direction's starting state in buffer 0 of its pair when the plan must:
+    /// the `initial_state` tensors `init` ([h, c] or [h]), or zeros when the layer already
+    /// ran in this plan (a layer called twice). Otherwise the forward's upload (or the carried
+    /// state of a stateful layer, or the clear before the pass) is the start.
+    fn start_state(&self, cx: &mut PlanContext<'_, '_>, init: &[Tensor]) -> Result<()> {
+        let c = &self.weights.config;
+        let (b, h) = (cx.batch, c.units);
+        let pair0 = cx.states.dirs[self.state][0].clone();
+        let what = format!("initial_state of layer {}", c.name);
+        if !init.is_empty() {
+            if init.len() != c.cell.states() {
+                return Err(LstmError::invalid(
+                    &what,
+                    format!("expected {} tensors, got {}", c.cell.states(), init.len()),
+                ));
+            }
+            for (k, s) in init.iter().enumerate() {
+                if s.shape != [b, h] {
+                    return Err(LstmError::shape(&what, &[b, h], &s.shape));
+                }
+                let mut g = Gather::copy(&[b, h]);
+                g.out_base = k * b * h;
+                cx.gather(&what, &s.buf, &pair0, &g)?;
+            }
+        } else if cx.planned_states.contains(&self.state) {
+            let mut g = Gather::copy(&[2 * b * h]);
+            g.in_dims = vec![0];
+            let dummy = cx.dummy_vec4.clone();
+            cx.gather(&what, &dummy, &pair0, &g)?;
+        }
+        cx.planned_states.push(self.state);
+        Ok(())
     }
 }

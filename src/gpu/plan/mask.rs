@@ -2,7 +2,7 @@
 //! the recurrent layers after it. Kernel: mask.wgsl; CPU twin: the `Masking` arm of
 //! `KerasModel::predict`.
 
-use super::{GpuStage, Output, PlanContext, Planned, Tensor};
+use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::loops;
@@ -11,14 +11,14 @@ use crate::gpu::stats::Phase;
 
 /// Keras `Masking(mask_value)`.
 #[derive(Debug)]
-pub(in crate::gpu) struct MaskStage {
-    pub(in crate::gpu) value: f32,
+pub(crate) struct MaskStage {
+    pub(crate) value: f32,
 }
 
 impl GpuStage for MaskStage {
-    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
-        let (batch, steps, width) = (cx.batch, cx.steps, input.width);
-        let rows = input.rows(steps);
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
+        let input = args.one("Masking")?;
+        let (batch, rows, width) = input.dims3("input of Masking")?;
         loops::check(
             &format!("Masking layer ({width} features)"),
             loops::mask_iterations(width),
@@ -29,6 +29,11 @@ impl GpuStage for MaskStage {
             (batch * rows * width * 4) as u64,
             wgpu::BufferUsages::COPY_SRC,
         )?;
+        let mask = cx.storage(
+            "Masking mask",
+            (batch * rows * 4) as u64,
+            wgpu::BufferUsages::empty(),
+        )?;
         let mp = MaskParams {
             batch: batch as u32,
             steps: rows as u32,
@@ -37,19 +42,16 @@ impl GpuStage for MaskStage {
             ..bytemuck::Zeroable::zeroed()
         };
         let params = cx.uniform("mask parameters", bytemuck::bytes_of(&mp));
-        let mask = cx.mask.clone();
         let bind = cx.bind(Kernel::Mask, &[&params, &input.buf, &mask, &out]);
         let groups = cx.grid("Masking layer", batch * rows, MASK_THREADS)?;
         let pipeline = cx.pipeline(Kernel::Mask)?;
         cx.dispatch(&pipeline, &bind, &[], groups);
         cx.mark(Phase::Layers);
-        let next = Tensor {
+        Ok(vec![Tensor {
             buf: out,
-            width,
-            sequence: input.sequence,
-            masked: true,
-        };
-        let outputs = vec![Output::tensor(&next, batch, steps)];
-        Ok(Planned { next, outputs })
+            offset: 0,
+            shape: input.shape.clone(),
+            mask: Some(mask),
+        }])
     }
 }

@@ -2,9 +2,11 @@
 //! their merge into one tensor (concat, sum, mul, ave; `None` as concat, split on the host).
 //! Kernel: merge.wgsl; CPU twin: `merge_directions` in src/network.rs.
 
-use super::lstm::{state_outputs, LstmStage};
-use super::{GpuStage, Output, PlanContext, Planned, Tensor};
+use super::gather::Gather;
+use super::lstm::{recurrent_args, state_outputs, LstmStage};
+use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::config::{LstmConfig, MergeMode};
+use crate::error::LstmError;
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
 use crate::gpu::params::{MergeParams, MERGE_THREADS};
@@ -12,10 +14,10 @@ use crate::gpu::stats::Phase;
 
 /// A Bidirectional layer: its two directions and how their outputs merge.
 #[derive(Debug)]
-pub(in crate::gpu) struct BidiStage {
-    pub(in crate::gpu) fwd: LstmStage,
-    pub(in crate::gpu) bwd: LstmStage,
-    pub(in crate::gpu) mode: MergeMode,
+pub(crate) struct BidiStage {
+    pub(crate) fwd: LstmStage,
+    pub(crate) bwd: LstmStage,
+    pub(crate) mode: MergeMode,
 }
 
 impl GpuStage for BidiStage {
@@ -23,14 +25,28 @@ impl GpuStage for BidiStage {
         vec![&self.fwd.weights.config, &self.bwd.weights.config]
     }
 
-    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned> {
-        let fp = self.fwd.plan_direction(cx, input)?;
-        let bp = self.bwd.plan_direction(cx, input)?;
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let (f, b) = (&self.fwd.weights.config, &self.bwd.weights.config);
+        let (x, init) = recurrent_args(cx, args, &f.name)?;
+        // initial_state: the forward direction's states, then the backward's
+        let nf = if init.is_empty() { 0 } else { f.cell.states() };
+        if !init.is_empty() && init.len() != nf + b.cell.states() {
+            return Err(LstmError::invalid(
+                format!("initial_state of layer {}", f.name),
+                format!(
+                    "expected {} tensors, got {}",
+                    nf + b.cell.states(),
+                    init.len()
+                ),
+            ));
+        }
+        let fp = self.fwd.plan_direction(cx, &x, &init[..nf])?;
+        let bp = self.bwd.plan_direction(cx, &x, &init[nf..])?;
         let (hf, hb) = (f.units, b.units);
         let seqs = f.return_sequences;
         let batch = cx.batch;
-        let t_out = if seqs { cx.steps } else { 1 };
+        let steps = x.shape[1];
+        let t_out = if seqs { steps } else { 1 };
         let width = match self.mode {
             MergeMode::Concat | MergeMode::None => hf + hb,
             _ => hf,
@@ -55,24 +71,49 @@ impl GpuStage for BidiStage {
         let groups = cx.grid("Bidirectional merge", batch * t_out * width, MERGE_THREADS)?;
         let pipeline = cx.kernels.merge(cx.device(), self.mode)?;
         cx.dispatch(&pipeline, &bind, &[], groups);
-        cx.mark(Phase::Merge);
-
-        let next = Tensor {
-            buf: out,
-            width,
-            sequence: seqs,
-            masked: input.masked && seqs,
+        let shape = |w: usize| {
+            if seqs {
+                vec![batch, steps, w]
+            } else {
+                vec![batch, w]
+            }
         };
-        let mut whole = Output::tensor(&next, batch, cx.steps);
-        if self.mode == MergeMode::None {
-            // Keras returns the two directions as two outputs.
-            whole.cols = vec![Some(0..hf), Some(hf..width)];
-        }
-        let mut outputs = vec![whole];
+        let mask = if seqs { x.mask.clone() } else { None };
+        let mut outputs = if self.mode == MergeMode::None {
+            // Keras returns the two directions as two outputs: the halves of the concat.
+            let full = shape(width);
+            let rows = batch * t_out;
+            let mut halves = Vec::new();
+            for (lo, w) in [(0, hf), (hf, hb)] {
+                let g = Gather {
+                    dims: vec![rows, w],
+                    out_stride: vec![w, 1],
+                    out_base: 0,
+                    in_stride: vec![width, 1],
+                    in_base: lo,
+                    in_dims: vec![rows, w],
+                    pad: vec![0, 0],
+                    div: vec![1, 1],
+                };
+                let mut t = cx.gathered("Bidirectional half", &out, shape(w), &g)?;
+                t.mask = mask.clone();
+                halves.push(t);
+            }
+            debug_assert_eq!(full.iter().product::<usize>(), rows * width);
+            halves
+        } else {
+            vec![Tensor {
+                buf: out,
+                offset: 0,
+                shape: shape(width),
+                mask,
+            }]
+        };
+        cx.mark(Phase::Merge);
         if f.return_state {
-            outputs.extend(state_outputs(&fp.state, batch, f));
-            outputs.extend(state_outputs(&bp.state, batch, b));
+            outputs.extend(state_outputs(cx, &fp.state, f)?);
+            outputs.extend(state_outputs(cx, &bp.state, b)?);
         }
-        Ok(Planned { next, outputs })
+        Ok(outputs)
     }
 }

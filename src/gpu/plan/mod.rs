@@ -1,37 +1,50 @@
 //! Compiling a model for the GPU, the way wgpu's `repeated_compute` and wonnx's `GpuModel`
-//! do: a [`GpuModel`] is a list of stages (one per layer, weights uploaded once), and for each
-//! shape (batch, timesteps, mask) it is compiled once into a [`Plan`]: a list of dispatches
-//! (pipeline, bind group, dynamic offsets, grid), the buffers to clear before and copy after,
-//! and where each output lies in the readback. A forward encodes the list in one compute pass,
-//! submits once and maps once (`gpu::exec`).
+//! do: a [`GpuModel`] is a graph of nodes (calls of layers) over stages (one per layer,
+//! weights uploaded once), and for each shape (the inputs' shapes, mask or not) it is compiled
+//! once into a [`Plan`]: a list of dispatches (pipeline, bind group, dynamic offsets, grid),
+//! the buffers to clear before and copy after, and where each output lies in the readback. A
+//! forward encodes the list in one compute pass, submits once and maps once (`gpu::exec`).
 //!
 //! Each layer kind is a [`GpuStage`] in its own file (`lstm.rs`, `merge.rs`, `mask.rs`,
-//! `dense.rs`) that appends its dispatches; nothing here knows the kinds. The kernel choice
+//! `dense.rs`, `gather.rs`, ...) that appends its dispatches; nothing here knows the kinds. The kernel choice
 //! ([`RecurrentKernel`]) and every adapter limit (binding sizes, dispatch sizes, the driver's
 //! loop limit) are applied by the builders.
 
+mod attention;
 mod buffers;
 mod context;
+mod conv;
 mod dense;
+mod elementwise;
+mod embedding;
+mod gather;
 mod lstm;
 mod mask;
 mod merge;
+mod norm;
+mod pool;
 
+pub(crate) use attention::{AttentionStage, DotStage};
 pub(super) use buffers::{BufferPool, StateBuffers};
-pub(super) use context::PlanContext;
-pub(super) use dense::DenseStage;
-pub(super) use lstm::LstmStage;
-pub(super) use mask::MaskStage;
-pub(super) use merge::BidiStage;
+pub(crate) use context::PlanContext;
+pub(crate) use conv::ConvStage;
+pub(crate) use dense::DenseStage;
+pub(crate) use elementwise::{BinaryOp, BinaryStage, UnaryOp, UnaryStage};
+pub(crate) use embedding::EmbeddingStage;
+pub(crate) use gather::{GatherStage, Layout};
+pub(crate) use lstm::LstmStage;
+pub(crate) use mask::MaskStage;
+pub(crate) use merge::BidiStage;
+pub(crate) use norm::NormStage;
+pub(crate) use pool::PoolStage;
 
 use super::context::GpuContext;
 use super::kernels::Kernels;
 use super::params::{PARAMS_SIZE, PERSISTENT_MAX_STATE};
 use super::stats::{Phase, Timestamps};
 use crate::config::LstmConfig;
-use crate::error::Result;
+use crate::error::{LstmError, Result};
 use buffers::{check_binding, limit_error, Allocator};
-use std::ops::Range;
 use std::sync::Arc;
 
 /// How many shapes keep their plan by default ([`GpuNetwork::set_plan_capacity`](super::GpuNetwork::set_plan_capacity)).
@@ -72,74 +85,125 @@ impl RecurrentKernel {
 
 /// One layer of a model on the GPU: its uploaded weights, and the builder that appends its
 /// dispatches to a plan. Adding a layer kind means one implementation of this trait (with its
-/// WGSL file and CPU twin), nothing in a central function.
-pub(in crate::gpu) trait GpuStage: Send + Sync + std::fmt::Debug {
+/// WGSL file and CPU twin, whose graph op builds it in `graph::ops::Op::gpu`), nothing in a
+/// central function.
+pub(crate) trait GpuStage: Send + Sync + std::fmt::Debug {
     /// The recurrent directions of this stage (their configs, in the order of their
     /// initial-state tensors and state outputs); none for other layers.
     fn directions(&self) -> Vec<&LstmConfig> {
         Vec::new()
     }
 
-    /// Appends this stage's dispatches reading `input`; returns its output tensor and the
-    /// outputs Keras returns when it is the model's last layer.
-    fn plan(&self, cx: &mut PlanContext<'_, '_>, input: &Tensor) -> Result<Planned>;
+    /// The vocabulary size when this is an `Embedding` (its token inputs are checked against
+    /// it on the host before they are uploaded).
+    fn vocabulary(&self) -> Option<usize> {
+        None
+    }
+
+    /// Appends this stage's dispatches for one call reading `args`; returns the call's
+    /// outputs in Keras's order, each with the mask Keras gives it.
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>>;
 }
 
-/// A tensor of the plan: `[B, rows, width]` floats in `buf`.
-#[derive(Clone)]
-pub(in crate::gpu) struct Tensor {
-    pub buf: wgpu::Buffer,
-    pub width: usize,
-    /// Whether it has a time axis (`[B, T, W]`), or one row per batch row (`[B, W]`, after a
-    /// layer that returns its last output only).
-    pub sequence: bool,
-    /// Whether a Keras mask travels with it (in the plan's mask buffer).
-    pub masked: bool,
+/// What one call of a layer reads: its positional tensors, its `initial_state` tensors, an
+/// explicit `mask=` tensor, and the call's scalar and keyword arguments.
+pub(crate) struct Args<'a> {
+    pub inputs: &'a [Tensor],
+    pub states: &'a [Tensor],
+    pub mask: Option<&'a Tensor>,
+    pub scalars: &'a [f64],
+    pub kwargs: &'a serde_json::Map<String, serde_json::Value>,
 }
 
-/// One output of the model, read back from `buf` at byte `offset`.
-pub(in crate::gpu) struct Output {
+impl<'a> Args<'a> {
+    /// The one input of a one-input layer, or an error naming `layer`.
+    pub fn one(&self, layer: &str) -> Result<&'a Tensor> {
+        match self.inputs {
+            [x] => Ok(x),
+            other => Err(LstmError::invalid(
+                format!("layer {layer}"),
+                format!("takes one input, got {}", other.len()),
+            )),
+        }
+    }
+
+    /// A boolean keyword argument (false when absent).
+    pub fn flag(&self, key: &str) -> bool {
+        self.kwargs
+            .get(key)
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// A tensor of the plan: `shape` (batch first) floats in `buf`, row-major from byte 0, and
+/// the Keras mask that travels with it (`[B, T]` floats, 1.0 = step present, 0.0 = masked;
+/// the recurrent kernels test it against zero).
+#[derive(Clone, Debug)]
+pub(crate) struct Tensor {
     pub buf: wgpu::Buffer,
+    /// Where the values start in `buf`, in bytes: 0, except for outputs that lie inside
+    /// another buffer (a recurrent layer's final c in its state buffer). Stages only see
+    /// offset 0: `GpuModel::plan` copies any other tensor a node reads into a buffer of its
+    /// own first; the readback copies from the offset directly.
     pub offset: u64,
     pub shape: Vec<usize>,
-    /// Each entry one output: a column range of the last axis, or the whole tensor.
-    pub cols: Vec<Option<Range<usize>>>,
+    pub mask: Option<wgpu::Buffer>,
 }
 
 impl Tensor {
-    /// Rows per batch row: T, or 1 without a time axis.
-    pub fn rows(&self, steps: usize) -> usize {
-        if self.sequence {
-            steps
-        } else {
-            1
+    /// Values in the tensor.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The last axis.
+    pub fn width(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
+    /// Rows of `width` values (every axis but the last).
+    pub fn rows(&self) -> usize {
+        self.len() / self.width().max(1)
+    }
+
+    /// `[B, T, W]` of a 3-D tensor, or an error naming `what`.
+    pub fn dims3(&self, what: &str) -> Result<(usize, usize, usize)> {
+        match self.shape[..] {
+            [b, t, w] => Ok((b, t, w)),
+            _ => Err(LstmError::shape(what, &[0, 0, 0], &self.shape)),
         }
     }
 }
 
-impl Output {
-    /// The whole of `t` (`[B, T, W]`, or `[B, W]` when it has no time axis).
-    pub fn tensor(t: &Tensor, batch: usize, steps: usize) -> Output {
-        let shape = if t.sequence {
-            vec![batch, steps, t.width]
-        } else {
-            vec![batch, t.width]
-        };
-        Output {
-            buf: t.buf.clone(),
-            offset: 0,
-            shape,
-            cols: vec![None],
-        }
-    }
+/// Where a node's tensor comes from: a model input, or output `k` of an earlier node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Src {
+    Input(usize),
+    Node(usize, usize),
 }
 
-/// What a stage's builder returns.
-pub(in crate::gpu) struct Planned {
-    /// The input of the next stage.
-    pub next: Tensor,
-    /// Its outputs in Keras's return order, read back when it is the last stage.
-    pub outputs: Vec<Output>,
+/// One call of a layer in a model on the GPU: its stage (shared by every call of the layer)
+/// and the tensors it reads.
+#[derive(Debug, Clone)]
+pub(crate) struct GpuNode {
+    pub name: String,
+    pub stage: usize,
+    pub inputs: Vec<Src>,
+    pub states: Vec<Src>,
+    pub mask: Option<Src>,
+    pub scalars: Vec<f64>,
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A model input on the GPU: its name and shape after the batch axis (`None` = any length).
+#[derive(Debug, Clone)]
+pub(crate) struct GpuInput {
+    pub name: String,
+    pub dims: Vec<Option<usize>>,
+    /// The smallest vocabulary of the Embedding layers reading it directly (token ids are
+    /// checked against it before the upload).
+    pub vocabulary: Option<usize>,
 }
 
 /// One dispatch of a plan.
@@ -161,13 +225,14 @@ pub(super) enum Op {
 pub(super) struct OutSpec {
     pub(super) offset: usize,
     pub(super) shape: Vec<usize>,
-    pub(super) cols: Option<Range<usize>>,
 }
 
 /// A model compiled for one shape.
 pub(super) struct Plan {
-    pub(super) x: wgpu::Buffer,
-    pub(super) mask: wgpu::Buffer,
+    /// One buffer per model input.
+    pub(super) inputs: Vec<wgpu::Buffer>,
+    /// The mask of the first input, when the forward gives one.
+    pub(super) mask: Option<wgpu::Buffer>,
     pub(super) clears: Vec<wgpu::Buffer>,
     pub(super) ops: Vec<Op>,
     pub(super) carries: Vec<(wgpu::Buffer, wgpu::Buffer)>,
@@ -185,21 +250,72 @@ pub(super) struct Plan {
     pub(super) projection_chunks: u32,
 }
 
-/// A plan's shape: batch, timesteps, whether a mask is given, and the batch the kernel choice
-/// is made for (the whole batch of a forward that runs in batch chunks, so that every chunk
-/// runs the kernel the whole batch would and the outputs are the same bits).
-pub(super) type PlanKey = (usize, usize, bool, usize);
+/// A plan's shape: the inputs' shapes, whether a mask is given, and the batch the kernel
+/// choice is made for (the whole batch of a forward that runs in batch chunks, so that every
+/// chunk runs the kernel the whole batch would and the outputs are the same bits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PlanKey {
+    pub(super) shapes: Vec<Vec<usize>>,
+    pub(super) has_mask: bool,
+    pub(super) choice_batch: usize,
+}
 
-/// A model on the GPU: its stages in order, with their weights uploaded.
+/// A model on the GPU: its stages with their weights uploaded, and the calls of them in an
+/// order where each reads only tensors made before it.
 pub(super) struct GpuModel {
     pub(super) ctx: Arc<GpuContext>,
     pub(super) kernels: Arc<Kernels>,
     pub(super) stages: Vec<Box<dyn GpuStage>>,
-    pub(super) input_dim: usize,
+    pub(super) nodes: Vec<GpuNode>,
+    pub(super) inputs: Vec<GpuInput>,
+    /// The model's outputs: output `k` of a node, or (None) every output of it.
+    pub(super) outputs: Vec<(usize, Option<usize>)>,
     pub(super) weight_bytes: u64,
 }
 
 impl GpuModel {
+    /// A chain of `stages`, each reading the one before, on one input of `input_dim`
+    /// features; the outputs are every output of the last.
+    pub(super) fn chain(
+        ctx: Arc<GpuContext>,
+        stages: Vec<Box<dyn GpuStage>>,
+        input_dim: usize,
+        weight_bytes: u64,
+    ) -> Result<GpuModel> {
+        let nodes: Vec<GpuNode> = (0..stages.len())
+            .map(|k| GpuNode {
+                name: format!("layer {k}"),
+                stage: k,
+                inputs: vec![if k == 0 {
+                    Src::Input(0)
+                } else {
+                    Src::Node(k - 1, 0)
+                }],
+                states: Vec::new(),
+                mask: None,
+                scalars: Vec::new(),
+                kwargs: Default::default(),
+            })
+            .collect();
+        let last = nodes
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| LstmError::invalid("model", "has no layer"))?;
+        Ok(GpuModel {
+            kernels: ctx.kernels()?,
+            ctx,
+            stages,
+            nodes,
+            inputs: vec![GpuInput {
+                name: "x".into(),
+                dims: vec![None, Some(input_dim)],
+                vocabulary: None,
+            }],
+            outputs: vec![(last, None)],
+            weight_bytes,
+        })
+    }
+
     /// Every recurrent direction, in the order of the state buffers.
     pub(super) fn directions(&self) -> Vec<&LstmConfig> {
         self.stages.iter().flat_map(|s| s.directions()).collect()
@@ -208,7 +324,7 @@ impl GpuModel {
     /// Compiles the model for shape `key`, with working buffers from `pool`.
     pub(super) fn plan(
         &self,
-        (batch, steps, has_mask, choice_batch): PlanKey,
+        key: &PlanKey,
         states: &StateBuffers,
         kernel_choice: RecurrentKernel,
         profile: bool,
@@ -223,13 +339,41 @@ impl GpuModel {
                     as usize;
                 let mut alloc = Allocator::new(ctx, pool);
                 let storage = wgpu::BufferUsages::STORAGE;
-                let x_size = (batch * steps * self.input_dim * 4) as u64;
-                check_binding(ctx, "x", x_size)?;
-                let x = alloc.buffer("x", x_size, storage | wgpu::BufferUsages::COPY_DST);
-                // Always [B, T]: a Masking stage writes it when no mask is given.
-                let mask_size = (batch * steps * 4) as u64;
-                check_binding(ctx, "mask", mask_size)?;
-                let mask = alloc.buffer("mask", mask_size, storage | wgpu::BufferUsages::COPY_DST);
+                let batch = key
+                    .shapes
+                    .first()
+                    .and_then(|s| s.first())
+                    .copied()
+                    .unwrap_or(0);
+                let mut inputs = Vec::new();
+                let mut tensors = Vec::new();
+                for (k, shape) in key.shapes.iter().enumerate() {
+                    let name = self.inputs.get(k).map_or("x", |i| i.name.as_str());
+                    let size = (shape.iter().product::<usize>() * 4) as u64;
+                    check_binding(ctx, &format!("input {name}"), size)?;
+                    let buf = alloc.buffer(
+                        "x",
+                        size,
+                        storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                    );
+                    inputs.push(buf.clone());
+                    tensors.push(Tensor {
+                        buf,
+                        offset: 0,
+                        shape: shape.clone(),
+                        mask: None,
+                    });
+                }
+                let mask = if key.has_mask {
+                    let steps = key.shapes[0].get(1).copied().unwrap_or(1);
+                    let size = (batch * steps * 4) as u64;
+                    check_binding(ctx, "mask", size)?;
+                    let m = alloc.buffer("mask", size, storage | wgpu::BufferUsages::COPY_DST);
+                    tensors[0].mask = Some(m.clone());
+                    Some(m)
+                } else {
+                    None
+                };
                 let dummy = alloc.buffer("unused", 4, storage);
                 // The unused vec4 views (bindings read only, so a buffer of their own: `dummy` can be
                 // bound read-write in the same dispatch).
@@ -240,12 +384,10 @@ impl GpuModel {
                     alloc,
                     states,
                     batch,
-                    steps,
-                    choice_batch,
+                    choice_batch: key.choice_batch,
                     kernel_choice,
                     max_groups: limits.max_compute_workgroups_per_dimension as usize,
                     stride,
-                    mask,
                     dummy,
                     dummy_vec4,
                     loop_cap: ctx.loop_limit()?,
@@ -253,22 +395,73 @@ impl GpuModel {
                     clears: Vec::new(),
                     carries: Vec::new(),
                     projection_chunks: 0,
+                    planned_states: Vec::new(),
+                    repeated: false,
                 };
-                let mut input = Tensor {
-                    buf: x.clone(),
-                    width: self.input_dim,
-                    sequence: true,
-                    masked: has_mask,
+                let mut values: Vec<Vec<Tensor>> = Vec::with_capacity(self.nodes.len());
+                let get = |values: &Vec<Vec<Tensor>>, s: &Src| -> Result<Tensor> {
+                    match *s {
+                        Src::Input(k) => tensors.get(k).cloned(),
+                        Src::Node(n, k) => values.get(n).and_then(|v| v.get(k)).cloned(),
+                    }
+                    .ok_or_else(|| {
+                        LstmError::invalid("model", format!("no tensor {s:?} (a malformed graph)"))
+                    })
                 };
+                // A tensor a node reads, in a buffer of its own when it lies at an offset.
+                let read = |cx: &mut PlanContext<'_, '_>, values: &Vec<Vec<Tensor>>, s: &Src| {
+                    let t = get(values, s)?;
+                    if t.offset == 0 {
+                        return Ok(t);
+                    }
+                    let mut g = gather::Gather::copy(&t.shape);
+                    g.in_base = (t.offset / 4) as usize;
+                    let mut own = cx.gathered("tensor copy", &t.buf, t.shape.clone(), &g)?;
+                    own.mask = t.mask;
+                    Ok(own)
+                };
+                for node in &self.nodes {
+                    cx.repeated = self.nodes.iter().filter(|n| n.stage == node.stage).count() > 1;
+                    let ins = node
+                        .inputs
+                        .iter()
+                        .map(|s| read(&mut cx, &values, s))
+                        .collect::<Result<Vec<_>>>()?;
+                    let sts = node
+                        .states
+                        .iter()
+                        .map(|s| read(&mut cx, &values, s))
+                        .collect::<Result<Vec<_>>>()?;
+                    let m = node
+                        .mask
+                        .as_ref()
+                        .map(|s| read(&mut cx, &values, s))
+                        .transpose()?;
+                    let args = Args {
+                        inputs: &ins,
+                        states: &sts,
+                        mask: m.as_ref(),
+                        scalars: &node.scalars,
+                        kwargs: &node.kwargs,
+                    };
+                    let outs = self.stages[node.stage].plan(&mut cx, &args).map_err(|e| {
+                        log::debug!("planning {} failed: {e}", node.name);
+                        e
+                    })?;
+                    values.push(outs);
+                }
                 let mut outputs = Vec::new();
-                for stage in &self.stages {
-                    let planned = stage.plan(&mut cx, &input)?;
-                    input = planned.next;
-                    outputs = planned.outputs;
+                for &(n, k) in &self.outputs {
+                    let outs = values.get(n).ok_or_else(|| {
+                        LstmError::invalid("model", format!("no output of node {n}"))
+                    })?;
+                    match k {
+                        None => outputs.extend(outs.iter().cloned()),
+                        Some(k) => outputs.push(get(&values, &Src::Node(n, k))?),
+                    }
                 }
                 let PlanContext {
                     mut alloc,
-                    mask,
                     ops,
                     clears,
                     carries,
@@ -276,20 +469,17 @@ impl GpuModel {
                     ..
                 } = cx;
 
-                // Readback: the last stage's outputs, copied into one staging buffer.
+                // Readback: the outputs, copied into one staging buffer.
                 let mut copies = Vec::new();
                 let mut specs = Vec::new();
                 let mut floats = 0;
                 for o in outputs {
-                    let n: usize = o.shape.iter().product();
+                    let n = o.len();
                     copies.push((o.buf, o.offset, (floats * 4) as u64, (n * 4) as u64));
-                    for cols in o.cols {
-                        specs.push(OutSpec {
-                            offset: floats,
-                            shape: o.shape.clone(),
-                            cols,
-                        });
-                    }
+                    specs.push(OutSpec {
+                        offset: floats,
+                        shape: o.shape,
+                    });
                     floats += n;
                 }
                 let timestamps = profile.then(|| {
@@ -335,7 +525,7 @@ impl GpuModel {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 );
                 Ok(Plan {
-                    x,
+                    inputs,
                     mask,
                     clears,
                     ops,
