@@ -7,7 +7,12 @@
 //! cargo run --release --example bench -- --sweep [--iters N]      # standard shapes, both paths
 //! cargo run --release --example bench -- --plot FILE.svg          # time vs steps and vs batch
 //! cargo run --release --example bench -- --list-adapters
+//! cargo run --release --example bench -- --model FILE.keras --backend cpu|gpu --batch B --steps T \
+//!     [--iters N] [--warmup N] [--flops F] [--json]
 //! ```
+//! `--model` times a saved Keras model's forward on random inputs of its input shapes (every
+//! free axis `T` long; token inputs drawn below 2); with `--flops F` (the model's FLOPs per
+//! batch row and step, e.g. `scripts/record_bench_models.py`'s) it also prints GFLOP/s.
 //! `LSTM_WGPU_PROFILE=1` prints where the GPU time went (timestamp queries) to stderr.
 //! `LSTM_WGPU_KERNEL=step|sequence` forces the GPU's per-step or whole-sequence kernel
 //! (default: chosen automatically), to compare the two.
@@ -370,9 +375,83 @@ fn plot(
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: bench --backend cpu|gpu --batch B --steps T --input I --units H [--cell lstm|gru|gru-reset-before|simple-rnn] [--iters N] [--warmup N] [--json]\n       bench --sweep [--iters N] [--warmup N]\n       bench --plot FILE.svg [--iters N]\n       bench --list-adapters"
+        "usage: bench --backend cpu|gpu --batch B --steps T --input I --units H [--cell lstm|gru|gru-reset-before|simple-rnn] [--iters N] [--warmup N] [--json]\n       bench --sweep [--iters N] [--warmup N]\n       bench --plot FILE.svg [--iters N]\n       bench --list-adapters\n       bench --model FILE.keras --backend cpu|gpu --batch B --steps T [--iters N] [--warmup N] [--flops F] [--json]"
     );
     ExitCode::from(2)
+}
+
+/// Times a saved Keras model (see `--model` in the header).
+fn bench_model(
+    path: &str,
+    backend: Backend,
+    (batch, steps): (usize, usize),
+    (iters, warmup): (usize, usize),
+    flops: Option<usize>,
+    as_json: bool,
+) -> std::result::Result<(), String> {
+    use lstm_wgpu::model::{KerasModel, ModelInput};
+    let mut model = KerasModel::load(path.as_ref()).map_err(|e| e.to_string())?;
+    let mut seed = 1u64;
+    let inputs: Vec<ModelInput> = model
+        .inputs()
+        .iter()
+        .map(|spec| {
+            let mut shape = vec![batch];
+            shape.extend(spec.shape.iter().map(|d| d.unwrap_or(steps)));
+            if spec.dtype.starts_with("int") {
+                ndarray::ArrayD::<i64>::from_shape_fn(ndarray::IxDyn(&shape), |_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((seed >> 33) % 2) as i64
+                })
+                .into()
+            } else {
+                ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&shape), |_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .into()
+            }
+        })
+        .collect();
+    let mut gpu = match backend {
+        Backend::Gpu => {
+            let ctx = open_gpu().ok_or("no GPU adapter")?;
+            Some(lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).map_err(|e| e.to_string())?)
+        }
+        Backend::Cpu => None,
+    };
+    let mut times = Vec::new();
+    for k in 0..warmup + iters {
+        let t0 = Instant::now();
+        match &mut gpu {
+            Some(g) => g.forward_inputs(&inputs).map(drop),
+            None => model.predict_inputs(&inputs).map(drop),
+        }
+        .map_err(|e| e.to_string())?;
+        if k >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let gflops = flops.map(|f| (f * batch * steps) as f64 / median / 1e9);
+    let dispatches = gpu.as_ref().map_or(0, |g| g.stats().dispatches);
+    if as_json {
+        println!(
+            "{{\"model\":{path:?},\"backend\":\"{}\",\"batch\":{batch},\"steps\":{steps},\"median_ms\":{},\"gflops\":{},\"dispatches\":{dispatches}}}",
+            if gpu.is_some() { "gpu" } else { "cpu" },
+            median * 1e3,
+            gflops.map_or("null".to_string(), |g| format!("{g:.3}"))
+        );
+    } else {
+        println!(
+            "{path} {} B={batch} T={steps}: median {:.3} ms{} ({dispatches} dispatches)",
+            if gpu.is_some() { "gpu" } else { "cpu" },
+            median * 1e3,
+            gflops.map_or(String::new(), |g| format!(", {g:.2} GFLOP/s"))
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -382,6 +461,7 @@ fn main() -> ExitCode {
     let (mut as_json, mut do_sweep, mut list) = (false, false, false);
     let mut plot_path = None;
     let mut cell = Cell::Lstm;
+    let (mut model, mut flops) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let num = |v: Option<String>| v.and_then(|s| s.parse::<usize>().ok());
@@ -418,8 +498,29 @@ fn main() -> ExitCode {
             "--sweep" => do_sweep = true,
             "--plot" => plot_path = args.next(),
             "--list-adapters" => list = true,
+            "--model" => model = args.next(),
+            "--flops" => flops = num(args.next()),
             _ => return usage(),
         }
+    }
+    if let Some(path) = model {
+        let (Some(backend), Some(batch), Some(steps)) = (backend, batch, steps) else {
+            return usage();
+        };
+        return match bench_model(
+            &path,
+            backend,
+            (batch, steps),
+            (iters, warmup),
+            flops,
+            as_json,
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if list {
         for line in GpuContext::list_adapters(wgpu::Backends::all()) {

@@ -42,39 +42,48 @@ struct ConvParams {
 var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
 var<workgroup> w_tile: array<f32, 1024>; // [TK][TN]
 
-fn a_value(r: u32, q: u32) -> f32 {
-    if (r >= p.rows || q >= p.k) {
-        return 0.0;
-    }
-    let b = r / p.out_len;
-    let o = r % p.out_len;
-    let kk = q / p.cg;
-    let c = q % p.cg;
-    let pos = i32(o * p.stride + kk * p.dilation) - i32(p.left);
-    if (pos < 0 || pos >= i32(p.steps)) {
-        return 0.0;
-    }
-    return x[(b * p.steps + u32(pos)) * p.cin + p.c0 + c];
-}
+// Per tile row: the input row offset of its batch row and its first tap's timestep
+// (o * stride - left; far below 0 for rows past the end). Per round: each reduction
+// index's tap offset (k * dilation; far past T when past the end) and channel. Computed
+// once, so the staging loop has no division.
+var<workgroup> row_base: array<u32, 64>;
+var<workgroup> row_t: array<i32, 64>;
+var<workgroup> q_tap: array<i32, 16>;
+var<workgroup> q_ch: array<u32, 16>;
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let row0 = wid.y * TM;
     let col0 = wid.x * TN;
     let flat = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
+    if (flat < TM) {
+        let r = row0 + flat;
+        row_base[flat] = (r / p.out_len) * p.steps;
+        row_t[flat] = select(-0x3fffffff, i32((r % p.out_len) * p.stride) - i32(p.left), r < p.rows);
     }
+    // rows lid.y * 4 + 0..3 of the tile, each 4 columns (lid.x * 4 + 0..3)
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var q0 = 0u; q0 < p.k; q0 += TK) {
+        if (flat < TK) {
+            let q = q0 + flat;
+            q_tap[flat] = select(0x3fffffff, i32((q / p.cg) * p.dilation), q < p.k);
+            q_ch[flat] = p.c0 + q % p.cg;
+        }
+        workgroupBarrier();
         for (var e = 0u; e < 4u; e++) {
             let idx = flat + e * 256u;
             // A: idx = m * TK + kk (consecutive threads read consecutive channels)
             let m = idx / TK;
             let kk = idx % TK;
-            a_tile[kk * TM + m] = a_value(row0 + m, q0 + kk);
+            let pos = row_t[m] + q_tap[kk];
+            var av = 0.0;
+            if (pos >= 0 && pos < i32(p.steps)) {
+                av = x[(row_base[m] + u32(pos)) * p.cin + q_ch[kk]];
+            }
+            a_tile[kk * TM + m] = av;
             // W: idx = kk * TN + nn (consecutive threads read consecutive filters)
             let wk = idx / TN;
             let nn = idx % TN;
@@ -86,27 +95,30 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var wv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TM + lid.y * 4u + i];
-                wv[i] = w_tile[kk * TN + lid.x * 4u + i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = acc[i][j] + av[i] * wv[j];
-                }
-            }
+            let ab = kk * TM + lid.y * 4u;
+            let wb = kk * TN + lid.x * 4u;
+            let w4 = vec4<f32>(w_tile[wb], w_tile[wb + 1u], w_tile[wb + 2u], w_tile[wb + 3u]);
+            acc0 += a_tile[ab] * w4;
+            acc1 += a_tile[ab + 1u] * w4;
+            acc2 += a_tile[ab + 2u] * w4;
+            acc3 += a_tile[ab + 3u] * w4;
         }
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
         let r = row0 + lid.y * 4u + i;
+        var row_acc = acc0;
+        switch i {
+            case 1u: { row_acc = acc1; }
+            case 2u: { row_acc = acc2; }
+            case 3u: { row_acc = acc3; }
+            default: {}
+        }
         for (var j = 0u; j < 4u; j++) {
             let c = col0 + lid.x * 4u + j;
             if (r < p.rows && c < p.n) {
                 let f = p.f0 + c;
-                var v = acc[i][j];
+                var v = row_acc[j];
                 if (p.has_bias != 0u) {
                     v = bias[f] + v;
                 }

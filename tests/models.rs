@@ -216,26 +216,45 @@ fn corrupt_and_truncated_files_give_errors_not_panics() {
     assert!(errors > 0);
 }
 
-/// A functional graph that is not a chain (a layer on the LSTM's `state_h`, several inputs,
-/// `initial_state` from another layer) runs on the CPU path (`tests/zoo.rs`); the GPU path,
-/// which runs chains so far, refuses it by name instead of reading it as the wrong chain.
+/// What the GPU path cannot run is refused by name, never run as something else: a Permute
+/// of a rank-5 tensor (the GPU moves tensors of up to 4 axes) runs on the CPU path, and
+/// `GpuNetwork` says which layer it cannot plan and where to run it.
 #[test]
-fn graphs_that_are_not_chains_are_refused_by_the_gpu_path() {
-    let Some(ctx) = gpu("graphs_that_are_not_chains_are_refused_by_the_gpu_path") else {
+fn layers_beyond_the_gpu_kernels_are_refused_by_name() {
+    let Some(ctx) = gpu("layers_beyond_the_gpu_kernels_are_refused_by_name") else {
         return;
     };
-    let zoo = common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR");
-    for name in ["p_encoder_decoder_states", "p_functional_masking_states"] {
-        let model = KerasModel::load(&zoo.join(format!("{name}.keras"))).unwrap();
-        assert!(model.chain_error().is_some(), "{name}");
-        let e = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("CPU path") && e.contains("not a chain"),
-            "{name}: {e}"
-        );
-    }
+    let tensor = |name: &str| {
+        serde_json::json!({"class_name": "__keras_tensor__",
+            "config": {"shape": null, "dtype": "float32", "keras_history": [name, 0, 0]}})
+    };
+    let config = serde_json::json!({"class_name": "Functional", "config": {"name": "rank5",
+        "layers": [
+            {"class_name": "InputLayer", "name": "x", "config": {"batch_shape": [null, 2, 3, 4, 5],
+                "dtype": "float32", "name": "x"}, "inbound_nodes": []},
+            {"class_name": "Permute", "name": "permute", "config": {"dims": [2, 1, 3, 4]},
+                "inbound_nodes": [{"args": [tensor("x")], "kwargs": {}}]}
+        ],
+        "input_layers": [["x", 0, 0]], "output_layers": [["permute", 0, 0]]}});
+    let weights = std::fs::read(
+        common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR").join("p_merge_layers.weights.h5"),
+    )
+    .unwrap();
+    let mut model = KerasModel::from_config_and_weights(&config, &weights).unwrap();
+    let x = ndarray::ArrayD::<f32>::from_shape_fn(ndarray::IxDyn(&[2, 2, 3, 4, 5]), |i| {
+        (i[1] * 60 + i[2] * 20 + i[3] * 5 + i[4]) as f32
+    });
+    let cpu = model.predict_inputs(&[x.clone().into()]).unwrap();
+    assert_eq!(cpu[0].shape(), &[2, 3, 2, 4, 5]);
+    assert_eq!(cpu[0][[0, 2, 1, 3, 4]], x[[0, 1, 2, 3, 4]]);
+    let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+    let e = g.forward_inputs(&[x.into()]).unwrap_err();
+    assert!(
+        matches!(e, lstm_wgpu::LstmError::UnsupportedOnPath { .. })
+            && e.to_string().contains("rank-5")
+            && e.to_string().contains("CPU path"),
+        "{e}"
+    );
 }
 
 /// A Keras model mixing Masking, Bidirectional(GRU), a reset-before GRU, SimpleRNN and Dense

@@ -4,7 +4,6 @@
 
 use lstm_wgpu::model::KerasModel;
 use ndarray::ArrayD;
-use ndarray_npy::read_npy;
 use std::path::PathBuf;
 
 mod common;

@@ -784,3 +784,164 @@ fn window_and_attention_layers_match_their_cpu_twins() {
     }
     println!("worst Conv1D difference: {worst:e}");
 }
+
+/// Thousands of timesteps through every graph kernel (index arithmetic past small shapes,
+/// long reductions over time).
+#[test]
+fn long_sequences_through_every_graph_kernel() {
+    let Some(ctx) = ctx("long_sequences_through_every_graph_kernel") else {
+        return;
+    };
+    let mut rng = Rng(0x5851f42d4c957f2d);
+    let (b, t, c) = (2, 3000, 3);
+    let x = rng.array(&[b, t, c]);
+    let m = rng.mask(b, t);
+    let v = || value(x.clone(), Some(m.clone()));
+    let kernel = rng.array(&[3, c, 5]);
+    let bias = rng.array(&[5]);
+    let w = move || Ok(vec![kernel.clone(), bias.clone()]);
+    let cfg = json!({"padding": "causal", "dilation_rate": 2, "activation": "relu"});
+    let mut conv = super::conv::build("Conv1D", &cfg, "conv", &w)
+        .unwrap()
+        .unwrap();
+    check(
+        &ctx,
+        "long conv1d",
+        conv.as_mut(),
+        &[v()],
+        &[],
+        &[],
+        json!({}),
+    );
+    let cfg = json!({"pool_size": 3, "strides": 2, "padding": "same"});
+    let mut pool = super::conv::build("MaxPooling1D", &cfg, "pool", &|| Ok(Vec::new()))
+        .unwrap()
+        .unwrap();
+    check(
+        &ctx,
+        "long max pooling",
+        pool.as_mut(),
+        &[v()],
+        &[],
+        &[],
+        json!({}),
+    );
+    let mut pad = super::conv::build(
+        "UpSampling1D",
+        &json!({"size": 2}),
+        "up",
+        &|| Ok(Vec::new()),
+    )
+    .unwrap()
+    .unwrap();
+    check(
+        &ctx,
+        "long upsampling",
+        pad.as_mut(),
+        &[v()],
+        &[],
+        &[],
+        json!({}),
+    );
+    for average in [true, false] {
+        let mut op = GlobalPool {
+            average,
+            keepdims: false,
+        };
+        check(
+            &ctx,
+            "long global pool",
+            &mut op,
+            &[v()],
+            &[],
+            &[],
+            json!({}),
+        );
+    }
+    let mut cat = Merge {
+        name: "cat".into(),
+        class: "Concatenate".into(),
+        axis: 1,
+    };
+    check(
+        &ctx,
+        "long concatenate",
+        &mut cat,
+        &[value(x.clone(), None), value(x.clone(), None)],
+        &[],
+        &[],
+        json!({}),
+    );
+    let mut norm = Norm {
+        name: "ln".into(),
+        eps: 1e-3,
+        layer: true,
+        gamma: None,
+        beta: None,
+        mean: None,
+        var: None,
+    };
+    check(
+        &ctx,
+        "long layer norm",
+        &mut norm,
+        &[v()],
+        &[],
+        &[],
+        json!({}),
+    );
+    let q = value(rng.array(&[b, 4, c]), None);
+    let mut att = super::conv::build("Attention", &json!({"use_scale": false}), "att", &|| {
+        Ok(Vec::new())
+    })
+    .unwrap()
+    .unwrap();
+    check(
+        &ctx,
+        "long attention",
+        att.as_mut(),
+        &[q, v()],
+        &[],
+        &[],
+        json!({"return_attention_scores": true}),
+    );
+    let mut dot = Dot {
+        name: "dot".into(),
+        axes: (1, 1),
+        normalize: true,
+    };
+    check(
+        &ctx,
+        "long dot over time",
+        &mut dot,
+        &[value(x.clone(), None), value(x.clone(), None)],
+        &[],
+        &[],
+        json!({}),
+    );
+    let ids = ArrayD::from_shape_fn(IxDyn(&[b, t]), |_| rng.below(7) as f32);
+    let mut emb = Embedding {
+        name: "e".into(),
+        table: Array2::from_shape_fn((7, 4), |_| rng.uniform()),
+        mask_zero: true,
+    };
+    check(
+        &ctx,
+        "long embedding",
+        &mut emb,
+        &[value(ids, None)],
+        &[],
+        &[],
+        json!({}),
+    );
+    let mut rep = RepeatVector { n: t };
+    check(
+        &ctx,
+        "long repeat",
+        &mut rep,
+        &[value(rng.array(&[b, c]), None)],
+        &[],
+        &[],
+        json!({}),
+    );
+}
