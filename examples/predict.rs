@@ -81,15 +81,36 @@ fn run() -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     if summary {
-        println!("model {}", m.name());
+        println!("Model: {:?}", m.name());
         for i in m.inputs() {
             println!("  input {} {:?} {}", i.name, i.shape, i.dtype);
         }
-        for (name, class) in m.layer_classes() {
-            println!("  layer {name} ({class})");
+        let layers = m.summary().map_err(|e| e.to_string())?;
+        let shape = |s: &Vec<Option<usize>>| {
+            let dims: Vec<String> = s
+                .iter()
+                .map(|d| d.map_or("None".to_string(), |v| v.to_string()))
+                .collect();
+            format!("({})", dims.join(", "))
+        };
+        println!(
+            "{:<40} {:<28} {:>10}  path",
+            "Layer (type)", "Output Shape", "Param #"
+        );
+        let mut total = 0;
+        for l in &layers {
+            let shapes: Vec<String> = l.output_shapes.iter().map(shape).collect();
+            println!(
+                "{:<40} {:<28} {:>10}  {}",
+                format!("{} ({})", l.name, l.class),
+                shapes.join(", "),
+                l.params,
+                if l.gpu { "CPU, GPU" } else { "CPU" }
+            );
+            total += l.params;
         }
-        println!("  runs on the CPU path and the GPU path (one submission per forward)");
-        println!("  outputs {:?}", m.output_names());
+        println!("Total params: {total}");
+        println!("The whole model runs on the CPU path and on the GPU path (one submission per forward).");
         return Ok(());
     }
     let Some(output) = output else {

@@ -277,3 +277,95 @@ fn a_gru_and_simple_rnn_model_matches_keras_on_both_paths() {
         assert_eq!(g.stats().submits, 1);
     }
 }
+
+/// A model's predict takes an explicit mask and initial states as the layer API does: for
+/// `lstm_seq_dense` (LSTM → Dense), `predict_with(x, mask, [h0, c0])` equals the LSTM layer
+/// run with them (`Network::forward`) followed by the Dense layer, on the CPU; the GPU's
+/// `forward(x, initial_state, mask)` gives the same; a model of two recurrent calls refuses
+/// initial states by name.
+#[test]
+fn model_predict_takes_a_mask_and_initial_states() {
+    use lstm_wgpu::model::{DenseActivation, ModelLayer};
+    let dir = common::golden_dir("keras-models", "LSTM_WGPU_MODELS_DIR");
+    let mut model = KerasModel::load(&dir.join("lstm_seq_dense.keras")).unwrap();
+    let x: ndarray::Array3<f32> = read_npy(dir.join("lstm_seq_dense.input.npy")).unwrap();
+    let (b, t, _) = x.dim();
+    let layers = model.layers().to_vec();
+    let [(_, ModelLayer::Recurrent(net)), (
+        _,
+        ModelLayer::Dense {
+            kernel,
+            bias,
+            activation,
+        },
+    )] = &layers[..]
+    else {
+        panic!(
+            "lstm_seq_dense is LSTM -> Dense: {:?}",
+            model.layer_classes()
+        );
+    };
+    let units = kernel.nrows();
+    let h0 = ndarray::Array2::from_shape_fn((b, units), |(i, j)| ((i + 2 * j) as f32 * 0.37).sin());
+    let c0 = ndarray::Array2::from_shape_fn((b, units), |(i, j)| ((3 * i + j) as f32 * 0.21).cos());
+    let mask = ndarray::Array2::from_shape_fn((b, t), |(i, s)| s + i < t - 1);
+    let init = [h0.view(), c0.view()];
+    let mut net = net.clone();
+    let seq = net
+        .forward(x.view(), Some(&init), Some(mask.view()))
+        .unwrap();
+    let mut want = seq[0]
+        .clone()
+        .into_dimensionality::<ndarray::Ix3>()
+        .unwrap()
+        .dot_last(kernel);
+    if let Some(bias) = bias {
+        want += bias;
+    }
+    let DenseActivation::Elementwise(act) = activation else {
+        panic!("a softmax Dense");
+    };
+    want.mapv_inplace(|v| act.apply(v));
+    let got = model
+        .predict_with(
+            &[x.clone().into_dyn().into()],
+            Some(mask.view()),
+            Some(&init),
+        )
+        .unwrap();
+    let e = max_abs(&got, &[want.into_dyn()]);
+    assert!(e <= 1e-5, "cpu: {e}");
+    if let Some(ctx) = gpu("model_predict_takes_a_mask_and_initial_states") {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+        let gpu_out = g.forward(x.view(), Some(&init), Some(mask.view())).unwrap();
+        let e = max_abs(&gpu_out, &got);
+        assert!(e <= 1e-4, "gpu vs cpu: {e}");
+    }
+    // Two recurrent calls: no single layer to give the states to.
+    let zoo = common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR");
+    let mut two = KerasModel::load(&zoo.join("p_simplernn_autoencoder.keras")).unwrap();
+    let x2 = ndarray::Array3::<f32>::zeros((3, 7, 2)).into_dyn();
+    let h = ndarray::Array2::<f32>::zeros((3, 6));
+    let e = two
+        .predict_with(&[x2.into()], None, Some(&[h.view()]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exactly one recurrent"), "{e}");
+}
+
+/// `x [B, T, I] · k [I, N]` over the last axis.
+trait DotLast {
+    fn dot_last(&self, k: &ndarray::Array2<f32>) -> ndarray::Array3<f32>;
+}
+
+impl DotLast for ndarray::Array3<f32> {
+    fn dot_last(&self, k: &ndarray::Array2<f32>) -> ndarray::Array3<f32> {
+        let (b, t, i) = self.dim();
+        let flat = self
+            .view()
+            .into_shape_with_order((b * t, i))
+            .unwrap()
+            .dot(k);
+        flat.into_shape_with_order((b, t, k.ncols())).unwrap()
+    }
+}

@@ -174,6 +174,13 @@ impl Op for Norm {
         }])
     }
 
+    fn params(&self) -> usize {
+        [&self.gamma, &self.beta, &self.mean, &self.var]
+            .iter()
+            .map(|w| w.as_ref().map_or(0, |a| a.len()))
+            .sum()
+    }
+
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
         let mut vec = |w: &Option<Array1<f32>>, what: &str| -> Result<Option<wgpu::Buffer>> {
             w.as_ref()

@@ -301,6 +301,10 @@ impl Op for Conv1D {
         }])
     }
 
+    fn params(&self) -> usize {
+        self.kernel.len() + self.bias.as_ref().map_or(0, |b| b.len())
+    }
+
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
         let (k, cg, f) = self.kernel.dim();
         let w: Vec<f32> = self.kernel.iter().copied().collect();
@@ -529,6 +533,10 @@ impl Op for Attention {
             });
         }
         Ok(outs)
+    }
+
+    fn params(&self) -> usize {
+        self.scale.as_ref().map_or(0, |s| s.len()) + usize::from(self.concat_weight.is_some())
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {

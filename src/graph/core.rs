@@ -92,6 +92,14 @@ impl Op for Recurrent {
             .collect())
     }
 
+    fn is_recurrent(&self) -> bool {
+        true
+    }
+
+    fn params(&self) -> usize {
+        self.net.keras_weights().iter().map(|w| w.len()).sum()
+    }
+
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
         let mut stages = up.recurrent(&self.net)?;
         match stages.len() {
@@ -207,6 +215,10 @@ impl Op for Dense {
         }])
     }
 
+    fn params(&self) -> usize {
+        self.kernel.len() + self.bias.as_ref().map_or(0, |b| b.len())
+    }
+
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
         let act = match self.act {
             Act::Elementwise(a) => Some(a),
@@ -261,6 +273,10 @@ impl Op for Embedding {
             data: ArrayD::from_shape_vec(IxDyn(&shape), out).expect("ids x dim values"),
             mask,
         }])
+    }
+
+    fn params(&self) -> usize {
+        self.table.len()
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
@@ -511,6 +527,10 @@ impl Op for PRelu {
             data,
             mask: x.mask.clone(),
         }])
+    }
+
+    fn params(&self) -> usize {
+        self.alpha.len()
     }
 
     fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {

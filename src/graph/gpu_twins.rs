@@ -159,6 +159,7 @@ fn check(
             name: format!("x{k}"),
             dims,
             vocabulary: None,
+            integer: false,
         });
         feeds.push(v.data.clone());
         let x = Src::Input(model_inputs.len() - 1);
@@ -168,6 +169,7 @@ fn check(
                     name: format!("m{k}"),
                     dims: vec![Some(m.ncols())],
                     vocabulary: None,
+                    integer: false,
                 });
                 feeds.push(m.mapv(|b| if b { 1.0 } else { 0.0 }).into_dyn());
                 nodes.push(node(1, vec![x, Src::Input(model_inputs.len() - 1)]));

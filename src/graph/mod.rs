@@ -513,6 +513,7 @@ impl Graph {
                 name: i.name.clone(),
                 dims: i.shape.clone(),
                 vocabulary: None,
+                integer: i.dtype.starts_with("int") || i.dtype.starts_with("uint"),
             })
             .collect();
         for n in &nodes {
@@ -555,9 +556,82 @@ impl Graph {
         ))
     }
 
-    /// Runs the graph on `inputs` (in the model's input order, with their masks).
-    pub(crate) fn run(&mut self, inputs: Vec<Value>) -> Result<Vec<ArrayD<f32>>> {
+    /// The one recurrent layer call that can take initial states from the caller, or an
+    /// error saying why there is none.
+    pub(crate) fn initial_state_node(&self) -> Result<usize> {
+        let recurrent: Vec<usize> = (0..self.nodes.len())
+            .filter(|&k| self.ops[self.nodes[k].op].1.is_recurrent())
+            .collect();
+        match recurrent[..] {
+            [k] if self.nodes[k].states.is_empty() && self.nodes[k].inputs.len() == 1 => Ok(k),
+            [k] => Err(LstmError::invalid(
+                "initial_state",
+                format!(
+                    "layer {} already takes its initial state from the model's graph",
+                    self.nodes[k].layer
+                ),
+            )),
+            _ => Err(LstmError::invalid(
+                "initial_state",
+                format!(
+                    "a model takes initial states when it has exactly one recurrent layer \
+                     call; this one has {}",
+                    recurrent.len()
+                ),
+            )),
+        }
+    }
+
+    /// Runs the graph on `inputs` (in the model's input order, with their masks), with
+    /// initial states for its one recurrent layer call when given.
+    pub(crate) fn run_with(
+        &mut self,
+        inputs: Vec<Value>,
+        initial_state: Option<Vec<Value>>,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let values = self.eval(inputs, initial_state)?;
+        self.pick_outputs(&values)
+    }
+
+    /// The shapes of every layer call's outputs on `inputs`, in config order of the layers:
+    /// `(layer name, [output shapes of each call])`.
+    pub(crate) fn output_shapes(
+        &mut self,
+        inputs: Vec<Value>,
+    ) -> Result<Vec<(String, Vec<Vec<usize>>)>> {
+        let values = self.eval(inputs, None)?;
+        Ok(self
+            .layers
+            .iter()
+            .map(|(name, _)| {
+                let shapes = (0..)
+                    .map_while(|call| values.get(&(name.clone(), call)))
+                    .flat_map(|outs| outs.iter().map(|v| v.data.shape().to_vec()))
+                    .collect();
+                (name.clone(), shapes)
+            })
+            .collect())
+    }
+
+    /// The parameters (weight values) of layer `name`.
+    pub(crate) fn params(&self, name: &str) -> usize {
+        self.ops
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, op)| op.params())
+    }
+
+    /// Every call's outputs on `inputs`.
+    fn eval(
+        &mut self,
+        inputs: Vec<Value>,
+        initial_state: Option<Vec<Value>>,
+    ) -> Result<HashMap<(String, usize), Vec<Value>>> {
         self.check_input_count(inputs.len())?;
+        let init_node = match &initial_state {
+            Some(_) => Some(self.initial_state_node()?),
+            None => None,
+        };
         let mut values: HashMap<(String, usize), Vec<Value>> = HashMap::new();
         for (spec, v) in self.inputs.iter().zip(inputs) {
             values.insert((spec.name.clone(), 0), vec![v]);
@@ -581,11 +655,14 @@ impl Graph {
                     .map(|t| get(&values, t))
                     .collect::<Result<_>>()?;
                 let extra = ops::Extra {
-                    states: node
-                        .states
-                        .iter()
-                        .map(|t| get(&values, t))
-                        .collect::<Result<_>>()?,
+                    states: match (&initial_state, init_node == Some(k)) {
+                        (Some(init), true) => init.iter().collect(),
+                        _ => node
+                            .states
+                            .iter()
+                            .map(|t| get(&values, t))
+                            .collect::<Result<_>>()?,
+                    },
                     mask: node.mask.as_ref().map(|t| get(&values, t)).transpose()?,
                     scalars: &node.scalars,
                     kwargs: &node.kwargs,
@@ -594,6 +671,14 @@ impl Graph {
             };
             values.insert((node.layer.clone(), node.call), outs);
         }
+        Ok(values)
+    }
+
+    /// The model's outputs among the calls' `values`.
+    fn pick_outputs(
+        &self,
+        values: &HashMap<(String, usize), Vec<Value>>,
+    ) -> Result<Vec<ArrayD<f32>>> {
         let mut out = Vec::new();
         for (name, t) in &self.outputs {
             let outs = values

@@ -61,6 +61,16 @@ pub(crate) trait Op: OpClone + std::fmt::Debug + Send {
     /// Runs the layer on `inputs`, returning its outputs with their masks.
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>>;
 
+    /// The layer's parameters (weight values), as Keras's `count_params`.
+    fn params(&self) -> usize {
+        0
+    }
+
+    /// Whether this is a recurrent layer (it takes `initial_state`).
+    fn is_recurrent(&self) -> bool {
+        false
+    }
+
     /// The layer's GPU twin: its stage with the weights uploaded by `up` (the stage's
     /// builder and kernel compute what `call` does, step for step).
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>>;

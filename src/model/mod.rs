@@ -49,6 +49,22 @@ pub enum ModelLayer {
     },
 }
 
+/// One layer of [`KerasModel::summary`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSummary {
+    /// The layer's name.
+    pub name: String,
+    /// Its Keras class.
+    pub class: String,
+    /// The shape of each output of each call (`None`: the batch axis and axes that follow
+    /// the model's free input axes).
+    pub output_shapes: Vec<Vec<Option<usize>>>,
+    /// Its parameters (weight values).
+    pub params: usize,
+    /// Whether the GPU path runs it (`GpuNetwork::from_model`).
+    pub gpu: bool,
+}
+
 /// One input of a model: float features, or integer token ids (for `Embedding`).
 #[derive(Debug, Clone)]
 pub enum ModelInput {
@@ -77,7 +93,7 @@ impl From<ArrayD<i32>> for ModelInput {
 }
 
 impl ModelInput {
-    fn is_integer(&self) -> bool {
+    pub(crate) fn is_integer(&self) -> bool {
         matches!(self, ModelInput::I64(_))
     }
 
@@ -354,6 +370,33 @@ impl KerasModel {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn predict_inputs(&mut self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
+        self.predict_with(inputs, None, None)
+    }
+
+    /// [`KerasModel::predict_inputs`] with an explicit mask `[B, T]` for the first input (as
+    /// Keras's `model(x, mask=mask)`: the input's mask, which the layers then propagate) and
+    /// initial states for the model's recurrent layer (`[h, c]` of an LSTM, `[h]` of a GRU or
+    /// SimpleRNN, forward then backward for a Bidirectional one), as the layer API's
+    /// `forward(x, initial_state, mask)`. Initial states need a model with exactly one
+    /// recurrent layer call that takes no `initial_state` from the graph; an error says so
+    /// otherwise.
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::model::KerasModel;
+    /// let mut model = KerasModel::load("tagger.keras".as_ref())?;
+    /// let x = ndarray::Array3::<f32>::zeros((2, 10, 3)).into_dyn();
+    /// let mask = ndarray::Array2::from_shape_fn((2, 10), |(b, t)| t < 6 + b);
+    /// let h0 = ndarray::Array2::<f32>::zeros((2, 16));
+    /// let c0 = ndarray::Array2::<f32>::zeros((2, 16));
+    /// let outputs = model.predict_with(&[x.into()], Some(mask.view()), Some(&[h0.view(), c0.view()]))?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn predict_with(
+        &mut self,
+        inputs: &[ModelInput],
+        mask: Option<ndarray::ArrayView2<bool>>,
+        initial_state: Option<&[ndarray::ArrayView2<f32>]>,
+    ) -> Result<Vec<ArrayD<f32>>> {
         self.graph.check_input_count(inputs.len())?;
         let mut values = Vec::new();
         for (spec, input) in self.graph.inputs.iter().zip(inputs) {
@@ -401,7 +444,89 @@ impl KerasModel {
             }
             values.push(GraphValue { data, mask: None });
         }
-        self.graph.run(values)
+        if let Some(m) = mask {
+            let x = &values[0].data;
+            if x.ndim() < 2 || m.dim() != (x.shape()[0], x.shape()[1]) {
+                return Err(LstmError::shape(
+                    "mask",
+                    &x.shape()[..x.ndim().min(2)],
+                    m.shape(),
+                ));
+            }
+            values[0].mask = Some(m.to_owned());
+        }
+        let init = initial_state.map(|states| {
+            states
+                .iter()
+                .map(|s| GraphValue {
+                    data: s.to_owned().into_dyn(),
+                    mask: None,
+                })
+                .collect()
+        });
+        self.graph.run_with(values, init)
+    }
+
+    /// A summary of the model's layers, as Keras's `model.summary()`: each layer's name,
+    /// class, output shapes (`None` on axes that follow the input's free axes: found by
+    /// running the CPU path on zeros with two lengths for them, batch 1), parameters, and
+    /// whether the GPU path runs it.
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::model::KerasModel;
+    /// let mut model = KerasModel::load("model.keras".as_ref())?;
+    /// for l in model.summary()? {
+    ///     println!("{} ({}) {:?} {} params", l.name, l.class, l.output_shapes, l.params);
+    /// }
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn summary(&mut self) -> Result<Vec<LayerSummary>> {
+        let mut runs = Vec::new();
+        for free in [2usize, 3] {
+            let values = self
+                .graph
+                .inputs
+                .iter()
+                .map(|spec| {
+                    let mut shape = vec![1];
+                    shape.extend(spec.shape.iter().map(|d| d.unwrap_or(free)));
+                    GraphValue {
+                        data: ArrayD::zeros(ndarray::IxDyn(&shape)),
+                        mask: None,
+                    }
+                })
+                .collect();
+            runs.push(self.graph.output_shapes(values)?);
+        }
+        let classes = self.graph.layers.clone();
+        Ok(classes
+            .into_iter()
+            .zip(runs[0].iter().zip(&runs[1]))
+            .map(|((name, class), ((_, a), (_, b)))| {
+                let output_shapes = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| {
+                        let mut dims: Vec<Option<usize>> = x
+                            .iter()
+                            .zip(y)
+                            .map(|(p, q)| (p == q).then_some(*p))
+                            .collect();
+                        if !dims.is_empty() {
+                            dims[0] = None; // the batch axis
+                        }
+                        dims
+                    })
+                    .collect();
+                LayerSummary {
+                    params: self.graph.params(&name),
+                    gpu: true,
+                    name,
+                    class,
+                    output_shapes,
+                }
+            })
+            .collect())
     }
 
     /// [`KerasModel::predict_inputs`] with each output paired with its name, as Keras's

@@ -308,6 +308,18 @@ impl GpuNetwork {
             .map(|(k, x)| {
                 let name = specs.get(k).map_or("x", |s| s.name.as_str());
                 let vocab = specs.get(k).and_then(|s| s.vocabulary);
+                if let Some(spec) = specs.get(k) {
+                    if spec.integer != x.is_integer() {
+                        return Err(LstmError::invalid(
+                            format!("input {name}"),
+                            format!(
+                                "the model takes {} here, got {}",
+                                if spec.integer { "integers" } else { "floats" },
+                                if x.is_integer() { "integers" } else { "floats" }
+                            ),
+                        ));
+                    }
+                }
                 let check = |v: f64| -> Result<()> {
                     let limit = vocab.map_or(1u64 << 24, |n| (n as u64).min(1 << 24)) as f64;
                     if vocab.is_some() && !(v >= 0.0 && v < limit && v.fract() == 0.0) {
@@ -466,15 +478,28 @@ impl GpuNetwork {
             (batch, 0, 0)
         };
         if let Some(init) = initial_state {
-            let dirs = match self.model.nodes.as_slice() {
-                [only] => self.model.stages[only.stage].directions(),
+            // The one recurrent layer call, which reads no state from the graph.
+            let recurrent: Vec<_> = self
+                .model
+                .nodes
+                .iter()
+                .filter(|n| !self.model.stages[n.stage].directions().is_empty())
+                .collect();
+            let dirs = match recurrent[..] {
+                [n] if n.states.is_empty() && n.inputs.len() == 1 => {
+                    self.model.stages[n.stage].directions()
+                }
                 _ => Vec::new(),
             };
             if dirs.is_empty() || dirs.len() > 2 {
                 return Err(LstmError::invalid(
                     "initial_state",
-                    "only a network of one recurrent or Bidirectional layer takes an initial \
-                     state (a Sequential stack or a model does not)",
+                    format!(
+                        "initial states go to a network's one recurrent (or Bidirectional) \
+                         layer call that takes none from the graph; this one has {} recurrent \
+                         calls (a Sequential stack takes none)",
+                        recurrent.len()
+                    ),
                 ));
             }
             // [h0, c0] or [h0] per direction, forward first.

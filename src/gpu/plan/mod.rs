@@ -204,6 +204,8 @@ pub(crate) struct GpuInput {
     /// The smallest vocabulary of the Embedding layers reading it directly (token ids are
     /// checked against it before the upload).
     pub vocabulary: Option<usize>,
+    /// Whether the model takes integers here (token ids), as Keras's dtype says.
+    pub integer: bool,
 }
 
 /// One dispatch of a plan.
@@ -310,6 +312,7 @@ impl GpuModel {
                 name: "x".into(),
                 dims: vec![None, Some(input_dim)],
                 vocabulary: None,
+                integer: false,
             }],
             outputs: vec![(last, None)],
             weight_bytes,
