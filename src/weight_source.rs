@@ -80,6 +80,11 @@ impl<'a> WeightSource<'a> {
 
     /// Whether a Keras weight file is in the legacy layout (a `layer_names` attribute at its
     /// root or on `model_weights`), as Keras 2 and `model.save("m.h5")` write it.
+    /// Whether this source reads a Keras 2 (legacy HDF5) layout.
+    pub(crate) fn is_legacy_source(&self) -> bool {
+        self.legacy_root.is_some()
+    }
+
     pub(crate) fn is_legacy(file: &H5File<'a>) -> bool {
         file.string_attribute("", "layer_names").is_ok()
             || file

@@ -369,3 +369,37 @@ impl DotLast for ndarray::Array3<f32> {
         flat.into_shape_with_order((b, t, k.ncols())).unwrap()
     }
 }
+
+/// Models used as layers (`tests/data/keras/nested.*`, `scripts/record_nested_model.py`): a
+/// Sequential and a functional model called inside a functional one, the Masking mask flowing
+/// through both, weights from the `.keras` file and from `.weights.h5`: Keras's prediction on
+/// the CPU and on the GPU (one submission).
+#[test]
+fn nested_models_match_keras_on_both_paths() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let want: ArrayD<f32> = read_npy(dir.join("nested.expected.npy")).unwrap();
+    let x: Array3<f32> = read_npy(dir.join("nested.input.npy")).unwrap();
+    for weights in [false, true] {
+        let mut model = if weights {
+            KerasModel::load_weights(&dir.join("nested.keras"), &dir.join("nested.weights.h5"))
+        } else {
+            KerasModel::load(&dir.join("nested.keras"))
+        }
+        .unwrap();
+        let got = model.predict(x.view()).unwrap();
+        let e = max_abs(&got, std::slice::from_ref(&want));
+        assert!(e <= 1e-5, "cpu: {e}");
+        let summary = model.summary().unwrap();
+        let params: usize = summary.iter().map(|l| l.params).sum();
+        // LSTM(5) on 3: 4·5·(3+5+1); Dense(4): 24; GRU(6) on 4, reset_after: 3·6·(4+6+2);
+        // Dense(2): 14
+        assert_eq!(params, 180 + 24 + 216 + 14);
+        if let Some(ctx) = gpu("nested_models_match_keras_on_both_paths") {
+            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+            let got = g.forward(x.view(), None, None).unwrap();
+            let e = max_abs(&got, std::slice::from_ref(&want));
+            assert!(e <= 1e-4, "gpu: {e}");
+            assert_eq!(g.stats().submits, 1);
+        }
+    }
+}

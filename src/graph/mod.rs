@@ -214,6 +214,21 @@ impl Graph {
     /// Reads the graph of a model config (`{"class_name": "Functional" | "Sequential", ...}`),
     /// building each layer with its weights from `src`.
     pub(crate) fn from_config(config: &Json, src: &WeightSource) -> Result<Self> {
+        Self::from_config_in(config, src, "", 0)
+    }
+
+    /// [`Graph::from_config`] of a model nested `depth` deep, whose layers' weights lie under
+    /// `prefix` (`"sequential/layers/"` for a `Sequential` used as a layer: Keras 3 keeps a
+    /// nested model's weights under its own key, then its layers' keys).
+    fn from_config_in(
+        config: &Json,
+        src: &WeightSource,
+        prefix: &str,
+        depth: usize,
+    ) -> Result<Self> {
+        if depth > 16 {
+            return Err(bad("models nested more than 16 deep"));
+        }
         let class = config
             .get("class_name")
             .and_then(Json::as_str)
@@ -274,7 +289,29 @@ impl Graph {
                 format!("{base}_{n}")
             };
             *n += 1;
-            let op = ops::build(lclass, lcfg, entry, &name, &key, src)?;
+            let op: Box<dyn ops::Op> = if matches!(lclass, "Sequential" | "Functional" | "Model") {
+                if src.is_legacy_source() {
+                    return Err(LstmError::unsupported(
+                        "nested model",
+                        format!(
+                            "{name} ({lclass}) in a Keras 2 HDF5 file (nested models are read \
+                             from .keras and .weights.h5 files)"
+                        ),
+                    ));
+                }
+                let inner = Graph::from_config_in(
+                    entry,
+                    src,
+                    &format!("{prefix}{key}/layers/"),
+                    depth + 1,
+                )?;
+                Box::new(SubModel {
+                    name: name.clone(),
+                    graph: inner,
+                })
+            } else {
+                ops::build(lclass, lcfg, entry, &name, &format!("{prefix}{key}"), src)?
+            };
             let op_index = graph.ops.len();
             graph.ops.push((name.clone(), op));
             if !functional {
@@ -679,22 +716,71 @@ impl Graph {
         &self,
         values: &HashMap<(String, usize), Vec<Value>>,
     ) -> Result<Vec<ArrayD<f32>>> {
+        Ok(self
+            .pick_values(values)?
+            .into_iter()
+            .map(|v| v.data)
+            .collect())
+    }
+
+    /// The model's outputs among the calls' `values`, with their masks.
+    fn pick_values(&self, values: &HashMap<(String, usize), Vec<Value>>) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for (name, t) in &self.outputs {
             let outs = values
                 .get(&(t.0.clone(), t.1))
                 .ok_or_else(|| bad(format!("output {name} is no layer's output")))?;
             if t.2 == usize::MAX {
-                out.extend(outs.iter().map(|v| v.data.clone()));
+                out.extend(outs.iter().cloned());
             } else {
                 out.push(
                     outs.get(t.2)
                         .ok_or_else(|| bad(format!("output {name}[{}] does not exist", t.2)))?
-                        .data
                         .clone(),
                 );
             }
         }
         Ok(out)
+    }
+}
+
+/// A model used as a layer (a nested `Sequential` or functional model): its graph, run on the
+/// call's inputs (with their masks); its outputs keep the masks the inner layers give them.
+#[derive(Debug, Clone)]
+struct SubModel {
+    name: String,
+    graph: Graph,
+}
+
+impl ops::Op for SubModel {
+    fn call(&mut self, inputs: &[&Value], extra: &ops::Extra<'_>) -> Result<Vec<Value>> {
+        if !extra.states.is_empty() {
+            return Err(LstmError::invalid(
+                format!("layer {}", self.name),
+                "a nested model takes no initial_state",
+            ));
+        }
+        let mut values: Vec<Value> = inputs.iter().map(|v| (*v).clone()).collect();
+        if let (Some(m), Some(first)) = (extra.mask, values.first_mut()) {
+            first.mask = Some(ops::bool_mask(m, &self.name)?);
+        }
+        let all = self.graph.eval(values, None)?;
+        self.graph.pick_values(&all)
+    }
+
+    fn params(&self) -> usize {
+        self.graph.ops.iter().map(|(_, op)| op.params()).sum()
+    }
+
+    fn is_recurrent(&self) -> bool {
+        false
+    }
+
+    fn gpu(&self, up: &mut crate::gpu::Uploader<'_>) -> Result<Box<dyn crate::gpu::GpuStage>> {
+        let parts = self.graph.to_gpu(up)?;
+        Ok(Box::new(crate::gpu::plan::SubGraphStage {
+            name: self.name.clone(),
+            graph: parts,
+        }))
     }
 }

@@ -23,6 +23,7 @@ mod mask;
 mod merge;
 mod norm;
 mod pool;
+mod subgraph;
 
 pub(crate) use attention::{AttentionStage, DotStage};
 pub(super) use buffers::{BufferPool, StateBuffers};
@@ -37,6 +38,7 @@ pub(crate) use mask::MaskStage;
 pub(crate) use merge::BidiStage;
 pub(crate) use norm::NormStage;
 pub(crate) use pool::PoolStage;
+pub(crate) use subgraph::SubGraphStage;
 
 use super::context::GpuContext;
 use super::kernels::Kernels;
@@ -401,68 +403,8 @@ impl GpuModel {
                     planned_states: Vec::new(),
                     repeated: false,
                 };
-                let mut values: Vec<Vec<Tensor>> = Vec::with_capacity(self.nodes.len());
-                let get = |values: &Vec<Vec<Tensor>>, s: &Src| -> Result<Tensor> {
-                    match *s {
-                        Src::Input(k) => tensors.get(k).cloned(),
-                        Src::Node(n, k) => values.get(n).and_then(|v| v.get(k)).cloned(),
-                    }
-                    .ok_or_else(|| {
-                        LstmError::invalid("model", format!("no tensor {s:?} (a malformed graph)"))
-                    })
-                };
-                // A tensor a node reads, in a buffer of its own when it lies at an offset.
-                let read = |cx: &mut PlanContext<'_, '_>, values: &Vec<Vec<Tensor>>, s: &Src| {
-                    let t = get(values, s)?;
-                    if t.offset == 0 {
-                        return Ok(t);
-                    }
-                    let mut g = gather::Gather::copy(&t.shape);
-                    g.in_base = (t.offset / 4) as usize;
-                    let mut own = cx.gathered("tensor copy", &t.buf, t.shape.clone(), &g)?;
-                    own.mask = t.mask;
-                    Ok(own)
-                };
-                for node in &self.nodes {
-                    cx.repeated = self.nodes.iter().filter(|n| n.stage == node.stage).count() > 1;
-                    let ins = node
-                        .inputs
-                        .iter()
-                        .map(|s| read(&mut cx, &values, s))
-                        .collect::<Result<Vec<_>>>()?;
-                    let sts = node
-                        .states
-                        .iter()
-                        .map(|s| read(&mut cx, &values, s))
-                        .collect::<Result<Vec<_>>>()?;
-                    let m = node
-                        .mask
-                        .as_ref()
-                        .map(|s| read(&mut cx, &values, s))
-                        .transpose()?;
-                    let args = Args {
-                        inputs: &ins,
-                        states: &sts,
-                        mask: m.as_ref(),
-                        scalars: &node.scalars,
-                        kwargs: &node.kwargs,
-                    };
-                    let outs = self.stages[node.stage].plan(&mut cx, &args).map_err(|e| {
-                        log::debug!("planning {} failed: {e}", node.name);
-                        e
-                    })?;
-                    values.push(outs);
-                }
-                let mut outputs = Vec::new();
-                for &(n, k) in &self.outputs {
-                    let outs = values.get(n).ok_or_else(|| {
-                        LstmError::invalid("model", format!("no output of node {n}"))
-                    })?;
-                    match k {
-                        None => outputs.extend(outs.iter().cloned()),
-                        Some(k) => outputs.push(get(&values, &Src::Node(n, k))?),
-                    }
-                }
+                let outputs =
+                    plan_graph(&mut cx, (&self.stages, &self.nodes, &self.outputs), tensors)?;
                 let PlanContext {
                     mut alloc,
                     ops,
@@ -545,4 +487,74 @@ impl GpuModel {
                 })
             })?
     }
+}
+
+/// Plans the calls `nodes` of `stages` (in order) on the graph's input tensors `tensors`;
+/// returns the tensors `outputs` names. A model's graph, and a nested model's inside it.
+pub(crate) fn plan_graph(
+    cx: &mut PlanContext<'_, '_>,
+    (stages, nodes, outputs_of): (&[Box<dyn GpuStage>], &[GpuNode], &[(usize, Option<usize>)]),
+    tensors: Vec<Tensor>,
+) -> Result<Vec<Tensor>> {
+    let mut values: Vec<Vec<Tensor>> = Vec::with_capacity(nodes.len());
+    let get = |values: &Vec<Vec<Tensor>>, s: &Src| -> Result<Tensor> {
+        match *s {
+            Src::Input(k) => tensors.get(k).cloned(),
+            Src::Node(n, k) => values.get(n).and_then(|v| v.get(k)).cloned(),
+        }
+        .ok_or_else(|| LstmError::invalid("model", format!("no tensor {s:?} (a malformed graph)")))
+    };
+    // A tensor a node reads, in a buffer of its own when it lies at an offset.
+    let read = |cx: &mut PlanContext<'_, '_>, values: &Vec<Vec<Tensor>>, s: &Src| {
+        let t = get(values, s)?;
+        if t.offset == 0 {
+            return Ok(t);
+        }
+        let mut g = gather::Gather::copy(&t.shape);
+        g.in_base = (t.offset / 4) as usize;
+        let mut own = cx.gathered("tensor copy", &t.buf, t.shape.clone(), &g)?;
+        own.mask = t.mask;
+        Ok(own)
+    };
+    for node in nodes {
+        cx.repeated = nodes.iter().filter(|n| n.stage == node.stage).count() > 1;
+        let ins = node
+            .inputs
+            .iter()
+            .map(|s| read(cx, &values, s))
+            .collect::<Result<Vec<_>>>()?;
+        let sts = node
+            .states
+            .iter()
+            .map(|s| read(cx, &values, s))
+            .collect::<Result<Vec<_>>>()?;
+        let m = node
+            .mask
+            .as_ref()
+            .map(|s| read(cx, &values, s))
+            .transpose()?;
+        let args = Args {
+            inputs: &ins,
+            states: &sts,
+            mask: m.as_ref(),
+            scalars: &node.scalars,
+            kwargs: &node.kwargs,
+        };
+        let outs = stages[node.stage].plan(cx, &args).map_err(|e| {
+            log::debug!("planning {} failed: {e}", node.name);
+            e
+        })?;
+        values.push(outs);
+    }
+    let mut outputs = Vec::new();
+    for &(n, k) in outputs_of {
+        let outs = values
+            .get(n)
+            .ok_or_else(|| LstmError::invalid("model", format!("no output of node {n}")))?;
+        match k {
+            None => outputs.extend(outs.iter().cloned()),
+            Some(k) => outputs.push(get(&values, &Src::Node(n, k))?),
+        }
+    }
+    Ok(outputs)
 }
