@@ -489,11 +489,19 @@ impl GpuModel {
     }
 }
 
+/// A graph to plan: its stages, its calls in order, its outputs (output `k` of a call, or
+/// every output of it).
+pub(crate) type GraphRef<'g> = (
+    &'g [Box<dyn GpuStage>],
+    &'g [GpuNode],
+    &'g [(usize, Option<usize>)],
+);
+
 /// Plans the calls `nodes` of `stages` (in order) on the graph's input tensors `tensors`;
 /// returns the tensors `outputs` names. A model's graph, and a nested model's inside it.
 pub(crate) fn plan_graph(
     cx: &mut PlanContext<'_, '_>,
-    (stages, nodes, outputs_of): (&[Box<dyn GpuStage>], &[GpuNode], &[(usize, Option<usize>)]),
+    (stages, nodes, outputs_of): GraphRef<'_>,
     tensors: Vec<Tensor>,
 ) -> Result<Vec<Tensor>> {
     let mut values: Vec<Vec<Tensor>> = Vec::with_capacity(nodes.len());
