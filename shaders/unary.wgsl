@@ -1,6 +1,7 @@
 // One value in, one value out, over a whole tensor (MODE, an override constant):
 //   0 an activation (ACTIVATION, the ids of common.wgsl): Activation, ReLU, ELU
-//   1 ReLU with slope/threshold/max: v >= b ? v : a * (v - b), then f32::min(., c) if has_max
+//   1 ReLU(negative_slope a, threshold b, max_value c if has_max), as Keras 3 computes it
+//     (see keras_relu)
 //   2 PReLU: v < 0 ? v * alpha[i % period] : v
 //   3 NotEqual(x, a): 1.0 where v != a, else 0.0
 //   4 fill with a (an all-present mask)
@@ -35,6 +36,29 @@ fn max_ignoring_nan(m: f32, v: f32) -> f32 {
     return select(select(max(m, v), m, is_nan(v)), v, is_nan(m));
 }
 
+fn relu_keeping_nan(u: f32) -> f32 {
+    return select(0.0, u, u > 0.0 || is_nan(u));
+}
+
+// Keras 3's relu(x, negative_slope, max_value, threshold) on TensorFlow, NaN included.
+// CPU twin: `keras_relu` in src/graph/core.rs.
+fn keras_relu(v: f32) -> f32 {
+    if (p.a != 0.0 && p.has_max == 0u && p.b == 0.0) {
+        return select(p.a * v, v, v >= 0.0 || is_nan(v));
+    }
+    var y = relu_keeping_nan(v);
+    if (p.b != 0.0) {
+        y = select(0.0, v, v > p.b);
+    }
+    if (p.has_max != 0u && !is_nan(y)) {
+        y = min(max(y, 0.0), p.c);
+    }
+    if (p.a != 0.0) {
+        y = y - p.a * relu_keeping_nan(p.b - v);
+    }
+    return y;
+}
+
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
@@ -46,13 +70,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             out[i] = act(ACTIVATION, x[i]);
         }
         case 1u: {
-            let v = x[i];
-            var y = select(p.a * (v - p.b), v, v >= p.b);
-            // min(y, c) as Rust's f32::min: a NaN y gives c
-            if (p.has_max != 0u && (y > p.c || is_nan(y))) {
-                y = p.c;
-            }
-            out[i] = y;
+            out[i] = keras_relu(x[i]);
         }
         case 2u: {
             let v = x[i];

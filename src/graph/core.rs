@@ -459,6 +459,36 @@ impl Op for Activate {
 }
 
 /// Keras `ReLU` with parameters, or `LeakyReLU`.
+/// Keras 3's `relu(x, negative_slope, max_value, threshold)` (`ReLU`, `LeakyReLU`) step for
+/// step as `keras.activations.ReLU.static_call` computes it on TensorFlow, NaN included
+/// (measured against Keras 3.15.1): leaky_relu when only a slope is given; else
+/// `where(x > threshold, x, 0)` (or relu(x) without a threshold), clipped to
+/// `[0, max_value]`, minus `negative_slope · relu(threshold - x)`. relu and clip keep NaN.
+pub(super) fn keras_relu(v: f32, slope: f32, threshold: f32, max: Option<f32>) -> f32 {
+    let relu = |u: f32| if u > 0.0 || u.is_nan() { u } else { 0.0 };
+    if slope != 0.0 && max.is_none() && threshold == 0.0 {
+        return if v >= 0.0 || v.is_nan() { v } else { slope * v };
+    }
+    let mut y = if threshold != 0.0 {
+        if v > threshold {
+            v
+        } else {
+            0.0
+        }
+    } else {
+        relu(v)
+    };
+    if let Some(m) = max {
+        if !y.is_nan() {
+            y = y.max(0.0).min(m);
+        }
+    }
+    if slope != 0.0 {
+        y -= slope * relu(threshold - v);
+    }
+    y
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Leaky {
     pub(super) slope: f32,
@@ -470,10 +500,7 @@ impl Op for Leaky {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         let x = one_input(inputs, "ReLU")?;
         let (slope, th, max) = (self.slope, self.threshold, self.max);
-        let data = x.data.mapv(|v| {
-            let y = if v >= th { v } else { slope * (v - th) };
-            max.map_or(y, |m| y.min(m))
-        });
+        let data = x.data.mapv(|v| keras_relu(v, slope, th, max));
         Ok(vec![Value {
             data,
             mask: x.mask.clone(),
@@ -538,5 +565,33 @@ impl Op for PRelu {
             name: self.name.clone(),
             op: UnaryOp::PRelu(self.alpha.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keras_relu;
+
+    /// Keras 3.15.1's `ReLU(...)` on [-2, -0.5, 0, 0.5, 1, 7, NaN, inf, -inf], recorded.
+    #[test]
+    fn relu_options_match_keras() {
+        let x = [-2.0, -0.5, 0.0, 0.5, 1.0, 7.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+        let nan = f32::NAN;
+        let (inf, ninf) = (f32::INFINITY, f32::NEG_INFINITY);
+        let cases: [((f32, f32, Option<f32>), [f32; 9]); 6] = [
+            ((0.3, 0.0, None), [-0.6, -0.15, 0.0, 0.5, 1.0, 7.0, nan, inf, ninf]),
+            ((0.1, 0.5, Some(1.5)), [-0.25, -0.1, -0.05, 0.0, 1.0, 1.5, nan, 1.5, ninf]),
+            ((0.0, 0.0, Some(6.0)), [0.0, 0.0, 0.0, 0.5, 1.0, 6.0, nan, 6.0, 0.0]),
+            ((0.0, 0.5, None), [0.0, 0.0, 0.0, 0.0, 1.0, 7.0, 0.0, inf, 0.0]),
+            ((0.2, 0.5, None), [-0.5, -0.2, -0.1, 0.0, 1.0, 7.0, nan, inf, ninf]),
+            ((0.0, 0.5, Some(0.7)), [0.0, 0.0, 0.0, 0.0, 0.7, 0.7, 0.0, 0.7, 0.0]),
+        ];
+        for ((slope, th, max), want) in cases {
+            for (v, w) in x.iter().zip(want) {
+                let got = keras_relu(*v, slope, th, max);
+                let same = (got.is_nan() && w.is_nan()) || (got - w).abs() <= 1e-6 || got == w;
+                assert!(same, "relu({v}, {slope}, {th}, {max:?}) = {got}, Keras {w}");
+            }
+        }
     }
 }
