@@ -280,21 +280,46 @@ impl Op for Conv1D {
         let span = self.dilation * (k - 1) + 1;
         let (left, out_len) = window(&self.padding, t, span, self.stride)?;
         let fg = f / self.groups;
-        let mut y = Array3::<f32>::zeros((b, out_len, f));
-        for i in 0..b {
-            for o in 0..out_len {
-                for filter in 0..f {
-                    let g = filter / fg;
-                    let mut acc = self.bias.as_ref().map_or(0.0, |bias| bias[filter]);
+        // Per group, as one product: the receptive fields as rows (im2col; padding taps are
+        // zeros, as Keras's explicit zero padding), times the group's kernel [k·cg, fg].
+        let rows = b * out_len;
+        let mut y = ndarray::Array2::<f32>::zeros((rows, f));
+        let mut cols = ndarray::Array2::<f32>::zeros((rows, k * cg));
+        for g in 0..self.groups {
+            cols.fill(0.0);
+            for i in 0..b {
+                for o in 0..out_len {
+                    let mut row = cols.row_mut(i * out_len + o);
                     for (kk, pos) in taps(o, k, (self.stride, self.dilation, left, t)) {
                         for c in 0..cg {
-                            acc += x[[i, pos, g * cg + c]] * self.kernel[[kk, c, filter]];
+                            row[kk * cg + c] = x[[i, pos, g * cg + c]];
                         }
                     }
-                    y[[i, o, filter]] = self.activation.apply(acc);
                 }
             }
+            let w = self
+                .kernel
+                .slice(ndarray::s![.., .., g * fg..(g + 1) * fg])
+                .to_owned()
+                .into_shape_with_order((k * cg, fg))
+                .expect("k·cg rows of fg filters");
+            let mut part = y.slice_mut(ndarray::s![.., g * fg..(g + 1) * fg]);
+            if let Some(bias) = &self.bias {
+                part.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
+            }
+            let mut out = part.to_owned();
+            crate::cpu::reference::matmul(
+                cols.view(),
+                w.view(),
+                out.view_mut(),
+                self.bias.is_some(),
+            );
+            part.assign(&out);
         }
+        y.mapv_inplace(|v| self.activation.apply(v));
+        let y = y
+            .into_shape_with_order((b, out_len, f))
+            .expect("rows x filters");
         Ok(vec![Value {
             data: y.into_dyn(),
             mask: None,

@@ -394,7 +394,9 @@ fn elementwise_layers_match_their_cpu_twins() {
         for (slope, threshold, max) in [
             (0.3, 0.0, None),
             (0.1, 0.5, Some(1.5)),
-            (0.0, 0.5, Some(0.7)), (0.2, 0.0, Some(1.0)), (0.0, 0.0, Some(6.0)),
+            (0.0, 0.5, Some(0.7)),
+            (0.2, 0.0, Some(1.0)),
+            (0.0, 0.0, Some(6.0)),
         ] {
             let mut op = Leaky {
                 slope,
