@@ -176,6 +176,33 @@ pub(crate) fn mask_iterations(width: usize) -> u64 {
     2 * width as u64
 }
 
+/// unary.wgsl in a row mode (softmax: three loops over the row; Any: one).
+pub(crate) fn unary_row_iterations(width: usize) -> u64 {
+    3 * width as u64
+}
+
+/// norm.wgsl: two statistics loops and the output loop over the row.
+pub(crate) fn norm_iterations(width: usize) -> u64 {
+    3 * width as u64
+}
+
+/// pool.wgsl: one loop over the window.
+pub(crate) fn pool_iterations(size: usize) -> u64 {
+    size as u64
+}
+
+/// conv1d.wgsl: per round of 16 reduction values, the staging loop (4) and the product
+/// loop (16); then the 16 stores.
+pub(crate) fn conv_iterations(k: usize) -> u64 {
+    k.div_ceil(16) as u64 * (1 + 4 + 16 * 5) + 4 * 5
+}
+
+/// attention.wgsl: the scores over the features, the softmax's three loops over the value
+/// steps, the weighted sum over them; the longest of the three dispatches.
+pub(crate) fn attention_iterations(dim: usize, tv: usize) -> u64 {
+    (dim as u64).max(3 * tv as u64)
+}
+
 /// An error unless `iterations` fit the budget of an adapter whose loops stop after `cap`:
 /// `what` names the layer and its size.
 pub(crate) fn check(what: &str, iterations: u64, cap: Option<u64>) -> Result<()> {

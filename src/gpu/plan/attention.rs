@@ -5,6 +5,7 @@
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::loops;
 use crate::gpu::params::{AttentionParams, ATTENTION_THREADS};
 use crate::gpu::stats::Phase;
 
@@ -106,6 +107,7 @@ impl GpuStage for AttentionStage {
                 ));
             }
         }
+        loops::check(&what, loops::attention_iterations(dim, tv), cx.loop_cap)?;
         let score = if self.additive {
             2
         } else if self.concat_weight.is_some() {
@@ -240,6 +242,7 @@ impl GpuStage for DotStage {
                 &[y.shape[0], ky],
             ));
         }
+        loops::check(&what, loops::attention_iterations(kx, 0), cx.loop_cap)?;
         let ap = AttentionParams {
             batch: b as u32,
             tq: m as u32,

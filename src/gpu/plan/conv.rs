@@ -5,6 +5,7 @@ use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::loops;
 use crate::gpu::params::{ConvParams, CONV_TILE};
 use crate::gpu::stats::Phase;
 
@@ -40,6 +41,11 @@ impl GpuStage for ConvStage {
         }
         let span = self.dilation * (self.kernel_size - 1) + 1;
         let (left, out_len) = crate::graph::window(&self.padding, t, span, self.stride)?;
+        loops::check(
+            &what,
+            loops::conv_iterations(self.kernel_size * cg),
+            cx.loop_cap,
+        )?;
         let rows = b * out_len;
         let f = self.filters;
         let fg = f / self.groups;

@@ -8,6 +8,7 @@ use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::loops;
 use crate::gpu::params::{BinaryParams, UnaryParams, BINARY_THREADS, UNARY_THREADS};
 use crate::gpu::stats::Phase;
 use ndarray::{ArrayD, IxDyn};
@@ -197,6 +198,9 @@ impl GpuStage for UnaryStage {
                 }
                 mask = None;
             }
+        }
+        if matches!(self.op, UnaryOp::Softmax | UnaryOp::Any { .. }) {
+            loops::check(&what, loops::unary_row_iterations(width), cx.loop_cap)?;
         }
         let out_len: usize = shape.iter().product();
         let out = cx.storage(&what, (out_len * 4) as u64, wgpu::BufferUsages::COPY_SRC)?;

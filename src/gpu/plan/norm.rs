@@ -4,6 +4,7 @@
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
+use crate::gpu::loops;
 use crate::gpu::params::{NormParams, NORM_THREADS};
 use crate::gpu::stats::Phase;
 
@@ -33,6 +34,7 @@ impl GpuStage for NormStage {
                 &x.shape,
             ));
         }
+        loops::check(&what, loops::norm_iterations(x.width()), cx.loop_cap)?;
         let rows = x.rows();
         let out = cx.storage(&what, (x.len() * 4) as u64, wgpu::BufferUsages::COPY_SRC)?;
         let np = NormParams {

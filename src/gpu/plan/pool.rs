@@ -5,6 +5,7 @@
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::error::Result;
 use crate::gpu::kernels::Kernel;
+use crate::gpu::loops;
 use crate::gpu::params::{PoolParams, POOL_THREADS};
 use crate::gpu::stats::Phase;
 
@@ -31,6 +32,7 @@ impl GpuStage for PoolStage {
             }
             None => (t, 1, 0, 1),
         };
+        loops::check(&what, loops::pool_iterations(size), cx.loop_cap)?;
         // The global average is masked (an explicit mask= first); the others ignore masks.
         let mask = match (&self.window, self.max) {
             (None, false) => match args.mask {
