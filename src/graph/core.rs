@@ -588,7 +588,8 @@ mod tests {
         ];
         let nan = f32::NAN;
         let (inf, ninf) = (f32::INFINITY, f32::NEG_INFINITY);
-        let cases: [((f32, f32, Option<f32>), [f32; 9]); 6] = [
+        type Options = (f32, f32, Option<f32>);
+        let cases: [(Options, [f32; 9]); 6] = [
             (
                 (0.3, 0.0, None),
                 [-0.6, -0.15, 0.0, 0.5, 1.0, 7.0, nan, inf, ninf],
