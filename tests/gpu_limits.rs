@@ -175,3 +175,31 @@ fn step_on_a_stateful_bidirectional_network_equals_one_step_calls() {
         "the backward half differs from a T-step forward"
     );
 }
+
+/// A model graph of two inputs over the binding limit (the encoder–decoder of
+/// `keras-zoo`, its inputs tiled to 2,048 rows) runs in batch chunks, every input sliced
+/// alike, with the bits of the whole-batch forward.
+#[test]
+fn a_graph_of_two_inputs_over_the_binding_limit_runs_in_batch_chunks() {
+    let Some(ctx) = gpu("a_graph_of_two_inputs_over_the_binding_limit_runs_in_batch_chunks") else {
+        return;
+    };
+    let zoo = common::golden_dir("keras-zoo", "LSTM_WGPU_ZOO_DIR");
+    let model =
+        lstm_wgpu::model::KerasModel::load(&zoo.join("p_encoder_decoder_states.keras")).unwrap();
+    let enc = ArrayD::from_shape_fn(ndarray::IxDyn(&[2048, 8, 4]), |i| {
+        ((i[0] * 31 + i[1] * 7 + i[2]) % 17) as f32 / 8.0 - 1.0
+    });
+    let dec = ArrayD::from_shape_fn(ndarray::IxDyn(&[2048, 6, 3]), |i| {
+        ((i[0] * 13 + i[1] * 5 + i[2]) % 11) as f32 / 5.0 - 1.0
+    });
+    let inputs = [enc.into(), dec.into()];
+    let mut whole = GpuNetwork::from_model(ctx, &model).unwrap();
+    let want = whole.forward_inputs(&inputs).unwrap();
+    assert_eq!(whole.stats().batch_chunks, 0);
+    let mut chunked = GpuNetwork::from_model(capped(256 << 10), &model).unwrap();
+    let got = chunked.forward_inputs(&inputs).unwrap();
+    let st = chunked.stats();
+    assert!(st.batch_chunks >= 2, "{st:?}");
+    assert_eq!(got, want, "batch chunks give the same bits");
+}

@@ -92,3 +92,35 @@ fn memory_stays_bounded_over_300_shapes() {
         Err(LstmError::InvalidArgument { .. })
     ));
 }
+
+/// A model graph (`tests/data/keras/nested.*`: Masking, nested Sequential and functional
+/// models, GRU, Dense) over 150 sequence lengths in one process: the GPU memory stays within
+/// a few times what the largest shape alone holds, and the outputs match the CPU path.
+#[test]
+fn graph_memory_stays_bounded_over_150_shapes() {
+    let Some(ctx) = gpu("graph_memory_stays_bounded_over_150_shapes") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let mut model = lstm_wgpu::model::KerasModel::load(&dir.join("nested.keras")).unwrap();
+    let mut net = GpuNetwork::from_model(ctx, &model).unwrap();
+    net.forward(input(4, 150, 3, 0).view(), None, None).unwrap();
+    let largest = net.gpu_bytes();
+    net.clear_plans();
+    let mut peak = 0;
+    for t in 1..=150 {
+        let x = input(4, t, 3, t as u64);
+        let got = net.forward(x.view(), None, None).unwrap();
+        peak = peak.max(net.gpu_bytes());
+        if t % 37 == 0 {
+            let want = model.predict(x.view()).unwrap();
+            let e = common::max_abs(&got, &want);
+            assert!(e <= 1e-4, "T = {t}: {e}");
+        }
+    }
+    assert!(
+        peak <= 3 * largest,
+        "peak {peak} bytes over 150 shapes, the largest shape alone {largest}"
+    );
+    println!("nested model, T = 1..150: gpu_bytes peak {peak} B, largest shape alone {largest} B");
+}

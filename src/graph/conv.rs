@@ -446,6 +446,22 @@ impl Op for Pad {
 /// `Attention` (dot or concat scores) and `AdditiveAttention`: inputs `[query, value]` or
 /// `[query, value, key]`; the value's mask excludes steps from the scores, the query's mask
 /// zeroes output rows and is the output's mask.
+/// An attention layer's `[query, value]` or `[query, value, key]` (the key is the value when
+/// not given); both twins use it.
+pub(crate) fn query_value_key<'t, T>(inputs: &'t [T], what: &str) -> Result<(&'t T, &'t T, &'t T)> {
+    match inputs {
+        [q, v] => Ok((q, v, v)),
+        [q, v, k] => Ok((q, v, k)),
+        other => Err(LstmError::invalid(
+            what,
+            format!(
+                "takes [query, value] or [query, value, key], got {} tensors",
+                other.len()
+            ),
+        )),
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
     name: String,
@@ -458,19 +474,8 @@ struct Attention {
 impl Op for Attention {
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
         let what = format!("layer {}", self.name);
-        let (q, v, k) = match inputs {
-            [q, v] => (*q, *v, *v),
-            [q, v, k] => (*q, *v, *k),
-            other => {
-                return Err(LstmError::invalid(
-                    what,
-                    format!(
-                        "takes [query, value] or [query, value, key], got {} tensors",
-                        other.len()
-                    ),
-                ))
-            }
-        };
+        let (q, v, k) = query_value_key(inputs, &what)?;
+        let (q, v, k) = (*q, *v, *k);
         let causal = extra.flag("use_causal_mask");
         let return_scores = extra.flag("return_attention_scores");
         let (qa, va, ka) = (

@@ -361,22 +361,7 @@ pub(super) struct Reshape {
 impl Op for Reshape {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         let x = one_input(inputs, "Reshape")?;
-        let b = x.data.shape()[0];
-        let per = x.data.len() / b.max(1);
-        let mut shape = vec![b];
-        match &self.target {
-            None => shape.push(per),
-            Some(t) => {
-                let known: i64 = t.iter().filter(|&&d| d > 0).product();
-                for &d in t {
-                    shape.push(if d > 0 {
-                        d as usize
-                    } else {
-                        per / known.max(1) as usize
-                    });
-                }
-            }
-        }
+        let shape = reshape_target(x.data.shape()[0], x.data.len(), self.target.as_deref());
         let data = x
             .data
             .as_standard_layout()
@@ -392,6 +377,27 @@ impl Op for Reshape {
             layout: Layout::Reshape(self.target.clone()),
         })
     }
+}
+
+/// The shape `Reshape(target)` (`-1` = the rest) or `Flatten` (`None`) gives `len` values of
+/// a batch of `b`; both twins use it.
+pub(crate) fn reshape_target(b: usize, len: usize, target: Option<&[i64]>) -> Vec<usize> {
+    let per = len / b.max(1);
+    let mut shape = vec![b];
+    match target {
+        None => shape.push(per),
+        Some(t) => {
+            let known: i64 = t.iter().filter(|&&d| d > 0).product();
+            for &d in t {
+                shape.push(if d > 0 {
+                    d as usize
+                } else {
+                    per / known.max(1) as usize
+                });
+            }
+        }
+    }
+    shape
 }
 
 #[derive(Debug, Clone)]

@@ -6,9 +6,9 @@
 
 mod combine;
 mod conv;
-pub(crate) use self::conv::window;
+pub(crate) use self::conv::{query_value_key, window};
 mod core;
-pub(crate) use self::core::Dense;
+pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]
 mod gpu_twins;
 mod ops;

@@ -1,6 +1,6 @@
-//! A model that is a chain of `Masking`, recurrent and `Dense` layers (what the GPU path runs
-//! so far): the layers with their weights, and which outputs of the last one the model
-//! returns.
+//! A model that is a chain of `Masking`, recurrent and `Dense` layers (the `KerasModel::layers`
+//! view of a plain stack; both paths run the graph): the layers with their weights, and which
+//! outputs of the last one the model returns.
 
 use super::{bad_model, ModelLayer};
 use crate::config::LayerConfig;
@@ -17,7 +17,7 @@ pub(super) struct Chain {
     pub(super) outputs: Vec<usize>,
 }
 
-/// The model as a chain of Masking, recurrent and Dense layers, for the GPU path.
+/// The model as a chain of Masking, recurrent and Dense layers (`KerasModel::layers`).
 pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
     let class = config
         .get("class_name")

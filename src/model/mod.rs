@@ -126,7 +126,7 @@ impl ModelInput {
 #[derive(Debug, Clone)]
 pub struct KerasModel {
     name: String,
-    /// The model as a chain of layers, when it is one (what the GPU path runs), or why not.
+    /// The model as a chain of layers, when it is one (the `layers()` view), or why not.
     chain: std::result::Result<Chain, String>,
     /// The model as a graph (what `predict` runs).
     graph: Graph,
@@ -330,7 +330,8 @@ impl KerasModel {
     }
 
     /// The layers, with their names, when the model is a chain of `Masking`, recurrent and
-    /// `Dense` layers (what the GPU path runs); empty for other graphs (see
+    /// `Dense` layers (a view for code that walks a plain stack; both paths run any graph);
+    /// empty for other graphs (see
     /// [`KerasModel::chain_error`]).
     pub fn layers(&self) -> &[(String, ModelLayer)] {
         self.chain.as_ref().map_or(&[], |c| &c.layers)
@@ -341,7 +342,8 @@ impl KerasModel {
         &self.graph.layers
     }
 
-    /// Why the model is not a chain the GPU path runs, or None when it is.
+    /// Why the model is not a plain chain of `Masking`, recurrent and `Dense` layers (the
+    /// [`KerasModel::layers`] view), or None when it is. Both paths run any graph.
     pub fn chain_error(&self) -> Option<&str> {
         self.chain.as_ref().err().map(String::as_str)
     }

@@ -75,19 +75,7 @@ fn dispatch(
 impl GpuStage for AttentionStage {
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let what = format!("layer {}", self.name);
-        let (q, v, k) = match args.inputs {
-            [q, v] => (q, v, v),
-            [q, v, k] => (q, v, k),
-            other => {
-                return Err(LstmError::invalid(
-                    what,
-                    format!(
-                        "takes [query, value] or [query, value, key], got {} tensors",
-                        other.len()
-                    ),
-                ))
-            }
-        };
+        let (q, v, k) = crate::graph::query_value_key(args.inputs, &what)?;
         let (b, tq, dim) = q.dims3(&format!("query of {what}"))?;
         let (_, tv, vdim) = v.dims3(&format!("value of {what}"))?;
         if k.shape != [b, tv, dim] || v.shape[0] != b {

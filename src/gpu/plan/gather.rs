@@ -277,22 +277,7 @@ impl GpuStage for GatherStage {
                 }
             }
             Layout::Reshape(target) => {
-                let b = x.shape[0];
-                let per = x.len() / b.max(1);
-                let mut shape = vec![b];
-                match target {
-                    None => shape.push(per),
-                    Some(t) => {
-                        let known: i64 = t.iter().filter(|&&d| d > 0).product();
-                        for &d in t {
-                            shape.push(if d > 0 {
-                                d as usize
-                            } else {
-                                per / known.max(1) as usize
-                            });
-                        }
-                    }
-                }
+                let shape = crate::graph::reshape_target(x.shape[0], x.len(), target.as_deref());
                 if shape.iter().product::<usize>() != x.len() {
                     return Err(LstmError::shape("target_shape", &shape, &x.shape));
                 }
