@@ -462,6 +462,27 @@ pub(crate) fn query_value_key<'t, T>(inputs: &'t [T], what: &str) -> Result<(&'t
     }
 }
 
+/// The scale of an attention layer fits its queries of `dim` features: one value
+/// (Attention) or one per feature (AdditiveAttention); both twins check it.
+pub(crate) fn check_scale(
+    scale: Option<&[f32]>,
+    additive: bool,
+    dim: usize,
+    name: &str,
+) -> Result<()> {
+    if let Some(scale) = scale {
+        let want = if additive { dim } else { 1 };
+        if scale.len() != want {
+            return Err(LstmError::shape(
+                format!("{name}/scale"),
+                &[want],
+                &[scale.len()],
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 struct Attention {
     name: String,
@@ -485,16 +506,7 @@ impl Op for Attention {
         );
         let (b, tq, dim) = qa.dim();
         let (_, tv, vdim) = va.dim();
-        if let Some(scale) = &self.scale {
-            let want = if self.additive { dim } else { 1 };
-            if scale.len() != want {
-                return Err(LstmError::shape(
-                    format!("{}/scale", self.name),
-                    &[want],
-                    &[scale.len()],
-                ));
-            }
-        }
+        check_scale(self.scale.as_deref(), self.additive, dim, &self.name)?;
         fitting_mask(q.mask.as_ref(), (b, tq), &self.name)?;
         fitting_mask(v.mask.as_ref(), (b, tv), &self.name)?;
         if ka.dim() != (b, tv, dim) || va.dim().0 != b {

@@ -6,7 +6,7 @@
 
 mod combine;
 mod conv;
-pub(crate) use self::conv::{query_value_key, window};
+pub(crate) use self::conv::{check_scale, query_value_key, window};
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]

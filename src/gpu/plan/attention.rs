@@ -85,16 +85,7 @@ impl GpuStage for AttentionStage {
                 &k.shape,
             ));
         }
-        if let Some(scale) = &self.scale {
-            let want = if self.additive { dim } else { 1 };
-            if scale.len() != want {
-                return Err(LstmError::shape(
-                    format!("{}/scale", self.name),
-                    &[want],
-                    &[scale.len()],
-                ));
-            }
-        }
+        crate::graph::check_scale(self.scale.as_deref(), self.additive, dim, &self.name)?;
         loops::check(&what, loops::attention_iterations(dim, tv), cx.loop_cap)?;
         let score = if self.additive {
             2
