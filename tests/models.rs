@@ -403,3 +403,28 @@ fn nested_models_match_keras_on_both_paths() {
         }
     }
 }
+
+/// `TimeDistributed` around layers other than Dense (`tests/data/keras/time_distributed.*`,
+/// `scripts/record_time_distributed_model.py`: TimeDistributed LSTM, Flatten and
+/// LayerNormalization on a `(B, 3, 5, 2)` input, then a GRU): Keras's prediction on the CPU
+/// and on the GPU (the inner LSTM on B·T rows with state buffers of its own).
+#[test]
+fn time_distributed_layers_match_keras_on_both_paths() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let want: ArrayD<f32> = read_npy(dir.join("time_distributed.expected.npy")).unwrap();
+    let x: ArrayD<f32> = read_npy(dir.join("time_distributed.input.npy")).unwrap();
+    let mut model = KerasModel::load(&dir.join("time_distributed.keras")).unwrap();
+    let got = model.predict_inputs(&[x.clone().into()]).unwrap();
+    let e = max_abs(&got, std::slice::from_ref(&want));
+    assert!(e <= 1e-5, "cpu: {e}");
+    if let Some(ctx) = gpu("time_distributed_layers_match_keras_on_both_paths") {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+        for _ in 0..2 {
+            // (twice: the inner LSTM's own state buffers start from zeros every forward)
+            let got = g.forward_inputs(&[x.clone().into()]).unwrap();
+            let e = max_abs(&got, std::slice::from_ref(&want));
+            assert!(e <= 1e-4, "gpu: {e}");
+        }
+        assert_eq!(g.stats().submits, 1);
+    }
+}

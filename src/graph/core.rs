@@ -9,7 +9,8 @@ use super::Value;
 use crate::cpu::reference::matmul;
 use crate::error::{LstmError, Result};
 use crate::gpu::plan::{
-    DenseStage, EmbeddingStage, GatherStage, Layout, MaskStage, UnaryOp, UnaryStage,
+    DenseStage, EmbeddingStage, GatherStage, Layout, MaskStage, TimeDistributedStage, UnaryOp,
+    UnaryStage,
 };
 use crate::network::Network;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix2, Ix3, IxDyn};
@@ -375,6 +376,73 @@ impl Op for Reshape {
         stage(GatherStage {
             name: "Reshape".into(),
             layout: Layout::Reshape(self.target.clone()),
+        })
+    }
+}
+
+/// `TimeDistributed(layer)` (other than Dense, Activation, Dropout, which are themselves on
+/// the last axis): the layer applied to each timestep, as Keras's loop over
+/// `inputs[:, t]` does, here on the `[B·T, ...]` rows at once; the output keeps the input's
+/// mask (the inner layer gets none: Keras hands it `mask[:, t]`, one value per row, which
+/// layers with a time axis of their own cannot take).
+#[derive(Debug, Clone)]
+pub(super) struct TimeDistributed {
+    pub(super) name: String,
+    pub(super) inner: Box<dyn Op>,
+}
+
+impl Op for TimeDistributed {
+    fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, &self.name)?;
+        let shape = x.data.shape().to_vec();
+        if shape.len() < 3 {
+            return Err(LstmError::shape(
+                format!("input of layer {}", self.name),
+                &[0, 0, 0],
+                &shape,
+            ));
+        }
+        let (b, t) = (shape[0], shape[1]);
+        let mut merged = vec![b * t];
+        merged.extend(&shape[2..]);
+        let rows = Value {
+            data: x
+                .data
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order(IxDyn(&merged))
+                .expect("the same values"),
+            mask: None,
+        };
+        let inner_extra = Extra {
+            states: Vec::new(),
+            mask: None,
+            scalars: extra.scalars,
+            kwargs: extra.kwargs,
+        };
+        let outs = self.inner.call(&[&rows], &inner_extra)?;
+        outs.into_iter()
+            .map(|o| {
+                let mut s = vec![b, t];
+                s.extend(&o.data.shape()[1..]);
+                Ok(Value {
+                    data: o.data.into_shape_with_order(IxDyn(&s)).map_err(|e| {
+                        LstmError::invalid(format!("layer {}", self.name), e.to_string())
+                    })?,
+                    mask: x.mask.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn params(&self) -> usize {
+        self.inner.params()
+    }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(TimeDistributedStage {
+            name: self.name.clone(),
+            inner: self.inner.gpu(up)?,
         })
     }
 }

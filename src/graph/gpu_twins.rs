@@ -461,6 +461,25 @@ fn elementwise_layers_match_their_cpu_twins() {
             };
             check(&ctx, class, &mut op, &ins, &[], &[], json!({}));
         }
+        // TimeDistributed around a layer with a time axis of its own, the mask kept
+        let x4 = rng.array(&[b, t, 4, c]);
+        let cfg = json!({"pool_size": 2, "padding": "same"});
+        let inner = super::conv::build("MaxPooling1D", &cfg, "pool", &|| Ok(Vec::new()))
+            .unwrap()
+            .unwrap();
+        let mut op = super::core::TimeDistributed {
+            name: "td".into(),
+            inner,
+        };
+        check(
+            &ctx,
+            "time distributed pooling",
+            &mut op,
+            &[value(x4, m.clone())],
+            &[],
+            &[],
+            json!({}),
+        );
         // normalization
         for layer in [true, false] {
             let w = |rng: &mut Rng| Some(Array1::from_shape_fn(c, |_| rng.uniform()));

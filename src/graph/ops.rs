@@ -260,12 +260,18 @@ pub(crate) fn build(
                 // A per-timestep layer on [B, T, ...] is the layer on the last axis.
                 "Dense" => Box::new(Dense::new(icfg, name, weights()?)?),
                 "Activation" | "Dropout" => build(class, icfg, inner, name, key, src)?,
-                other => {
+                "TimeDistributed" | "Sequential" | "Functional" | "Model" => {
                     return Err(LstmError::unsupported(
                         "TimeDistributed layer",
-                        format!("{other} (layer {name:?}; Dense and Activation are supported)"),
+                        format!("{class} (layer {name:?}; a plain layer is supported)"),
                     ))
                 }
+                // Any other layer: on the batch x timesteps rows (the weights are the
+                // TimeDistributed layer's, under its key).
+                _ => Box::new(super::core::TimeDistributed {
+                    name: name.to_string(),
+                    inner: build(class, icfg, inner, name, key, src)?,
+                }),
             }
         }
         "Embedding" => {

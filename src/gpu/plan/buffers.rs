@@ -141,6 +141,7 @@ pub(crate) fn check_binding(ctx: &GpuContext, what: &str, size: u64) -> Result<(
 
 /// The carried h/c buffers of every recurrent direction: a ping-pong pair each, `[h | c]`
 /// with `[B, H]` each; the state lives in `[0]` between calls.
+#[derive(Clone)]
 pub(crate) struct StateBuffers {
     pub(crate) batch: usize,
     pub(crate) dirs: Vec<[wgpu::Buffer; 2]>,

@@ -16,7 +16,9 @@ pub(crate) struct PlanContext<'a, 'p> {
     pub ctx: &'a GpuContext,
     pub kernels: &'a Kernels,
     pub(super) alloc: Allocator<'p>,
-    pub states: &'a StateBuffers,
+    /// The state buffer pairs of the recurrent directions (a TimeDistributed layer swaps in
+    /// pairs for its batch x timesteps rows while it plans its inner layer).
+    pub states: StateBuffers,
     pub batch: usize,
     /// The batch the recurrent kernel is chosen for (see `PlanKey`).
     pub choice_batch: usize,

@@ -40,6 +40,10 @@ impl GpuStage for LstmStage {
         vec![&self.weights.config]
     }
 
+    fn state_slots(&self) -> Vec<(usize, usize)> {
+        vec![(self.state, self.weights.config.units)]
+    }
+
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let c = &self.weights.config;
         let (x, init) = recurrent_args(cx, args, &c.name)?;

@@ -25,6 +25,13 @@ impl GpuStage for BidiStage {
         vec![&self.fwd.weights.config, &self.bwd.weights.config]
     }
 
+    fn state_slots(&self) -> Vec<(usize, usize)> {
+        [&self.fwd, &self.bwd]
+            .iter()
+            .flat_map(|d| d.state_slots())
+            .collect()
+    }
+
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let (f, b) = (&self.fwd.weights.config, &self.bwd.weights.config);
         let (x, init) = recurrent_args(cx, args, &f.name)?;

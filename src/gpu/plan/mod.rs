@@ -24,6 +24,7 @@ mod merge;
 mod norm;
 mod pool;
 mod subgraph;
+mod timedist;
 
 pub(crate) use attention::{AttentionStage, DotStage};
 pub(super) use buffers::{BufferPool, StateBuffers};
@@ -39,6 +40,7 @@ pub(crate) use merge::BidiStage;
 pub(crate) use norm::NormStage;
 pub(crate) use pool::PoolStage;
 pub(crate) use subgraph::SubGraphStage;
+pub(crate) use timedist::TimeDistributedStage;
 
 use super::context::GpuContext;
 use super::kernels::Kernels;
@@ -93,6 +95,12 @@ pub(crate) trait GpuStage: Send + Sync + std::fmt::Debug {
     /// The recurrent directions of this stage (their configs, in the order of their
     /// initial-state tensors and state outputs); none for other layers.
     fn directions(&self) -> Vec<&LstmConfig> {
+        Vec::new()
+    }
+
+    /// The state buffer slots of its recurrent directions with their units (see
+    /// `directions`).
+    fn state_slots(&self) -> Vec<(usize, usize)> {
         Vec::new()
     }
 
@@ -387,7 +395,7 @@ impl GpuModel {
                     ctx,
                     kernels: &self.kernels,
                     alloc,
-                    states,
+                    states: states.clone(),
                     batch,
                     choice_batch: key.choice_batch,
                     kernel_choice,

@@ -31,6 +31,14 @@ impl GpuStage for SubGraphStage {
             .collect()
     }
 
+    fn state_slots(&self) -> Vec<(usize, usize)> {
+        self.graph
+            .stages
+            .iter()
+            .flat_map(|s| s.state_slots())
+            .collect()
+    }
+
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         if !args.states.is_empty() {
             return Err(LstmError::invalid(
