@@ -190,3 +190,50 @@ fn outputs_come_with_keras_output_names() {
     let dense = &named.iter().find(|(n, _)| n == "dense_2").unwrap().1;
     assert!(max_abs(std::slice::from_ref(dense), &want[..1]) <= 1e-5);
 }
+
+/// Bad inputs to a model on the GPU are errors naming the input: a wrong count (listing the
+/// model's inputs), a wrong shape, floats for token ids, token ids out of the vocabulary
+/// (through `forward_inputs` and through `forward`).
+#[test]
+fn bad_gpu_inputs_are_errors_naming_the_input() {
+    let Some(ctx) = common::gpu("bad_gpu_inputs_are_errors_naming_the_input") else {
+        return;
+    };
+    use lstm_wgpu::model::ModelInput;
+    use ndarray::{ArrayD, IxDyn};
+    let merge = KerasModel::load(&dir().join("p_merge_layers.keras")).unwrap();
+    let names: Vec<String> = merge.inputs().iter().map(|i| i.name.clone()).collect();
+    let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &merge).unwrap();
+    let a: ModelInput = ArrayD::<f32>::zeros(IxDyn(&[3, 7, 2])).into();
+    let e = g
+        .forward_inputs(std::slice::from_ref(&a))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&names[0]) && e.contains(&names[1]), "{e}");
+    let wide: ModelInput = ArrayD::<f32>::zeros(IxDyn(&[3, 7, 5])).into();
+    let e = g
+        .forward_inputs(&[a.clone(), wide])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&names[1]) && e.contains("[3, 7, 5]"), "{e}");
+    let ints: ModelInput = ArrayD::<i32>::zeros(IxDyn(&[3, 7, 2])).into();
+    let e = g.forward_inputs(&[a, ints]).unwrap_err().to_string();
+    assert!(e.contains(&names[1]) && e.contains("integers"), "{e}");
+
+    let emb = KerasModel::load(&dir().join("p_embedding_pooling.keras")).unwrap();
+    let name = emb.inputs()[0].name.clone();
+    let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &emb).unwrap();
+    let mut ids = ArrayD::<i32>::zeros(IxDyn(&[5, 10]));
+    ids[[2, 3]] = 40; // Embedding(40, 6): ids 0..40
+    let e = g
+        .forward_inputs(&[ids.clone().into()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&name) && e.contains("40"), "{e}");
+    ids[[2, 3]] = -1;
+    let e = g.forward_inputs(&[ids.into()]).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("-1"), "{e}");
+    let floats: ModelInput = ArrayD::<f32>::from_elem(IxDyn(&[5, 10]), 1.0).into();
+    let e = g.forward_inputs(&[floats]).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("floats"), "{e}");
+}

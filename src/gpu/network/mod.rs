@@ -307,7 +307,6 @@ impl GpuNetwork {
             .enumerate()
             .map(|(k, x)| {
                 let name = specs.get(k).map_or("x", |s| s.name.as_str());
-                let vocab = specs.get(k).and_then(|s| s.vocabulary);
                 if let Some(spec) = specs.get(k) {
                     if spec.integer != x.is_integer() {
                         return Err(LstmError::invalid(
@@ -320,27 +319,11 @@ impl GpuNetwork {
                         ));
                     }
                 }
-                let check = |v: f64| -> Result<()> {
-                    let limit = vocab.map_or(1u64 << 24, |n| (n as u64).min(1 << 24)) as f64;
-                    if vocab.is_some() && !(v >= 0.0 && v < limit && v.fract() == 0.0) {
-                        return Err(LstmError::invalid(
-                            format!("input {name}"),
-                            format!("token id {v} is not in 0..{limit}"),
-                        ));
-                    }
-                    Ok(())
-                };
                 match x {
-                    ModelInput::F32(a) => {
-                        for &v in a {
-                            check(f64::from(v))?;
-                        }
-                        Ok(a.clone())
-                    }
+                    ModelInput::F32(a) => Ok(a.clone()),
                     ModelInput::I64(a) => {
                         for &v in a {
-                            check(v as f64)?;
-                            if vocab.is_none() && v.unsigned_abs() >= 1 << 24 {
+                            if v.unsigned_abs() >= 1 << 24 {
                                 return Err(LstmError::invalid(
                                     format!("input {name}"),
                                     format!(
@@ -477,6 +460,20 @@ impl GpuNetwork {
             }
             (batch, 0, 0)
         };
+        // Token ids against the vocabulary of the Embedding layers reading them.
+        for (x, spec) in xs.iter().zip(specs) {
+            if let Some(vocab) = spec.vocabulary {
+                if let Some(v) = x
+                    .iter()
+                    .find(|&&v| !(v >= 0.0 && (v as f64) < vocab as f64 && v.fract() == 0.0))
+                {
+                    return Err(LstmError::invalid(
+                        format!("input {}", spec.name),
+                        format!("token id {v} is not in 0..{vocab}"),
+                    ));
+                }
+            }
+        }
         if let Some(init) = initial_state {
             // The one recurrent layer call, which reads no state from the graph.
             let recurrent: Vec<_> = self
