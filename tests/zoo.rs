@@ -189,11 +189,19 @@ fn outputs_come_with_keras_output_names() {
     assert_eq!(named.len(), 3);
     let dense = &named.iter().find(|(n, _)| n == "dense_2").unwrap().1;
     assert!(max_abs(std::slice::from_ref(dense), &want[..1]) <= 1e-5);
+    // the same names on the GPU
+    if let Some(ctx) = common::gpu("outputs_come_with_keras_output_names") {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+        let named = g.forward_named(&inputs).unwrap();
+        let got: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(got, ["dense_2", "lstm_2", "lstm_2"]);
+        assert!(max_abs(std::slice::from_ref(&named[0].1), &want[..1]) <= 1e-4);
+    }
 }
 
 /// Bad inputs to a model on the GPU are errors naming the input: a wrong count (listing the
 /// model's inputs), a wrong shape, floats for token ids, token ids out of the vocabulary
-/// (through `forward_inputs` and through `forward`).
+/// (through `forward_inputs`).
 #[test]
 fn bad_gpu_inputs_are_errors_naming_the_input() {
     let Some(ctx) = common::gpu("bad_gpu_inputs_are_errors_naming_the_input") else {

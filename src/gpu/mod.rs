@@ -38,6 +38,8 @@ pub(crate) struct GpuGraph {
     pub nodes: Vec<GpuNode>,
     pub inputs: Vec<GpuInput>,
     pub outputs: Vec<(usize, Option<usize>)>,
+    /// The model's output names (Keras's `output_names`), one per entry of `outputs`.
+    pub output_names: Vec<String>,
 }
 #[cfg(test)]
 mod twins;

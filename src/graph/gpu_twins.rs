@@ -195,6 +195,7 @@ fn check(
         stages,
         nodes,
         inputs: model_inputs,
+        output_names: outputs.iter().map(|_| String::new()).collect(),
         outputs,
     };
     let mut net = GpuNetwork::from_parts(ctx.clone(), parts, bytes).unwrap();

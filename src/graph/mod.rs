@@ -578,6 +578,7 @@ impl Graph {
             nodes,
             inputs,
             outputs,
+            output_names: self.outputs.iter().map(|(n, _)| n.clone()).collect(),
         })
     }
 

@@ -71,6 +71,7 @@ impl GpuNetwork {
             nodes: parts.nodes,
             inputs: parts.inputs,
             outputs: parts.outputs,
+            output_names: parts.output_names,
             weight_bytes,
         };
         Ok(Self::assemble(model))

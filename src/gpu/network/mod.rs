@@ -298,6 +298,31 @@ impl GpuNetwork {
         self.finish()
     }
 
+    /// [`GpuNetwork::forward_inputs`] with each output paired with its name, as
+    /// [`KerasModel::predict_named`](crate::model::KerasModel::predict_named) pairs them
+    /// (the producing layer's name; several outputs of one layer share it).
+    ///
+    /// ```no_run
+    /// # use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// # use lstm_wgpu::model::KerasModel;
+    /// # let model = KerasModel::load("m.keras".as_ref())?;
+    /// let mut gpu = GpuNetwork::from_model(GpuContext::new()?, &model)?;
+    /// # let x = ndarray::Array3::<f32>::zeros((1, 4, 3)).into_dyn();
+    /// let outputs = gpu.forward_named(&[x.into()])?;
+    /// let dense = &outputs.iter().find(|(name, _)| name == "dense").unwrap().1;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn forward_named(&mut self, inputs: &[ModelInput]) -> Result<Vec<(String, ArrayD<f32>)>> {
+        let outputs = self.forward_inputs(inputs)?;
+        let names = &self.model.output_names;
+        if names.len() == outputs.len() {
+            return Ok(names.iter().cloned().zip(outputs).collect());
+        }
+        // (a Sequential model's last layer may return several tensors under one name)
+        let name = names.first().cloned().unwrap_or_default();
+        Ok(outputs.into_iter().map(|o| (name.clone(), o)).collect())
+    }
+
     /// The inputs as floats: token ids checked (integers in 0..vocabulary of the Embedding
     /// layers reading the input, and below 2^24 so that a float holds them exactly).
     fn float_inputs(&self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {

@@ -282,6 +282,8 @@ pub(super) struct GpuModel {
     pub(super) inputs: Vec<GpuInput>,
     /// The model's outputs: output `k` of a node, or (None) every output of it.
     pub(super) outputs: Vec<(usize, Option<usize>)>,
+    /// Their names (a `None` entry's outputs share one).
+    pub(super) output_names: Vec<String>,
     pub(super) weight_bytes: u64,
 }
 
@@ -325,6 +327,7 @@ impl GpuModel {
                 integer: false,
             }],
             outputs: vec![(last, None)],
+            output_names: vec!["output".into()],
             weight_bytes,
         })
     }
