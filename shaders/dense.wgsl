@@ -33,13 +33,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         }
         return;
     }
-    var m = y[base];
-    for (var j = 1u; j < p.n; j++) {
-        m = max(m, y[base + j]);
+    // the max ignores NaN (as f32::max); exp of a NaN difference stays NaN (WGSL leaves
+    // max and exp of NaN to the implementation, so both are spelled out)
+    var m = -f32_inf();
+    for (var j = 0u; j < p.n; j++) {
+        let v = y[base + j];
+        m = select(select(max(m, v), m, is_nan(v)), v, is_nan(m));
     }
     var sum = 0.0;
     for (var j = 0u; j < p.n; j++) {
-        let e = exp(y[base + j] - m);
+        let d = y[base + j] - m;
+        let e = select(exp_f32(d), d, is_nan(d));
         y[base + j] = e;
         sum += e;
     }
