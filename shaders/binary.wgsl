@@ -1,5 +1,7 @@
 // Two tensors of one shape in, one out, value by value (MODE, an override constant):
 //   0 a + b   1 a - b   2 a * b   3 max(a, b)   4 min(a, b)
+//   5 a or b   6 a and b   (as 1.0/0.0, a value being true when it is not 0.0: the
+//     LogicalOr/LogicalAnd op layers Keras saves for merged masks)
 // max and min ignore a NaN operand, as Rust's f32::max/min. The merge layers (Add,
 // Subtract, Multiply, Average, Maximum, Minimum), and the OR of two masks (max of 0/1).
 // CPU twin: `Merge` in src/graph/combine.rs.
@@ -36,7 +38,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 1u: { y = u - v; }
         case 2u: { y = u * v; }
         case 3u: { y = select(select(max(u, v), u, is_nan(v)), v, is_nan(u)); }
-        default: { y = select(select(min(u, v), u, is_nan(v)), v, is_nan(u)); }
+        case 4u: { y = select(select(min(u, v), u, is_nan(v)), v, is_nan(u)); }
+        // logical or / and of "not 0" (NaN is true)
+        case 5u: { y = select(0.0, 1.0, u != 0.0 || v != 0.0 || is_nan(u) || is_nan(v)); }
+        default: { y = select(0.0, 1.0, (u != 0.0 || is_nan(u)) && (v != 0.0 || is_nan(v))); }
     }
     out[i] = y;
 }

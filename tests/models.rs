@@ -428,3 +428,28 @@ fn time_distributed_layers_match_keras_on_both_paths() {
         assert_eq!(g.stats().submits, 1);
     }
 }
+
+/// Two models mixing the graph layers with their less common options
+/// (`tests/data/keras/mix1.*`, `mix2.*`, `scripts/record_mixed_models.py`; the merged masks
+/// Keras saves as `LogicalOr`/`ExpandDims`/`ZerosLike`/`Concatenate`/`Any` op layers, a
+/// Concatenate along time, strided/dilated/grouped Conv1D, "same" pooling, every attention
+/// score mode, Dot(normalize), ReLU options, token inputs): Keras's predictions on both paths.
+#[test]
+fn mixed_layer_models_match_keras_on_both_paths() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    for name in ["mix1", "mix2"] {
+        let mut model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();
+        let inputs = common::model_inputs(&dir, name, model.inputs());
+        let want = common::expected_outputs(&dir, name);
+        let got = model.predict_inputs(&inputs).unwrap();
+        let e = max_abs(&got, &want);
+        assert!(e <= 1e-5, "{name} cpu: {e}");
+        if let Some(ctx) = gpu("mixed_layer_models_match_keras_on_both_paths") {
+            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+            let got = g.forward_inputs(&inputs).unwrap();
+            let e = max_abs(&got, &want);
+            assert!(e <= 1e-4, "{name} gpu: {e}");
+            assert_eq!(g.stats().submits, 1);
+        }
+    }
+}

@@ -32,28 +32,42 @@ impl Op for Merge {
             ndarray::concatenate(Axis(axis.max(0) as usize), &views)
                 .map_err(|e| LstmError::invalid(format!("layer {}", self.name), e.to_string()))?
         } else {
-            for v in inputs {
-                if v.data.shape() != first.data.shape() {
-                    return Err(LstmError::shape(
-                        format!("input of layer {}", self.name),
-                        first.data.shape(),
-                        v.data.shape(),
-                    ));
-                }
-            }
+            // Operands of other shapes broadcast as numpy's (the op layers' masks do).
+            let shape = crate::gpu::plan::broadcast_shape(
+                inputs.iter().map(|v| v.data.shape()),
+                &format!("layer {}", self.name),
+            )?;
+            let stretched = |v: &Value| -> Result<ndarray::ArrayD<f32>> {
+                v.data
+                    .broadcast(ndarray::IxDyn(&shape))
+                    .map(|b| b.to_owned())
+                    .ok_or_else(|| {
+                        LstmError::shape(
+                            format!("input of layer {}", self.name),
+                            &shape,
+                            v.data.shape(),
+                        )
+                    })
+            };
             if self.class == "Subtract" && inputs.len() != 2 {
                 return Err(LstmError::invalid(
                     format!("layer {}", self.name),
                     "Subtract takes exactly 2 inputs",
                 ));
             }
-            let mut acc = first.data.clone();
+            let mut acc = stretched(first)?;
             for v in &inputs[1..] {
+                let v = &Value {
+                    data: stretched(v)?,
+                    mask: None,
+                };
                 let f: fn(f32, f32) -> f32 = match self.class.as_str() {
                     "Add" | "Average" => |a, b| a + b,
                     "Subtract" => |a, b| a - b,
                     "Multiply" => |a, b| a * b,
                     "Maximum" => f32::max,
+                    "LogicalOr" => |a, b| f32::from(u8::from(a != 0.0 || b != 0.0)),
+                    "LogicalAnd" => |a, b| f32::from(u8::from(a != 0.0 && b != 0.0)),
                     _ => f32::min,
                 };
                 ndarray::Zip::from(&mut acc)
@@ -70,6 +84,41 @@ impl Op for Merge {
         // present (None when no input has one); the other merges OR them, and have none when
         // any input has none.
         let present: Vec<&Array2<bool>> = inputs.iter().filter_map(|v| v.mask.as_ref()).collect();
+        if self.class.starts_with("Logical") {
+            // (op layers, not layers: no masks)
+            return Ok(vec![Value { data, mask: None }]);
+        }
+        let nd = first.data.ndim() as i64;
+        let time_axis = self.class == "Concatenate"
+            && nd >= 3
+            && (if self.axis < 0 {
+                nd + self.axis
+            } else {
+                self.axis
+            }) == 1;
+        if time_axis && !present.is_empty() {
+            // Concatenating along time concatenates the masks (a missing one all present),
+            // as Keras's masks broadcast, concatenated and reduced over the last axis give.
+            let parts: Vec<Array2<bool>> = inputs
+                .iter()
+                .map(|v| {
+                    let (b, t) = (v.data.shape()[0], v.data.shape()[1]);
+                    let m = v
+                        .mask
+                        .clone()
+                        .unwrap_or_else(|| Array2::from_elem((b, t), true));
+                    fitting_mask(Some(&m), (b, t), &self.name)?;
+                    Ok(m)
+                })
+                .collect::<Result<_>>()?;
+            let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
+            let mask = ndarray::concatenate(Axis(1), &views)
+                .map_err(|e| LstmError::invalid(format!("layer {}", self.name), e.to_string()))?;
+            return Ok(vec![Value {
+                data,
+                mask: Some(mask),
+            }]);
+        }
         if let Some(m0) = present.first() {
             for m in &present {
                 fitting_mask(Some(m), m0.dim(), &self.name)?;
@@ -105,6 +154,8 @@ impl Op for Merge {
             "Subtract" => BinaryOp::Subtract,
             "Multiply" => BinaryOp::Multiply,
             "Maximum" => BinaryOp::Maximum,
+            "LogicalOr" => BinaryOp::Or,
+            "LogicalAnd" => BinaryOp::And,
             _ => BinaryOp::Minimum,
         };
         stage(BinaryStage {

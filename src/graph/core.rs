@@ -447,6 +447,69 @@ impl Op for TimeDistributed {
     }
 }
 
+/// `ExpandDims(axis)`, an op layer Keras saves when it computes merged masks: a unit axis
+/// inserted (no mask).
+#[derive(Debug, Clone)]
+pub(super) struct ExpandDims {
+    pub(super) axis: i64,
+}
+
+impl Op for ExpandDims {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "ExpandDims")?;
+        let nd = x.data.ndim() as i64 + 1;
+        let a = if self.axis < 0 {
+            nd + self.axis
+        } else {
+            self.axis
+        };
+        if a < 1 || a >= nd {
+            return Err(LstmError::invalid(
+                "ExpandDims",
+                format!(
+                    "axis {} is not a non-batch axis of a rank-{nd} result",
+                    self.axis
+                ),
+            ));
+        }
+        Ok(vec![Value {
+            data: x.data.clone().insert_axis(Axis(a as usize)),
+            mask: None,
+        }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(GatherStage {
+            name: "ExpandDims".into(),
+            layout: Layout::ExpandDims(self.axis),
+        })
+    }
+}
+
+/// `ZerosLike` / `OnesLike`, op layers Keras saves when it computes merged masks: the input's
+/// shape filled with `value` (no mask).
+#[derive(Debug, Clone)]
+pub(super) struct FillLike {
+    pub(super) value: f32,
+}
+
+impl Op for FillLike {
+    fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
+        let x = one_input(inputs, "ZerosLike")?;
+        Ok(vec![Value {
+            data: ArrayD::from_elem(x.data.raw_dim(), self.value),
+            mask: None,
+        }])
+    }
+
+    fn gpu(&self, _: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(UnaryStage {
+            name: "ZerosLike".into(),
+            op: UnaryOp::Fill(self.value),
+        })
+    }
+}
+
 /// The shape `Reshape(target)` (`-1` = the rest) or `Flatten` (`None`) gives `len` values of
 /// a batch of `b`; both twins use it.
 pub(crate) fn reshape_target(b: usize, len: usize, target: Option<&[i64]>) -> Vec<usize> {

@@ -330,7 +330,8 @@ fn value_moving_layers_match_their_cpu_twins() {
                     1 => [b, 1 + rng.below(4), c],
                     _ => [b, t, 1 + rng.below(4)],
                 };
-                let mask = (axis != 1 && (k + round) % 2 == 0).then(|| rng.mask(b, t));
+                let steps = shape[1];
+                let mask = ((k + round) % 2 == 0).then(|| rng.mask(b, steps));
                 ins.push(value(rng.array(&shape), mask));
             }
             let mut op = Merge {
@@ -435,6 +436,35 @@ fn elementwise_layers_match_their_cpu_twins() {
                 &[],
                 json!({}),
             );
+        }
+        // the op layers of Keras's merged masks: LogicalOr/And broadcasting, ExpandDims,
+        // ZerosLike/OnesLike
+        let bools = x.mapv(|v| f32::from(u8::from(v > 0.0)));
+        let narrow = rng.array(&[b, t, 1]).mapv(|v| f32::from(u8::from(v > 0.0)));
+        for class in ["LogicalOr", "LogicalAnd"] {
+            let mut op = Merge {
+                name: class.into(),
+                class: class.into(),
+                axis: -1,
+            };
+            let ins = [value(narrow.clone(), None), value(bools.clone(), m.clone())];
+            check(&ctx, class, &mut op, &ins, &[], &[], json!({}));
+        }
+        let any =
+            ArrayD::from_shape_fn(IxDyn(&[b, t]), |_| f32::from(u8::from(rng.uniform() > 0.0)));
+        let mut op = super::core::ExpandDims { axis: -1 };
+        check(
+            &ctx,
+            "expand_dims",
+            &mut op,
+            &[value(any, None)],
+            &[],
+            &[],
+            json!({}),
+        );
+        for value_ in [0.0, 1.0] {
+            let mut op = super::core::FillLike { value: value_ };
+            check(&ctx, "zeros_like", &mut op, &[v()], &[], &[], json!({}));
         }
         // the merges, with every mask combination of two and three inputs
         for class in [

@@ -120,6 +120,11 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "ActivityRegularization",
     "NotEqual",
     "Any",
+    "LogicalOr",
+    "LogicalAnd",
+    "ExpandDims",
+    "ZerosLike",
+    "OnesLike",
     "Dot",
     "PReLU",
     "Conv1D",
@@ -472,6 +477,17 @@ pub(crate) fn build(
                 .ok_or_else(|| LstmError::MissingWeight {
                     name: format!("{name}/alpha"),
                 })?,
+        }),
+        "LogicalOr" | "LogicalAnd" => Box::new(Merge {
+            name: name.to_string(),
+            class: class.to_string(),
+            axis: -1,
+        }),
+        "ExpandDims" => Box::new(super::core::ExpandDims {
+            axis: int_of(cfg, "axis", -1),
+        }),
+        "ZerosLike" | "OnesLike" => Box::new(super::core::FillLike {
+            value: if class == "OnesLike" { 1.0 } else { 0.0 },
         }),
         "Any" => Box::new(AnyOp {
             axis: int_of(cfg, "axis", -1),

@@ -30,6 +30,8 @@ pub(crate) enum UnaryOp {
     PRelu(ArrayD<f32>),
     /// `NotEqual(x, scalar)` (the op layer Keras saves for a functional `Masking`).
     NotEqual,
+    /// `ZerosLike` / `OnesLike` (the op layers Keras saves for merged masks): the value.
+    Fill(f32),
     /// `Any(axis)` over the last axis (`axis` -1 or the last).
     Any { axis: i64, keepdims: bool },
 }
@@ -41,6 +43,7 @@ impl UnaryOp {
             UnaryOp::Leaky { .. } => 1,
             UnaryOp::PRelu(_) => 2,
             UnaryOp::NotEqual => 3,
+            UnaryOp::Fill(_) => 4,
             UnaryOp::Softmax => 6,
             UnaryOp::Any { .. } => 7,
         }
@@ -179,6 +182,10 @@ impl GpuStage for UnaryStage {
                 })? as f32;
                 mask = None;
             }
+            UnaryOp::Fill(v) => {
+                up.a = *v;
+                mask = None;
+            }
             UnaryOp::Any { axis, keepdims } => {
                 let nd = x.shape.len() as i64;
                 if *axis != -1 && *axis != nd - 1 {
@@ -230,6 +237,8 @@ pub(crate) enum BinaryOp {
     Multiply = 2,
     Maximum = 3,
     Minimum = 4,
+    Or = 5,
+    And = 6,
 }
 
 /// A merge layer of tensors of one shape: `Add`, `Subtract`, `Multiply`, `Maximum`,
@@ -244,25 +253,23 @@ pub(crate) struct BinaryStage {
 impl GpuStage for BinaryStage {
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let what = format!("layer {}", self.name);
-        let first = args
-            .inputs
-            .first()
-            .ok_or_else(|| LstmError::invalid(&what, "a merge of no tensors"))?;
-        for v in args.inputs {
-            if v.shape != first.shape {
-                return Err(LstmError::shape(
-                    format!("input of {what}"),
-                    &first.shape,
-                    &v.shape,
-                ));
-            }
+        if args.inputs.is_empty() {
+            return Err(LstmError::invalid(&what, "a merge of no tensors"));
         }
+        // Operands of other shapes broadcast as numpy's (the op layers' masks do).
+        let shape = broadcast_shape(args.inputs.iter().map(|t| t.shape.as_slice()), &what)?;
+        let inputs: Vec<Tensor> = args
+            .inputs
+            .iter()
+            .map(|t| broadcast_to(cx, &what, t, &shape))
+            .collect::<Result<_>>()?;
+        let first = &inputs[0];
         if self.op == BinaryOp::Subtract && args.inputs.len() != 2 {
             return Err(LstmError::invalid(&what, "Subtract takes exactly 2 inputs"));
         }
         let n = first.len();
         let mut acc = first.buf.clone();
-        for (k, v) in args.inputs[1..].iter().enumerate() {
+        for (k, v) in inputs[1..].iter().enumerate() {
             // ping-pong between two buffers (a dispatch never reads what it writes)
             let out = cx.storage(
                 &format!("{what} ({})", k % 2),
@@ -294,7 +301,11 @@ impl GpuStage for BinaryStage {
             )?;
             acc = out.buf;
         }
-        let mask = merged_mask(cx, &what, args.inputs, false)?;
+        let mask = if matches!(self.op, BinaryOp::Or | BinaryOp::And) {
+            None // (op layers, not layers: no masks)
+        } else {
+            merged_mask(cx, &what, &inputs, false)?
+        };
         cx.mark(Phase::Layers);
         Ok(vec![Tensor {
             buf: acc,
@@ -303,6 +314,69 @@ impl GpuStage for BinaryStage {
             mask,
         }])
     }
+}
+
+/// The numpy broadcast of `shapes` (right-aligned; 1 stretches), or an error naming `what`.
+pub(crate) fn broadcast_shape<'s>(
+    shapes: impl Iterator<Item = &'s [usize]>,
+    what: &str,
+) -> Result<Vec<usize>> {
+    let mut out: Vec<usize> = Vec::new();
+    for s in shapes {
+        if s.len() > out.len() {
+            let mut grown = vec![1; s.len() - out.len()];
+            grown.extend(&out);
+            out = grown;
+        }
+        let off = out.len() - s.len();
+        for (k, &d) in s.iter().enumerate() {
+            let o = &mut out[off + k];
+            if *o == 1 {
+                *o = d;
+            } else if d != 1 && d != *o {
+                return Err(LstmError::shape(format!("input of {what}"), &out, s));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `t` as a tensor of `shape` (a copy with stride 0 on stretched axes), or `t` itself when
+/// it has that shape.
+fn broadcast_to(
+    cx: &mut PlanContext<'_, '_>,
+    what: &str,
+    t: &Tensor,
+    shape: &[usize],
+) -> Result<Tensor> {
+    if t.shape == shape {
+        return Ok(t.clone());
+    }
+    let n = shape.len();
+    let mut src = vec![1; n - t.shape.len()];
+    src.extend(&t.shape);
+    let s = super::gather::strides(&src);
+    let g = super::gather::Gather {
+        dims: shape.to_vec(),
+        out_stride: super::gather::strides(shape),
+        out_base: 0,
+        in_stride: (0..n).map(|d| if src[d] == 1 { 0 } else { s[d] }).collect(),
+        in_base: 0,
+        in_dims: (0..n)
+            .map(|d| {
+                if src[d] == 1 {
+                    usize::MAX >> 33
+                } else {
+                    src[d]
+                }
+            })
+            .collect(),
+        pad: vec![0; n],
+        div: vec![1; n],
+    };
+    let mut out = cx.gathered(what, &t.buf, shape.to_vec(), &g)?;
+    out.mask = t.mask.clone();
+    Ok(out)
 }
 
 /// The mask of a merge layer, as its CPU twin `Merge` computes it: none when no input has

@@ -162,6 +162,8 @@ pub(crate) enum Layout {
     Reshape(Option<Vec<i64>>),
     /// `Concatenate(axis)`.
     Concat(i64),
+    /// `ExpandDims(axis)` (an op layer of Keras's merged masks): a view with a unit axis.
+    ExpandDims(i64),
     /// The layers that are the identity at inference (Dropout, GaussianNoise, ...): every
     /// input passed on as it is, with its mask.
     Identity,
@@ -288,6 +290,24 @@ impl GpuStage for GatherStage {
                     mask: None,
                 }
             }
+            Layout::ExpandDims(axis) => {
+                let nd = x.shape.len() as i64 + 1;
+                let a = if *axis < 0 { nd + axis } else { *axis };
+                if a < 1 || a >= nd {
+                    return Err(LstmError::invalid(
+                        &what,
+                        format!("axis {axis} is not a non-batch axis of a rank-{nd} result"),
+                    ));
+                }
+                let mut shape = x.shape.clone();
+                shape.insert(a as usize, 1);
+                Tensor {
+                    buf: x.buf.clone(),
+                    offset: 0,
+                    shape,
+                    mask: None,
+                }
+            }
             Layout::Concat(_) | Layout::Identity => unreachable!("handled above"),
         };
         cx.mark(Phase::Layers);
@@ -351,7 +371,38 @@ fn concat(
         cx.gather(what, &x.buf, &out, &g)?;
         offset += x.shape[ax];
     }
-    let mask = merged_mask(cx, what, inputs, true)?;
+    let mask = if ax == 1 && shape.len() >= 3 && inputs.iter().any(|t| t.mask.is_some()) {
+        // Along time the masks are concatenated (a missing one all present), as the CPU twin.
+        let (b, total) = (shape[0], shape[1]);
+        let m = cx.storage(
+            &format!("{what} mask"),
+            (b * total * 4) as u64,
+            wgpu::BufferUsages::empty(),
+        )?;
+        let mut offset = 0;
+        for x in inputs {
+            let t = x.shape[1];
+            let part = match &x.mask {
+                Some(m) => m.clone(),
+                None => cx.ones(&format!("{what} mask"), b * t)?,
+            };
+            let g = Gather {
+                dims: vec![b, t],
+                out_stride: vec![total, 1],
+                out_base: offset,
+                in_stride: vec![t, 1],
+                in_base: 0,
+                in_dims: vec![b, t],
+                pad: vec![0, 0],
+                div: vec![1, 1],
+            };
+            cx.gather(what, &part, &m, &g)?;
+            offset += t;
+        }
+        Some(m)
+    } else {
+        merged_mask(cx, what, inputs, true)?
+    };
     cx.mark(Phase::Layers);
     Ok(Tensor {
         buf: out,

@@ -31,7 +31,7 @@ pub(super) use buffers::{BufferPool, StateBuffers};
 pub(crate) use context::PlanContext;
 pub(crate) use conv::ConvStage;
 pub(crate) use dense::DenseStage;
-pub(crate) use elementwise::{BinaryOp, BinaryStage, UnaryOp, UnaryStage};
+pub(crate) use elementwise::{broadcast_shape, BinaryOp, BinaryStage, UnaryOp, UnaryStage};
 pub(crate) use embedding::EmbeddingStage;
 pub(crate) use gather::{GatherStage, Layout};
 pub(crate) use lstm::LstmStage;

@@ -1,0 +1,86 @@
+"""Two models mixing the graph layers with their less common options
+(tests/data/keras/mix1.*, mix2.*), weights drawn uniformly so that every parameter matters.
+mix1: Masking, LSTM and a backwards reset-before GRU on its mask, Maximum/Minimum of them
+(Keras saves the merged masks as LogicalOr/ExpandDims/ZerosLike/Concatenate/Any op layers),
+Concatenate along time (the masks concatenated), LayerNormalization(center=False),
+BatchNormalization(scale=False), masked GlobalAveragePooling1D(keepdims), strided "same" and
+dilated grouped Conv1D, AveragePooling1D/MaxPooling1D "same", ZeroPadding1D, Cropping1D,
+UpSampling1D, GlobalMaxPooling1D, Dense, PReLU.
+mix2: int32 tokens through Embedding; Masking, LSTM with states; Attention (concat scores,
+scale, returned scores), Attention, AdditiveAttention(use_scale=False), Add, Dot(normalize),
+Permute, RepeatVector, ReLU(max_value, negative_slope, threshold), LeakyReLU, ELU, Softmax.
+Run with keras 3.15.1 (TensorFlow backend) in the output directory:
+
+  cd tests/data/keras && python ../../../scripts/record_mixed_models.py
+"""
+import os, numpy as np
+os.environ["KERAS_BACKEND"]="tensorflow"
+import keras
+from keras import layers as L
+keras.utils.set_random_seed(5)
+rs = np.random.RandomState(7)
+
+def save(m, name, xs):
+    m.save(f"{name}.keras")
+    ys = m.predict(xs, verbose=0)
+    if not isinstance(ys, list): ys = [ys]
+    # one input/output: NAME.input.npy / NAME.expected.npy; several: NAME.input.K.npy, ...
+    for k, x in enumerate(xs):
+        np.save(f"{name}.input.npy" if len(xs) == 1 else f"{name}.input.{k}.npy", x)
+    for k, y in enumerate(ys):
+        np.save(f"{name}.expected.npy" if len(ys) == 1 else f"{name}.expected.{k}.npy", y)
+    print(name, [y.shape for y in ys])
+
+def randomize(m):
+    for l in m.layers:
+        ws = l.get_weights()
+        if ws:
+            l.set_weights([rs.uniform(-0.8, 0.8, w.shape).astype("float32") if "variance" not in v.path else rs.uniform(0.5, 1.5, w.shape).astype("float32") for w, v in zip(ws, l.weights)])
+
+# 1: conv variants, pooling, padding, norm options, masks through merges
+x = L.Input((11, 4))
+m = L.Masking(0.0)(x)
+c1 = L.Conv1D(5, 3, strides=2, padding="same", activation="tanh")(x)
+c2 = L.Conv1D(4, 2, padding="valid", dilation_rate=3, groups=2, use_bias=False)(x)
+p1 = L.AveragePooling1D(3, strides=2, padding="same")(c1)
+p2 = L.MaxPooling1D(2, padding="same")(L.ZeroPadding1D((1, 2))(c2))
+u = L.UpSampling1D(2)(L.Cropping1D((1, 0))(p1))
+r = L.LSTM(6, return_sequences=True)(m)
+r2 = L.GRU(6, return_sequences=True, reset_after=False, go_backwards=True)(m)
+mx = L.Maximum()([r, r2])
+mn = L.Minimum()([r, L.Activation("relu")(r2)])
+cat = L.Concatenate(axis=1)([mx, mn])
+ln = L.LayerNormalization(center=False)(cat)
+bn = L.BatchNormalization(scale=False)(ln)
+g1 = L.GlobalAveragePooling1D(keepdims=True)(bn)
+g2 = L.GlobalMaxPooling1D()(u)
+g3 = L.GlobalMaxPooling1D()(p2)
+out = L.Concatenate()([L.Flatten()(g1), g2, g3])
+out = L.PReLU()(L.Dense(3)(out))
+model = keras.Model(x, out, name="mix1")
+randomize(model)
+xi = rs.randn(3, 11, 4).astype("float32"); xi[1, 8:] = 0; xi[2, :3] = 0
+save(model, "mix1", [xi])
+
+# 2: attention variants, dot, permute, repeat, relu options, embedding without mask_zero + masking
+q = L.Input((5,), dtype="int32")
+v = L.Input((7, 3))
+e = L.Embedding(9, 3)(q)
+vm = L.Masking(0.0)(v)
+enc, h, c = L.LSTM(3, return_sequences=True, return_state=True)(vm)
+a1, sc = L.Attention(use_scale=True, score_mode="concat")([e, enc], return_attention_scores=True, use_causal_mask=False)
+a2 = L.Attention()([e, enc, vm], use_causal_mask=True) if False else L.Attention()([e, enc])
+a3 = L.AdditiveAttention(use_scale=False)([e, enc])
+s = L.Add()([a1, a2, a3])
+d = L.Dot(axes=(2, 2), normalize=True)([s, e])
+pm = L.Permute((2, 1))(d)
+rv = L.RepeatVector(2)(L.Dense(4)(h))
+rl = L.ReLU(max_value=0.6, negative_slope=0.1, threshold=0.2)(L.Flatten()(rv))
+lk = L.LeakyReLU(negative_slope=0.2)(L.Flatten()(pm))
+el = L.ELU()(L.Flatten()(sc))
+sm = L.Softmax()(L.Dense(5)(L.Concatenate()([rl, lk, el, c])))
+model2 = keras.Model([q, v], [sm, sc], name="mix2")
+randomize(model2)
+qi = rs.randint(0, 9, (4, 5)).astype("int32")
+vi = rs.randn(4, 7, 3).astype("float32"); vi[0, 5:] = 0; vi[3, :] = 0
+save(model2, "mix2", [qi, vi])
