@@ -433,11 +433,14 @@ fn time_distributed_layers_match_keras_on_both_paths() {
 /// (`tests/data/keras/mix1.*`, `mix2.*`, `scripts/record_mixed_models.py`; the merged masks
 /// Keras saves as `LogicalOr`/`ExpandDims`/`ZerosLike`/`Concatenate`/`Any` op layers, a
 /// Concatenate along time, strided/dilated/grouped Conv1D, "same" pooling, every attention
-/// score mode, Dot(normalize), ReLU options, token inputs): Keras's predictions on both paths.
+/// score mode, Dot(normalize), ReLU options, token inputs), and recurrent layers taking
+/// `initial_state` from the graph while their input is masked (`mix3.*`,
+/// `masked_initial_state.*`, `scripts/record_initial_state_models.py`: Keras 3 runs such a
+/// call unmasked): Keras's predictions on both paths.
 #[test]
 fn mixed_layer_models_match_keras_on_both_paths() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
-    for name in ["mix1", "mix2"] {
+    for name in ["mix1", "mix2", "mix3", "masked_initial_state"] {
         let mut model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();
         let inputs = common::model_inputs(&dir, name, model.inputs());
         let want = common::expected_outputs(&dir, name);

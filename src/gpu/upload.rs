@@ -200,6 +200,8 @@ pub(crate) struct Uploader<'a> {
     pub(crate) ctx: &'a GpuContext,
     pub(crate) bytes: u64,
     pub(crate) directions: usize,
+    /// Recurrent stages built now take their input's mask with initial states (Keras 2).
+    pub(crate) keras2_call_mask: bool,
 }
 
 impl<'a> Uploader<'a> {
@@ -208,6 +210,7 @@ impl<'a> Uploader<'a> {
             ctx,
             bytes: 0,
             directions: 0,
+            keras2_call_mask: false,
         }
     }
 
@@ -233,6 +236,7 @@ impl<'a> Uploader<'a> {
             let stage = LstmStage {
                 weights,
                 state: up.directions,
+                keras2_call_mask: up.keras2_call_mask,
             };
             up.directions += 1;
             Ok(stage)

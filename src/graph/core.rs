@@ -36,6 +36,8 @@ impl Op for Identity {
 pub(super) struct Recurrent {
     pub(super) name: String,
     pub(super) net: Network<f32>,
+    /// Keras 2's rule: the input's mask applies with `initial_state` too (see `call`).
+    pub(super) keras2_call_mask: bool,
 }
 
 impl Op for Recurrent {
@@ -56,8 +58,13 @@ impl Op for Recurrent {
                 x.data.shape(),
             )
         })?;
+        // The mask the layer runs under: an explicit `mask=`, else its input's. Keras 3 passes
+        // the input's mask on only to a call with one tensor argument: a layer called with
+        // `initial_state=` tensors runs unmasked (its outputs still carry the input's mask).
+        // Keras 2 passed it on.
         let mask = match extra.mask {
             Some(m) => Some(bool_mask(m, &self.name)?),
+            None if !extra.states.is_empty() && !self.keras2_call_mask => None,
             None => x.mask.clone(),
         };
         let init: Vec<ndarray::ArrayView2<f32>> = states
@@ -77,7 +84,12 @@ impl Op for Recurrent {
             (!init.is_empty()).then_some(init.as_slice()),
             mask.as_ref().map(|m| m.view()),
         )?;
-        let seq_mask = self.net.returns_sequences().then_some(mask).flatten();
+        // The outputs' mask: the input's own (compute_mask of the first argument's mask).
+        let seq_mask = self
+            .net
+            .returns_sequences()
+            .then(|| x.mask.clone())
+            .flatten();
         Ok(outs
             .into_iter()
             .enumerate()
@@ -102,7 +114,10 @@ impl Op for Recurrent {
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
-        let mut stages = up.recurrent(&self.net)?;
+        up.keras2_call_mask = self.keras2_call_mask;
+        let stages = up.recurrent(&self.net);
+        up.keras2_call_mask = false;
+        let mut stages = stages?;
         match stages.len() {
             1 => Ok(stages.remove(0)),
             n => Err(LstmError::invalid(

@@ -626,9 +626,11 @@ fn tokens_dense_and_recurrent_layers_match_their_cpu_twins() {
                 round as u64,
             )
             .unwrap();
+            // (both mask rules with initial states: Keras 3's unmasked call, Keras 2's masked)
             let mut op = Recurrent {
                 name: "rnn".into(),
                 net,
+                keras2_call_mask: round == 1,
             };
             let init: Vec<Value> = (0..config.cell.states())
                 .map(|_| value(rng.array(&[b, units]), None))

@@ -692,6 +692,18 @@ impl Graph {
                     .iter()
                     .map(|t| get(&values, t))
                     .collect::<Result<_>>()?;
+                // Initial states from the caller come with the input's mask, as the layer API's
+                // forward(x, initial_state, mask) takes both (a graph's own initial_state
+                // calls follow Keras: see `core::Recurrent`).
+                let caller_mask = match (&initial_state, init_node == Some(k), ins.first()) {
+                    (Some(_), true, Some(x)) if node.mask.is_none() => {
+                        x.mask.as_ref().map(|m| Value {
+                            data: m.mapv(|b| if b { 1.0 } else { 0.0 }).into_dyn(),
+                            mask: None,
+                        })
+                    }
+                    _ => None,
+                };
                 let extra = ops::Extra {
                     states: match (&initial_state, init_node == Some(k)) {
                         (Some(init), true) => init.iter().collect(),
@@ -701,7 +713,10 @@ impl Graph {
                             .map(|t| get(&values, t))
                             .collect::<Result<_>>()?,
                     },
-                    mask: node.mask.as_ref().map(|t| get(&values, t)).transpose()?,
+                    mask: match &caller_mask {
+                        Some(m) => Some(m),
+                        None => node.mask.as_ref().map(|t| get(&values, t)).transpose()?,
+                    },
                     scalars: &node.scalars,
                     kwargs: &node.kwargs,
                 };

@@ -249,6 +249,10 @@ pub(crate) fn build(
             Box::new(Recurrent {
                 name: name.to_string(),
                 net,
+                keras2_call_mask: cfg
+                    .get("keras2_call_mask")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
             })
         }
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),

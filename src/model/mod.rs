@@ -164,10 +164,22 @@ fn keras2_semantics(config: &mut Value, file: &H5File) {
     }
 }
 
-/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`.
+/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`, and the
+/// recurrent layers marked to take their input's mask with initial states, as Keras 2 did.
 fn keras2_words(config: &mut Value) {
     match config {
         Value::Object(map) => {
+            // Keras 2 hands a recurrent layer its input's mask even when it is called with
+            // initial states (Keras 3 does not: see `graph::core::Recurrent`).
+            let recurrent = matches!(
+                map.get("class_name").and_then(Value::as_str),
+                Some("LSTM" | "GRU" | "SimpleRNN" | "Bidirectional")
+            );
+            if recurrent {
+                if let Some(Value::Object(cfg)) = map.get_mut("config") {
+                    cfg.insert("keras2_call_mask".into(), Value::Bool(true));
+                }
+            }
             for (k, v) in map.iter_mut() {
                 if k.ends_with("activation") && v.as_str() == Some("hard_sigmoid") {
                     *v = Value::String("hard_sigmoid_keras2".into());

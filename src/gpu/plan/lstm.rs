@@ -25,6 +25,8 @@ pub(crate) struct LstmStage {
     pub(crate) weights: DirWeights,
     /// Which of the plan's state pairs is this direction's.
     pub(crate) state: usize,
+    /// Keras 2's rule: the input's mask applies with initial states too.
+    pub(crate) keras2_call_mask: bool,
 }
 
 /// Where a planned direction leaves its outputs.
@@ -46,8 +48,8 @@ impl GpuStage for LstmStage {
 
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let c = &self.weights.config;
-        let (x, init) = recurrent_args(cx, args, &c.name)?;
-        let mask = x.mask.clone();
+        let mask = args.inputs.first().and_then(|x| x.mask.clone());
+        let (x, init) = recurrent_args(cx, args, &c.name, self.keras2_call_mask)?;
         let dir = self.plan_direction(cx, &x, &init)?;
         let shape = if c.return_sequences {
             x.shape[..2].iter().copied().chain([c.units]).collect()
@@ -68,12 +70,14 @@ impl GpuStage for LstmStage {
 }
 
 /// A recurrent call's input (with the mask it runs under: an explicit `mask=` tensor, else
-/// the input's own) and its initial-state tensors (`initial_state=`, or the positional
+/// the input's own, except in a Keras 3 call with `initial_state=` tensors, which runs
+/// unmasked) and its initial-state tensors (`initial_state=`, or the positional
 /// tensors after the input, as Keras takes them).
 pub(crate) fn recurrent_args(
     cx: &mut PlanContext<'_, '_>,
     args: &Args<'_>,
     name: &str,
+    keras2_call_mask: bool,
 ) -> Result<(Tensor, Vec<Tensor>)> {
     let (x, positional) = args
         .inputs
@@ -87,6 +91,9 @@ pub(crate) fn recurrent_args(
     let mut x = x.clone();
     if let Some(m) = args.mask {
         x.mask = Some(cx.as_mask(&format!("mask of layer {name}"), m)?);
+    } else if !args.states.is_empty() && !keras2_call_mask {
+        // Keras 3: a call with initial_state tensors gets no mask (CPU twin: `Recurrent`).
+        x.mask = None;
     }
     Ok((x, init))
 }

@@ -34,7 +34,8 @@ impl GpuStage for BidiStage {
 
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let (f, b) = (&self.fwd.weights.config, &self.bwd.weights.config);
-        let (x, init) = recurrent_args(cx, args, &f.name)?;
+        let out_mask = args.inputs.first().and_then(|x| x.mask.clone());
+        let (x, init) = recurrent_args(cx, args, &f.name, self.fwd.keras2_call_mask)?;
         // initial_state: the forward direction's states, then the backward's
         let nf = if init.is_empty() { 0 } else { f.cell.states() };
         if !init.is_empty() && init.len() != nf + b.cell.states() {
@@ -85,7 +86,7 @@ impl GpuStage for BidiStage {
                 vec![batch, w]
             }
         };
-        let mask = if seqs { x.mask.clone() } else { None };
+        let mask = if seqs { out_mask } else { None };
         let mut outputs = if self.mode == MergeMode::None {
             // Keras returns the two directions as two outputs: the halves of the concat.
             let full = shape(width);
