@@ -84,3 +84,34 @@ randomize(model2)
 qi = rs.randint(0, 9, (4, 5)).astype("int32")
 vi = rs.randn(4, 7, 3).astype("float32"); vi[0, 5:] = 0; vi[3, :] = 0
 save(model2, "mix2", [qi, vi])
+
+# mix4: a shared Embedding(mask_zero) and a shared LSTM called on two token inputs (the
+# masks reach the layers as ConvertToTensor/NotEqual op layers), Attention over the two masked
+# sequences, LayerNormalization, masked GlobalAveragePooling1D, Bidirectional(LSTM) states,
+# Softmax, AveragePooling1D and Dot(axes=1)
+rs = np.random.RandomState(21)
+keras.utils.set_random_seed(4)
+a = L.Input((8,), dtype="int32")
+b = L.Input((6,), dtype="int32")
+emb = L.Embedding(15, 4, mask_zero=True)
+ea, eb = emb(a), emb(b)
+shared = L.LSTM(5, return_sequences=True)
+sa, sb = shared(ea), shared(eb)
+gp = L.GlobalAveragePooling1D()(L.LayerNormalization()(L.Attention()([sa, sb])))
+bo, h1, c1, h2, c2 = L.Bidirectional(L.LSTM(3, return_state=True))(sb)
+st = L.Concatenate()([h1, c1, h2, c2, bo])
+sm = L.Softmax()(L.Dense(4)(L.Concatenate()([gp, st])))
+pooled = L.AveragePooling1D(2, strides=1)(sa)
+out2 = L.Flatten()(L.Dot(axes=1)([pooled, pooled]))
+model4 = keras.Model([a, b], [sm, out2], name="mix4")
+for layer in model4.layers:
+    ws = layer.get_weights()
+    if ws:
+        layer.set_weights([rs.uniform(-0.8, 0.8, w.shape).astype("float32") for w in ws])
+ai = rs.randint(1, 15, (3, 8)).astype("int32")
+ai[0, 5:] = 0
+ai[1, :] = 0
+ai[1, 0] = 2
+bi_ = rs.randint(1, 15, (3, 6)).astype("int32")
+bi_[2, 3:] = 0
+save(model4, "mix4", [ai, bi_])

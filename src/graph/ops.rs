@@ -122,6 +122,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Any",
     "LogicalOr",
     "LogicalAnd",
+    "ConvertToTensor",
     "ExpandDims",
     "ZerosLike",
     "OnesLike",
@@ -482,6 +483,17 @@ pub(crate) fn build(
                     name: format!("{name}/alpha"),
                 })?,
         }),
+        // An op layer Keras saves between a mask and the layer taking it: a conversion to a
+        // tensor of the same dtype (a dtype change is not read).
+        "ConvertToTensor" => match cfg.get("dtype") {
+            None | Some(Json::Null) => Box::new(Identity),
+            Some(other) => {
+                return Err(LstmError::unsupported(
+                    "ConvertToTensor dtype",
+                    format!("{other} (layer {name:?}; a conversion without dtype is supported)"),
+                ))
+            }
+        },
         "LogicalOr" | "LogicalAnd" => Box::new(Merge {
             name: name.to_string(),
             class: class.to_string(),
