@@ -115,3 +115,31 @@ ai[1, 0] = 2
 bi_ = rs.randint(1, 15, (3, 6)).astype("int32")
 bi_[2, 3:] = 0
 save(model4, "mix4", [ai, bi_])
+
+# mix5: masks through merges with unmasked inputs (Concatenate: all present; Add: none),
+# TimeDistributed(Dense) and LayerNormalization (kept), ZeroPadding1D, Permute and Conv1D
+# (dropped), into LSTM, GRU and SimpleRNN layers
+rs = np.random.RandomState(31)
+keras.utils.set_random_seed(6)
+x = L.Input((7, 3))
+y = L.Input((7, 2))
+m = L.Masking(0.0)(x)
+l1 = L.LSTM(4, return_sequences=True)(L.Concatenate()([m, y]))
+l2 = L.GRU(4, return_sequences=True)(L.Add()([L.Dense(4)(m), L.Dense(4)(y)]))
+td = L.TimeDistributed(L.Dense(4, activation="tanh"))(m)
+l3 = L.SimpleRNN(4, return_sequences=True)(L.LayerNormalization()(td))
+l4 = L.LSTM(3)(L.ZeroPadding1D(1)(m))
+l5 = L.GRU(3)(L.Permute((1, 2))(m))
+l6 = L.LSTM(3)(L.Conv1D(3, 2, padding="same")(m))
+s = L.Concatenate()([l1, l2, l3])
+out = L.Concatenate()([L.GlobalAveragePooling1D()(s), l4, l5, l6])
+model5 = keras.Model([x, y], out, name="mix5")
+for layer in model5.layers:
+    ws = layer.get_weights()
+    if ws:
+        layer.set_weights([rs.uniform(-0.8, 0.8, w.shape).astype("float32") for w in ws])
+xi = rs.randn(3, 7, 3).astype("float32")
+xi[0, 5:] = 0
+xi[1, :2] = 0
+xi[2, 3] = 0
+save(model5, "mix5", [xi, rs.randn(3, 7, 2).astype("float32")])
