@@ -440,7 +440,14 @@ fn time_distributed_layers_match_keras_on_both_paths() {
 #[test]
 fn mixed_layer_models_match_keras_on_both_paths() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
-    for name in ["mix1", "mix2", "mix3", "mix4", "mix5", "masked_initial_state"] {
+    for name in [
+        "mix1",
+        "mix2",
+        "mix3",
+        "mix4",
+        "mix5",
+        "masked_initial_state",
+    ] {
         let mut model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();
         let inputs = common::model_inputs(&dir, name, model.inputs());
         let want = common::expected_outputs(&dir, name);

@@ -86,9 +86,10 @@ fn zoo_models_match_keras_on_the_gpu() {
     println!("worst zoo error on the GPU: {:e} ({})", worst.0, worst.1);
 }
 
-/// Mutated configs of every zoo model (a key removed, a value replaced by null, a number, a
-/// string, a list, or another layer's name): loading and predicting give an error or a
-/// result, never a panic.
+/// Mutated configs of every zoo model and of the recorded graphs of `tests/data/keras` (a
+/// key removed, a value replaced by null, a number, a string, a list, or another layer's
+/// name): loading and predicting give an error or a result, never a panic, on the CPU and
+/// (every fifth mutation) on the GPU.
 #[test]
 fn mutated_configs_never_panic() {
     use serde_json::Value;
@@ -124,17 +125,33 @@ fn mutated_configs_never_panic() {
         (seed % n as u64) as usize
     };
     let mut outcomes = (0usize, 0usize);
-    for name in RUNS {
-        let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let ctx = common::gpu("mutated_configs_never_panic");
+    let cases = RUNS.iter().map(|n| (dir(), *n)).chain(
+        [
+            "nested",
+            "time_distributed",
+            "mix1",
+            "mix2",
+            "mix3",
+            "mix4",
+            "mix5",
+            "masked_initial_state",
+        ]
+        .into_iter()
+        .map(|n| (data.clone(), n)),
+    );
+    for (k_case, (dir, name)) in cases.enumerate() {
+        let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();
         let members = lstm_wgpu::archive::members(&keras).unwrap();
         let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
         let config: Value = serde_json::from_slice(member("config.json")).unwrap();
         let weights = member("model.weights.h5");
         let model = KerasModel::from_config_and_weights(&config, weights).unwrap();
-        let inputs = common::model_inputs(&dir(), name, model.inputs());
+        let inputs = common::model_inputs(&dir, name, model.inputs());
         let mut all = Vec::new();
         paths(&config, &mut Vec::new(), &mut all);
-        for _ in 0..40 {
+        for k_run in 0..40 {
             let mut c = config.clone();
             let path = all[next(all.len())].clone();
             let Some((last, parent)) = path.split_last() else {
@@ -161,10 +178,16 @@ fn mutated_configs_never_panic() {
                 }
                 _ => continue,
             }
+            // (the GPU path too, on every fifth mutation: building and planning the graph)
+            let on_gpu = ctx.as_ref().filter(|_| (k_case + k_run) % 5 == 0);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                KerasModel::from_config_and_weights(&c, weights)
-                    .and_then(|mut m| m.predict_inputs(&inputs))
-                    .is_ok()
+                let cpu = KerasModel::from_config_and_weights(&c, weights)
+                    .and_then(|mut m| m.predict_inputs(&inputs).map(|_| m));
+                if let (Ok(m), Some(ctx)) = (&cpu, on_gpu) {
+                    let _ = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), m)
+                        .and_then(|mut g| g.forward_inputs(&inputs));
+                }
+                cpu.is_ok()
             }));
             match run {
                 Ok(true) => outcomes.0 += 1,
