@@ -269,13 +269,12 @@ fn a_gru_and_simple_rnn_model_matches_keras_on_both_paths() {
     let got = model.predict(x.view()).unwrap();
     let e = max_abs(&got, std::slice::from_ref(&want));
     assert!(e <= 1e-5, "cpu: {e}");
-    if let Some(ctx) = gpu("a_gru_and_simple_rnn_model_matches_keras_on_both_paths") {
-        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
-        let got = g.forward(x.view(), None, None).unwrap();
-        let e = max_abs(&got, std::slice::from_ref(&want));
-        assert!(e <= 1e-4, "gpu: {e}");
-        assert_eq!(g.stats().submits, 1);
-    }
+    gpu_matches_keras(
+        "a_gru_and_simple_rnn_model_matches_keras_on_both_paths",
+        &model,
+        x.view(),
+        &want,
+    );
 }
 
 /// A model's predict takes an explicit mask and initial states as the layer API does: for
@@ -394,13 +393,12 @@ fn nested_models_match_keras_on_both_paths() {
         // LSTM(5) on 3: 4·5·(3+5+1); Dense(4): 24; GRU(6) on 4, reset_after: 3·6·(4+6+2);
         // Dense(2): 14
         assert_eq!(params, 180 + 24 + 216 + 14);
-        if let Some(ctx) = gpu("nested_models_match_keras_on_both_paths") {
-            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
-            let got = g.forward(x.view(), None, None).unwrap();
-            let e = max_abs(&got, std::slice::from_ref(&want));
-            assert!(e <= 1e-4, "gpu: {e}");
-            assert_eq!(g.stats().submits, 1);
-        }
+        gpu_matches_keras(
+            "nested_models_match_keras_on_both_paths",
+            &model,
+            x.view(),
+            &want,
+        );
     }
 }
 
@@ -461,5 +459,22 @@ fn mixed_layer_models_match_keras_on_both_paths() {
             assert!(e <= 1e-4, "{name} gpu: {e}");
             assert_eq!(g.stats().submits, 1);
         }
+    }
+}
+
+/// On the GPU (when there is one), `model` on `x` matches Keras's `want` within 1e-4 in one
+/// submission.
+fn gpu_matches_keras(
+    test: &str,
+    model: &KerasModel,
+    x: ndarray::ArrayView3<f32>,
+    want: &ArrayD<f32>,
+) {
+    if let Some(ctx) = gpu(test) {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, model).unwrap();
+        let got = g.forward(x, None, None).unwrap();
+        let e = max_abs(&got, std::slice::from_ref(want));
+        assert!(e <= 1e-4, "{test} gpu: {e}");
+        assert_eq!(g.stats().submits, 1);
     }
 }
