@@ -84,3 +84,57 @@ randomize(model)
 xi = rs.randn(2, 6, 3).astype("float32")
 xi[0, 4:] = 0
 save(model, "masked_initial_state", [xi, rs.randn(2, 4).astype("float32"), rs.randn(2, 4).astype("float32")])
+
+# nmt: the attention encoder-decoder of the translation tutorials: token inputs through
+# Embedding(mask_zero), an LSTM encoder's states into the LSTM decoder, Attention over the
+# encoder sequence, Concatenate, TimeDistributed(Dense(softmax)); free sequence lengths
+keras.utils.set_random_seed(8)
+rs = np.random.RandomState(41)
+enc_in = L.Input((None,), dtype="int32")
+dec_in = L.Input((None,), dtype="int32")
+enc_seq, h, c = L.LSTM(8, return_sequences=True, return_state=True)(
+    L.Embedding(20, 6, mask_zero=True)(enc_in)
+)
+dec_seq = L.LSTM(8, return_sequences=True)(
+    L.Embedding(20, 6, mask_zero=True)(dec_in), initial_state=[h, c]
+)
+ctx = L.Attention()([dec_seq, enc_seq])
+out = L.TimeDistributed(L.Dense(20, activation="softmax"))(L.Concatenate()([dec_seq, ctx]))
+model = keras.Model([enc_in, dec_in], out, name="nmt")
+for layer in model.layers:
+    ws = layer.get_weights()
+    if ws:
+        layer.set_weights([rs.uniform(-0.5, 0.5, w.shape).astype("float32") for w in ws])
+ei = rs.randint(1, 20, (3, 7)).astype("int32")
+ei[0, 5:] = 0
+ei[2, 3:] = 0
+di = rs.randint(1, 20, (3, 5)).astype("int32")
+di[1, 3:] = 0
+save(model, "nmt", [ei, di])
+
+# mix7: a masked Bidirectional GRU encoder (dropout, recurrent_dropout: inference no-ops) whose
+# concatenated states start a relu GRU decoder (unroll=True), then an LSTM without bias and
+# with hard_sigmoid, SpatialDropout1D, Conv1D, Bidirectional(SimpleRNN, "ave"),
+# GlobalMaxPooling1D
+keras.utils.set_random_seed(12)
+rs = np.random.RandomState(51)
+x = L.Input((None, 4))
+d = L.Input((None, 3))
+o, fh, bh = L.Bidirectional(L.GRU(5, return_state=True, dropout=0.3, recurrent_dropout=0.2))(
+    L.Masking(0.0)(x)
+)
+dec = L.GRU(10, return_sequences=True, activation="relu", unroll=True)(
+    d, initial_state=L.Concatenate()([fh, bh])
+)
+s1 = L.LSTM(6, return_sequences=True, use_bias=False, recurrent_activation="hard_sigmoid")(dec)
+cv = L.Conv1D(4, 3, padding="same")(L.SpatialDropout1D(0.3)(s1))
+bi = L.Bidirectional(L.SimpleRNN(3, return_sequences=True), merge_mode="ave")(cv)
+out = L.Dense(2, activation="softmax")(L.Concatenate()([L.GlobalMaxPooling1D()(bi), o]))
+model = keras.Model([x, d], out, name="mix7")
+for layer in model.layers:
+    ws = layer.get_weights()
+    if ws:
+        layer.set_weights([rs.uniform(-0.6, 0.6, w.shape).astype("float32") for w in ws])
+xi = rs.randn(3, 8, 4).astype("float32")
+xi[1, 6:] = 0
+save(model, "mix7", [xi, rs.randn(3, 5, 3).astype("float32")])
