@@ -444,6 +444,8 @@ fn mixed_layer_models_match_keras_on_both_paths() {
         "mix3",
         "mix4",
         "mix5",
+        "mix7",
+        "nmt",
         "masked_initial_state",
     ] {
         let mut model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();

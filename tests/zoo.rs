@@ -136,6 +136,8 @@ fn mutated_configs_never_panic() {
             "mix3",
             "mix4",
             "mix5",
+            "mix7",
+            "nmt",
             "masked_initial_state",
         ]
         .into_iter()
