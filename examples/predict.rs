@@ -5,9 +5,10 @@
 //! ```
 //! `--weights` takes the weights from a `.weights.h5` or a sharded `.weights.json` index, with
 //! `--model` (a `.keras` or JSON file) supplying the configuration.
-//! `--backend auto` (the default) runs on a hardware GPU when there is one, else on the CPU
-//! path, and says which and why in one line on stderr; `gpu` takes a software adapter
-//! (llvmpipe, lavapipe, ...) too when no hardware one is found.
+//! `--backend auto` (the default) runs on a hardware GPU when there is one (a model the GPU
+//! path cannot plan runs on the CPU instead), else on the CPU path, and says which and why in
+//! one line on stderr; `gpu` takes a software adapter (llvmpipe, lavapipe, ...) too when no
+//! hardware one is found.
 //! A model with several outputs writes `Y.0.npy`, `Y.1.npy`, ... in the model's output order.
 //! Any error: a one-line reason on stderr and a non-zero exit code.
 
@@ -23,12 +24,13 @@ const USAGE: &str = "usage: predict --model FILE.keras|FILE.h5 --input X.npy [--
 
   --input    once per model input, in the model's input order: float32 features, or int32/int64
              token ids for an Embedding input
-  --backend  auto (default): a hardware GPU if there is one and the model is a chain the GPU
-             path runs, else the CPU path (one line on stderr says which and why); cpu; gpu
-             (a software adapter too)
+  --backend  auto (default): a hardware GPU if there is one (the whole model in one
+             submission; a model the GPU path cannot plan runs on the CPU instead), else the
+             CPU path (one line on stderr says which and why); cpu; gpu (a software adapter too)
   --weights  take the weights from this file (a sharded .weights.json index included), the
              configuration from --model
-  --summary  print the model's inputs, layers and outputs, and exit";
+  --summary  print the model's inputs and its layers (output shapes, parameters) as Keras's
+             model.summary(), and exit";
 
 fn usage() -> String {
     USAGE.into()
