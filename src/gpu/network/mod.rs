@@ -323,9 +323,13 @@ impl GpuNetwork {
         Ok(outputs.into_iter().map(|o| (name.clone(), o)).collect())
     }
 
-    /// The inputs as floats: token ids checked (integers in 0..vocabulary of the Embedding
-    /// layers reading the input, and below 2^24 so that a float holds them exactly).
-    fn float_inputs(&self, inputs: &[ModelInput]) -> Result<Vec<ArrayD<f32>>> {
+    /// The inputs as floats: float inputs borrowed, token ids converted (after checking the
+    /// dtype against the model's, and that ids are exact in float32, below 2^24; `check`
+    /// checks them against the vocabulary with the shapes).
+    fn float_inputs<'i>(
+        &self,
+        inputs: &'i [ModelInput],
+    ) -> Result<Vec<std::borrow::Cow<'i, ArrayD<f32>>>> {
         let specs = &self.model.inputs;
         inputs
             .iter()
@@ -345,7 +349,7 @@ impl GpuNetwork {
                     }
                 }
                 match x {
-                    ModelInput::F32(a) => Ok(a.clone()),
+                    ModelInput::F32(a) => Ok(std::borrow::Cow::Borrowed(a)),
                     ModelInput::I64(a) => {
                         for &v in a {
                             if v.unsigned_abs() >= 1 << 24 {
@@ -358,7 +362,7 @@ impl GpuNetwork {
                                 ));
                             }
                         }
-                        Ok(a.mapv(|v| v as f32))
+                        Ok(std::borrow::Cow::Owned(a.mapv(|v| v as f32)))
                     }
                 }
             })
