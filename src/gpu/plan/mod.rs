@@ -535,8 +535,14 @@ pub(crate) fn plan_graph(
         own.mask = t.mask;
         Ok(own)
     };
+    let mut calls = vec![0usize; stages.len()];
     for node in nodes {
-        cx.repeated = nodes.iter().filter(|n| n.stage == node.stage).count() > 1;
+        if let Some(c) = calls.get_mut(node.stage) {
+            *c += 1;
+        }
+    }
+    for node in nodes {
+        cx.repeated = calls.get(node.stage).is_some_and(|&c| c > 1);
         let ins = node
             .inputs
             .iter()
