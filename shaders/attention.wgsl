@@ -8,7 +8,7 @@
 //     or j > i with causal) lowered by 1e9 first (Keras's padding mask), the max ignoring NaN
 //   2 out[b, i, d] = sum_j w[b, i, j] * v[b, j, d], one thread per (b, i, d); 0 where the
 //     query mask is 0.
-// CPU twins: `Attention` in src/graph/conv.rs, `Dot` in src/graph/combine.rs.
+// CPU twins: `Attention` in src/graph/attention.rs, `Dot` in src/graph/combine.rs.
 
 override MODE: u32 = 0u;
 override SCORE: u32 = 0u;

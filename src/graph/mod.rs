@@ -4,9 +4,11 @@
 //! form) and `Sequential` models. Every tensor carries its Keras mask (`[B, T]`) as Keras
 //! computes it; each layer's rule is in `ops.rs`.
 
+mod attention;
 mod combine;
 mod conv;
-pub(crate) use self::conv::{check_scale, query_value_key, window};
+pub(crate) use self::attention::{check_scale, query_value_key};
+pub(crate) use self::conv::window;
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]

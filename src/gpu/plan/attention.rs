@@ -1,6 +1,6 @@
 //! The plan builders of `Attention` / `AdditiveAttention` ([`AttentionStage`]) and `Dot`
 //! ([`DotStage`]), through attention.wgsl (scores; masked softmax; weighted sum). CPU twins:
-//! `Attention` in src/graph/conv.rs, `Dot` in src/graph/combine.rs.
+//! `Attention` in src/graph/attention.rs, `Dot` in src/graph/combine.rs.
 
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::error::{LstmError, Result};
