@@ -9,7 +9,7 @@
 // and per row of `width` values (count = rows):
 //   6 softmax over the row (the max ignores NaN, as f32::max)
 //   7 Any over the row: 1.0 when some value is not 0.0
-// CPU twins: `Activate`, `Leaky`, `PRelu` (src/graph/core.rs), `NotEqual`, `AnyOp`,
+// CPU twins: `Activate`, `Leaky`, `PRelu` (src/graph/activations.rs), `FillLike` (core.rs), `NotEqual`, `AnyOp`,
 // `Merge` (Average) (src/graph/combine.rs), `apply_act` (src/graph/ops.rs).
 
 override MODE: u32 = 0u;
@@ -41,7 +41,7 @@ fn relu_keeping_nan(u: f32) -> f32 {
 }
 
 // Keras 3's relu(x, negative_slope, max_value, threshold) on TensorFlow, NaN included.
-// CPU twin: `keras_relu` in src/graph/core.rs.
+// CPU twin: `keras_relu` in src/graph/activations.rs.
 fn keras_relu(v: f32) -> f32 {
     if (p.a != 0.0 && p.has_max == 0u && p.b == 0.0) {
         return select(p.a * v, v, v >= 0.0 || is_nan(v));

@@ -5,11 +5,9 @@
 //! fails). The GPU side runs as a model graph in one submission: each input gets its mask
 //! from a test stage, and a test stage reads each output's mask back.
 
+use super::activations::{Activate, Leaky, PRelu};
 use super::combine::{AnyOp, Dot, GlobalPool, Merge, Norm, NotEqual};
-use super::core::{
-    Activate, Dense, Embedding, Identity, Leaky, Masking, PRelu, Permute, Recurrent, RepeatVector,
-    Reshape,
-};
+use super::core::{Dense, Embedding, Identity, Masking, Permute, Recurrent, RepeatVector, Reshape};
 use super::ops::{Act, Extra, GpuStage, Op};
 use super::Value;
 use crate::activation::Activation;

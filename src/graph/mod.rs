@@ -4,6 +4,7 @@
 //! form) and `Sequential` models. Every tensor carries its Keras mask (`[B, T]`) as Keras
 //! computes it; each layer's rule is in `ops.rs`.
 
+mod activations;
 mod attention;
 mod combine;
 mod conv;

@@ -1,11 +1,9 @@
 //! The layers of a model graph on the CPU, each with its Keras inference semantics and its
 //! `compute_mask` rule: what a layer does with the `[B, T]` mask of its inputs.
 
+use super::activations::{Activate, Leaky, PRelu};
 use super::combine::{AnyOp, Dot, GlobalPool, Merge, Norm, NotEqual};
-use super::core::{
-    Activate, Dense, Embedding, Identity, Leaky, Masking, PRelu, Permute, Recurrent, RepeatVector,
-    Reshape,
-};
+use super::core::{Dense, Embedding, Identity, Masking, Permute, Recurrent, RepeatVector, Reshape};
 use super::Value;
 use crate::activation::Activation;
 use crate::config::LayerConfig;
