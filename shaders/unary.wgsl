@@ -9,8 +9,9 @@
 // and per row of `width` values (count = rows):
 //   6 softmax over the row (the max ignores NaN, as f32::max)
 //   7 Any over the row: 1.0 when some value is not 0.0
-// CPU twins: `Activate`, `Leaky`, `PRelu` (src/graph/activations.rs), `FillLike` (core.rs), `NotEqual`, `AnyOp`,
-// `Merge` (Average) (src/graph/combine.rs), `apply_act` (src/graph/ops.rs).
+// CPU twins: `Activate`, `Leaky`, `PRelu` (src/graph/activations.rs), `FillLike`
+// (src/graph/core.rs), `NotEqual`, `AnyOp`, `Merge` (Average) (src/graph/combine.rs),
+// `apply_act` (src/graph/ops.rs).
 
 override MODE: u32 = 0u;
 override ACTIVATION: u32 = 5u;

@@ -1,7 +1,8 @@
 //! The plan builders of the value-by-value layers: [`UnaryStage`] (unary.wgsl: Activation,
-//! ReLU/LeakyReLU/ELU/Softmax/PReLU, the `NotEqual` and `Any` op layers) and [`BinaryStage`]
-//! (binary.wgsl: Add, Subtract, Multiply, Average, Maximum, Minimum), and the merged mask of
-//! a merge layer. CPU twins: `Activate`, `Leaky`, `PRelu` in src/graph/activations.rs, `FillLike` in src/graph/core.rs; `Merge`,
+//! ReLU/LeakyReLU/ELU/Softmax/PReLU, the `NotEqual`, `Any`, `ZerosLike` op layers) and
+//! [`BinaryStage`] (binary.wgsl: Add, Subtract, Multiply, Average, Maximum, Minimum,
+//! LogicalOr/And, broadcasting), and the merged mask of a merge layer. CPU twins: `Activate`,
+//! `Leaky`, `PRelu` in src/graph/activations.rs; `FillLike` in src/graph/core.rs; `Merge`,
 //! `NotEqual`, `AnyOp` in src/graph/combine.rs.
 
 use super::{Args, GpuStage, PlanContext, Tensor};
