@@ -1,6 +1,6 @@
 //! The plan builder of a model used as a layer (a nested `Sequential` or functional model):
 //! its own graph of stages, planned in the enclosing plan on the call's inputs (no kernel of
-//! its own). CPU twin: `SubModel` in src/graph/mod.rs.
+//! its own). CPU twin: `SubModel` in src/graph/nested.rs.
 
 use super::{plan_graph, Args, GpuStage, PlanContext, Tensor};
 use crate::config::LstmConfig;
