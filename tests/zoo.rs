@@ -128,20 +128,9 @@ fn mutated_configs_never_panic() {
     let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
     let ctx = common::gpu("mutated_configs_never_panic");
     let cases = RUNS.iter().map(|n| (dir(), *n)).chain(
-        [
-            "nested",
-            "time_distributed",
-            "mix1",
-            "mix2",
-            "mix3",
-            "mix4",
-            "mix5",
-            "mix7",
-            "nmt",
-            "masked_initial_state",
-        ]
-        .into_iter()
-        .map(|n| (data.clone(), n)),
+        common::RECORDED_GRAPHS
+            .into_iter()
+            .map(|n| (data.clone(), n)),
     );
     for (k_case, (dir, name)) in cases.enumerate() {
         let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();

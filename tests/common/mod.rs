@@ -110,3 +110,19 @@ pub fn expected_outputs(dir: &std::path::Path, name: &str) -> Vec<ArrayD<f32>> {
         .map(|p| read_npy(&p).unwrap())
         .collect()
 }
+
+/// The multi-layer graphs recorded from Keras 3.15.1 in `tests/data/keras` (scripts in
+/// `scripts/record_*.py`), each `NAME.keras` with its inputs and Keras's predictions.
+#[allow(dead_code)]
+pub const RECORDED_GRAPHS: [&str; 10] = [
+    "nested",
+    "time_distributed",
+    "mix1",
+    "mix2",
+    "mix3",
+    "mix4",
+    "mix5",
+    "mix7",
+    "nmt",
+    "masked_initial_state",
+];
