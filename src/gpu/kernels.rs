@@ -163,67 +163,23 @@ impl Kernel {
                 storage(8, true),
             ],
             // params, forward, backward, out
-            Kernel::Merge => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-            ],
+            Kernel::Merge => buffers(2, 1),
             // params, x, mask out, out
-            Kernel::Mask => vec![
-                params(false),
-                storage(1, true),
-                storage(2, false),
-                storage(3, false),
-            ],
+            Kernel::Mask => buffers(1, 2),
             // params, y (in place)
-            Kernel::Dense => vec![params(false), storage(1, false)],
+            Kernel::Dense => buffers(0, 1),
             // params, x, out
-            Kernel::Gather => vec![params(false), storage(1, true), storage(2, false)],
+            Kernel::Gather => buffers(1, 1),
             // params, x, alpha, out / params, a, b, out / params, x, mask, out
-            Kernel::Unary | Kernel::Binary | Kernel::Pool => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-            ],
+            Kernel::Unary | Kernel::Binary | Kernel::Pool => buffers(2, 1),
             // params, ids, table, out, mask
-            Kernel::Embedding => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, false),
-                storage(4, false),
-            ],
+            Kernel::Embedding => buffers(2, 2),
             // params, x, gamma, beta, mean, variance, out
-            Kernel::Norm => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, true),
-                storage(4, true),
-                storage(5, true),
-                storage(6, false),
-            ],
+            Kernel::Norm => buffers(5, 1),
             // params, x, kernel, bias, out
-            Kernel::Conv => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, true),
-                storage(4, false),
-            ],
+            Kernel::Conv => buffers(3, 1),
             // params, q, k, v, scale, mask, scores, out
-            Kernel::Attention => vec![
-                params(false),
-                storage(1, true),
-                storage(2, true),
-                storage(3, true),
-                storage(4, true),
-                storage(5, true),
-                storage(6, false),
-                storage(7, false),
-            ],
+            Kernel::Attention => buffers(5, 2),
         }
     }
 }
@@ -263,6 +219,15 @@ fn storage(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
         },
         count: None,
     }
+}
+
+/// A whole-buffer parameter block at binding 0, then `read` read-only storage buffers, then
+/// `written` read-write ones.
+fn buffers(read: u32, written: u32) -> Vec<wgpu::BindGroupLayoutEntry> {
+    std::iter::once(params(false))
+        .chain((1..=read).map(|b| storage(b, true)))
+        .chain((read + 1..=read + written).map(|b| storage(b, false)))
+        .collect()
 }
 
 /// A 2-D float texture read with `textureLoad` (no sampler, so not filterable).
