@@ -48,8 +48,11 @@ impl GpuStage for LstmStage {
 
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let c = &self.weights.config;
-        let mask = args.inputs.first().and_then(|x| x.mask.clone());
-        let (x, init) = recurrent_args(cx, args, &c.name, self.keras2_call_mask)?;
+        let RecurrentArgs {
+            x,
+            init,
+            out_mask: mask,
+        } = recurrent_args(cx, args, &c.name, self.keras2_call_mask)?;
         let dir = self.plan_direction(cx, &x, &init)?;
         let shape = if c.return_sequences {
             x.shape[..2].iter().copied().chain([c.units]).collect()
@@ -69,16 +72,25 @@ impl GpuStage for LstmStage {
     }
 }
 
-/// A recurrent call's input (with the mask it runs under: an explicit `mask=` tensor, else
-/// the input's own, except in a Keras 3 call with `initial_state=` tensors, which runs
-/// unmasked) and its initial-state tensors (`initial_state=`, or the positional
-/// tensors after the input, as Keras takes them).
+/// What a recurrent call reads and gives.
+pub(crate) struct RecurrentArgs {
+    /// The input, with the mask it runs under: an explicit `mask=` tensor, else the input's
+    /// own, except in a Keras 3 call with `initial_state=` tensors, which runs unmasked.
+    pub x: Tensor,
+    /// The initial-state tensors (`initial_state=`, or the positional tensors after the
+    /// input, as Keras takes them).
+    pub init: Vec<Tensor>,
+    /// The mask of its sequence outputs: the input's own (Keras's `compute_mask`).
+    pub out_mask: Option<wgpu::Buffer>,
+}
+
+/// The [`RecurrentArgs`] of a call.
 pub(crate) fn recurrent_args(
     cx: &mut PlanContext<'_, '_>,
     args: &Args<'_>,
     name: &str,
     keras2_call_mask: bool,
-) -> Result<(Tensor, Vec<Tensor>)> {
+) -> Result<RecurrentArgs> {
     let (x, positional) = args
         .inputs
         .split_first()
@@ -88,6 +100,7 @@ pub(crate) fn recurrent_args(
     } else {
         args.states.to_vec()
     };
+    let out_mask = x.mask.clone();
     let mut x = x.clone();
     if let Some(m) = args.mask {
         x.mask = Some(cx.as_mask(&format!("mask of layer {name}"), m)?);
@@ -95,7 +108,7 @@ pub(crate) fn recurrent_args(
         // Keras 3: a call with initial_state tensors gets no mask (CPU twin: `Recurrent`).
         x.mask = None;
     }
-    Ok((x, init))
+    Ok(RecurrentArgs { x, init, out_mask })
 }
 
 /// The final state of a direction as outputs `[B, H]` (h and c of an LSTM, h of the

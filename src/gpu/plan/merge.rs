@@ -3,7 +3,7 @@
 //! Kernel: merge.wgsl; CPU twin: `merge_directions` in src/network.rs.
 
 use super::gather::Gather;
-use super::lstm::{recurrent_args, state_outputs, LstmStage};
+use super::lstm::{recurrent_args, state_outputs, LstmStage, RecurrentArgs};
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::config::{LstmConfig, MergeMode};
 use crate::error::LstmError;
@@ -34,8 +34,8 @@ impl GpuStage for BidiStage {
 
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let (f, b) = (&self.fwd.weights.config, &self.bwd.weights.config);
-        let out_mask = args.inputs.first().and_then(|x| x.mask.clone());
-        let (x, init) = recurrent_args(cx, args, &f.name, self.fwd.keras2_call_mask)?;
+        let RecurrentArgs { x, init, out_mask } =
+            recurrent_args(cx, args, &f.name, self.fwd.keras2_call_mask)?;
         // initial_state: the forward direction's states, then the backward's
         let nf = if init.is_empty() { 0 } else { f.cell.states() };
         if !init.is_empty() && init.len() != nf + b.cell.states() {
