@@ -10,6 +10,7 @@ mod combine;
 mod conv;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::conv::window;
+pub(crate) use self::ops::IDENTITY_AT_INFERENCE;
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]

@@ -79,6 +79,17 @@ pub(super) fn stage(s: impl GpuStage + 'static) -> Result<Box<dyn GpuStage>> {
     Ok(Box::new(s))
 }
 
+/// The layer classes that are the identity at inference (and `InputLayer`).
+pub(crate) const IDENTITY_AT_INFERENCE: &[&str] = &[
+    "InputLayer",
+    "Dropout",
+    "SpatialDropout1D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+];
+
 /// The layer classes a graph runs (and `InputLayer`).
 pub(crate) const SUPPORTED: &[&str] = &[
     "InputLayer",
@@ -234,14 +245,10 @@ pub(crate) fn build(
     if let Some(op) = super::conv::build(class, cfg, name, &weights)? {
         return Ok(op);
     }
+    if IDENTITY_AT_INFERENCE.contains(&class) {
+        return Ok(Box::new(Identity));
+    }
     Ok(match class {
-        "InputLayer"
-        | "Dropout"
-        | "SpatialDropout1D"
-        | "GaussianNoise"
-        | "GaussianDropout"
-        | "AlphaDropout"
-        | "ActivityRegularization" => Box::new(Identity),
         "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
             let config = LayerConfig::from_keras(entry)?;
             let net = Network::from_keras_weights(&config, &weights()?)?;

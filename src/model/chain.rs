@@ -72,15 +72,11 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
             check_chain(entry, class, &lname, previous.as_deref())?;
             previous = Some(lname.clone());
         }
+        // the identity at inference (no weights)
+        if crate::graph::IDENTITY_AT_INFERENCE.contains(&class) {
+            continue;
+        }
         let layer = match class {
-            // the identity at inference (no weights)
-            "InputLayer"
-            | "Dropout"
-            | "SpatialDropout1D"
-            | "GaussianNoise"
-            | "GaussianDropout"
-            | "AlphaDropout"
-            | "ActivityRegularization" => continue,
             "Masking" => ModelLayer::Masking {
                 mask_value: lcfg
                     .get("mask_value")
