@@ -355,6 +355,13 @@ impl LstmConfig {
             }
         };
         c.use_bias = flag("use_bias", true)?;
+        // Keras 2's time_major takes [T, B, I] inputs: refused rather than read batch-major.
+        if flag("time_major", false)? {
+            return Err(LstmError::unsupported(
+                "time_major",
+                "true (inputs [timesteps, batch, features]; transpose them to batch-major and                  set time_major to false)",
+            ));
+        }
         c.return_sequences = flag("return_sequences", false)?;
         c.return_state = flag("return_state", false)?;
         c.go_backwards = flag("go_backwards", false)?;

@@ -72,6 +72,17 @@ pub enum LstmError {
         name: String,
     },
 
+    /// A weights file's layers do not fit the model's under Keras's `load_weights` rules
+    /// (`model::WeightMatch`): the layer counts, a layer's weight count, or a layer the
+    /// file lacks.
+    #[error("cannot load the weights{}: {reason}", if layer.is_empty() { String::new() } else { format!(" of layer {layer}") })]
+    WeightMismatch {
+        /// The model layer (empty when the whole model is meant).
+        layer: String,
+        /// What does not fit, with the expected and the found counts.
+        reason: String,
+    },
+
     /// A stateful layer was called with a batch size other than the one its state was built for.
     #[error("stateful layer was built for batch size {expected}, called with batch size {actual}")]
     StatefulBatchChanged {

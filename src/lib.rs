@@ -56,6 +56,7 @@ pub mod onnx;
 mod output;
 pub mod perf;
 mod validate;
+mod weight_match;
 mod weight_source;
 mod weights;
 

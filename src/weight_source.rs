@@ -7,6 +7,7 @@
 
 use crate::error::{LstmError, Result};
 use crate::hdf5::H5File;
+use crate::weight_match::{FileLayer, Plan, WeightMatch};
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
 
@@ -17,6 +18,9 @@ pub(crate) struct WeightSource<'a> {
     /// The legacy layout's group of layer groups (`model_weights` or the root), or None for
     /// Keras 3's.
     legacy_root: Option<String>,
+    /// Legacy layout: which file group gives each model layer its weights (Keras's
+    /// `load_weights` rules), and how they are converted.
+    plan: Option<Plan>,
 }
 
 /// The shard files a `.weights.json` index names, in first-mention order.
@@ -61,21 +65,51 @@ impl<'a> WeightSource<'a> {
         WeightSource {
             files: vec![(crate::hdf5::SOURCE.to_string(), file)],
             legacy_root: None,
+            plan: None,
         }
     }
 
     /// A file in the legacy layout: layer groups under `model_weights` (a whole-model file)
-    /// or at the root (Keras 2's `save_weights`).
-    pub(crate) fn legacy(file: H5File<'a>) -> Result<Self> {
+    /// or at the root (Keras 2's `save_weights`), matched to the layers of the model
+    /// `config` by `mode`.
+    pub(crate) fn legacy(file: H5File<'a>, config: &Value, mode: WeightMatch) -> Result<Self> {
         let root = if file.exists("model_weights")? {
             "model_weights".to_string()
         } else {
             String::new()
         };
+        let version = file
+            .string_attribute(&root, "keras_version")
+            .ok()
+            .or_else(|| file.string_attribute("", "keras_version").ok())
+            .and_then(|v| v.into_iter().next())
+            // (Keras reads a file without the attribute as Keras 1's)
+            .unwrap_or_else(|| "1".into());
+        let mut layers = Vec::new();
+        for name in chunked_attribute(&file, &root, "layer_names")? {
+            let group = join(&root, &name);
+            let weights = if file.exists(&group)? {
+                chunked_attribute(&file, &group, "weight_names")?.len()
+            } else {
+                0
+            };
+            layers.push(FileLayer { name, weights });
+        }
+        let plan = Plan::new(config, &layers, mode, &version)?;
         Ok(WeightSource {
             files: vec![(crate::hdf5::SOURCE.to_string(), file)],
             legacy_root: Some(root),
+            plan: Some(plan),
         })
+    }
+
+    /// How errors about the weights of model layer `name` name it: the file's layer it was
+    /// matched to, when that has another name.
+    pub(crate) fn in_context(&self, name: &str, e: LstmError) -> LstmError {
+        match &self.plan {
+            Some(p) => p.shape_error(name, e),
+            None => e,
+        }
     }
 
     /// Whether a Keras weight file is in the legacy layout (a `layer_names` attribute at its
@@ -105,6 +139,7 @@ impl<'a> WeightSource<'a> {
         Ok(WeightSource {
             files,
             legacy_root: None,
+            plan: None,
         })
     }
 
@@ -147,28 +182,21 @@ impl<'a> WeightSource<'a> {
         match &self.legacy_root {
             None => self.collect(&format!("layers/{key}"), &mut out)?,
             Some(root) => {
-                let group = if root.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{root}/{name}")
+                let group = match &self.plan {
+                    Some(plan) => match plan.group(name)? {
+                        Some(g) => g.to_string(),
+                        None => return Ok(out),
+                    },
+                    None => name.to_string(),
                 };
+                let group = join(root, &group);
                 let (file_name, file) = &self.files[0];
                 if !file.exists(&group).map_err(|e| relabel(e, file_name))? {
                     return Ok(out);
                 }
-                let mut names = file.string_attribute(&group, "weight_names");
-                if names.is_err() {
-                    let mut parts = Vec::new();
-                    while let Ok(p) =
-                        file.string_attribute(&group, &format!("weight_names{}", parts.len()))
-                    {
-                        parts.push(p);
-                    }
-                    if !parts.is_empty() {
-                        names = Ok(parts.concat());
-                    }
-                }
-                for w in names.map_err(|e| relabel(e, file_name))? {
+                let names = chunked_attribute(file, &group, "weight_names")
+                    .map_err(|e| relabel(e, file_name))?;
+                for w in names {
                     let path = format!("{group}/{w}");
                     let a = self
                         .dataset(&path)?
@@ -176,6 +204,9 @@ impl<'a> WeightSource<'a> {
                             name: format!("{path} (listed in {group}'s weight_names)"),
                         })?;
                     out.push(a);
+                }
+                if let Some(plan) = &self.plan {
+                    return plan.finish(name, out);
                 }
             }
         }
@@ -205,6 +236,29 @@ impl<'a> WeightSource<'a> {
         }
         Ok(())
     }
+}
+
+/// `root/name`, or `name` at the root.
+fn join(root: &str, name: &str) -> String {
+    if root.is_empty() {
+        name.to_string()
+    } else {
+        format!("{root}/{name}")
+    }
+}
+
+/// A list attribute of the legacy layout, which Keras splits into `NAME0`, `NAME1`, ... when
+/// it is too long for one object header (`load_attributes_from_hdf5_group`); empty when
+/// absent.
+fn chunked_attribute(file: &H5File<'_>, group: &str, name: &str) -> Result<Vec<String>> {
+    if let Ok(v) = file.string_attribute(group, name) {
+        return Ok(v);
+    }
+    let mut parts = Vec::new();
+    while let Ok(p) = file.string_attribute(group, &format!("{name}{}", parts.len())) {
+        parts.push(p);
+    }
+    Ok(parts.concat())
 }
 
 /// A format error about the in-memory weights, naming the shard it came from.

@@ -39,6 +39,23 @@ pub(super) struct Recurrent {
     pub(super) net: Network<f32>,
     /// Keras 2's rule: the input's mask applies with `initial_state` too (see `call`).
     pub(super) keras2_call_mask: bool,
+    /// `CuDNNLSTM`/`CuDNNGRU` when the config named that class: it runs as the LSTM/GRU it
+    /// computes, and refuses a mask as Keras does ("Masking is not supported for CuDNN
+    /// RNNs").
+    pub(super) cudnn_class: Option<String>,
+}
+
+impl Recurrent {
+    /// The error for a mask reaching a cuDNN layer, as Keras raises it.
+    pub(super) fn check_cudnn_mask(&self, masked: bool) -> Result<()> {
+        match &self.cudnn_class {
+            Some(class) if masked => Err(LstmError::invalid(
+                format!("mask of layer {}", self.name),
+                format!("masking is not supported for CuDNN RNNs ({class}), as in Keras"),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Op for Recurrent {
@@ -68,6 +85,7 @@ impl Op for Recurrent {
             None if !extra.states.is_empty() && !self.keras2_call_mask => None,
             None => x.mask.clone(),
         };
+        self.check_cudnn_mask(mask.is_some())?;
         let init: Vec<ndarray::ArrayView2<f32>> = states
             .iter()
             .map(|s| {
@@ -120,12 +138,43 @@ impl Op for Recurrent {
         up.keras2_call_mask = false;
         let mut stages = stages?;
         match stages.len() {
+            1 if self.cudnn_class.is_some() => Ok(Box::new(CudnnStage {
+                op: self.clone(),
+                inner: stages.remove(0),
+            })),
             1 => Ok(stages.remove(0)),
             n => Err(LstmError::invalid(
                 format!("layer {}", self.name),
                 format!("a recurrent layer of {n} stages"),
             )),
         }
+    }
+}
+
+/// A cuDNN layer's GPU stage: the recurrent stage, refusing a mask as its CPU twin does.
+#[derive(Debug)]
+struct CudnnStage {
+    op: Recurrent,
+    inner: Box<dyn GpuStage>,
+}
+
+impl GpuStage for CudnnStage {
+    fn directions(&self) -> Vec<&crate::LstmConfig> {
+        self.inner.directions()
+    }
+
+    fn state_slots(&self) -> Vec<(usize, usize)> {
+        self.inner.state_slots()
+    }
+
+    fn plan(
+        &self,
+        cx: &mut crate::gpu::plan::PlanContext<'_, '_>,
+        args: &crate::gpu::plan::Args<'_>,
+    ) -> Result<Vec<crate::gpu::plan::Tensor>> {
+        let masked = args.mask.is_some() || args.inputs.first().is_some_and(|x| x.mask.is_some());
+        self.op.check_cudnn_mask(masked)?;
+        self.inner.plan(cx, args)
     }
 }
 

@@ -10,7 +10,7 @@ mod combine;
 mod conv;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::conv::window;
-pub(crate) use self::ops::IDENTITY_AT_INFERENCE;
+pub(crate) use self::ops::{IDENTITY_AT_INFERENCE, SUPPORTED};
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]
@@ -278,7 +278,12 @@ impl Graph {
             if graph.ops.iter().any(|(n, _)| *n == name) {
                 return Err(bad(format!("two layers named {name:?}")));
             }
-            graph.layers.push((name.clone(), lclass.to_string()));
+            // (a layer rewritten from an older class keeps that name: CuDNNLSTM)
+            let shown = lcfg
+                .get("cudnn_class")
+                .and_then(Json::as_str)
+                .unwrap_or(lclass);
+            graph.layers.push((name.clone(), shown.to_string()));
             if lclass == "InputLayer" {
                 graph.inputs.push(input_spec(&name, lcfg));
                 if !functional {
@@ -316,7 +321,8 @@ impl Graph {
                     graph: inner,
                 })
             } else {
-                ops::build(lclass, lcfg, entry, &name, &format!("{prefix}{key}"), src)?
+                ops::build(lclass, lcfg, entry, &name, &format!("{prefix}{key}"), src)
+                    .map_err(|e| src.in_context(&name, e))?
             };
             let op_index = graph.ops.len();
             graph.ops.push((name.clone(), op));

@@ -259,6 +259,10 @@ pub(crate) fn build(
                     .get("keras2_call_mask")
                     .and_then(Json::as_bool)
                     .unwrap_or(false),
+                cudnn_class: cfg
+                    .get("cudnn_class")
+                    .and_then(Json::as_str)
+                    .map(str::to_string),
             })
         }
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),

@@ -9,6 +9,8 @@ pub use crate::graph::InputSpec;
 use crate::graph::{Graph, Value as GraphValue};
 use crate::hdf5::H5File;
 use crate::network::Network;
+use crate::weight_match::normalize_config;
+pub use crate::weight_match::WeightMatch;
 use crate::weight_source::{shard_names, WeightSource};
 use chain::Chain;
 
@@ -151,16 +153,42 @@ fn in_file<'p>(e: LstmError, file: impl Fn(&str) -> &'p Path) -> LstmError {
     }
 }
 
-/// When `file` was written by Keras 1 or 2 (its root `keras_version`), gives its
-/// configuration Keras 2's meaning where Keras 3 reads the same words differently.
-fn keras2_semantics(config: &mut Value, file: &H5File) {
-    let version = file
-        .string_attribute("", "keras_version")
-        .ok()
-        .and_then(|v| v.into_iter().next())
-        .unwrap_or_default();
+/// Gives `config` Keras 2's meaning where Keras 3 reads the same words differently, when
+/// the Keras that wrote it was Keras 1 or 2: the config's own `keras_version` (tf-keras's
+/// `model.to_json()` writes it), else none when the config is Keras 3's (its layers carry
+/// `module` keys), else the `keras_version` of the weights file `file`.
+fn keras2_semantics(config: &mut Value, file: Option<&H5File>) {
+    let own = config
+        .get("keras_version")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let keras3 = config.get("module").is_some() || config.get("registered_name").is_some();
+    let version = match (own, file) {
+        (Some(v), _) => v,
+        _ if keras3 => "3".into(),
+        (None, Some(file)) => ["", "model_weights"]
+            .iter()
+            .find_map(|g| file.string_attribute(g, "keras_version").ok())
+            .and_then(|v| v.into_iter().next())
+            .unwrap_or_default(),
+        (None, None) => String::new(),
+    };
     if version.starts_with("2.") || version.starts_with("1.") {
         keras2_words(config);
+    }
+}
+
+/// A Keras 3 weights file matches its layers by class and position only: by name is an
+/// error saying so (Keras 3's `load_weights` refuses `by_name` for these files too).
+fn by_structure(matching: WeightMatch, what: &str) -> Result<()> {
+    match matching {
+        WeightMatch::Order => Ok(()),
+        WeightMatch::ByName { .. } => Err(LstmError::WeightMismatch {
+            layer: String::new(),
+            reason: format!(
+                "{what} stores no layer names (its groups are named by class and position,                  layers/lstm, layers/lstm_1, ...): Keras loads it by position,                  WeightMatch::Order; matching by name needs a legacy HDF5 file"
+            ),
+        }),
     }
 }
 
@@ -224,16 +252,43 @@ impl KerasModel {
         })?;
         let mut config: Value =
             serde_json::from_str(&text).map_err(|e| bad_model(format!("model_config: {e}")))?;
-        keras2_semantics(&mut config, &h5);
-        Self::build(&config, &WeightSource::legacy(h5)?)
+        normalize_config(&mut config);
+        keras2_semantics(&mut config, Some(&h5));
+        // (load_model reads the weights by order, as load_weights does)
+        let src = WeightSource::legacy(h5, &config, WeightMatch::Order)?;
+        Self::build(&config, &src)
     }
 
-    /// Loads weights saved with `model.save_weights("NAME.weights.h5")`, or sharded with
+    /// Loads weights saved with `model.save_weights("NAME.weights.h5")` (or Keras 2's
+    /// `save_weights("NAME.h5")`), or sharded with
     /// `save_weights("NAME.weights.json", max_shard_size=...)` (the index: every shard it names
     /// is read from beside it), with the model's configuration taken from `config`: a `.keras`
     /// file (its `config.json`) or a JSON file holding the serialized model (`model.to_json()`
-    /// or a `config.json`).
+    /// of Keras 3 or of tf-keras/Keras 2, or a `config.json`). The file's layers are matched
+    /// to the model's as Keras's `model.load_weights` does by default
+    /// ([`WeightMatch::Order`]); [`KerasModel::load_weights_with`] chooses.
     pub fn load_weights(config: &Path, weights: &Path) -> Result<Self> {
+        Self::load_weights_with(config, weights, WeightMatch::default())
+    }
+
+    /// [`KerasModel::load_weights`] with the rule that matches the file's layers to the
+    /// model's: by order (Keras's default) or by name (`load_weights(by_name=True,
+    /// skip_mismatch=...)`, for a legacy HDF5 file: Keras 2's `save_weights`, or a
+    /// whole-model `.h5`). A file holding more layers than the model loads by name; the
+    /// errors name the layer and the expected and found weight counts or shapes.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::model::{KerasModel, WeightMatch};
+    /// // a model rebuilt in Python (layers lstm_3, lstm_4) and the weights a package ships
+    /// // (Keras 2.2 save_weights, layers lstm_1, lstm_2): Keras's default matches by order
+    /// let model = KerasModel::load_weights("model.json".as_ref(), "weights.h5".as_ref())?;
+    /// // a file with more layers than the model: by name, as load_weights(by_name=True)
+    /// let by_name = WeightMatch::ByName { skip_mismatch: false };
+    /// let model =
+    ///     KerasModel::load_weights_with("model.json".as_ref(), "full.h5".as_ref(), by_name)?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn load_weights_with(config: &Path, weights: &Path, matching: WeightMatch) -> Result<Self> {
         let read = |p: &Path| std::fs::read(p).map_err(|e| LstmError::io(p, e));
         let config_bytes = read(config)?;
         let json: Value = if config.extension().is_some_and(|e| e == "keras") {
@@ -251,6 +306,7 @@ impl KerasModel {
             reason: e.to_string(),
         })?;
         if weights.extension().is_some_and(|e| e == "json") {
+            by_structure(matching, "a sharded .weights.json index")?;
             let index = read(weights)?;
             let names = shard_names(&index).map_err(|e| in_file(e, |_| weights))?;
             let dir = weights.parent().unwrap_or(Path::new("."));
@@ -268,7 +324,7 @@ impl KerasModel {
             });
         }
         // Errors of the bytes say what they came from; name the file instead.
-        Self::from_config_and_weights(&json, &read(weights)?).map_err(|e| {
+        Self::from_config_and_weights_with(&json, &read(weights)?, matching).map_err(|e| {
             in_file(e, |what| {
                 if what == crate::hdf5::SOURCE {
                     weights
@@ -291,26 +347,45 @@ impl KerasModel {
         };
         let config: Value = serde_json::from_slice(member("config.json")?)
             .map_err(|e| bad_model(format!("config.json: {e}")))?;
+        // (a .keras archive's weights are Keras 3's, matched by structure)
         Self::from_config_and_weights(&config, member("model.weights.h5")?)
     }
 
     /// Builds a model from its `config.json` (the serialized model) and the bytes of its
-    /// weights file (`model.weights.h5` or a `.weights.h5` saved with `save_weights`).
+    /// weights file (`model.weights.h5` or a `.weights.h5` saved with `save_weights`, or a
+    /// legacy HDF5 weights file), the layers matched as Keras's default does.
     pub fn from_config_and_weights(config: &Value, weights_h5: &[u8]) -> Result<Self> {
+        Self::from_config_and_weights_with(config, weights_h5, WeightMatch::default())
+    }
+
+    /// [`KerasModel::from_config_and_weights`] with the layers matched by `matching` (see
+    /// [`KerasModel::load_weights_with`]).
+    pub fn from_config_and_weights_with(
+        config: &Value,
+        weights_h5: &[u8],
+        matching: WeightMatch,
+    ) -> Result<Self> {
         let file = H5File::new(weights_h5)?;
+        let mut config = config.clone();
+        normalize_config(&mut config);
         if WeightSource::is_legacy(&file) {
             // Keras 2's save_weights("w.h5"): its semantics where they differ.
-            let mut config = config.clone();
-            keras2_semantics(&mut config, &file);
-            return Self::build(&config, &WeightSource::legacy(file)?);
+            keras2_semantics(&mut config, Some(&file));
+            let src = WeightSource::legacy(file, &config, matching)?;
+            return Self::build(&config, &src);
         }
-        Self::build(config, &WeightSource::single(file))
+        by_structure(matching, "a Keras 3 .weights.h5 file")?;
+        keras2_semantics(&mut config, None);
+        Self::build(&config, &WeightSource::single(file))
     }
 
     /// Builds a model from its `config.json` and the shards of sharded weights (`(file name,
     /// bytes)` of each file a `.weights.json` index names; see [`KerasModel::load_weights`]).
     pub fn from_config_and_shards(config: &Value, shards: &[(String, Vec<u8>)]) -> Result<Self> {
-        Self::build(config, &WeightSource::shards(shards)?)
+        let mut config = config.clone();
+        normalize_config(&mut config);
+        keras2_semantics(&mut config, None);
+        Self::build(&config, &WeightSource::shards(shards)?)
     }
 
     fn build(config: &Value, h5: &WeightSource) -> Result<Self> {

@@ -107,6 +107,7 @@ fn tokens_dense_and_recurrent_layers_match_their_cpu_twins() {
                 name: "rnn".into(),
                 net,
                 keras2_call_mask: round == 1,
+                cudnn_class: None,
             };
             let init: Vec<Value> = (0..config.cell.states())
                 .map(|_| value(rng.array(&[b, units]), None))

@@ -1,0 +1,737 @@
+//! Keras's rules for loading a weights file into a model built from a configuration:
+//! which of the file's layers gives each model layer its weights ([`WeightMatch`]), and how
+//! weights saved by other layer classes or Keras versions are converted on the way in
+//! (`preprocess_weights_for_loading` and `_convert_rnn_weights` of Keras 2's HDF5 loader:
+//! CuDNNLSTM/CuDNNGRU layouts, Keras 1's per-gate LSTM and GRU weights).
+//!
+//! In the legacy HDF5 layout (Keras 2's `save_weights("w.h5")`, every `model.save("m.h5")`)
+//! the file lists its layers in a `layer_names` attribute and each layer's weights in its
+//! group's `weight_names`. Keras's `load_weights` then matches
+//! - by **order** (its default): the model's layers that have weights, in the config's
+//!   (topological) order, take the file's layers that have weights, in the file's order;
+//!   the layer counts must be equal and each pair's weight counts too;
+//! - by **name** (`by_name=True`): each model layer takes the file's layer of its name;
+//!   the file's other layers are ignored; a count or shape mismatch is an error, or is
+//!   skipped with `skip_mismatch=True`.
+//!
+//! A Keras 3 `.weights.h5` file has no layer names: its groups are named by class and
+//! position (`layers/lstm`, `layers/lstm_1`), and Keras 3 loads it by that position, the
+//! k-th layer of each class taking the k-th saved one — an order rule, [`WeightMatch::Order`].
+
+use crate::error::{LstmError, Result};
+use ndarray::{concatenate, ArrayD, Axis, IxDyn};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+
+/// How the layers of a weights file are matched to the model's layers
+/// ([`crate::model::KerasModel::load_weights_with`]), as Keras's `model.load_weights`.
+///
+/// ```
+/// use lstm_wgpu::model::WeightMatch;
+/// // Keras's default for every format: by position.
+/// assert_eq!(WeightMatch::default(), WeightMatch::Order);
+/// let by_name = WeightMatch::ByName { skip_mismatch: false }; // load_weights(by_name=True)
+/// assert_ne!(by_name, WeightMatch::Order);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightMatch {
+    /// Keras's default. Legacy HDF5: the model's layers with weights, in order, take the
+    /// file's layers with weights, in order (names are not compared); the counts must
+    /// match. Keras 3 `.weights.h5`: each layer takes the group of its class and position.
+    #[default]
+    Order,
+    /// `load_weights(by_name=True, skip_mismatch=...)`, legacy HDF5 files only: each model
+    /// layer takes the file's layer of the same name; the file's other layers are ignored.
+    /// A model layer the file lacks, or (with `skip_mismatch`) one whose weights do not fit,
+    /// would keep its fresh random weights in Keras; this crate does not run a layer on
+    /// random weights, so that is an error naming the layer.
+    ByName {
+        /// Skip a layer whose weight count or shapes differ instead of failing at once
+        /// (Keras's `skip_mismatch`); the skipped layer is then reported as having no
+        /// weights.
+        skip_mismatch: bool,
+    },
+}
+
+fn mismatch(layer: &str, reason: impl Into<String>) -> LstmError {
+    LstmError::WeightMismatch {
+        layer: layer.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn flag(cfg: &Json, key: &str, default: bool) -> bool {
+    cfg.get(key).and_then(Json::as_bool).unwrap_or(default)
+}
+
+/// The name of a layer entry of a model config.
+pub(crate) fn entry_name(entry: &Json) -> Option<&str> {
+    entry
+        .get("name")
+        .and_then(Json::as_str)
+        .or_else(|| entry.get("config")?.get("name")?.as_str())
+}
+
+/// The number of weights Keras creates for the layer `entry` (`{"class_name", "config"}`),
+/// as `len(layer.weights)`: 0 for a layer without weights, None for a class this crate does
+/// not know.
+pub(crate) fn weight_count(entry: &Json) -> Option<usize> {
+    let class = entry.get("class_name")?.as_str()?;
+    let null = Json::Null;
+    let cfg = entry.get("config").unwrap_or(&null);
+    let bias = usize::from(flag(cfg, "use_bias", true));
+    Some(match class {
+        "LSTM" | "GRU" | "SimpleRNN" => 2 + bias,
+        "CuDNNLSTM" | "CuDNNGRU" => 3,
+        "Dense" | "Conv1D" | "Conv2D" | "Conv3D" => 1 + bias,
+        "Embedding" | "PReLU" => 1,
+        "BatchNormalization" => {
+            2 + usize::from(flag(cfg, "center", true)) + usize::from(flag(cfg, "scale", true))
+        }
+        "LayerNormalization" => {
+            usize::from(flag(cfg, "center", true)) + usize::from(flag(cfg, "scale", true))
+        }
+        "Attention" => {
+            usize::from(flag(cfg, "use_scale", false))
+                + usize::from(cfg.get("score_mode").and_then(Json::as_str) == Some("concat"))
+        }
+        "AdditiveAttention" => usize::from(flag(cfg, "use_scale", true)),
+        "Bidirectional" => {
+            let forward = weight_count(cfg.get("layer")?)?;
+            let backward = match cfg.get("backward_layer") {
+                Some(b) if !b.is_null() => weight_count(b)?,
+                _ => forward,
+            };
+            forward + backward
+        }
+        "TimeDistributed" => weight_count(cfg.get("layer")?)?,
+        "Sequential" | "Functional" | "Model" => {
+            let mut n = 0;
+            for l in cfg.get("layers")?.as_array()? {
+                n += weight_count(l)?;
+            }
+            n
+        }
+        c if crate::graph::SUPPORTED.contains(&c) => 0,
+        _ => return None,
+    })
+}
+
+/// The top-level layer entries of a model config (`Sequential` or functional).
+fn layer_entries(config: &Json) -> Result<&[Json]> {
+    config
+        .get("config")
+        .and_then(|c| c.get("layers"))
+        .and_then(Json::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| LstmError::File {
+            path: "Keras model".into(),
+            reason: "the model config has no layers list".into(),
+        })
+}
+
+/// Where one model layer's weights come from in a legacy HDF5 file.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The file's layer group `group`, `k`-th of the layers being matched (Keras's `#k`).
+    File { group: String, k: usize },
+    /// No weights: the layer has none.
+    Nothing,
+    /// No weights although the layer needs some: why.
+    Missing(String),
+}
+
+/// A legacy file's layer `name` with the number of weights its group lists.
+#[derive(Debug, Clone)]
+pub(crate) struct FileLayer {
+    /// The group name (the saved layer's name).
+    pub name: String,
+    /// `len(weight_names)`.
+    pub weights: usize,
+}
+
+/// How each layer of a model gets its weights from a legacy HDF5 file.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    mode: WeightMatch,
+    targets: HashMap<String, Target>,
+    entries: HashMap<String, Json>,
+    /// The file's `keras_version` (`"1"` when absent, as Keras reads it).
+    keras_version: String,
+}
+
+impl Plan {
+    /// Matches the layers of `config` to the file's `layers` (its `layer_names` in order).
+    pub(crate) fn new(
+        config: &Json,
+        layers: &[FileLayer],
+        mode: WeightMatch,
+        keras_version: &str,
+    ) -> Result<Self> {
+        let mut model: Vec<(String, usize, Json)> = Vec::new();
+        for entry in layer_entries(config)? {
+            let class = entry
+                .get("class_name")
+                .and_then(Json::as_str)
+                .unwrap_or("?");
+            let name = entry_name(entry).unwrap_or(class).to_string();
+            if class == "InputLayer" {
+                continue;
+            }
+            let count = weight_count(entry).ok_or_else(|| {
+                LstmError::unsupported(
+                    format!("layer {name}"),
+                    format!(
+                        "class {class} (its weights cannot be matched to the file's; supported: {})",
+                        crate::graph::SUPPORTED.join(", ")
+                    ),
+                )
+            })?;
+            model.push((name, count, entry.clone()));
+        }
+        let mut targets = HashMap::new();
+        match mode {
+            WeightMatch::Order => {
+                let saved: Vec<&FileLayer> = layers.iter().filter(|l| l.weights > 0).collect();
+                let weighted: Vec<&(String, usize, Json)> =
+                    model.iter().filter(|(_, n, _)| *n > 0).collect();
+                if saved.len() != weighted.len() {
+                    let names = |v: Vec<&str>| v.join(", ");
+                    return Err(mismatch(
+                        "",
+                        format!(
+                            "layer count mismatch when loading weights from file: the model \
+                             has {} layers with weights ({}), the file {} ({}); \
+                             WeightMatch::ByName (Keras's by_name=True) matches them by name",
+                            weighted.len(),
+                            names(weighted.iter().map(|l| l.0.as_str()).collect()),
+                            saved.len(),
+                            names(saved.iter().map(|l| l.name.as_str()).collect()),
+                        ),
+                    ));
+                }
+                for (name, _, _) in &model {
+                    targets.insert(name.clone(), Target::Nothing);
+                }
+                for (k, (m, f)) in weighted.iter().zip(&saved).enumerate() {
+                    targets.insert(
+                        m.0.clone(),
+                        Target::File {
+                            group: f.name.clone(),
+                            k,
+                        },
+                    );
+                }
+            }
+            WeightMatch::ByName { skip_mismatch } => {
+                for (name, count, entry) in &model {
+                    let found = layers.iter().enumerate().find(|(_, l)| l.name == *name);
+                    let target = match found {
+                        Some((k, f)) if *count == 0 && f.weights > 0 => {
+                            let class = entry.get("class_name").and_then(Json::as_str);
+                            let why = format!(
+                                "weight count mismatch for layer #{k} (named {name}): layer \
+                                 expects 0 weight(s) ({} has none), received {} saved weight(s)",
+                                class.unwrap_or("?"),
+                                f.weights
+                            );
+                            if !skip_mismatch {
+                                return Err(mismatch(name, why));
+                            }
+                            log::warn!("skipping the saved weights of {name}: {why}");
+                            Target::Nothing
+                        }
+                        _ if *count == 0 => Target::Nothing,
+                        Some((k, f)) => Target::File {
+                            group: f.name.clone(),
+                            k,
+                        },
+                        None => Target::Missing(format!(
+                            "the weights file has no layer named {name} (matching by name; \
+                             its layers: {})",
+                            layers
+                                .iter()
+                                .map(|l| l.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    };
+                    targets.insert(name.clone(), target);
+                }
+            }
+        }
+        Ok(Plan {
+            mode,
+            targets,
+            entries: model.into_iter().map(|(n, _, e)| (n, e)).collect(),
+            keras_version: keras_version.to_string(),
+        })
+    }
+
+    /// The file group holding the weights of model layer `name`, or None when the layer
+    /// takes none. A layer that needs weights the file cannot give is an error naming it.
+    pub(crate) fn group<'s>(&'s self, name: &'s str) -> Result<Option<&'s str>> {
+        match self.targets.get(name) {
+            // (not a top-level layer: its own name)
+            None => Ok(Some(name)),
+            Some(Target::Nothing) => Ok(None),
+            Some(Target::File { group, .. }) => Ok(Some(group)),
+            Some(Target::Missing(why)) => Err(self.missing(name, why)),
+        }
+    }
+
+    fn missing(&self, name: &str, why: &str) -> LstmError {
+        mismatch(
+            name,
+            format!(
+                "{why}; Keras would keep the layer's random initial weights, and this crate \
+                 does not run a layer on random weights"
+            ),
+        )
+    }
+
+    /// How errors about model layer `name` describe it: `layer #k (named X in the model, Y
+    /// in the weights file)` when it takes another layer's weights.
+    pub(crate) fn describe(&self, name: &str) -> Option<String> {
+        match self.targets.get(name)? {
+            Target::File { group, k } if group != name => Some(format!(
+                "layer #{k} (named {name} in the model, {group} in the weights file)"
+            )),
+            Target::File { k, .. } => Some(format!("layer #{k} (named {name})")),
+            _ => None,
+        }
+    }
+
+    /// The weights read for model layer `name` from its file group, converted as Keras
+    /// converts them on load and checked against the count the layer expects.
+    pub(crate) fn finish(&self, name: &str, weights: Vec<ArrayD<f32>>) -> Result<Vec<ArrayD<f32>>> {
+        let Some(entry) = self.entries.get(name) else {
+            return Ok(weights);
+        };
+        let weights =
+            preprocess(entry, weights, &self.keras_version).map_err(|e| mismatch(name, e))?;
+        let expected = weight_count(entry).unwrap_or(weights.len());
+        if weights.len() != expected {
+            let who = self
+                .describe(name)
+                .unwrap_or_else(|| format!("layer {name}"));
+            let why = format!(
+                "weight count mismatch for {who}: layer expects {expected} weight(s), \
+                 received {} saved weight(s)",
+                weights.len()
+            );
+            if let WeightMatch::ByName {
+                skip_mismatch: true,
+            } = self.mode
+            {
+                log::warn!("skipping the saved weights of {name}: {why}");
+                return Err(self.missing(name, &format!("skipped ({why})")));
+            }
+            return Err(mismatch(name, why));
+        }
+        Ok(weights)
+    }
+
+    /// Whether a shape error about layer `name`'s weights is to be reported as skipped
+    /// (`skip_mismatch`): Keras skips such a layer, leaving it without the file's weights.
+    pub(crate) fn shape_error(&self, name: &str, e: LstmError) -> LstmError {
+        let Some(who) = self.describe(name) else {
+            return e;
+        };
+        let e = match e {
+            LstmError::ShapeMismatch {
+                what,
+                expected,
+                actual,
+            } => LstmError::ShapeMismatch {
+                what: format!("{what} of {who}"),
+                expected,
+                actual,
+            },
+            LstmError::MissingWeight { name: w } => LstmError::MissingWeight {
+                name: format!("{w} of {who}"),
+            },
+            other => return other,
+        };
+        if let WeightMatch::ByName {
+            skip_mismatch: true,
+        } = self.mode
+        {
+            log::warn!("skipping the saved weights of {name}: {e}");
+            return self.missing(name, &format!("skipped ({e})"));
+        }
+        e
+    }
+}
+
+/// `preprocess_weights_for_loading` of Keras 2's HDF5 loader: the weights saved for `entry`
+/// (a model layer) in the form the model's layer takes. Wrappers convert their inner
+/// layers' weights; Keras 1's per-gate LSTM (12 arrays) and GRU (9) weights are joined;
+/// then `_convert_rnn_weights` (cuDNN layouts).
+pub(crate) fn preprocess(
+    entry: &Json,
+    weights: Vec<ArrayD<f32>>,
+    keras_version: &str,
+) -> std::result::Result<Vec<ArrayD<f32>>, String> {
+    let class = entry.get("class_name").and_then(Json::as_str).unwrap_or("");
+    let null = Json::Null;
+    let cfg = entry.get("config").unwrap_or(&null);
+    let mut weights = weights;
+    match class {
+        "Bidirectional" => {
+            let forward = cfg.get("layer").unwrap_or(&null);
+            let backward = match cfg.get("backward_layer") {
+                Some(b) if !b.is_null() => b,
+                _ => forward,
+            };
+            let half = weights.len() / 2;
+            let back = weights.split_off(half);
+            let mut out = preprocess(forward, weights, keras_version)?;
+            out.extend(preprocess(backward, back, keras_version)?);
+            return Ok(out);
+        }
+        "TimeDistributed" => {
+            return preprocess(cfg.get("layer").unwrap_or(&null), weights, keras_version)
+        }
+        _ => {}
+    }
+    if keras_version == "1" {
+        let join = |idx: &[usize], w: &[ArrayD<f32>]| -> std::result::Result<ArrayD<f32>, String> {
+            let views: Vec<_> = idx.iter().map(|&i| w[i].view()).collect();
+            concatenate(Axis(w[idx[0]].ndim() - 1), &views)
+                .map_err(|e| format!("Keras 1 weights of {class} do not concatenate: {e}"))
+        };
+        if class == "LSTM" && weights.len() == 12 {
+            // Keras 1: i, c, f, o; Keras 2: i, f, c, o
+            weights = vec![
+                join(&[0, 6, 3, 9], &weights)?,
+                join(&[1, 7, 4, 10], &weights)?,
+                join(&[2, 8, 5, 11], &weights)?,
+            ];
+        }
+        if class == "GRU" && weights.len() == 9 {
+            weights = vec![
+                join(&[0, 3, 6], &weights)?,
+                join(&[1, 4, 7], &weights)?,
+                join(&[2, 5, 8], &weights)?,
+            ];
+        }
+    }
+    convert_rnn_weights(class, cfg, weights)
+}
+
+/// `_convert_rnn_weights`: CuDNNLSTM weights (bias `[8H]`: input and recurrent biases) into
+/// an LSTM's, CuDNNGRU weights (bias `[6H]`) into a `reset_after=True` GRU's. The source is
+/// told by the bias shape, as Keras does; cuDNN keeps each gate's input kernel in Fortran
+/// order and each recurrent kernel transposed.
+fn convert_rnn_weights(
+    class: &str,
+    cfg: &Json,
+    weights: Vec<ArrayD<f32>>,
+) -> std::result::Result<Vec<ArrayD<f32>>, String> {
+    let (gates, lstm) = match class {
+        "LSTM" | "CuDNNLSTM" => (4, true),
+        "GRU" | "CuDNNGRU" => (3, false),
+        _ => return Ok(weights),
+    };
+    if weights.len() != 3 || weights[1].ndim() != 2 || weights[0].ndim() != 2 {
+        return Ok(weights);
+    }
+    let units = weights[1].shape()[0];
+    let bias = weights[2].shape().to_vec();
+    let cudnn = bias == [2 * units * gates];
+    if lstm {
+        if cudnn {
+            return from_cudnn(weights, gates, units, true);
+        }
+        if bias != [units * gates] {
+            return Err(format!(
+                "invalid bias shape {bias:?} for an LSTM of {units} units"
+            ));
+        }
+        return Ok(weights);
+    }
+    let source = if cudnn {
+        "CuDNNGRU"
+    } else if bias == [2, units * gates] {
+        "GRU(reset_after=True)"
+    } else if bias == [units * gates] {
+        "GRU(reset_after=False)"
+    } else {
+        return Err(format!(
+            "invalid bias shape {bias:?} for a GRU of {units} units"
+        ));
+    };
+    let target = if class == "CuDNNGRU" || flag(cfg, "reset_after", true) {
+        // (a CuDNNGRU is run as the reset_after GRU it computes)
+        "GRU(reset_after=True)"
+    } else {
+        "GRU(reset_after=False)"
+    };
+    match (source, target) {
+        _ if source == target => Ok(weights),
+        ("CuDNNGRU", "GRU(reset_after=True)") => from_cudnn(weights, gates, units, false),
+        _ => Err(format!("{source} is not compatible with {target}")),
+    }
+}
+
+/// cuDNN's layout to Keras's: per gate, the input kernel `[I, H]` read back from Fortran
+/// order (`k.T.reshape(k.shape, order="F")`), the recurrent kernel transposed; the LSTM's
+/// two biases summed, the GRU's reshaped to `[2, 3H]`.
+fn from_cudnn(
+    weights: Vec<ArrayD<f32>>,
+    gates: usize,
+    units: usize,
+    lstm: bool,
+) -> std::result::Result<Vec<ArrayD<f32>>, String> {
+    let (kernel, recurrent, bias) = (&weights[0], &weights[1], &weights[2]);
+    let input = kernel.shape()[0];
+    if kernel.shape()[1] != gates * units || recurrent.shape()[1] != gates * units {
+        return Err(format!(
+            "cuDNN kernels of shapes {:?} and {:?} for {units} units",
+            kernel.shape(),
+            recurrent.shape()
+        ));
+    }
+    let mut k = ArrayD::<f32>::zeros(IxDyn(&[input, gates * units]));
+    let mut r = ArrayD::<f32>::zeros(IxDyn(&[units, gates * units]));
+    for g in 0..gates {
+        // the gate's block flattened row-major, then read column-major as [I, H]
+        let block: Vec<f32> = (0..input)
+            .flat_map(|i| (0..units).map(move |h| (i, h)))
+            .map(|(i, h)| kernel[[i, g * units + h]])
+            .collect();
+        for a in 0..input {
+            for b in 0..units {
+                k[[a, g * units + b]] = block[a + b * input];
+            }
+        }
+        for a in 0..units {
+            for b in 0..units {
+                r[[a, g * units + b]] = recurrent[[b, g * units + a]];
+            }
+        }
+    }
+    let n = gates * units;
+    let b = if lstm {
+        ArrayD::from_shape_fn(IxDyn(&[n]), |i| bias[[i[0]]] + bias[[n + i[0]]])
+    } else {
+        ArrayD::from_shape_fn(IxDyn(&[2, n]), |i| bias[[i[0] * n + i[1]]])
+    };
+    Ok(vec![k, r, b])
+}
+
+/// Rewrites what older Keras versions wrote into what the graph reads, in place:
+/// `CuDNNLSTM`/`CuDNNGRU` layers become the `LSTM` and `reset_after` `GRU` they compute
+/// (tanh, sigmoid, biases; marked so that a mask given to them is refused, as Keras refuses
+/// it), and a Keras 2.0-2.1 `Sequential` config (a bare list of layers) gets its `layers`
+/// key.
+pub(crate) fn normalize_config(config: &mut Json) {
+    match config {
+        Json::Object(map) => {
+            let class = map
+                .get("class_name")
+                .and_then(Json::as_str)
+                .map(str::to_string);
+            if class.as_deref() == Some("Sequential") {
+                if let Some(Json::Array(list)) = map.get("config").cloned() {
+                    map.insert(
+                        "config".into(),
+                        serde_json::json!({"name": "sequential", "layers": list}),
+                    );
+                }
+            }
+            if let Some(c @ ("CuDNNLSTM" | "CuDNNGRU")) = class.as_deref() {
+                let target = if c == "CuDNNLSTM" { "LSTM" } else { "GRU" };
+                map.insert("class_name".into(), Json::String(target.into()));
+                if let Some(Json::Object(cfg)) = map.get_mut("config") {
+                    cfg.insert("activation".into(), "tanh".into());
+                    cfg.insert("recurrent_activation".into(), "sigmoid".into());
+                    cfg.insert("use_bias".into(), true.into());
+                    if target == "GRU" {
+                        cfg.insert("reset_after".into(), true.into());
+                    }
+                    cfg.insert("cudnn_class".into(), Json::String(c.into()));
+                }
+            }
+            for v in map.values_mut() {
+                normalize_config(v);
+            }
+        }
+        Json::Array(items) => items.iter_mut().for_each(normalize_config),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn arr(shape: &[usize], f: impl Fn(usize) -> f32) -> ArrayD<f32> {
+        let n: usize = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(f).collect()).unwrap()
+    }
+
+    #[test]
+    fn counts_follow_keras() {
+        let c = |v: Json| weight_count(&v);
+        assert_eq!(c(json!({"class_name": "LSTM", "config": {}})), Some(3));
+        assert_eq!(
+            c(json!({"class_name": "GRU", "config": {"use_bias": false}})),
+            Some(2)
+        );
+        assert_eq!(c(json!({"class_name": "Dropout", "config": {}})), Some(0));
+        assert_eq!(
+            c(
+                json!({"class_name": "Bidirectional", "config": {"layer": {"class_name": "LSTM", "config": {}}}})
+            ),
+            Some(6)
+        );
+        assert_eq!(
+            c(json!({"class_name": "BatchNormalization", "config": {"center": false}})),
+            Some(3)
+        );
+        assert_eq!(
+            c(json!({"class_name": "AdditiveAttention", "config": {}})),
+            Some(1)
+        );
+        assert_eq!(c(json!({"class_name": "Lambda", "config": {}})), None);
+    }
+
+    /// The cuDNN conversion as numpy computes it:
+    /// `np.hstack([k.T.reshape(k.shape, order="F") for k in np.hsplit(kernel, 4)])`.
+    #[test]
+    fn cudnn_lstm_kernels_as_numpy() {
+        // I = 2, H = 3: per gate the block [2, 3] = [[a, b, c], [d, e, f]] flattened
+        // row-major is a b c d e f; read column-major as [2, 3]: [[a, c, e], [b, d, f]].
+        let (i, h) = (2, 3);
+        let kernel = arr(&[i, 4 * h], |x| x as f32);
+        let recurrent = arr(&[h, 4 * h], |x| 100.0 + x as f32);
+        let bias = arr(&[8 * h], |x| x as f32);
+        let out = from_cudnn(vec![kernel.clone(), recurrent.clone(), bias], 4, h, true).unwrap();
+        for g in 0..4 {
+            let block = |r: usize, c: usize| kernel[[r, g * h + c]];
+            let flat = [
+                block(0, 0),
+                block(0, 1),
+                block(0, 2),
+                block(1, 0),
+                block(1, 1),
+                block(1, 2),
+            ];
+            for a in 0..i {
+                for b in 0..h {
+                    assert_eq!(out[0][[a, g * h + b]], flat[a + b * i]);
+                    // recurrent: k.T per gate
+                }
+            }
+            for a in 0..h {
+                for b in 0..h {
+                    assert_eq!(out[1][[a, g * h + b]], recurrent[[b, g * h + a]]);
+                }
+            }
+        }
+        assert_eq!(out[2].shape(), &[12]);
+        assert_eq!(out[2][[0]], 0.0 + 12.0);
+        assert_eq!(out[2][[11]], 11.0 + 23.0);
+    }
+
+    #[test]
+    fn gru_layouts_are_checked_as_keras() {
+        let (i, h) = (2, 3);
+        let w = |bias: &[usize]| {
+            vec![
+                arr(&[i, 3 * h], |x| x as f32),
+                arr(&[h, 3 * h], |x| x as f32),
+                arr(bias, |x| x as f32),
+            ]
+        };
+        let reset_after = json!({"reset_after": true});
+        let before = json!({"reset_after": false});
+        let out = convert_rnn_weights("GRU", &reset_after, w(&[6 * h])).unwrap();
+        assert_eq!(out[2].shape(), &[2, 3 * h]);
+        assert_eq!(out[2][[1, 0]], 9.0);
+        let e = convert_rnn_weights("GRU", &before, w(&[6 * h])).unwrap_err();
+        assert!(
+            e.contains("CuDNNGRU is not compatible with GRU(reset_after=False)"),
+            "{e}"
+        );
+        let e = convert_rnn_weights("GRU", &reset_after, w(&[3 * h])).unwrap_err();
+        assert!(e.contains("not compatible"), "{e}");
+        // same layouts pass through
+        assert_eq!(
+            convert_rnn_weights("GRU", &before, w(&[3 * h])).unwrap()[2].shape(),
+            &[9]
+        );
+        assert!(convert_rnn_weights("LSTM", &before, w(&[7])).is_err());
+    }
+
+    #[test]
+    fn keras1_lstm_gates_reordered() {
+        // 12 arrays W_i U_i b_i W_c U_c b_c W_f U_f b_f W_o U_o b_o, each filled with its index
+        let w: Vec<ArrayD<f32>> = (0..12)
+            .map(|k| arr(if k % 3 == 2 { &[2] } else { &[2, 2] }, move |_| k as f32))
+            .collect();
+        let entry = json!({"class_name": "LSTM", "config": {"units": 2}});
+        let out = preprocess(&entry, w, "1").unwrap();
+        assert_eq!(out.len(), 3);
+        let gates: Vec<f32> = (0..4).map(|g| out[0][[0, 2 * g]]).collect();
+        assert_eq!(gates, vec![0.0, 6.0, 3.0, 9.0]);
+        assert_eq!(out[2][[2]], 8.0);
+    }
+
+    #[test]
+    fn plans_match_by_order_and_by_name() {
+        let config = json!({"class_name": "Sequential", "config": {"layers": [
+            {"class_name": "InputLayer", "config": {"name": "in"}},
+            {"class_name": "LSTM", "config": {"name": "lstm_3", "units": 2}},
+            {"class_name": "Dropout", "config": {"name": "dropout"}},
+            {"class_name": "Dense", "config": {"name": "dense_7", "units": 1}}]}});
+        let file = |names: &[(&str, usize)]| -> Vec<FileLayer> {
+            names
+                .iter()
+                .map(|(n, w)| FileLayer {
+                    name: n.to_string(),
+                    weights: *w,
+                })
+                .collect()
+        };
+        let f = file(&[("lstm_1", 3), ("dropout_1", 0), ("dense_1", 2)]);
+        let p = Plan::new(&config, &f, WeightMatch::Order, "2.2.4").unwrap();
+        assert_eq!(p.group("lstm_3").unwrap(), Some("lstm_1"));
+        assert_eq!(p.group("dense_7").unwrap(), Some("dense_1"));
+        assert_eq!(p.group("dropout").unwrap(), None);
+        assert!(p
+            .describe("dense_7")
+            .unwrap()
+            .contains("dense_1 in the weights file"));
+        let by_name = WeightMatch::ByName {
+            skip_mismatch: false,
+        };
+        let p = Plan::new(&config, &f, by_name, "2.2.4").unwrap();
+        let e = p.group("lstm_3").unwrap_err().to_string();
+        assert!(e.contains("lstm_3") && e.contains("no layer named"), "{e}");
+        let more = file(&[("lstm_1", 3), ("dense_1", 2), ("dense_2", 2)]);
+        let e = Plan::new(&config, &more, WeightMatch::Order, "2")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the model has 2 layers") && e.contains("the file 3"),
+            "{e}"
+        );
+        assert!(e.contains("dense_2"), "{e}");
+    }
+
+    #[test]
+    fn old_configs_normalized() {
+        let mut v = json!({"class_name": "Sequential", "config": [
+            {"class_name": "CuDNNGRU", "config": {"name": "g", "units": 2}}]});
+        normalize_config(&mut v);
+        let layer = &v["config"]["layers"][0];
+        assert_eq!(layer["class_name"], "GRU");
+        assert_eq!(layer["config"]["reset_after"], true);
+        assert_eq!(layer["config"]["recurrent_activation"], "sigmoid");
+        assert_eq!(layer["config"]["cudnn_class"], "CuDNNGRU");
+    }
+}
