@@ -4,7 +4,9 @@
 //! cargo run --release --example predict -- --model FILE.keras --input X.npy --output Y.npy [--backend auto|cpu|gpu] [--weights FILE]
 //! ```
 //! `--weights` takes the weights from a `.weights.h5` or a sharded `.weights.json` index, with
-//! `--model` (a `.keras` or JSON file) supplying the configuration.
+//! `--model` (a `.keras` or JSON file) supplying the configuration; `--weights-by order|name`
+//! (and `--skip-mismatch`) chooses how the file's layers are matched to the model's, as
+//! Keras's `load_weights(by_name=..., skip_mismatch=...)` (default: order, Keras's default).
 //! `--backend auto` (the default) runs on a hardware GPU when there is one (a model the GPU
 //! path cannot plan runs on the CPU instead), else on the CPU path, and says which and why in
 //! one line on stderr; `gpu` takes a software adapter (llvmpipe, lavapipe, ...) too when no
@@ -13,14 +15,15 @@
 //! Any error: a one-line reason on stderr and a non-zero exit code.
 
 use lstm_wgpu::gpu::{GpuContext, GpuNetwork, GpuOptions};
-use lstm_wgpu::model::{KerasModel, ModelInput};
+use lstm_wgpu::model::{KerasModel, ModelInput, WeightMatch};
 use ndarray::ArrayD;
 use ndarray_npy::{read_npy, write_npy};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: predict --model FILE.keras|FILE.h5 --input X.npy [--input X2.npy ...] \
---output Y.npy [--backend auto|cpu|gpu] [--weights FILE.weights.h5|FILE.weights.json] [--summary] [--help]
+--output Y.npy [--backend auto|cpu|gpu] [--weights FILE.weights.h5|FILE.h5|FILE.weights.json] \
+[--weights-by order|name] [--skip-mismatch] [--summary] [--help]
 
   --input    once per model input, in the model's input order: float32 features, or int32/int64
              token ids for an Embedding input
@@ -29,6 +32,11 @@ const USAGE: &str = "usage: predict --model FILE.keras|FILE.h5 --input X.npy [--
              CPU path (one line on stderr says which and why); cpu; gpu (a software adapter too)
   --weights  take the weights from this file (a sharded .weights.json index included), the
              configuration from --model
+  --weights-by  how the weights file's layers are matched to the model's: order (default,
+             Keras's load_weights default: the layers with weights, in order) or name (Keras's
+             by_name=True, legacy HDF5 files: a file with more layers than the model loads)
+  --skip-mismatch  with --weights-by name: skip a layer whose weight count or shapes differ
+             (Keras's skip_mismatch=True; a layer left without weights is still an error)
   --summary  print the model's inputs and its layers (output shapes, parameters) as Keras's
              model.summary(), and exit";
 
@@ -54,6 +62,7 @@ fn run() -> Result<(), String> {
     let mut inputs: Vec<PathBuf> = Vec::new();
     let mut weights: Option<PathBuf> = None;
     let mut summary = false;
+    let (mut by, mut skip_mismatch) = ("order".to_string(), false);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or_else(usage);
@@ -63,6 +72,8 @@ fn run() -> Result<(), String> {
             "--output" => output = Some(PathBuf::from(value()?)),
             "--backend" => backend = value()?,
             "--weights" => weights = Some(PathBuf::from(value()?)),
+            "--weights-by" => by = value()?,
+            "--skip-mismatch" => skip_mismatch = true,
             "--summary" => summary = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -77,8 +88,21 @@ fn run() -> Result<(), String> {
     if !matches!(backend.as_str(), "auto" | "cpu" | "gpu") {
         return Err(format!("unknown backend {backend:?} (auto, cpu or gpu)"));
     }
+    let matching = match (by.as_str(), skip_mismatch) {
+        ("order", false) => WeightMatch::Order,
+        ("order", true) => {
+            return Err("--skip-mismatch goes with --weights-by name (as Keras's \
+                        skip_mismatch with by_name=True)"
+                .into())
+        }
+        ("name", skip_mismatch) => WeightMatch::ByName { skip_mismatch },
+        (other, _) => return Err(format!("unknown --weights-by {other:?} (order or name)")),
+    };
+    if weights.is_none() && (by != "order" || skip_mismatch) {
+        return Err("--weights-by and --skip-mismatch go with --weights FILE".into());
+    }
     let mut m = match &weights {
-        Some(w) => KerasModel::load_weights(&model, w),
+        Some(w) => KerasModel::load_weights_with(&model, w, matching),
         None => KerasModel::load(&model),
     }
     .map_err(|e| e.to_string())?;

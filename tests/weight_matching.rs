@@ -198,7 +198,15 @@ fn cudnn_weights_convert_into_lstm_and_gru() {
         );
         check(name, &expected, model);
         // the whole-model file saved with CuDNN layers
-        let model = KerasModel::load(&path(&format!("{name}.model.h5"))).unwrap();
+        let mut model = KerasModel::load(&path(&format!("{name}.model.h5"))).unwrap();
+        // parameters as Keras's summary counts them (a CuDNNLSTM's [8H] bias in full)
+        let params: Vec<usize> = model.summary().unwrap().iter().map(|l| l.params).collect();
+        let want = if twin == "lstm" {
+            [0, 200, 240, 14] // 3*20 + 5*20 + 40; 2 * (5*12 + 3*12 + 24); 6*2 + 2
+        } else {
+            [0, 150, 180, 14] // 3*15 + 5*15 + 30; 2 * (5*9 + 3*9 + 18)
+        };
+        assert_eq!(params, want, "{name}");
         check(name, &expected, model);
     }
 }

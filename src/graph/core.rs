@@ -129,7 +129,15 @@ impl Op for Recurrent {
     }
 
     fn params(&self) -> usize {
-        self.net.keras_weights().iter().map(|w| w.len()).sum()
+        let arrays = self.net.keras_weights();
+        let weights: usize = arrays.iter().map(|w| w.len()).sum();
+        // a CuDNNLSTM keeps input and recurrent biases apart (`[8H]` for the LSTM's `[4H]`):
+        // Keras counts both, though they run summed (each direction's third array)
+        let split_biases: usize = match self.cudnn_class.as_deref() {
+            Some("CuDNNLSTM") => arrays.iter().skip(2).step_by(3).map(|b| b.len()).sum(),
+            _ => 0,
+        };
+        weights + split_biases
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {

@@ -259,9 +259,10 @@ pub(crate) fn build(
                     .get("keras2_call_mask")
                     .and_then(Json::as_bool)
                     .unwrap_or(false),
-                cudnn_class: cfg
-                    .get("cudnn_class")
-                    .and_then(Json::as_str)
+                // (CuDNNLSTM/CuDNNGRU itself, or inside a Bidirectional)
+                cudnn_class: [cfg, &cfg["layer"]["config"]]
+                    .iter()
+                    .find_map(|c| c.get("cudnn_class").and_then(Json::as_str))
                     .map(str::to_string),
             })
         }
