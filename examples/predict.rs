@@ -136,7 +136,11 @@ fn run() -> Result<(), String> {
             total += l.params;
         }
         println!("Total params: {total}");
-        println!("The whole model runs on the CPU path and on the GPU path (one submission per forward).");
+        if layers.iter().all(|l| l.gpu) {
+            println!("The whole model runs on the CPU path and on the GPU path (one submission per forward).");
+        } else {
+            println!("The model runs on the CPU path (the layers marked CPU have no GPU kernel).");
+        }
         return Ok(());
     }
     let Some(output) = output else {

@@ -52,6 +52,22 @@ pub enum Initializer {
         /// Standard deviation.
         stddev: f64,
     },
+    /// `VarianceScaling` (what Keras 2 configs save for glorot/he/lecun): variance
+    /// `scale / fan` with fan `fan_in`, `fan_out` or their average.
+    VarianceScaling {
+        /// The variance's numerator.
+        scale: f64,
+        /// `fan_in`, `fan_out` or `fan_avg`.
+        mode: String,
+        /// `uniform`, `truncated_normal` (Keras 2's `normal` is read as this) or
+        /// `untruncated_normal`.
+        distribution: String,
+    },
+    /// `Identity` (a gain times the identity matrix, zeros off the diagonal).
+    Identity {
+        /// Multiplier of the identity.
+        gain: f64,
+    },
 }
 
 impl Initializer {
@@ -101,6 +117,44 @@ impl Initializer {
                 mean: num("mean", 0.0),
                 stddev: num("stddev", 0.05),
             },
+            "Identity" | "identity" => Initializer::Identity {
+                gain: num("gain", 1.0),
+            },
+            "VarianceScaling" | "variance_scaling" => {
+                let text = |k: &str, default: &str| {
+                    cfg.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or(default)
+                        .to_string()
+                };
+                let mode = text("mode", "fan_in");
+                let mut distribution = text("distribution", "truncated_normal");
+                if distribution == "normal" {
+                    // (Keras 2.0-2.2's name for the truncated normal)
+                    distribution = "truncated_normal".into();
+                }
+                if !matches!(mode.as_str(), "fan_in" | "fan_out" | "fan_avg") {
+                    return Err(LstmError::unsupported(format!("{key} mode"), mode));
+                }
+                if !matches!(
+                    distribution.as_str(),
+                    "uniform" | "truncated_normal" | "untruncated_normal"
+                ) {
+                    return Err(LstmError::unsupported(
+                        format!("{key} distribution"),
+                        distribution,
+                    ));
+                }
+                let scale = num("scale", 1.0);
+                if scale.is_nan() || scale <= 0.0 {
+                    return Err(LstmError::unsupported(format!("{key} scale"), scale));
+                }
+                Initializer::VarianceScaling {
+                    scale,
+                    mode,
+                    distribution,
+                }
+            }
             other => return Err(LstmError::unsupported(key, other)),
         })
     }
@@ -546,7 +600,19 @@ impl BidirectionalConfig {
                 ),
             ));
         }
-        b.force_keras_flags();
+        // Standalone Keras (2.3 and before) had no zero_output_for_mask: its Bidirectional
+        // repeats each direction's previous output at masked steps.
+        if config
+            .get("standalone_keras_mask")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+        {
+            for l in [&mut b.forward, &mut b.backward] {
+                l.zero_output_for_mask = false;
+            }
+        } else {
+            b.force_keras_flags();
+        }
         Ok(b)
     }
 }

@@ -43,6 +43,7 @@ mod activation;
 pub mod archive;
 mod config;
 pub mod cpu;
+pub mod custom;
 mod element;
 mod error;
 pub mod golden;

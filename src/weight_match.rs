@@ -18,6 +18,7 @@
 //! position (`layers/lstm`, `layers/lstm_1`), and Keras 3 loads it by that position, the
 //! k-th layer of each class taking the k-th saved one — an order rule, [`WeightMatch::Order`].
 
+use crate::custom::CustomObjects;
 use crate::error::{LstmError, Result};
 use ndarray::{concatenate, ArrayD, Axis, IxDyn};
 use serde_json::Value as Json;
@@ -74,8 +75,13 @@ pub(crate) fn entry_name(entry: &Json) -> Option<&str> {
 
 /// The number of weights Keras creates for the layer `entry` (`{"class_name", "config"}`),
 /// as `len(layer.weights)`: 0 for a layer without weights, None for a class this crate does
-/// not know.
-pub(crate) fn weight_count(entry: &Json) -> Option<usize> {
+/// not know (an application's class counts as the application says, see
+/// [`crate::custom::CustomObjects::weight_count`]).
+pub(crate) fn weight_count(entry: &Json, custom: &CustomObjects) -> Option<usize> {
+    if custom.is_custom(entry) && !is_builtin(entry) {
+        return custom.count(entry);
+    }
+    let weight_count = |e: &Json| weight_count(e, custom);
     let class = entry.get("class_name")?.as_str()?;
     let null = Json::Null;
     let cfg = entry.get("config").unwrap_or(&null);
@@ -117,6 +123,13 @@ pub(crate) fn weight_count(entry: &Json) -> Option<usize> {
     })
 }
 
+/// Whether the crate implements `entry`'s class itself (then an application's class of the
+/// same name is not used).
+fn is_builtin(entry: &Json) -> bool {
+    let class = entry.get("class_name").and_then(Json::as_str).unwrap_or("");
+    matches!(class, "CuDNNLSTM" | "CuDNNGRU") || crate::graph::SUPPORTED.contains(&class)
+}
+
 /// The top-level layer entries of a model config (`Sequential` or functional).
 fn layer_entries(config: &Json) -> Result<&[Json]> {
     config
@@ -156,6 +169,9 @@ pub(crate) struct Plan {
     mode: WeightMatch,
     targets: HashMap<String, Target>,
     entries: HashMap<String, Json>,
+    /// Each model layer's weight count (None: whatever the file gives, an application's
+    /// class without a count).
+    expected: HashMap<String, Option<usize>>,
     /// The file's `keras_version` (`"1"` when absent, as Keras reads it).
     keras_version: String,
 }
@@ -167,8 +183,10 @@ impl Plan {
         layers: &[FileLayer],
         mode: WeightMatch,
         keras_version: &str,
+        custom: &CustomObjects,
     ) -> Result<Self> {
         let mut model: Vec<(String, usize, Json)> = Vec::new();
+        let mut free: Vec<String> = Vec::new();
         for entry in layer_entries(config)? {
             let class = entry
                 .get("class_name")
@@ -178,15 +196,35 @@ impl Plan {
             if class == "InputLayer" {
                 continue;
             }
-            let count = weight_count(entry).ok_or_else(|| {
-                LstmError::unsupported(
-                    format!("layer {name}"),
-                    format!(
-                        "class {class} (its weights cannot be matched to the file's; supported: {})",
-                        crate::graph::SUPPORTED.join(", ")
-                    ),
-                )
-            })?;
+            let count = match weight_count(entry, custom) {
+                Some(n) => n,
+                // an application's class without a count: by name it takes what the file
+                // has; by order its count is needed to pair the layers
+                None if custom.is_custom(entry) && mode != WeightMatch::Order => {
+                    free.push(name.clone());
+                    usize::MAX
+                }
+                None if custom.is_custom(entry) => {
+                    return Err(mismatch(
+                        &name,
+                        format!(
+                            "matching a legacy file's layers by order needs the weight count \
+                             of the custom class {class}: CustomObjects::weight_count"
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(LstmError::unsupported(
+                        format!("layer {name}"),
+                        format!(
+                            "class {class} (its weights cannot be matched to the file's; \
+                             supported: {}; an application's own class is registered with \
+                             lstm_wgpu::custom::CustomObjects)",
+                            crate::graph::SUPPORTED.join(", ")
+                        ),
+                    ))
+                }
+            };
             model.push((name, count, entry.clone()));
         }
         let mut targets = HashMap::new();
@@ -263,6 +301,10 @@ impl Plan {
         Ok(Plan {
             mode,
             targets,
+            expected: model
+                .iter()
+                .map(|(n, c, _)| (n.clone(), (*c != usize::MAX).then_some(*c)))
+                .collect(),
             entries: model.into_iter().map(|(n, _, e)| (n, e)).collect(),
             keras_version: keras_version.to_string(),
         })
@@ -310,7 +352,12 @@ impl Plan {
         };
         let weights =
             preprocess(entry, weights, &self.keras_version).map_err(|e| mismatch(name, e))?;
-        let expected = weight_count(entry).unwrap_or(weights.len());
+        let expected = self
+            .expected
+            .get(name)
+            .copied()
+            .flatten()
+            .unwrap_or(weights.len());
         if weights.len() != expected {
             let who = self
                 .describe(name)
@@ -575,7 +622,7 @@ mod tests {
 
     #[test]
     fn counts_follow_keras() {
-        let c = |v: Json| weight_count(&v);
+        let c = |v: Json| weight_count(&v, &CustomObjects::new());
         assert_eq!(c(json!({"class_name": "LSTM", "config": {}})), Some(3));
         assert_eq!(
             c(json!({"class_name": "GRU", "config": {"use_bias": false}})),
@@ -698,7 +745,8 @@ mod tests {
                 .collect()
         };
         let f = file(&[("lstm_1", 3), ("dropout_1", 0), ("dense_1", 2)]);
-        let p = Plan::new(&config, &f, WeightMatch::Order, "2.2.4").unwrap();
+        let none = CustomObjects::new();
+        let p = Plan::new(&config, &f, WeightMatch::Order, "2.2.4", &none).unwrap();
         assert_eq!(p.group("lstm_3").unwrap(), Some("lstm_1"));
         assert_eq!(p.group("dense_7").unwrap(), Some("dense_1"));
         assert_eq!(p.group("dropout").unwrap(), None);
@@ -709,11 +757,11 @@ mod tests {
         let by_name = WeightMatch::ByName {
             skip_mismatch: false,
         };
-        let p = Plan::new(&config, &f, by_name, "2.2.4").unwrap();
+        let p = Plan::new(&config, &f, by_name, "2.2.4", &none).unwrap();
         let e = p.group("lstm_3").unwrap_err().to_string();
         assert!(e.contains("lstm_3") && e.contains("no layer named"), "{e}");
         let more = file(&[("lstm_1", 3), ("dense_1", 2), ("dense_2", 2)]);
-        let e = Plan::new(&config, &more, WeightMatch::Order, "2")
+        let e = Plan::new(&config, &more, WeightMatch::Order, "2", &none)
             .unwrap_err()
             .to_string();
         assert!(

@@ -72,7 +72,12 @@ impl<'a> WeightSource<'a> {
     /// A file in the legacy layout: layer groups under `model_weights` (a whole-model file)
     /// or at the root (Keras 2's `save_weights`), matched to the layers of the model
     /// `config` by `mode`.
-    pub(crate) fn legacy(file: H5File<'a>, config: &Value, mode: WeightMatch) -> Result<Self> {
+    pub(crate) fn legacy(
+        file: H5File<'a>,
+        config: &Value,
+        mode: WeightMatch,
+        custom: &crate::custom::CustomObjects,
+    ) -> Result<Self> {
         let root = if file.exists("model_weights")? {
             "model_weights".to_string()
         } else {
@@ -95,7 +100,7 @@ impl<'a> WeightSource<'a> {
             };
             layers.push(FileLayer { name, weights });
         }
-        let plan = Plan::new(config, &layers, mode, &version)?;
+        let plan = Plan::new(config, &layers, mode, &version, custom)?;
         Ok(WeightSource {
             files: vec![(crate::hdf5::SOURCE.to_string(), file)],
             legacy_root: Some(root),

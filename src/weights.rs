@@ -241,6 +241,35 @@ fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut St
         Initializer::TruncatedNormal { mean, stddev } => {
             fill(&mut || truncated(rng, *mean, *stddev))
         }
+        Initializer::VarianceScaling {
+            scale,
+            mode,
+            distribution,
+        } => {
+            let fan = match mode.as_str() {
+                "fan_in" => fan_in,
+                "fan_out" => fan_out,
+                _ => (fan_in + fan_out) / 2.0,
+            };
+            let variance = scale / fan.max(1.0);
+            match distribution.as_str() {
+                "uniform" => {
+                    let limit = (3.0 * variance).sqrt();
+                    fill(&mut || uniform(rng, -limit, limit))
+                }
+                "untruncated_normal" => {
+                    let stddev = variance.sqrt();
+                    fill(&mut || stddev * normal(rng))
+                }
+                _ => {
+                    let stddev = variance.sqrt() / TRUNC_STD;
+                    fill(&mut || truncated(rng, 0.0, stddev))
+                }
+            }
+        }
+        Initializer::Identity { gain } => Array2::from_shape_fn((rows, cols), |(i, j)| {
+            T::from_f64(if i == j { *gain } else { 0.0 })
+        }),
         Initializer::Orthogonal { gain } => {
             // QR of a normal (max x min) matrix; Keras flips signs so that R has a positive
             // diagonal, which is what Gram-Schmidt gives. The min(rows, cols) vectors are kept
@@ -269,6 +298,37 @@ fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variance_scaling_is_glorot_for_fan_avg_uniform() {
+        // Keras 2 saves glorot_uniform as VarianceScaling(1.0, fan_avg, uniform)
+        let vs = Initializer::from_keras(
+            "kernel_initializer",
+            &serde_json::json!({"class_name": "VarianceScaling",
+                "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform", "seed": null}}),
+        )
+        .unwrap();
+        let a: Array2<f64> = sample(&vs, 30, 50, &mut StdRng::seed_from_u64(3));
+        let b: Array2<f64> = sample(
+            &Initializer::GlorotUniform,
+            30,
+            50,
+            &mut StdRng::seed_from_u64(3),
+        );
+        assert_eq!(a, b);
+        let bad =
+            serde_json::json!({"class_name": "VarianceScaling", "config": {"mode": "fan_max"}});
+        let e = Initializer::from_keras("kernel_initializer", &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("kernel_initializer mode") && e.contains("fan_max"),
+            "{e}"
+        );
+        let id = Initializer::Identity { gain: 2.0 };
+        let m: Array2<f64> = sample(&id, 3, 3, &mut StdRng::seed_from_u64(0));
+        assert_eq!(m, Array2::eye(3) * 2.0);
+    }
 
     #[test]
     fn orthogonal_rows_are_orthonormal() {

@@ -110,3 +110,84 @@ fn keras2_graph_models_match_keras_on_both_paths() {
         }
     }
 }
+
+/// Files laid out as standalone Keras 2.0.8, 2.1.6 and 2.2.4 wrote them
+/// (`tests/data/keras22`, `scripts/record_keras22_files.py`: fixed-length string
+/// attributes, those versions' configs — a bare-list `Sequential` in 2.0/2.1, a GRU without
+/// `reset_after` in 2.0 — expected values from the tf-keras twin of each model).
+#[test]
+fn keras_2_0_to_2_2_files_match_keras() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras22");
+    let read = |f: &str| -> ArrayD<f32> { read_npy(dir.join(f)).unwrap() };
+    let run = |name: &str, mut model: KerasModel, input: lstm_wgpu::model::ModelInput| {
+        let want = read(&format!("{name}.expected.npy"));
+        let got = model.predict_inputs(std::slice::from_ref(&input)).unwrap();
+        let e = max_abs(&got, std::slice::from_ref(&want));
+        assert!(e <= 1e-5, "{name} cpu: {e}");
+        if let Some(ctx) = gpu(name) {
+            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+            let got = g.forward_inputs(std::slice::from_ref(&input)).unwrap();
+            let eg = max_abs(&got, std::slice::from_ref(&want));
+            assert!(eg <= 1e-4, "{name} gpu: {eg}");
+            println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
+        }
+    };
+    let name = "k224_sequential_whole";
+    let model = KerasModel::load(&dir.join(format!("{name}.h5"))).unwrap();
+    run(name, model, read(&format!("{name}.input.npy")).into());
+    let name = "k224_functional";
+    let model = KerasModel::load_weights(
+        &dir.join(format!("{name}.json")),
+        &dir.join("k224_functional_weights.h5"),
+    )
+    .unwrap();
+    run(name, model, read(&format!("{name}.input.npy")).into());
+    for name in ["k216_sequential_list", "k208_sequential_list"] {
+        let model = KerasModel::load(&dir.join(format!("{name}.h5"))).unwrap();
+        let ids: ArrayD<i32> = read_npy(dir.join(format!("{name}.input.npy"))).unwrap();
+        run(name, model, ids.into());
+    }
+}
+
+/// Standalone Keras (2.3 and before) had no `zero_output_for_mask`: a masked
+/// `Bidirectional(return_sequences=True)` repeats each direction's previous output at masked
+/// steps (Keras 2.2.4's `Bidirectional.call` and `K.rnn`), where tf.keras (2.4+, `-tf`) and
+/// Keras 3 give zeros.
+#[test]
+fn standalone_keras_bidirectional_repeats_outputs_at_masked_steps() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras22");
+    let text = std::fs::read_to_string(dir.join("k224_functional.json")).unwrap();
+    let weights = std::fs::read(dir.join("k224_functional_weights.h5")).unwrap();
+    let x: ArrayD<f32> = read_npy(dir.join("k224_functional.input.npy")).unwrap();
+    // row 1's steps 4 and 5 are all zeros: masked by the Masking layer
+    assert!(x.slice(ndarray::s![1, 4.., ..]).iter().all(|v| *v == 0.0));
+    let bidirectional_output = |version: &str| -> ArrayD<f32> {
+        let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        json["keras_version"] = version.into();
+        json["config"]["output_layers"] = serde_json::json!([["bidirectional_1", 0, 0]]);
+        let mut model = KerasModel::from_config_and_weights(&json, &weights).unwrap();
+        let cpu = model.predict_inputs(&[x.clone().into()]).unwrap().remove(0);
+        if let Some(ctx) = gpu("standalone bidirectional") {
+            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+            let on_gpu = g.forward_inputs(&[x.clone().into()]).unwrap();
+            let e = max_abs(&on_gpu, std::slice::from_ref(&cpu));
+            assert!(e <= 1e-4, "{version} gpu: {e}");
+        }
+        cpu
+    };
+    let standalone = bidirectional_output("2.2.4");
+    let tf_keras = bidirectional_output("2.4.0");
+    // forward half (units 3): the last present step's output repeated, not zeros
+    for t in [4, 5] {
+        for k in 0..3 {
+            assert_eq!(standalone[[1, t, k]], standalone[[1, 3, k]]);
+            assert_eq!(tf_keras[[1, t, k]], 0.0);
+        }
+    }
+    assert!((0..3).any(|k| standalone[[1, 3, k]] != 0.0));
+    // present steps agree
+    assert_eq!(
+        standalone.slice(ndarray::s![.., ..4, ..]),
+        tf_keras.slice(ndarray::s![.., ..4, ..])
+    );
+}

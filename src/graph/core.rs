@@ -512,6 +512,10 @@ impl Op for TimeDistributed {
         self.inner.params()
     }
 
+    fn on_gpu(&self) -> bool {
+        self.inner.on_gpu()
+    }
+
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
         stage(TimeDistributedStage {
             name: self.name.clone(),

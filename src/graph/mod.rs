@@ -8,6 +8,7 @@ mod activations;
 mod attention;
 mod combine;
 mod conv;
+mod custom;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::conv::window;
 pub(crate) use self::ops::{IDENTITY_AT_INFERENCE, SUPPORTED};
@@ -19,6 +20,7 @@ mod lower;
 mod nested;
 mod ops;
 
+use crate::custom::CustomObjects;
 use crate::error::{LstmError, Result};
 use crate::weight_source::WeightSource;
 use ndarray::{Array2, ArrayD};
@@ -219,8 +221,12 @@ fn input_spec(name: &str, cfg: &Json) -> InputSpec {
 impl Graph {
     /// Reads the graph of a model config (`{"class_name": "Functional" | "Sequential", ...}`),
     /// building each layer with its weights from `src`.
-    pub(crate) fn from_config(config: &Json, src: &WeightSource) -> Result<Self> {
-        Self::from_config_in(config, src, "", 0)
+    pub(crate) fn from_config(
+        config: &Json,
+        src: &WeightSource,
+        custom: &CustomObjects,
+    ) -> Result<Self> {
+        Self::from_config_in(config, src, custom, "", 0)
     }
 
     /// [`Graph::from_config`] of a model nested `depth` deep, whose layers' weights lie under
@@ -229,6 +235,7 @@ impl Graph {
     fn from_config_in(
         config: &Json,
         src: &WeightSource,
+        custom: &CustomObjects,
         prefix: &str,
         depth: usize,
     ) -> Result<Self> {
@@ -313,6 +320,7 @@ impl Graph {
                 let inner = Graph::from_config_in(
                     entry,
                     src,
+                    custom,
                     &format!("{prefix}{key}/layers/"),
                     depth + 1,
                 )?;
@@ -321,7 +329,8 @@ impl Graph {
                     graph: inner,
                 })
             } else {
-                ops::build(lclass, lcfg, entry, &name, &format!("{prefix}{key}"), src)
+                let key = format!("{prefix}{key}");
+                ops::build(lclass, lcfg, entry, &name, &key, src, custom)
                     .map_err(|e| src.in_context(&name, e))?
             };
             let op_index = graph.ops.len();
@@ -575,6 +584,14 @@ impl Graph {
     }
 
     /// The parameters (weight values) of layer `name`.
+    /// Whether the GPU path has a kernel for layer `name`.
+    pub(crate) fn on_gpu(&self, name: &str) -> bool {
+        self.ops
+            .iter()
+            .find(|(n, _)| n == name)
+            .is_none_or(|(_, op)| op.on_gpu())
+    }
+
     pub(crate) fn params(&self, name: &str) -> usize {
         self.ops
             .iter()

@@ -32,6 +32,10 @@ impl ops::Op for SubModel {
         self.graph.ops.iter().map(|(_, op)| op.params()).sum()
     }
 
+    fn on_gpu(&self) -> bool {
+        self.graph.ops.iter().all(|(_, op)| op.on_gpu())
+    }
+
     fn is_recurrent(&self) -> bool {
         false
     }

@@ -7,6 +7,7 @@ use super::core::{Dense, Embedding, Identity, Masking, Permute, Recurrent, Repea
 use super::Value;
 use crate::activation::Activation;
 use crate::config::LayerConfig;
+use crate::custom::CustomObjects;
 use crate::error::{LstmError, Result};
 pub(super) use crate::gpu::plan::GpuStage;
 pub(super) use crate::gpu::Uploader;
@@ -62,6 +63,11 @@ pub(crate) trait Op: OpClone + std::fmt::Debug + Send {
     /// The layer's parameters (weight values), as Keras's `count_params`.
     fn params(&self) -> usize {
         0
+    }
+
+    /// Whether the GPU path has a kernel for it (the application's custom layers have none).
+    fn on_gpu(&self) -> bool {
+        true
     }
 
     /// Whether this is a recurrent layer (it takes `initial_state`).
@@ -240,6 +246,7 @@ pub(crate) fn build(
     name: &str,
     key: &str,
     src: &WeightSource,
+    custom: &CustomObjects,
 ) -> Result<Box<dyn Op>> {
     let weights = || src.layer(key, name);
     if let Some(op) = super::conv::build(class, cfg, name, &weights)? {
@@ -279,7 +286,7 @@ pub(crate) fn build(
             match class {
                 // A per-timestep layer on [B, T, ...] is the layer on the last axis.
                 "Dense" => Box::new(Dense::new(icfg, name, weights()?)?),
-                "Activation" | "Dropout" => build(class, icfg, inner, name, key, src)?,
+                "Activation" | "Dropout" => build(class, icfg, inner, name, key, src, custom)?,
                 "TimeDistributed" | "Sequential" | "Functional" | "Model" => {
                     return Err(LstmError::unsupported(
                         "TimeDistributed layer",
@@ -290,7 +297,7 @@ pub(crate) fn build(
                 // TimeDistributed layer's, under its key).
                 _ => Box::new(super::core::TimeDistributed {
                     name: name.to_string(),
-                    inner: build(class, icfg, inner, name, key, src)?,
+                    inner: build(class, icfg, inner, name, key, src, custom)?,
                 }),
             }
         }
@@ -520,13 +527,22 @@ pub(crate) fn build(
             keepdims: cfg.get("keepdims").and_then(Json::as_bool).unwrap_or(false),
         }),
         other => {
+            if let Some(built) = custom.build(entry, name, weights()?) {
+                let (class, layer) = built?;
+                return Ok(Box::new(super::custom::Custom {
+                    name: name.to_string(),
+                    class,
+                    layer: std::sync::Arc::new(std::sync::Mutex::new(layer)),
+                }));
+            }
             return Err(LstmError::unsupported(
                 "layer class_name",
                 format!(
-                    "{other} (layer {name:?}; supported: {})",
+                    "{other} (layer {name:?}; supported: {}; an application's own class is \
+                     registered with lstm_wgpu::custom::CustomObjects)",
                     SUPPORTED.join(", ")
                 ),
-            ))
+            ));
         }
     })
 }

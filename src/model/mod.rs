@@ -4,6 +4,7 @@
 
 use crate::activation::Activation;
 use crate::archive;
+use crate::custom::CustomObjects;
 use crate::error::{LstmError, Result};
 pub use crate::graph::InputSpec;
 use crate::graph::{Graph, Value as GraphValue};
@@ -174,7 +175,11 @@ fn keras2_semantics(config: &mut Value, file: Option<&H5File>) {
         (None, None) => String::new(),
     };
     if version.starts_with("2.") || version.starts_with("1.") {
-        keras2_words(config);
+        // standalone Keras (1.x, 2.0-2.3; tf.keras of TF 1 says "2.x.y-tf", of TF 2 2.4+)
+        let minor: Option<u32> = version.split('.').nth(1).and_then(|m| m.parse().ok());
+        let standalone = !version.contains("-tf")
+            && (version.starts_with("1.") || minor.is_some_and(|m| m <= 3));
+        keras2_words(config, standalone);
     }
 }
 
@@ -192,9 +197,12 @@ fn by_structure(matching: WeightMatch, what: &str) -> Result<()> {
     }
 }
 
-/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`, and the
-/// recurrent layers marked to take their input's mask with initial states, as Keras 2 did.
-fn keras2_words(config: &mut Value) {
+/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`, the
+/// recurrent layers marked to take their input's mask with initial states, as Keras 2 did,
+/// a GRU config without `reset_after` (Keras 2.0's) as the reset-before GRU it was, and, for
+/// files of standalone Keras (`standalone`: 2.3 and before), `Bidirectional` layers without
+/// tf.keras's zero outputs at masked steps.
+fn keras2_words(config: &mut Value, standalone: bool) {
     match config {
         Value::Object(map) => {
             // Keras 2 hands a recurrent layer its input's mask even when it is called with
@@ -203,21 +211,71 @@ fn keras2_words(config: &mut Value) {
                 map.get("class_name").and_then(Value::as_str),
                 Some("LSTM" | "GRU" | "SimpleRNN" | "Bidirectional")
             );
+            let gru = map.get("class_name").and_then(Value::as_str) == Some("GRU");
+            let bidirectional =
+                map.get("class_name").and_then(Value::as_str) == Some("Bidirectional");
             if recurrent {
                 if let Some(Value::Object(cfg)) = map.get_mut("config") {
                     cfg.insert("keras2_call_mask".into(), Value::Bool(true));
+                    // Keras 2.0's GRU (before the reset_after option, which every later
+                    // writer saves) was the reset-before form.
+                    if gru && !cfg.contains_key("reset_after") {
+                        cfg.insert("reset_after".into(), Value::Bool(false));
+                    }
+                    if standalone && bidirectional {
+                        cfg.insert("standalone_keras_mask".into(), Value::Bool(true));
+                    }
                 }
             }
             for (k, v) in map.iter_mut() {
                 if k.ends_with("activation") && v.as_str() == Some("hard_sigmoid") {
                     *v = Value::String("hard_sigmoid_keras2".into());
                 } else {
-                    keras2_words(v);
+                    keras2_words(v, standalone);
                 }
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(keras2_words),
+        Value::Array(items) => items.iter_mut().for_each(|v| keras2_words(v, standalone)),
         _ => {}
+    }
+}
+
+/// How a model is read ([`KerasModel::load_with`],
+/// [`KerasModel::load_weights_with_options`]): how a weights file's layers are matched to
+/// the model's, and the application's own layer classes (Keras's `custom_objects`).
+///
+/// ```
+/// use lstm_wgpu::custom::CustomObjects;
+/// use lstm_wgpu::model::{LoadOptions, WeightMatch};
+/// let options = LoadOptions::new()
+///     .weight_match(WeightMatch::ByName { skip_mismatch: false })
+///     .custom(CustomObjects::new());
+/// assert_eq!(options.weight_match, WeightMatch::ByName { skip_mismatch: false });
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// How a weights file's layers are matched to the model's (default: Keras's, by order).
+    pub weight_match: WeightMatch,
+    /// The application's layer classes by Keras class name.
+    pub custom: CustomObjects,
+}
+
+impl LoadOptions {
+    /// Keras's defaults, no custom classes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`LoadOptions::weight_match`].
+    pub fn weight_match(mut self, m: WeightMatch) -> Self {
+        self.weight_match = m;
+        self
+    }
+
+    /// Sets [`LoadOptions::custom`].
+    pub fn custom(mut self, custom: CustomObjects) -> Self {
+        self.custom = custom;
+        self
     }
 }
 
@@ -225,17 +283,45 @@ impl KerasModel {
     /// Loads a `.keras` file, or a whole-model HDF5 file (`model.save("m.h5")` of Keras 2 or
     /// Keras 3's legacy writer: the `model_config` attribute and the `model_weights` groups).
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`KerasModel::load`] with `options`: the application's layer classes (a model using a
+    /// class neither this crate nor `options.custom` knows is an error naming it), and the
+    /// weight matching of a whole-model HDF5 file (Keras's `load_model` matches by order).
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::custom::{CustomLayer, CustomObjects, LayerInput, LayerOutput};
+    /// use lstm_wgpu::model::{KerasModel, LoadOptions};
+    ///
+    /// #[derive(Debug)]
+    /// struct Identity;
+    /// impl CustomLayer for Identity {
+    ///     fn call(&mut self, inputs: &[LayerInput<'_>]) -> lstm_wgpu::Result<Vec<LayerOutput>> {
+    ///         let x = &inputs[0];
+    ///         Ok(vec![LayerOutput::with_mask(x.data.to_owned(), x.mask.map(|m| m.to_owned()))])
+    ///     }
+    /// }
+    /// let custom = CustomObjects::new().register("CTCLayer", |_| Ok(Box::new(Identity)));
+    /// let model = KerasModel::load_with("ocr.keras".as_ref(), &LoadOptions::new().custom(custom))?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| LstmError::io(path, e))?;
         if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
-            return Self::from_h5_bytes(&bytes).map_err(|e| in_file(e, |_| path));
+            return Self::h5_bytes(&bytes, options).map_err(|e| in_file(e, |_| path));
         }
-        Self::from_keras_bytes(&bytes).map_err(|e| in_file(e, |_| path))
+        Self::keras_bytes(&bytes, options).map_err(|e| in_file(e, |_| path))
     }
 
     /// Loads a whole-model HDF5 file held in memory (see [`KerasModel::load`]). A model saved
     /// by Keras 2 (`keras_version` 2.x) gets Keras 2's semantics where they differ: its
     /// `"hard_sigmoid"` is `clip(0.2x + 0.5, 0, 1)` (`hard_sigmoid_keras2`).
     pub fn from_h5_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::h5_bytes(bytes, &LoadOptions::default())
+    }
+
+    fn h5_bytes(bytes: &[u8], options: &LoadOptions) -> Result<Self> {
         let h5 = H5File::new(bytes)?;
         let first = |name: &str| -> Result<String> {
             h5.string_attribute("", name)?
@@ -255,8 +341,8 @@ impl KerasModel {
         normalize_config(&mut config);
         keras2_semantics(&mut config, Some(&h5));
         // (load_model reads the weights by order, as load_weights does)
-        let src = WeightSource::legacy(h5, &config, WeightMatch::Order)?;
-        Self::build(&config, &src)
+        let src = WeightSource::legacy(h5, &config, options.weight_match, &options.custom)?;
+        Self::build(&config, &src, options)
     }
 
     /// Loads weights saved with `model.save_weights("NAME.weights.h5")` (or Keras 2's
@@ -289,6 +375,17 @@ impl KerasModel {
     /// # Ok::<(), lstm_wgpu::LstmError>(())
     /// ```
     pub fn load_weights_with(config: &Path, weights: &Path, matching: WeightMatch) -> Result<Self> {
+        Self::load_weights_with_options(config, weights, &LoadOptions::new().weight_match(matching))
+    }
+
+    /// [`KerasModel::load_weights`] with `options` (weight matching, the application's layer
+    /// classes).
+    pub fn load_weights_with_options(
+        config: &Path,
+        weights: &Path,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let matching = options.weight_match;
         let read = |p: &Path| std::fs::read(p).map_err(|e| LstmError::io(p, e));
         let config_bytes = read(config)?;
         let json: Value = if config.extension().is_some_and(|e| e == "keras") {
@@ -315,7 +412,7 @@ impl KerasModel {
                 .map(|n| Ok((dir.join(&n).display().to_string(), read(&dir.join(&n))?)))
                 .collect::<Result<Vec<_>>>()?;
             // (shard errors name their shard already; the model's name the config)
-            return Self::from_config_and_shards(&json, &shards).map_err(|e| match e {
+            return Self::config_and_shards(&json, &shards, options).map_err(|e| match e {
                 LstmError::File { path, reason } if path == "Keras model" => LstmError::File {
                     path: config.display().to_string(),
                     reason,
@@ -324,7 +421,7 @@ impl KerasModel {
             });
         }
         // Errors of the bytes say what they came from; name the file instead.
-        Self::from_config_and_weights_with(&json, &read(weights)?, matching).map_err(|e| {
+        Self::config_and_weights(&json, &read(weights)?, options).map_err(|e| {
             in_file(e, |what| {
                 if what == crate::hdf5::SOURCE {
                     weights
@@ -337,6 +434,10 @@ impl KerasModel {
 
     /// Loads a `.keras` archive held in memory.
     pub fn from_keras_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::keras_bytes(bytes, &LoadOptions::default())
+    }
+
+    fn keras_bytes(bytes: &[u8], options: &LoadOptions) -> Result<Self> {
         let members = archive::members(bytes)?;
         let member = |name: &str| {
             members
@@ -348,7 +449,7 @@ impl KerasModel {
         let config: Value = serde_json::from_slice(member("config.json")?)
             .map_err(|e| bad_model(format!("config.json: {e}")))?;
         // (a .keras archive's weights are Keras 3's, matched by structure)
-        Self::from_config_and_weights(&config, member("model.weights.h5")?)
+        Self::config_and_weights(&config, member("model.weights.h5")?, options)
     }
 
     /// Builds a model from its `config.json` (the serialized model) and the bytes of its
@@ -365,31 +466,52 @@ impl KerasModel {
         weights_h5: &[u8],
         matching: WeightMatch,
     ) -> Result<Self> {
+        Self::config_and_weights(
+            config,
+            weights_h5,
+            &LoadOptions::new().weight_match(matching),
+        )
+    }
+
+    fn config_and_weights(
+        config: &Value,
+        weights_h5: &[u8],
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        let matching = options.weight_match;
         let file = H5File::new(weights_h5)?;
         let mut config = config.clone();
         normalize_config(&mut config);
         if WeightSource::is_legacy(&file) {
             // Keras 2's save_weights("w.h5"): its semantics where they differ.
             keras2_semantics(&mut config, Some(&file));
-            let src = WeightSource::legacy(file, &config, matching)?;
-            return Self::build(&config, &src);
+            let src = WeightSource::legacy(file, &config, matching, &options.custom)?;
+            return Self::build(&config, &src, options);
         }
         by_structure(matching, "a Keras 3 .weights.h5 file")?;
         keras2_semantics(&mut config, None);
-        Self::build(&config, &WeightSource::single(file))
+        Self::build(&config, &WeightSource::single(file), options)
     }
 
     /// Builds a model from its `config.json` and the shards of sharded weights (`(file name,
     /// bytes)` of each file a `.weights.json` index names; see [`KerasModel::load_weights`]).
     pub fn from_config_and_shards(config: &Value, shards: &[(String, Vec<u8>)]) -> Result<Self> {
+        Self::config_and_shards(config, shards, &LoadOptions::default())
+    }
+
+    fn config_and_shards(
+        config: &Value,
+        shards: &[(String, Vec<u8>)],
+        options: &LoadOptions,
+    ) -> Result<Self> {
         let mut config = config.clone();
         normalize_config(&mut config);
         keras2_semantics(&mut config, None);
-        Self::build(&config, &WeightSource::shards(shards)?)
+        Self::build(&config, &WeightSource::shards(shards)?, options)
     }
 
-    fn build(config: &Value, h5: &WeightSource) -> Result<Self> {
-        let graph = Graph::from_config(config, h5)?;
+    fn build(config: &Value, h5: &WeightSource, options: &LoadOptions) -> Result<Self> {
+        let graph = Graph::from_config(config, h5, &options.custom)?;
         let name = config
             .get("config")
             .and_then(|c| c.get("name"))
@@ -491,18 +613,12 @@ impl KerasModel {
         for (spec, input) in self.graph.inputs.iter().zip(inputs) {
             let data = input.to_f32(&spec.name)?;
             let integer_spec = spec.dtype.starts_with("int") || spec.dtype.starts_with("uint");
-            if integer_spec != input.is_integer() {
+            // (integers for a float input are cast exactly, as Keras casts them: Keras 2
+            // Sequential models declare their Embedding's token input float32)
+            if integer_spec && !input.is_integer() {
                 return Err(LstmError::invalid(
                     format!("input {}", spec.name),
-                    format!(
-                        "the model takes {} values here, got {}",
-                        spec.dtype,
-                        if input.is_integer() {
-                            "integers"
-                        } else {
-                            "floats"
-                        }
-                    ),
+                    format!("the model takes {} values here, got floats", spec.dtype),
                 ));
             }
             if !spec.shape.is_empty() && data.ndim() != spec.shape.len() + 1 {
@@ -609,7 +725,7 @@ impl KerasModel {
                     .collect();
                 LayerSummary {
                     params: self.graph.params(&name),
-                    gpu: true,
+                    gpu: self.graph.on_gpu(&name),
                     name,
                     class,
                     output_shapes,

@@ -337,14 +337,11 @@ impl GpuNetwork {
             .map(|(k, x)| {
                 let name = specs.get(k).map_or("x", |s| s.name.as_str());
                 if let Some(spec) = specs.get(k) {
-                    if spec.integer != x.is_integer() {
+                    // (integers for a float input are cast exactly, as on the CPU path)
+                    if spec.integer && !x.is_integer() {
                         return Err(LstmError::invalid(
                             format!("input {name}"),
-                            format!(
-                                "the model takes {} here, got {}",
-                                if spec.integer { "integers" } else { "floats" },
-                                if x.is_integer() { "integers" } else { "floats" }
-                            ),
+                            "the model takes integers here, got floats",
                         ));
                     }
                 }
