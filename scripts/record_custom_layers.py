@@ -353,6 +353,7 @@ def keras3_cases(out):
     x = awa_input()
     save_npy(out, "awa.input.npy", x, dtype="int32")
     for name, ret_att in (("awa_k3", False), ("awa_k3_attention", True)):
+        keras.backend.clear_session()  # fresh auto-names (the mask op is `not_equal`)
         inp = L.Input((None,), dtype="int32", name="tokens")
         e = L.Embedding(30, 8, mask_zero=True, name="embedding")(inp)
         h = L.LSTM(6, return_sequences=True, name="lstm")(e)
@@ -393,6 +394,7 @@ def keras3_cases(out):
         report[f"{name} weight variable path"] = [w.path for w in m.get_layer("attention").weights]
 
     # ctc_k3 ----------------------------------------------------------------------------
+    keras.backend.clear_session()
     image = L.Input((12, 5), name="image")
     label = L.Input((None,), dtype="float32", name="label")
     hx = L.Bidirectional(L.GRU(4, return_sequences=True), name="bidirectional")(image)

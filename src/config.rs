@@ -558,6 +558,17 @@ impl BidirectionalConfig {
             match config.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => {
+                    // an RNN around one cell is that cell's layer
+                    let unwrapped;
+                    let mut v = v;
+                    if v.get("class_name").and_then(Value::as_str) == Some("RNN") {
+                        let null = Value::Null;
+                        let rnn = v.get("config").unwrap_or(&null);
+                        let cell = rnn.get("cell").unwrap_or(&null);
+                        let name = rnn.get("name").and_then(Value::as_str).unwrap_or("rnn");
+                        unwrapped = cell_as_layer(cell, rnn, name)?;
+                        v = &unwrapped;
+                    }
                     let class = v.get("class_name").and_then(Value::as_str).unwrap_or("");
                     if !matches!(class, "LSTM" | "GRU" | "SimpleRNN") {
                         return Err(LstmError::unsupported(format!("{key}.class_name"), class));
@@ -615,6 +626,51 @@ impl BidirectionalConfig {
         }
         Ok(b)
     }
+}
+
+/// Keras's cell classes and the layer class that is an `RNN` around each.
+pub(crate) const RNN_CELLS: &[(&str, &str)] = &[
+    ("LSTMCell", "LSTM"),
+    ("GRUCell", "GRU"),
+    ("SimpleRNNCell", "SimpleRNN"),
+];
+
+/// The layer entry `{"class_name": "LSTM" | "GRU" | "SimpleRNN", "config": ...}` that an
+/// `RNN` (config `rnn`) around the cell entry `cell` is: the cell's options with the RNN's
+/// (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `zero_output_for_mask`,
+/// and the loader's marks), named `name`.
+pub(crate) fn cell_as_layer(cell: &Value, rnn: &Value, name: &str) -> Result<Value> {
+    let class = cell.get("class_name").and_then(Value::as_str).unwrap_or("?");
+    let layer = RNN_CELLS
+        .iter()
+        .find(|(c, _)| *c == class)
+        .map(|(_, l)| *l)
+        .ok_or_else(|| LstmError::unsupported("cell class_name", class))?;
+    let mut config = match cell.get("config") {
+        Some(Value::Object(c)) => c.clone(),
+        _ => return Err(LstmError::bad_config("cell", "a cell without config")),
+    };
+    if let Some(Value::Object(r)) = Some(rnn) {
+        for (k, v) in r {
+            let rnn_key = matches!(
+                k.as_str(),
+                "return_sequences"
+                    | "return_state"
+                    | "go_backwards"
+                    | "stateful"
+                    | "zero_output_for_mask"
+                    | "unroll"
+                    | "time_major"
+                    | "keras2_call_mask"
+                    | "standalone_keras_mask"
+            );
+            if rnn_key {
+                config.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    config.insert("name".into(), Value::String(name.to_string()));
+    Ok(serde_json::json!({"class_name": layer, "config": config}))
 }
 
 /// Configuration of a layer or a stack of layers.

@@ -111,6 +111,15 @@ pub(crate) fn weight_count(entry: &Json, custom: &CustomObjects) -> Option<usize
             forward + backward
         }
         "TimeDistributed" => weight_count(cfg.get("layer")?)?,
+        "LSTMCell" | "GRUCell" | "SimpleRNNCell" => 2 + bias,
+        "RNN" => weight_count(cfg.get("cell")?)?,
+        "StackedRNNCells" => {
+            let mut n = 0;
+            for c in cfg.get("cells")?.as_array()? {
+                n += weight_count(c)?;
+            }
+            n
+        }
         "Sequential" | "Functional" | "Model" => {
             let mut n = 0;
             for l in cfg.get("layers")?.as_array()? {

@@ -218,6 +218,14 @@ impl<'a> WeightSource<'a> {
         Ok(out)
     }
 
+    /// The variables under the Keras 3 group `path` (its `vars/0, 1, ...`, then its
+    /// sublayers'), for a layer whose parts are read one by one (`StackedRNNCells`).
+    pub(crate) fn group(&self, path: &str) -> Result<Vec<ArrayD<f32>>> {
+        let mut out = Vec::new();
+        self.collect(path, &mut out)?;
+        Ok(out)
+    }
+
     fn collect(&self, path: &str, out: &mut Vec<ArrayD<f32>>) -> Result<()> {
         let children = self.list(path)?;
         if children.iter().any(|c| c == "vars") {

@@ -19,6 +19,7 @@ mod gpu_twins;
 mod lower;
 mod nested;
 mod ops;
+mod rnn;
 
 use crate::custom::CustomObjects;
 use crate::error::{LstmError, Result};
@@ -182,11 +183,31 @@ fn endpoints(v: Option<&Json>, what: &str) -> Result<Vec<TensorRef>> {
     if let Some(one) = history(v) {
         return Ok(vec![one]);
     }
-    v.as_array()
-        .ok_or_else(|| bad(format!("{what} is not a list")))?
-        .iter()
-        .map(|e| history(e).ok_or_else(|| bad(format!("{what} has an entry {e}"))))
-        .collect()
+    // (entries may nest: Keras 3 saves an output that is a list of tensors, the states of
+    // a stacked cell, as a list; its tensors are outputs in order)
+    fn flatten(v: &Json, what: &str, out: &mut Vec<TensorRef>, depth: usize) -> Result<()> {
+        if let Some(one) = history(v) {
+            out.push(one);
+            return Ok(());
+        }
+        match v.as_array() {
+            Some(items) if depth < 8 => {
+                for e in items {
+                    flatten(e, what, out, depth + 1)?;
+                }
+                Ok(())
+            }
+            _ => Err(bad(format!("{what} has an entry {v}"))),
+        }
+    }
+    let items = v
+        .as_array()
+        .ok_or_else(|| bad(format!("{what} is not a list")))?;
+    let mut out = Vec::new();
+    for e in items {
+        flatten(e, what, &mut out, 0)?;
+    }
+    Ok(out)
 }
 
 fn input_spec(name: &str, cfg: &Json) -> InputSpec {

@@ -102,6 +102,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "LSTM",
     "GRU",
     "SimpleRNN",
+    "RNN",
     "Bidirectional",
     "Dense",
     "Embedding",
@@ -273,6 +274,15 @@ pub(crate) fn build(
                     .map(str::to_string),
             })
         }
+        "RNN" => super::rnn::build(
+            entry,
+            name,
+            key,
+            src,
+            cfg.get("keras2_call_mask")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
+        )?,
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),
         "TimeDistributed" => {
             let inner = cfg

@@ -209,12 +209,15 @@ fn keras2_words(config: &mut Value, standalone: bool) {
             // initial states (Keras 3 does not: see `graph::core::Recurrent`).
             let recurrent = matches!(
                 map.get("class_name").and_then(Value::as_str),
-                Some("LSTM" | "GRU" | "SimpleRNN" | "Bidirectional")
+                Some("LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" | "RNN")
             );
-            let gru = map.get("class_name").and_then(Value::as_str) == Some("GRU");
+            let gru = matches!(
+                map.get("class_name").and_then(Value::as_str),
+                Some("GRU" | "GRUCell")
+            );
             let bidirectional =
                 map.get("class_name").and_then(Value::as_str) == Some("Bidirectional");
-            if recurrent {
+            if recurrent || gru {
                 if let Some(Value::Object(cfg)) = map.get_mut("config") {
                     cfg.insert("keras2_call_mask".into(), Value::Bool(true));
                     // Keras 2.0's GRU (before the reset_after option, which every later

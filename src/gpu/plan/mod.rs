@@ -23,6 +23,7 @@ mod mask;
 mod merge;
 mod norm;
 mod pool;
+mod stacked;
 mod subgraph;
 mod timedist;
 
@@ -37,6 +38,7 @@ pub(crate) use gather::{GatherStage, Layout};
 pub(crate) use lstm::LstmStage;
 pub(crate) use mask::MaskStage;
 pub(crate) use merge::BidiStage;
+pub(crate) use stacked::StackedStage;
 pub(crate) use norm::NormStage;
 pub(crate) use pool::PoolStage;
 pub(crate) use subgraph::SubGraphStage;
