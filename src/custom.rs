@@ -190,8 +190,9 @@ impl CustomObjects {
 
     /// Tells how many weights a layer of `class` has for its config (`len(layer.weights)`):
     /// needed to match a legacy HDF5 file's layers by order, where a layer without weights
-    /// is passed over. Without it a registered layer counts as having as many as the
-    /// file's matching layer gives by name, and order matching asks for it.
+    /// is passed over. Without it a registered layer counts as having as many weights as
+    /// the file's layer of the same name (as in a whole-model file); matching by order a
+    /// file without such a layer is then an error asking for this count.
     pub fn weight_count(
         mut self,
         class: &str,

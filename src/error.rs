@@ -191,7 +191,14 @@ impl LstmError {
         }
     }
 
-    pub(crate) fn shape(what: impl Into<String>, expected: &[usize], actual: &[usize]) -> Self {
+    /// A [`LstmError::ShapeMismatch`] (for code outside the crate too, such as a
+    /// [`crate::custom::CustomLayer`]).
+    ///
+    /// ```
+    /// let e = lstm_wgpu::LstmError::shape("x of layer pool", &[2, 5], &[2, 4]);
+    /// assert!(e.to_string().contains("x of layer pool"));
+    /// ```
+    pub fn shape(what: impl Into<String>, expected: &[usize], actual: &[usize]) -> Self {
         LstmError::ShapeMismatch {
             what: what.into(),
             expected: expected.to_vec(),
@@ -199,7 +206,14 @@ impl LstmError {
         }
     }
 
-    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A [`LstmError::InvalidArgument`] (for code outside the crate too, such as a
+    /// [`crate::custom::CustomLayer`]).
+    ///
+    /// ```
+    /// let e = lstm_wgpu::LstmError::invalid("inputs of layer ctc", "takes (y_true, y_pred)");
+    /// assert!(e.to_string().contains("ctc"));
+    /// ```
+    pub fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
         LstmError::InvalidArgument {
             what: what.into(),
             reason: reason.into(),

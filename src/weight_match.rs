@@ -213,12 +213,20 @@ impl Plan {
                     free.push(name.clone());
                     usize::MAX
                 }
+                // by order: the count of a file layer of the same name (a whole-model file
+                // names its layers as the model does)
+                None if custom.is_custom(entry)
+                    && layers.iter().any(|l| l.name == name) =>
+                {
+                    layers.iter().find(|l| l.name == name).map_or(0, |l| l.weights)
+                }
                 None if custom.is_custom(entry) => {
                     return Err(mismatch(
                         &name,
                         format!(
                             "matching a legacy file's layers by order needs the weight count \
-                             of the custom class {class}: CustomObjects::weight_count"
+                             of the custom class {class} (the file has no layer named {name} \
+                             to take it from): CustomObjects::weight_count"
                         ),
                     ))
                 }

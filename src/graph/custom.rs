@@ -23,13 +23,22 @@ impl std::fmt::Debug for Custom {
 }
 
 impl Op for Custom {
-    fn call(&mut self, inputs: &[&Value], _extra: &Extra<'_>) -> Result<Vec<Value>> {
+    fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
         use crate::custom::LayerInput;
+        // an explicit `mask=` tensor is the first input's mask, as Keras hands it to `call`
+        let explicit = extra
+            .mask
+            .map(|m| super::ops::bool_mask(m, &self.name))
+            .transpose()?;
         let args: Vec<LayerInput<'_>> = inputs
             .iter()
-            .map(|v| LayerInput {
+            .enumerate()
+            .map(|(k, v)| LayerInput {
                 data: v.data.view(),
-                mask: v.mask.as_ref().map(|m| m.view()),
+                mask: match (&explicit, k) {
+                    (Some(m), 0) => Some(m.view()),
+                    _ => v.mask.as_ref().map(|m| m.view()),
+                },
             })
             .collect();
         let mut layer = self.layer.lock().map_err(|_| {
