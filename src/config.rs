@@ -57,17 +57,39 @@ pub enum Initializer {
     VarianceScaling {
         /// The variance's numerator.
         scale: f64,
-        /// `fan_in`, `fan_out` or `fan_avg`.
-        mode: String,
-        /// `uniform`, `truncated_normal` (Keras 2's `normal` is read as this) or
-        /// `untruncated_normal`.
-        distribution: String,
+        /// Which fan divides it.
+        mode: FanMode,
+        /// The distribution drawn from.
+        distribution: Distribution,
     },
     /// `Identity` (a gain times the identity matrix, zeros off the diagonal).
     Identity {
         /// Multiplier of the identity.
         gain: f64,
     },
+}
+
+/// The fan of a `VarianceScaling` initializer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanMode {
+    /// `fan_in`: the kernel's rows.
+    FanIn,
+    /// `fan_out`: its columns.
+    FanOut,
+    /// `fan_avg`: their mean.
+    FanAvg,
+}
+
+/// The distribution of a `VarianceScaling` initializer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distribution {
+    /// `uniform`: U(-l, l), `l = sqrt(3 · variance)`.
+    Uniform,
+    /// `truncated_normal` (Keras 2's `normal`): within two standard deviations, scaled to
+    /// keep the variance.
+    TruncatedNormal,
+    /// `untruncated_normal`.
+    UntruncatedNormal,
 }
 
 impl Initializer {
@@ -127,24 +149,21 @@ impl Initializer {
                         .unwrap_or(default)
                         .to_string()
                 };
-                let mode = text("mode", "fan_in");
-                let mut distribution = text("distribution", "truncated_normal");
-                if distribution == "normal" {
+                let mode = match text("mode", "fan_in").as_str() {
+                    "fan_in" => FanMode::FanIn,
+                    "fan_out" => FanMode::FanOut,
+                    "fan_avg" => FanMode::FanAvg,
+                    other => return Err(LstmError::unsupported(format!("{key} mode"), other)),
+                };
+                let distribution = match text("distribution", "truncated_normal").as_str() {
+                    "uniform" => Distribution::Uniform,
                     // (Keras 2.0-2.2's name for the truncated normal)
-                    distribution = "truncated_normal".into();
-                }
-                if !matches!(mode.as_str(), "fan_in" | "fan_out" | "fan_avg") {
-                    return Err(LstmError::unsupported(format!("{key} mode"), mode));
-                }
-                if !matches!(
-                    distribution.as_str(),
-                    "uniform" | "truncated_normal" | "untruncated_normal"
-                ) {
-                    return Err(LstmError::unsupported(
-                        format!("{key} distribution"),
-                        distribution,
-                    ));
-                }
+                    "truncated_normal" | "normal" => Distribution::TruncatedNormal,
+                    "untruncated_normal" => Distribution::UntruncatedNormal,
+                    other => {
+                        return Err(LstmError::unsupported(format!("{key} distribution"), other))
+                    }
+                };
                 let scale = num("scale", 1.0);
                 if scale.is_nan() || scale <= 0.0 {
                     return Err(LstmError::unsupported(format!("{key} scale"), scale));
@@ -640,7 +659,10 @@ pub(crate) const RNN_CELLS: &[(&str, &str)] = &[
 /// (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `zero_output_for_mask`,
 /// and the loader's marks), named `name`.
 pub(crate) fn cell_as_layer(cell: &Value, rnn: &Value, name: &str) -> Result<Value> {
-    let class = cell.get("class_name").and_then(Value::as_str).unwrap_or("?");
+    let class = cell
+        .get("class_name")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
     let layer = RNN_CELLS
         .iter()
         .find(|(c, _)| *c == class)

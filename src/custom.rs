@@ -3,10 +3,11 @@
 //! name as Keras's `custom_objects` registers Python classes.
 //!
 //! A registered class gets its config (`get_config()` as saved) and its weights (in Keras's
-//! `get_weights()` order) and returns a [`CustomLayer`], which runs on the CPU path. The GPU
-//! path has no kernel for it: [`crate::gpu::GpuNetwork::from_model`] is then an
-//! [`LstmError::UnsupportedOnPath`] naming the layer, and `predict --backend auto` runs the
-//! model on the CPU path, saying why.
+//! `get_weights()` order) and returns a [`CustomLayer`], which runs on the CPU path. It may
+//! also give a WGSL kernel ([`CustomLayer::gpu_kernel`], a [`GpuKernel`]), which the GPU
+//! path then runs in the model's one submission; without one,
+//! [`crate::gpu::GpuNetwork::from_model`] is an [`LstmError::UnsupportedOnPath`] naming the
+//! layer, and `predict --backend auto` runs the model on the CPU path, saying why.
 //!
 //! ```
 //! use lstm_wgpu::custom::{CustomLayer, CustomObjects, LayerInput, LayerOutput, LayerSpec};
@@ -103,6 +104,110 @@ pub trait CustomLayer: Send + std::fmt::Debug {
     /// Its parameters (weight values), as Keras's `count_params` (for `summary`).
     fn params(&self) -> usize {
         0
+    }
+
+    /// Its GPU kernel, computing what [`CustomLayer::call`] computes (None: the model runs
+    /// on the CPU path only).
+    fn gpu_kernel(&self) -> Option<GpuKernel> {
+        None
+    }
+}
+
+/// The declarations every [`GpuKernel`]'s WGSL starts with (put them before the kernel's
+/// own code): the input `x` (row-major, batch first), the output `y` (zeroed before the
+/// dispatch), the kernel's weights `w`, the input's mask `mask` (`[B, T]`, 1.0 = present;
+/// one 1.0 when the input has none, `shape.has_mask` 0) and `shape` (the input's shape in
+/// `dims`, 1 past its rank). The kernel's entry point is `main`.
+pub const GPU_KERNEL_PRELUDE: &str = "\
+struct CustomShape { dims: vec4<u32>, rank: u32, has_mask: u32, _a: u32, _b: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> mask: array<f32>;
+@group(0) @binding(4) var<uniform> shape: CustomShape;
+";
+
+/// The input shape a [`GpuKernel`] gets its output shape and dispatch size from.
+pub type ShapeFn = dyn Fn(&[usize]) -> Result<Vec<usize>> + Send + Sync;
+/// Workgroups `(x, y)` of a [`GpuKernel`]'s dispatch for an input shape.
+pub type GroupsFn = dyn Fn(&[usize]) -> (u32, u32) + Send + Sync;
+
+/// A custom layer's GPU kernel: one WGSL compute shader dispatched once per call, reading
+/// one input tensor (its declarations: [`GPU_KERNEL_PRELUDE`]).
+///
+/// ```
+/// use lstm_wgpu::custom::{GpuKernel, GPU_KERNEL_PRELUDE};
+/// // y = 2x, 64 values a workgroup
+/// let body = "
+/// @compute @workgroup_size(64)
+/// fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+///     if (id.x < arrayLength(&y)) { y[id.x] = 2.0 * x[id.x]; }
+/// }";
+/// let k = GpuKernel::new(
+///     format!("{GPU_KERNEL_PRELUDE}{body}"),
+///     |shape| Ok(shape.to_vec()),
+///     |shape| ((shape.iter().product::<usize>() as u32).div_ceil(64), 1),
+/// );
+/// assert!(k.weights.is_empty());
+/// ```
+pub struct GpuKernel {
+    /// The WGSL source: [`GPU_KERNEL_PRELUDE`], then the kernel (entry point `main`).
+    pub wgsl: String,
+    /// Values bound at binding 2 (uploaded once).
+    pub weights: Vec<f32>,
+    /// Which of the call's inputs the kernel reads (0: the first).
+    pub input: usize,
+    /// Whether the output carries the input's mask on (else no mask).
+    pub keeps_mask: bool,
+    /// The output's shape for an input shape.
+    pub output_shape: Box<ShapeFn>,
+    /// The dispatch's workgroups for an input shape.
+    pub groups: Box<GroupsFn>,
+}
+
+impl std::fmt::Debug for GpuKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuKernel")
+            .field("weights", &self.weights.len())
+            .field("input", &self.input)
+            .field("keeps_mask", &self.keeps_mask)
+            .finish()
+    }
+}
+
+impl GpuKernel {
+    /// A kernel reading the first input, without weights, its output without a mask.
+    pub fn new(
+        wgsl: impl Into<String>,
+        output_shape: impl Fn(&[usize]) -> Result<Vec<usize>> + Send + Sync + 'static,
+        groups: impl Fn(&[usize]) -> (u32, u32) + Send + Sync + 'static,
+    ) -> Self {
+        GpuKernel {
+            wgsl: wgsl.into(),
+            weights: Vec::new(),
+            input: 0,
+            keeps_mask: false,
+            output_shape: Box::new(output_shape),
+            groups: Box::new(groups),
+        }
+    }
+
+    /// Sets [`GpuKernel::weights`].
+    pub fn weights(mut self, w: Vec<f32>) -> Self {
+        self.weights = w;
+        self
+    }
+
+    /// Sets [`GpuKernel::input`].
+    pub fn input(mut self, k: usize) -> Self {
+        self.input = k;
+        self
+    }
+
+    /// Sets [`GpuKernel::keeps_mask`].
+    pub fn keeps_mask(mut self, keep: bool) -> Self {
+        self.keeps_mask = keep;
+        self
     }
 }
 

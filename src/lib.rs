@@ -43,6 +43,7 @@ mod activation;
 pub mod archive;
 mod config;
 pub mod cpu;
+pub mod ctc;
 pub mod custom;
 mod element;
 mod error;
@@ -62,7 +63,10 @@ mod weight_source;
 mod weights;
 
 pub use activation::Activation;
-pub use config::{BidirectionalConfig, Cell, Initializer, LayerConfig, LstmConfig, MergeMode};
+pub use config::{
+    BidirectionalConfig, Cell, Distribution, FanMode, Initializer, LayerConfig, LstmConfig,
+    MergeMode,
+};
 pub use cpu::{Lstm, LstmOutput, LstmState};
 pub use element::Element;
 pub use error::{LstmError, Result};

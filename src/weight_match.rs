@@ -215,11 +215,10 @@ impl Plan {
                 }
                 // by order: the count of a file layer of the same name (a whole-model file
                 // names its layers as the model does)
-                None if custom.is_custom(entry)
-                    && layers.iter().any(|l| l.name == name) =>
-                {
-                    layers.iter().find(|l| l.name == name).map_or(0, |l| l.weights)
-                }
+                None if custom.is_custom(entry) && layers.iter().any(|l| l.name == name) => layers
+                    .iter()
+                    .find(|l| l.name == name)
+                    .map_or(0, |l| l.weights),
                 None if custom.is_custom(entry) => {
                     return Err(mismatch(
                         &name,

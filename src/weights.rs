@@ -1,7 +1,7 @@
 //! LSTM weights in Keras layout, validated against the configuration, and seeded random
 //! initialisation with Keras's distributions.
 
-use crate::config::{Cell, Initializer, LstmConfig};
+use crate::config::{Cell, Distribution, FanMode, Initializer, LstmConfig};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use ndarray::{Array1, Array2, ArrayD, Ix2};
@@ -246,22 +246,22 @@ fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut St
             mode,
             distribution,
         } => {
-            let fan = match mode.as_str() {
-                "fan_in" => fan_in,
-                "fan_out" => fan_out,
-                _ => (fan_in + fan_out) / 2.0,
+            let fan = match mode {
+                FanMode::FanIn => fan_in,
+                FanMode::FanOut => fan_out,
+                FanMode::FanAvg => (fan_in + fan_out) / 2.0,
             };
             let variance = scale / fan.max(1.0);
-            match distribution.as_str() {
-                "uniform" => {
+            match distribution {
+                Distribution::Uniform => {
                     let limit = (3.0 * variance).sqrt();
                     fill(&mut || uniform(rng, -limit, limit))
                 }
-                "untruncated_normal" => {
+                Distribution::UntruncatedNormal => {
                     let stddev = variance.sqrt();
                     fill(&mut || stddev * normal(rng))
                 }
-                _ => {
+                Distribution::TruncatedNormal => {
                     let stddev = variance.sqrt() / TRUNC_STD;
                     fill(&mut || truncated(rng, 0.0, stddev))
                 }
@@ -327,7 +327,7 @@ mod tests {
         );
         let id = Initializer::Identity { gain: 2.0 };
         let m: Array2<f64> = sample(&id, 3, 3, &mut StdRng::seed_from_u64(0));
-        assert_eq!(m, Array2::eye(3) * 2.0);
+        assert_eq!(m, Array2::<f64>::eye(3) * 2.0);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! the input's mask, one or two outputs) and the OCR example's `CTCLayer` (the identity on
 //! its second input at inference).
 
-use lstm_wgpu::custom::{CustomLayer, CustomObjects, LayerInput, LayerOutput, LayerSpec};
+use lstm_wgpu::custom::{
+    CustomLayer, CustomObjects, GpuKernel, LayerInput, LayerOutput, LayerSpec, GPU_KERNEL_PRELUDE,
+};
 use lstm_wgpu::model::{KerasModel, LoadOptions, ModelInput, WeightMatch};
 use lstm_wgpu::LstmError;
 use ndarray::{ArrayD, IxDyn};
@@ -80,7 +82,64 @@ impl CustomLayer for Awa {
     fn params(&self) -> usize {
         self.w.len()
     }
+
+    /// One invocation per batch row, as `call` computes it (the one-output form only).
+    fn gpu_kernel(&self) -> Option<GpuKernel> {
+        if self.return_attention {
+            return None;
+        }
+        let channels = self.w.shape()[0];
+        let kernel = GpuKernel::new(
+            format!("{GPU_KERNEL_PRELUDE}{AWA_WGSL}"),
+            move |s| {
+                if s.len() != 3 || s[2] != channels {
+                    return Err(LstmError::shape(
+                        "AttentionWeightedAverage input",
+                        &[0, 0, channels],
+                        s,
+                    ));
+                }
+                Ok(vec![s[0], s[2]])
+            },
+            |s| ((s[0] as u32).div_ceil(64), 1),
+        );
+        Some(kernel.weights(self.w.iter().copied().collect()))
+    }
 }
+
+/// The kernel after `GPU_KERNEL_PRELUDE`.
+const AWA_WGSL: &str = r#"
+fn logit(b: u32, t: u32) -> f32 {
+    let c = shape.dims.z;
+    var l = 0.0;
+    for (var k = 0u; k < c; k++) { l += x[(b * shape.dims.y + t) * c + k] * w[k]; }
+    return l;
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+    let b = id.x;
+    let t_len = shape.dims.y;
+    let c = shape.dims.z;
+    if (b >= shape.dims.x) { return; }
+    var m = -3.4e38;
+    for (var t = 0u; t < t_len; t++) { m = max(m, logit(b, t)); }
+    var sum = 0.0;
+    for (var t = 0u; t < t_len; t++) {
+        var a = exp(logit(b, t) - m);
+        if (shape.has_mask == 1u) { a *= mask[b * t_len + t]; }
+        sum += a;
+    }
+    sum += 1e-7;
+    for (var t = 0u; t < t_len; t++) {
+        var a = exp(logit(b, t) - m);
+        if (shape.has_mask == 1u) { a *= mask[b * t_len + t]; }
+        for (var k = 0u; k < c; k++) {
+            y[b * c + k] += x[(b * t_len + t) * c + k] * a / sum;
+        }
+    }
+}
+"#;
 
 fn awa(spec: LayerSpec<'_>) -> lstm_wgpu::Result<Box<dyn CustomLayer>> {
     Ok(Box::new(Awa {
@@ -135,27 +194,61 @@ fn a_registered_class_runs_on_the_cpu_as_keras() {
 }
 
 #[test]
-fn the_gpu_path_names_the_custom_layer_and_summary_says_cpu() {
+fn a_custom_gpu_kernel_runs_in_the_one_submission() {
     let mut model =
         KerasModel::load_with(&path("awa_k3.keras"), &options("AttentionWeightedAverage")).unwrap();
     let summary = model.summary().unwrap();
     let attention = summary.iter().find(|l| l.name == "attention").unwrap();
-    assert_eq!((attention.params, attention.gpu), (6, false));
-    assert!(summary
-        .iter()
-        .filter(|l| l.name != "attention")
-        .all(|l| l.gpu));
-    if let Some(ctx) = gpu("custom layer") {
-        let e = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model)
-            .map(|_| ())
-            .unwrap_err();
-        assert!(matches!(e, LstmError::UnsupportedOnPath { .. }), "{e}");
-        let e = e.to_string();
-        assert!(
-            e.contains("attention") && e.contains("AttentionWeightedAverage"),
-            "{e}"
-        );
+    assert_eq!((attention.params, attention.gpu), (6, true));
+    let Some(ctx) = gpu("custom layer") else {
+        return;
+    };
+    let want = npy("awa_k3.expected.npy");
+    let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model).unwrap();
+    let got = g.forward_inputs(&[tokens()]).unwrap();
+    let cpu = model.predict_inputs(&[tokens()]).unwrap();
+    let (e, ec) = (
+        max_abs(&got, std::slice::from_ref(&want)),
+        max_abs(&got, &cpu),
+    );
+    assert!(e <= 1e-4 && ec <= 1e-4, "gpu vs keras {e}, vs cpu {ec}");
+    assert_eq!(g.stats().submits, 1);
+    println!("awa_k3 gpu: {e:.1e} vs Keras, {ec:.1e} vs the CPU");
+    // a custom layer without a kernel: the GPU path names it
+    let model = KerasModel::load_with(
+        &path("awa_k3_attention.keras"),
+        &options("AttentionWeightedAverage"),
+    )
+    .unwrap();
+    let e = lstm_wgpu::gpu::GpuNetwork::from_model(ctx.clone(), &model)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, LstmError::UnsupportedOnPath { .. }), "{e}");
+    let e = e.to_string();
+    assert!(
+        e.contains("attention") && e.contains("AttentionWeightedAverage"),
+        "{e}"
+    );
+    // a kernel that does not compile: an error naming the layer, no panic
+    #[derive(Debug)]
+    struct Broken;
+    impl CustomLayer for Broken {
+        fn call(&mut self, inputs: &[LayerInput<'_>]) -> lstm_wgpu::Result<Vec<LayerOutput>> {
+            Ok(vec![LayerOutput::new(inputs[0].data.to_owned())])
+        }
+        fn gpu_kernel(&self) -> Option<GpuKernel> {
+            Some(GpuKernel::new("fn main( {", |s| Ok(s.to_vec()), |_| (1, 1)))
+        }
     }
+    let custom =
+        CustomObjects::new().register("AttentionWeightedAverage", |_| Ok(Box::new(Broken)));
+    let model =
+        KerasModel::load_with(&path("awa_k3.keras"), &LoadOptions::new().custom(custom)).unwrap();
+    let e = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("custom layer attention"), "{e}");
 }
 
 #[test]

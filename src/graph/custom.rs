@@ -80,14 +80,31 @@ impl Op for Custom {
     }
 
     fn on_gpu(&self) -> bool {
-        false
+        self.layer.lock().is_ok_and(|l| l.gpu_kernel().is_some())
     }
 
-    fn gpu(&self, _up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
-        Err(LstmError::UnsupportedOnPath {
-            what: format!("the application's custom layer class {}", self.class),
-            path: "gpu".into(),
-            hint: "a custom layer runs on the CPU path only: KerasModel::predict_inputs".into(),
-        })
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        let kernel = self
+            .layer
+            .lock()
+            .map_err(|_| {
+                LstmError::invalid(
+                    format!("layer {}", self.name),
+                    "an earlier call of this custom layer panicked",
+                )
+            })?
+            .gpu_kernel();
+        match kernel {
+            Some(k) => Ok(Box::new(crate::gpu::plan::CustomStage::new(
+                up, &self.name, k,
+            )?)),
+            None => Err(LstmError::UnsupportedOnPath {
+                what: format!("the application's custom layer class {}", self.class),
+                path: "gpu".into(),
+                hint: "a custom layer without a GPU kernel (CustomLayer::gpu_kernel) runs on \
+                       the CPU path only: KerasModel::predict_inputs"
+                    .into(),
+            }),
+        }
     }
 }

@@ -51,7 +51,11 @@ pub(super) fn build(
             format!("cell of RNN layer {name}"),
             format!(
                 "{class} (supported: {}, StackedRNNCells)",
-                RNN_CELLS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+                RNN_CELLS
+                    .iter()
+                    .map(|(c, _)| *c)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -71,7 +75,10 @@ pub(super) fn build(
     }
     // Keras 3 keeps each cell's variables under `cell/cells/<class key>`, numbered by class;
     // the legacy layout lists them all in the layer's weight_names, cell after cell.
-    let legacy = src.is_legacy_source().then(|| src.layer(key, name)).transpose()?;
+    let legacy = src
+        .is_legacy_source()
+        .then(|| src.layer(key, name))
+        .transpose()?;
     let mut used = 0;
     let mut keys = HashMap::<String, usize>::new();
     let last = cells.len() - 1;
@@ -89,9 +96,11 @@ pub(super) fn build(
         let weights = match &legacy {
             Some(all) => {
                 let n = weight_count(&layer, &Default::default()).unwrap_or(0);
-                let part = all.get(used..used + n).ok_or_else(|| LstmError::MissingWeight {
-                    name: format!("{cname}: {n} weights after the {used} of the cells before"),
-                })?;
+                let part = all
+                    .get(used..used + n)
+                    .ok_or_else(|| LstmError::MissingWeight {
+                        name: format!("{cname}: {n} weights after the {used} of the cells before"),
+                    })?;
                 used += n;
                 part.to_vec()
             }
@@ -110,7 +119,10 @@ pub(super) fn build(
         if used != all.len() {
             return Err(LstmError::invalid(
                 format!("weights of layer {name}"),
-                format!("its cells use {used} weight arrays, the file has {}", all.len()),
+                format!(
+                    "its cells use {used} weight arrays, the file has {}",
+                    all.len()
+                ),
             ));
         }
     }
@@ -155,7 +167,10 @@ impl Op for Stacked {
         if !states.is_empty() && states.len() != total {
             return Err(LstmError::invalid(
                 format!("initial_state of layer {}", self.name),
-                format!("the stacked cells take {total} states, got {}", states.len()),
+                format!(
+                    "the stacked cells take {total} states, got {}",
+                    states.len()
+                ),
             ));
         }
         let mut x = (*x).clone();

@@ -42,7 +42,10 @@ impl GpuStage for StackedStage {
         if !states.is_empty() && states.len() != total {
             return Err(LstmError::invalid(
                 format!("initial_state of layer {}", self.name),
-                format!("the stacked cells take {total} states, got {}", states.len()),
+                format!(
+                    "the stacked cells take {total} states, got {}",
+                    states.len()
+                ),
             ));
         }
         let mut x = x.clone();
