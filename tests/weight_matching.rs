@@ -262,3 +262,110 @@ fn tf_keras_json_configs_load_keras2_semantics() {
         model.chain_error()
     );
 }
+
+/// Configs mutated at random (a value removed, nulled, negative, a wrong type, a huge
+/// number, another class name) loaded with the recorded legacy files by order and by name:
+/// an error or a result, never a panic.
+#[test]
+fn mutated_configs_with_legacy_weights_never_panic() {
+    use serde_json::Value;
+    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| {
+                at.push(k.clone());
+                paths(c, at, out);
+                at.pop();
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(k, c)| {
+                at.push(k.to_string());
+                paths(c, at, out);
+                at.pop();
+            }),
+            _ => {}
+        }
+    }
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    let cases = [
+        ("renamed.json", "renamed.h5", "renamed"),
+        ("extra.json", "extra.h5", "extra"),
+        ("cudnn_lstm.cudnn.json", "cudnn_lstm.h5", "cudnn_lstm"),
+        ("cudnn_gru.gru.json", "cudnn_gru.h5", "cudnn_gru"),
+        (
+            "renamed_functional.json",
+            "renamed_functional.h5",
+            "renamed_functional",
+        ),
+    ];
+    let (mut ran, mut errors) = (0, 0);
+    for (json, h5, name) in cases {
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(path(json)).unwrap()).unwrap();
+        let weights = std::fs::read(path(h5)).unwrap();
+        let x: Array3<f32> = read_npy(path(&format!("{name}.input.npy"))).unwrap();
+        let mut all = Vec::new();
+        paths(&config, &mut Vec::new(), &mut all);
+        for k in 0..60 {
+            let mut c = config.clone();
+            let p = all[next(all.len())].clone();
+            let Some((last, parent)) = p.split_last() else {
+                continue;
+            };
+            let replacement = match next(6) {
+                0 => None,
+                1 => Some(Value::Null),
+                2 => Some(serde_json::json!(-3)),
+                3 => Some(serde_json::json!("CuDNNGRU")),
+                4 => Some(serde_json::json!(1e12)),
+                _ => Some(serde_json::json!([[]])),
+            };
+            let target = parent.iter().try_fold(&mut c, |v, key| match v {
+                Value::Object(m) => m.get_mut(key),
+                Value::Array(a) => a.get_mut(key.parse::<usize>().ok()?),
+                _ => None,
+            });
+            match (target, replacement) {
+                (Some(Value::Object(m)), None) => {
+                    m.remove(last);
+                }
+                (Some(Value::Object(m)), Some(r)) => {
+                    m.insert(last.clone(), r);
+                }
+                (Some(Value::Array(a)), r) => {
+                    if let Ok(i) = last.parse::<usize>() {
+                        match r {
+                            Some(r) if i < a.len() => a[i] = r,
+                            _ if i < a.len() => {
+                                a.remove(i);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => continue,
+            }
+            let m = if k % 2 == 0 {
+                WeightMatch::Order
+            } else {
+                BY_NAME
+            };
+            ran += 1;
+            match KerasModel::from_config_and_weights_with(&c, &weights, m) {
+                Ok(mut model) => {
+                    if model.predict(x.view()).is_err() {
+                        errors += 1;
+                    }
+                }
+                Err(_) => errors += 1,
+            }
+        }
+    }
+    println!("{ran} mutated configs, {errors} errors, no panic");
+    assert!(ran > 200 && errors > 0);
+}
