@@ -1,10 +1,11 @@
 // Two tensors of one shape in, one out, value by value (MODE, an override constant):
 //   0 a + b   1 a - b   2 a * b   3 max(a, b)   4 min(a, b)
 //   5 a or b   6 a and b   (as 1.0/0.0, a value being true when it is not 0.0: the
-//     LogicalOr/LogicalAnd op layers Keras saves for merged masks)
+//     LogicalOr/LogicalAnd op layers Keras saves for merged masks)   7 a / b
 // max and min ignore a NaN operand, as Rust's f32::max/min. The merge layers (Add,
-// Subtract, Multiply, Average, Maximum, Minimum), and the OR of two masks (max of 0/1).
-// CPU twin: `Merge` in src/graph/combine.rs.
+// Subtract, Multiply, Average, Maximum, Minimum), the OR of two masks (max of 0/1), and the
+// divide of `Normalization`. CPU twins: `Merge` in src/graph/combine.rs, `Normalize` in
+// src/graph/preprocessing.rs.
 
 override MODE: u32 = 0u;
 
@@ -41,7 +42,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         case 4u: { y = select(select(min(u, v), u, is_nan(v)), v, is_nan(u)); }
         // logical or / and of "not 0" (NaN is true)
         case 5u: { y = select(0.0, 1.0, u != 0.0 || v != 0.0 || is_nan(u) || is_nan(v)); }
-        default: { y = select(0.0, 1.0, (u != 0.0 || is_nan(u)) && (v != 0.0 || is_nan(v))); }
+        case 6u: { y = select(0.0, 1.0, (u != 0.0 || is_nan(u)) && (v != 0.0 || is_nan(v))); }
+        default: { y = u / v; }
     }
     out[i] = y;
 }

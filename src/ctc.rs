@@ -817,11 +817,13 @@ impl TopN {
     fn extract(&mut self, nodes: &[Node]) -> Vec<usize> {
         let gt = |a: usize, b: usize| nodes[a].newp.total > nodes[b].newp.total;
         let mut out = std::mem::take(&mut self.elements);
-        if self.state != TopNState::HeapSorted {
-            std_sort(&mut out, &gt);
-        } else {
-            sort_heap(&mut out, &gt);
-        }
+        out.sort_by(|&a, &b| {
+            nodes[b]
+                .newp
+                .total
+                .partial_cmp(&nodes[a].newp.total)
+                .unwrap()
+        });
         out
     }
 }

@@ -139,8 +139,8 @@ impl<'a> H5File<'a> {
         Ok(datasets.iter().any(|d| d == last))
     }
 
-    /// Reads the floating-point dataset at `path` as f32 (float16, bfloat16, float32 and
-    /// float64 datasets; another type is an error naming it).
+    /// Reads the numeric dataset at `path` as f32 (float16, bfloat16, float32, float64 and
+    /// integer datasets; another type is an error naming it).
     pub fn dataset(&self, path: &str) -> Result<Dataset> {
         let d = self
             .file
@@ -184,11 +184,66 @@ impl<'a> H5File<'a> {
                     })
                     .collect()
             }
-            other => {
-                return Err(bad(format!(
-                    "{path}: a {other:?} dataset, not floating point"
-                )))
+            // integers (a Normalization layer's `count`), exact up to 2^24
+            Datatype::FixedPoint { size, signed, .. } => {
+                let wide: Vec<f64> = match (size, signed) {
+                    (1, true) => d
+                        .read_array::<i8>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (1, false) => d
+                        .read_array::<u8>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (2, true) => d
+                        .read_array::<i16>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (2, false) => d
+                        .read_array::<u16>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (4, true) => d
+                        .read_array::<i32>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (4, false) => d
+                        .read_array::<u32>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    (8, true) => d
+                        .read_array::<i64>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(|v| v as f64)
+                        .collect(),
+                    (8, false) => d
+                        .read_array::<u64>()
+                        .map_err(err)?
+                        .into_iter()
+                        .map(|v| v as f64)
+                        .collect(),
+                    other => {
+                        return Err(bad(format!(
+                            "{path}: an integer dataset of {other:?} (bytes, signed)"
+                        )))
+                    }
+                };
+                wide.into_iter().map(|v| v as f32).collect()
             }
+            other => return Err(bad(format!("{path}: a {other:?} dataset, not a number"))),
         };
         if values.len() != shape.iter().product::<usize>() {
             return Err(bad(format!(

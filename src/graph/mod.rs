@@ -19,6 +19,7 @@ mod gpu_twins;
 mod lower;
 mod nested;
 mod ops;
+mod preprocessing;
 mod rnn;
 
 use crate::custom::CustomObjects;

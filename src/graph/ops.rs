@@ -126,6 +126,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Minimum",
     "LayerNormalization",
     "BatchNormalization",
+    "Normalization",
     "GlobalAveragePooling1D",
     "GlobalMaxPooling1D",
     "Dropout",
@@ -284,6 +285,7 @@ pub(crate) fn build(
                 .unwrap_or(false),
         )?,
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),
+        "Normalization" => Box::new(super::preprocessing::Normalize::new(cfg, name, weights()?)?),
         "TimeDistributed" => {
             let inner = cfg
                 .get("layer")

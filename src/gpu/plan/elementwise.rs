@@ -240,6 +240,7 @@ pub(crate) enum BinaryOp {
     Minimum = 4,
     Or = 5,
     And = 6,
+    Divide = 7,
 }
 
 /// A merge layer of tensors of one shape: `Add`, `Subtract`, `Multiply`, `Maximum`,

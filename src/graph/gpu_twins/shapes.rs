@@ -286,3 +286,50 @@ fn elementwise_layers_match_their_cpu_twins() {
         }
     }
 }
+
+#[test]
+fn normalization_matches_its_cpu_twin() {
+    let Some(ctx) = ctx("normalization_matches_its_cpu_twin") else {
+        return;
+    };
+    use crate::graph::preprocessing::Normalize;
+    let mut rng = Rng(0x5851_f42d_4c95_7f2d);
+    for round in 0..8 {
+        let (b, t, c) = (1 + rng.below(3), 1 + rng.below(9), 1 + rng.below(5));
+        let mut x = rng.array(&[b, t, c]);
+        if round % 3 == 0 {
+            // NaN and infinities propagate as on the CPU
+            x[[0, 0, 0]] = f32::NAN;
+            x[[b - 1, t - 1, c - 1]] = f32::INFINITY;
+        }
+        let m = (round % 2 == 0).then(|| rng.mask(b, t));
+        // per feature, per (time, feature), scalar; adapted weights or config values
+        let (axis, stats): (serde_json::Value, Vec<usize>) = match round % 4 {
+            0 => (json!([-1]), vec![c]),
+            1 => (json!([1, 2]), vec![t, c]),
+            2 => (json!(null), vec![]),
+            _ => (json!([2]), vec![c]),
+        };
+        let mut variance = rng.array(&stats).mapv(|v| v.abs() * 4.0);
+        if let Some(v) = variance.iter_mut().next() {
+            *v = 0.0; // the epsilon floor
+        }
+        let mean = rng.array(&stats);
+        let cfg = json!({"axis": axis, "invert": round % 2 == 1, "mean": null, "variance": null});
+        let mut op = Normalize::new(
+            &cfg,
+            "norm",
+            vec![mean, variance, ArrayD::zeros(IxDyn(&[]))],
+        )
+        .unwrap();
+        check(
+            &ctx,
+            "normalization",
+            &mut op,
+            &[value(x, m)],
+            &[],
+            &[],
+            json!({}),
+        );
+    }
+}
