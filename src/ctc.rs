@@ -59,9 +59,10 @@
 //! row (TensorFlow's "Less leaves in the beam search than requested", e.g. `top_paths = 2`
 //! for a row of length 0).
 //!
-//! Floating point: `f32` throughout, with the C library's `expf`, `logf` and `log1pf` as
-//! TensorFlow uses them, in TensorFlow's order of operations; on the machine the cases were
-//! recorded on the scores agree to the last bit or within a few ulps.
+//! Floating point: `f32` throughout, in TensorFlow's order of operations, with the C
+//! library's `expf`, `logf` and `log1pf` as TensorFlow calls them; on the recorded cases
+//! (glibc 2.36) every score is bit-identical to Keras's. Another C library may differ in a
+//! last bit, and so, on an exact tie, in a label.
 //!
 //! ```
 //! use lstm_wgpu::ctc::{ctc_decode, labels_to_text, CtcStrategy};
@@ -781,10 +782,10 @@ impl TopN {
                 pop_heap(&mut self.elements, &gt);
                 self.elements.pop();
                 self.state = TopNState::HeapSorted;
-            } else if self.state == TopNState::Unordered
-                || gt(self.elements[n - 1], self.elements[0])
+            } else if self.state == TopNState::BottomKnown
+                && !gt(self.elements[n - 1], self.elements[0])
             {
-            } else {
+                // Keep the bottom at position 0: the new entry goes there, the old bottom last.
                 self.elements.swap(0, n - 1);
             }
         } else if gt(v, self.elements[0]) {
@@ -817,13 +818,11 @@ impl TopN {
     fn extract(&mut self, nodes: &[Node]) -> Vec<usize> {
         let gt = |a: usize, b: usize| nodes[a].newp.total > nodes[b].newp.total;
         let mut out = std::mem::take(&mut self.elements);
-        out.sort_by(|&a, &b| {
-            nodes[b]
-                .newp
-                .total
-                .partial_cmp(&nodes[a].newp.total)
-                .unwrap()
-        });
+        if self.state != TopNState::HeapSorted {
+            std_sort(&mut out, &gt);
+        } else {
+            sort_heap(&mut out, &gt);
+        }
         out
     }
 }

@@ -102,6 +102,7 @@ pub(crate) fn weight_count(entry: &Json, custom: &CustomObjects) -> Option<usize
                 + usize::from(cfg.get("score_mode").and_then(Json::as_str) == Some("concat"))
         }
         "AdditiveAttention" => usize::from(flag(cfg, "use_scale", true)),
+        "MultiHeadAttention" => 4 * (1 + bias),
         // adapted: mean, variance, count; given in the config: none
         "Normalization" => {
             if cfg.get("mean").is_none_or(Json::is_null) {

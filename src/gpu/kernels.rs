@@ -44,6 +44,8 @@ pub(crate) const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
 pub(crate) const CONV_WGSL: &str = include_str!("../../shaders/conv1d.wgsl");
 /// Attention, AdditiveAttention and Dot (without the prelude).
 pub(crate) const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
+/// MultiHeadAttention's attention over its projections.
+pub(crate) const MHA_WGSL: &str = include_str!("../../shaders/mha.wgsl");
 
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
@@ -53,7 +55,7 @@ pub(crate) const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wg
 ///     names,
 ///     [
 ///         "projection", "step", "sequence", "merge", "mask", "dense", "gather", "unary",
-///         "binary", "embedding", "norm", "pool", "conv1d", "attention"
+///         "binary", "embedding", "norm", "pool", "conv1d", "attention", "mha"
 ///     ]
 /// );
 /// ```
@@ -76,6 +78,7 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
         ("pool", POOL_WGSL.to_string()),
         ("conv1d", format!("{COMMON_WGSL}\n{CONV_WGSL}")),
         ("attention", format!("{COMMON_WGSL}\n{ATTENTION_WGSL}")),
+        ("mha", MHA_WGSL.to_string()),
     ]
 }
 
@@ -96,10 +99,11 @@ pub(crate) enum Kernel {
     Pool,
     Conv,
     Attention,
+    Mha,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 14] = [
+    const ALL: [Kernel; 15] = [
         Kernel::Projection,
         Kernel::Step,
         Kernel::Sequence,
@@ -114,6 +118,7 @@ impl Kernel {
         Kernel::Pool,
         Kernel::Conv,
         Kernel::Attention,
+        Kernel::Mha,
     ];
 
     /// Its name in [`kernel_sources`].
@@ -133,6 +138,7 @@ impl Kernel {
             Kernel::Pool => "pool",
             Kernel::Conv => "conv1d",
             Kernel::Attention => "attention",
+            Kernel::Mha => "mha",
         }
     }
 
@@ -180,6 +186,8 @@ impl Kernel {
             Kernel::Conv => buffers(3, 1),
             // params, q, k, v, scale, mask, scores, out
             Kernel::Attention => buffers(5, 2),
+            // params, q, k, v, query mask, value mask, key mask, scores, out
+            Kernel::Mha => buffers(6, 2),
         }
     }
 }

@@ -203,6 +203,13 @@ pub(crate) fn attention_iterations(dim: usize, tv: usize) -> u64 {
     (dim as u64).max(3 * tv as u64)
 }
 
+/// mha.wgsl: the scores (over the value steps, each over the key dimension), the softmax's
+/// two loops, the weighted sum (each value dimension over the value steps).
+pub(crate) fn mha_iterations(key_dim: usize, value_dim: usize, tv: usize) -> u64 {
+    let tv = tv as u64;
+    tv * (1 + key_dim as u64) + 2 * tv + value_dim as u64 * (1 + tv)
+}
+
 /// An error unless `iterations` fit the budget of an adapter whose loops stop after `cap`:
 /// `what` names the layer and its size.
 pub(crate) fn check(what: &str, iterations: u64, cap: Option<u64>) -> Result<()> {

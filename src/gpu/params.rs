@@ -46,6 +46,8 @@ pub(crate) const POOL_THREADS: usize = 64;
 pub(crate) const CONV_TILE: usize = 64;
 /// Threads of an attention.wgsl workgroup.
 pub(crate) const ATTENTION_THREADS: usize = 64;
+/// Threads of an mha.wgsl workgroup (one (b, head, query step) each).
+pub(crate) const MHA_THREADS: usize = 64;
 
 /// The cells of step.wgsl (its `CELL` override; the constants of cell.wgsl).
 pub(crate) const CELL_LSTM: u32 = 0;
@@ -276,6 +278,28 @@ pub(crate) struct AttentionParams {
     pub concat_weight: f32,
 }
 
+/// mha.wgsl: MultiHeadAttention's attention over its projections.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct MhaParams {
+    pub batch: u32,
+    pub tq: u32,
+    pub tv: u32,
+    pub heads: u32,
+    pub key_dim: u32,
+    pub value_dim: u32,
+    pub causal: u32,
+    pub has_qmask: u32,
+    pub has_vmask: u32,
+    pub has_kmask: u32,
+    pub scores_path: u32,
+    pub masked: u32,
+    pub scale: f32,
+    pub fill: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,6 +426,12 @@ mod tests {
                 members!(AttentionParams: batch, tq, tv, dim, vdim, q_b, q_i, q_k, k_b, k_j,
                     k_k, has_scale, causal, has_mask, scale, concat_weight),
             ),
+            (
+                "mha",
+                "MhaParams",
+                members!(MhaParams: batch, tq, tv, heads, key_dim, value_dim, causal, has_qmask,
+                    has_vmask, has_kmask, scores_path, masked, scale, fill, _pad0, _pad1),
+            ),
         ];
         for (kernel, name, (size, members)) in cases {
             check_struct(kernel, name, size, &members);
@@ -463,6 +493,7 @@ mod tests {
         assert_eq!(workgroup_size("norm"), threads(NORM_THREADS));
         assert_eq!(workgroup_size("pool"), threads(POOL_THREADS));
         assert_eq!(workgroup_size("attention"), threads(ATTENTION_THREADS));
+        assert_eq!(workgroup_size("mha"), threads(MHA_THREADS));
         // conv1d: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
         assert_eq!(workgroup_size("conv1d"), [16, 16, 1]);
         assert_eq!(constant("conv1d", "TM"), CONV_TILE);

@@ -11,12 +11,14 @@ mod conv;
 mod custom;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::conv::window;
+pub(crate) use self::mha::{Mha as MhaOp, Projection as MhaProjection};
 pub(crate) use self::ops::{IDENTITY_AT_INFERENCE, SUPPORTED};
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]
 mod gpu_twins;
 mod lower;
+mod mha;
 mod nested;
 mod ops;
 mod preprocessing;

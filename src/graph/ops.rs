@@ -153,6 +153,7 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "UpSampling1D",
     "Attention",
     "AdditiveAttention",
+    "MultiHeadAttention",
 ];
 
 fn f64_of(cfg: &Json, key: &str, default: f64) -> f64 {
@@ -285,6 +286,7 @@ pub(crate) fn build(
                 .unwrap_or(false),
         )?,
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),
+        "MultiHeadAttention" => super::mha::build(cfg, name, key, src)?,
         "Normalization" => Box::new(super::preprocessing::Normalize::new(cfg, name, weights()?)?),
         "TimeDistributed" => {
             let inner = cfg

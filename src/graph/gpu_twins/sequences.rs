@@ -483,3 +483,64 @@ fn long_sequences_through_every_graph_kernel() {
         json!({}),
     );
 }
+
+#[test]
+fn multi_head_attention_matches_its_cpu_twin() {
+    let Some(ctx) = ctx("multi_head_attention_matches_its_cpu_twin") else {
+        return;
+    };
+    use crate::graph::{MhaOp, MhaProjection};
+    let mut rng = Rng(0x6a09_e667_f3bc_c908);
+    let mut proj = |rng: &mut Rng, rows: usize, cols: usize, bias: bool| MhaProjection {
+        kernel: rng
+            .array(&[rows, cols])
+            .into_dimensionality::<ndarray::Ix2>()
+            .unwrap(),
+        bias: bias.then(|| rng.array(&[cols]).iter().copied().collect()),
+    };
+    for round in 0..10 {
+        let (b, t, s) = (1 + rng.below(3), 1 + rng.below(8), 1 + rng.below(8));
+        let (n, h, hv) = (1 + rng.below(3), 1 + rng.below(4), 1 + rng.below(4));
+        let (dq, dv, dout) = (1 + rng.below(5), 1 + rng.below(5), 1 + rng.below(5));
+        // a long key sequence once (the loop budget on lavapipe)
+        let s = if round == 9 { 3000 } else { s };
+        let bias = round % 3 != 0;
+        let mut op = MhaOp {
+            name: "mha".into(),
+            heads: n,
+            key_dim: h,
+            value_dim: hv,
+            query: proj(&mut rng, dq, n * h, bias),
+            key: proj(&mut rng, dv, n * h, bias),
+            value: proj(&mut rng, dv, n * hv, bias),
+            output: proj(&mut rng, n * hv, dout, bias),
+            dropout: round % 4 == 1,
+        };
+        let mut xq = rng.array(&[b, t, dq]);
+        if round % 5 == 2 {
+            xq[[0, 0, 0]] = f32::NAN;
+        }
+        let q = value(xq, (round % 2 == 0).then(|| rng.mask(b, t)));
+        let v = value(
+            rng.array(&[b, s, dv]),
+            (round % 3 == 1).then(|| rng.mask(b, s)),
+        );
+        let mut inputs = vec![q, v.clone()];
+        if round % 4 == 3 {
+            inputs.push(value(rng.array(&[b, s, dv]), Some(rng.mask(b, s))));
+        }
+        let kwargs = json!({
+            "use_causal_mask": round % 3 == 2,
+            "return_attention_scores": round % 2 == 1,
+        });
+        check(
+            &ctx,
+            &format!("mha round {round}"),
+            &mut op,
+            &inputs,
+            &[],
+            &[],
+            kwargs,
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! `MultiHeadAttention` on the CPU, as Keras 3 computes it at inference: the query, key and
+//! value projections (`EinsumDense` kernels `[D, N, H]`, biases `[N, H]`), per head the
+//! scaled dot products of every query step with every key step, masked where the combined
+//! mask is false (the query's Keras mask by row, the value's and key's by column, the causal
+//! triangle with `use_causal_mask`; a masked score is replaced by a large negative number),
+//! a softmax over the key steps (Keras's path that returns the scores then zeroes the masked
+//! weights, so a fully masked row attends to nothing; its fused path leaves such a row
+//! uniform: both are followed), the
+//! weighted sum of the values, and the output projection (`[N, Hv, Dout]`, bias `[Dout]`).
+//! The output carries the query's mask; `return_attention_scores` adds the scores
+//! `[B, N, T, S]`. Attention over the sequence axis (`attention_axes` `[1]`), no gate, no
+//! sliding window. GPU twin: `gpu::plan::MhaStage` (projection.wgsl for the four
+//! projections, mha.wgsl for the attention).
+
+use super::ops::{Extra, GpuStage, Op, Uploader};
+use super::Value;
+use crate::error::{LstmError, Result};
+use crate::weight_source::WeightSource;
+use ndarray::{Array2, Array3, ArrayD, Ix3, IxDyn};
+use serde_json::Value as Json;
+
+/// The large negative number a masked score becomes: Keras's `Softmax` layer's (the path
+/// that returns the scores) and TensorFlow's `dot_product_attention`'s (the other path).
+const MASKED_SCORES: f32 = -1e9;
+const MASKED_DOT_PRODUCT: f32 = -0.7 * 3.389_53e38;
+
+/// One projection: kernel `[in, N·H]` (Keras's `[in, N, H]` flattened) and bias `[N·H]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Projection {
+    pub kernel: Array2<f32>,
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Projection {
+    /// `x [B, T, in]` projected: `[B, T, out]`, accumulated in f64.
+    fn apply(&self, x: &Array3<f32>, what: &str) -> Result<Array3<f32>> {
+        let (b, t, d) = x.dim();
+        if d != self.kernel.nrows() {
+            return Err(LstmError::shape(
+                what,
+                &[b, t, self.kernel.nrows()],
+                &[b, t, d],
+            ));
+        }
+        let n = self.kernel.ncols();
+        Ok(Array3::from_shape_fn((b, t, n), |(i, s, o)| {
+            let mut acc = 0f64;
+            for k in 0..d {
+                acc += f64::from(x[[i, s, k]]) * f64::from(self.kernel[[k, o]]);
+            }
+            let y = acc as f32;
+            match &self.bias {
+                Some(bias) => y + bias[o],
+                None => y,
+            }
+        }))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Mha {
+    pub name: String,
+    pub heads: usize,
+    pub key_dim: usize,
+    pub value_dim: usize,
+    pub query: Projection,
+    pub key: Projection,
+    pub value: Projection,
+    pub output: Projection,
+    /// Keras takes the scores path when the layer has dropout (even at inference).
+    pub dropout: bool,
+}
+
+fn int(cfg: &Json, key: &str) -> Option<usize> {
+    cfg.get(key).and_then(Json::as_u64).map(|v| v as usize)
+}
+
+/// Builds a `MultiHeadAttention` layer (weight group `key`).
+pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Result<Box<dyn Op>> {
+    let heads = int(cfg, "num_heads")
+        .filter(|&n| n > 0)
+        .ok_or_else(|| LstmError::bad_config("num_heads", "expected a positive integer"))?;
+    let key_dim = int(cfg, "key_dim")
+        .filter(|&n| n > 0)
+        .ok_or_else(|| LstmError::bad_config("key_dim", "expected a positive integer"))?;
+    let value_dim = match cfg.get("value_dim") {
+        None | Some(Json::Null) => key_dim,
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| LstmError::bad_config("value_dim", "expected a positive integer"))?
+            as usize,
+    };
+    if cfg.get("use_gate").and_then(Json::as_bool) == Some(true) {
+        return Err(LstmError::unsupported(
+            "use_gate",
+            format!("true (layer {name})"),
+        ));
+    }
+    if cfg.get("sliding_window").is_some_and(|v| !v.is_null()) {
+        return Err(LstmError::unsupported(
+            "sliding_window",
+            format!("{} (layer {name})", cfg["sliding_window"]),
+        ));
+    }
+    match cfg.get("attention_axes") {
+        None | Some(Json::Null) => {}
+        Some(Json::Array(a)) if a.len() == 1 && matches!(a[0].as_i64(), Some(1) | Some(-2)) => {}
+        Some(other) => {
+            return Err(LstmError::unsupported(
+                "attention_axes",
+                format!("{other} (layer {name}; the sequence axis [1] is supported)"),
+            ))
+        }
+    }
+    // (Keras saves `output_shape=6` as `[6]`; the output kernel [N, Hv, 6] then says it)
+    if cfg
+        .get("output_shape")
+        .and_then(Json::as_array)
+        .is_some_and(|a| a.len() != 1)
+    {
+        return Err(LstmError::unsupported(
+            "output_shape",
+            format!(
+                "{} (layer {name}; one output width or null)",
+                cfg["output_shape"]
+            ),
+        ));
+    }
+    let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
+    let per = 1 + usize::from(use_bias);
+    // Keras 3: each projection under its own group; legacy: all in weight_names order
+    let parts: Vec<Vec<ArrayD<f32>>> = if src.is_legacy_source() {
+        let all = src.layer(key, name)?;
+        if all.len() != 4 * per {
+            return Err(LstmError::invalid(
+                format!("weights of layer {name}"),
+                format!("expected {} arrays, got {}", 4 * per, all.len()),
+            ));
+        }
+        all.chunks(per).map(<[_]>::to_vec).collect()
+    } else {
+        ["query_dense", "key_dense", "value_dense", "output_dense"]
+            .iter()
+            .map(|p| src.group(&format!("layers/{key}/{p}")))
+            .collect::<Result<_>>()?
+    };
+    let projection = |w: &[ArrayD<f32>], what: &str, last: bool| -> Result<Projection> {
+        let kernel = w.first().ok_or_else(|| LstmError::MissingWeight {
+            name: format!("{name}/{what}/kernel"),
+        })?;
+        let s = kernel.shape();
+        // [in, N, H] (projections) or [N, Hv, out] (the output)
+        if s.len() != 3 {
+            return Err(LstmError::shape(
+                format!("{name}/{what}/kernel"),
+                &[0, heads, 0],
+                s,
+            ));
+        }
+        let (rows, cols) = if last {
+            (s[0] * s[1], s[2])
+        } else {
+            (s[0], s[1] * s[2])
+        };
+        let kernel = kernel
+            .to_owned()
+            .into_shape_with_order((rows, cols))
+            .map_err(|_| LstmError::shape(format!("{name}/{what}/kernel"), &[rows, cols], s))?;
+        let bias = if use_bias {
+            let b = w.get(1).ok_or_else(|| LstmError::MissingWeight {
+                name: format!("{name}/{what}/bias"),
+            })?;
+            if b.len() != cols {
+                return Err(LstmError::shape(
+                    format!("{name}/{what}/bias"),
+                    &[cols],
+                    b.shape(),
+                ));
+            }
+            Some(b.iter().copied().collect())
+        } else {
+            None
+        };
+        Ok(Projection { kernel, bias })
+    };
+    let op = Mha {
+        name: name.to_string(),
+        heads,
+        key_dim,
+        value_dim,
+        query: projection(&parts[0], "query", false)?,
+        key: projection(&parts[1], "key", false)?,
+        value: projection(&parts[2], "value", false)?,
+        output: projection(&parts[3], "attention_output", true)?,
+        dropout: cfg.get("dropout").and_then(Json::as_f64).unwrap_or(0.0) > 0.0,
+    };
+    for (p, width, what) in [
+        (&op.query, heads * key_dim, "query"),
+        (&op.key, heads * key_dim, "key"),
+        (&op.value, heads * value_dim, "value"),
+    ] {
+        if p.kernel.ncols() != width {
+            return Err(LstmError::shape(
+                format!("{name}/{what}/kernel"),
+                &[p.kernel.nrows(), heads, width / heads],
+                &[p.kernel.nrows(), p.kernel.ncols()],
+            ));
+        }
+    }
+    if op.output.kernel.nrows() != heads * value_dim {
+        return Err(LstmError::shape(
+            format!("{name}/attention_output/kernel"),
+            &[heads, value_dim, op.output.kernel.ncols()],
+            &[op.output.kernel.nrows(), op.output.kernel.ncols()],
+        ));
+    }
+    Ok(Box::new(op))
+}
+
+/// The tensors of a call: query, value, key (the value when absent), with their masks.
+pub(crate) fn call_tensors<'v>(inputs: &[&'v Value], name: &str) -> Result<[&'v Value; 3]> {
+    match inputs {
+        [q, v] => Ok([q, v, v]),
+        [q, v, k] => Ok([q, v, k]),
+        other => Err(LstmError::invalid(
+            format!("layer {name}"),
+            format!(
+                "takes query, value and an optional key, got {} tensors",
+                other.len()
+            ),
+        )),
+    }
+}
+
+impl Mha {
+    /// Whether Keras takes the path that materialises the scores (their masked value and
+    /// the order of the scale differ from the fused path's).
+    pub(crate) fn scores_path(&self, return_scores: bool) -> bool {
+        return_scores || self.dropout
+    }
+}
+
+impl Op for Mha {
+    fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
+        let [q, v, k] = call_tensors(inputs, &self.name)?;
+        let three = |x: &Value, what: &str| -> Result<Array3<f32>> {
+            x.data.clone().into_dimensionality::<Ix3>().map_err(|_| {
+                LstmError::shape(
+                    format!("{what} of layer {}", self.name),
+                    &[0, 0, 0],
+                    x.data.shape(),
+                )
+            })
+        };
+        let (xq, xv, xk) = (three(q, "query")?, three(v, "value")?, three(k, "key")?);
+        let (b, t) = (xq.dim().0, xq.dim().1);
+        let s = xv.dim().1;
+        if xv.dim().0 != b || xk.dim().0 != b || xk.dim().1 != s {
+            return Err(LstmError::shape(
+                format!("key of layer {}", self.name),
+                &[b, s, xk.dim().2],
+                &[xk.dim().0, xk.dim().1, xk.dim().2],
+            ));
+        }
+        let causal = extra.flag("use_causal_mask");
+        let return_scores = extra.flag("return_attention_scores");
+        let pq = self
+            .query
+            .apply(&xq, &format!("query of layer {}", self.name))?;
+        let pk = self
+            .key
+            .apply(&xk, &format!("key of layer {}", self.name))?;
+        let pv = self
+            .value
+            .apply(&xv, &format!("value of layer {}", self.name))?;
+        let (n, h, hv) = (self.heads, self.key_dim, self.value_dim);
+        let inv = (1.0 / (h as f64).sqrt()) as f32;
+        let scores_path = self.scores_path(return_scores);
+        // (the key's mask counts when the key is its own tensor; else it is the value's)
+        let allowed = |i: usize, tq: usize, sk: usize| -> bool {
+            q.mask.as_ref().is_none_or(|m| m[[i, tq]])
+                && v.mask.as_ref().is_none_or(|m| m[[i, sk]])
+                && k.mask.as_ref().is_none_or(|m| m[[i, sk]])
+                && (!causal || sk <= tq)
+        };
+        let masked = q.mask.is_some() || v.mask.is_some() || k.mask.is_some() || causal;
+        let fill = if scores_path {
+            MASKED_SCORES
+        } else {
+            MASKED_DOT_PRODUCT
+        };
+        let mut scores = ArrayD::<f32>::zeros(IxDyn(&[b, n, t, s]));
+        let mut context = Array3::<f32>::zeros((b, t, n * hv));
+        let mut row = vec![0f32; s];
+        for i in 0..b {
+            for head in 0..n {
+                for tq in 0..t {
+                    for (sk, r) in row.iter_mut().enumerate() {
+                        let mut acc = 0f64;
+                        for d in 0..h {
+                            let qv = pq[[i, tq, head * h + d]];
+                            let qv = if scores_path { qv * inv } else { qv };
+                            acc += f64::from(qv) * f64::from(pk[[i, sk, head * h + d]]);
+                        }
+                        let logit = if scores_path {
+                            acc as f32
+                        } else {
+                            acc as f32 * inv
+                        };
+                        *r = if masked && !allowed(i, tq, sk) {
+                            fill
+                        } else {
+                            logit
+                        };
+                    }
+                    // softmax over the key steps (NaN propagates)
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, |a, x| {
+                        if x.is_nan() || a.is_nan() {
+                            f32::NAN
+                        } else {
+                            a.max(x)
+                        }
+                    });
+                    let e: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f32 = e.iter().sum();
+                    for sk in 0..s {
+                        // the scores path's Softmax layer zeroes the masked positions after
+                        // the softmax (a fully masked row attends to nothing); the fused
+                        // path keeps the softmax's (uniform) weights there
+                        let zero = scores_path && masked && !allowed(i, tq, sk);
+                        scores[[i, head, tq, sk]] = if zero { 0.0 } else { e[sk] / sum };
+                    }
+                    for d in 0..hv {
+                        let mut acc = 0f64;
+                        for sk in 0..s {
+                            acc += f64::from(scores[[i, head, tq, sk]])
+                                * f64::from(pv[[i, sk, head * hv + d]]);
+                        }
+                        context[[i, tq, head * hv + d]] = acc as f32;
+                    }
+                }
+            }
+        }
+        let out = self
+            .output
+            .apply(&context, &format!("output of layer {}", self.name))?;
+        let mut outs = vec![Value {
+            data: out.into_dyn(),
+            mask: q.mask.clone(),
+        }];
+        if return_scores {
+            outs.push(Value {
+                data: scores,
+                mask: None,
+            });
+        }
+        Ok(outs)
+    }
+
+    fn params(&self) -> usize {
+        [&self.query, &self.key, &self.value, &self.output]
+            .iter()
+            .map(|p| p.kernel.len() + p.bias.as_ref().map_or(0, Vec::len))
+            .sum()
+    }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        crate::gpu::plan::MhaStage::new(up, self)
+    }
+}
