@@ -7,11 +7,12 @@ Writes into OUT_DIR (default tests/data/ctc/):
   cases.json   {"keras": ..., "tensorflow": ...,
                 "inputs":  [{name, shape [B, T, C], offset, sequence_lengths, kind}],
                 "decodes": [{input, strategy, merge_repeated, beam_width, top_paths,
-                             mask_index, decoded [top_paths][B] label lists (Keras's -1 padded [top_paths, B, T] array, unpadded;
-                             the script checks it is exactly labels then -1s),
-                             scores [B][top_paths]}
-                            (a score that is NaN is written as the string "nan")],
+                             mask_index, decoded, scores [B][top_paths]}],
                 "errors":  [{input, sequence_lengths, strategy, ..., error: "Type: message"}]}
+
+  `decoded` is [top_paths][B] label lists: Keras's -1 padded [top_paths, B, T] array with
+  the padding cut off (the script checks each row is labels followed only by -1s). A NaN or
+  infinite score is written as the string "nan", "inf" or "-inf".
 
 Input kinds (all seeded numpy, so a rerun writes the same files):
   softmax   softmax of N(0, s) logits: what a CRNN/speech model's last layer gives
@@ -118,6 +119,9 @@ INPUTS = [
     ("onehot_b2_t10_c4", "onehot", 2, 10, 4, [10, 8], 0),
     ("uniform_b1_t6_c3", "uniform", 1, 6, 3, [6], 0),
     ("quantized_b3_t14_c5", "quantized", 3, 14, 5, [14, 14, 9], 0),
+    ("uniform_b2_t5_c12", "uniform", 2, 5, 12, [5, 3], 0),
+    ("quantized_b2_t20_c10", "quantized", 2, 20, 10, [20, 13], 0),
+    ("onehot_b2_t12_c9", "onehot", 2, 12, 9, [12, 7], 0),
     ("logonehot_b1_t8_c4", "logonehot", 1, 8, 4, [8], 0),
     ("logpeaked_b1_t2000_c4_long", "logpeaked", 1, 2000, 4, [2000], 0),
     ("nan_b1_t3_c3", "nan", 1, 3, 3, [3], 0),
@@ -179,8 +183,13 @@ def message(e):
 
 
 def score_json(v):
+    """A score as JSON: a number, or "nan", "inf", "-inf" (strict JSON has none of these)."""
     v = float(v)
-    return "nan" if math.isnan(v) else v
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return v
 
 
 def main(out_dir):
@@ -264,7 +273,7 @@ def main(out_dir):
            "backend": keras.backend.backend(), "inputs": inputs, "decodes": decodes,
            "errors": errors}
     with open(os.path.join(out_dir, "cases.json"), "w") as f:
-        json.dump(doc, f, separators=(",", ":"))
+        json.dump(doc, f, separators=(",", ":"), allow_nan=False)
     print(f"{len(inputs)} input sets, {len(decodes)} decodes, {len(errors)} refused calls "
           f"-> {out_dir}")
 

@@ -93,45 +93,29 @@ fn zoo_models_match_keras_on_the_gpu() {
 #[test]
 fn mutated_configs_never_panic() {
     use serde_json::Value;
-    // every (path of keys/indices) to a value in the config
-    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        out.push(at.clone());
-        match v {
-            Value::Object(m) => m.iter().for_each(|(k, c)| {
-                at.push(k.clone());
-                paths(c, at, out);
-                at.pop();
-            }),
-            Value::Array(a) => a.iter().enumerate().for_each(|(k, c)| {
-                at.push(k.to_string());
-                paths(c, at, out);
-                at.pop();
-            }),
-            _ => {}
-        }
-    }
-    fn at_path<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
-        path.iter().try_fold(v, |v, k| match v {
-            Value::Object(m) => m.get_mut(k),
-            Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
-            _ => None,
-        })
-    }
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = |n: usize| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % n as u64) as usize
-    };
     let mut outcomes = (0usize, 0usize);
     let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
     let ctx = common::gpu("mutated_configs_never_panic");
-    let cases = RUNS.iter().map(|n| (dir(), *n)).chain(
-        common::RECORDED_GRAPHS
-            .into_iter()
-            .map(|n| (data.clone(), n)),
-    );
+    let data_dir = |d: &str| {
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(d)
+    };
+    let cases = RUNS
+        .iter()
+        .map(|n| (dir(), *n))
+        .chain(
+            common::RECORDED_GRAPHS
+                .into_iter()
+                .map(|n| (data.clone(), n)),
+        )
+        .chain([
+            (data_dir("rnn_cells"), "stacked_cells"),
+            (data_dir("rnn_cells"), "single_cells"),
+            (data_dir("mha"), "self_masked"),
+            (data_dir("mha"), "cross_causal"),
+            (data_dir("normalization"), "config_axes_invert"),
+        ]);
     for (k_case, (dir, name)) in cases.enumerate() {
         let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();
         let members = lstm_wgpu::archive::members(&keras).unwrap();
@@ -140,35 +124,21 @@ fn mutated_configs_never_panic() {
         let weights = member("model.weights.h5");
         let model = KerasModel::from_config_and_weights(&config, weights).unwrap();
         let inputs = common::model_inputs(&dir, name, model.inputs());
-        let mut all = Vec::new();
-        paths(&config, &mut Vec::new(), &mut all);
+        let mut mutator = common::Mutator::new(&config, 0x2545_F491_4F6C_DD1D ^ k_case as u64);
+        let replacements = [
+            None,
+            Some(Value::Null),
+            Some(serde_json::json!(-3)),
+            Some(serde_json::json!("dense")),
+            Some(serde_json::json!([])),
+            Some(
+                serde_json::json!({"class_name": "__keras_tensor__", "config": {"keras_history": ["missing", 7, 9]}}),
+            ),
+        ];
         for k_run in 0..40 {
-            let mut c = config.clone();
-            let path = all[next(all.len())].clone();
-            let Some((last, parent)) = path.split_last() else {
+            let Some((c, path)) = mutator.mutate(&config, &replacements) else {
                 continue;
             };
-            let replacement = match next(6) {
-                0 => None,
-                1 => Some(Value::Null),
-                2 => Some(serde_json::json!(-3)),
-                3 => Some(serde_json::json!("dense")),
-                4 => Some(serde_json::json!([])),
-                _ => Some(
-                    serde_json::json!({"class_name": "__keras_tensor__", "config": {"keras_history": ["missing", 7, 9]}}),
-                ),
-            };
-            match (at_path(&mut c, parent), replacement) {
-                (Some(Value::Object(m)), None) => {
-                    m.remove(last);
-                }
-                (Some(p), Some(r)) => {
-                    if let Some(v) = at_path(p, std::slice::from_ref(last)) {
-                        *v = r;
-                    }
-                }
-                _ => continue,
-            }
             // (the GPU path too, on every fifth mutation: building and planning the graph)
             let on_gpu = ctx.as_ref().filter(|_| (k_case + k_run) % 5 == 0);
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -126,3 +126,81 @@ pub const RECORDED_GRAPHS: [&str; 10] = [
     "nmt",
     "masked_initial_state",
 ];
+
+/// Random single mutations of a model config (a value removed, or replaced by one of
+/// `replacements`), for the tests that loading never panics: a seeded xorshift over every
+/// path of keys and indices of the config.
+#[allow(dead_code)]
+pub struct Mutator {
+    seed: u64,
+    paths: Vec<Vec<String>>,
+}
+
+#[allow(dead_code)]
+impl Mutator {
+    /// Over every path of `config`, seeded by `seed`.
+    pub fn new(config: &serde_json::Value, seed: u64) -> Self {
+        fn walk(v: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            match v {
+                serde_json::Value::Object(m) => m.iter().for_each(|(k, c)| {
+                    at.push(k.clone());
+                    walk(c, at, out);
+                    at.pop();
+                }),
+                serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(k, c)| {
+                    at.push(k.to_string());
+                    walk(c, at, out);
+                    at.pop();
+                }),
+                _ => {}
+            }
+        }
+        let mut paths = Vec::new();
+        walk(config, &mut Vec::new(), &mut paths);
+        Mutator { seed, paths }
+    }
+
+    /// A number below `n` (xorshift).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        (self.seed % n as u64) as usize
+    }
+
+    /// `config` with one value at a random path removed (`None`) or replaced by one of
+    /// `replacements`, and that path; None when the path cannot be mutated.
+    pub fn mutate(
+        &mut self,
+        config: &serde_json::Value,
+        replacements: &[Option<serde_json::Value>],
+    ) -> Option<(serde_json::Value, Vec<String>)> {
+        use serde_json::Value;
+        fn at_path<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+            path.iter().try_fold(v, |v, k| match v {
+                Value::Object(m) => m.get_mut(k),
+                Value::Array(a) => a.get_mut(k.parse::<usize>().ok()?),
+                _ => None,
+            })
+        }
+        let k = self.below(self.paths.len());
+        let path = self.paths[k].clone();
+        let r = self.below(replacements.len());
+        let replacement = replacements[r].clone();
+        let mut c = config.clone();
+        let (last, parent) = path.split_last()?;
+        match (at_path(&mut c, parent), replacement) {
+            (Some(Value::Object(m)), None) => {
+                m.remove(last);
+            }
+            (Some(Value::Array(a)), None) => {
+                let i = last.parse::<usize>().ok().filter(|&i| i < a.len())?;
+                a.remove(i);
+            }
+            (Some(p), Some(r)) => *at_path(p, std::slice::from_ref(last))? = r,
+            _ => return None,
+        }
+        Some((c, path))
+    }
+}
