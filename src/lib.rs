@@ -47,6 +47,7 @@ pub mod ctc;
 pub mod custom;
 mod element;
 mod error;
+pub mod generate;
 pub mod golden;
 pub mod gpu;
 mod graph;

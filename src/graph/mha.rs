@@ -32,7 +32,7 @@ pub(crate) struct Projection {
 }
 
 impl Projection {
-    /// `x [B, T, in]` projected: `[B, T, out]`, accumulated in f64.
+    /// `x [B, T, in]` projected: `[B, T, out]` (one product over the B·T rows).
     fn apply(&self, x: &Array3<f32>, what: &str) -> Result<Array3<f32>> {
         let (b, t, d) = x.dim();
         if d != self.kernel.nrows() {
@@ -43,17 +43,19 @@ impl Projection {
             ));
         }
         let n = self.kernel.ncols();
-        Ok(Array3::from_shape_fn((b, t, n), |(i, s, o)| {
-            let mut acc = 0f64;
-            for k in 0..d {
-                acc += f64::from(x[[i, s, k]]) * f64::from(self.kernel[[k, o]]);
+        let rows = x
+            .view()
+            .into_shape_with_order((b * t, d))
+            .map_err(|_| LstmError::shape(what, &[b, t, d], x.shape()))?;
+        let mut out = Array2::<f32>::zeros((b * t, n));
+        crate::cpu::reference::matmul(rows, self.kernel.view(), out.view_mut(), false);
+        if let Some(bias) = &self.bias {
+            for mut row in out.rows_mut() {
+                row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
             }
-            let y = acc as f32;
-            match &self.bias {
-                Some(bias) => y + bias[o],
-                None => y,
-            }
-        }))
+        }
+        out.into_shape_with_order((b, t, n))
+            .map_err(|_| LstmError::shape(what, &[b, t, n], &[b * t, n]))
     }
 }
 

@@ -760,6 +760,61 @@ impl KerasModel {
         Ok(names.into_iter().zip(outputs).collect())
     }
 
+    /// The window of a next-token model: its one input's fixed length, or None for a free
+    /// one (the whole history is then the window); an error for other models.
+    pub(crate) fn token_window(inputs: &[InputSpec], seed: &[i64]) -> Result<usize> {
+        let spec = match inputs {
+            [spec] if spec.shape.len() == 1 => spec,
+            _ => {
+                return Err(LstmError::invalid(
+                    "model",
+                    "generation needs a model with one input of token ids [batch, steps]",
+                ))
+            }
+        };
+        match spec.shape[0] {
+            Some(w) if seed.len() < w => Err(LstmError::invalid(
+                "seed",
+                format!(
+                    "{} tokens, but the model reads windows of {w} (input {})",
+                    seed.len(),
+                    spec.name
+                ),
+            )),
+            Some(w) => Ok(w),
+            None => Ok(usize::MAX),
+        }
+    }
+
+    /// Generates `steps` tokens on the CPU path: the model (one input of token ids, its
+    /// first output the next token's distribution `[1, V]`, or `[1, T, V]` whose last step
+    /// is taken) reads the last window of tokens (its input's length; the whole history for
+    /// a free length), and `sampler` draws each token (see [`crate::generate`]).
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::generate::Sampler;
+    /// use lstm_wgpu::model::KerasModel;
+    /// let mut model = KerasModel::load("char_lstm.keras".as_ref())?;
+    /// let seed = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3];
+    /// let tokens = model.generate(&seed, 100, &mut Sampler::new(0.7, Some(10), 42)?)?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn generate(
+        &mut self,
+        seed: &[i64],
+        steps: usize,
+        sampler: &mut crate::generate::Sampler,
+    ) -> Result<Vec<i64>> {
+        let window = Self::token_window(&self.graph.inputs, seed)?;
+        let next = |w: &[i64]| -> Result<Vec<f32>> {
+            let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())
+                .map_err(|e| LstmError::invalid("window", e.to_string()))?;
+            let out = self.predict_inputs(&[ModelInput::I64(ids.into_dyn())])?;
+            crate::generate::last_distribution(&out[0])
+        };
+        crate::generate::generate(next, seed, window, steps, sampler)
+    }
+
     /// Runs the model on `x [B, T, I]` on the CPU and returns its outputs in the model's order
     /// (a model with one float input; [`KerasModel::predict_inputs`] takes several, or token
     /// ids).

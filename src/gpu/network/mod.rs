@@ -276,6 +276,44 @@ impl GpuNetwork {
         self.finish()
     }
 
+    /// [`crate::model::KerasModel::generate`] on the GPU: one submission and one readback
+    /// (the next-token distribution) per generated token, the weights staying on the GPU.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::generate::Sampler;
+    /// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+    /// use lstm_wgpu::model::KerasModel;
+    /// let model = KerasModel::load("char_lstm.keras".as_ref())?;
+    /// let mut gpu = GpuNetwork::from_model(GpuContext::new()?, &model)?;
+    /// let tokens = gpu.generate(&[3, 1, 4, 1, 5, 9, 2, 6, 5, 3], 100, &mut Sampler::greedy())?;
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
+    pub fn generate(
+        &mut self,
+        seed: &[i64],
+        steps: usize,
+        sampler: &mut crate::generate::Sampler,
+    ) -> Result<Vec<i64>> {
+        let specs: Vec<crate::model::InputSpec> = self
+            .model
+            .inputs
+            .iter()
+            .map(|i| crate::model::InputSpec {
+                name: i.name.clone(),
+                shape: i.dims.clone(),
+                dtype: if i.integer { "int32" } else { "float32" }.into(),
+            })
+            .collect();
+        let window = crate::model::KerasModel::token_window(&specs, seed)?;
+        let next = |w: &[i64]| -> Result<Vec<f32>> {
+            let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())
+                .map_err(|e| LstmError::invalid("window", e.to_string()))?;
+            let out = self.forward_inputs(&[ModelInput::I64(ids.into_dyn())])?;
+            crate::generate::last_distribution(&out[0])
+        };
+        crate::generate::generate(next, seed, window, steps, sampler)
+    }
+
     /// Runs a model of several inputs (or of one input of any rank, such as token ids):
     /// `inputs` in the model's input order ([`KerasModel::inputs`](crate::model::KerasModel::inputs)),
     /// float or integer (token ids, checked against the vocabulary of the Embedding layers
