@@ -22,7 +22,7 @@ use rand::{RngExt, SeedableRng};
 
 #[derive(Debug)]
 enum Draws {
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     Replay(std::vec::IntoIter<f64>),
 }
 
@@ -44,7 +44,7 @@ impl Sampler {
         Sampler {
             temperature: 0.0,
             top_k: None,
-            draws: Draws::Seeded(StdRng::seed_from_u64(0)),
+            draws: Draws::Seeded(Box::new(StdRng::seed_from_u64(0))),
         }
     }
 
@@ -62,7 +62,7 @@ impl Sampler {
         Self::checked(
             temperature,
             top_k,
-            Draws::Seeded(StdRng::seed_from_u64(seed)),
+            Draws::Seeded(Box::new(StdRng::seed_from_u64(seed))),
         )
     }
 

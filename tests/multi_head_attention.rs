@@ -8,7 +8,6 @@ use ndarray::ArrayD;
 use std::path::PathBuf;
 
 mod common;
-use common::{gpu, max_abs};
 
 #[test]
 fn mha_models_match_keras_on_both_paths() {
@@ -17,19 +16,6 @@ fn mha_models_match_keras_on_both_paths() {
         let mut model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();
         let inputs: Vec<ModelInput> = common::model_inputs(&dir, name, model.inputs());
         let want: Vec<ArrayD<f32>> = common::expected_outputs(&dir, name);
-        let got = model.predict_inputs(&inputs).unwrap();
-        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            let e = max_abs(std::slice::from_ref(g), std::slice::from_ref(w));
-            assert!(e <= 1e-5, "{name} cpu output {k}: {e}\n{g:?}\n{w:?}");
-        }
-        let e = max_abs(&got, &want);
-        if let Some(ctx) = gpu(name) {
-            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
-            let on_gpu = g.forward_inputs(&inputs).unwrap();
-            let eg = max_abs(&on_gpu, &want);
-            assert!(eg <= 1e-4, "{name} gpu: {eg}");
-            assert_eq!(g.stats().submits, 1);
-            println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
-        }
+        common::check_both_paths(name, &mut model, &inputs, &want);
     }
 }

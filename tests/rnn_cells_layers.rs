@@ -7,7 +7,6 @@ use ndarray_npy::read_npy;
 use std::path::PathBuf;
 
 mod common;
-use common::{gpu, max_abs};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/rnn_cells")
@@ -19,18 +18,7 @@ fn npy(f: &str) -> ArrayD<f32> {
 
 fn check(name: &str, inputs: Vec<ModelInput>, want: Vec<ArrayD<f32>>) {
     let mut model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
-    let got = model.predict_inputs(&inputs).unwrap();
-    assert_eq!(got.len(), want.len(), "{name}: outputs");
-    let e = max_abs(&got, &want);
-    assert!(e <= 1e-5, "{name} cpu: {e}");
-    if let Some(ctx) = gpu(name) {
-        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
-        let on_gpu = g.forward_inputs(&inputs).unwrap();
-        let eg = max_abs(&on_gpu, &want);
-        assert!(eg <= 1e-4, "{name} gpu: {eg}");
-        assert_eq!(g.stats().submits, 1);
-        println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
-    }
+    common::check_both_paths(name, &mut model, &inputs, &want);
 }
 
 #[test]

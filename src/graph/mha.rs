@@ -368,6 +368,6 @@ impl Op for Mha {
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
-        crate::gpu::plan::MhaStage::new(up, self)
+        crate::gpu::plan::MhaStage::upload(up, self)
     }
 }

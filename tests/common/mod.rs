@@ -204,3 +204,26 @@ impl Mutator {
         Some((c, path))
     }
 }
+
+/// `model` on `inputs` gives `want` within 1e-5 on the CPU and, when a GPU adapter is
+/// there, within 1e-4 on the GPU in one submission; prints the errors.
+#[allow(dead_code)]
+pub fn check_both_paths(
+    name: &str,
+    model: &mut lstm_wgpu::model::KerasModel,
+    inputs: &[lstm_wgpu::model::ModelInput],
+    want: &[ArrayD<f32>],
+) {
+    let got = model.predict_inputs(inputs).unwrap();
+    assert_eq!(got.len(), want.len(), "{name}: outputs");
+    let e = max_abs(&got, want);
+    assert!(e <= 1e-5, "{name} cpu: {e}");
+    if let Some(ctx) = gpu(name) {
+        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, model).unwrap();
+        let on_gpu = g.forward_inputs(inputs).unwrap();
+        let eg = max_abs(&on_gpu, want);
+        assert!(eg <= 1e-4, "{name} gpu: {eg}");
+        assert_eq!(g.stats().submits, 1, "{name}: one submission");
+        println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
+    }
+}

@@ -24,8 +24,8 @@ pub(crate) struct MhaStage {
 }
 
 impl MhaStage {
-    /// Uploads the layer's projections.
-    pub(crate) fn new(
+    /// Uploads the layer's projections: its stage.
+    pub(crate) fn upload(
         up: &mut Uploader<'_>,
         op: &crate::graph::MhaOp,
     ) -> Result<Box<dyn GpuStage>> {

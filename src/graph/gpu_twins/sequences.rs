@@ -491,7 +491,7 @@ fn multi_head_attention_matches_its_cpu_twin() {
     };
     use crate::graph::{MhaOp, MhaProjection};
     let mut rng = Rng(0x6a09_e667_f3bc_c908);
-    let mut proj = |rng: &mut Rng, rows: usize, cols: usize, bias: bool| MhaProjection {
+    let proj = |rng: &mut Rng, rows: usize, cols: usize, bias: bool| MhaProjection {
         kernel: rng
             .array(&[rows, cols])
             .into_dimensionality::<ndarray::Ix2>()
