@@ -201,6 +201,13 @@ pub fn generate(
     Ok(tokens.split_off(seed.len()))
 }
 
+/// A window of token ids as a model input `[1, len]`.
+pub(crate) fn window_input(w: &[i64]) -> Result<crate::model::ModelInput> {
+    let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())
+        .map_err(|e| LstmError::invalid("window", e.to_string()))?;
+    Ok(crate::model::ModelInput::I64(ids.into_dyn()))
+}
+
 /// The next-token distribution in a model's output: `[1, V]`, or the last step of
 /// `[1, T, V]`.
 pub(crate) fn last_distribution(out: &ndarray::ArrayD<f32>) -> Result<Vec<f32>> {

@@ -11,7 +11,7 @@ use ndarray_npy::read_npy;
 use std::path::PathBuf;
 
 mod common;
-use common::{gpu, max_abs};
+use common::gpu;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/legacy_weights")
@@ -32,22 +32,12 @@ fn load(config: &str, weights: &str, m: WeightMatch) -> lstm_wgpu::Result<KerasM
     KerasModel::load_weights_with(&path(config), &path(weights), m)
 }
 
-/// `model` predicts `NAME.expected[suffix].npy` from `NAME.input.npy` on the CPU (≤ 1e-5)
-/// and on the GPU (≤ 1e-4); returns the CPU error.
-fn check(name: &str, expected: &str, mut model: KerasModel) -> f32 {
-    let x: Array3<f32> = read_npy(path(&format!("{name}.input.npy"))).unwrap();
+/// `model` predicts `expected` from `NAME.input.npy` on the CPU (≤ 1e-5) and on the GPU
+/// (≤ 1e-4).
+fn check(name: &str, expected: &str, mut model: KerasModel) {
+    let x: ArrayD<f32> = read_npy(path(&format!("{name}.input.npy"))).unwrap();
     let want: ArrayD<f32> = read_npy(path(expected)).unwrap();
-    let got = model.predict(x.view()).unwrap();
-    let e = max_abs(&got, std::slice::from_ref(&want));
-    assert!(e <= 1e-5, "{name} cpu: {e}");
-    if let Some(ctx) = gpu(name) {
-        let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
-        let got = g.forward(x.view(), None, None).unwrap();
-        let eg = max_abs(&got, std::slice::from_ref(&want));
-        assert!(eg <= 1e-4, "{name} gpu: {eg}");
-        println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
-    }
-    e
+    common::check_both_paths(name, &mut model, &[x.into()], &[want]);
 }
 
 #[test]

@@ -807,9 +807,7 @@ impl KerasModel {
     ) -> Result<Vec<i64>> {
         let window = Self::token_window(&self.graph.inputs, seed)?;
         let next = |w: &[i64]| -> Result<Vec<f32>> {
-            let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())
-                .map_err(|e| LstmError::invalid("window", e.to_string()))?;
-            let out = self.predict_inputs(&[ModelInput::I64(ids.into_dyn())])?;
+            let out = self.predict_inputs(&[crate::generate::window_input(w)?])?;
             crate::generate::last_distribution(&out[0])
         };
         crate::generate::generate(next, seed, window, steps, sampler)

@@ -306,9 +306,7 @@ impl GpuNetwork {
             .collect();
         let window = crate::model::KerasModel::token_window(&specs, seed)?;
         let next = |w: &[i64]| -> Result<Vec<f32>> {
-            let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())
-                .map_err(|e| LstmError::invalid("window", e.to_string()))?;
-            let out = self.forward_inputs(&[ModelInput::I64(ids.into_dyn())])?;
+            let out = self.forward_inputs(&[crate::generate::window_input(w)?])?;
             crate::generate::last_distribution(&out[0])
         };
         crate::generate::generate(next, seed, window, steps, sampler)
