@@ -201,6 +201,32 @@ pub fn generate(
     Ok(tokens.split_off(seed.len()))
 }
 
+/// The window of a next-token model whose inputs are `(name, dims after the batch)`: its one
+/// input's fixed length (the seed must hold that many tokens), or `usize::MAX` for a free
+/// length (the whole history is then the window); an error for other models.
+pub(crate) fn token_window(inputs: &[(&str, &[Option<usize>])], seed: &[i64]) -> Result<usize> {
+    let (name, dims) = match inputs {
+        [(name, dims)] if dims.len() == 1 => (name, dims),
+        _ => {
+            return Err(LstmError::invalid(
+                "model",
+                "generation needs a model with one input of token ids [batch, steps]",
+            ))
+        }
+    };
+    match dims[0] {
+        Some(w) if seed.len() < w => Err(LstmError::invalid(
+            "seed",
+            format!(
+                "{} tokens, but the model reads windows of {w} (input {name})",
+                seed.len()
+            ),
+        )),
+        Some(w) => Ok(w),
+        None => Ok(usize::MAX),
+    }
+}
+
 /// A window of token ids as a model input `[1, len]`.
 pub(crate) fn window_input(w: &[i64]) -> Result<crate::model::ModelInput> {
     let ids = ndarray::Array2::from_shape_vec((1, w.len()), w.to_vec())

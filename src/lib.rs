@@ -53,6 +53,7 @@ pub mod gpu;
 mod graph;
 pub mod hdf5;
 mod layouts;
+mod legacy_config;
 pub mod model;
 mod network;
 pub mod onnx;

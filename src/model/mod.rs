@@ -9,13 +9,15 @@ use crate::error::{LstmError, Result};
 pub use crate::graph::InputSpec;
 use crate::graph::{Graph, Value as GraphValue};
 use crate::hdf5::H5File;
+use crate::legacy_config::prepare;
 use crate::network::Network;
-use crate::weight_match::normalize_config;
 pub use crate::weight_match::WeightMatch;
 use crate::weight_source::{shard_names, WeightSource};
 use chain::Chain;
 
 mod chain;
+mod input;
+pub use input::ModelInput;
 use ndarray::{Array1, Array2, ArrayD, ArrayView3};
 use serde_json::Value;
 use std::path::Path;
@@ -68,55 +70,6 @@ pub struct LayerSummary {
     pub gpu: bool,
 }
 
-/// One input of a model: float features, or integer token ids (for `Embedding`).
-#[derive(Debug, Clone)]
-pub enum ModelInput {
-    /// Float features.
-    F32(ArrayD<f32>),
-    /// Token ids (int32 or int64 in Keras).
-    I64(ArrayD<i64>),
-}
-
-impl From<ArrayD<f32>> for ModelInput {
-    fn from(a: ArrayD<f32>) -> Self {
-        ModelInput::F32(a)
-    }
-}
-
-impl From<ArrayD<i64>> for ModelInput {
-    fn from(a: ArrayD<i64>) -> Self {
-        ModelInput::I64(a)
-    }
-}
-
-impl From<ArrayD<i32>> for ModelInput {
-    fn from(a: ArrayD<i32>) -> Self {
-        ModelInput::I64(a.mapv(i64::from))
-    }
-}
-
-impl ModelInput {
-    pub(crate) fn is_integer(&self) -> bool {
-        matches!(self, ModelInput::I64(_))
-    }
-
-    /// The values as f32 (token ids exactly: at most 2^24).
-    fn to_f32(&self, name: &str) -> Result<ArrayD<f32>> {
-        match self {
-            ModelInput::F32(a) => Ok(a.clone()),
-            ModelInput::I64(a) => {
-                if let Some(v) = a.iter().find(|v| v.unsigned_abs() > 1 << 24) {
-                    return Err(LstmError::invalid(
-                        format!("input {name}"),
-                        format!("token id {v} is too large"),
-                    ));
-                }
-                Ok(a.mapv(|v| v as f32))
-            }
-        }
-    }
-}
-
 /// A Keras model loaded from a `.keras` file.
 ///
 /// ```no_run
@@ -154,35 +107,6 @@ fn in_file<'p>(e: LstmError, file: impl Fn(&str) -> &'p Path) -> LstmError {
     }
 }
 
-/// Gives `config` Keras 2's meaning where Keras 3 reads the same words differently, when
-/// the Keras that wrote it was Keras 1 or 2: the config's own `keras_version` (tf-keras's
-/// `model.to_json()` writes it), else none when the config is Keras 3's (its layers carry
-/// `module` keys), else the `keras_version` of the weights file `file`.
-fn keras2_semantics(config: &mut Value, file: Option<&H5File>) {
-    let own = config
-        .get("keras_version")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let keras3 = config.get("module").is_some() || config.get("registered_name").is_some();
-    let version = match (own, file) {
-        (Some(v), _) => v,
-        _ if keras3 => "3".into(),
-        (None, Some(file)) => ["", "model_weights"]
-            .iter()
-            .find_map(|g| file.string_attribute(g, "keras_version").ok())
-            .and_then(|v| v.into_iter().next())
-            .unwrap_or_default(),
-        (None, None) => String::new(),
-    };
-    if version.starts_with("2.") || version.starts_with("1.") {
-        // standalone Keras (1.x, 2.0-2.3; tf.keras of TF 1 says "2.x.y-tf", of TF 2 2.4+)
-        let minor: Option<u32> = version.split('.').nth(1).and_then(|m| m.parse().ok());
-        let standalone = !version.contains("-tf")
-            && (version.starts_with("1.") || minor.is_some_and(|m| m <= 3));
-        keras2_words(config, standalone);
-    }
-}
-
 /// A Keras 3 weights file matches its layers by class and position only: by name is an
 /// error saying so (Keras 3's `load_weights` refuses `by_name` for these files too).
 fn by_structure(matching: WeightMatch, what: &str) -> Result<()> {
@@ -194,52 +118,6 @@ fn by_structure(matching: WeightMatch, what: &str) -> Result<()> {
                 "{what} stores no layer names (its groups are named by class and position,                  layers/lstm, layers/lstm_1, ...): Keras loads it by position,                  WeightMatch::Order; matching by name needs a legacy HDF5 file"
             ),
         }),
-    }
-}
-
-/// `"hard_sigmoid"` (any activation key) as Keras 2's `clip(0.2x + 0.5, 0, 1)`, the
-/// recurrent layers marked to take their input's mask with initial states, as Keras 2 did,
-/// a GRU config without `reset_after` (Keras 2.0's) as the reset-before GRU it was, and, for
-/// files of standalone Keras (`standalone`: 2.3 and before), `Bidirectional` layers without
-/// tf.keras's zero outputs at masked steps.
-fn keras2_words(config: &mut Value, standalone: bool) {
-    match config {
-        Value::Object(map) => {
-            // Keras 2 hands a recurrent layer its input's mask even when it is called with
-            // initial states (Keras 3 does not: see `graph::core::Recurrent`).
-            let recurrent = matches!(
-                map.get("class_name").and_then(Value::as_str),
-                Some("LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" | "RNN")
-            );
-            let gru = matches!(
-                map.get("class_name").and_then(Value::as_str),
-                Some("GRU" | "GRUCell")
-            );
-            let bidirectional =
-                map.get("class_name").and_then(Value::as_str) == Some("Bidirectional");
-            if recurrent || gru {
-                if let Some(Value::Object(cfg)) = map.get_mut("config") {
-                    cfg.insert("keras2_call_mask".into(), Value::Bool(true));
-                    // Keras 2.0's GRU (before the reset_after option, which every later
-                    // writer saves) was the reset-before form.
-                    if gru && !cfg.contains_key("reset_after") {
-                        cfg.insert("reset_after".into(), Value::Bool(false));
-                    }
-                    if standalone && bidirectional {
-                        cfg.insert("standalone_keras_mask".into(), Value::Bool(true));
-                    }
-                }
-            }
-            for (k, v) in map.iter_mut() {
-                if k.ends_with("activation") && v.as_str() == Some("hard_sigmoid") {
-                    *v = Value::String("hard_sigmoid_keras2".into());
-                } else {
-                    keras2_words(v, standalone);
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| keras2_words(v, standalone)),
-        _ => {}
     }
 }
 
@@ -339,10 +217,9 @@ impl KerasModel {
             )),
             other => other,
         })?;
-        let mut config: Value =
+        let config: Value =
             serde_json::from_str(&text).map_err(|e| bad_model(format!("model_config: {e}")))?;
-        normalize_config(&mut config);
-        keras2_semantics(&mut config, Some(&h5));
+        let config = prepare(&config, Some(&h5));
         // (load_model reads the weights by order, as load_weights does)
         let src = WeightSource::legacy(h5, &config, options.weight_match, &options.custom)?;
         Self::build(&config, &src, options)
@@ -483,16 +360,14 @@ impl KerasModel {
     ) -> Result<Self> {
         let matching = options.weight_match;
         let file = H5File::new(weights_h5)?;
-        let mut config = config.clone();
-        normalize_config(&mut config);
         if WeightSource::is_legacy(&file) {
             // Keras 2's save_weights("w.h5"): its semantics where they differ.
-            keras2_semantics(&mut config, Some(&file));
+            let config = prepare(config, Some(&file));
             let src = WeightSource::legacy(file, &config, matching, &options.custom)?;
             return Self::build(&config, &src, options);
         }
         by_structure(matching, "a Keras 3 .weights.h5 file")?;
-        keras2_semantics(&mut config, None);
+        let config = prepare(config, None);
         Self::build(&config, &WeightSource::single(file), options)
     }
 
@@ -507,9 +382,7 @@ impl KerasModel {
         shards: &[(String, Vec<u8>)],
         options: &LoadOptions,
     ) -> Result<Self> {
-        let mut config = config.clone();
-        normalize_config(&mut config);
-        keras2_semantics(&mut config, None);
+        let config = prepare(config, None);
         Self::build(&config, &WeightSource::shards(shards)?, options)
     }
 
@@ -760,32 +633,6 @@ impl KerasModel {
         Ok(names.into_iter().zip(outputs).collect())
     }
 
-    /// The window of a next-token model: its one input's fixed length, or None for a free
-    /// one (the whole history is then the window); an error for other models.
-    pub(crate) fn token_window(inputs: &[InputSpec], seed: &[i64]) -> Result<usize> {
-        let spec = match inputs {
-            [spec] if spec.shape.len() == 1 => spec,
-            _ => {
-                return Err(LstmError::invalid(
-                    "model",
-                    "generation needs a model with one input of token ids [batch, steps]",
-                ))
-            }
-        };
-        match spec.shape[0] {
-            Some(w) if seed.len() < w => Err(LstmError::invalid(
-                "seed",
-                format!(
-                    "{} tokens, but the model reads windows of {w} (input {})",
-                    seed.len(),
-                    spec.name
-                ),
-            )),
-            Some(w) => Ok(w),
-            None => Ok(usize::MAX),
-        }
-    }
-
     /// Generates `steps` tokens on the CPU path: the model (one input of token ids, its
     /// first output the next token's distribution `[1, V]`, or `[1, T, V]` whose last step
     /// is taken) reads the last window of tokens (its input's length; the whole history for
@@ -805,7 +652,13 @@ impl KerasModel {
         steps: usize,
         sampler: &mut crate::generate::Sampler,
     ) -> Result<Vec<i64>> {
-        let window = Self::token_window(&self.graph.inputs, seed)?;
+        let inputs: Vec<(&str, &[Option<usize>])> = self
+            .graph
+            .inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.shape.as_slice()))
+            .collect();
+        let window = crate::generate::token_window(&inputs, seed)?;
         let next = |w: &[i64]| -> Result<Vec<f32>> {
             let out = self.predict_inputs(&[crate::generate::window_input(w)?])?;
             crate::generate::last_distribution(&out[0])

@@ -294,17 +294,13 @@ impl GpuNetwork {
         steps: usize,
         sampler: &mut crate::generate::Sampler,
     ) -> Result<Vec<i64>> {
-        let specs: Vec<crate::model::InputSpec> = self
+        let inputs: Vec<(&str, &[Option<usize>])> = self
             .model
             .inputs
             .iter()
-            .map(|i| crate::model::InputSpec {
-                name: i.name.clone(),
-                shape: i.dims.clone(),
-                dtype: if i.integer { "int32" } else { "float32" }.into(),
-            })
+            .map(|i| (i.name.as_str(), i.dims.as_slice()))
             .collect();
-        let window = crate::model::KerasModel::token_window(&specs, seed)?;
+        let window = crate::generate::token_window(&inputs, seed)?;
         let next = |w: &[i64]| -> Result<Vec<f32>> {
             let out = self.forward_inputs(&[crate::generate::window_input(w)?])?;
             crate::generate::last_distribution(&out[0])
