@@ -40,8 +40,8 @@ pub(crate) const EMBEDDING_WGSL: &str = include_str!("../../shaders/embedding.wg
 pub(crate) const NORM_WGSL: &str = include_str!("../../shaders/norm.wgsl");
 /// Pooling over time.
 pub(crate) const POOL_WGSL: &str = include_str!("../../shaders/pool.wgsl");
-/// Conv1D, a tiled implicit GEMM (without the prelude).
-pub(crate) const CONV_WGSL: &str = include_str!("../../shaders/conv1d.wgsl");
+/// Conv1D and Conv2D, a tiled implicit GEMM (without the prelude).
+pub(crate) const CONV_WGSL: &str = include_str!("../../shaders/conv.wgsl");
 /// Attention, AdditiveAttention and Dot (without the prelude).
 pub(crate) const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 /// MultiHeadAttention's attention over its projections.
@@ -55,7 +55,7 @@ pub(crate) const MHA_WGSL: &str = include_str!("../../shaders/mha.wgsl");
 ///     names,
 ///     [
 ///         "projection", "step", "sequence", "merge", "mask", "dense", "gather", "unary",
-///         "binary", "embedding", "norm", "pool", "conv1d", "attention", "mha"
+///         "binary", "embedding", "norm", "pool", "conv", "attention", "mha"
 ///     ]
 /// );
 /// ```
@@ -76,7 +76,7 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
         ("embedding", EMBEDDING_WGSL.to_string()),
         ("norm", NORM_WGSL.to_string()),
         ("pool", POOL_WGSL.to_string()),
-        ("conv1d", format!("{COMMON_WGSL}\n{CONV_WGSL}")),
+        ("conv", format!("{COMMON_WGSL}\n{CONV_WGSL}")),
         ("attention", format!("{COMMON_WGSL}\n{ATTENTION_WGSL}")),
         ("mha", MHA_WGSL.to_string()),
     ]
@@ -136,7 +136,7 @@ impl Kernel {
             Kernel::Embedding => "embedding",
             Kernel::Norm => "norm",
             Kernel::Pool => "pool",
-            Kernel::Conv => "conv1d",
+            Kernel::Conv => "conv",
             Kernel::Attention => "attention",
             Kernel::Mha => "mha",
         }

@@ -186,12 +186,12 @@ pub(crate) fn norm_iterations(width: usize) -> u64 {
     3 * width as u64
 }
 
-/// pool.wgsl: one loop over the window.
-pub(crate) fn pool_iterations(size: usize) -> u64 {
-    size as u64
+/// pool.wgsl: the loops over the window's rows and, in each, its columns.
+pub(crate) fn pool_iterations([size_h, size_w]: [usize; 2]) -> u64 {
+    size_h as u64 * (size_w as u64 + 1)
 }
 
-/// conv1d.wgsl: per round of 16 reduction values, the staging loop (4) and the product
+/// conv.wgsl: per round of 16 reduction values, the staging loop (4) and the product
 /// loop (16); then the 16 stores.
 pub(crate) fn conv_iterations(k: usize) -> u64 {
     k.div_ceil(16) as u64 * (1 + 4 + 16 * 5) + 4 * 5

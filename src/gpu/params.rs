@@ -42,7 +42,7 @@ pub(crate) const EMBEDDING_THREADS: usize = 256;
 pub(crate) const NORM_THREADS: usize = 64;
 /// Threads of a pool.wgsl workgroup.
 pub(crate) const POOL_THREADS: usize = 64;
-/// Rows and columns of the output tile of a conv1d.wgsl workgroup (`TM`, `TN`).
+/// Rows and columns of the output tile of a conv.wgsl workgroup (`TM`, `TN`).
 pub(crate) const CONV_TILE: usize = 64;
 /// Threads of an attention.wgsl workgroup.
 pub(crate) const ATTENTION_THREADS: usize = 64;
@@ -220,40 +220,52 @@ pub(crate) struct NormParams {
     pub _pad2: u32,
 }
 
-/// pool.wgsl: pooling over time.
+/// pool.wgsl: pooling over `[H, W]` (`H` = 1 over time).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct PoolParams {
     pub batch: u32,
-    pub steps: u32,
+    pub in_h: u32,
+    pub in_w: u32,
     pub channels: u32,
-    pub out_len: u32,
-    pub size: u32,
-    pub stride: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub size_h: u32,
+    pub size_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub top: u32,
     pub left: u32,
-    pub _pad0: u32,
 }
 
-/// conv1d.wgsl: one group of a Conv1D layer.
+/// conv.wgsl: one group of a Conv2D layer (a Conv1D one on `[B, 1, T, C]`).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 pub(crate) struct ConvParams {
     pub rows: u32,
-    pub out_len: u32,
-    pub steps: u32,
+    pub out_h: u32,
+    pub out_w: u32,
+    pub in_h: u32,
+    pub in_w: u32,
     pub cin: u32,
     pub k: u32,
+    pub kw: u32,
     pub cg: u32,
     pub n: u32,
     pub filters: u32,
-    pub stride: u32,
-    pub dilation: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub dil_h: u32,
+    pub dil_w: u32,
+    pub top: u32,
     pub left: u32,
     pub c0: u32,
     pub f0: u32,
     pub has_bias: u32,
     pub _pad0: u32,
     pub _pad1: u32,
+    pub _pad2: u32,
+    pub _pad3: u32,
 }
 
 /// attention.wgsl: scores, softmax, weighted sum (and Dot).
@@ -412,13 +424,15 @@ mod tests {
             (
                 "pool",
                 "PoolParams",
-                members!(PoolParams: batch, steps, channels, out_len, size, stride, left, _pad0),
+                members!(PoolParams: batch, in_h, in_w, channels, out_h, out_w, size_h, size_w,
+                    stride_h, stride_w, top, left),
             ),
             (
-                "conv1d",
+                "conv",
                 "ConvParams",
-                members!(ConvParams: rows, out_len, steps, cin, k, cg, n, filters, stride,
-                    dilation, left, c0, f0, has_bias, _pad0, _pad1),
+                members!(ConvParams: rows, out_h, out_w, in_h, in_w, cin, k, kw, cg, n,
+                    filters, stride_h, stride_w, dil_h, dil_w, top, left, c0, f0, has_bias,
+                    _pad0, _pad1, _pad2, _pad3),
             ),
             (
                 "attention",
@@ -494,10 +508,10 @@ mod tests {
         assert_eq!(workgroup_size("pool"), threads(POOL_THREADS));
         assert_eq!(workgroup_size("attention"), threads(ATTENTION_THREADS));
         assert_eq!(workgroup_size("mha"), threads(MHA_THREADS));
-        // conv1d: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
-        assert_eq!(workgroup_size("conv1d"), [16, 16, 1]);
-        assert_eq!(constant("conv1d", "TM"), CONV_TILE);
-        assert_eq!(constant("conv1d", "TN"), CONV_TILE);
+        // conv: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
+        assert_eq!(workgroup_size("conv"), [16, 16, 1]);
+        assert_eq!(constant("conv", "TM"), CONV_TILE);
+        assert_eq!(constant("conv", "TN"), CONV_TILE);
         // The whole-sequence kernel's workgroup array holds PERSISTENT_MAX_STATE values.
         let m = module("sequence");
         let hs = m

@@ -177,11 +177,29 @@ pub(super) struct Norm {
     pub(super) beta: Option<Array1<f32>>,
     pub(super) mean: Option<Array1<f32>>,
     pub(super) var: Option<Array1<f32>>,
+    /// The config's axis (`-1` or a positive index): only the last axis is supported, which
+    /// a positive index names only for inputs of its rank.
+    pub(super) axis: i64,
+}
+
+/// An error unless `axis` (-1 or positive) is the last axis of a rank-`ndim` input.
+pub(crate) fn last_axis(name: &str, axis: i64, ndim: usize) -> Result<()> {
+    if axis == -1 || axis == ndim as i64 - 1 {
+        Ok(())
+    } else {
+        Err(LstmError::unsupported(
+            "axis",
+            format!(
+                "{axis} of layer {name} on a rank-{ndim} input (only the last axis is supported)"
+            ),
+        ))
+    }
 }
 
 impl Op for Norm {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         let x = one_input(inputs, &self.name)?;
+        last_axis(&self.name, self.axis, x.data.ndim())?;
         let last = x.data.ndim() - 1;
         let width = x.data.shape()[last];
         for (w, what) in [
@@ -244,6 +262,7 @@ impl Op for Norm {
             .unwrap_or(0);
         stage(NormStage {
             name: self.name.clone(),
+            axis: self.axis,
             width,
             eps: self.eps,
             layer: self.layer,
@@ -256,21 +275,42 @@ impl Op for Norm {
 }
 
 /// `GlobalAveragePooling1D` (over unmasked steps only) or `GlobalMaxPooling1D` (every step:
-/// Keras 3's ignores masks).
+/// Keras 3's ignores masks); with `spatial`, `GlobalAveragePooling2D`/`GlobalMaxPooling2D`:
+/// the same over the `H·W` positions of `[B, H, W, C]` (no mask).
 #[derive(Debug, Clone)]
 pub(super) struct GlobalPool {
     pub(super) average: bool,
     pub(super) keepdims: bool,
+    pub(super) spatial: bool,
 }
 
 impl Op for GlobalPool {
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
         let x = one_input(inputs, "GlobalPooling1D")?;
-        let x3 = x.data.view().into_dimensionality::<Ix3>().map_err(|_| {
-            LstmError::shape("input of GlobalPooling1D", &[0, 0, 0], x.data.shape())
-        })?;
+        let flat;
+        let x3 = if self.spatial {
+            let x4 = x
+                .data
+                .view()
+                .into_dimensionality::<ndarray::Ix4>()
+                .map_err(|_| {
+                    LstmError::shape("input of GlobalPooling2D", &[0, 0, 0, 0], x.data.shape())
+                })?;
+            let (b, h, w, c) = x4.dim();
+            flat = x4
+                .as_standard_layout()
+                .into_owned()
+                .into_shape_with_order((b, h * w, c))
+                .expect("the same values");
+            flat.view()
+        } else {
+            x.data.view().into_dimensionality::<Ix3>().map_err(|_| {
+                LstmError::shape("input of GlobalPooling1D", &[0, 0, 0], x.data.shape())
+            })?
+        };
         let (b, t, w) = x3.dim();
         let mask = match extra.mask {
+            _ if self.spatial => None,
             Some(m) => Some(bool_mask(m, "GlobalPooling1D")?),
             None => x.mask.clone(),
         };
@@ -297,7 +337,9 @@ impl Op for GlobalPool {
                 }
             }
         }
-        let data = if self.keepdims {
+        let data = if self.keepdims && self.spatial {
+            out.insert_axis(Axis(1)).insert_axis(Axis(1)).into_dyn()
+        } else if self.keepdims {
             out.insert_axis(Axis(1)).into_dyn()
         } else {
             out.into_dyn()
@@ -311,6 +353,7 @@ impl Op for GlobalPool {
             max: !self.average,
             window: None,
             keepdims: self.keepdims,
+            spatial: self.spatial,
         })
     }
 }

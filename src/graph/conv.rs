@@ -1,23 +1,16 @@
 //! Convolution, pooling and padding layers of a graph on the CPU (Keras 3 semantics,
-//! channels_last): `Conv1D`, `MaxPooling1D`, `AveragePooling1D`, `ZeroPadding1D`,
-//! `Cropping1D`, `UpSampling1D`; `build` also makes the attention layers (`attention.rs`).
-//! None of these keep an incoming mask.
+//! channels_last): `Conv1D`, `Conv2D`, `MaxPooling1D`/`2D`, `AveragePooling1D`/`2D`,
+//! `ZeroPadding1D`, `Cropping1D`, `UpSampling1D`; `build` also makes the attention layers
+//! (`attention.rs`). None of these keep an incoming mask. A 1-D layer is its 2-D form on
+//! `[B, 1, T, C]`: one geometry ([`Window2`]) and one kernel for both.
 
 use super::ops::{stage, Extra, GpuStage, Op, Uploader};
 use super::Value;
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
 use crate::gpu::plan::{ConvStage, GatherStage, Layout, PoolStage};
-use ndarray::{Array1, Array3, ArrayD, Ix1, Ix3};
+use ndarray::{Array1, Array3, Array4, ArrayD, ArrayView4, Ix1, Ix3, Ix4};
 use serde_json::Value as Json;
-
-/// The first entry of a config value that Keras writes as an int or a one-element list.
-fn first_int(cfg: &Json, key: &str) -> Option<i64> {
-    match cfg.get(key)? {
-        Json::Array(a) => a.first()?.as_i64(),
-        v => v.as_i64(),
-    }
-}
 
 /// A `(left, right)` pair written as an int or a two-element list.
 fn pair(cfg: &Json, key: &str, default: usize) -> (usize, usize) {
@@ -51,6 +44,119 @@ pub(super) fn as3<'a>(v: &'a Value, name: &str) -> Result<ndarray::ArrayView3<'a
         .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], v.data.shape()))
 }
 
+/// A config entry Keras writes as an int or a list of `n` ints (`kernel_size`, `strides`,
+/// `dilation_rate`, `pool_size`), each at least 1; `default` when absent or null.
+fn ints(cfg: &Json, key: &str, n: usize, default: usize) -> Result<Vec<usize>> {
+    let bad = |v: &Json| {
+        LstmError::bad_config(
+            key,
+            format!("expected a positive int or a list of {n} positive ints, got {v}"),
+        )
+    };
+    let one = |v: &Json| match v.as_u64() {
+        Some(k) if k >= 1 => Ok(k as usize),
+        _ => Err(bad(v)),
+    };
+    match cfg.get(key) {
+        None | Some(Json::Null) => Ok(vec![default; n]),
+        Some(Json::Array(a)) if a.len() == n => a.iter().map(one).collect(),
+        Some(v @ Json::Array(_)) => Err(bad(v)),
+        Some(v) => Ok(vec![one(v)?; n]),
+    }
+}
+
+/// The geometry of a window over the `[H, W]` axes of `[B, H, W, C]` (a 1-D layer's is
+/// `[1, T]`): its size, stride, dilation and Keras padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Window2 {
+    pub size: [usize; 2],
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    pub padding: String,
+}
+
+/// Where a window lies: the padding before each axis and the output extent of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub before: [usize; 2],
+    pub out: [usize; 2],
+}
+
+impl Window2 {
+    /// From a 1-D or 2-D layer's config (`size_key`: `kernel_size` or `pool_size`; a pool's
+    /// strides default to its size and it has no dilation).
+    fn from_config(cfg: &Json, rank: usize, size_key: &str, pool: bool) -> Result<Self> {
+        let size = ints(cfg, size_key, rank, if pool { 2 } else { 1 })?;
+        let stride = ints(cfg, "strides", rank, 1)?;
+        let stride = match cfg.get("strides") {
+            None | Some(Json::Null) if pool => size.clone(),
+            _ => stride,
+        };
+        let dilation = if pool {
+            vec![1; rank]
+        } else {
+            ints(cfg, "dilation_rate", rank, 1)?
+        };
+        let padding = cfg
+            .get("padding")
+            .and_then(Json::as_str)
+            .unwrap_or("valid")
+            .to_ascii_lowercase();
+        if !(padding == "valid" || padding == "same" || (padding == "causal" && rank == 1 && !pool))
+        {
+            return Err(LstmError::unsupported("padding", padding));
+        }
+        if stride.iter().any(|&s| s > 1) && dilation.iter().any(|&d| d > 1) {
+            // Keras's own check: strides > 1 with dilation_rate > 1 is refused at build.
+            return Err(LstmError::bad_config(
+                "dilation_rate",
+                "strides > 1 together with dilation_rate > 1 (Keras refuses it too)",
+            ));
+        }
+        let two = |v: &[usize]| if rank == 1 { [1, v[0]] } else { [v[0], v[1]] };
+        Ok(Window2 {
+            size: two(&size),
+            stride: two(&stride),
+            dilation: two(&dilation),
+            padding,
+        })
+    }
+
+    /// The window over an `[h, w]` input (Keras's/TensorFlow's output sizes and padding).
+    pub(crate) fn place(&self, hw: [usize; 2]) -> Result<Placement> {
+        let mut p = Placement {
+            before: [0; 2],
+            out: [0; 2],
+        };
+        for a in 0..2 {
+            let span = self.dilation[a] * (self.size[a] - 1) + 1;
+            // the unit H axis of a 1-D layer is "valid" with size 1: one output row, no padding
+            let padding = if a == 0 && self.size[0] == 1 && hw[0] == 1 {
+                "valid"
+            } else {
+                &self.padding
+            };
+            (p.before[a], p.out[a]) = window(padding, hw[a], span, self.stride[a])?;
+        }
+        Ok(p)
+    }
+
+    /// The in-range input positions `(tap, position)` along axis `a` of output index `o`.
+    fn taps(
+        &self,
+        a: usize,
+        o: usize,
+        before: usize,
+        n: usize,
+    ) -> impl Iterator<Item = (usize, usize)> {
+        taps(
+            o,
+            self.size[a],
+            (self.stride[a], self.dilation[a], before, n),
+        )
+    }
+}
+
 /// The in-range input steps `(tap, step)` of output step `o` of a window of `k` taps
 /// `dilation` apart, moved by `stride`, over `t` steps padded by `left` (padding taps are
 /// skipped: zeros for a convolution, nothing for pooling).
@@ -65,14 +171,48 @@ fn taps(
     })
 }
 
-/// The one `[B, T, C]` input of layer `name`.
-fn one_3d<'a>(inputs: &[&'a Value], name: &str) -> Result<ndarray::ArrayView3<'a, f32>> {
-    match inputs {
-        [x] => as3(x, name),
-        _ => Err(LstmError::invalid(
-            format!("layer {name}"),
-            "takes one input",
-        )),
+/// The one input of a 1-D (`[B, T, C]`) or 2-D (`[B, H, W, C]`) layer `name`, as
+/// `[B, H, W, C]` (H = 1 for 1-D).
+pub(crate) fn spatial<'a>(
+    inputs: &[&'a Value],
+    rank: usize,
+    name: &str,
+) -> Result<ArrayView4<'a, f32>> {
+    let x = match inputs {
+        [x] => x,
+        _ => {
+            return Err(LstmError::invalid(
+                format!("layer {name}"),
+                "takes one input",
+            ))
+        }
+    };
+    let want = vec![0; rank + 2];
+    let bad = || LstmError::shape(format!("input of layer {name}"), &want, x.data.shape());
+    if x.data.ndim() != rank + 2 {
+        return Err(bad());
+    }
+    if rank == 1 {
+        let v = x
+            .data
+            .view()
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| bad())?;
+        Ok(v.insert_axis(ndarray::Axis(1)))
+    } else {
+        x.data
+            .view()
+            .into_dimensionality::<Ix4>()
+            .map_err(|_| bad())
+    }
+}
+
+/// `[B, H, W, C]` back as the layer's rank: `[B, W, C]` for 1-D.
+fn unspatial(y: Array4<f32>, rank: usize) -> ArrayD<f32> {
+    if rank == 1 {
+        y.index_axis_move(ndarray::Axis(1), 0).into_dyn()
+    } else {
+        y.into_dyn()
     }
 }
 
@@ -102,6 +242,96 @@ pub(crate) fn window(
     })
 }
 
+fn conv_layer(class: &str, cfg: &Json, name: &str, w: Vec<ArrayD<f32>>) -> Result<Conv> {
+    channels_last(cfg)?;
+    let rank = if class == "Conv1D" { 1 } else { 2 };
+    let mut win = Window2::from_config(cfg, rank, "kernel_size", false)?;
+    let mut w = w.into_iter();
+    let k = w.next().ok_or_else(|| LstmError::MissingWeight {
+        name: format!("{name}/kernel"),
+    })?;
+    let kshape = k.shape().to_vec();
+    let bad_kernel = || LstmError::shape(format!("{name}/kernel"), &vec![0; rank + 2], &kshape);
+    let kernel: Array4<f32> = if rank == 1 {
+        k.into_dimensionality::<Ix3>()
+            .map_err(|_| bad_kernel())?
+            .insert_axis(ndarray::Axis(0))
+    } else {
+        k.into_dimensionality::<Ix4>().map_err(|_| bad_kernel())?
+    };
+    let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
+    let bias = if use_bias {
+        let b = w
+            .next()
+            .ok_or_else(|| LstmError::MissingWeight {
+                name: format!("{name}/bias"),
+            })?
+            .into_dimensionality::<Ix1>()
+            .map_err(|_| LstmError::shape(format!("{name}/bias"), &[0], &[]))?;
+        if b.len() != kernel.dim().3 {
+            return Err(LstmError::shape(
+                format!("{name}/bias"),
+                &[kernel.dim().3],
+                b.shape(),
+            ));
+        }
+        Some(b)
+    } else {
+        None
+    };
+    let activation = match cfg.get("activation") {
+        None | Some(Json::Null) => Activation::Linear,
+        Some(Json::String(s)) => {
+            Activation::from_name(s).map_err(|_| LstmError::unsupported("activation", s))?
+        }
+        Some(other) => return Err(LstmError::unsupported("activation", other)),
+    };
+    let groups = match cfg.get("groups") {
+        None | Some(Json::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(g) if g >= 1 => g as usize,
+            _ => {
+                return Err(LstmError::bad_config(
+                    "groups",
+                    format!("expected a positive int, got {v}"),
+                ))
+            }
+        },
+    };
+    let (kh, kw, _, filters) = kernel.dim();
+    if cfg.get("kernel_size").is_none_or(Json::is_null) {
+        // no kernel_size written (Keras always writes one): the kernel's own
+        win.size = [kh, kw];
+    }
+    if kernel.iter().len() == 0 || [kh, kw] != win.size {
+        return Err(LstmError::shape(
+            format!("{name}/kernel"),
+            &[
+                win.size[0],
+                win.size[1],
+                kernel.dim().2.max(1),
+                filters.max(1),
+            ],
+            kernel.shape(),
+        ));
+    }
+    if filters % groups != 0 {
+        return Err(LstmError::bad_config(
+            "groups",
+            format!("layer {name}: {filters} filters do not split into {groups} groups"),
+        ));
+    }
+    Ok(Conv {
+        name: name.to_string(),
+        rank,
+        kernel,
+        bias,
+        activation,
+        win,
+        groups,
+    })
+}
+
 /// Builds one of this module's layers, or None for another class.
 pub(crate) fn build(
     class: &str,
@@ -110,86 +340,15 @@ pub(crate) fn build(
     weights: &dyn Fn() -> Result<Vec<ArrayD<f32>>>,
 ) -> Result<Option<Box<dyn Op>>> {
     Ok(Some(match class {
-        "Conv1D" => {
+        "Conv1D" | "Conv2D" => Box::new(conv_layer(class, cfg, name, weights()?)?),
+        "MaxPooling1D" | "AveragePooling1D" | "MaxPooling2D" | "AveragePooling2D" => {
             channels_last(cfg)?;
-            let mut w = weights()?.into_iter();
-            let kernel = w
-                .next()
-                .ok_or_else(|| LstmError::MissingWeight {
-                    name: format!("{name}/kernel"),
-                })?
-                .into_dimensionality::<Ix3>()
-                .map_err(|_| LstmError::shape(format!("{name}/kernel"), &[0, 0, 0], &[]))?;
-            let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
-            let bias = if use_bias {
-                Some(
-                    w.next()
-                        .ok_or_else(|| LstmError::MissingWeight {
-                            name: format!("{name}/bias"),
-                        })?
-                        .into_dimensionality::<Ix1>()
-                        .map_err(|_| LstmError::shape(format!("{name}/bias"), &[0], &[]))?,
-                )
-            } else {
-                None
-            };
-            let activation = match cfg.get("activation") {
-                None | Some(Json::Null) => Activation::Linear,
-                Some(Json::String(s)) => {
-                    Activation::from_name(s).map_err(|_| LstmError::unsupported("activation", s))?
-                }
-                Some(other) => return Err(LstmError::unsupported("activation", other)),
-            };
-            let groups = cfg.get("groups").and_then(Json::as_u64).unwrap_or(1).max(1) as usize;
-            let filters = kernel.dim().2;
-            if kernel.dim().0 == 0 || kernel.dim().1 == 0 {
-                return Err(LstmError::shape(
-                    format!("{name}/kernel"),
-                    &[1, 1, filters],
-                    kernel.shape(),
-                ));
-            }
-            if filters % groups != 0 {
-                return Err(LstmError::shape(
-                    format!("{name}/kernel"),
-                    &[0, 0, groups],
-                    kernel.shape(),
-                ));
-            }
-            Box::new(Conv1D {
-                name: name.to_string(),
-                kernel,
-                bias,
-                activation,
-                stride: first_int(cfg, "strides").unwrap_or(1).max(1) as usize,
-                dilation: first_int(cfg, "dilation_rate").unwrap_or(1).max(1) as usize,
-                padding: cfg
-                    .get("padding")
-                    .and_then(Json::as_str)
-                    .unwrap_or("valid")
-                    .to_string(),
-                groups,
-            })
-        }
-        "MaxPooling1D" | "AveragePooling1D" => {
-            channels_last(cfg)?;
-            let size = first_int(cfg, "pool_size").unwrap_or(2).max(1) as usize;
-            let stride = cfg
-                .get("strides")
-                .filter(|v| !v.is_null())
-                .and_then(|_| first_int(cfg, "strides"))
-                .unwrap_or(size as i64)
-                .max(1) as usize;
-            let padding = cfg.get("padding").and_then(Json::as_str).unwrap_or("valid");
-            if padding == "causal" {
-                return Err(LstmError::unsupported("padding", padding));
-            }
+            let rank = if class.ends_with("1D") { 1 } else { 2 };
             Box::new(Pool {
                 name: name.to_string(),
-                max: class == "MaxPooling1D",
-                size,
-                stride,
-                padding: padding.to_string(),
+                rank,
+                max: class.starts_with("Max"),
+                win: Window2::from_config(cfg, rank, "pool_size", true)?,
             })
         }
         "ZeroPadding1D" => Box::new(Pad {
@@ -251,76 +410,87 @@ pub(crate) fn build(
     }))
 }
 
+/// `Conv1D` or `Conv2D` (`rank` 1 or 2), the kernel as `[kh, kw, in/groups, filters]`
+/// (`kh` = 1 for 1-D).
 #[derive(Debug, Clone)]
-struct Conv1D {
+struct Conv {
     name: String,
-    /// `[K, Cin / groups, F]`.
-    kernel: Array3<f32>,
+    rank: usize,
+    kernel: Array4<f32>,
     bias: Option<Array1<f32>>,
     activation: Activation,
-    stride: usize,
-    dilation: usize,
-    padding: String,
+    win: Window2,
     groups: usize,
 }
 
-impl Op for Conv1D {
+impl Op for Conv {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let x = one_3d(inputs, &self.name)?;
-        let (b, t, cin) = x.dim();
-        let (k, cg, f) = self.kernel.dim();
+        let x = spatial(inputs, self.rank, &self.name)?;
+        let (b, h, w, cin) = x.dim();
+        let (kh, kw, cg, f) = self.kernel.dim();
         if cin != cg * self.groups {
+            let mut want = x.shape().to_vec();
+            want[3] = cg * self.groups;
+            if self.rank == 1 {
+                want.remove(1);
+            }
             return Err(LstmError::shape(
                 format!("input of layer {}", self.name),
-                &[b, t, cg * self.groups],
-                x.shape(),
+                &want,
+                inputs[0].data.shape(),
             ));
         }
-        let span = self.dilation * (k - 1) + 1;
-        let (left, out_len) = window(&self.padding, t, span, self.stride)?;
+        let p = self.win.place([h, w])?;
+        let [oh, ow] = p.out;
         let fg = f / self.groups;
+        let kq = kh * kw * cg;
         // Per group, as one product: the receptive fields as rows (im2col; padding taps are
-        // zeros, as Keras's explicit zero padding), times the group's kernel [k·cg, fg].
-        let rows = b * out_len;
+        // zeros, as Keras's explicit zero padding), times the group's kernel [kh·kw·cg, fg].
+        let rows = b * oh * ow;
         let mut y = ndarray::Array2::<f32>::zeros((rows, f));
-        let mut cols = ndarray::Array2::<f32>::zeros((rows, k * cg));
+        let mut cols = ndarray::Array2::<f32>::zeros((rows, kq));
         for g in 0..self.groups {
             cols.fill(0.0);
             for i in 0..b {
-                for o in 0..out_len {
-                    let mut row = cols.row_mut(i * out_len + o);
-                    for (kk, pos) in taps(o, k, (self.stride, self.dilation, left, t)) {
-                        for c in 0..cg {
-                            row[kk * cg + c] = x[[i, pos, g * cg + c]];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut row = cols.row_mut((i * oh + oy) * ow + ox);
+                        for (ky, py) in self.win.taps(0, oy, p.before[0], h) {
+                            for (kx, px) in self.win.taps(1, ox, p.before[1], w) {
+                                let q = (ky * kw + kx) * cg;
+                                for c in 0..cg {
+                                    row[q + c] = x[[i, py, px, g * cg + c]];
+                                }
+                            }
                         }
                     }
                 }
             }
-            let w = self
+            let wg = self
                 .kernel
-                .slice(ndarray::s![.., .., g * fg..(g + 1) * fg])
+                .slice(ndarray::s![.., .., .., g * fg..(g + 1) * fg])
                 .to_owned()
-                .into_shape_with_order((k * cg, fg))
-                .expect("k·cg rows of fg filters");
-            let mut part = y.slice_mut(ndarray::s![.., g * fg..(g + 1) * fg]);
+                .into_shape_with_order((kq, fg))
+                .expect("kh·kw·cg rows of fg filters");
+            let mut out = ndarray::Array2::<f32>::zeros((rows, fg));
             if let Some(bias) = &self.bias {
-                part.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
+                out.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
             }
-            let mut out = part.to_owned();
             crate::cpu::reference::matmul(
                 cols.view(),
-                w.view(),
+                wg.view(),
                 out.view_mut(),
                 self.bias.is_some(),
             );
-            part.assign(&out);
+            y.slice_mut(ndarray::s![.., g * fg..(g + 1) * fg])
+                .assign(&out);
         }
         y.mapv_inplace(|v| self.activation.apply(v));
         let y = y
-            .into_shape_with_order((b, out_len, f))
+            .into_shape_with_order((b, oh, ow, f))
             .expect("rows x filters");
         Ok(vec![Value {
-            data: y.into_dyn(),
+            data: unspatial(y, self.rank),
             mask: None,
         }])
     }
@@ -330,7 +500,7 @@ impl Op for Conv1D {
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
-        let (k, cg, f) = self.kernel.dim();
+        let (_, _, cg, f) = self.kernel.dim();
         let w: Vec<f32> = self.kernel.iter().copied().collect();
         stage(ConvStage {
             name: self.name.clone(),
@@ -340,49 +510,52 @@ impl Op for Conv1D {
                 .as_ref()
                 .map(|b| up.floats(&format!("{}/bias", self.name), &b.to_vec()))
                 .transpose()?,
-            kernel_size: k,
+            rank: self.rank,
             channels_per_group: cg,
             filters: f,
             groups: self.groups,
-            stride: self.stride,
-            dilation: self.dilation,
-            padding: self.padding.clone(),
+            win: self.win.clone(),
             activation: self.activation,
         })
     }
 }
 
+/// `MaxPooling1D`/`2D` or `AveragePooling1D`/`2D`.
 #[derive(Debug, Clone)]
 struct Pool {
     name: String,
+    rank: usize,
     max: bool,
-    size: usize,
-    stride: usize,
-    padding: String,
+    win: Window2,
 }
 
 impl Op for Pool {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let x = one_3d(inputs, &self.name)?;
-        let (b, t, c) = x.dim();
-        let (left, out_len) = window(&self.padding, t, self.size, self.stride)?;
-        let mut y = Array3::<f32>::zeros((b, out_len, c));
+        let x = spatial(inputs, self.rank, &self.name)?;
+        let (b, h, w, c) = x.dim();
+        let p = self.win.place([h, w])?;
+        let [oh, ow] = p.out;
+        let mut y = Array4::<f32>::zeros((b, oh, ow, c));
         for i in 0..b {
-            for o in 0..out_len {
-                for ch in 0..c {
-                    // padding positions take no part (max: -inf; average: not counted)
-                    let (mut acc, mut n) = (if self.max { f32::NEG_INFINITY } else { 0.0 }, 0);
-                    for (_, pos) in taps(o, self.size, (self.stride, 1, left, t)) {
-                        let v = x[[i, pos, ch]];
-                        acc = if self.max { acc.max(v) } else { acc + v };
-                        n += 1;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for ch in 0..c {
+                        // padding positions take no part (max: -inf; average: not counted)
+                        let (mut acc, mut n) = (if self.max { f32::NEG_INFINITY } else { 0.0 }, 0);
+                        for (_, py) in self.win.taps(0, oy, p.before[0], h) {
+                            for (_, px) in self.win.taps(1, ox, p.before[1], w) {
+                                let v = x[[i, py, px, ch]];
+                                acc = if self.max { acc.max(v) } else { acc + v };
+                                n += 1;
+                            }
+                        }
+                        y[[i, oy, ox, ch]] = if self.max { acc } else { acc / n.max(1) as f32 };
                     }
-                    y[[i, o, ch]] = if self.max { acc } else { acc / n.max(1) as f32 };
                 }
             }
         }
         Ok(vec![Value {
-            data: y.into_dyn(),
+            data: unspatial(y, self.rank),
             mask: None,
         }])
     }
@@ -391,8 +564,9 @@ impl Op for Pool {
         stage(PoolStage {
             name: self.name.clone(),
             max: self.max,
-            window: Some((self.size, self.stride, self.padding.clone())),
+            window: Some((self.rank, self.win.clone())),
             keepdims: false,
+            spatial: false,
         })
     }
 }
@@ -407,7 +581,7 @@ struct Pad {
 
 impl Op for Pad {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
-        let x = one_3d(inputs, "padding")?;
+        let x = spatial(inputs, 1, "padding")?.index_axis_move(ndarray::Axis(1), 0);
         let (b, t, c) = x.dim();
         if self.crop.0 + self.crop.1 > t {
             return Err(LstmError::invalid(
@@ -493,8 +667,8 @@ mod tests {
             ("causal", 1, 2, vec![10., 20., 31., 42., 53.]),
             // same, stride 2: out 3, pad total 1 (left 0): y[o] = x[2o] + 10 x[2o+1]
             ("same", 2, 1, vec![21., 43., 5.]),
-            // valid, stride 2, dilation 2: span 3: y[o] = x[2o] + 10 x[2o+2]
-            ("valid", 2, 2, vec![31., 53.]),
+            // valid, dilation 2: span 3: y[o] = x[o] + 10 x[o+2]
+            ("valid", 1, 2, vec![31., 42., 53.]),
         ] {
             let cfg = json!({"padding": padding, "strides": [stride], "dilation_rate": [dilation],
                              "use_bias": true, "activation": "linear"});
@@ -506,6 +680,11 @@ mod tests {
                 "{padding} {stride} {dilation}"
             );
         }
+        // strides > 1 with dilation > 1: refused at build, as Keras refuses it
+        let cfg = json!({"padding": "valid", "strides": [2], "dilation_rate": [2]});
+        let w = || Ok(vec![ArrayD::zeros(ndarray::IxDyn(&[2, 1, 1]))]);
+        let err = build("Conv1D", &cfg, "conv", &w).err().expect("refused");
+        assert!(err.to_string().contains("dilation_rate"), "{err}");
         // groups: two channels, two filters, each filter sees its own channel
         let x2 = value(Array3::from_shape_vec((1, 2, 2), vec![1., 100., 2., 200.]).unwrap());
         let k2 = Array3::from_shape_vec((1, 1, 2), vec![1., 2.]).unwrap();
@@ -516,6 +695,123 @@ mod tests {
             y.data.iter().copied().collect::<Vec<_>>(),
             vec![1., 200., 2., 400.]
         );
+    }
+
+    /// A 3 x 3 image 1..9, a 2 x 2 kernel [[1, 10], [100, 1000]]: each output pixel by the
+    /// formula, for valid, same (padding after: bottom and right), strides and dilation;
+    /// pooling 2-D likewise.
+    #[test]
+    fn conv2d_and_pool2d_by_hand() {
+        let img = ArrayD::from_shape_vec(
+            ndarray::IxDyn(&[1, 3, 3, 1]),
+            (1..=9).map(|v| v as f32).collect(),
+        )
+        .unwrap();
+        let x = Value {
+            data: img,
+            mask: None,
+        };
+        let none = serde_json::Map::new();
+        let kernel =
+            ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 2, 1, 1]), vec![1., 10., 100., 1000.])
+                .unwrap();
+        // y[i, j] = x[i, j] + 10 x[i, j+1] + 100 x[i+1, j] + 1000 x[i+1, j+1] (0 outside)
+        let f = |i: usize, j: usize| {
+            let at = |a: usize, b: usize| {
+                if a < 3 && b < 3 {
+                    (a * 3 + b + 1) as f32
+                } else {
+                    0.0
+                }
+            };
+            at(i, j) + 10.0 * at(i, j + 1) + 100.0 * at(i + 1, j) + 1000.0 * at(i + 1, j + 1)
+        };
+        for (cfg, want) in [
+            (
+                json!({"kernel_size": [2, 2], "padding": "valid"}),
+                vec![f(0, 0), f(0, 1), f(1, 0), f(1, 1)],
+            ),
+            (
+                json!({"kernel_size": [2, 2], "padding": "same"}),
+                (0..9).map(|k| f(k / 3, k % 3)).collect(),
+            ),
+            (
+                json!({"kernel_size": [2, 2], "padding": "same", "strides": [2, 2]}),
+                vec![f(0, 0), f(0, 2), f(2, 0), f(2, 2)],
+            ),
+            (
+                json!({"kernel_size": 2, "padding": "valid", "strides": [1, 2]}),
+                vec![f(0, 0), f(1, 0)],
+            ),
+        ] {
+            let k = kernel.clone();
+            let w = move || Ok(vec![k.clone()]);
+            let cfg2 = json!({"use_bias": false, "activation": "linear"});
+            let mut cfg = cfg;
+            cfg.as_object_mut()
+                .unwrap()
+                .extend(cfg2.as_object().unwrap().clone());
+            let mut op = build("Conv2D", &cfg, "c", &w).unwrap().unwrap();
+            let y = run(&mut op, &[&x], &none).remove(0);
+            assert_eq!(y.data.iter().copied().collect::<Vec<_>>(), want, "{cfg}");
+        }
+        // dilation (2, 1): y[0, j] = x[0, j] + 10 x[0, j+1] + 100 x[2, j] + 1000 x[2, j+1]
+        let k = kernel.clone();
+        let w = move || Ok(vec![k.clone()]);
+        let cfg = json!({"kernel_size": [2, 2], "dilation_rate": [2, 1], "use_bias": false});
+        let mut op = build("Conv2D", &cfg, "c", &w).unwrap().unwrap();
+        let y = run(&mut op, &[&x], &none).remove(0);
+        assert_eq!(y.data.shape(), &[1, 1, 2, 1]);
+        assert_eq!(
+            y.data.iter().copied().collect::<Vec<_>>(),
+            vec![1. + 20. + 700. + 8000., 2. + 30. + 800. + 9000.]
+        );
+        // the kernel must have the configured size
+        let cfg = json!({"kernel_size": [3, 3]});
+        let k = kernel.clone();
+        let w = move || Ok(vec![k.clone()]);
+        assert!(build("Conv2D", &cfg, "c", &w).is_err());
+        let no_weights = || -> Result<Vec<ArrayD<f32>>> { Ok(Vec::new()) };
+        for (class, cfg, want) in [
+            ("MaxPooling2D", json!({"pool_size": [2, 2]}), vec![5.]),
+            (
+                "AveragePooling2D",
+                json!({"pool_size": [2, 2], "strides": [1, 1]}),
+                vec![3., 4., 6., 7.],
+            ),
+            // same, 2 x 2 windows moved by 2: the edge windows average the pixels present
+            (
+                "AveragePooling2D",
+                json!({"pool_size": [2, 2], "padding": "same"}),
+                vec![3., 4.5, 7.5, 9.],
+            ),
+            (
+                "MaxPooling2D",
+                json!({"pool_size": [3, 1], "strides": [1, 2]}),
+                vec![7., 9.],
+            ),
+        ] {
+            let mut op = build(class, &cfg, "p", &no_weights).unwrap().unwrap();
+            let y = run(&mut op, &[&x], &none).remove(0);
+            assert_eq!(
+                y.data.iter().copied().collect::<Vec<_>>(),
+                want,
+                "{class} {cfg}"
+            );
+        }
+        // a 2-D layer refuses a 3-D input, naming the layer
+        let mut op = build("MaxPooling2D", &json!({}), "pool_a", &no_weights)
+            .unwrap()
+            .unwrap();
+        let x3 = value(Array3::zeros((1, 3, 3)));
+        let extra = Extra {
+            states: Vec::new(),
+            mask: None,
+            scalars: &[],
+            kwargs: &none,
+        };
+        let err = op.call(&[&x3], &extra).unwrap_err();
+        assert!(err.to_string().contains("pool_a"), "{err}");
     }
 
     #[test]

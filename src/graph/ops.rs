@@ -129,6 +129,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Normalization",
     "GlobalAveragePooling1D",
     "GlobalMaxPooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
     "Dropout",
     "SpatialDropout1D",
     "GaussianNoise",
@@ -146,8 +148,11 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "Dot",
     "PReLU",
     "Conv1D",
+    "Conv2D",
     "MaxPooling1D",
     "AveragePooling1D",
+    "MaxPooling2D",
+    "AveragePooling2D",
     "ZeroPadding1D",
     "Cropping1D",
     "UpSampling1D",
@@ -431,6 +436,7 @@ pub(crate) fn build(
                 beta: beta.map(|a| a.iter().copied().collect()),
                 mean: None,
                 var: None,
+                axis,
             })
         }
         "BatchNormalization" => {
@@ -439,9 +445,6 @@ pub(crate) fn build(
                 Some(v) => v.as_i64().unwrap_or(-1),
                 None => -1,
             };
-            if axis != -1 && axis != 2 {
-                return Err(LstmError::unsupported("BatchNormalization axis", axis));
-            }
             let (center, scale) = (
                 cfg.get("center").and_then(Json::as_bool).unwrap_or(true),
                 cfg.get("scale").and_then(Json::as_bool).unwrap_or(true),
@@ -473,14 +476,19 @@ pub(crate) fn build(
                 beta,
                 mean: Some(mean),
                 var: Some(var),
+                axis,
             })
         }
-        "GlobalAveragePooling1D" | "GlobalMaxPooling1D" => {
+        "GlobalAveragePooling1D"
+        | "GlobalMaxPooling1D"
+        | "GlobalAveragePooling2D"
+        | "GlobalMaxPooling2D" => {
             if cfg.get("data_format").and_then(Json::as_str) == Some("channels_first") {
                 return Err(LstmError::unsupported("data_format", "channels_first"));
             }
             Box::new(GlobalPool {
-                average: class == "GlobalAveragePooling1D",
+                average: class.starts_with("GlobalAverage"),
+                spatial: class.ends_with("2D"),
                 keepdims: cfg.get("keepdims").and_then(Json::as_bool).unwrap_or(false),
             })
         }

@@ -1,5 +1,6 @@
-//! The plan builder of Keras `Conv1D` (conv1d.wgsl: a tiled implicit GEMM, one dispatch per
-//! group). CPU twin: `Conv1D` in src/graph/conv.rs.
+//! The plan builder of Keras `Conv1D` and `Conv2D` (conv.wgsl: a tiled implicit GEMM, one
+//! dispatch per group; a 1-D layer is the 2-D one on `[B, 1, T, C]`). CPU twin: `Conv` in
+//! src/graph/conv.rs.
 
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::activation::Activation;
@@ -8,45 +9,63 @@ use crate::gpu::kernels::Kernel;
 use crate::gpu::loops;
 use crate::gpu::params::{ConvParams, CONV_TILE};
 use crate::gpu::stats::Phase;
+use crate::graph::Window2;
 
-/// A Conv1D layer's weights on the GPU: the Keras kernel `[kernel_size, in/groups, filters]`
-/// row-major, the bias.
+/// A convolution layer's weights on the GPU: the Keras kernel `[kh, kw, in/groups, filters]`
+/// row-major (`kh` = 1 for 1-D), the bias; its geometry.
 #[derive(Debug)]
 pub(crate) struct ConvStage {
     pub name: String,
     pub kernel: wgpu::Buffer,
     pub bias: Option<wgpu::Buffer>,
-    pub kernel_size: usize,
+    /// 1 (`[B, T, C]` in and out) or 2 (`[B, H, W, C]`).
+    pub rank: usize,
     pub channels_per_group: usize,
     pub filters: usize,
     pub groups: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    pub padding: String,
+    pub win: Window2,
     pub activation: Activation,
+}
+
+/// `[B, H, W, C]` of a rank-`rank` spatial input (`H` = 1 for 1-D), or an error naming `what`.
+pub(crate) fn spatial_dims(x: &Tensor, rank: usize, what: &str) -> Result<[usize; 4]> {
+    match (rank, &x.shape[..]) {
+        (1, &[b, t, c]) => Ok([b, 1, t, c]),
+        (2, &[b, h, w, c]) => Ok([b, h, w, c]),
+        _ => Err(LstmError::shape(what, &vec![0; rank + 2], &x.shape)),
+    }
+}
+
+/// The output shape of a rank-`rank` spatial layer: `[b, oh, ow, c]` or `[b, ow, c]`.
+pub(crate) fn spatial_shape(rank: usize, b: usize, [oh, ow]: [usize; 2], c: usize) -> Vec<usize> {
+    if rank == 1 {
+        vec![b, ow, c]
+    } else {
+        vec![b, oh, ow, c]
+    }
 }
 
 impl GpuStage for ConvStage {
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let x = args.one(&self.name)?;
         let what = format!("layer {}", self.name);
-        let (b, t, cin) = x.dims3(&format!("input of {what}"))?;
+        let [b, h, w, cin] = spatial_dims(x, self.rank, &format!("input of {what}"))?;
         let cg = self.channels_per_group;
         if cin != cg * self.groups {
+            let mut want = x.shape.clone();
+            *want.last_mut().expect("a spatial shape") = cg * self.groups;
             return Err(LstmError::shape(
                 format!("input of {what}"),
-                &[b, t, cg * self.groups],
+                &want,
                 &x.shape,
             ));
         }
-        let span = self.dilation * (self.kernel_size - 1) + 1;
-        let (left, out_len) = crate::graph::window(&self.padding, t, span, self.stride)?;
-        loops::check(
-            &what,
-            loops::conv_iterations(self.kernel_size * cg),
-            cx.loop_cap,
-        )?;
-        let rows = b * out_len;
+        let place = self.win.place([h, w])?;
+        let [kh, kw] = self.win.size;
+        let k = kh * kw * cg;
+        loops::check(&what, loops::conv_iterations(k), cx.loop_cap)?;
+        let [oh, ow] = place.out;
+        let rows = b * oh * ow;
         let f = self.filters;
         let fg = f / self.groups;
         let out = cx.storage(&what, (rows * f * 4) as u64, wgpu::BufferUsages::COPY_SRC)?;
@@ -60,21 +79,29 @@ impl GpuStage for ConvStage {
         for g in 0..self.groups {
             let cp = ConvParams {
                 rows: rows as u32,
-                out_len: out_len as u32,
-                steps: t as u32,
+                out_h: oh as u32,
+                out_w: ow as u32,
+                in_h: h as u32,
+                in_w: w as u32,
                 cin: cin as u32,
-                k: (self.kernel_size * cg) as u32,
+                k: k as u32,
+                kw: kw as u32,
                 cg: cg as u32,
                 n: fg as u32,
                 filters: f as u32,
-                stride: self.stride as u32,
-                dilation: self.dilation as u32,
-                left: left as u32,
+                stride_h: self.win.stride[0] as u32,
+                stride_w: self.win.stride[1] as u32,
+                dil_h: self.win.dilation[0] as u32,
+                dil_w: self.win.dilation[1] as u32,
+                top: place.before[0] as u32,
+                left: place.before[1] as u32,
                 c0: (g * cg) as u32,
                 f0: (g * fg) as u32,
                 has_bias: u32::from(self.bias.is_some()),
                 _pad0: 0,
                 _pad1: 0,
+                _pad2: 0,
+                _pad3: 0,
             };
             let params = cx.uniform("conv parameters", bytemuck::bytes_of(&cp));
             let bind = cx.bind(Kernel::Conv, &[&params, &x.buf, &self.kernel, &bias, &out]);
@@ -86,7 +113,7 @@ impl GpuStage for ConvStage {
         Ok(vec![Tensor {
             buf: out,
             offset: 0,
-            shape: vec![b, out_len, f],
+            shape: spatial_shape(self.rank, b, place.out, f),
             mask: None,
         }])
     }

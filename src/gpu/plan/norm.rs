@@ -12,6 +12,8 @@ use crate::gpu::stats::Phase;
 #[derive(Debug)]
 pub(crate) struct NormStage {
     pub name: String,
+    /// The config's axis (checked to be the last, as on the CPU).
+    pub axis: i64,
     pub width: usize,
     pub eps: f32,
     /// LayerNormalization (statistics of each row) or BatchNormalization (moving ones).
@@ -26,6 +28,7 @@ impl GpuStage for NormStage {
     fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
         let x = args.one(&self.name)?;
         let what = format!("layer {}", self.name);
+        crate::graph::last_axis(&self.name, self.axis, x.shape.len())?;
         let has_weights = self.gamma.is_some() || self.beta.is_some() || !self.layer;
         if has_weights && x.width() != self.width {
             return Err(LstmError::shape(

@@ -204,6 +204,7 @@ fn window_and_attention_layers_match_their_cpu_twins() {
             let mut op = GlobalPool {
                 average,
                 keepdims: round % 2 == 0,
+                spatial: false,
             };
             check(
                 &ctx,
@@ -384,6 +385,7 @@ fn long_sequences_through_every_graph_kernel() {
         let mut op = GlobalPool {
             average,
             keepdims: false,
+            spatial: false,
         };
         check(
             &ctx,
@@ -417,6 +419,7 @@ fn long_sequences_through_every_graph_kernel() {
         beta: None,
         mean: None,
         var: None,
+        axis: -1,
     };
     check(
         &ctx,

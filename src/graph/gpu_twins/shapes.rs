@@ -281,6 +281,7 @@ fn elementwise_layers_match_their_cpu_twins() {
                 beta: w(&mut rng),
                 mean: (!layer).then(|| Array1::from_shape_fn(c, |_| rng.uniform())),
                 var: (!layer).then(|| Array1::from_shape_fn(c, |_| rng.uniform().abs() + 0.1)),
+                axis: -1,
             };
             check(&ctx, "norm", &mut op, &[v()], &[], &[], json!({}));
         }

@@ -1,12 +1,15 @@
-// Keras `Conv1D` (channels_last) as a tiled implicit GEMM, one dispatch per group:
+// Keras `Conv2D` and `Conv1D` (channels_last; a 1-D layer is the 2-D one on [B, 1, T, C]) as
+// a tiled implicit GEMM, one dispatch per group:
 //   out[r, f0 + n] = act(bias[f0 + n] + sum_q A[r, q] * W[q, f0 + n])
-// with r = (b, o) over B * out_len rows and q = (k, c) over kernel_size * channels-per-group,
-// A[r, q] = x[b, o * stride + k * dilation - left, c0 + c] (0 outside [0, T): the padding),
-// W = the Keras kernel [kernel_size, in/groups, filters] read as [q, filters].
+// with r = (b, oy, ox) over B * out_h * out_w rows and q = (ky, kx, c) over
+// kh * kw * channels-per-group,
+// A[r, q] = x[b, oy * stride_h + ky * dil_h - top, ox * stride_w + kx * dil_w - left, c0 + c]
+// (0 outside [0, in_h) x [0, in_w): the padding), W = the Keras kernel
+// [kh, kw, in/groups, filters] read as [q, filters].
 // A workgroup of 16 x 16 threads computes a 64 x 64 tile of the output, 4 x 4 per thread in
 // registers, staging 64 x 16 of A and 16 x 64 of W per round in workgroup memory (each value
 // loaded once per tile instead of once per output).
-// CPU twin: `Conv1D` in src/graph/conv.rs.
+// CPU twin: `Conv` in src/graph/conv.rs.
 
 override ACTIVATION: u32 = 5u;
 
@@ -16,21 +19,29 @@ const TK: u32 = 16u;
 
 struct ConvParams {
     rows: u32,
-    out_len: u32,
-    steps: u32,
+    out_h: u32,
+    out_w: u32,
+    in_h: u32,
+    in_w: u32,
     cin: u32,
     k: u32,
+    kw: u32,
     cg: u32,
     n: u32,
     filters: u32,
-    stride: u32,
-    dilation: u32,
+    stride_h: u32,
+    stride_w: u32,
+    dil_h: u32,
+    dil_w: u32,
+    top: u32,
     left: u32,
     c0: u32,
     f0: u32,
     has_bias: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: ConvParams;
@@ -42,13 +53,15 @@ struct ConvParams {
 var<workgroup> a_tile: array<f32, 1024>; // [TK][TM]
 var<workgroup> w_tile: array<f32, 1024>; // [TK][TN]
 
-// Per tile row: the input row offset of its batch row and its first tap's timestep
-// (o * stride - left; far below 0 for rows past the end). Per round: each reduction
-// index's tap offset (k * dilation; far past T when past the end) and channel. Computed
-// once, so the staging loop has no division.
+// Per tile row: the input pixel offset of its image and its first tap's position
+// (o * stride - padding; far below 0 for rows past the end). Per round: each reduction
+// index's tap offsets (k * dilation; far past the input when past the end) and channel.
+// Computed once, so the staging loop has no division.
 var<workgroup> row_base: array<u32, 64>;
-var<workgroup> row_t: array<i32, 64>;
-var<workgroup> q_tap: array<i32, 16>;
+var<workgroup> row_y: array<i32, 64>;
+var<workgroup> row_x: array<i32, 64>;
+var<workgroup> q_ty: array<i32, 16>;
+var<workgroup> q_tx: array<i32, 16>;
 var<workgroup> q_ch: array<u32, 16>;
 
 @compute @workgroup_size(16, 16, 1)
@@ -58,8 +71,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let flat = lid.y * 16u + lid.x;
     if (flat < TM) {
         let r = row0 + flat;
-        row_base[flat] = (r / p.out_len) * p.steps;
-        row_t[flat] = select(-0x3fffffff, i32((r % p.out_len) * p.stride) - i32(p.left), r < p.rows);
+        let per_image = p.out_h * p.out_w;
+        let rem = r % per_image;
+        row_base[flat] = (r / per_image) * p.in_h * p.in_w;
+        row_y[flat] = select(-0x3fffffff, i32((rem / p.out_w) * p.stride_h) - i32(p.top), r < p.rows);
+        row_x[flat] = select(-0x3fffffff, i32((rem % p.out_w) * p.stride_w) - i32(p.left), r < p.rows);
     }
     // rows lid.y * 4 + 0..3 of the tile, each 4 columns (lid.x * 4 + 0..3)
     var acc0 = vec4<f32>(0.0);
@@ -69,7 +85,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     for (var q0 = 0u; q0 < p.k; q0 += TK) {
         if (flat < TK) {
             let q = q0 + flat;
-            q_tap[flat] = select(0x3fffffff, i32((q / p.cg) * p.dilation), q < p.k);
+            let tap = q / p.cg;
+            q_ty[flat] = select(0x3fffffff, i32((tap / p.kw) * p.dil_h), q < p.k);
+            q_tx[flat] = select(0x3fffffff, i32((tap % p.kw) * p.dil_w), q < p.k);
             q_ch[flat] = p.c0 + q % p.cg;
         }
         workgroupBarrier();
@@ -78,10 +96,11 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             // A: idx = m * TK + kk (consecutive threads read consecutive channels)
             let m = idx / TK;
             let kk = idx % TK;
-            let pos = row_t[m] + q_tap[kk];
+            let py = row_y[m] + q_ty[kk];
+            let px = row_x[m] + q_tx[kk];
             var av = 0.0;
-            if (pos >= 0 && pos < i32(p.steps)) {
-                av = x[(row_base[m] + u32(pos)) * p.cin + q_ch[kk]];
+            if (py >= 0 && py < i32(p.in_h) && px >= 0 && px < i32(p.in_w)) {
+                av = x[(row_base[m] + u32(py) * p.in_w + u32(px)) * p.cin + q_ch[kk]];
             }
             a_tile[kk * TM + m] = av;
             // W: idx = kk * TN + nn (consecutive threads read consecutive filters)
