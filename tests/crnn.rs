@@ -48,3 +48,46 @@ fn ocr_predictions_decode_to_keras_labels() {
         );
     }
 }
+
+/// Images over the binding limit run in batch chunks with the same bits; one image whose
+/// feature map alone is over it is an error naming the layer and the limit, not a panic.
+#[test]
+fn crnn_over_the_binding_limit() {
+    let Some(ctx) = common::gpu("crnn_over_the_binding_limit") else {
+        return;
+    };
+    let mut model = KerasModel::load(&dir().join("ocr.keras")).unwrap();
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[64, 32, 16, 1]), |i| {
+        ((i[0] * 31 + i[1] * 7 + i[2]) % 17) as f32 / 17.0
+    });
+    let inputs = [ModelInput::from(x)];
+    let cpu = model.predict_inputs(&inputs).unwrap();
+    let mut whole = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &model).unwrap();
+    let want = whole.forward_inputs(&inputs).unwrap();
+    assert_eq!(whole.stats().batch_chunks, 0);
+    let small = lstm_wgpu::gpu::GpuContext::with_options(
+        &lstm_wgpu::gpu::GpuOptions::from_env()
+            .allow_software(true)
+            .max_binding_size(256 << 10),
+    )
+    .unwrap();
+    let mut chunked = lstm_wgpu::gpu::GpuNetwork::from_model(small.clone(), &model).unwrap();
+    let got = chunked.forward_inputs(&inputs).unwrap();
+    assert!(chunked.stats().batch_chunks >= 2, "{:?}", chunked.stats());
+    assert_eq!(got, want, "batch chunks give the same bits");
+    let e = common::max_abs(&got, &cpu);
+    assert!(e <= 1e-4, "gpu vs cpu: {e}");
+
+    // The speech model takes any length: 3,000 frames of one row (281 KiB) are past a
+    // 256 KiB binding.
+    let speech = KerasModel::load(&dir().join("speech.keras")).unwrap();
+    let long = ArrayD::from_shape_fn(ndarray::IxDyn(&[1, 3000, 24]), |i| {
+        ((i[1] * 7 + i[2]) % 13) as f32 / 6.5 - 1.0
+    });
+    let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(small, &speech).unwrap();
+    let err = g.forward_inputs(&[long.into()]).unwrap_err();
+    assert!(
+        matches!(err, lstm_wgpu::LstmError::Limit { .. }) && err.to_string().contains("input"),
+        "{err}"
+    );
+}

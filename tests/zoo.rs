@@ -115,6 +115,10 @@ fn mutated_configs_never_panic() {
             (data_dir("mha"), "self_masked"),
             (data_dir("mha"), "cross_causal"),
             (data_dir("normalization"), "config_axes_invert"),
+            (data_dir("crnn"), "ocr"),
+            (data_dir("crnn"), "speech"),
+            (data_dir("crnn"), "conv_options"),
+            (data_dir("crnn"), "td_conv"),
         ]);
     for (k_case, (dir, name)) in cases.enumerate() {
         let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();

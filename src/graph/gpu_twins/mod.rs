@@ -5,6 +5,7 @@
 //! fails). The GPU side runs as a model graph in one submission: each input gets its mask
 //! from a test stage, and a test stage reads each output's mask back.
 
+mod images;
 mod sequences;
 mod shapes;
 
