@@ -473,7 +473,11 @@ impl LstmConfig {
 
 /// Reads an activation value of a Keras config: a name, `null` (linear), or a serialised
 /// function object whose `config` is the name.
-fn activation_from_keras(key: &str, value: Option<&Value>, default: &str) -> Result<Activation> {
+pub(crate) fn activation_from_keras(
+    key: &str,
+    value: Option<&Value>,
+    default: &str,
+) -> Result<Activation> {
     match value {
         None => Activation::from_name(default),
         Some(Value::Null) => Ok(Activation::Linear),

@@ -46,6 +46,8 @@ pub(crate) const CONV_WGSL: &str = include_str!("../../shaders/conv.wgsl");
 pub(crate) const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 /// MultiHeadAttention's attention over its projections.
 pub(crate) const MHA_WGSL: &str = include_str!("../../shaders/mha.wgsl");
+/// One ConvLSTM step's cell update (without the prelude).
+pub(crate) const CONV_LSTM_WGSL: &str = include_str!("../../shaders/conv_lstm.wgsl");
 
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
@@ -55,7 +57,7 @@ pub(crate) const MHA_WGSL: &str = include_str!("../../shaders/mha.wgsl");
 ///     names,
 ///     [
 ///         "projection", "step", "sequence", "merge", "mask", "dense", "gather", "unary",
-///         "binary", "embedding", "norm", "pool", "conv", "attention", "mha"
+///         "binary", "embedding", "norm", "pool", "conv", "attention", "mha", "conv_lstm"
 ///     ]
 /// );
 /// ```
@@ -79,6 +81,7 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
         ("conv", format!("{COMMON_WGSL}\n{CONV_WGSL}")),
         ("attention", format!("{COMMON_WGSL}\n{ATTENTION_WGSL}")),
         ("mha", MHA_WGSL.to_string()),
+        ("conv_lstm", format!("{COMMON_WGSL}\n{CONV_LSTM_WGSL}")),
     ]
 }
 
@@ -100,10 +103,11 @@ pub(crate) enum Kernel {
     Conv,
     Attention,
     Mha,
+    ConvLstm,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 15] = [
+    const ALL: [Kernel; 16] = [
         Kernel::Projection,
         Kernel::Step,
         Kernel::Sequence,
@@ -119,6 +123,7 @@ impl Kernel {
         Kernel::Conv,
         Kernel::Attention,
         Kernel::Mha,
+        Kernel::ConvLstm,
     ];
 
     /// Its name in [`kernel_sources`].
@@ -139,6 +144,7 @@ impl Kernel {
             Kernel::Conv => "conv",
             Kernel::Attention => "attention",
             Kernel::Mha => "mha",
+            Kernel::ConvLstm => "conv_lstm",
         }
     }
 
@@ -188,6 +194,17 @@ impl Kernel {
             Kernel::Attention => buffers(5, 2),
             // params, q, k, v, query mask, value mask, key mask, scores, out
             Kernel::Mha => buffers(6, 2),
+            // params (one block per step), zx, zh, mask, h, c, last, sequence
+            Kernel::ConvLstm => vec![
+                params(true),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+                storage(5, false),
+                storage(6, false),
+                storage(7, false),
+            ],
         }
     }
 }

@@ -44,6 +44,8 @@ pub(crate) const NORM_THREADS: usize = 64;
 pub(crate) const POOL_THREADS: usize = 64;
 /// Rows and columns of the output tile of a conv.wgsl workgroup (`TM`, `TN`).
 pub(crate) const CONV_TILE: usize = 64;
+/// Threads per workgroup of conv_lstm.wgsl (one per state value).
+pub(crate) const CONV_LSTM_THREADS: usize = 64;
 /// Threads of an attention.wgsl workgroup.
 pub(crate) const ATTENTION_THREADS: usize = 64;
 /// Threads of an mha.wgsl workgroup (one (b, head, query step) each).
@@ -268,6 +270,20 @@ pub(crate) struct ConvParams {
     pub _pad3: u32,
 }
 
+/// conv_lstm.wgsl: one step of a ConvLSTM layer (one block per step, dynamic offsets).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct ConvLstmParams {
+    pub rows: u32,
+    pub pixels: u32,
+    pub filters: u32,
+    pub steps: u32,
+    pub t: u32,
+    pub s_out: u32,
+    pub has_mask: u32,
+    pub write_sequence: u32,
+}
+
 /// attention.wgsl: scores, softmax, weighted sum (and Dot).
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -435,6 +451,12 @@ mod tests {
                     _pad0, _pad1, _pad2, _pad3),
             ),
             (
+                "conv_lstm",
+                "ConvLstmParams",
+                members!(ConvLstmParams: rows, pixels, filters, steps, t, s_out, has_mask,
+                    write_sequence),
+            ),
+            (
                 "attention",
                 "AttentionParams",
                 members!(AttentionParams: batch, tq, tv, dim, vdim, q_b, q_i, q_k, k_b, k_j,
@@ -508,6 +530,7 @@ mod tests {
         assert_eq!(workgroup_size("pool"), threads(POOL_THREADS));
         assert_eq!(workgroup_size("attention"), threads(ATTENTION_THREADS));
         assert_eq!(workgroup_size("mha"), threads(MHA_THREADS));
+        assert_eq!(workgroup_size("conv_lstm"), threads(CONV_LSTM_THREADS));
         // conv: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
         assert_eq!(workgroup_size("conv"), [16, 16, 1]);
         assert_eq!(constant("conv", "TM"), CONV_TILE);

@@ -27,7 +27,7 @@ fn pair(cfg: &Json, key: &str, default: usize) -> (usize, usize) {
     }
 }
 
-fn channels_last(cfg: &Json) -> Result<()> {
+pub(super) fn channels_last(cfg: &Json) -> Result<()> {
     match cfg.get("data_format").and_then(Json::as_str) {
         Some("channels_first") => Err(LstmError::unsupported(
             "data_format",
@@ -85,7 +85,7 @@ pub(crate) struct Placement {
 impl Window2 {
     /// From a 1-D or 2-D layer's config (`size_key`: `kernel_size` or `pool_size`; a pool's
     /// strides default to its size and it has no dilation).
-    fn from_config(cfg: &Json, rank: usize, size_key: &str, pool: bool) -> Result<Self> {
+    pub(super) fn from_config(cfg: &Json, rank: usize, size_key: &str, pool: bool) -> Result<Self> {
         let size = ints(cfg, size_key, rank, if pool { 2 } else { 1 })?;
         let stride = ints(cfg, "strides", rank, 1)?;
         let stride = match cfg.get("strides") {
@@ -208,7 +208,7 @@ pub(crate) fn spatial<'a>(
 }
 
 /// `[B, H, W, C]` back as the layer's rank: `[B, W, C]` for 1-D.
-fn unspatial(y: Array4<f32>, rank: usize) -> ArrayD<f32> {
+pub(super) fn unspatial(y: Array4<f32>, rank: usize) -> ArrayD<f32> {
     if rank == 1 {
         y.index_axis_move(ndarray::Axis(1), 0).into_dyn()
     } else {
@@ -413,14 +413,14 @@ pub(crate) fn build(
 /// `Conv1D` or `Conv2D` (`rank` 1 or 2), the kernel as `[kh, kw, in/groups, filters]`
 /// (`kh` = 1 for 1-D).
 #[derive(Debug, Clone)]
-struct Conv {
-    name: String,
-    rank: usize,
-    kernel: Array4<f32>,
-    bias: Option<Array1<f32>>,
-    activation: Activation,
-    win: Window2,
-    groups: usize,
+pub(super) struct Conv {
+    pub(super) name: String,
+    pub(super) rank: usize,
+    pub(super) kernel: Array4<f32>,
+    pub(super) bias: Option<Array1<f32>>,
+    pub(super) activation: Activation,
+    pub(super) win: Window2,
+    pub(super) groups: usize,
 }
 
 impl Op for Conv {

@@ -149,6 +149,8 @@ pub(crate) const SUPPORTED: &[&str] = &[
     "PReLU",
     "Conv1D",
     "Conv2D",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
     "MaxPooling1D",
     "AveragePooling1D",
     "MaxPooling2D",
@@ -291,6 +293,9 @@ pub(crate) fn build(
                 .unwrap_or(false),
         )?,
         "Dense" => Box::new(Dense::new(cfg, name, weights()?)?),
+        "ConvLSTM1D" | "ConvLSTM2D" => {
+            Box::new(super::conv_lstm::build(class, cfg, name, weights()?)?)
+        }
         "MultiHeadAttention" => super::mha::build(cfg, name, key, src)?,
         "Normalization" => Box::new(super::preprocessing::Normalize::new(cfg, name, weights()?)?),
         "TimeDistributed" => {

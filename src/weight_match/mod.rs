@@ -90,7 +90,7 @@ pub(crate) fn weight_count(entry: &Json, custom: &CustomObjects) -> Option<usize
     let cfg = entry.get("config").unwrap_or(&null);
     let bias = usize::from(flag(cfg, "use_bias", true));
     Some(match class {
-        "LSTM" | "GRU" | "SimpleRNN" => 2 + bias,
+        "LSTM" | "GRU" | "SimpleRNN" | "ConvLSTM1D" | "ConvLSTM2D" | "ConvLSTM3D" => 2 + bias,
         "CuDNNLSTM" | "CuDNNGRU" => 3,
         "Dense" | "Conv1D" | "Conv2D" | "Conv3D" => 1 + bias,
         "Embedding" | "PReLU" => 1,

@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Writes tests/data/conv_lstm/: Keras 3.15.1 models with ConvLSTM2D and ConvLSTM1D
+(padding, strides, dilation, return_sequences/return_state, go_backwards, activations, no
+bias, a timestep mask passed as mask=, initial_state from another input, stacked ConvLSTM2D
+with BatchNormalization as in Keras's next-frame prediction example), inputs and Keras's
+predictions. Weights are seeded uniform(-0.6, 0.6) (moving variances uniform(0.5, 1.5)).
+Run: KERAS_BACKEND=tensorflow python scripts/record_conv_lstm.py [OUT_DIR]
+"""
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import keras
+from keras import layers
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "conv_lstm")
+os.makedirs(OUT, exist_ok=True)
+rng = np.random.RandomState(29)
+
+
+def randomize(model):
+    for layer in model._flatten_layers(include_self=False):
+        if layer.weights and not layer._layers:
+            ws = []
+            for v in layer.weights:
+                lo, hi = (0.5, 1.5) if "variance" in v.path else (-0.6, 0.6)
+                ws.append(rng.uniform(lo, hi, v.shape).astype("float32"))
+            layer.set_weights(ws)
+
+
+def save(name, model, inputs):
+    model.save(os.path.join(OUT, f"{name}.keras"))
+    outs = model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    for k, x in enumerate(inputs):
+        # (a boolean mask input is saved as 0/1 float32, as the crate reads every input)
+        x = x.astype("float32") if x.dtype == bool else x
+        np.save(os.path.join(OUT, f"{name}.input.{k}.npy" if len(inputs) > 1 else f"{name}.input.npy"), x)
+    for k, o in enumerate(outs):
+        np.save(os.path.join(OUT, f"{name}.expected.{k}.npy" if len(outs) > 1 else f"{name}.expected.npy"),
+                np.asarray(o, dtype="float32"))
+    print(name, [np.shape(o) for o in outs])
+
+
+frames = rng.uniform(-1, 1, (2, 5, 7, 6, 3)).astype("float32")
+
+# 1. ConvLSTM2D, same padding, the whole sequence.
+inp = keras.Input((None, 7, 6, 3), name="frames")
+out = layers.ConvLSTM2D(4, (3, 3), padding="same", return_sequences=True, name="convlstm")(inp)
+model = keras.Model(inp, out)
+randomize(model)
+save("seq_same", model, [frames])
+
+# 2. Options: valid padding, strides, an even kernel, go_backwards, states returned,
+# relu / hard_sigmoid, no bias.
+inp = keras.Input((5, 7, 6, 3), name="frames")
+outs = layers.ConvLSTM2D(3, (2, 3), strides=(2, 1), padding="valid", go_backwards=True,
+                         return_sequences=True, return_state=True, activation="relu",
+                         recurrent_activation="hard_sigmoid", use_bias=False,
+                         name="options")(inp)
+model = keras.Model(inp, outs)
+randomize(model)
+save("options", model, [frames])
+
+# 3. ConvLSTM1D with dilation and same padding (an even kernel), the last output; and a
+# masked sequence (the mask as mask=, from a boolean input) with return_sequences.
+seq = keras.Input((6, 9, 2), name="seq")
+m = keras.Input((6,), dtype="bool", name="mask")
+a = layers.ConvLSTM1D(5, 4, dilation_rate=2, padding="same", name="c1d")(seq)
+b = layers.ConvLSTM1D(2, 3, return_sequences=True, name="masked")(seq, mask=m)
+model = keras.Model([seq, m], [a, b])
+randomize(model)
+x1 = rng.uniform(-1, 1, (3, 6, 9, 2)).astype("float32")
+mask = np.ones((3, 6), dtype=bool)
+mask[1, 4:] = False
+mask[2, 0] = False
+mask[2, 3] = False
+save("conv1d_masked", model, [x1, mask])
+
+# 4. Keras's next-frame prediction shape: stacked ConvLSTM2D with BatchNormalization, the
+# last one returning the last frame, a Conv2D head; and initial_state from the first
+# layer's states into a second ConvLSTM2D.
+inp = keras.Input((None, 8, 8, 1), name="video")
+h = layers.ConvLSTM2D(4, (5, 5), padding="same", return_sequences=True, name="cl1")(inp)
+h = layers.BatchNormalization(name="bn1")(h)
+h, hs, cs = layers.ConvLSTM2D(4, (3, 3), padding="same", return_sequences=True,
+                              return_state=True, name="cl2")(h)
+h = layers.BatchNormalization(name="bn2")(h)
+h = layers.ConvLSTM2D(4, (1, 1), padding="same", name="cl3")(h, initial_state=[hs, cs])
+out = layers.Conv2D(1, (3, 3), activation="sigmoid", padding="same", name="head")(h)
+model = keras.Model(inp, out)
+randomize(model)
+save("next_frame", model, [rng.uniform(0, 1, (2, 4, 8, 8, 1)).astype("float32")])
