@@ -23,3 +23,61 @@ fn conv_lstm_models_match_keras_on_both_paths() {
         common::check_both_paths(name, &mut model, &inputs, &want);
     }
 }
+
+/// `summary()` gives Keras's parameter count (kernel 3·3·3·16 + recurrent kernel 3·3·4·16 +
+/// bias 16 = 1,024, as `model.summary()` prints) and output shape.
+#[test]
+fn summary_counts_conv_lstm_parameters() {
+    let mut model = KerasModel::load(&dir().join("seq_same.keras")).unwrap();
+    let s = model.summary().unwrap();
+    let layer = s.iter().find(|l| l.class == "ConvLSTM2D").unwrap();
+    assert_eq!(layer.params, 1024);
+    assert_eq!(
+        layer.output_shapes,
+        vec![vec![None, None, Some(7), Some(6), Some(4)]]
+    );
+    assert!(layer.gpu);
+}
+
+/// Wrong input ranks and bad options are errors naming the layer or the key.
+#[test]
+fn bad_conv_lstm_inputs_and_configs_are_errors() {
+    let mut model = KerasModel::load(&dir().join("seq_same.keras")).unwrap();
+    let x = ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 5, 7, 3]));
+    let err = model.predict_inputs(&[x.into()]).unwrap_err();
+    assert!(
+        err.to_string().contains("frames") || err.to_string().contains("convlstm"),
+        "{err}"
+    );
+    let keras = std::fs::read(dir().join("seq_same.keras")).unwrap();
+    let members = lstm_wgpu::archive::members(&keras).unwrap();
+    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
+    let config: serde_json::Value = serde_json::from_slice(member("config.json")).unwrap();
+    for (key, value, expect) in [
+        ("stateful", serde_json::json!(true), "stateful"),
+        (
+            "data_format",
+            serde_json::json!("channels_first"),
+            "data_format",
+        ),
+        ("padding", serde_json::json!("causal"), "padding"),
+        ("strides", serde_json::json!([2, 2]), ""),
+        ("kernel_size", serde_json::json!([5, 5]), "kernel"),
+    ] {
+        let mut c = config.clone();
+        let layers = c["config"]["layers"].as_array_mut().unwrap();
+        let layer = layers
+            .iter_mut()
+            .find(|l| l["class_name"] == "ConvLSTM2D")
+            .unwrap();
+        layer["config"][key] = value.clone();
+        if key == "strides" {
+            // strides with dilation > 1 is refused, as Keras refuses it
+            layer["config"]["dilation_rate"] = serde_json::json!([2, 2]);
+        }
+        let err = KerasModel::from_config_and_weights(&c, member("model.weights.h5"))
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} loaded"));
+        assert!(err.to_string().contains(expect), "{key}: {err}");
+    }
+}

@@ -119,6 +119,8 @@ fn mutated_configs_never_panic() {
             (data_dir("crnn"), "speech"),
             (data_dir("crnn"), "conv_options"),
             (data_dir("crnn"), "td_conv"),
+            (data_dir("conv_lstm"), "options"),
+            (data_dir("conv_lstm"), "next_frame"),
         ]);
     for (k_case, (dir, name)) in cases.enumerate() {
         let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();

@@ -28,7 +28,7 @@ use serde_json::Value as Json;
 /// A ConvLSTM layer: its input and recurrent convolutions (each with all four gates'
 /// `4F` filters) and the LSTM step rule.
 #[derive(Debug, Clone)]
-pub(super) struct ConvLstm {
+pub(crate) struct ConvLstm {
     pub(super) name: String,
     pub(super) rank: usize,
     pub(super) filters: usize,

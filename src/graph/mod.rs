@@ -8,7 +8,7 @@ mod activations;
 mod attention;
 mod combine;
 mod conv;
-mod conv_lstm;
+pub(crate) mod conv_lstm;
 mod custom;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::combine::last_axis;

@@ -171,3 +171,96 @@ fn conv2d_and_pool2d_match_their_cpu_twins() {
     }
     println!("worst Conv2D difference: {worst:e}");
 }
+
+/// A ConvLSTM layer of random options (rank, kernel, strides or dilation, padding,
+/// activations, bias, return_sequences/state, go_backwards) for `cin` channels.
+fn random_conv_lstm(
+    rng: &mut Rng,
+    rank: usize,
+    cin: usize,
+    round: usize,
+) -> crate::graph::conv_lstm::ConvLstm {
+    let k: Vec<usize> = (0..rank).map(|_| 1 + rng.below(3)).collect();
+    let strided = round % 3 == 1;
+    let strides: Vec<usize> = (0..rank)
+        .map(|_| if strided { 1 + rng.below(2) } else { 1 })
+        .collect();
+    let dilation: Vec<usize> = (0..rank)
+        .map(|_| if strided { 1 } else { 1 + rng.below(2) })
+        .collect();
+    let filters = 1 + rng.below(4);
+    let use_bias = round % 4 != 2;
+    let padding = ["valid", "same"][rng.below(2)];
+    let (activation, recurrent) = [
+        ("tanh", "sigmoid"),
+        ("relu", "hard_sigmoid"),
+        ("tanh", "hard_sigmoid"),
+    ][round % 3];
+    let cfg = json!({
+        "filters": filters, "kernel_size": k, "strides": strides, "dilation_rate": dilation,
+        "padding": padding, "activation": activation, "recurrent_activation": recurrent,
+        "use_bias": use_bias, "return_sequences": round % 2 == 0, "return_state": round % 3 == 0,
+        "go_backwards": round % 4 == 1,
+    });
+    let mut shape: Vec<usize> = k.clone();
+    shape.extend([cin, 4 * filters]);
+    let mut w = vec![rng.array(&shape)];
+    *shape.get_mut(rank).expect("channels") = filters;
+    w.push(rng.array(&shape));
+    if use_bias {
+        w.push(rng.array(&[4 * filters]));
+    }
+    let class = if rank == 1 {
+        "ConvLSTM1D"
+    } else {
+        "ConvLSTM2D"
+    };
+    crate::graph::conv_lstm::build(class, &cfg, "conv_lstm", w).unwrap()
+}
+
+#[test]
+fn conv_lstm_matches_its_cpu_twin() {
+    let Some(ctx) = ctx("conv_lstm_matches_its_cpu_twin") else {
+        return;
+    };
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut worst = 0.0f32;
+    for round in 0..12 {
+        let rank = 1 + round % 2;
+        let (b, t, cin) = (1 + rng.below(3), 1 + rng.below(6), 1 + rng.below(3));
+        let mut op = random_conv_lstm(&mut rng, rank, cin, round);
+        let mut shape = vec![b, t];
+        shape.extend((0..rank).map(|_| 3 + rng.below(5)));
+        shape.push(cin);
+        let mut x = rng.array(&shape);
+        if round % 5 == 4 {
+            poison(&mut x, &mut rng);
+        }
+        // every mask pattern in turn: none, random (steps masked anywhere, whole rows)
+        let mask = (round % 3 != 0).then(|| rng.mask(b, t));
+        worst = worst.max(check(
+            &ctx,
+            &format!("conv_lstm round {round}"),
+            &mut op,
+            &[value(x, mask)],
+            &[],
+            &[],
+            json!({}),
+        ));
+    }
+    // 1,000 steps on a 2-D layer with a mask: the per-step dispatches, the states carried
+    let mut op = random_conv_lstm(&mut rng, 2, 2, 0);
+    let (b, t) = (2, 1000);
+    let x = rng.array(&[b, t, 4, 3, 2]);
+    let m = rng.mask(b, t);
+    worst = worst.max(check(
+        &ctx,
+        "long conv_lstm",
+        &mut op,
+        &[value(x, Some(m))],
+        &[],
+        &[],
+        json!({}),
+    ));
+    println!("worst ConvLSTM difference: {worst:e}");
+}
