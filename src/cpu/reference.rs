@@ -23,8 +23,31 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 12;
 pub(crate) fn matmul<T: Element>(
     a: ArrayView2<T>,
     b: ArrayView2<T>,
+    c: ArrayViewMut2<T>,
+    accumulate: bool,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let parallel = m * n * k >= PARALLEL_MIN_MACS;
+    matmul_on(a, b, c, accumulate, parallel)
+}
+
+/// [`matmul`] on the calling thread only (for work already spread over the cores).
+pub(crate) fn matmul_serial<T: Element>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    c: ArrayViewMut2<T>,
+    accumulate: bool,
+) {
+    matmul_on(a, b, c, accumulate, false)
+}
+
+fn matmul_on<T: Element>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
     mut c: ArrayViewMut2<T>,
     accumulate: bool,
+    parallel: bool,
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
@@ -34,7 +57,7 @@ pub(crate) fn matmul<T: Element>(
         b.dim(),
         c.dim()
     );
-    let parallelism = if m * n * k >= PARALLEL_MIN_MACS {
+    let parallelism = if parallel {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None

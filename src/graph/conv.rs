@@ -423,6 +423,53 @@ pub(super) struct Conv {
     pub(super) groups: usize,
 }
 
+/// Floats of im2col rows a block of a convolution stages at once (256 KiB: in L2 with the
+/// kernel and the block's outputs).
+const CONV_BLOCK_FLOATS: usize = 1 << 16;
+
+impl Conv {
+    /// The receptive fields of output rows `r0..r0 + n` for group `g` as `[n, kh·kw·cg]`
+    /// rows of `cols` (im2col; padding taps are zeros, as Keras's explicit zero padding).
+    /// `x` is `[B, H, W, Cin]` row-major.
+    fn im2col(
+        &self,
+        x: &[f32],
+        [h, w, cin]: [usize; 3],
+        p: Placement,
+        (r0, n, g): (usize, usize, usize),
+        cols: &mut [f32],
+    ) {
+        let (kh, kw, cg, _) = self.kernel.dim();
+        let [oh, ow] = p.out;
+        let kq = kh * kw * cg;
+        // one copy for a run of taps when they are adjacent pixels of all channels
+        let runs = self.win.dilation[1] == 1 && cg == cin;
+        for (k, row) in cols[..n * kq].chunks_exact_mut(kq).enumerate() {
+            row.fill(0.0);
+            let r = r0 + k;
+            let (i, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+            for (ky, py) in self.win.taps(0, oy, p.before[0], h) {
+                let line = (i * h + py) * w;
+                if runs {
+                    let mut taps = self.win.taps(1, ox, p.before[1], w);
+                    if let Some((kx0, px0)) = taps.next() {
+                        let nk = 1 + taps.count();
+                        let src = (line + px0) * cin;
+                        let dst = (ky * kw + kx0) * cg;
+                        row[dst..dst + nk * cin].copy_from_slice(&x[src..src + nk * cin]);
+                    }
+                } else {
+                    for (kx, px) in self.win.taps(1, ox, p.before[1], w) {
+                        let src = (line + px) * cin + g * cg;
+                        let dst = (ky * kw + kx) * cg;
+                        row[dst..dst + cg].copy_from_slice(&x[src..src + cg]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Op for Conv {
     fn call(&mut self, inputs: &[&Value], _: &Extra<'_>) -> Result<Vec<Value>> {
         let x = spatial(inputs, self.rank, &self.name)?;
@@ -444,51 +491,52 @@ impl Op for Conv {
         let [oh, ow] = p.out;
         let fg = f / self.groups;
         let kq = kh * kw * cg;
-        // Per group, as one product: the receptive fields as rows (im2col; padding taps are
-        // zeros, as Keras's explicit zero padding), times the group's kernel [kh·kw·cg, fg].
         let rows = b * oh * ow;
-        let mut y = ndarray::Array2::<f32>::zeros((rows, f));
-        let mut cols = ndarray::Array2::<f32>::zeros((rows, kq));
-        for g in 0..self.groups {
-            cols.fill(0.0);
-            for i in 0..b {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut row = cols.row_mut((i * oh + oy) * ow + ox);
-                        for (ky, py) in self.win.taps(0, oy, p.before[0], h) {
-                            for (kx, px) in self.win.taps(1, ox, p.before[1], w) {
-                                let q = (ky * kw + kx) * cg;
-                                for c in 0..cg {
-                                    row[q + c] = x[[i, py, px, g * cg + c]];
-                                }
-                            }
-                        }
-                    }
+        let xs = x.as_standard_layout();
+        let xs = xs.as_slice().expect("a standard layout");
+        let kernel = self.kernel.as_standard_layout();
+        let kernel = kernel
+            .view()
+            .into_shape_with_order((kq, f))
+            .expect("kh·kw·cg rows of filters");
+        let mut y = vec![0f32; rows * f];
+        // Blocks of output rows, spread over the cores: each stages its rows' receptive
+        // fields (per group) and multiplies them by the group's kernel columns into its
+        // part of the output, bias first, then the activation while it is in cache.
+        let block = (CONV_BLOCK_FLOATS / kq.max(1)).clamp(16, 4096);
+        let run = |cols: &mut Vec<f32>, (blk, out): (usize, &mut [f32])| {
+            let n = out.len() / f;
+            cols.resize(n * kq, 0.0);
+            let mut yv = ndarray::ArrayViewMut2::from_shape((n, f), out).expect("rows x filters");
+            for g in 0..self.groups {
+                self.im2col(xs, [h, w, cin], p, (blk * block, n, g), cols);
+                let a = ndarray::ArrayView2::from_shape((n, kq), &cols[..n * kq]).expect("rows");
+                let cols_g = ndarray::s![.., g * fg..(g + 1) * fg];
+                let mut part = yv.slice_mut(cols_g);
+                if let Some(bias) = &self.bias {
+                    part.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
                 }
+                crate::cpu::reference::matmul_serial(
+                    a,
+                    kernel.slice(cols_g),
+                    part,
+                    self.bias.is_some(),
+                );
             }
-            let wg = self
-                .kernel
-                .slice(ndarray::s![.., .., .., g * fg..(g + 1) * fg])
-                .to_owned()
-                .into_shape_with_order((kq, fg))
-                .expect("kh·kw·cg rows of fg filters");
-            let mut out = ndarray::Array2::<f32>::zeros((rows, fg));
-            if let Some(bias) = &self.bias {
-                out.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
+            self.activation
+                .apply_slice(yv.as_slice_mut().expect("contiguous rows"));
+        };
+        if rows > 0 && f > 0 {
+            if rows <= block {
+                run(&mut Vec::new(), (0, &mut y[..]));
+            } else {
+                use rayon::prelude::*;
+                y.par_chunks_mut(block * f)
+                    .enumerate()
+                    .for_each_init(Vec::new, run);
             }
-            crate::cpu::reference::matmul(
-                cols.view(),
-                wg.view(),
-                out.view_mut(),
-                self.bias.is_some(),
-            );
-            y.slice_mut(ndarray::s![.., g * fg..(g + 1) * fg])
-                .assign(&out);
         }
-        y.mapv_inplace(|v| self.activation.apply(v));
-        let y = y
-            .into_shape_with_order((b, oh, ow, f))
-            .expect("rows x filters");
+        let y = Array4::from_shape_vec((b, oh, ow, f), y).expect("rows x filters");
         Ok(vec![Value {
             data: unspatial(y, self.rank),
             mask: None,
@@ -683,7 +731,7 @@ mod tests {
         // strides > 1 with dilation > 1: refused at build, as Keras refuses it
         let cfg = json!({"padding": "valid", "strides": [2], "dilation_rate": [2]});
         let w = || Ok(vec![ArrayD::zeros(ndarray::IxDyn(&[2, 1, 1]))]);
-        let err = build("Conv1D", &cfg, "conv", &w).err().expect("refused");
+        let err = build("Conv1D", &cfg, "conv", &w).expect_err("refused");
         assert!(err.to_string().contains("dilation_rate"), "{err}");
         // groups: two channels, two filters, each filter sees its own channel
         let x2 = value(Array3::from_shape_vec((1, 2, 2), vec![1., 100., 2., 200.]).unwrap());

@@ -14,9 +14,10 @@
 
 use super::ops::{Extra, GpuStage, Op, Uploader};
 use super::Value;
+use crate::cpu::reference::matmul_serial;
 use crate::error::{LstmError, Result};
 use crate::weight_source::WeightSource;
-use ndarray::{Array2, Array3, ArrayD, Ix3, IxDyn};
+use ndarray::{s, Array2, Array3, ArrayD, Ix3, IxDyn};
 use serde_json::Value as Json;
 
 /// The large negative number a masked score becomes: Keras's `Softmax` layer's (the path
@@ -292,56 +293,68 @@ impl Op for Mha {
         } else {
             MASKED_DOT_PRODUCT
         };
-        let mut scores = ArrayD::<f32>::zeros(IxDyn(&[b, n, t, s]));
-        let mut context = Array3::<f32>::zeros((b, t, n * hv));
-        let mut row = vec![0f32; s];
-        for i in 0..b {
-            for head in 0..n {
-                for tq in 0..t {
+        // One task per (batch row, head), spread over the cores: the head's scores as one
+        // product Q_h · K_hᵀ [t, s], masked, a softmax per query row, and the weights times
+        // V_h [s, hv] as another.
+        let task = |idx: usize| -> (Array2<f32>, Array2<f32>) {
+            let (i, head) = (idx / n, idx % n);
+            let qh = pq.slice(s![i, .., head * h..(head + 1) * h]);
+            let kh = pk.slice(s![i, .., head * h..(head + 1) * h]);
+            let vh = pv.slice(s![i, .., head * hv..(head + 1) * hv]);
+            let mut w = Array2::<f32>::zeros((t, s));
+            if scores_path {
+                // (Keras scales the query before the product on this path)
+                let qs = qh.mapv(|x| x * inv);
+                matmul_serial(qs.view(), kh.t(), w.view_mut(), false);
+            } else {
+                matmul_serial(qh, kh.t(), w.view_mut(), false);
+                w.mapv_inplace(|x| x * inv);
+            }
+            for (tq, mut row) in w.outer_iter_mut().enumerate() {
+                if masked {
                     for (sk, r) in row.iter_mut().enumerate() {
-                        let mut acc = 0f64;
-                        for d in 0..h {
-                            let qv = pq[[i, tq, head * h + d]];
-                            let qv = if scores_path { qv * inv } else { qv };
-                            acc += f64::from(qv) * f64::from(pk[[i, sk, head * h + d]]);
+                        if !allowed(i, tq, sk) {
+                            *r = fill;
                         }
-                        let logit = if scores_path {
-                            acc as f32
-                        } else {
-                            acc as f32 * inv
-                        };
-                        *r = if masked && !allowed(i, tq, sk) {
-                            fill
-                        } else {
-                            logit
-                        };
-                    }
-                    // softmax over the key steps (NaN propagates)
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, |a, x| {
-                        if x.is_nan() || a.is_nan() {
-                            f32::NAN
-                        } else {
-                            a.max(x)
-                        }
-                    });
-                    let e: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
-                    let sum: f32 = e.iter().sum();
-                    for sk in 0..s {
-                        // the scores path's Softmax layer zeroes the masked positions after
-                        // the softmax (a fully masked row attends to nothing); the fused
-                        // path keeps the softmax's (uniform) weights there
-                        let zero = scores_path && masked && !allowed(i, tq, sk);
-                        scores[[i, head, tq, sk]] = if zero { 0.0 } else { e[sk] / sum };
-                    }
-                    for d in 0..hv {
-                        let mut acc = 0f64;
-                        for sk in 0..s {
-                            acc += f64::from(scores[[i, head, tq, sk]])
-                                * f64::from(pv[[i, sk, head * hv + d]]);
-                        }
-                        context[[i, tq, head * hv + d]] = acc as f32;
                     }
                 }
+                // softmax over the key steps (NaN propagates)
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, |a, x| {
+                    if x.is_nan() || a.is_nan() {
+                        f32::NAN
+                    } else {
+                        a.max(x)
+                    }
+                });
+                row.mapv_inplace(|x| (x - max).exp());
+                let sum: f32 = row.iter().sum();
+                for (sk, r) in row.iter_mut().enumerate() {
+                    // the scores path's Softmax layer zeroes the masked positions after the
+                    // softmax (a fully masked row attends to nothing); the fused path keeps
+                    // the softmax's (uniform) weights there
+                    let zero = scores_path && masked && !allowed(i, tq, sk);
+                    *r = if zero { 0.0 } else { *r / sum };
+                }
+            }
+            let mut ctx = Array2::<f32>::zeros((t, hv));
+            matmul_serial(w.view(), vh, ctx.view_mut(), false);
+            (w, ctx)
+        };
+        let parts: Vec<(Array2<f32>, Array2<f32>)> = if b * n * t * s * (h + hv) >= 1 << 16 {
+            use rayon::prelude::*;
+            (0..b * n).into_par_iter().map(task).collect()
+        } else {
+            (0..b * n).map(task).collect()
+        };
+        let mut context = Array3::<f32>::zeros((b, t, n * hv));
+        let mut scores = ArrayD::<f32>::zeros(IxDyn(&[b, n, if return_scores { t } else { 0 }, s]));
+        for (idx, (w, ctx)) in parts.into_iter().enumerate() {
+            let (i, head) = (idx / n, idx % n);
+            context
+                .slice_mut(s![i, .., head * hv..(head + 1) * hv])
+                .assign(&ctx);
+            if return_scores {
+                scores.slice_mut(s![i, head, .., ..]).assign(&w);
             }
         }
         let out = self

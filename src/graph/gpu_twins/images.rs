@@ -199,7 +199,7 @@ fn random_conv_lstm(
     let cfg = json!({
         "filters": filters, "kernel_size": k, "strides": strides, "dilation_rate": dilation,
         "padding": padding, "activation": activation, "recurrent_activation": recurrent,
-        "use_bias": use_bias, "return_sequences": round % 2 == 0, "return_state": round % 3 == 0,
+        "use_bias": use_bias, "return_sequences": round.is_multiple_of(2), "return_state": round.is_multiple_of(3),
         "go_backwards": round % 4 == 1,
     });
     let mut shape: Vec<usize> = k.clone();
