@@ -209,6 +209,15 @@ impl GpuNetwork {
         self.plans.iter().find(|(k, _)| k == key).map(|(_, p)| p)
     }
 
+    /// Each model input's name and dims after the batch axis (`None`: free).
+    pub(crate) fn input_dims(&self) -> Vec<(&str, &[Option<usize>])> {
+        self.model
+            .inputs
+            .iter()
+            .map(|i| (i.name.as_str(), i.dims.as_slice()))
+            .collect()
+    }
+
     /// The input width I (of the first input).
     pub fn input_dim(&self) -> usize {
         self.model

@@ -247,3 +247,6 @@ pub(crate) fn last_distribution(out: &ndarray::ArrayD<f32>) -> Result<Vec<f32>> 
         )),
     }
 }
+
+mod seq2seq;
+pub use seq2seq::{decode_loop, seq2seq, seq2seq_gpu, Seq2SeqOptions, TokenFeed};
