@@ -18,7 +18,7 @@ pub(crate) mod cells;
 mod lstm;
 mod packed;
 pub(crate) mod reference;
-mod simd;
+pub(crate) mod simd;
 
 pub use crate::output::{LstmOutput, LstmState};
 pub use lstm::Lstm;

@@ -161,3 +161,56 @@ impl Op for Attention {
         })
     }
 }
+
+/// Builds `Attention` or `AdditiveAttention`, or None for another class.
+pub(super) fn build(
+    class: &str,
+    cfg: &serde_json::Value,
+    name: &str,
+    weights: &dyn Fn() -> Result<Vec<ndarray::ArrayD<f32>>>,
+) -> Result<Option<Box<dyn super::ops::Op>>> {
+    use serde_json::Value as Json;
+    Ok(Some(match class {
+        "Attention" | "AdditiveAttention" => {
+            let use_scale = cfg
+                .get("use_scale")
+                .and_then(Json::as_bool)
+                .unwrap_or(class == "AdditiveAttention");
+            let score_mode = cfg
+                .get("score_mode")
+                .and_then(Json::as_str)
+                .unwrap_or("dot");
+            let additive = class == "AdditiveAttention";
+            if !additive && !matches!(score_mode, "dot" | "concat") {
+                return Err(LstmError::unsupported("score_mode", score_mode));
+            }
+            let mut w = if use_scale || (!additive && score_mode == "concat") {
+                weights()?.into_iter()
+            } else {
+                Vec::new().into_iter()
+            };
+            let scale = if use_scale {
+                Some(w.next().ok_or_else(|| LstmError::MissingWeight {
+                    name: format!("{name}/scale"),
+                })?)
+            } else {
+                None
+            };
+            let concat_weight = if !additive && score_mode == "concat" {
+                let c = w.next().ok_or_else(|| LstmError::MissingWeight {
+                    name: format!("{name}/concat_score_weight"),
+                })?;
+                Some(c.iter().copied().next().unwrap_or(1.0))
+            } else {
+                None
+            };
+            Box::new(Attention {
+                name: name.to_string(),
+                additive,
+                scale: scale.map(|s| s.iter().copied().collect()),
+                concat_weight,
+            })
+        }
+        _ => return Ok(None),
+    }))
+}

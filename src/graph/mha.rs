@@ -244,6 +244,44 @@ impl Mha {
     }
 }
 
+/// Softmax of one row of scores in place: `e^(x - max) / sum` (NaN anywhere makes the row
+/// NaN), the exponentials and the sum in vector registers (eight partial sums).
+fn softmax_row(row: &mut [f32]) {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    for m in lanes {
+        max = if m > max { m } else { max };
+    }
+    if row.iter().any(|x| x.is_nan()) {
+        max = f32::NAN;
+    }
+    for x in row.iter_mut() {
+        *x -= max;
+    }
+    crate::cpu::simd::exp_slice(row);
+    let mut acc = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let sum = acc.iter().sum::<f32>() + tail;
+    for x in row.iter_mut() {
+        *x /= sum;
+    }
+}
+
 impl Op for Mha {
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
         let [q, v, k] = call_tensors(inputs, &self.name)?;
@@ -318,22 +356,16 @@ impl Op for Mha {
                         }
                     }
                 }
-                // softmax over the key steps (NaN propagates)
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, |a, x| {
-                    if x.is_nan() || a.is_nan() {
-                        f32::NAN
-                    } else {
-                        a.max(x)
-                    }
-                });
-                row.mapv_inplace(|x| (x - max).exp());
-                let sum: f32 = row.iter().sum();
-                for (sk, r) in row.iter_mut().enumerate() {
+                softmax_row(row.as_slice_mut().expect("a contiguous row"));
+                if scores_path && masked {
                     // the scores path's Softmax layer zeroes the masked positions after the
                     // softmax (a fully masked row attends to nothing); the fused path keeps
                     // the softmax's (uniform) weights there
-                    let zero = scores_path && masked && !allowed(i, tq, sk);
-                    *r = if zero { 0.0 } else { *r / sum };
+                    for (sk, r) in row.iter_mut().enumerate() {
+                        if !allowed(i, tq, sk) {
+                            *r = 0.0;
+                        }
+                    }
                 }
             }
             let mut ctx = Array2::<f32>::zeros((t, hv));

@@ -23,6 +23,7 @@ mod lower;
 mod mha;
 mod nested;
 mod ops;
+mod padding;
 mod preprocessing;
 mod rnn;
 
@@ -586,7 +587,7 @@ impl Graph {
         initial_state: Option<Vec<Value>>,
     ) -> Result<Vec<ArrayD<f32>>> {
         let values = self.eval(inputs, initial_state)?;
-        self.pick_outputs(&values)
+        self.pick_outputs(values)
     }
 
     /// The shapes of every layer call's outputs on `inputs`, in config order of the layers:
@@ -696,7 +697,7 @@ impl Graph {
     /// The model's outputs among the calls' `values`.
     fn pick_outputs(
         &self,
-        values: &HashMap<(String, usize), Vec<Value>>,
+        values: HashMap<(String, usize), Vec<Value>>,
     ) -> Result<Vec<ArrayD<f32>>> {
         Ok(self
             .pick_values(values)?
@@ -705,21 +706,40 @@ impl Graph {
             .collect())
     }
 
-    /// The model's outputs among the calls' `values`, with their masks.
-    fn pick_values(&self, values: &HashMap<(String, usize), Vec<Value>>) -> Result<Vec<Value>> {
+    /// The model's outputs among the calls' `values`, with their masks (moved out; copied
+    /// only for a tensor that is more than one output).
+    fn pick_values(&self, mut values: HashMap<(String, usize), Vec<Value>>) -> Result<Vec<Value>> {
+        // how many outputs each call's tensors still have to give
+        let mut uses: HashMap<(String, usize), usize> = HashMap::new();
+        for (_, t) in &self.outputs {
+            *uses.entry((t.0.clone(), t.1)).or_insert(0) += 1;
+        }
         let mut out = Vec::new();
         for (name, t) in &self.outputs {
+            let key = (t.0.clone(), t.1);
+            let left = uses.get_mut(&key).expect("counted above");
+            *left -= 1;
+            let last = *left == 0;
             let outs = values
-                .get(&(t.0.clone(), t.1))
+                .get_mut(&key)
                 .ok_or_else(|| bad(format!("output {name} is no layer's output")))?;
+            let taken = |v: &mut Value| {
+                if last {
+                    Value {
+                        data: std::mem::replace(&mut v.data, ArrayD::zeros(ndarray::IxDyn(&[0]))),
+                        mask: v.mask.take(),
+                    }
+                } else {
+                    v.clone()
+                }
+            };
             if t.2 == usize::MAX {
-                out.extend(outs.iter().cloned());
+                out.extend(outs.iter_mut().map(taken));
             } else {
-                out.push(
-                    outs.get(t.2)
-                        .ok_or_else(|| bad(format!("output {name}[{}] does not exist", t.2)))?
-                        .clone(),
-                );
+                let v = outs
+                    .get_mut(t.2)
+                    .ok_or_else(|| bad(format!("output {name}[{}] does not exist", t.2)))?;
+                out.push(taken(v));
             }
         }
         Ok(out)

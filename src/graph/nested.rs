@@ -25,7 +25,7 @@ impl ops::Op for SubModel {
             first.mask = Some(ops::bool_mask(m, &self.name)?);
         }
         let all = self.graph.eval(values, None)?;
-        self.graph.pick_values(&all)
+        self.graph.pick_values(all)
     }
 
     fn params(&self) -> usize {
