@@ -233,9 +233,10 @@ pub fn seq2seq(
     decode_loop(states, step, options, sampler)
 }
 
-/// [`seq2seq`] on the GPU: each decoder step is one submission and one readback (the
-/// distribution and the states, `B·H` floats each, come back together and the states go up
-/// with the next token); the weights stay on the GPU.
+/// [`seq2seq`] on the GPU: each decoder step is one submission and one readback; the
+/// weights stay on the GPU, and so do the states: the decoder's state outputs are copied
+/// into its state inputs on the GPU after each step, so that only the token is uploaded
+/// (the states still come back with the distribution, `B·H` floats each, for the caller).
 pub fn seq2seq_gpu(
     encoder: &mut GpuNetwork,
     decoder: &mut GpuNetwork,
@@ -253,10 +254,16 @@ pub fn seq2seq_gpu(
     let states = encoder.forward_inputs(source)?;
     check_pair(states.len(), dims.len())?;
     let n = states.len();
+    // The decoder's state outputs 1..=n are fed back into its state inputs 1..=n on the GPU:
+    // after the first step (which uploads the encoder's states) only the token goes up.
+    let feedback: Vec<(usize, usize)> = (1..=n).map(|k| (k, k)).collect();
+    let mut first = true;
     let step = |token: i64, states: Vec<ArrayD<f32>>| {
         let mut inputs = vec![feed.input(token)?];
         inputs.extend(states.into_iter().map(ModelInput::F32));
-        split_outputs(decoder.forward_inputs(&inputs)?, n)
+        let outs = decoder.forward_fed(&inputs, &feedback, first)?;
+        first = false;
+        split_outputs(outs, n)
     };
     decode_loop(states, step, options, sampler)
 }

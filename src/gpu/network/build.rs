@@ -92,6 +92,8 @@ impl GpuNetwork {
             profiling: false,
             profile: None,
             stats: ForwardStats::default(),
+            feedback: Vec::new(),
+            fed_plan: None,
         }
     }
 }

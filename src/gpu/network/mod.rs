@@ -51,6 +51,11 @@ pub struct GpuNetwork {
     pub(super) profiling: bool,
     pub(super) profile: Option<ForwardProfile>,
     pub(super) stats: ForwardStats,
+    /// Outputs fed back into inputs on the GPU, `(output, input)`, for the forward being
+    /// submitted (see `forward_fed`); empty for every other forward.
+    pub(super) feedback: Vec<(usize, usize)>,
+    /// The plan whose fed inputs hold the outputs of its last forward.
+    pub(super) fed_plan: Option<PlanKey>,
 }
 
 /// A submitted forward: where its outputs will be and what it cost so far.
@@ -207,6 +212,29 @@ impl GpuNetwork {
 
     pub(super) fn plan(&self, key: &PlanKey) -> Option<&Plan> {
         self.plans.iter().find(|(k, _)| k == key).map(|(_, p)| p)
+    }
+
+    /// [`GpuNetwork::forward_inputs`] with outputs fed back into inputs on the GPU: for each
+    /// `(k, j)` of `feedback`, output `k` of this forward is copied into input `j`'s buffer
+    /// after the pass, and the next `forward_fed` of the same shapes reads it there instead
+    /// of uploading `inputs[j]` (whose shape still counts). `restart` uploads every input
+    /// (the first call of a loop). A decoding loop's states stay on the GPU this way.
+    pub(crate) fn forward_fed(
+        &mut self,
+        inputs: &[ModelInput],
+        feedback: &[(usize, usize)],
+        restart: bool,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        if restart {
+            self.fed_plan = None;
+        }
+        self.feedback = feedback.to_vec();
+        let out = self.forward_inputs(inputs);
+        self.feedback.clear();
+        if out.is_err() {
+            self.fed_plan = None;
+        }
+        out
     }
 
     /// Each model input's name and dims after the batch axis (`None`: free).

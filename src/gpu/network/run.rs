@@ -23,6 +23,9 @@ impl GpuNetwork {
             .first()
             .map_or(0, |x| x.shape().first().copied().unwrap_or(0));
         match self.submit_whole(xs, initial_state, mask, batch) {
+            Err(e @ LstmError::Limit { .. }) if !self.feedback.is_empty() => Err(e.with_hint(
+                "outputs fed back into inputs on the GPU need one submission: use a smaller batch",
+            )),
             Err(e @ LstmError::Limit { .. }) if self.stateful() => Err(e.with_hint(
                 "a stateful network keeps one state for its whole batch and cannot run it in \
                  batch chunks: use a smaller batch",
@@ -175,8 +178,30 @@ impl GpuNetwork {
         let ctx = &self.model.ctx;
         let queue = ctx.queue();
 
-        // Uploads: the inputs, the mask (as 0.0/1.0 floats), initial states.
-        for (x, buf) in xs.iter().zip(&plan.inputs) {
+        // Outputs to feed back: each must have its input's shape.
+        for &(k, j) in &self.feedback {
+            let (out, want) = (plan.outputs.get(k), key.shapes.get(j));
+            if out.map(|o| &o.shape) != want || want.is_none() {
+                return Err(LstmError::invalid(
+                    "feedback",
+                    format!(
+                        "output {k} (shape {:?}) cannot feed input {j} (shape {want:?})",
+                        out.map(|o| &o.shape)
+                    ),
+                ));
+            }
+        }
+        let fed: Vec<usize> = if !self.feedback.is_empty() && self.fed_plan.as_ref() == Some(&key) {
+            self.feedback.iter().map(|&(_, j)| j).collect()
+        } else {
+            Vec::new()
+        };
+        // Uploads: the inputs (but those fed on the GPU), the mask (as 0.0/1.0 floats),
+        // initial states.
+        for (j, (x, buf)) in xs.iter().zip(&plan.inputs).enumerate() {
+            if fed.contains(&j) {
+                continue;
+            }
             let x_std = x.as_standard_layout();
             let x_bytes: &[u8] = bytemuck::cast_slice(x_std.as_slice().expect("standard layout"));
             queue.write_buffer(buf, 0, x_bytes);
@@ -221,6 +246,11 @@ impl GpuNetwork {
         }
         stats.dispatches = record(plan, &mut encoder);
         stats.projection_chunks = plan.projection_chunks;
+        for &(k, j) in &self.feedback {
+            let (src, offset, _, bytes) = &plan.copies[k];
+            encoder.copy_buffer_to_buffer(src, *offset, &plan.inputs[j], 0, *bytes);
+        }
+        self.fed_plan = (!self.feedback.is_empty()).then(|| key.clone());
         let submitted = std::time::Instant::now();
         ctx.checked("recording the forward", || {
             queue.submit([encoder.finish()]);
