@@ -112,14 +112,14 @@ fn unsupported_layers_and_wrong_weights_are_errors() {
     // An unknown layer class: the error names the class and the layer.
     let text = config.to_string().replacen(
         "\"class_name\":\"Dense\"",
-        "\"class_name\":\"ConvLSTM1D\"",
+        "\"class_name\":\"ConvLSTM3D\"",
         1,
     );
     let unknown: serde_json::Value = serde_json::from_str(&text).unwrap();
     let e = KerasModel::from_config_and_weights(&unknown, h5)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("ConvLSTM1D") && e.contains("dense"), "{e}");
+    assert!(e.contains("ConvLSTM3D") && e.contains("dense"), "{e}");
     // A config whose LSTM is wider than its weights: a shape error naming the weight.
     let text = config
         .to_string()

@@ -17,7 +17,7 @@ use super::Value;
 use crate::cpu::reference::matmul_serial;
 use crate::error::{LstmError, Result};
 use crate::weight_source::WeightSource;
-use ndarray::{s, Array2, Array3, ArrayD, Ix3, IxDyn};
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView3, Ix3, IxDyn};
 use serde_json::Value as Json;
 
 /// The large negative number a masked score becomes: Keras's `Softmax` layer's (the path
@@ -34,7 +34,7 @@ pub(crate) struct Projection {
 
 impl Projection {
     /// `x [B, T, in]` projected: `[B, T, out]` (one product over the B·T rows).
-    fn apply(&self, x: &Array3<f32>, what: &str) -> Result<Array3<f32>> {
+    fn apply(&self, x: ArrayView3<'_, f32>, what: &str) -> Result<Array3<f32>> {
         let (b, t, d) = x.dim();
         if d != self.kernel.nrows() {
             return Err(LstmError::shape(
@@ -44,6 +44,7 @@ impl Projection {
             ));
         }
         let n = self.kernel.ncols();
+        let x = x.as_standard_layout();
         let rows = x
             .view()
             .into_shape_with_order((b * t, d))
@@ -285,16 +286,21 @@ fn softmax_row(row: &mut [f32]) {
 impl Op for Mha {
     fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
         let [q, v, k] = call_tensors(inputs, &self.name)?;
-        let three = |x: &Value, what: &str| -> Result<Array3<f32>> {
-            x.data.clone().into_dimensionality::<Ix3>().map_err(|_| {
+        fn three<'v>(x: &'v Value, what: &str, name: &str) -> Result<ArrayView3<'v, f32>> {
+            x.data.view().into_dimensionality::<Ix3>().map_err(|_| {
                 LstmError::shape(
-                    format!("{what} of layer {}", self.name),
+                    format!("{what} of layer {name}"),
                     &[0, 0, 0],
                     x.data.shape(),
                 )
             })
-        };
-        let (xq, xv, xk) = (three(q, "query")?, three(v, "value")?, three(k, "key")?);
+        }
+        let name = &self.name;
+        let (xq, xv, xk) = (
+            three(q, "query", name)?,
+            three(v, "value", name)?,
+            three(k, "key", name)?,
+        );
         let (b, t) = (xq.dim().0, xq.dim().1);
         let s = xv.dim().1;
         if xv.dim().0 != b || xk.dim().0 != b || xk.dim().1 != s {
@@ -308,13 +314,11 @@ impl Op for Mha {
         let return_scores = extra.flag("return_attention_scores");
         let pq = self
             .query
-            .apply(&xq, &format!("query of layer {}", self.name))?;
-        let pk = self
-            .key
-            .apply(&xk, &format!("key of layer {}", self.name))?;
+            .apply(xq, &format!("query of layer {}", self.name))?;
+        let pk = self.key.apply(xk, &format!("key of layer {}", self.name))?;
         let pv = self
             .value
-            .apply(&xv, &format!("value of layer {}", self.name))?;
+            .apply(xv, &format!("value of layer {}", self.name))?;
         let (n, h, hv) = (self.heads, self.key_dim, self.value_dim);
         let inv = (1.0 / (h as f64).sqrt()) as f32;
         let scores_path = self.scores_path(return_scores);
@@ -391,7 +395,7 @@ impl Op for Mha {
         }
         let out = self
             .output
-            .apply(&context, &format!("output of layer {}", self.name))?;
+            .apply(context.view(), &format!("output of layer {}", self.name))?;
         let mut outs = vec![Value {
             data: out.into_dyn(),
             mask: q.mask.clone(),
