@@ -245,6 +245,14 @@ impl Mha {
     }
 }
 
+/// Query rows one MHA task scores at once (its scratch: rows x key steps floats).
+const QUERY_BLOCK: usize = 64;
+
+thread_local! {
+    /// Each thread's score scratch, kept between calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Softmax of one row of scores in place: `e^(x - max) / sum` (NaN anywhere makes the row
 /// NaN), the exponentials and the sum in vector registers (eight partial sums).
 fn softmax_row(row: &mut [f32]) {
@@ -335,62 +343,74 @@ impl Op for Mha {
         } else {
             MASKED_DOT_PRODUCT
         };
-        // One task per (batch row, head), spread over the cores: the head's scores as one
-        // product Q_h · K_hᵀ [t, s], masked, a softmax per query row, and the weights times
-        // V_h [s, hv] as another.
-        let task = |idx: usize| -> (Array2<f32>, Array2<f32>) {
-            let (i, head) = (idx / n, idx % n);
-            let qh = pq.slice(s![i, .., head * h..(head + 1) * h]);
+        // One task per (batch row, head, block of query rows), spread over the cores: the
+        // block's scores as one product Q · K_hᵀ [rows, s] (in a scratch of the thread's,
+        // reused: no fresh pages per call), masked, a softmax per query row, and the weights
+        // times V_h [s, hv] as another.
+        let qb = QUERY_BLOCK.min(t.max(1));
+        let blocks = t.div_ceil(qb);
+        let task = |idx: usize| -> (Option<Array2<f32>>, Array2<f32>) {
+            let (i, head, blk) = (idx / (n * blocks), (idx / blocks) % n, idx % blocks);
+            let (r0, r1) = (blk * qb, ((blk + 1) * qb).min(t));
+            let qh = pq.slice(s![i, r0..r1, head * h..(head + 1) * h]);
             let kh = pk.slice(s![i, .., head * h..(head + 1) * h]);
             let vh = pv.slice(s![i, .., head * hv..(head + 1) * hv]);
-            let mut w = Array2::<f32>::zeros((t, s));
-            if scores_path {
-                // (Keras scales the query before the product on this path)
-                let qs = qh.mapv(|x| x * inv);
-                matmul_serial(qs.view(), kh.t(), w.view_mut(), false);
-            } else {
-                matmul_serial(qh, kh.t(), w.view_mut(), false);
-                w.mapv_inplace(|x| x * inv);
-            }
-            for (tq, mut row) in w.outer_iter_mut().enumerate() {
-                if masked {
-                    for (sk, r) in row.iter_mut().enumerate() {
-                        if !allowed(i, tq, sk) {
-                            *r = fill;
+            SCRATCH.with_borrow_mut(|scratch| {
+                scratch.resize((r1 - r0) * s, 0.0);
+                let mut w = ndarray::ArrayViewMut2::from_shape((r1 - r0, s), &mut scratch[..])
+                    .expect("rows x keys");
+                if scores_path {
+                    // (Keras scales the query before the product on this path)
+                    let qs = qh.mapv(|x| x * inv);
+                    matmul_serial(qs.view(), kh.t(), w.view_mut(), false);
+                } else {
+                    matmul_serial(qh, kh.t(), w.view_mut(), false);
+                    w.mapv_inplace(|x| x * inv);
+                }
+                for (local, mut row) in w.outer_iter_mut().enumerate() {
+                    let tq = r0 + local;
+                    if masked {
+                        for (sk, r) in row.iter_mut().enumerate() {
+                            if !allowed(i, tq, sk) {
+                                *r = fill;
+                            }
+                        }
+                    }
+                    softmax_row(row.as_slice_mut().expect("a contiguous row"));
+                    if scores_path && masked {
+                        // the scores path's Softmax layer zeroes the masked positions after
+                        // the softmax (a fully masked row attends to nothing); the fused path
+                        // keeps the softmax's (uniform) weights there
+                        for (sk, r) in row.iter_mut().enumerate() {
+                            if !allowed(i, tq, sk) {
+                                *r = 0.0;
+                            }
                         }
                     }
                 }
-                softmax_row(row.as_slice_mut().expect("a contiguous row"));
-                if scores_path && masked {
-                    // the scores path's Softmax layer zeroes the masked positions after the
-                    // softmax (a fully masked row attends to nothing); the fused path keeps
-                    // the softmax's (uniform) weights there
-                    for (sk, r) in row.iter_mut().enumerate() {
-                        if !allowed(i, tq, sk) {
-                            *r = 0.0;
-                        }
-                    }
-                }
-            }
-            let mut ctx = Array2::<f32>::zeros((t, hv));
-            matmul_serial(w.view(), vh, ctx.view_mut(), false);
-            (w, ctx)
+                let mut ctx = Array2::<f32>::zeros((r1 - r0, hv));
+                matmul_serial(w.view(), vh, ctx.view_mut(), false);
+                (return_scores.then(|| w.to_owned()), ctx)
+            })
         };
-        let parts: Vec<(Array2<f32>, Array2<f32>)> = if b * n * t * s * (h + hv) >= 1 << 16 {
+        let tasks = b * n * blocks;
+        let parts: Vec<(Option<Array2<f32>>, Array2<f32>)> = if b * n * t * s * (h + hv) >= 1 << 16
+        {
             use rayon::prelude::*;
-            (0..b * n).into_par_iter().map(task).collect()
+            (0..tasks).into_par_iter().map(task).collect()
         } else {
-            (0..b * n).map(task).collect()
+            (0..tasks).map(task).collect()
         };
         let mut context = Array3::<f32>::zeros((b, t, n * hv));
         let mut scores = ArrayD::<f32>::zeros(IxDyn(&[b, n, if return_scores { t } else { 0 }, s]));
         for (idx, (w, ctx)) in parts.into_iter().enumerate() {
-            let (i, head) = (idx / n, idx % n);
+            let (i, head, blk) = (idx / (n * blocks), (idx / blocks) % n, idx % blocks);
+            let rows = blk * qb..(blk * qb + ctx.nrows());
             context
-                .slice_mut(s![i, .., head * hv..(head + 1) * hv])
+                .slice_mut(s![i, rows.clone(), head * hv..(head + 1) * hv])
                 .assign(&ctx);
-            if return_scores {
-                scores.slice_mut(s![i, head, .., ..]).assign(&w);
+            if let Some(w) = w {
+                scores.slice_mut(s![i, head, rows, ..]).assign(&w);
             }
         }
         let out = self

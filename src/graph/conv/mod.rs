@@ -362,6 +362,11 @@ pub(super) struct Conv {
 /// kernel and the block's outputs).
 const CONV_BLOCK_FLOATS: usize = 1 << 16;
 
+thread_local! {
+    /// Each thread's im2col scratch, kept between calls (no fresh pages per block).
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Conv {
     /// The receptive fields of output rows `r0..r0 + n` for group `g` as `[n, kh·kw·cg]`
     /// rows of `cols` (im2col; padding taps are zeros, as Keras's explicit zero padding).
@@ -439,36 +444,38 @@ impl Op for Conv {
         // fields (per group) and multiplies them by the group's kernel columns into its
         // part of the output, bias first, then the activation while it is in cache.
         let block = (CONV_BLOCK_FLOATS / kq.max(1)).clamp(16, 4096);
-        let run = |cols: &mut Vec<f32>, (blk, out): (usize, &mut [f32])| {
-            let n = out.len() / f;
-            cols.resize(n * kq, 0.0);
-            let mut yv = ndarray::ArrayViewMut2::from_shape((n, f), out).expect("rows x filters");
-            for g in 0..self.groups {
-                self.im2col(xs, [h, w, cin], p, (blk * block, n, g), cols);
-                let a = ndarray::ArrayView2::from_shape((n, kq), &cols[..n * kq]).expect("rows");
-                let cols_g = ndarray::s![.., g * fg..(g + 1) * fg];
-                let mut part = yv.slice_mut(cols_g);
-                if let Some(bias) = &self.bias {
-                    part.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
+        let run = |(blk, out): (usize, &mut [f32])| {
+            COLS.with_borrow_mut(|cols| {
+                let n = out.len() / f;
+                cols.resize(n * kq, 0.0);
+                let mut yv =
+                    ndarray::ArrayViewMut2::from_shape((n, f), out).expect("rows x filters");
+                for g in 0..self.groups {
+                    self.im2col(xs, [h, w, cin], p, (blk * block, n, g), cols);
+                    let a =
+                        ndarray::ArrayView2::from_shape((n, kq), &cols[..n * kq]).expect("rows");
+                    let cols_g = ndarray::s![.., g * fg..(g + 1) * fg];
+                    let mut part = yv.slice_mut(cols_g);
+                    if let Some(bias) = &self.bias {
+                        part.assign(&bias.slice(ndarray::s![g * fg..(g + 1) * fg]));
+                    }
+                    crate::cpu::reference::matmul_serial(
+                        a,
+                        kernel.slice(cols_g),
+                        part,
+                        self.bias.is_some(),
+                    );
                 }
-                crate::cpu::reference::matmul_serial(
-                    a,
-                    kernel.slice(cols_g),
-                    part,
-                    self.bias.is_some(),
-                );
-            }
-            self.activation
-                .apply_slice(yv.as_slice_mut().expect("contiguous rows"));
+                self.activation
+                    .apply_slice(yv.as_slice_mut().expect("contiguous rows"));
+            })
         };
         if rows > 0 && f > 0 {
             if rows <= block {
-                run(&mut Vec::new(), (0, &mut y[..]));
+                run((0, &mut y[..]));
             } else {
                 use rayon::prelude::*;
-                y.par_chunks_mut(block * f)
-                    .enumerate()
-                    .for_each_init(Vec::new, run);
+                y.par_chunks_mut(block * f).enumerate().for_each(run);
             }
         }
         let y = Array4::from_shape_vec((b, oh, ow, f), y).expect("rows x filters");
