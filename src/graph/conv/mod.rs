@@ -384,19 +384,31 @@ impl Conv {
         let kq = kh * kw * cg;
         // one copy for a run of taps when they are adjacent pixels of all channels
         let runs = self.win.dilation[1] == 1 && cg == cin;
+        // whether a window starting at `o` covers only real positions along axis `a`
+        let inside = |a: usize, o: usize, n: usize| {
+            let first = o * self.win.stride[a];
+            let last = first + (self.win.size[a] - 1) * self.win.dilation[a];
+            first >= p.before[a] && last < n + p.before[a]
+        };
         for (k, row) in cols[..n * kq].chunks_exact_mut(kq).enumerate() {
-            row.fill(0.0);
             let r = r0 + k;
             let (i, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+            // (a window over padding leaves zeros at its padding taps)
+            if !(inside(0, oy, h) && inside(1, ox, w)) {
+                row.fill(0.0);
+            }
             for (ky, py) in self.win.taps(0, oy, p.before[0], h) {
                 let line = (i * h + py) * w;
                 if runs {
-                    let mut taps = self.win.taps(1, ox, p.before[1], w);
-                    if let Some((kx0, px0)) = taps.next() {
-                        let nk = 1 + taps.count();
-                        let src = (line + px0) * cin;
-                        let dst = (ky * kw + kx0) * cg;
-                        row[dst..dst + nk * cin].copy_from_slice(&x[src..src + nk * cin]);
+                    // taps kx in [lo, hi) lie inside: start + kx in [before, w + before)
+                    let start = ox * self.win.stride[1];
+                    let lo = p.before[1].saturating_sub(start);
+                    let hi = kw.min((w + p.before[1]).saturating_sub(start));
+                    if lo < hi {
+                        let src = (line + start + lo - p.before[1]) * cin;
+                        let dst = (ky * kw + lo) * cg;
+                        let len = (hi - lo) * cin;
+                        row[dst..dst + len].copy_from_slice(&x[src..src + len]);
                     }
                 } else {
                     for (kx, px) in self.win.taps(1, ox, p.before[1], w) {
