@@ -122,6 +122,65 @@ unsafe fn exp_slice_avx2(xs: &mut [f32]) {
     exp_lanes::<x86::Avx2>(xs)
 }
 
+/// `e^(x - shift)` of every value of `xs` in place, as [`exp_slice`], returning their sum
+/// (partial sums per lane, then the lanes and the scalar tail): a softmax row's one pass.
+pub(crate) fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::detect() {
+        // SAFETY: `detect` returns only a set this CPU has.
+        Some(Isa::Avx512) => unsafe { exp_sum_avx512(xs, shift) },
+        // SAFETY: as above (AVX2 and FMA).
+        Some(Isa::Avx2) => unsafe { exp_sum_avx2(xs, shift) },
+        None => exp_sum_scalar(xs, shift),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    exp_sum_scalar(xs, shift)
+}
+
+fn exp_sum_scalar(xs: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0;
+    for x in xs.iter_mut() {
+        *x = (*x - shift).exp();
+        sum += *x;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_sum_avx512(xs: &mut [f32], shift: f32) -> f32 {
+    exp_sum_lanes::<x86::Avx512>(xs, shift)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_sum_avx2(xs: &mut [f32], shift: f32) -> f32 {
+    exp_sum_lanes::<x86::Avx2>(xs, shift)
+}
+
+#[inline(always)]
+unsafe fn exp_sum_lanes<V: Lanes>(xs: &mut [f32], shift: f32) -> f32 {
+    let whole = xs.len() / V::N * V::N;
+    let p = xs.as_mut_ptr();
+    let minus = V::splat(-shift);
+    let mut acc = V::splat(0.0);
+    for i in (0..whole).step_by(V::N) {
+        // SAFETY: i + N <= len.
+        let x = V::add(V::load(p.add(i)), minus);
+        let e = V::where_below(x, V::splat(-87.3), V::splat(0.0), exp(x));
+        e.store(p.add(i));
+        acc = V::add(acc, e);
+    }
+    let mut lanes = [0f32; 16];
+    acc.store(lanes.as_mut_ptr());
+    let mut sum: f32 = lanes[..V::N].iter().sum();
+    for x in &mut xs[whole..] {
+        *x = (*x - shift).exp();
+        sum += *x;
+    }
+    sum
+}
+
 #[inline(always)]
 unsafe fn exp_lanes<V: Lanes>(xs: &mut [f32]) {
     let whole = xs.len() / V::N * V::N;
@@ -172,8 +231,17 @@ mod exp_tests {
             8.0,
             -0.0,
         ];
+        let mut shifted = odd;
         super::exp_slice(&mut odd);
         assert!(odd[0].is_nan() && odd[4].is_nan() && odd[9].is_nan());
+        // the shifted form: e^(x - 1) and its sum (NaN in, NaN sum)
+        let sum = super::exp_shifted_sum(&mut shifted, 1.0);
+        assert!(sum.is_nan() && shifted[0].is_nan());
+        assert!((shifted[3] - 1.0).abs() < 1e-7 && (shifted[6] - 1f32.exp()).abs() < 1e-6);
+        let mut row: Vec<f32> = (0..37).map(|k| k as f32 * 0.1).collect();
+        let want: f32 = row.iter().map(|x| (x - 3.0f32).exp()).sum();
+        let got = super::exp_shifted_sum(&mut row, 3.0);
+        assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
         assert_eq!(odd[1], 0.0);
         assert_eq!(odd[2], 1.0);
     }

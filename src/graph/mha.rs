@@ -257,35 +257,28 @@ thread_local! {
 /// NaN), the exponentials and the sum in vector registers (eight partial sums).
 fn softmax_row(row: &mut [f32]) {
     let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut nan = [false; 8];
     let chunks = row.chunks_exact(8);
-    let mut max = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut max = f32::NEG_INFINITY;
+    let mut any_nan = false;
+    for &x in chunks.remainder() {
+        max = if x > max { x } else { max };
+        any_nan |= x.is_nan();
+    }
     for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
+        for ((m, n), &x) in lanes.iter_mut().zip(&mut nan).zip(c) {
             *m = if x > *m { x } else { *m };
+            *n |= x.is_nan();
         }
     }
-    for m in lanes {
+    for (m, n) in lanes.into_iter().zip(nan) {
         max = if m > max { m } else { max };
+        any_nan |= n;
     }
-    if row.iter().any(|x| x.is_nan()) {
+    if any_nan {
         max = f32::NAN;
     }
-    for x in row.iter_mut() {
-        *x -= max;
-    }
-    crate::cpu::simd::exp_slice(row);
-    let mut acc = [0f32; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x;
-        }
-    }
-    let sum = acc.iter().sum::<f32>() + tail;
+    let sum = crate::cpu::simd::exp_shifted_sum(row, max);
     for x in row.iter_mut() {
         *x /= sum;
     }
