@@ -46,6 +46,15 @@ impl TokenFeed {
     }
 
     /// `token` as the decoder's input for one step.
+    ///
+    /// ```
+    /// use lstm_wgpu::generate::TokenFeed;
+    /// use lstm_wgpu::model::ModelInput;
+    /// let ModelInput::F32(x) = TokenFeed::OneHot(4).input(2)? else { unreachable!() };
+    /// assert_eq!(x.iter().copied().collect::<Vec<_>>(), [0.0, 0.0, 1.0, 0.0]);
+    /// assert!(TokenFeed::OneHot(4).input(4).is_err());
+    /// # Ok::<(), lstm_wgpu::LstmError>(())
+    /// ```
     pub fn input(self, token: i64) -> Result<ModelInput> {
         match self {
             TokenFeed::OneHot(v) => {
@@ -83,6 +92,12 @@ pub struct Seq2SeqOptions {
 
 impl Seq2SeqOptions {
     /// Decoding from `start` for at most `max_len` tokens, with no stop token.
+    ///
+    /// ```
+    /// use lstm_wgpu::generate::Seq2SeqOptions;
+    /// let opts = Seq2SeqOptions::new(1, 60);
+    /// assert_eq!((opts.start, opts.stop, opts.max_len), (1, None, 60));
+    /// ```
     pub fn new(start: i64, max_len: usize) -> Self {
         Seq2SeqOptions {
             start,
@@ -92,6 +107,11 @@ impl Seq2SeqOptions {
     }
 
     /// Stops after `token`.
+    ///
+    /// ```
+    /// use lstm_wgpu::generate::Seq2SeqOptions;
+    /// assert_eq!(Seq2SeqOptions::new(1, 60).stop(2).stop, Some(2));
+    /// ```
     pub fn stop(mut self, token: i64) -> Self {
         self.stop = Some(token);
         self
@@ -237,6 +257,21 @@ pub fn seq2seq(
 /// weights stay on the GPU, and so do the states: the decoder's state outputs are copied
 /// into its state inputs on the GPU after each step, so that only the token is uploaded
 /// (the states still come back with the distribution, `B·H` floats each, for the caller).
+///
+/// ```no_run
+/// use lstm_wgpu::generate::{seq2seq_gpu, Sampler, Seq2SeqOptions};
+/// use lstm_wgpu::gpu::{GpuContext, GpuNetwork};
+/// use lstm_wgpu::model::KerasModel;
+/// let ctx = GpuContext::new()?;
+/// let encoder = KerasModel::load("encoder_model.keras".as_ref())?;
+/// let decoder = KerasModel::load("decoder_model.keras".as_ref())?;
+/// let mut enc = GpuNetwork::from_model(ctx.clone(), &encoder)?;
+/// let mut dec = GpuNetwork::from_model(ctx, &decoder)?;
+/// let source = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 12, 71]));
+/// let opts = Seq2SeqOptions::new(1, 60).stop(2);
+/// let tokens = seq2seq_gpu(&mut enc, &mut dec, &[source.into()], &opts, &mut Sampler::greedy())?;
+/// # Ok::<(), lstm_wgpu::LstmError>(())
+/// ```
 pub fn seq2seq_gpu(
     encoder: &mut GpuNetwork,
     decoder: &mut GpuNetwork,
@@ -266,4 +301,43 @@ pub fn seq2seq_gpu(
         split_outputs(outs, n)
     };
     decode_loop(states, step, options, sampler)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeding an output into an input of another shape is an error naming both, and the
+    /// next fed forward uploads every input again.
+    #[test]
+    fn feedback_of_another_shape_is_an_error() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/seq2seq");
+        let Ok(ctx) = crate::gpu::GpuContext::with_options(
+            &crate::gpu::GpuOptions::from_env().allow_software(true),
+        ) else {
+            if std::env::var("LSTM_WGPU_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("LSTM_WGPU_REQUIRE_GPU=1 but no GPU adapter");
+            }
+            return;
+        };
+        let model = KerasModel::load(&dir.join("char_decoder.keras")).unwrap();
+        let mut dec = GpuNetwork::from_model(ctx, &model).unwrap();
+        let inputs = [
+            TokenFeed::OneHot(13).input(1).unwrap(),
+            ModelInput::F32(ArrayD::zeros(ndarray::IxDyn(&[1, 16]))),
+            ModelInput::F32(ArrayD::zeros(ndarray::IxDyn(&[1, 16]))),
+        ];
+        // output 0 is the [1, 1, 13] distribution; input 1 a [1, 16] state
+        let err = dec.forward_fed(&inputs, &[(0, 1)], true).unwrap_err();
+        assert!(err.to_string().contains("output 0"), "{err}");
+        let ok = dec.forward_fed(&inputs, &[(1, 1), (2, 2)], false).unwrap();
+        assert_eq!(ok.len(), 3);
+        // (that forward uploaded every input: no plan held fed values)
+        assert_eq!(dec.stats().bytes_uploaded % 4, 0);
+        assert!(
+            dec.stats().bytes_uploaded >= 4 * (13 + 16 + 16),
+            "{:?}",
+            dec.stats()
+        );
+    }
 }
