@@ -94,36 +94,10 @@ pub(super) unsafe fn exp<V: Lanes>(x: V) -> V {
     V::scale2(y, n)
 }
 
-/// `e^x` of every value of `xs` in place, in vector registers where the CPU has them (the
-/// Cephes polynomial of [`exp`], within a few ulp of `f32::exp`; exactly 0 below -87.3,
-/// where `f32::exp` gives subnormals under 1.2e-38; NaN stays NaN). Softmax rows use it.
-pub(crate) fn exp_slice(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match Isa::detect() {
-        // SAFETY: `detect` returns only a set this CPU has.
-        Some(Isa::Avx512) => unsafe { exp_slice_avx512(xs) },
-        // SAFETY: as above (AVX2 and FMA).
-        Some(Isa::Avx2) => unsafe { exp_slice_avx2(xs) },
-        None => xs.iter_mut().for_each(|x| *x = x.exp()),
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    xs.iter_mut().for_each(|x| *x = x.exp());
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_slice_avx512(xs: &mut [f32]) {
-    exp_lanes::<x86::Avx512>(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_slice_avx2(xs: &mut [f32]) {
-    exp_lanes::<x86::Avx2>(xs)
-}
-
-/// `e^(x - shift)` of every value of `xs` in place, as [`exp_slice`], returning their sum
-/// (partial sums per lane, then the lanes and the scalar tail): a softmax row's one pass.
+/// `e^(x - shift)` of every value of `xs` in place, returning their sum (partial sums per
+/// lane, then the lanes and the scalar tail): a softmax row's one pass. In vector registers
+/// where the CPU has them (the Cephes polynomial of [`exp`], within a few ulp of `f32::exp`;
+/// exactly 0 below -87.3, where `f32::exp` gives subnormals under 1.2e-38; NaN stays NaN).
 pub(crate) fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match Isa::detect() {
@@ -181,29 +155,15 @@ unsafe fn exp_sum_lanes<V: Lanes>(xs: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
-#[inline(always)]
-unsafe fn exp_lanes<V: Lanes>(xs: &mut [f32]) {
-    let whole = xs.len() / V::N * V::N;
-    let p = xs.as_mut_ptr();
-    for i in (0..whole).step_by(V::N) {
-        // SAFETY: i + N <= len.
-        let x = V::load(p.add(i));
-        V::where_below(x, V::splat(-87.3), V::splat(0.0), exp(x)).store(p.add(i));
-    }
-    for x in &mut xs[whole..] {
-        *x = x.exp();
-    }
-}
-
 #[cfg(test)]
 mod exp_tests {
     /// Within 2e-7 (relative) of f32::exp over [-87.3, 88], 0 below; NaN stays NaN, -inf
     /// gives 0; over whole registers and the scalar tail.
     #[test]
-    fn exp_slice_matches_f32_exp() {
+    fn exp_shifted_sum_matches_f32_exp() {
         let mut xs: Vec<f32> = (0..=3563).map(|k| -90.0 + k as f32 * 0.05).collect();
         let want: Vec<f32> = xs.iter().map(|x| x.exp()).collect();
-        super::exp_slice(&mut xs);
+        super::exp_shifted_sum(&mut xs, 0.0);
         for (k, (g, w)) in xs.iter().zip(&want).enumerate() {
             let x = -90.0 + k as f32 * 0.05;
             if x < -87.3 {
@@ -232,7 +192,7 @@ mod exp_tests {
             -0.0,
         ];
         let mut shifted = odd;
-        super::exp_slice(&mut odd);
+        super::exp_shifted_sum(&mut odd, 0.0);
         assert!(odd[0].is_nan() && odd[4].is_nan() && odd[9].is_nan());
         // the shifted form: e^(x - 1) and its sum (NaN in, NaN sum)
         let sum = super::exp_shifted_sum(&mut shifted, 1.0);
