@@ -33,8 +33,14 @@ pub(crate) struct Projection {
 }
 
 impl Projection {
-    /// `x [B, T, in]` projected: `[B, T, out]` (one product over the B·T rows).
-    fn apply(&self, x: ArrayView3<'_, f32>, what: &str) -> Result<Array3<f32>> {
+    /// `x [B, T, in]` projected into `buf` (grown as needed, kept by the caller between
+    /// calls): `[B, T, out]`, one product over the B·T rows.
+    fn apply_into<'b>(
+        &self,
+        x: ArrayView3<'_, f32>,
+        what: &str,
+        buf: &'b mut Vec<f32>,
+    ) -> Result<ArrayView3<'b, f32>> {
         let (b, t, d) = x.dim();
         if d != self.kernel.nrows() {
             return Err(LstmError::shape(
@@ -49,16 +55,38 @@ impl Projection {
             .view()
             .into_shape_with_order((b * t, d))
             .map_err(|_| LstmError::shape(what, &[b, t, d], x.shape()))?;
-        let mut out = Array2::<f32>::zeros((b * t, n));
+        if buf.len() < b * t * n {
+            buf.resize(b * t * n, 0.0);
+        }
+        let mut out = ndarray::ArrayViewMut2::from_shape((b * t, n), &mut buf[..b * t * n])
+            .expect("rows x columns");
+        // (every value written: the product does not accumulate)
         crate::cpu::reference::matmul(rows, self.kernel.view(), out.view_mut(), false);
         if let Some(bias) = &self.bias {
             for mut row in out.rows_mut() {
                 row.iter_mut().zip(bias).for_each(|(y, b)| *y += b);
             }
         }
-        out.into_shape_with_order((b, t, n))
-            .map_err(|_| LstmError::shape(what, &[b, t, n], &[b * t, n]))
+        Ok(ArrayView3::from_shape((b, t, n), &buf[..b * t * n]).expect("rows x columns"))
     }
+
+    /// `x [B, T, in]` projected: a new `[B, T, out]`.
+    fn apply(&self, x: ArrayView3<'_, f32>, what: &str) -> Result<Array3<f32>> {
+        let mut buf = Vec::new();
+        let y = self.apply_into(x, what, &mut buf)?.dim();
+        buf.truncate(y.0 * y.1 * y.2);
+        Ok(Array3::from_shape_vec(y, buf).expect("the projected values"))
+    }
+}
+
+/// The buffers of one MultiHeadAttention call kept between calls (the projections and the
+/// attention's output): no fresh pages per call.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MhaScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    context: Vec<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +101,7 @@ pub(crate) struct Mha {
     pub output: Projection,
     /// Keras takes the scores path when the layer has dropout (even at inference).
     pub dropout: bool,
+    pub scratch: MhaScratch,
 }
 
 fn int(cfg: &Json, key: &str) -> Option<usize> {
@@ -198,6 +227,7 @@ pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Re
         value: projection(&parts[2], "value", false)?,
         output: projection(&parts[3], "attention_output", true)?,
         dropout: cfg.get("dropout").and_then(Json::as_f64).unwrap_or(0.0) > 0.0,
+        scratch: MhaScratch::default(),
     };
     for (p, width, what) in [
         (&op.query, heads * key_dim, "query"),
@@ -313,16 +343,24 @@ impl Op for Mha {
         }
         let causal = extra.flag("use_causal_mask");
         let return_scores = extra.flag("return_attention_scores");
+        let (n, h, hv) = (self.heads, self.key_dim, self.value_dim);
+        let scores_path = self.scores_path(return_scores);
+        let MhaScratch {
+            q: qbuf,
+            k: kbuf,
+            v: vbuf,
+            context: cbuf,
+        } = &mut self.scratch;
         let pq = self
             .query
-            .apply(xq, &format!("query of layer {}", self.name))?;
-        let pk = self.key.apply(xk, &format!("key of layer {}", self.name))?;
+            .apply_into(xq, &format!("query of layer {name}"), qbuf)?;
+        let pk = self
+            .key
+            .apply_into(xk, &format!("key of layer {name}"), kbuf)?;
         let pv = self
             .value
-            .apply(xv, &format!("value of layer {}", self.name))?;
-        let (n, h, hv) = (self.heads, self.key_dim, self.value_dim);
+            .apply_into(xv, &format!("value of layer {name}"), vbuf)?;
         let inv = (1.0 / (h as f64).sqrt()) as f32;
-        let scores_path = self.scores_path(return_scores);
         // (the key's mask counts when the key is its own tensor; else it is the value's)
         let allowed = |i: usize, tq: usize, sk: usize| -> bool {
             q.mask.as_ref().is_none_or(|m| m[[i, tq]])
@@ -394,7 +432,13 @@ impl Op for Mha {
         } else {
             (0..tasks).map(task).collect()
         };
-        let mut context = Array3::<f32>::zeros((b, t, n * hv));
+        // (every value of the context is written below: each block's rows of each head)
+        if cbuf.len() < b * t * n * hv {
+            cbuf.resize(b * t * n * hv, 0.0);
+        }
+        let mut context =
+            ndarray::ArrayViewMut3::from_shape((b, t, n * hv), &mut cbuf[..b * t * n * hv])
+                .expect("rows x heads");
         let mut scores = ArrayD::<f32>::zeros(IxDyn(&[b, n, if return_scores { t } else { 0 }, s]));
         for (idx, (w, ctx)) in parts.into_iter().enumerate() {
             let (i, head, blk) = (idx / (n * blocks), (idx / blocks) % n, idx % blocks);
@@ -408,7 +452,7 @@ impl Op for Mha {
         }
         let out = self
             .output
-            .apply(context.view(), &format!("output of layer {}", self.name))?;
+            .apply(context.view(), &format!("output of layer {name}"))?;
         let mut outs = vec![Value {
             data: out.into_dyn(),
             mask: q.mask.clone(),

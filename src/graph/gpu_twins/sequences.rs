@@ -518,6 +518,7 @@ fn multi_head_attention_matches_its_cpu_twin() {
             value: proj(&mut rng, dv, n * hv, bias),
             output: proj(&mut rng, n * hv, dout, bias),
             dropout: round % 4 == 1,
+            scratch: Default::default(),
         };
         let mut xq = rng.array(&[b, t, dq]);
         if round % 5 == 2 {
