@@ -42,11 +42,32 @@ pub(crate) fn matmul_serial<T: Element>(
     matmul_on(a, b, c, accumulate, false)
 }
 
+/// `c = (a · b) · scale` on the calling thread: the product's sums, each multiplied by
+/// `scale` once (as `(q · k) · scale` rounds).
+pub(crate) fn matmul_scaled_serial<T: Element>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    c: ArrayViewMut2<T>,
+    scale: T,
+) {
+    matmul_with(a, b, c, (false, scale), false)
+}
+
 fn matmul_on<T: Element>(
     a: ArrayView2<T>,
     b: ArrayView2<T>,
-    mut c: ArrayViewMut2<T>,
+    c: ArrayViewMut2<T>,
     accumulate: bool,
+    parallel: bool,
+) {
+    matmul_with(a, b, c, (accumulate, T::one()), parallel)
+}
+
+fn matmul_with<T: Element>(
+    a: ArrayView2<T>,
+    b: ArrayView2<T>,
+    mut c: ArrayViewMut2<T>,
+    (accumulate, scale): (bool, T),
     parallel: bool,
 ) {
     let (m, k) = a.dim();
@@ -81,7 +102,7 @@ fn matmul_on<T: Element>(
             b.strides()[1],
             b.strides()[0],
             T::one(),
-            T::one(),
+            scale,
             false,
             false,
             false,

@@ -14,7 +14,7 @@
 
 use super::ops::{Extra, GpuStage, Op, Uploader};
 use super::Value;
-use crate::cpu::reference::matmul_serial;
+use crate::cpu::reference::{matmul_scaled_serial, matmul_serial};
 use crate::error::{LstmError, Result};
 use crate::weight_source::WeightSource;
 use ndarray::{s, Array2, Array3, ArrayD, ArrayView3, Ix3, IxDyn};
@@ -309,8 +309,10 @@ fn softmax_row(row: &mut [f32]) {
         max = f32::NAN;
     }
     let sum = crate::cpu::simd::exp_shifted_sum(row, max);
+    // (times the reciprocal: within an ulp of the division, and cheaper)
+    let inv = 1.0 / sum;
     for x in row.iter_mut() {
-        *x /= sum;
+        *x *= inv;
     }
 }
 
@@ -395,8 +397,7 @@ impl Op for Mha {
                     let qs = qh.mapv(|x| x * inv);
                     matmul_serial(qs.view(), kh.t(), w.view_mut(), false);
                 } else {
-                    matmul_serial(qh, kh.t(), w.view_mut(), false);
-                    w.mapv_inplace(|x| x * inv);
+                    matmul_scaled_serial(qh, kh.t(), w.view_mut(), inv);
                 }
                 for (local, mut row) in w.outer_iter_mut().enumerate() {
                     let tq = r0 + local;
