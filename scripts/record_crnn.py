@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Writes tests/data/crnn/: Keras 3.15.1 convolutional-recurrent models (the handwriting /
 captcha OCR example's CRNN, a DeepSpeech2-like speech model, Conv2D and pooling options,
-TimeDistributed(Conv2D) into an LSTM), inputs, Keras's predictions and, for the OCR model,
-keras.ops.ctc_decode's greedy and beam-search labels of them. Weights are seeded
+TimeDistributed(Conv2D) into an LSTM, ZeroPadding2D/Cropping2D/UpSampling2D), inputs,
+Keras's predictions and, for the OCR model, keras.ops.ctc_decode's greedy and beam-search
+labels of them. Weights are seeded
 uniform(-0.6, 0.6) (moving variances uniform(0.5, 1.5)).
 Run: KERAS_BACKEND=tensorflow python scripts/record_crnn.py [OUT_DIR]
 """
@@ -120,3 +121,21 @@ out = layers.Dense(3, name="head")(h)
 model = keras.Model(frames, out)
 randomize(model)
 save("td_conv", model, [rng.uniform(-1, 1, (2, 5, 8, 6, 2)).astype("float32")])
+
+# 5. ZeroPadding2D, Cropping2D, UpSampling2D (nearest), each config form, alone and around
+# a Conv2D.
+inp = keras.Input((7, 9, 3), name="x")
+c = layers.ZeroPadding2D(((1, 2), (0, 3)), name="pad_pairs")(inp)
+c = layers.Conv2D(4, 3, activation="tanh", name="conv")(c)
+c = layers.UpSampling2D((2, 3), name="up")(c)
+c = layers.Cropping2D(((1, 0), (2, 1)), name="crop_pairs")(c)
+outs = [
+    c,
+    layers.ZeroPadding2D(1, name="pad_int")(inp),
+    layers.ZeroPadding2D((2, 1), name="pad_axes")(inp),
+    layers.Cropping2D((1, 2), name="crop_axes")(inp),
+    layers.UpSampling2D(2, name="up_int")(inp),
+]
+model = keras.Model(inp, outs)
+randomize(model)
+save("padding2d", model, [rng.uniform(-1, 1, (2, 7, 9, 3)).astype("float32")])

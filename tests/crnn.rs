@@ -2,8 +2,9 @@
 //! `scripts/record_crnn.py`): the OCR example's CRNN (Conv2D, MaxPooling2D, Reshape into
 //! Bidirectional LSTMs) with its CTC decoding, a DeepSpeech2-like model (strided Conv2D
 //! without bias, BatchNormalization and ReLU on 4-D, Reshape with -1, Bidirectional GRU),
-//! Conv2D and pooling options side by side, TimeDistributed(Conv2D) into an LSTM; on both
-//! paths, the GPU in one submission.
+//! Conv2D and pooling options side by side, TimeDistributed(Conv2D) into an LSTM,
+//! ZeroPadding2D/Cropping2D/UpSampling2D in each config form; on both paths, the GPU in one
+//! submission.
 
 use lstm_wgpu::ctc::{ctc_decode, CtcStrategy};
 use lstm_wgpu::model::{KerasModel, ModelInput};
@@ -18,7 +19,7 @@ fn dir() -> PathBuf {
 
 #[test]
 fn crnn_models_match_keras_on_both_paths() {
-    for name in ["ocr", "speech", "conv_options", "td_conv"] {
+    for name in ["ocr", "speech", "conv_options", "td_conv", "padding2d"] {
         let mut model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
         let inputs: Vec<ModelInput> = common::model_inputs(&dir(), name, model.inputs());
         let want: Vec<ArrayD<f32>> = common::expected_outputs(&dir(), name);

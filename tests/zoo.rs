@@ -119,6 +119,7 @@ fn mutated_configs_never_panic() {
             (data_dir("crnn"), "speech"),
             (data_dir("crnn"), "conv_options"),
             (data_dir("crnn"), "td_conv"),
+            (data_dir("crnn"), "padding2d"),
             (data_dir("conv_lstm"), "options"),
             (data_dir("conv_lstm"), "next_frame"),
         ]);

@@ -24,6 +24,7 @@ mod mha;
 mod nested;
 mod ops;
 mod padding;
+pub(crate) use self::padding::Pad2;
 mod preprocessing;
 mod rnn;
 

@@ -158,6 +158,8 @@ pub(crate) enum Layout {
         crop: (usize, usize),
         repeat: usize,
     },
+    /// ZeroPadding2D / Cropping2D / UpSampling2D on `[B, H, W, C]`.
+    Pad2(crate::graph::Pad2),
     /// `Reshape(target)` (`-1` = the rest) or `Flatten` (None).
     Reshape(Option<Vec<i64>>),
     /// `Concatenate(axis)`.
@@ -270,6 +272,46 @@ impl GpuStage for GatherStage {
                     left.dims = vec![b, pad.0, c];
                     left.in_dims = vec![b, 0, c];
                     cx.gather(&what, &x.buf, &out, &left)?;
+                }
+                Tensor {
+                    buf: out,
+                    offset: 0,
+                    shape,
+                    mask: None,
+                }
+            }
+            Layout::Pad2(p2) => {
+                let [b, h, w, c] = match x.shape[..] {
+                    [b, h, w, c] => [b, h, w, c],
+                    _ => {
+                        return Err(LstmError::shape(
+                            format!("input of {what}"),
+                            &[0, 0, 0, 0],
+                            &x.shape,
+                        ))
+                    }
+                };
+                let (kept, [oh, ow]) = p2.sizes([h, w])?;
+                let shape = vec![b, oh, ow, c];
+                // out (oy, ox) reads (oy / repeat - pad, ox / repeat - pad) of the cropped
+                // box: a layer pads (repeat 1) or repeats (pad 0), never both
+                let g = Gather {
+                    dims: shape.clone(),
+                    out_stride: strides(&shape),
+                    out_base: 0,
+                    in_stride: vec![h * w * c, w * c, c, 1],
+                    in_base: (p2.crop[0].0 * w + p2.crop[1].0) * c,
+                    in_dims: vec![b, kept[0], kept[1], c],
+                    pad: vec![0, p2.pad[0].0 as i64, p2.pad[1].0 as i64, 0],
+                    div: vec![1, p2.repeat[0], p2.repeat[1], 1],
+                };
+                let out = cx.storage(
+                    &what,
+                    (b * oh * ow * c * 4) as u64,
+                    wgpu::BufferUsages::COPY_SRC,
+                )?;
+                if b * oh * ow * c > 0 {
+                    cx.gather(&what, &x.buf, &out, &g)?;
                 }
                 Tensor {
                     buf: out,

@@ -169,6 +169,49 @@ fn conv2d_and_pool2d_match_their_cpu_twins() {
             json!({}),
         );
     }
+    // ZeroPadding2D / Cropping2D / UpSampling2D of random sizes (the gather kernel)
+    for round in 0..6 {
+        let (b, h, w, c) = (
+            1 + rng.below(2),
+            2 + rng.below(6),
+            2 + rng.below(6),
+            1 + rng.below(3),
+        );
+        let mut x = rng.array(&[b, h, w, c]);
+        if round == 5 {
+            poison(&mut x, &mut rng);
+        }
+        let zero = [(0, 0); 2];
+        let mut op = match round % 3 {
+            0 => crate::graph::Pad2 {
+                name: "ZeroPadding2D".into(),
+                pad: [(rng.below(3), rng.below(3)), (rng.below(3), rng.below(3))],
+                crop: zero,
+                repeat: [1, 1],
+            },
+            1 => crate::graph::Pad2 {
+                name: "Cropping2D".into(),
+                pad: zero,
+                crop: [(rng.below(2), rng.below(1)), (rng.below(1), rng.below(2))],
+                repeat: [1, 1],
+            },
+            _ => crate::graph::Pad2 {
+                name: "UpSampling2D".into(),
+                pad: zero,
+                crop: zero,
+                repeat: [1 + rng.below(3), 1 + rng.below(3)],
+            },
+        };
+        check(
+            &ctx,
+            &format!("{op:?}"),
+            &mut op,
+            &[value(x, None)],
+            &[],
+            &[],
+            json!({}),
+        );
+    }
     println!("worst Conv2D difference: {worst:e}");
 }
 
