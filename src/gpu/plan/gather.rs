@@ -1,10 +1,10 @@
 //! The plan builder of the layers that move values without arithmetic, all through
 //! gather.wgsl (a strided copy of a box of up to 4 axes): `RepeatVector`, `Permute`,
-//! `ZeroPadding1D`, `Cropping1D`, `UpSampling1D`, `Reshape`/`Flatten` (no dispatch: the same
-//! buffer, another shape) and `Concatenate`; and the copies other builders need (a recurrent
-//! layer's initial state into its state buffer, a Bidirectional layer's halves). CPU twins:
-//! `RepeatVector`, `Permute`, `Reshape` in src/graph/core.rs, `Pad` in src/graph/conv.rs,
-//! `Merge` in src/graph/combine.rs.
+//! `ZeroPadding1D`/`2D`, `Cropping1D`/`2D`, `UpSampling1D`/`2D`, `Reshape`/`Flatten` (no
+//! dispatch: the same buffer, another shape) and `Concatenate`; and the copies other builders
+//! need (a recurrent layer's initial state into its state buffer, a Bidirectional layer's
+//! halves). CPU twins: `RepeatVector`, `Permute`, `Reshape` in src/graph/core.rs, `Pad` and
+//! `Pad2` in src/graph/padding.rs, `Merge` in src/graph/combine.rs.
 
 use super::elementwise::merged_mask;
 use super::{Args, GpuStage, PlanContext, Tensor};
