@@ -15,14 +15,14 @@
 //! on all `B·T` frames at once before the loop. GPU twin: `ConvLstmStage`
 //! (gpu/plan/conv_lstm.rs).
 
-use super::conv::{channels_last, unspatial, Conv, Window2};
+use super::conv::{bias_weight, channels_last, spatial_kernel, unspatial, Conv, Window2};
 use super::ops::{bool_mask, fitting_mask, stage, Extra, GpuStage, Op, Uploader};
 use super::Value;
 use crate::activation::Activation;
 use crate::cpu::reference::{cell_update, StepRule};
 use crate::error::{LstmError, Result};
 use crate::gpu::plan::ConvLstmStage;
-use ndarray::{Array1, Array2, Array4, ArrayD, Ix1, Ix3, Ix4, IxDyn};
+use ndarray::{Array2, Array4, ArrayD, IxDyn};
 use serde_json::Value as Json;
 
 /// A ConvLSTM layer: its input and recurrent convolutions (each with all four gates'
@@ -82,18 +82,7 @@ pub(super) fn build(
     let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
     let mut w = weights.into_iter();
     let mut kernel = |what: &str| -> Result<Array4<f32>> {
-        let k = w.next().ok_or_else(|| LstmError::MissingWeight {
-            name: format!("{name}/{what}"),
-        })?;
-        let shape = k.shape().to_vec();
-        let bad = || LstmError::shape(format!("{name}/{what}"), &vec![0; rank + 2], &shape);
-        let k = if rank == 1 {
-            k.into_dimensionality::<Ix3>()
-                .map_err(|_| bad())?
-                .insert_axis(ndarray::Axis(0))
-        } else {
-            k.into_dimensionality::<Ix4>().map_err(|_| bad())?
-        };
+        let k = spatial_kernel(w.next(), rank, &format!("{name}/{what}"))?;
         let (kh, kw, _, n) = k.dim();
         if [kh, kw] != win.size || n != 4 * filters {
             return Err(LstmError::shape(
@@ -113,25 +102,9 @@ pub(super) fn build(
             kernel_h.shape(),
         ));
     }
-    let bias = if use_bias {
-        let b: Array1<f32> = w
-            .next()
-            .ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/bias"),
-            })?
-            .into_dimensionality::<Ix1>()
-            .map_err(|_| LstmError::shape(format!("{name}/bias"), &[4 * filters], &[]))?;
-        if b.len() != 4 * filters {
-            return Err(LstmError::shape(
-                format!("{name}/bias"),
-                &[4 * filters],
-                b.shape(),
-            ));
-        }
-        Some(b)
-    } else {
-        None
-    };
+    let bias = use_bias
+        .then(|| bias_weight(w.next(), 4 * filters, &format!("{name}/bias")))
+        .transpose()?;
     let recurrent_win = Window2 {
         size: win.size,
         stride: [1, 1],
@@ -284,16 +257,17 @@ impl Op for ConvLstm {
             .return_sequences
             .then(|| Array4::<f32>::zeros((b, t, p, f)));
         let mut z = vec![0f32; 4 * f];
+        // h as the recurrent convolution's input [B, OH, OW, F], updated in place
+        let mut hv = Value {
+            data: h
+                .into_shape_with_order(IxDyn(&[b, out_hw[0], out_hw[1], f]))
+                .expect("the state's values"),
+            mask: None,
+        };
         for s in 0..t {
             let tt = if self.go_backwards { t - 1 - s } else { s };
-            let hv = Value {
-                data: h
-                    .clone()
-                    .into_shape_with_order(IxDyn(&[b, out_hw[0], out_hw[1], f]))
-                    .expect("the state's values"),
-                mask: None,
-            };
             let zh = self.recurrent.call(&[&hv], &plain)?.remove(0).data;
+            let hs = hv.data.as_slice_mut().expect("a standard layout");
             let zh = zh
                 .into_shape_with_order((b * p, 4 * f))
                 .expect("pixels x filters");
@@ -307,7 +281,7 @@ impl Op for ConvLstm {
                 cell_update(
                     self.rule,
                     &mut z,
-                    h.row_mut(r).as_slice_mut().expect("a standard row"),
+                    &mut hs[r * f..(r + 1) * f],
                     c.row_mut(r).as_slice_mut().expect("a standard row"),
                     last.row_mut(r).as_slice_mut().expect("a standard row"),
                     present,
@@ -318,6 +292,10 @@ impl Op for ConvLstm {
                 }
             }
         }
+        let h = hv
+            .data
+            .into_shape_with_order((b * p, f))
+            .expect("the state's values");
         let as_frames = |a: Array2<f32>| {
             let y = a
                 .into_shape_with_order((b, out_hw[0], out_hw[1], f))

@@ -113,15 +113,11 @@ impl Window2 {
             before: [0; 2],
             out: [0; 2],
         };
-        for a in 0..2 {
+        // (a 1-D layer's unit H axis, size and stride 1, gives one row and no padding under
+        // every padding)
+        for (a, &n) in hw.iter().enumerate() {
             let span = self.dilation[a] * (self.size[a] - 1) + 1;
-            // the unit H axis of a 1-D layer is "valid" with size 1: one output row, no padding
-            let padding = if a == 0 && self.size[0] == 1 && hw[0] == 1 {
-                "valid"
-            } else {
-                &self.padding
-            };
-            (p.before[a], p.out[a]) = window(padding, hw[a], span, self.stride[a])?;
+            (p.before[a], p.out[a]) = window(&self.padding, n, span, self.stride[a])?;
         }
         Ok(p)
     }
@@ -227,43 +223,45 @@ pub(crate) fn window(
     })
 }
 
+/// A convolution kernel weight `what` of a rank-`rank` layer as `[kh, kw, in, out]` (`kh` = 1
+/// for 1-D), or an error naming it.
+pub(super) fn spatial_kernel(
+    k: Option<ArrayD<f32>>,
+    rank: usize,
+    what: &str,
+) -> Result<Array4<f32>> {
+    let k = k.ok_or_else(|| LstmError::MissingWeight { name: what.into() })?;
+    let shape = k.shape().to_vec();
+    let bad = || LstmError::shape(what, &vec![0; rank + 2], &shape);
+    if rank == 1 {
+        Ok(k.into_dimensionality::<Ix3>()
+            .map_err(|_| bad())?
+            .insert_axis(ndarray::Axis(0)))
+    } else {
+        k.into_dimensionality::<Ix4>().map_err(|_| bad())
+    }
+}
+
+/// A bias weight `what` of `len` values, or an error naming it.
+pub(super) fn bias_weight(b: Option<ArrayD<f32>>, len: usize, what: &str) -> Result<Array1<f32>> {
+    let b = b.ok_or_else(|| LstmError::MissingWeight { name: what.into() })?;
+    let shape = b.shape().to_vec();
+    match b.into_dimensionality::<Ix1>() {
+        Ok(b) if b.len() == len => Ok(b),
+        _ => Err(LstmError::shape(what, &[len], &shape)),
+    }
+}
+
 fn conv_layer(class: &str, cfg: &Json, name: &str, w: Vec<ArrayD<f32>>) -> Result<Conv> {
     channels_last(cfg)?;
     let rank = if class == "Conv1D" { 1 } else { 2 };
     let mut win = Window2::from_config(cfg, rank, "kernel_size", false)?;
     let mut w = w.into_iter();
-    let k = w.next().ok_or_else(|| LstmError::MissingWeight {
-        name: format!("{name}/kernel"),
-    })?;
-    let kshape = k.shape().to_vec();
-    let bad_kernel = || LstmError::shape(format!("{name}/kernel"), &vec![0; rank + 2], &kshape);
-    let kernel: Array4<f32> = if rank == 1 {
-        k.into_dimensionality::<Ix3>()
-            .map_err(|_| bad_kernel())?
-            .insert_axis(ndarray::Axis(0))
-    } else {
-        k.into_dimensionality::<Ix4>().map_err(|_| bad_kernel())?
-    };
+    let kernel = spatial_kernel(w.next(), rank, &format!("{name}/kernel"))?;
     let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
-    let bias = if use_bias {
-        let b = w
-            .next()
-            .ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/bias"),
-            })?
-            .into_dimensionality::<Ix1>()
-            .map_err(|_| LstmError::shape(format!("{name}/bias"), &[0], &[]))?;
-        if b.len() != kernel.dim().3 {
-            return Err(LstmError::shape(
-                format!("{name}/bias"),
-                &[kernel.dim().3],
-                b.shape(),
-            ));
-        }
-        Some(b)
-    } else {
-        None
-    };
+    let bias = use_bias
+        .then(|| bias_weight(w.next(), kernel.dim().3, &format!("{name}/bias")))
+        .transpose()?;
     let activation = match cfg.get("activation") {
         None | Some(Json::Null) => Activation::Linear,
         Some(Json::String(s)) => {
