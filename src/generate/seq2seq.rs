@@ -234,21 +234,48 @@ pub fn seq2seq(
     options: &Seq2SeqOptions,
     sampler: &mut Sampler,
 ) -> Result<Vec<i64>> {
-    let specs = decoder.inputs();
-    let feed = specs
+    let dims: Vec<(String, Vec<Option<usize>>)> = decoder
+        .inputs()
+        .iter()
+        .map(|i| (i.name.clone(), i.shape.clone()))
+        .collect();
+    run_pair(
+        &dims,
+        source,
+        |x| encoder.predict_inputs(x),
+        |inputs, _| decoder.predict_inputs(inputs),
+        options,
+        sampler,
+    )
+}
+
+/// The loop of both paths: the decoder's token feed from its first input of `dims`, the
+/// encoder's states `encode(source)`, then `forward(inputs, first)` of the decoder a step at a
+/// time on the token and the states it returned.
+fn run_pair(
+    dims: &[(String, Vec<Option<usize>>)],
+    source: &[ModelInput],
+    encode: impl FnOnce(&[ModelInput]) -> Result<Vec<ArrayD<f32>>>,
+    mut forward: impl FnMut(&[ModelInput], bool) -> Result<Vec<ArrayD<f32>>>,
+    options: &Seq2SeqOptions,
+    sampler: &mut Sampler,
+) -> Result<Vec<i64>> {
+    let feed = dims
         .first()
-        .map(|s| TokenFeed::of(&s.name, &s.shape))
+        .map(|(name, d)| TokenFeed::of(name, d))
         .transpose()?
         .ok_or_else(|| LstmError::invalid("decoder", "has no inputs"))?;
-    let n_inputs = specs.len();
     check_batch(source)?;
-    let states = encoder.predict_inputs(source)?;
-    check_pair(states.len(), n_inputs)?;
+    let states = encode(source)?;
+    check_pair(states.len(), dims.len())?;
     let n = states.len();
+    let mut first = true;
     let step = |token: i64, states: Vec<ArrayD<f32>>| {
         let mut inputs = vec![feed.input(token)?];
         inputs.extend(states.into_iter().map(ModelInput::F32));
-        split_outputs(decoder.predict_inputs(&inputs)?, n)
+        let outs = forward(&inputs, first)?;
+        first = false;
+        split_outputs(outs, n)
     };
     decode_loop(states, step, options, sampler)
 }
@@ -279,28 +306,22 @@ pub fn seq2seq_gpu(
     options: &Seq2SeqOptions,
     sampler: &mut Sampler,
 ) -> Result<Vec<i64>> {
-    let dims = decoder.input_dims();
-    let feed = dims
-        .first()
-        .map(|(name, d)| TokenFeed::of(name, d))
-        .transpose()?
-        .ok_or_else(|| LstmError::invalid("decoder", "has no inputs"))?;
-    check_batch(source)?;
-    let states = encoder.forward_inputs(source)?;
-    check_pair(states.len(), dims.len())?;
-    let n = states.len();
-    // The decoder's state outputs 1..=n are fed back into its state inputs 1..=n on the GPU:
-    // after the first step (which uploads the encoder's states) only the token goes up.
-    let feedback: Vec<(usize, usize)> = (1..=n).map(|k| (k, k)).collect();
-    let mut first = true;
-    let step = |token: i64, states: Vec<ArrayD<f32>>| {
-        let mut inputs = vec![feed.input(token)?];
-        inputs.extend(states.into_iter().map(ModelInput::F32));
-        let outs = decoder.forward_fed(&inputs, &feedback, first)?;
-        first = false;
-        split_outputs(outs, n)
-    };
-    decode_loop(states, step, options, sampler)
+    let dims: Vec<(String, Vec<Option<usize>>)> = decoder
+        .input_dims()
+        .into_iter()
+        .map(|(name, d)| (name.to_string(), d.to_vec()))
+        .collect();
+    // The decoder's state outputs 1.. are fed back into its state inputs 1.. on the GPU: after
+    // the first step (which uploads the encoder's states) only the token goes up.
+    let feedback: Vec<(usize, usize)> = (1..dims.len()).map(|k| (k, k)).collect();
+    run_pair(
+        &dims,
+        source,
+        |x| encoder.forward_inputs(x),
+        |inputs, first| decoder.forward_fed(inputs, &feedback, first),
+        options,
+        sampler,
+    )
 }
 
 #[cfg(test)]

@@ -331,13 +331,7 @@ impl GpuNetwork {
         steps: usize,
         sampler: &mut crate::generate::Sampler,
     ) -> Result<Vec<i64>> {
-        let inputs: Vec<(&str, &[Option<usize>])> = self
-            .model
-            .inputs
-            .iter()
-            .map(|i| (i.name.as_str(), i.dims.as_slice()))
-            .collect();
-        let window = crate::generate::token_window(&inputs, seed)?;
+        let window = crate::generate::token_window(&self.input_dims(), seed)?;
         let next = |w: &[i64]| -> Result<Vec<f32>> {
             let out = self.forward_inputs(&[crate::generate::window_input(w)?])?;
             crate::generate::last_distribution(&out[0])
