@@ -13,6 +13,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import keras
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keras_recording  # noqa: E402
 from keras import layers
 
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
@@ -21,28 +24,13 @@ os.makedirs(OUT, exist_ok=True)
 rng = np.random.RandomState(29)
 
 
+
 def randomize(model):
-    for layer in model._flatten_layers(include_self=False):
-        if layer.weights and not layer._layers:
-            ws = []
-            for v in layer.weights:
-                lo, hi = (0.5, 1.5) if "variance" in v.path else (-0.6, 0.6)
-                ws.append(rng.uniform(lo, hi, v.shape).astype("float32"))
-            layer.set_weights(ws)
+    keras_recording.randomize(model, rng)
 
 
 def save(name, model, inputs):
-    model.save(os.path.join(OUT, f"{name}.keras"))
-    outs = model.predict(inputs if len(inputs) > 1 else inputs[0], verbose=0)
-    outs = outs if isinstance(outs, (list, tuple)) else [outs]
-    for k, x in enumerate(inputs):
-        # (a boolean mask input is saved as 0/1 float32, as the crate reads every input)
-        x = x.astype("float32") if x.dtype == bool else x
-        np.save(os.path.join(OUT, f"{name}.input.{k}.npy" if len(inputs) > 1 else f"{name}.input.npy"), x)
-    for k, o in enumerate(outs):
-        np.save(os.path.join(OUT, f"{name}.expected.{k}.npy" if len(outs) > 1 else f"{name}.expected.npy"),
-                np.asarray(o, dtype="float32"))
-    print(name, [np.shape(o) for o in outs])
+    return keras_recording.save(OUT, name, model, inputs)
 
 
 frames = rng.uniform(-1, 1, (2, 5, 7, 6, 3)).astype("float32")
