@@ -82,3 +82,40 @@ out = layers.Conv2D(1, (3, 3), activation="sigmoid", padding="same", name="head"
 model = keras.Model(inp, out)
 randomize(model)
 save("next_frame", model, [rng.uniform(0, 1, (2, 4, 8, 8, 1)).astype("float32")])
+
+# 5. Bidirectional ConvLSTM (as in BConvLSTM U-Nets): ConvLSTM2D over the whole sequence
+# with the two directions concatenated, under a timestep mask; ConvLSTM1D returning the
+# states with the directions summed and initial states for both; strided ConvLSTM2D with
+# merge_mode None, "mul" and "ave"; a backward layer given apart (its own filters'
+# activations).
+frames = rng.uniform(-1, 1, (2, 5, 6, 5, 2)).astype("float32")
+inp = keras.Input((5, 6, 5, 2), name="frames")
+m = keras.Input((5,), dtype="bool", name="mask")
+cat = layers.Bidirectional(layers.ConvLSTM2D(3, (3, 3), padding="same", return_sequences=True),
+                           name="bi_concat")(inp, mask=m)
+none = layers.Bidirectional(layers.ConvLSTM2D(2, (2, 2), strides=(2, 2), return_sequences=True),
+                            merge_mode=None, name="bi_none")(inp)
+mul = layers.Bidirectional(layers.ConvLSTM2D(2, (3, 2)), merge_mode="mul", name="bi_mul")(inp)
+ave = layers.Bidirectional(
+    layers.ConvLSTM2D(2, (1, 3), padding="same", return_sequences=True, activation="relu"),
+    backward_layer=layers.ConvLSTM2D(2, (1, 3), padding="same", return_sequences=True,
+                                     go_backwards=True, recurrent_activation="hard_sigmoid"),
+    merge_mode="ave", name="bi_ave")(inp)
+model = keras.Model([inp, m], [cat, none[0], none[1], mul, ave])
+randomize(model)
+mask = np.ones((2, 5), dtype=bool)
+mask[0, 3:] = False
+mask[1, 1] = False
+save("bidirectional", model, [frames, mask])
+
+seq = keras.Input((6, 7, 2), name="seq")
+h0 = keras.Input((7, 3), name="h0")
+c0 = keras.Input((7, 3), name="c0")
+outs = layers.Bidirectional(layers.ConvLSTM1D(3, 3, padding="same", return_state=True),
+                            merge_mode="sum", name="bi_states")(
+    seq, initial_state=[h0, c0, c0, h0])
+model = keras.Model([seq, h0, c0], outs)
+randomize(model)
+save("bidirectional_1d", model, [rng.uniform(-1, 1, (3, 6, 7, 2)).astype("float32"),
+                                 rng.uniform(-1, 1, (3, 7, 3)).astype("float32"),
+                                 rng.uniform(-1, 1, (3, 7, 3)).astype("float32")])

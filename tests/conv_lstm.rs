@@ -2,7 +2,9 @@
 //! (`tests/data/conv_lstm`, `scripts/record_conv_lstm.py`): same and valid padding, strides,
 //! an even kernel, dilation, go_backwards, states returned, relu/hard_sigmoid, no bias, a
 //! timestep mask passed as `mask=`, initial states from another layer, stacked layers with
-//! BatchNormalization and a Conv2D head; on both paths, the GPU in one submission.
+//! BatchNormalization and a Conv2D head, `Bidirectional` around both ranks (every merge mode,
+//! a backward layer of its own, a mask, four initial states, states returned); on both
+//! paths, the GPU in one submission.
 
 use lstm_wgpu::model::{KerasModel, ModelInput};
 use ndarray::ArrayD;
@@ -16,7 +18,14 @@ fn dir() -> PathBuf {
 
 #[test]
 fn conv_lstm_models_match_keras_on_both_paths() {
-    for name in ["seq_same", "options", "conv1d_masked", "next_frame"] {
+    for name in [
+        "seq_same",
+        "options",
+        "conv1d_masked",
+        "next_frame",
+        "bidirectional",
+        "bidirectional_1d",
+    ] {
         let mut model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
         let inputs: Vec<ModelInput> = common::model_inputs(&dir(), name, model.inputs());
         let want: Vec<ArrayD<f32>> = common::expected_outputs(&dir(), name);
@@ -79,5 +88,46 @@ fn bad_conv_lstm_inputs_and_configs_are_errors() {
             .err()
             .unwrap_or_else(|| panic!("{key} = {value} loaded"));
         assert!(err.to_string().contains(expect), "{key}: {err}");
+    }
+}
+
+/// Bidirectional ConvLSTM: Keras's parameter counts (both directions), and configs Keras
+/// refuses are errors naming the key.
+#[test]
+fn bidirectional_conv_lstm_summary_and_bad_configs() {
+    let mut model = KerasModel::load(&dir().join("bidirectional.keras")).unwrap();
+    let s = model.summary().unwrap();
+    let layer = |n: &str| s.iter().find(|l| l.name == n).unwrap();
+    // 2 x (3·3·2·12 + 3·3·3·12 + 12) = 1,104, as model.summary() prints
+    assert_eq!(layer("bi_concat").params, 1104);
+    assert_eq!(
+        layer("bi_concat").output_shapes,
+        vec![vec![None, Some(5), Some(6), Some(5), Some(6)]]
+    );
+    assert!(layer("bi_concat").gpu);
+    let keras = std::fs::read(dir().join("bidirectional.keras")).unwrap();
+    let members = lstm_wgpu::archive::members(&keras).unwrap();
+    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
+    let config: serde_json::Value = serde_json::from_slice(member("config.json")).unwrap();
+    for (edit, expect) in [
+        ("backward go_backwards false", "go_backwards"),
+        ("backward returns states", "return_state"),
+        ("merge_mode max", "merge_mode"),
+        ("backward LSTM", "backward_layer"),
+    ] {
+        let mut c = config.clone();
+        let layers = c["config"]["layers"].as_array_mut().unwrap();
+        let bi = layers.iter_mut().find(|l| l["name"] == "bi_ave").unwrap();
+        let back = &mut bi["config"]["backward_layer"];
+        match edit {
+            "backward go_backwards false" => back["config"]["go_backwards"] = false.into(),
+            "backward returns states" => back["config"]["return_state"] = true.into(),
+            "merge_mode max" => bi["config"]["merge_mode"] = "max".into(),
+            _ => back["class_name"] = "LSTM".into(),
+        }
+        let err = KerasModel::from_config_and_weights(&c, member("model.weights.h5"))
+            .err()
+            .unwrap_or_else(|| panic!("{edit}: loaded"));
+        assert!(err.to_string().contains(expect), "{edit}: {err}");
     }
 }

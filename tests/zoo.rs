@@ -122,6 +122,7 @@ fn mutated_configs_never_panic() {
             (data_dir("crnn"), "padding2d"),
             (data_dir("conv_lstm"), "options"),
             (data_dir("conv_lstm"), "next_frame"),
+            (data_dir("conv_lstm"), "bidirectional"),
         ]);
     for (k_case, (dir, name)) in cases.enumerate() {
         let keras = std::fs::read(dir.join(format!("{name}.keras"))).unwrap();

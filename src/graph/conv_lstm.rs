@@ -19,9 +19,10 @@ use super::conv::{bias_weight, channels_last, spatial_kernel, unspatial, Conv, W
 use super::ops::{bool_mask, fitting_mask, stage, Extra, GpuStage, Op, Uploader};
 use super::Value;
 use crate::activation::Activation;
+use crate::config::MergeMode;
 use crate::cpu::reference::{cell_update, StepRule};
 use crate::error::{LstmError, Result};
-use crate::gpu::plan::ConvLstmStage;
+use crate::gpu::plan::{BiConvLstmStage, ConvLstmStage};
 use ndarray::{Array2, Array4, ArrayD, IxDyn};
 use serde_json::Value as Json;
 
@@ -40,6 +41,10 @@ pub(crate) struct ConvLstm {
     pub(super) return_sequences: bool,
     pub(super) return_state: bool,
     pub(super) go_backwards: bool,
+    /// Writes the output sequence in input order (step `t` at index `t`) instead of the
+    /// processing order: the backward half of a Bidirectional layer, whose sequence Keras
+    /// flips back before the merge.
+    pub(super) reverse_output: bool,
 }
 
 fn flag(cfg: &Json, key: &str) -> bool {
@@ -137,6 +142,7 @@ pub(super) fn build(
         return_sequences: flag(cfg, "return_sequences"),
         return_state: flag(cfg, "return_state"),
         go_backwards: flag(cfg, "go_backwards"),
+        reverse_output: false,
     })
 }
 
@@ -161,6 +167,12 @@ impl ConvLstm {
         } else {
             vec![n, oh, ow, ch]
         }
+    }
+
+    /// The shape of each state `[B, (OH,) OW, F]` for an input of `shape`.
+    pub(super) fn state_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
+        let (b, _, hw, _) = self.dims(shape)?;
+        Ok(self.frame_shape(b, self.out_size(hw)?, self.filters))
     }
 
     /// The output spatial size of frames of size `hw`.
@@ -222,7 +234,7 @@ impl Op for ConvLstm {
             None => x.mask.clone(),
         };
         fitting_mask(mask.as_ref(), (b, t), &self.name)?;
-        let state_shape = self.frame_shape(b, out_hw, f);
+        let state_shape = self.state_shape(x.data.shape())?;
         let mut h = Array2::<f32>::zeros((b * p, f));
         let mut c = Array2::<f32>::zeros((b * p, f));
         match extra.states[..] {
@@ -287,7 +299,8 @@ impl Op for ConvLstm {
                     present,
                 );
                 if let Some(seq) = seq.as_mut() {
-                    seq.slice_mut(ndarray::s![bi, s, px, ..])
+                    let at = if self.reverse_output { tt } else { s };
+                    seq.slice_mut(ndarray::s![bi, at, px, ..])
                         .assign(&last.row(r));
                 }
             }
@@ -343,8 +356,15 @@ impl Op for ConvLstm {
     }
 
     fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(self.stage(up)?)
+    }
+}
+
+impl ConvLstm {
+    /// This layer's GPU stage, its weights uploaded by `up`.
+    fn stage(&self, up: &mut Uploader<'_>) -> Result<ConvLstmStage> {
         let floats = |a: &Array4<f32>| a.iter().copied().collect::<Vec<f32>>();
-        stage(ConvLstmStage {
+        Ok(ConvLstmStage {
             name: self.name.clone(),
             rank: self.rank,
             filters: self.filters,
@@ -368,6 +388,158 @@ impl Op for ConvLstm {
             return_sequences: self.return_sequences,
             return_state: self.return_state,
             go_backwards: self.go_backwards,
+            reverse_output: self.reverse_output,
+        })
+    }
+}
+
+/// `Bidirectional(ConvLSTM1D|ConvLSTM2D)`: the layer run forward and a copy of it (or the
+/// config's `backward_layer`) run last step first, both under the call's mask, their
+/// outputs merged as Keras's `Bidirectional` merges them (concat on the channel axis, sum,
+/// mul, ave, or two outputs for `merge_mode: null`; with `return_state` the forward `h, c`
+/// then the backward `h, c` follow). Keras forces `zero_output_for_mask` to
+/// `return_sequences` on both; `initial_state` takes four tensors, the forward pair first.
+/// The backward half writes its sequence in input order (Keras's flip before the merge).
+/// GPU twin: `BiConvLstmStage` (gpu/plan/conv_lstm.rs).
+#[derive(Debug, Clone)]
+pub(crate) struct BiConvLstm {
+    name: String,
+    forward: ConvLstm,
+    backward: ConvLstm,
+    merge: MergeMode,
+}
+
+/// Builds `Bidirectional` around a ConvLSTM layer from the wrapper's config and its weights
+/// (the forward layer's, then the backward layer's).
+pub(super) fn build_bidirectional(
+    cfg: &Json,
+    name: &str,
+    weights: Vec<ArrayD<f32>>,
+) -> Result<BiConvLstm> {
+    let merge = MergeMode::from_keras(cfg.get("merge_mode").unwrap_or(&Json::Null))?;
+    let null = Json::Null;
+    let layer = cfg.get("layer").unwrap_or(&null);
+    fn class(l: &Json) -> &str {
+        l.get("class_name").and_then(Json::as_str).unwrap_or("")
+    }
+    let fcfg = layer.get("config").unwrap_or(&null);
+    let (bclass, bcfg) = match cfg.get("backward_layer") {
+        None | Some(Json::Null) => {
+            let mut c = fcfg.clone();
+            if let Some(o) = c.as_object_mut() {
+                o.insert(
+                    "go_backwards".into(),
+                    Json::Bool(!flag(fcfg, "go_backwards")),
+                );
+            }
+            (class(layer), c)
+        }
+        Some(b) => (class(b), b.get("config").unwrap_or(&null).clone()),
+    };
+    if bclass != class(layer) {
+        return Err(LstmError::unsupported(
+            "backward_layer.class_name",
+            format!("{bclass} (layer {name} wraps {})", class(layer)),
+        ));
+    }
+    for key in ["stateful", "return_sequences", "return_state"] {
+        if flag(fcfg, key) != flag(&bcfg, key) {
+            return Err(LstmError::bad_config(
+                key,
+                format!("layer {name}: the forward and backward layers differ"),
+            ));
+        }
+    }
+    if flag(fcfg, "go_backwards") == flag(&bcfg, "go_backwards") {
+        return Err(LstmError::bad_config(
+            "go_backwards",
+            format!("layer {name}: the forward and backward layers must differ"),
+        ));
+    }
+    let per = |c: &Json| 2 + usize::from(c.get("use_bias").and_then(Json::as_bool).unwrap_or(true));
+    let (nf, nb) = (per(fcfg), per(&bcfg));
+    if weights.len() != nf + nb {
+        return Err(LstmError::invalid(
+            format!("weights of layer {name}"),
+            format!(
+                "expected {} arrays (forward then backward), got {}",
+                nf + nb,
+                weights.len()
+            ),
+        ));
+    }
+    let mut w = weights;
+    let wb = w.split_off(nf);
+    let mut forward = build(class(layer), fcfg, &format!("{name}/forward"), w)?;
+    let mut backward = build(bclass, &bcfg, &format!("{name}/backward"), wb)?;
+    for d in [&mut forward, &mut backward] {
+        d.rule.zero_output_for_mask = d.return_sequences;
+    }
+    backward.reverse_output = true;
+    Ok(BiConvLstm {
+        name: name.to_string(),
+        forward,
+        backward,
+        merge,
+    })
+}
+
+impl BiConvLstm {
+    /// The shape of each of the four states for an input of `shape`.
+    #[cfg(test)]
+    pub(super) fn state_shape(&self, shape: &[usize]) -> Result<Vec<usize>> {
+        self.forward.state_shape(shape)
+    }
+}
+
+impl Op for BiConvLstm {
+    fn call(&mut self, inputs: &[&Value], extra: &Extra<'_>) -> Result<Vec<Value>> {
+        let (fs, bs) = match extra.states.len() {
+            0 => (Vec::new(), Vec::new()),
+            4 => (extra.states[..2].to_vec(), extra.states[2..].to_vec()),
+            n => {
+                return Err(LstmError::invalid(
+                    format!("initial_state of layer {}", self.name),
+                    format!("expected 4 tensors (forward h, c, backward h, c), got {n}"),
+                ))
+            }
+        };
+        let half = |states| Extra {
+            states,
+            mask: extra.mask,
+            scalars: extra.scalars,
+            kwargs: extra.kwargs,
+        };
+        let y = self.forward.call(inputs, &half(fs))?;
+        let y_rev = self.backward.call(inputs, &half(bs))?;
+        let mask = y[0].mask.clone();
+        let data = |v: Vec<Value>| v.into_iter().map(|v| v.data).collect();
+        let merged = crate::network::merge_directions(self.merge, false, data(y), data(y_rev));
+        let outputs = if self.merge == MergeMode::None { 2 } else { 1 };
+        Ok(merged
+            .into_iter()
+            .enumerate()
+            .map(|(k, data)| Value {
+                data,
+                mask: if k < outputs { mask.clone() } else { None },
+            })
+            .collect())
+    }
+
+    fn params(&self) -> usize {
+        self.forward.params() + self.backward.params()
+    }
+
+    fn is_recurrent(&self) -> bool {
+        true
+    }
+
+    fn gpu(&self, up: &mut Uploader<'_>) -> Result<Box<dyn GpuStage>> {
+        stage(BiConvLstmStage {
+            name: self.name.clone(),
+            forward: self.forward.stage(up)?,
+            backward: self.backward.stage(up)?,
+            merge: self.merge,
         })
     }
 }

@@ -269,6 +269,18 @@ pub(crate) fn build(
         return Ok(Box::new(Identity));
     }
     Ok(match class {
+        "Bidirectional"
+            if matches!(
+                cfg["layer"]["class_name"].as_str(),
+                Some("ConvLSTM1D" | "ConvLSTM2D")
+            ) =>
+        {
+            Box::new(super::conv_lstm::build_bidirectional(
+                cfg,
+                name,
+                weights()?,
+            )?)
+        }
         "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
             let config = LayerConfig::from_keras(entry)?;
             let net = Network::from_keras_weights(&config, &weights()?)?;

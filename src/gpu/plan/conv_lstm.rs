@@ -5,12 +5,14 @@
 
 use super::conv::{prepare, spatial_shape, ConvWeights};
 use super::gather::Gather;
+use super::merge::merge_rows;
 use super::{Args, GpuStage, PlanContext, Tensor};
 use crate::activation::Activation;
+use crate::config::MergeMode;
 use crate::cpu::reference::StepRule;
 use crate::error::{LstmError, Result};
 use crate::gpu::kernels::Kernel;
-use crate::gpu::params::{ConvLstmParams, CONV_LSTM_THREADS};
+use crate::gpu::params::{ConvLstmParams, MergeParams, CONV_LSTM_THREADS};
 use crate::gpu::plan::context::{entry, params_binding};
 use crate::gpu::stats::Phase;
 use crate::graph::Window2;
@@ -31,6 +33,8 @@ pub(crate) struct ConvLstmStage {
     pub return_sequences: bool,
     pub return_state: bool,
     pub go_backwards: bool,
+    /// Writes the sequence in input order (the backward half of a Bidirectional layer).
+    pub reverse_output: bool,
 }
 
 impl GpuStage for ConvLstmStage {
@@ -182,7 +186,7 @@ impl GpuStage for ConvLstmStage {
                 filters: f as u32,
                 steps: t as u32,
                 t: tt as u32,
-                s_out: s as u32,
+                s_out: if self.reverse_output { tt } else { s } as u32,
                 has_mask: u32::from(mask.is_some()),
                 write_sequence: u32::from(seq.is_some()),
             };
@@ -265,6 +269,81 @@ impl GpuStage for ConvLstmStage {
                 });
             }
         }
+        Ok(outs)
+    }
+}
+
+/// `Bidirectional` around a ConvLSTM layer: both directions as [`ConvLstmStage`] plans them
+/// (the backward one writing its sequence in input order), then one merge.wgsl dispatch over
+/// the output pixels (`merge_mode: null` returns both outputs as they are). CPU twin:
+/// `BiConvLstm` in src/graph/conv_lstm.rs.
+#[derive(Debug)]
+pub(crate) struct BiConvLstmStage {
+    pub name: String,
+    pub forward: ConvLstmStage,
+    pub backward: ConvLstmStage,
+    pub merge: MergeMode,
+}
+
+impl GpuStage for BiConvLstmStage {
+    fn plan(&self, cx: &mut PlanContext<'_, '_>, args: &Args<'_>) -> Result<Vec<Tensor>> {
+        let (fs, bs) = match args.states.len() {
+            0 => (&args.states[..0], &args.states[..0]),
+            4 => args.states.split_at(2),
+            n => {
+                return Err(LstmError::invalid(
+                    format!("initial_state of layer {}", self.name),
+                    format!("expected 4 tensors (forward h, c, backward h, c), got {n}"),
+                ))
+            }
+        };
+        let half = |states| Args {
+            inputs: args.inputs,
+            states,
+            mask: args.mask,
+            scalars: args.scalars,
+            kwargs: args.kwargs,
+        };
+        let mut y = self.forward.plan(cx, &half(fs))?;
+        let mut y_rev = self.backward.plan(cx, &half(bs))?;
+        let (states_f, states_b) = (y.split_off(1), y_rev.split_off(1));
+        let (y, y_rev) = (y.remove(0), y_rev.remove(0));
+        let mut outs = if self.merge == MergeMode::None {
+            vec![y, y_rev]
+        } else {
+            let f = self.forward.filters;
+            let rows = y.len() / f.max(1);
+            let width = if self.merge == MergeMode::Concat {
+                2 * f
+            } else {
+                f
+            };
+            let buf = merge_rows(
+                cx,
+                self.merge,
+                (&y.buf, &y_rev.buf),
+                MergeParams {
+                    batch: rows as u32,
+                    steps: 1,
+                    units_fwd: f as u32,
+                    units_bwd: f as u32,
+                    flip: 0,
+                    width: width as u32,
+                    _pad0: 0,
+                    _pad1: 0,
+                },
+            )?;
+            let mut shape = y.shape.clone();
+            *shape.last_mut().expect("a shape") = width;
+            vec![Tensor {
+                buf,
+                offset: 0,
+                shape,
+                mask: y.mask,
+            }]
+        };
+        outs.extend(states_f);
+        outs.extend(states_b);
         Ok(outs)
     }
 }

@@ -59,26 +59,21 @@ impl GpuStage for BidiStage {
             MergeMode::Concat | MergeMode::None => hf + hb,
             _ => hf,
         };
-        let out = cx.storage(
-            "merged output",
-            (batch * t_out * width * 4) as u64,
-            wgpu::BufferUsages::COPY_SRC,
+        let out = merge_rows(
+            cx,
+            self.mode,
+            (&fp.out, &bp.out),
+            MergeParams {
+                batch: batch as u32,
+                steps: t_out as u32,
+                units_fwd: hf as u32,
+                units_bwd: hb as u32,
+                flip: u32::from(seqs),
+                width: width as u32,
+                _pad0: 0,
+                _pad1: 0,
+            },
         )?;
-        let mp = MergeParams {
-            batch: batch as u32,
-            steps: t_out as u32,
-            units_fwd: hf as u32,
-            units_bwd: hb as u32,
-            flip: u32::from(seqs),
-            width: width as u32,
-            _pad0: 0,
-            _pad1: 0,
-        };
-        let params = cx.uniform("merge parameters", bytemuck::bytes_of(&mp));
-        let bind = cx.bind(Kernel::Merge, &[&params, &fp.out, &bp.out, &out]);
-        let groups = cx.grid("Bidirectional merge", batch * t_out * width, MERGE_THREADS)?;
-        let pipeline = cx.kernels.merge(cx.device(), self.mode)?;
-        cx.dispatch(&pipeline, &bind, &[], groups);
         let shape = |w: usize| {
             if seqs {
                 vec![batch, steps, w]
@@ -124,4 +119,26 @@ impl GpuStage for BidiStage {
         }
         Ok(outputs)
     }
+}
+
+/// One merge.wgsl dispatch: `fwd` and `bwd` rows (`p.batch · p.steps` of them, the backward
+/// steps flipped when `p.flip`) merged by `mode` into a new buffer of `p.width` per row.
+pub(crate) fn merge_rows(
+    cx: &mut PlanContext<'_, '_>,
+    mode: MergeMode,
+    (fwd, bwd): (&wgpu::Buffer, &wgpu::Buffer),
+    p: MergeParams,
+) -> Result<wgpu::Buffer> {
+    let n = p.batch as usize * p.steps as usize * p.width as usize;
+    let out = cx.storage(
+        "merged output",
+        (n * 4) as u64,
+        wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let params = cx.uniform("merge parameters", bytemuck::bytes_of(&p));
+    let bind = cx.bind(Kernel::Merge, &[&params, fwd, bwd, &out]);
+    let groups = cx.grid("Bidirectional merge", n, MERGE_THREADS)?;
+    let pipeline = cx.kernels.merge(cx.device(), mode)?;
+    cx.dispatch(&pipeline, &bind, &[], groups);
+    Ok(out)
 }

@@ -34,7 +34,7 @@ pub(crate) use attention::{AttentionStage, DotStage};
 pub(super) use buffers::{BufferPool, StateBuffers};
 pub(crate) use context::PlanContext;
 pub(crate) use conv::ConvStage;
-pub(crate) use conv_lstm::ConvLstmStage;
+pub(crate) use conv_lstm::{BiConvLstmStage, ConvLstmStage};
 pub(crate) use custom::CustomStage;
 pub(crate) use dense::DenseStage;
 pub(crate) use elementwise::{broadcast_shape, BinaryOp, BinaryStage, UnaryOp, UnaryStage};

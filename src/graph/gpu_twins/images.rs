@@ -223,6 +223,17 @@ fn random_conv_lstm(
     cin: usize,
     round: usize,
 ) -> crate::graph::conv_lstm::ConvLstm {
+    let (class, cfg, w) = random_conv_lstm_parts(rng, rank, cin, round);
+    crate::graph::conv_lstm::build(class, &cfg, "conv_lstm", w).unwrap()
+}
+
+/// The class, config and weights of [`random_conv_lstm`].
+fn random_conv_lstm_parts(
+    rng: &mut Rng,
+    rank: usize,
+    cin: usize,
+    round: usize,
+) -> (&'static str, serde_json::Value, Vec<ndarray::ArrayD<f32>>) {
     let k: Vec<usize> = (0..rank).map(|_| 1 + rng.below(3)).collect();
     let strided = round % 3 == 1;
     let strides: Vec<usize> = (0..rank)
@@ -258,7 +269,7 @@ fn random_conv_lstm(
     } else {
         "ConvLSTM2D"
     };
-    crate::graph::conv_lstm::build(class, &cfg, "conv_lstm", w).unwrap()
+    (class, cfg, w)
 }
 
 #[test]
@@ -306,4 +317,64 @@ fn conv_lstm_matches_its_cpu_twin() {
         json!({}),
     ));
     println!("worst ConvLSTM difference: {worst:e}");
+}
+
+/// Bidirectional ConvLSTM: random layers (the backward one a copy, or its own config) under
+/// every merge mode and mask pattern, with and without the four initial states.
+#[test]
+fn bidirectional_conv_lstm_matches_its_cpu_twin() {
+    let Some(ctx) = ctx("bidirectional_conv_lstm_matches_its_cpu_twin") else {
+        return;
+    };
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let mut worst = 0.0f32;
+    for round in 0..10 {
+        let rank = 1 + round % 2;
+        let (b, t, cin) = (1 + rng.below(3), 1 + rng.below(5), 1 + rng.below(3));
+        let (class, cfg, mut w) = random_conv_lstm_parts(&mut rng, rank, cin, round);
+        let merge = [
+            json!("concat"),
+            json!("sum"),
+            json!("mul"),
+            json!("ave"),
+            json!(null),
+        ][round % 5]
+            .clone();
+        let mut bi = json!({"layer": {"class_name": class, "config": cfg}, "merge_mode": merge});
+        if round % 3 == 2 {
+            // a backward layer of its own: other activations, same shapes
+            let mut back = cfg.clone();
+            back["go_backwards"] = json!(!cfg["go_backwards"].as_bool().unwrap());
+            back["activation"] = json!("relu");
+            back["recurrent_activation"] = json!("hard_sigmoid");
+            bi["backward_layer"] = json!({"class_name": class, "config": back});
+        }
+        let rest: Vec<_> = w.iter().map(|a| a.mapv(|v| 0.7 * v - 0.1)).collect();
+        w.extend(rest);
+        let mut op = crate::graph::conv_lstm::build_bidirectional(&bi, "bi", w).unwrap();
+        let mut shape = vec![b, t];
+        shape.extend((0..rank).map(|_| 3 + rng.below(4)));
+        shape.push(cin);
+        let mut x = rng.array(&shape);
+        if round % 4 == 3 {
+            poison(&mut x, &mut rng);
+        }
+        let mask = (round % 3 != 0).then(|| rng.mask(b, t));
+        let states: Vec<Value> = if round % 4 == 1 {
+            let hw: Vec<usize> = op.state_shape(&shape).unwrap();
+            (0..4).map(|_| value(rng.array(&hw), None)).collect()
+        } else {
+            Vec::new()
+        };
+        worst = worst.max(check(
+            &ctx,
+            &format!("bidirectional conv_lstm round {round}"),
+            &mut op,
+            &[value(x, mask)],
+            &states,
+            &[],
+            json!({}),
+        ));
+    }
+    println!("worst Bidirectional ConvLSTM difference: {worst:e}");
 }
