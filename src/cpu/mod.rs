@@ -14,6 +14,7 @@
 //!   built, the cell update fused into each step's product). `LSTM_WGPU_CPU_ISA=generic` forces
 //!   the generic path (`avx2` caps the packed kernels at AVX2).
 
+pub(crate) mod attention;
 pub(crate) mod cells;
 mod lstm;
 mod packed;

@@ -42,32 +42,11 @@ pub(crate) fn matmul_serial<T: Element>(
     matmul_on(a, b, c, accumulate, false)
 }
 
-/// `c = (a · b) · scale` on the calling thread: the product's sums, each multiplied by
-/// `scale` once (as `(q · k) · scale` rounds).
-pub(crate) fn matmul_scaled_serial<T: Element>(
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
-    c: ArrayViewMut2<T>,
-    scale: T,
-) {
-    matmul_with(a, b, c, (false, scale), false)
-}
-
 fn matmul_on<T: Element>(
     a: ArrayView2<T>,
     b: ArrayView2<T>,
-    c: ArrayViewMut2<T>,
-    accumulate: bool,
-    parallel: bool,
-) {
-    matmul_with(a, b, c, (accumulate, T::one()), parallel)
-}
-
-fn matmul_with<T: Element>(
-    a: ArrayView2<T>,
-    b: ArrayView2<T>,
     mut c: ArrayViewMut2<T>,
-    (accumulate, scale): (bool, T),
+    accumulate: bool,
     parallel: bool,
 ) {
     let (m, k) = a.dim();
@@ -102,7 +81,7 @@ fn matmul_with<T: Element>(
             b.strides()[1],
             b.strides()[0],
             T::one(),
-            scale,
+            T::one(),
             false,
             false,
             false,

@@ -98,6 +98,7 @@ pub(super) unsafe fn exp<V: Lanes>(x: V) -> V {
 /// lane, then the lanes and the scalar tail): a softmax row's one pass. In vector registers
 /// where the CPU has them (the Cephes polynomial of [`exp`], within a few ulp of `f32::exp`;
 /// exactly 0 below -87.3, where `f32::exp` gives subnormals under 1.2e-38; NaN stays NaN).
+#[cfg(test)]
 pub(crate) fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match Isa::detect() {
@@ -111,6 +112,77 @@ pub(crate) fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
     exp_sum_scalar(xs, shift)
 }
 
+/// Softmax of `xs` in place, `e^(x - max) / sum`: the max, the exponentials with their sum
+/// ([`exp_shifted_sum`]'s pass) and the scaling by `1 / sum`, each one pass in vector
+/// registers where the CPU has them. A NaN anywhere makes the whole row NaN (its
+/// exponential is NaN, so is the sum), as do `+inf` (`inf - inf`) and a row of `-inf`.
+pub(crate) fn softmax_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match Isa::detect() {
+        // SAFETY: `detect` returns only a set this CPU has.
+        Some(Isa::Avx512) => unsafe { softmax_avx512(xs) },
+        // SAFETY: as above (AVX2 and FMA).
+        Some(Isa::Avx2) => unsafe { softmax_avx2(xs) },
+        None => softmax_scalar(xs),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    softmax_scalar(xs)
+}
+
+fn softmax_scalar(xs: &mut [f32]) {
+    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    // (times the reciprocal: within an ulp of the division, and cheaper)
+    let inv = 1.0 / exp_sum_scalar(xs, max);
+    xs.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_avx512(xs: &mut [f32]) {
+    softmax_lanes::<x86::Avx512>(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(xs: &mut [f32]) {
+    softmax_lanes::<x86::Avx2>(xs)
+}
+
+#[inline(always)]
+unsafe fn softmax_lanes<V: Lanes>(xs: &mut [f32]) {
+    let whole = xs.len() / V::N * V::N;
+    let p = xs.as_mut_ptr();
+    // (four registers of maxima in flight; a NaN may be dropped here, its exponential
+    // below is NaN all the same)
+    let mut m = [V::splat(f32::NEG_INFINITY); 4];
+    let mut i = 0;
+    while i + 4 * V::N <= whole {
+        for (k, m) in m.iter_mut().enumerate() {
+            *m = V::max(V::load(p.add(i + k * V::N)), *m);
+        }
+        i += 4 * V::N;
+    }
+    while i < whole {
+        m[0] = V::max(V::load(p.add(i)), m[0]);
+        i += V::N;
+    }
+    let mut lanes = [0f32; 16];
+    V::max(V::max(m[0], m[1]), V::max(m[2], m[3])).store(lanes.as_mut_ptr());
+    let max = lanes[..V::N]
+        .iter()
+        .chain(&xs[whole..])
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let inv = V::splat(1.0 / exp_sum_lanes::<V>(xs, max));
+    let p = xs.as_mut_ptr();
+    for i in (0..whole).step_by(V::N) {
+        V::mul(V::load(p.add(i)), inv).store(p.add(i));
+    }
+    inv.store(lanes.as_mut_ptr());
+    for x in &mut xs[whole..] {
+        *x *= lanes[0];
+    }
+}
+
 fn exp_sum_scalar(xs: &mut [f32], shift: f32) -> f32 {
     let mut sum = 0.0;
     for x in xs.iter_mut() {
@@ -120,12 +192,14 @@ fn exp_sum_scalar(xs: &mut [f32], shift: f32) -> f32 {
     sum
 }
 
+#[cfg(test)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_sum_avx512(xs: &mut [f32], shift: f32) -> f32 {
     exp_sum_lanes::<x86::Avx512>(xs, shift)
 }
 
+#[cfg(test)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn exp_sum_avx2(xs: &mut [f32], shift: f32) -> f32 {
@@ -204,6 +278,42 @@ mod exp_tests {
         assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
         assert_eq!(odd[1], 0.0);
         assert_eq!(odd[2], 1.0);
+    }
+
+    /// Softmax rows of many lengths (whole register groups, single registers, the tail)
+    /// against f64; NaN or +inf anywhere, or a row of -inf, gives a NaN row.
+    #[test]
+    fn softmax_matches_f64_and_propagates_nan() {
+        for len in [1usize, 3, 8, 31, 32, 33, 64, 100, 513] {
+            let mut row: Vec<f32> = (0..len)
+                .map(|k| ((k * 37 % 101) as f32 - 50.0) * 0.3)
+                .collect();
+            let max = row
+                .iter()
+                .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+            let e: Vec<f64> = row.iter().map(|&x| (f64::from(x) - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            super::softmax_in_place(&mut row);
+            for (k, (&g, w)) in row.iter().zip(&e).enumerate() {
+                assert!(
+                    (f64::from(g) - w / sum).abs() < 1e-6,
+                    "{len}/{k}: {g} vs {}",
+                    w / sum
+                );
+            }
+            for (bad, at) in [(f32::NAN, len / 2), (f32::INFINITY, len - 1), (f32::NAN, 0)] {
+                let mut row = vec![0.5f32; len];
+                row[at] = bad;
+                super::softmax_in_place(&mut row);
+                assert!(
+                    row.iter().all(|x| x.is_nan()),
+                    "{len}: {bad} at {at}: {row:?}"
+                );
+            }
+            let mut row = vec![f32::NEG_INFINITY; len];
+            super::softmax_in_place(&mut row);
+            assert!(row.iter().all(|x| x.is_nan()), "{len}: -inf row");
+        }
     }
 }
 

@@ -14,7 +14,7 @@
 
 use super::ops::{Extra, GpuStage, Op, Uploader};
 use super::Value;
-use crate::cpu::reference::{matmul_scaled_serial, matmul_serial};
+use crate::cpu::attention;
 use crate::error::{LstmError, Result};
 use crate::weight_source::WeightSource;
 use ndarray::{s, Array2, Array3, ArrayD, ArrayView3, Ix3, IxDyn};
@@ -86,6 +86,10 @@ pub(crate) struct MhaScratch {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// Each head's keys packed for the scores (`cpu::attention::pack_keys`), `[B, N, s·h]`.
+    packed_keys: Vec<f32>,
+    /// Each head's values contiguous, `[B, N, s, hv]`.
+    head_values: Vec<f32>,
     context: Vec<f32>,
 }
 
@@ -278,42 +282,16 @@ impl Mha {
 /// Query rows one MHA task scores at once (its scratch: rows x key steps floats).
 const QUERY_BLOCK: usize = 64;
 
-thread_local! {
-    /// Each thread's score scratch, kept between calls.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// One thread's buffers of an MHA task, kept between calls: the block's scores, the scaled
+/// query rows (the scores path).
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    query: Vec<f32>,
 }
 
-/// Softmax of one row of scores in place: `e^(x - max) / sum` (NaN anywhere makes the row
-/// NaN), the exponentials and the sum in vector registers (eight partial sums).
-fn softmax_row(row: &mut [f32]) {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut nan = [false; 8];
-    let chunks = row.chunks_exact(8);
-    let mut max = f32::NEG_INFINITY;
-    let mut any_nan = false;
-    for &x in chunks.remainder() {
-        max = if x > max { x } else { max };
-        any_nan |= x.is_nan();
-    }
-    for c in chunks {
-        for ((m, n), &x) in lanes.iter_mut().zip(&mut nan).zip(c) {
-            *m = if x > *m { x } else { *m };
-            *n |= x.is_nan();
-        }
-    }
-    for (m, n) in lanes.into_iter().zip(nan) {
-        max = if m > max { m } else { max };
-        any_nan |= n;
-    }
-    if any_nan {
-        max = f32::NAN;
-    }
-    let sum = crate::cpu::simd::exp_shifted_sum(row, max);
-    // (times the reciprocal: within an ulp of the division, and cheaper)
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 impl Op for Mha {
@@ -351,6 +329,8 @@ impl Op for Mha {
             q: qbuf,
             k: kbuf,
             v: vbuf,
+            packed_keys,
+            head_values,
             context: cbuf,
         } = &mut self.scratch;
         let pq = self
@@ -382,24 +362,53 @@ impl Op for Mha {
         // times V_h [s, hv] as another.
         let qb = QUERY_BLOCK.min(t.max(1));
         let blocks = t.div_ceil(qb);
+        let (qs, ks, vs) = (n * h, n * h, n * hv);
+        let (pq, pk, pv) = (
+            pq.as_slice().expect("a standard layout"),
+            pk.as_slice().expect("a standard layout"),
+            pv.as_slice().expect("a standard layout"),
+        );
+        // Each head's keys packed for the scores and its values contiguous `[s, hv]`, once
+        // per call (every block of query rows reads them).
+        packed_keys.resize(b * n * s * h, 0.0);
+        head_values.resize(b * n * s * hv, 0.0);
+        let mut panel = Vec::new();
+        for i in 0..b {
+            for head in 0..n {
+                let at = (i * n + head) * s;
+                if s > 0 {
+                    attention::pack_keys(&pk[i * s * ks + head * h..], ks, (s, h), &mut panel);
+                    packed_keys[at * h..(at + s) * h].copy_from_slice(&panel);
+                }
+                for j in 0..s {
+                    head_values[(at + j) * hv..(at + j + 1) * hv]
+                        .copy_from_slice(&pv[(i * s + j) * vs + head * hv..][..hv]);
+                }
+            }
+        }
+        let (packed_keys, head_values) = (&packed_keys[..], &head_values[..]);
         let task = |idx: usize| -> (Option<Array2<f32>>, Array2<f32>) {
             let (i, head, blk) = (idx / (n * blocks), (idx / blocks) % n, idx % blocks);
             let (r0, r1) = (blk * qb, ((blk + 1) * qb).min(t));
-            let qh = pq.slice(s![i, r0..r1, head * h..(head + 1) * h]);
-            let kh = pk.slice(s![i, .., head * h..(head + 1) * h]);
-            let vh = pv.slice(s![i, .., head * hv..(head + 1) * hv]);
-            SCRATCH.with_borrow_mut(|scratch| {
-                scratch.resize((r1 - r0) * s, 0.0);
-                let mut w = ndarray::ArrayViewMut2::from_shape((r1 - r0, s), &mut scratch[..])
-                    .expect("rows x keys");
+            let rows = r1 - r0;
+            let q0 = (i * t + r0) * qs + head * h;
+            let keys = &packed_keys[(i * n + head) * s * h..][..s * h];
+            let values = &head_values[(i * n + head) * s * hv..][..s * hv];
+            SCRATCH.with_borrow_mut(|Scratch { scores, query }| {
+                scores.resize(rows * s, 0.0);
                 if scores_path {
                     // (Keras scales the query before the product on this path)
-                    let qs = qh.mapv(|x| x * inv);
-                    matmul_serial(qs.view(), kh.t(), w.view_mut(), false);
+                    query.resize(rows * h, 0.0);
+                    for r in 0..rows {
+                        for (d, y) in query[r * h..(r + 1) * h].iter_mut().enumerate() {
+                            *y = pq[q0 + r * qs + d] * inv;
+                        }
+                    }
+                    attention::scores(query, h, keys, (rows, h, s), 1.0, scores);
                 } else {
-                    matmul_scaled_serial(qh, kh.t(), w.view_mut(), inv);
+                    attention::scores(&pq[q0..], qs, keys, (rows, h, s), inv, scores);
                 }
-                for (local, mut row) in w.outer_iter_mut().enumerate() {
+                for (local, row) in scores.chunks_exact_mut(s.max(1)).enumerate().take(rows) {
                     let tq = r0 + local;
                     if masked {
                         for (sk, r) in row.iter_mut().enumerate() {
@@ -408,7 +417,7 @@ impl Op for Mha {
                             }
                         }
                     }
-                    softmax_row(row.as_slice_mut().expect("a contiguous row"));
+                    crate::cpu::simd::softmax_in_place(row);
                     if scores_path && masked {
                         // the scores path's Softmax layer zeroes the masked positions after
                         // the softmax (a fully masked row attends to nothing); the fused path
@@ -420,9 +429,20 @@ impl Op for Mha {
                         }
                     }
                 }
-                let mut ctx = Array2::<f32>::zeros((r1 - r0, hv));
-                matmul_serial(w.view(), vh, ctx.view_mut(), false);
-                (return_scores.then(|| w.to_owned()), ctx)
+                let mut ctx = Array2::<f32>::zeros((rows, hv));
+                attention::weighted_sum(
+                    scores,
+                    values,
+                    hv,
+                    (rows, s, hv),
+                    ctx.as_slice_mut().expect("a standard layout"),
+                    hv,
+                );
+                let w = return_scores.then(|| {
+                    Array2::from_shape_vec((rows, s), scores[..rows * s].to_vec())
+                        .expect("rows x keys")
+                });
+                (w, ctx)
             })
         };
         let tasks = b * n * blocks;
