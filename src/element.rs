@@ -41,6 +41,8 @@ pub trait Element:
     fn tanh(self) -> Self;
     /// `ln(1 + self)`, accurate near zero.
     fn ln_1p(self) -> Self;
+    /// Natural logarithm.
+    fn ln(self) -> Self;
     /// `e^self - 1`, accurate near zero.
     fn exp_m1(self) -> Self;
     /// Error function.
@@ -84,6 +86,9 @@ impl Element for f32 {
     }
     fn ln_1p(self) -> Self {
         f32::ln_1p(self)
+    }
+    fn ln(self) -> Self {
+        f32::ln(self)
     }
     fn exp_m1(self) -> Self {
         f32::exp_m1(self)
@@ -173,6 +178,9 @@ impl Element for f64 {
     }
     fn ln_1p(self) -> Self {
         f64::ln_1p(self)
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
     }
     fn exp_m1(self) -> Self {
         f64::exp_m1(self)

@@ -158,6 +158,20 @@ pub enum LstmError {
         /// Why it failed.
         reason: String,
     },
+
+    /// Training stopped: a step's loss or gradients were not finite. The weights are those
+    /// from before that step (nothing of it was applied).
+    #[error("training stopped at epoch {epoch}, step {step} (batch rows {rows}): {what}")]
+    TrainingDiverged {
+        /// The epoch (from 1).
+        epoch: usize,
+        /// The step within the epoch (from 1).
+        step: usize,
+        /// The batch's sample rows, `start..end`.
+        rows: String,
+        /// What was not finite.
+        what: String,
+    },
 }
 
 /// The crate's result type.

@@ -59,6 +59,7 @@ mod network;
 pub mod onnx;
 mod output;
 pub mod perf;
+pub mod train;
 mod validate;
 mod weight_match;
 mod weight_source;

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""Writes tests/data/training/: gradients and training runs recorded from Keras 3.15.1
+(TensorFlow backend, CPU) for the crate's training path.
+
+1. LSTM layer cases (NAME.npz + NAME.json): one LSTM layer called on x with a timestep mask
+   and initial states (some cases without), in float64 and float32. The npz holds the
+   weights (kernel, recurrent_kernel[, bias]), x, mask (0/1), h0, c0, the cotangents of
+   each output (dy, and dh/dc with return_state), Keras's outputs, and the gradients from
+   tf.GradientTape of sum(outputs * cotangents) w.r.t. every weight, x, h0 and c0.
+2. Model cases (NAME.keras + NAME.npz + NAME.json): a Sequential model, inputs x, targets
+   y, the initial weights (w0, w1, ...); `grads` cases hold the loss (as Keras's loss object computes it, masks included) and
+   its gradients w.r.t. every trainable weight and x; `fit` cases hold the weights after
+   `model.fit(x, y, batch_size, epochs, shuffle=False)` and the per-epoch losses.
+
+Weights are seeded uniform(-0.5, 0.5).
+Run: KERAS_BACKEND=tensorflow python scripts/record_training.py [OUT_DIR]
+"""
+import json
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+import keras
+from keras import layers
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "training")
+os.makedirs(OUT, exist_ok=True)
+rng = np.random.RandomState(41)
+
+
+def randomize(model):
+    for layer in model._flatten_layers(include_self=False):
+        if layer.weights and not layer._layers:
+            layer.set_weights([rng.uniform(-0.5, 0.5, v.shape).astype(v.dtype)
+                               for v in layer.weights])
+
+
+def mask_of(b, t, pattern):
+    m = np.ones((b, t), dtype=bool)
+    if pattern == "tail":
+        m[0, t - 2:] = False
+        m[-1, t // 2:] = False
+    elif pattern == "holes":
+        m[0, 0] = False
+        m[1 % b, 2] = False
+        m[-1, 1:3] = False
+    elif pattern == "row":
+        m[0, :] = False
+    return m
+
+
+# 1. LSTM layer cases.
+LAYER_CASES = [
+    # name, dtype, layer kwargs, mask pattern, initial states, (b, t, i)
+    ("seq_f64", "float64", dict(units=4, return_sequences=True), "holes", True, (3, 6, 3)),
+    ("seq_f32", "float32", dict(units=4, return_sequences=True), "holes", True, (3, 6, 3)),
+    ("last_backwards_f64", "float64", dict(units=5, go_backwards=True), "tail", False, (3, 7, 2)),
+    ("states_f64", "float64", dict(units=3, return_sequences=True, return_state=True,
+                                   activation="relu", recurrent_activation="hard_sigmoid",
+                                   use_bias=False), "row", True, (2, 5, 4)),
+    ("zero_output_f64", "float64", dict(units=4, return_sequences=True,
+                                        zero_output_for_mask=True, go_backwards=True),
+     "tail", True, (3, 6, 2)),
+    ("long_f64", "float64", dict(units=6, return_sequences=True), "none", False, (2, 300, 3)),
+]
+for name, dtype, kw, pattern, with_states, (b, t, i) in LAYER_CASES:
+    layer = layers.LSTM(dtype=dtype, **kw)
+    x = rng.uniform(-1, 1, (b, t, i)).astype(dtype)
+    h0 = rng.uniform(-1, 1, (b, kw["units"])).astype(dtype)
+    c0 = rng.uniform(-1, 1, (b, kw["units"])).astype(dtype)
+    mask = mask_of(b, t, pattern)
+    layer(x[:1], initial_state=[h0[:1], c0[:1]])  # builds
+    layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(dtype) for w in layer.weights])
+    xv, h0v, c0v = tf.Variable(x), tf.Variable(h0), tf.Variable(c0)
+    with tf.GradientTape() as tape:
+        kwargs = dict(mask=tf.constant(mask)) if pattern != "none" else {}
+        if with_states:
+            kwargs["initial_state"] = [h0v, c0v]
+        outs = layer(xv, **kwargs)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        cots = [rng.uniform(-1, 1, o.shape).astype(dtype) for o in outs]
+        total = sum(tf.reduce_sum(o * c) for o, c in zip(outs, cots))
+    watched = list(layer.trainable_weights) + [xv, h0v, c0v]
+    grads = tape.gradient(total, watched, unconnected_gradients="zero")
+    arrays = {f"w{k}": w.numpy() for k, w in enumerate(layer.weights)}
+    arrays.update(x=x, mask=mask.astype(dtype), h0=h0, c0=c0)
+    for k, (o, c) in enumerate(zip(outs, cots)):
+        arrays[f"out{k}"] = np.asarray(o)
+        arrays[f"cot{k}"] = c
+    for k, g in enumerate(grads[:len(layer.weights)]):
+        arrays[f"grad_w{k}"] = np.asarray(g)
+    arrays["grad_x"], arrays["grad_h0"], arrays["grad_c0"] = (np.asarray(g) for g in grads[-3:])
+    np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)
+    cfg = layer.get_config()
+    cfg = {k: v for k, v in cfg.items() if isinstance(v, (bool, int, float, str))}
+    meta = dict(config=cfg, masked=pattern != "none", initial_state=with_states, dtype=dtype)
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(name, [o.shape for o in outs])
+
+
+# 2. Model cases.
+def loss_object(name, dtype):
+    # (in the model's dtype: a loss object casts its inputs to its own)
+    return {
+        "mse": keras.losses.MeanSquaredError,
+        "mae": keras.losses.MeanAbsoluteError,
+        "binary_crossentropy": keras.losses.BinaryCrossentropy,
+        "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+        "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    }[name](dtype=dtype)
+
+
+def optimizer(spec):
+    kind, kw = spec
+    return {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam,
+            "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[kind](**kw)
+
+
+def build(kind, dtype, t, i):
+    keras.config.set_floatx(dtype)
+    if kind == "lstm_dense":
+        m = keras.Sequential([keras.Input((t, i)), layers.LSTM(6), layers.Dense(3)])
+    elif kind == "masked_seq":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.LSTM(5, return_sequences=True),
+                              layers.Dense(2, activation="tanh")])
+    elif kind == "stack_softmax":
+        m = keras.Sequential([keras.Input((t, i)), layers.LSTM(8, return_sequences=True),
+                              layers.LSTM(4, recurrent_activation="hard_sigmoid"),
+                              layers.Dense(5, activation="softmax")])
+    elif kind == "sigmoid":
+        m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4, go_backwards=True),
+                              layers.Dense(1, activation="sigmoid")])
+    elif kind == "hard_sigmoid_out":
+        m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
+                              layers.Dense(2, activation="hard_sigmoid")])
+    elif kind in ("softplus_out", "softmax_out"):
+        act = "softplus" if kind == "softplus_out" else "softmax"
+        m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
+                              layers.Dense(5, activation=act)])
+    keras.config.set_floatx("float32")
+    return m
+
+
+def data(kind, dtype, n, t, i):
+    x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
+    if kind == "masked_seq":
+        for r in range(n):
+            x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
+        y = rng.uniform(-1, 1, (n, t, 2)).astype(dtype)
+    elif kind == "stack_softmax":
+        y = rng.randint(0, 5, (n,)).astype(dtype)
+    elif kind == "sigmoid":
+        y = rng.randint(0, 2, (n, 1)).astype(dtype)
+    elif kind == "hard_sigmoid_out":
+        y = rng.randint(0, 2, (n, 2)).astype(dtype)
+    elif kind in ("softplus_out", "softmax_out"):
+        y = np.eye(5, dtype=dtype)[rng.randint(0, 5, (n,))]
+    else:
+        y = rng.uniform(-1, 1, (n, 3)).astype(dtype)
+    return x, y
+
+
+MODEL_CASES = [
+    # name, mode, model kind, dtype, loss, optimizer, (n, t, i), batch, epochs
+    ("grads_lstm_dense_f64", "grads", "lstm_dense", "float64", "mse", None, (4, 6, 3), 0, 0),
+    ("grads_lstm_dense_f32", "grads", "lstm_dense", "float32", "mse", None, (4, 6, 3), 0, 0),
+    ("grads_masked_f64", "grads", "masked_seq", "float64", "mse", None, (4, 6, 3), 0, 0),
+    ("grads_softmax_f64", "grads", "stack_softmax", "float64",
+     "sparse_categorical_crossentropy", None, (4, 5, 3), 0, 0),
+    ("grads_sigmoid_f64", "grads", "sigmoid", "float64", "binary_crossentropy", None,
+     (4, 5, 2), 0, 0),
+    ("grads_mae_f64", "grads", "lstm_dense", "float64", "mae", None, (4, 6, 3), 0, 0),
+    ("grads_bce_probs_f64", "grads", "hard_sigmoid_out", "float64", "binary_crossentropy",
+     None, (4, 5, 2), 0, 0),
+    ("grads_cce_probs_f64", "grads", "softplus_out", "float64", "categorical_crossentropy",
+     None, (4, 5, 2), 0, 0),
+    ("grads_cce_softmax_f64", "grads", "softmax_out", "float64", "categorical_crossentropy",
+     None, (4, 5, 2), 0, 0),
+    ("fit_adam", "fit", "lstm_dense", "float32", "mse", ("adam", dict(learning_rate=0.01)),
+     (32, 6, 3), 8, 5),
+    ("fit_sgd_nesterov", "fit", "stack_softmax", "float32", "sparse_categorical_crossentropy",
+     ("sgd", dict(learning_rate=0.1, momentum=0.9, nesterov=True, clipnorm=1.0)),
+     (24, 5, 3), 6, 5),
+    ("fit_rmsprop", "fit", "sigmoid", "float32", "binary_crossentropy",
+     ("rmsprop", dict(learning_rate=0.01, clipvalue=0.05)), (20, 5, 2), 5, 5),
+    ("fit_adamw_masked", "fit", "masked_seq", "float32", "mae",
+     ("adamw", dict(learning_rate=0.01, weight_decay=0.05)), (16, 6, 3), 4, 5),
+]
+for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
+    model = build(kind, dtype, t, i)
+    randomize(model)
+    x, y = data(kind, dtype, n, t, i)
+    model.save(os.path.join(OUT, f"{name}.keras"))
+    arrays = dict(x=x, y=y)
+    for k, w in enumerate(model.get_weights()):
+        arrays[f"w{k}"] = w
+    meta = dict(mode=mode, loss=loss, dtype=dtype)
+    if mode == "grads":
+        xv = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            pred = model(xv)
+            value = loss_object(loss, dtype)(y, pred)
+        grads = tape.gradient(value, model.trainable_weights + [xv])
+        arrays["loss"] = np.asarray(value)
+        arrays["pred"] = np.asarray(pred)
+        for k, g in enumerate(grads[:-1]):
+            arrays[f"grad{k}"] = np.asarray(g)
+        arrays["grad_x"] = np.asarray(grads[-1])
+    else:
+        model.compile(optimizer=optimizer(opt), loss=loss)
+        hist = model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0)
+        for k, w in enumerate(model.get_weights()):
+            arrays[f"final{k}"] = w
+        arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")
+        meta.update(optimizer=dict(kind=opt[0], **opt[1]), batch_size=batch, epochs=epochs)
+    np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(name, mode, {k: np.shape(v) for k, v in arrays.items() if k in ("loss", "epoch_loss")})

@@ -1,0 +1,111 @@
+//! The derivatives of the activations, as TensorFlow's gradients of Keras's activation
+//! functions give them (at the kinks: relu's gradient is 0 at 0, relu6's is 0 at 0 and at 6,
+//! as `tf.nn.relu`'s and `tf.nn.relu6`'s are; `clip_by_value`'s passes at the bounds).
+
+use crate::activation::Activation;
+use crate::element::Element;
+
+/// `d act(x) / dx` at the pre-activation `x`.
+///
+/// ```
+/// use lstm_wgpu::train::derivative;
+/// use lstm_wgpu::Activation;
+/// assert_eq!(derivative(Activation::Tanh, 0.0f64), 1.0);
+/// assert_eq!(derivative(Activation::Relu, 0.0f64), 0.0);
+/// assert!((derivative(Activation::Sigmoid, 0.0f64) - 0.25).abs() < 1e-15);
+/// ```
+pub fn derivative<T: Element>(a: Activation, x: T) -> T {
+    let (zero, one) = (T::zero(), T::one());
+    let sigmoid = |v: T| one / (one + (-v).exp());
+    match a {
+        Activation::Tanh => {
+            let t = x.tanh();
+            one - t * t
+        }
+        Activation::Sigmoid => {
+            let s = sigmoid(x);
+            s * (one - s)
+        }
+        Activation::HardSigmoid => {
+            // relu6(x + 3) / 6
+            let u = x + T::from_f64(3.0);
+            if u > zero && u < T::from_f64(6.0) {
+                one / T::from_f64(6.0)
+            } else {
+                zero
+            }
+        }
+        Activation::HardSigmoidKeras2 => {
+            let u = T::from_f64(0.2) * x + T::from_f64(0.5);
+            if u >= zero && u <= one {
+                T::from_f64(0.2)
+            } else {
+                zero
+            }
+        }
+        Activation::Relu => {
+            if x > zero {
+                one
+            } else {
+                zero
+            }
+        }
+        Activation::Relu6 => {
+            if x > zero && x < T::from_f64(6.0) {
+                one
+            } else {
+                zero
+            }
+        }
+        Activation::Linear => one,
+        Activation::Elu => {
+            if x > zero {
+                one
+            } else {
+                x.exp()
+            }
+        }
+        Activation::Selu => {
+            let scale = T::from_f64(1.050_700_987_355_480_5);
+            if x > zero {
+                scale
+            } else {
+                scale * T::from_f64(1.673_263_242_354_377_3) * x.exp()
+            }
+        }
+        Activation::Softplus => sigmoid(x),
+        Activation::Softsign => {
+            let d = one + x.abs();
+            one / (d * d)
+        }
+        Activation::Swish => {
+            let s = sigmoid(x);
+            s + x * s * (one - s)
+        }
+        Activation::Gelu => {
+            let phi = (-(x * x) * T::from_f64(0.5)).exp() * T::from_f64(0.398_942_280_401_432_7);
+            T::from_f64(0.5) * (one + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+                + x * phi
+        }
+        Activation::Exponential => x.exp(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::derivative;
+    use crate::activation::Activation;
+
+    /// Every derivative against a central difference in f64, away from the kinks.
+    #[test]
+    fn derivatives_match_central_differences() {
+        for a in Activation::ALL {
+            for &x in &[-2.7f64, -1.1, -0.4, 0.3, 0.9, 1.7, 2.2, 4.5] {
+                let eps = 1e-6;
+                let want = (a.apply(x + eps) - a.apply(x - eps)) / (2.0 * eps);
+                let got = derivative(a, x);
+                assert!((got - want).abs() < 1e-7, "{a:?} at {x}: {got} vs {want}");
+            }
+        }
+    }
+}

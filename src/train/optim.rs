@@ -1,0 +1,389 @@
+//! Keras 3's optimizers, update for update (`keras/src/optimizers/*.py`), computed in the
+//! weights' own type as Keras casts to the variable's dtype: gradient clipping first
+//! (`clipnorm` per variable, `global_clipnorm` over all, or `clipvalue`), then the weight
+//! decay `w -= w · wd · lr` where set (AdamW's default 0.004), then the update:
+//!
+//! ```text
+//! SGD:      m = momentum·m - lr·g;  w += m  (nesterov: w += momentum·m - lr·g);  no momentum: w -= lr·g
+//! Adam:     m += (g - m)(1 - β1);  v += (g² - v)(1 - β2)
+//!           w -= m · lr·sqrt(1 - β2^t)/(1 - β1^t) / (sqrt(v) + ε)
+//! RMSprop:  v = ρ·v + (1 - ρ)·g²;  inc = lr·g / sqrt(v + ε)  (centered: v - ḡ² + ε)
+//!           w -= inc  (momentum: m = momentum·m + inc; w -= m)
+//! ```
+//!
+//! with Keras's defaults (SGD lr 0.01; Adam/AdamW lr 0.001, β 0.9/0.999, ε 1e-7; RMSprop lr
+//! 0.001, ρ 0.9, ε 1e-7).
+
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use ndarray::ArrayD;
+
+/// Which update rule, with its hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// `keras.optimizers.SGD`.
+    Sgd {
+        /// Momentum (0: none).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// `keras.optimizers.Adam` (and `AdamW`, which adds the weight decay).
+    Adam {
+        /// β1.
+        beta_1: f64,
+        /// β2.
+        beta_2: f64,
+        /// ε.
+        epsilon: f64,
+    },
+    /// `keras.optimizers.RMSprop`.
+    RmsProp {
+        /// ρ.
+        rho: f64,
+        /// Momentum (0: none).
+        momentum: f64,
+        /// ε.
+        epsilon: f64,
+        /// Centered (divides by the variance of the gradient).
+        centered: bool,
+    },
+}
+
+/// An optimizer and its state (one set of slots per weight, made on the first step).
+///
+/// ```
+/// use lstm_wgpu::train::Optimizer;
+/// let mut opt = Optimizer::sgd(0.1);
+/// let mut w = vec![ndarray::arr1(&[1.0f64, -2.0]).into_dyn()];
+/// let g = vec![ndarray::arr1(&[0.5f64, 0.5]).into_dyn()];
+/// opt.apply(&mut w, &g).unwrap();
+/// assert_eq!(w[0], ndarray::arr1(&[0.95, -2.05]).into_dyn());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    /// The update rule.
+    pub rule: Rule,
+    /// The learning rate.
+    pub learning_rate: f64,
+    /// `w -= w · weight_decay · lr` before each update, where set.
+    pub weight_decay: Option<f64>,
+    /// Clip each gradient to this L2 norm.
+    pub clipnorm: Option<f64>,
+    /// Clip all gradients together to this L2 norm.
+    pub global_clipnorm: Option<f64>,
+    /// Clip each gradient value to `[-clipvalue, clipvalue]`.
+    pub clipvalue: Option<f64>,
+    iterations: u64,
+    slots: Vec<[Option<ArrayD<f64>>; 3]>,
+}
+
+impl Optimizer {
+    fn with(rule: Rule, learning_rate: f64) -> Self {
+        Optimizer {
+            rule,
+            learning_rate,
+            weight_decay: None,
+            clipnorm: None,
+            global_clipnorm: None,
+            clipvalue: None,
+            iterations: 0,
+            slots: Vec::new(),
+        }
+    }
+
+    /// SGD without momentum (set [`Optimizer::momentum`]).
+    pub fn sgd(learning_rate: f64) -> Self {
+        Self::with(
+            Rule::Sgd {
+                momentum: 0.0,
+                nesterov: false,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Adam with Keras's defaults.
+    pub fn adam(learning_rate: f64) -> Self {
+        Self::with(
+            Rule::Adam {
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-7,
+            },
+            learning_rate,
+        )
+    }
+
+    /// AdamW: Adam with the weight decay `weight_decay` (Keras's default 0.004).
+    pub fn adamw(learning_rate: f64, weight_decay: f64) -> Self {
+        let mut o = Self::adam(learning_rate);
+        o.weight_decay = Some(weight_decay);
+        o
+    }
+
+    /// RMSprop with Keras's defaults.
+    pub fn rmsprop(learning_rate: f64) -> Self {
+        Self::with(
+            Rule::RmsProp {
+                rho: 0.9,
+                momentum: 0.0,
+                epsilon: 1e-7,
+                centered: false,
+            },
+            learning_rate,
+        )
+    }
+
+    /// Sets the momentum (SGD, RMSprop) and, for SGD, Nesterov's form.
+    pub fn momentum(mut self, value: f64, nesterov_form: bool) -> Self {
+        match &mut self.rule {
+            Rule::Sgd { momentum, nesterov } => {
+                *momentum = value;
+                *nesterov = nesterov_form;
+            }
+            Rule::RmsProp { momentum, .. } => *momentum = value,
+            Rule::Adam { .. } => {}
+        }
+        self
+    }
+
+    /// Reads a Keras optimizer config (`{"class_name": "Adam", "config": {...}}` as
+    /// `optimizer.get_config()` and `model.compile` save it, or the config alone with a
+    /// `"name"`): the rule, learning rate, clipping and weight decay.
+    pub fn from_keras(class: &str, cfg: &serde_json::Value) -> Result<Self> {
+        let f = |k: &str| cfg.get(k).and_then(serde_json::Value::as_f64);
+        let lr = |d: f64| {
+            cfg.get("learning_rate")
+                .map(|v| {
+                    v.as_f64().ok_or_else(|| {
+                        LstmError::unsupported("learning_rate", format!("{v} (a schedule)"))
+                    })
+                })
+                .unwrap_or(Ok(d))
+        };
+        let mut o = match class.to_ascii_lowercase().as_str() {
+            "sgd" => Self::sgd(lr(0.01)?).momentum(
+                f("momentum").unwrap_or(0.0),
+                cfg.get("nesterov")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+            ),
+            "adam" | "adamw" => {
+                let mut o = Self::adam(lr(0.001)?);
+                o.rule = Rule::Adam {
+                    beta_1: f("beta_1").unwrap_or(0.9),
+                    beta_2: f("beta_2").unwrap_or(0.999),
+                    epsilon: f("epsilon").unwrap_or(1e-7),
+                };
+                if cfg.get("amsgrad").and_then(serde_json::Value::as_bool) == Some(true) {
+                    return Err(LstmError::unsupported("amsgrad", "true"));
+                }
+                if class.eq_ignore_ascii_case("adamw") {
+                    o.weight_decay = Some(f("weight_decay").unwrap_or(0.004));
+                }
+                o
+            }
+            "rmsprop" => {
+                let mut o = Self::rmsprop(lr(0.001)?);
+                o.rule = Rule::RmsProp {
+                    rho: f("rho").unwrap_or(0.9),
+                    momentum: f("momentum").unwrap_or(0.0),
+                    epsilon: f("epsilon").unwrap_or(1e-7),
+                    centered: cfg.get("centered").and_then(serde_json::Value::as_bool)
+                        == Some(true),
+                };
+                o
+            }
+            other => return Err(LstmError::unsupported("optimizer", other)),
+        };
+        if o.weight_decay.is_none() {
+            o.weight_decay = f("weight_decay").filter(|&w| w > 0.0);
+        }
+        o.clipnorm = f("clipnorm").filter(|&v| v > 0.0);
+        o.global_clipnorm = f("global_clipnorm").filter(|&v| v > 0.0);
+        o.clipvalue = f("clipvalue").filter(|&v| v > 0.0);
+        Ok(o)
+    }
+
+    /// The steps applied so far (Keras's `optimizer.iterations`).
+    pub fn iterations(&self) -> u64 {
+        self.iterations
+    }
+
+    /// One update of `weights` by `grads` (the same shapes, in the same order every call).
+    pub fn apply<T: Element>(
+        &mut self,
+        weights: &mut [ArrayD<T>],
+        grads: &[ArrayD<T>],
+    ) -> Result<()> {
+        if weights.len() != grads.len() {
+            return Err(LstmError::invalid(
+                "gradients",
+                format!("{} for {} weights", grads.len(), weights.len()),
+            ));
+        }
+        for (k, (w, g)) in weights.iter().zip(grads).enumerate() {
+            if w.shape() != g.shape() {
+                return Err(LstmError::shape(
+                    format!("gradient {k}"),
+                    w.shape(),
+                    g.shape(),
+                ));
+            }
+        }
+        if self.slots.is_empty() {
+            self.slots = weights.iter().map(|_| [None, None, None]).collect();
+        } else if self.slots.len() != weights.len() {
+            return Err(LstmError::invalid(
+                "weights",
+                format!(
+                    "{} now, {} at the first step",
+                    weights.len(),
+                    self.slots.len()
+                ),
+            ));
+        }
+        let c = |v: f64| T::from_f64(v);
+        // clipping
+        let mut grads: Vec<ArrayD<T>> = grads.to_vec();
+        if let Some(norm) = self.clipnorm {
+            for g in &mut grads {
+                let l2sum = g.iter().fold(T::zero(), |a, &x| a + x * x);
+                if l2sum > T::zero() {
+                    let l2 = T::from_f64(l2sum.to_f64().sqrt());
+                    let d = l2.elem_max(c(norm));
+                    g.mapv_inplace(|x| x * c(norm) / d);
+                }
+            }
+        } else if let Some(norm) = self.global_clipnorm {
+            let sum: f64 = grads
+                .iter()
+                .flat_map(|g| g.iter())
+                .map(|x| x.to_f64() * x.to_f64())
+                .sum();
+            let global = sum.sqrt();
+            let scale = norm / global.max(norm);
+            for g in &mut grads {
+                g.mapv_inplace(|x| x * c(scale));
+            }
+        } else if let Some(v) = self.clipvalue {
+            for g in &mut grads {
+                g.mapv_inplace(|x| x.elem_max(c(-v)).elem_min(c(v)));
+            }
+        }
+        let lr = c(self.learning_rate);
+        if let Some(wd) = self.weight_decay {
+            for w in weights.iter_mut() {
+                w.mapv_inplace(|x| x - x * c(wd) * lr);
+            }
+        }
+        self.iterations += 1;
+        let step = self.iterations as f64;
+        for ((w, g), slots) in weights.iter_mut().zip(&grads).zip(&mut self.slots) {
+            let dim = w.raw_dim();
+            // (slots are kept in f64, holding the T values exactly)
+            let slot = |slots: &mut [Option<ArrayD<f64>>; 3], k: usize| -> ArrayD<T> {
+                slots[k]
+                    .get_or_insert_with(|| ArrayD::zeros(dim.clone()))
+                    .mapv(T::from_f64)
+            };
+            match self.rule {
+                Rule::Sgd { momentum, nesterov } => {
+                    if momentum != 0.0 {
+                        let mut m = slot(slots, 0);
+                        ndarray::Zip::from(&mut m).and(g).for_each(|m, &g| {
+                            *m = *m * c(momentum) - g * lr;
+                        });
+                        ndarray::Zip::from(&mut *w)
+                            .and(&m)
+                            .and(g)
+                            .for_each(|w, &m, &g| {
+                                *w = if nesterov {
+                                    *w + (m * c(momentum) - g * lr)
+                                } else {
+                                    *w + m
+                                };
+                            });
+                        slots[0] = Some(m.mapv(T::to_f64));
+                    } else {
+                        ndarray::Zip::from(&mut *w)
+                            .and(g)
+                            .for_each(|w, &g| *w = *w - g * lr);
+                    }
+                }
+                Rule::Adam {
+                    beta_1,
+                    beta_2,
+                    epsilon,
+                } => {
+                    let (b1, b2) = (c(beta_1), c(beta_2));
+                    let p1 = c(b1.to_f64().powf(step));
+                    let p2 = c(b2.to_f64().powf(step));
+                    let one = T::one();
+                    let alpha = lr * T::from_f64((one - p2).to_f64().sqrt()) / (one - p1);
+                    let (mut m, mut v) = (slot(slots, 0), slot(slots, 1));
+                    ndarray::Zip::from(&mut m)
+                        .and(&mut v)
+                        .and(g)
+                        .for_each(|m, v, &g| {
+                            *m = *m + (g - *m) * c(1.0 - beta_1);
+                            *v = *v + (g * g - *v) * c(1.0 - beta_2);
+                        });
+                    ndarray::Zip::from(&mut *w)
+                        .and(&m)
+                        .and(&v)
+                        .for_each(|w, &m, &v| {
+                            *w = *w - (m * alpha) / (T::from_f64(v.to_f64().sqrt()) + c(epsilon));
+                        });
+                    slots[0] = Some(m.mapv(T::to_f64));
+                    slots[1] = Some(v.mapv(T::to_f64));
+                }
+                Rule::RmsProp {
+                    rho,
+                    momentum,
+                    epsilon,
+                    centered,
+                } => {
+                    let mut v = slot(slots, 0);
+                    ndarray::Zip::from(&mut v).and(g).for_each(|v, &g| {
+                        *v = c(rho) * *v + c(1.0 - rho) * (g * g);
+                    });
+                    let mut inc = v.mapv(|v| v + c(epsilon));
+                    if centered {
+                        let mut a = slot(slots, 1);
+                        ndarray::Zip::from(&mut a).and(g).for_each(|a, &g| {
+                            *a = c(rho) * *a + c(1.0 - rho) * g;
+                        });
+                        ndarray::Zip::from(&mut inc)
+                            .and(&v)
+                            .and(&a)
+                            .for_each(|d, &v, &a| {
+                                *d = v - a * a + c(epsilon);
+                            });
+                        slots[1] = Some(a.mapv(T::to_f64));
+                    }
+                    ndarray::Zip::from(&mut inc).and(g).for_each(|d, &g| {
+                        *d = (lr * g) / T::from_f64(d.to_f64().sqrt());
+                    });
+                    if momentum > 0.0 {
+                        let mut m = slot(slots, 2);
+                        ndarray::Zip::from(&mut m).and(&inc).for_each(|m, &i| {
+                            *m = c(momentum) * *m + i;
+                        });
+                        ndarray::Zip::from(&mut *w)
+                            .and(&m)
+                            .for_each(|w, &m| *w = *w - m);
+                        slots[2] = Some(m.mapv(T::to_f64));
+                    } else {
+                        ndarray::Zip::from(&mut *w)
+                            .and(&inc)
+                            .for_each(|w, &i| *w = *w - i);
+                    }
+                    slots[0] = Some(v.mapv(T::to_f64));
+                }
+            }
+        }
+        Ok(())
+    }
+}

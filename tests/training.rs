@@ -1,0 +1,433 @@
+//! Training against Keras 3.15.1 (`tests/data/training`, `scripts/record_training.py`):
+//! LSTM layer gradients (masks, go_backwards, initial states and their gradients, states
+//! returned, zero_output_for_mask, 300 steps) as `tf.GradientTape` gives them, in float64
+//! (≤ 1e-10) and float32 (≤ 1e-5); model losses and gradients (MSE, MAE, binary and sparse
+//! categorical cross-entropy from Keras's cached logits, a masked loss); `model.fit` runs of
+//! 20 steps with Adam, SGD (Nesterov, clipnorm), RMSprop (clipvalue) and AdamW (masked MAE)
+//! matched weight for weight (≤ 1e-4); central differences in f64; diverging training.
+
+use lstm_wgpu::model::KerasModel;
+use lstm_wgpu::train::{lstm_gradients, FitOptions, Loss, LstmCotangents, Optimizer, Sequential};
+use lstm_wgpu::{Element, LstmConfig, LstmError, LstmWeights};
+use ndarray::{Array2, Array3, ArrayD, Ix1, Ix2, Ix3};
+use ndarray_npy::ReadNpyExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/training")
+}
+
+/// The arrays of `NAME.npz` as `T` (float32, float64 and bool arrays).
+fn npz<T: Element>(name: &str) -> HashMap<String, ArrayD<T>> {
+    let bytes = std::fs::read(dir().join(format!("{name}.npz"))).unwrap();
+    let mut out = HashMap::new();
+    for (member, data) in lstm_wgpu::archive::members(&bytes).unwrap() {
+        let key = member.trim_end_matches(".npy").to_string();
+        let a: ArrayD<T> = if let Ok(a) = ArrayD::<f64>::read_npy(std::io::Cursor::new(data)) {
+            a.mapv(T::from_f64)
+        } else if let Ok(a) = ArrayD::<f32>::read_npy(std::io::Cursor::new(data)) {
+            a.mapv(|v| T::from_f64(f64::from(v)))
+        } else {
+            let a = ArrayD::<bool>::read_npy(std::io::Cursor::new(data))
+                .unwrap_or_else(|e| panic!("{name}/{member}: {e}"));
+            a.mapv(|v| T::from_f64(if v { 1.0 } else { 0.0 }))
+        };
+        out.insert(key, a);
+    }
+    out
+}
+
+fn meta(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap()).unwrap()
+}
+
+fn worst<T: Element>(a: &ArrayD<T>, b: &ArrayD<T>, what: &str) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
+        .fold(0.0, f64::max)
+}
+
+fn layer_case<T: Element>(name: &str, tol: f64) {
+    let a = npz::<T>(name);
+    let m = meta(name);
+    let cfg = LstmConfig::from_keras_class("LSTM", &m["config"]).unwrap();
+    let two = |k: &str| a[k].clone().into_dimensionality::<Ix2>().unwrap();
+    let weights = LstmWeights::new(
+        &cfg,
+        a["x"].shape()[2],
+        two("w0"),
+        two("w1"),
+        a.get("w2")
+            .map(|b| b.clone().into_dimensionality::<Ix1>().unwrap()),
+    )
+    .unwrap();
+    let layer = lstm_wgpu::cpu::Lstm::new(cfg.clone(), weights).unwrap();
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let mask: Option<Array2<bool>> = m["masked"]
+        .as_bool()
+        .unwrap()
+        .then(|| two("mask").mapv(|v| v != T::zero()));
+    let states = m["initial_state"].as_bool().unwrap();
+    let (h0, c0) = (two("h0"), two("c0"));
+    let init = states.then(|| (h0.view(), c0.view()));
+    let cot = LstmCotangents {
+        output: a["cot0"].clone(),
+        h: cfg.return_state.then(|| two("cot1")),
+        c: cfg.return_state.then(|| two("cot2")),
+    };
+    let (call, g) = lstm_gradients(
+        &layer,
+        x.view(),
+        mask.as_ref().map(|m| m.view()),
+        init,
+        &cot,
+    )
+    .unwrap();
+    let mut checks = vec![
+        ("output", worst(&call.output, &a["out0"], name)),
+        ("kernel", worst(&g.kernel.into_dyn(), &a["grad_w0"], name)),
+        (
+            "recurrent_kernel",
+            worst(&g.recurrent_kernel.into_dyn(), &a["grad_w1"], name),
+        ),
+        ("x", worst(&g.x.into_dyn(), &a["grad_x"], name)),
+    ];
+    if let Some(b) = g.bias {
+        checks.push(("bias", worst(&b.into_dyn(), &a["grad_w2"], name)));
+    }
+    if cfg.return_state {
+        checks.push(("h", worst(&call.h.into_dyn(), &a["out1"], name)));
+        checks.push(("c", worst(&call.c.into_dyn(), &a["out2"], name)));
+    }
+    if states {
+        checks.push(("h0", worst(&g.h0.into_dyn(), &a["grad_h0"], name)));
+        checks.push(("c0", worst(&g.c0.into_dyn(), &a["grad_c0"], name)));
+    }
+    for (what, err) in &checks {
+        assert!(*err <= tol, "{name} {what}: {err:e} > {tol:e}");
+    }
+    let w = checks.iter().map(|c| c.1).fold(0.0, f64::max);
+    println!("{name}: worst {w:.1e}");
+}
+
+#[test]
+fn lstm_layer_gradients_match_gradient_tape() {
+    for name in [
+        "seq_f64",
+        "last_backwards_f64",
+        "states_f64",
+        "zero_output_f64",
+        "long_f64",
+    ] {
+        layer_case::<f64>(name, 1e-10);
+    }
+    layer_case::<f32>("seq_f32", 1e-5);
+}
+
+/// A Sequential model from its `.keras` file with the recorded weights in `T` (the file's
+/// float64 weights would pass through the loader's f32).
+fn model<T: Element>(name: &str, a: &HashMap<String, ArrayD<T>>) -> Sequential<T> {
+    let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+    let mut net = Sequential::<T>::from_model(&model).unwrap();
+    let n = net.weights().len();
+    let w: Vec<ArrayD<T>> = (0..n).map(|k| a[&format!("w{k}")].clone()).collect();
+    net.set_weights(&w).unwrap();
+    net
+}
+
+fn model_grads<T: Element>(name: &str, tol: f64) {
+    let a = npz::<T>(name);
+    let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
+    let net = model::<T>(name, &a);
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let pred = net.predict(x.view()).unwrap();
+    let p = worst(&pred, &a["pred"], name);
+    let g = net.gradients(x.view(), a["y"].view(), loss).unwrap();
+    let l = (g.loss.to_f64() - a["loss"].iter().next().unwrap().to_f64()).abs();
+    let mut w = p.max(l);
+    for (k, gw) in g.weights.iter().enumerate() {
+        w = w.max(worst(
+            gw,
+            &a[&format!("grad{k}")],
+            &format!("{name} grad{k}"),
+        ));
+    }
+    w = w.max(worst(&g.x.into_dyn(), &a["grad_x"], name));
+    println!("{name}: worst {w:.1e} (loss {})", g.loss);
+    assert!(w <= tol, "{name}: {w:e} > {tol:e}");
+}
+
+#[test]
+fn model_losses_and_gradients_match_gradient_tape() {
+    for name in [
+        "grads_lstm_dense_f64",
+        "grads_masked_f64",
+        "grads_softmax_f64",
+        "grads_sigmoid_f64",
+        "grads_mae_f64",
+        "grads_bce_probs_f64",
+        "grads_cce_probs_f64",
+        "grads_cce_softmax_f64",
+    ] {
+        model_grads::<f64>(name, 1e-10);
+    }
+    model_grads::<f32>("grads_lstm_dense_f32", 1e-5);
+}
+
+#[test]
+fn fit_matches_keras_after_20_steps() {
+    for name in [
+        "fit_adam",
+        "fit_sgd_nesterov",
+        "fit_rmsprop",
+        "fit_adamw_masked",
+    ] {
+        let a = npz::<f32>(name);
+        let m = meta(name);
+        let o = &m["optimizer"];
+        let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
+        let loss = Loss::from_keras(m["loss"].as_str().unwrap()).unwrap();
+        let mut net = model::<f32>(name, &a);
+        let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+        let options = FitOptions::new(
+            loss,
+            m["batch_size"].as_u64().unwrap() as usize,
+            m["epochs"].as_u64().unwrap() as usize,
+        );
+        let h = net
+            .fit(x.view(), a["y"].view(), &options, &mut opt)
+            .unwrap();
+        assert_eq!(opt.iterations(), 20, "{name}");
+        let mut w = 0.0f64;
+        for (k, got) in net.weights().iter().enumerate() {
+            w = w.max(worst(
+                got,
+                &a[&format!("final{k}")],
+                &format!("{name} weight {k}"),
+            ));
+        }
+        let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
+        let l = h
+            .epoch_loss
+            .iter()
+            .zip(&keras_loss)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        println!(
+            "{name}: weights {w:.1e}, epoch losses {l:.1e} ({:?})",
+            h.epoch_loss
+        );
+        assert!(w <= 1e-4, "{name}: weights {w:e}");
+        assert!(
+            l <= 1e-4,
+            "{name}: losses {:?} vs {keras_loss:?}",
+            h.epoch_loss
+        );
+        // the training moved the weights: the comparison is not of untouched weights
+        let moved = (0..net.weights().len())
+            .map(|k| worst(&a[&format!("w{k}")], &a[&format!("final{k}")], name))
+            .fold(0.0, f64::max);
+        assert!(moved > 1e-3, "{name}: Keras's weights moved {moved}");
+    }
+}
+
+/// Central differences in f64 of `sum(outputs · cotangents)` for random LSTM configs
+/// (every mask pattern, go_backwards, zero_output_for_mask, states returned, initial
+/// states, activations) against the analytic gradients.
+#[test]
+fn lstm_gradients_match_central_differences() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let acts = [
+        ("tanh", "sigmoid"),
+        ("relu", "hard_sigmoid"),
+        ("softsign", "sigmoid"),
+        ("tanh", "tanh"),
+    ];
+    for round in 0..8 {
+        let (b, t, i, h) = (2 + round % 2, 3 + round % 4, 2, 3);
+        let (act, rec) = acts[round % 4];
+        let cfg = LstmConfig::from_keras_class(
+            "LSTM",
+            &serde_json::json!({
+                "units": h, "activation": act, "recurrent_activation": rec,
+                "return_sequences": round % 2 == 0, "return_state": round % 3 == 0,
+                "go_backwards": round % 4 == 1, "zero_output_for_mask": round % 4 == 2,
+                "use_bias": round != 5,
+            }),
+        )
+        .unwrap();
+        let arr = |shape: &[usize], next: &mut dyn FnMut() -> f64| {
+            ArrayD::from_shape_fn(shape, |_| next() * 0.8)
+        };
+        let k = arr(&[i, 4 * h], &mut next)
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let r = arr(&[h, 4 * h], &mut next)
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let bias = cfg.use_bias.then(|| {
+            arr(&[4 * h], &mut next)
+                .into_dimensionality::<Ix1>()
+                .unwrap()
+        });
+        let x = arr(&[b, t, i], &mut next)
+            .into_dimensionality::<Ix3>()
+            .unwrap();
+        let h0 = arr(&[b, h], &mut next)
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let c0 = arr(&[b, h], &mut next)
+            .into_dimensionality::<Ix2>()
+            .unwrap();
+        let mask = Array2::from_shape_fn((b, t), |(r, s)| match round % 3 {
+            0 => true,
+            1 => !((r == 0 && s + 1 >= t) || (r == 1 && s == 1)),
+            _ => r != 0 && s != 0,
+        });
+        let out_shape = if cfg.return_sequences {
+            vec![b, t, h]
+        } else {
+            vec![b, h]
+        };
+        let cot = LstmCotangents {
+            output: arr(&out_shape, &mut next),
+            h: cfg.return_state.then(|| {
+                arr(&[b, h], &mut next)
+                    .into_dimensionality::<Ix2>()
+                    .unwrap()
+            }),
+            c: cfg.return_state.then(|| {
+                arr(&[b, h], &mut next)
+                    .into_dimensionality::<Ix2>()
+                    .unwrap()
+            }),
+        };
+        let objective = |k: &Array2<f64>, x: &Array3<f64>, h0: &Array2<f64>| -> f64 {
+            let w = LstmWeights::new(&cfg, i, k.clone(), r.clone(), bias.clone()).unwrap();
+            let layer = lstm_wgpu::cpu::Lstm::new(cfg.clone(), w).unwrap();
+            let (call, _) = lstm_gradients(
+                &layer,
+                x.view(),
+                Some(mask.view()),
+                Some((h0.view(), c0.view())),
+                &cot,
+            )
+            .unwrap();
+            let mut s: f64 = (&call.output * &cot.output).sum();
+            if let (Some(dh), Some(dc)) = (&cot.h, &cot.c) {
+                s += (&call.h * dh).sum() + (&call.c * dc).sum();
+            }
+            s
+        };
+        let w = LstmWeights::new(&cfg, i, k.clone(), r.clone(), bias.clone()).unwrap();
+        let layer = lstm_wgpu::cpu::Lstm::new(cfg.clone(), w).unwrap();
+        let (_, g) = lstm_gradients(
+            &layer,
+            x.view(),
+            Some(mask.view()),
+            Some((h0.view(), c0.view())),
+            &cot,
+        )
+        .unwrap();
+        let eps = 1e-6;
+        let mut worst_err = 0.0f64;
+        for idx in [(0, 0), (1, 3), (0, 4 * h - 1), (1, 2 * h)] {
+            let (mut kp, mut km) = (k.clone(), k.clone());
+            kp[idx] += eps;
+            km[idx] -= eps;
+            let fd = (objective(&kp, &x, &h0) - objective(&km, &x, &h0)) / (2.0 * eps);
+            worst_err = worst_err.max((fd - g.kernel[idx]).abs());
+        }
+        for idx in [(0, 0, 0), (b - 1, t - 1, 1), (1, t / 2, 0)] {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[idx] += eps;
+            xm[idx] -= eps;
+            let fd = (objective(&k, &xp, &h0) - objective(&k, &xm, &h0)) / (2.0 * eps);
+            worst_err = worst_err.max((fd - g.x[idx]).abs());
+        }
+        for idx in [(0, 0), (1, h - 1)] {
+            let (mut hp, mut hm) = (h0.clone(), h0.clone());
+            hp[idx] += eps;
+            hm[idx] -= eps;
+            let fd = (objective(&k, &x, &hp) - objective(&k, &x, &hm)) / (2.0 * eps);
+            worst_err = worst_err.max((fd - g.h0[idx]).abs());
+        }
+        assert!(
+            worst_err < 1e-7,
+            "round {round} ({act}/{rec}): {worst_err:e}"
+        );
+    }
+}
+
+/// A NaN input makes the loss NaN: fit stops naming the epoch, step and rows, and the
+/// weights are those from before that step. Mismatched targets and a zero batch are errors.
+#[test]
+fn diverging_training_and_bad_targets_are_errors() {
+    let name = "fit_adam";
+    let a = npz::<f32>(name);
+    let mut net = model::<f32>(name, &a);
+    let mut x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    x[[13, 2, 1]] = f32::NAN;
+    let mut opt = Optimizer::adam(0.01);
+    let before = net.weights();
+    let err = net
+        .fit(
+            x.view(),
+            a["y"].view(),
+            &FitOptions::new(Loss::MeanSquaredError, 8, 3),
+            &mut opt,
+        )
+        .unwrap_err();
+    match &err {
+        LstmError::TrainingDiverged {
+            epoch, step, rows, ..
+        } => {
+            assert_eq!((*epoch, *step, rows.as_str()), (1, 2, "8..16"), "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    // one step (rows 0..8) was applied before the NaN batch; nothing after it
+    assert_eq!(opt.iterations(), 1);
+    let after = net.weights();
+    assert!(after.iter().all(|w| w.iter().all(|v| v.is_finite())));
+    assert_ne!(before, after);
+    let short = a["y"]
+        .slice_axis(ndarray::Axis(0), (0..5).into())
+        .to_owned();
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let err = net
+        .fit(
+            x.view(),
+            short.view(),
+            &FitOptions::new(Loss::MeanSquaredError, 8, 1),
+            &mut opt,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("targets"), "{err}");
+    let err = net
+        .gradients(
+            x.view(),
+            ndarray::ArrayD::zeros(vec![32, 4]).view(),
+            Loss::MeanSquaredError,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("targets"), "{err}");
+    let err = net
+        .fit(
+            x.view(),
+            a["y"].view(),
+            &FitOptions::new(Loss::MeanSquaredError, 0, 1),
+            &mut opt,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
+}
