@@ -2,7 +2,8 @@
 """Writes tests/data/training/: gradients and training runs recorded from Keras 3.15.1
 (TensorFlow backend, CPU) for the crate's training path.
 
-1. LSTM layer cases (NAME.npz + NAME.json): one LSTM layer called on x with a timestep mask
+1. Recurrent layer cases (NAME.npz + NAME.json): one LSTM, GRU (both forms) or SimpleRNN
+   layer called on x with a timestep mask
    and initial states (some cases without), in float64 and float32. The npz holds the
    weights (kernel, recurrent_kernel[, bias]), x, mask (0/1), h0, c0, the cotangents of
    each output (dy, and dh/dc with return_state), Keras's outputs, and the gradients from
@@ -66,20 +67,36 @@ LAYER_CASES = [
                                         zero_output_for_mask=True, go_backwards=True),
      "tail", True, (3, 6, 2)),
     ("long_f64", "float64", dict(units=6, return_sequences=True), "none", False, (2, 300, 3)),
+    ("gru_f64", "float64", dict(cls="GRU", units=4, return_sequences=True), "holes", True,
+     (3, 6, 3)),
+    ("gru_v1_f64", "float64", dict(cls="GRU", units=3, reset_after=False, return_state=True,
+                                   go_backwards=True), "tail", True, (3, 6, 2)),
+    ("gru_v1_seq_f64", "float64", dict(cls="GRU", units=4, reset_after=False,
+                                       return_sequences=True, activation="relu"),
+     "row", False, (2, 5, 3)),
+    ("gru_f32", "float32", dict(cls="GRU", units=5), "tail", False, (3, 7, 2)),
+    ("rnn_f64", "float64", dict(cls="SimpleRNN", units=4, return_sequences=True,
+                                return_state=True, go_backwards=True), "holes", True, (3, 6, 3)),
+    ("rnn_long_f64", "float64", dict(cls="SimpleRNN", units=5, activation="relu",
+                                     zero_output_for_mask=True, return_sequences=True),
+     "tail", False, (2, 400, 2)),
 ]
 for name, dtype, kw, pattern, with_states, (b, t, i) in LAYER_CASES:
-    layer = layers.LSTM(dtype=dtype, **kw)
+    kw = dict(kw)
+    cls = kw.pop("cls", "LSTM")
+    lstm = cls == "LSTM"
+    layer = getattr(layers, cls)(dtype=dtype, **kw)
     x = rng.uniform(-1, 1, (b, t, i)).astype(dtype)
     h0 = rng.uniform(-1, 1, (b, kw["units"])).astype(dtype)
     c0 = rng.uniform(-1, 1, (b, kw["units"])).astype(dtype)
     mask = mask_of(b, t, pattern)
-    layer(x[:1], initial_state=[h0[:1], c0[:1]])  # builds
+    layer(x[:1], initial_state=[h0[:1], c0[:1]] if lstm else [h0[:1]])  # builds
     layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype(dtype) for w in layer.weights])
     xv, h0v, c0v = tf.Variable(x), tf.Variable(h0), tf.Variable(c0)
     with tf.GradientTape() as tape:
         kwargs = dict(mask=tf.constant(mask)) if pattern != "none" else {}
         if with_states:
-            kwargs["initial_state"] = [h0v, c0v]
+            kwargs["initial_state"] = [h0v, c0v] if lstm else [h0v]
         outs = layer(xv, **kwargs)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         cots = [rng.uniform(-1, 1, o.shape).astype(dtype) for o in outs]
@@ -91,13 +108,14 @@ for name, dtype, kw, pattern, with_states, (b, t, i) in LAYER_CASES:
     for k, (o, c) in enumerate(zip(outs, cots)):
         arrays[f"out{k}"] = np.asarray(o)
         arrays[f"cot{k}"] = c
-    for k, g in enumerate(grads[:len(layer.weights)]):
+    for k, g in enumerate(grads[:len(layer.trainable_weights)]):
         arrays[f"grad_w{k}"] = np.asarray(g)
     arrays["grad_x"], arrays["grad_h0"], arrays["grad_c0"] = (np.asarray(g) for g in grads[-3:])
     np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)
     cfg = layer.get_config()
     cfg = {k: v for k, v in cfg.items() if isinstance(v, (bool, int, float, str))}
-    meta = dict(config=cfg, masked=pattern != "none", initial_state=with_states, dtype=dtype)
+    meta = dict(config=cfg, cls=cls, masked=pattern != "none", initial_state=with_states,
+                dtype=dtype)
     with open(os.path.join(OUT, f"{name}.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(name, [o.shape for o in outs])
@@ -136,6 +154,10 @@ def build(kind, dtype, t, i):
     elif kind == "sigmoid":
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4, go_backwards=True),
                               layers.Dense(1, activation="sigmoid")])
+    elif kind == "gru_rnn":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.GRU(5, return_sequences=True),
+                              layers.SimpleRNN(3, go_backwards=True), layers.Dense(3)])
     elif kind == "hard_sigmoid_out":
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
                               layers.Dense(2, activation="hard_sigmoid")])
@@ -149,9 +171,10 @@ def build(kind, dtype, t, i):
 
 def data(kind, dtype, n, t, i):
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
-    if kind == "masked_seq":
+    if kind in ("masked_seq", "gru_rnn"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
+    if kind == "masked_seq":
         y = rng.uniform(-1, 1, (n, t, 2)).astype(dtype)
     elif kind == "stack_softmax":
         y = rng.randint(0, 5, (n,)).astype(dtype)
@@ -182,6 +205,9 @@ MODEL_CASES = [
      None, (4, 5, 2), 0, 0),
     ("grads_cce_softmax_f64", "grads", "softmax_out", "float64", "categorical_crossentropy",
      None, (4, 5, 2), 0, 0),
+    ("grads_gru_rnn_f64", "grads", "gru_rnn", "float64", "mse", None, (4, 6, 3), 0, 0),
+    ("fit_gru_rnn", "fit", "gru_rnn", "float32", "mse",
+     ("adam", dict(learning_rate=0.02, global_clipnorm=0.5)), (16, 6, 3), 4, 5),
     ("fit_adam", "fit", "lstm_dense", "float32", "mse", ("adam", dict(learning_rate=0.01)),
      (32, 6, 3), 8, 5),
     ("fit_sgd_nesterov", "fit", "stack_softmax", "float32", "sparse_categorical_crossentropy",

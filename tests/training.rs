@@ -53,15 +53,17 @@ fn worst<T: Element>(a: &ArrayD<T>, b: &ArrayD<T>, what: &str) -> f64 {
 fn layer_case<T: Element>(name: &str, tol: f64) {
     let a = npz::<T>(name);
     let m = meta(name);
-    let cfg = LstmConfig::from_keras_class("LSTM", &m["config"]).unwrap();
+    let class = m["cls"].as_str().unwrap_or("LSTM");
+    let cfg = LstmConfig::from_keras_class(class, &m["config"]).unwrap();
+    let lstm = class == "LSTM";
     let two = |k: &str| a[k].clone().into_dimensionality::<Ix2>().unwrap();
     let weights = LstmWeights::new(
         &cfg,
         a["x"].shape()[2],
         two("w0"),
         two("w1"),
-        a.get("w2")
-            .map(|b| b.clone().into_dimensionality::<Ix1>().unwrap()),
+        // (a GRU with reset_after: [2, 3H], the input bias then the recurrent one)
+        a.get("w2").map(|b| b.iter().copied().collect()),
     )
     .unwrap();
     let layer = lstm_wgpu::cpu::Lstm::new(cfg.clone(), weights).unwrap();
@@ -76,7 +78,7 @@ fn layer_case<T: Element>(name: &str, tol: f64) {
     let cot = LstmCotangents {
         output: a["cot0"].clone(),
         h: cfg.return_state.then(|| two("cot1")),
-        c: cfg.return_state.then(|| two("cot2")),
+        c: (cfg.return_state && lstm).then(|| two("cot2")),
     };
     let (call, g) = lstm_gradients(
         &layer,
@@ -96,11 +98,14 @@ fn layer_case<T: Element>(name: &str, tol: f64) {
         ("x", worst(&g.x.into_dyn(), &a["grad_x"], name)),
     ];
     if let Some(b) = g.bias {
-        checks.push(("bias", worst(&b.into_dyn(), &a["grad_w2"], name)));
+        let want = a["grad_w2"].iter().copied().collect::<ndarray::Array1<T>>();
+        checks.push(("bias", worst(&b.into_dyn(), &want.into_dyn(), name)));
     }
     if cfg.return_state {
         checks.push(("h", worst(&call.h.into_dyn(), &a["out1"], name)));
-        checks.push(("c", worst(&call.c.into_dyn(), &a["out2"], name)));
+        if lstm {
+            checks.push(("c", worst(&call.c.into_dyn(), &a["out2"], name)));
+        }
     }
     if states {
         checks.push(("h0", worst(&g.h0.into_dyn(), &a["grad_h0"], name)));
@@ -114,17 +119,23 @@ fn layer_case<T: Element>(name: &str, tol: f64) {
 }
 
 #[test]
-fn lstm_layer_gradients_match_gradient_tape() {
+fn recurrent_layer_gradients_match_gradient_tape() {
     for name in [
         "seq_f64",
         "last_backwards_f64",
         "states_f64",
         "zero_output_f64",
         "long_f64",
+        "gru_f64",
+        "gru_v1_f64",
+        "gru_v1_seq_f64",
+        "rnn_f64",
+        "rnn_long_f64",
     ] {
         layer_case::<f64>(name, 1e-10);
     }
     layer_case::<f32>("seq_f32", 1e-5);
+    layer_case::<f32>("gru_f32", 1e-5);
 }
 
 /// A Sequential model from its `.keras` file with the recorded weights in `T` (the file's
@@ -171,6 +182,7 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_bce_probs_f64",
         "grads_cce_probs_f64",
         "grads_cce_softmax_f64",
+        "grads_gru_rnn_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -184,6 +196,7 @@ fn fit_matches_keras_after_20_steps() {
         "fit_sgd_nesterov",
         "fit_rmsprop",
         "fit_adamw_masked",
+        "fit_gru_rnn",
     ] {
         let a = npz::<f32>(name);
         let m = meta(name);
@@ -234,7 +247,8 @@ fn fit_matches_keras_after_20_steps() {
     }
 }
 
-/// Central differences in f64 of `sum(outputs · cotangents)` for random LSTM configs
+/// Central differences in f64 of `sum(outputs · cotangents)` for random LSTM, GRU (both
+/// forms) and SimpleRNN configs
 /// (every mask pattern, go_backwards, zero_output_for_mask, states returned, initial
 /// states, activations) against the analytic gradients.
 #[test]
@@ -255,30 +269,35 @@ fn lstm_gradients_match_central_differences() {
     for round in 0..8 {
         let (b, t, i, h) = (2 + round % 2, 3 + round % 4, 2, 3);
         let (act, rec) = acts[round % 4];
+        let class = ["LSTM", "GRU", "SimpleRNN"][round % 3];
         let cfg = LstmConfig::from_keras_class(
-            "LSTM",
+            class,
             &serde_json::json!({
                 "units": h, "activation": act, "recurrent_activation": rec,
                 "return_sequences": round % 2 == 0, "return_state": round % 3 == 0,
                 "go_backwards": round % 4 == 1, "zero_output_for_mask": round % 4 == 2,
-                "use_bias": round != 5,
+                "use_bias": round != 5, "reset_after": round % 2 == 1,
             }),
         )
         .unwrap();
         let arr = |shape: &[usize], next: &mut dyn FnMut() -> f64| {
             ArrayD::from_shape_fn(shape, |_| next() * 0.8)
         };
-        let k = arr(&[i, 4 * h], &mut next)
+        let gw = cfg.cell.gates() * h;
+        let nb = if cfg.cell == (lstm_wgpu::Cell::Gru { reset_after: true }) {
+            2 * gw
+        } else {
+            gw
+        };
+        let k = arr(&[i, gw], &mut next)
             .into_dimensionality::<Ix2>()
             .unwrap();
-        let r = arr(&[h, 4 * h], &mut next)
+        let r = arr(&[h, gw], &mut next)
             .into_dimensionality::<Ix2>()
             .unwrap();
-        let bias = cfg.use_bias.then(|| {
-            arr(&[4 * h], &mut next)
-                .into_dimensionality::<Ix1>()
-                .unwrap()
-        });
+        let bias = cfg
+            .use_bias
+            .then(|| arr(&[nb], &mut next).into_dimensionality::<Ix1>().unwrap());
         let x = arr(&[b, t, i], &mut next)
             .into_dimensionality::<Ix3>()
             .unwrap();
@@ -340,7 +359,7 @@ fn lstm_gradients_match_central_differences() {
         .unwrap();
         let eps = 1e-6;
         let mut worst_err = 0.0f64;
-        for idx in [(0, 0), (1, 3), (0, 4 * h - 1), (1, 2 * h)] {
+        for idx in [(0, 0), (1, gw / 2), (0, gw - 1), (1, gw - 1)] {
             let (mut kp, mut km) = (k.clone(), k.clone());
             kp[idx] += eps;
             km[idx] -= eps;

@@ -1,12 +1,12 @@
 //! Training on the CPU, with Keras's gradients, losses and optimizers: backpropagation
-//! through time for `LSTM` ([`lstm_gradients`]), a trainable chain of `Masking`, `LSTM` and
-//! `Dense` layers ([`Sequential`], built from a loaded [`KerasModel`]) with
+//! through time for `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a
+//! trainable chain of `Masking`, recurrent and `Dense` layers ([`Sequential`], built from a loaded [`KerasModel`]) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
 //! `shuffle=False`: the batches in order, one optimizer step each, the per-epoch mean loss).
 //! Generic over f32 and f64.
 //!
-//! Not yet here: GRU, SimpleRNN and Bidirectional backward passes, the other graph layers,
+//! Not yet here: Bidirectional and stacked-network backward passes, the other graph layers,
 //! the GPU path, writing the trained weights back to Keras files.
 //!
 //! ```no_run
@@ -25,13 +25,13 @@
 
 mod activation;
 mod loss;
-mod lstm;
 mod optim;
+mod recurrent;
 
 pub use activation::derivative;
 pub use loss::{Loss, LossGrad};
-pub use lstm::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
 pub use optim::{Optimizer, Rule};
+pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
 
 use crate::config::LstmConfig;
 use crate::element::Element;
@@ -50,8 +50,8 @@ pub enum TrainLayer<T> {
         /// The padding value.
         mask_value: T,
     },
-    /// `LSTM`.
-    Lstm {
+    /// `LSTM`, `GRU` or `SimpleRNN`.
+    Recurrent {
         /// Its configuration.
         config: LstmConfig,
         /// Its weights.
@@ -68,7 +68,7 @@ pub enum TrainLayer<T> {
     },
 }
 
-/// A chain of trainable layers (`Sequential` of Masking, LSTM and Dense).
+/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN and Dense).
 #[derive(Debug, Clone)]
 pub struct Sequential<T> {
     /// The layers with their Keras names.
@@ -119,7 +119,7 @@ pub struct Gradients<T> {
 /// What one layer's forward pass keeps for its backward pass.
 enum Cache<T> {
     Masking(Array2<bool>),
-    Lstm(Box<lstm::LstmTape<T>>, Array3<T>),
+    Lstm(Box<recurrent::LstmTape<T>>, Array3<T>),
     Dense(ArrayD<T>, ArrayD<T>),
 }
 
@@ -145,14 +145,10 @@ impl<T: Element> Sequential<T> {
                 },
                 ModelLayer::Recurrent(Network::Lstm(l)) => {
                     let cfg = l.config().clone();
-                    if !matches!(cfg.cell, crate::config::Cell::Lstm) || cfg.stateful {
+                    if cfg.stateful {
                         return Err(LstmError::unsupported(
-                            "layer",
-                            format!(
-                                "{name} ({:?}{}) in training; LSTM is supported",
-                                cfg.cell,
-                                if cfg.stateful { ", stateful" } else { "" }
-                            ),
+                            "stateful",
+                            format!("true on layer {name} in training"),
                         ));
                     }
                     let w = l.weights();
@@ -170,7 +166,7 @@ impl<T: Element> Sequential<T> {
                             .as_ref()
                             .map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
                     )?;
-                    TrainLayer::Lstm {
+                    TrainLayer::Recurrent {
                         config: cfg,
                         weights,
                     }
@@ -178,7 +174,7 @@ impl<T: Element> Sequential<T> {
                 ModelLayer::Recurrent(_) => {
                     return Err(LstmError::unsupported(
                         "layer",
-                        format!("{name} (Bidirectional or a stack) in training; LSTM is supported"),
+                        format!("{name} (Bidirectional or a stack) in training; LSTM, GRU and SimpleRNN are supported"),
                     ))
                 }
                 ModelLayer::Dense {
@@ -202,10 +198,15 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &self.layers {
             match l {
                 TrainLayer::Masking { .. } => {}
-                TrainLayer::Lstm { weights, .. } => {
+                TrainLayer::Recurrent { weights, .. } => {
                     out.push(weights.kernel.clone().into_dyn());
                     out.push(weights.recurrent_kernel.clone().into_dyn());
-                    out.extend(weights.bias.clone().map(|b| b.into_dyn()));
+                    out.extend(
+                        weights
+                            .bias
+                            .clone()
+                            .map(|b| keras_bias(b, weights.kernel.ncols())),
+                    );
                 }
                 TrainLayer::Dense { kernel, bias, .. } => {
                     out.push(kernel.clone().into_dyn());
@@ -245,7 +246,7 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &mut self.layers {
             match l {
                 TrainLayer::Masking { .. } => {}
-                TrainLayer::Lstm { weights, .. } => {
+                TrainLayer::Recurrent { weights, .. } => {
                     weights.kernel = two(&mut it);
                     weights.recurrent_kernel = two(&mut it);
                     if weights.bias.is_some() {
@@ -304,7 +305,7 @@ impl<T: Element> Sequential<T> {
                     mask = Some(m.clone());
                     caches.push(Cache::Masking(m));
                 }
-                TrainLayer::Lstm { config, weights } => {
+                TrainLayer::Recurrent { config, weights } => {
                     let x3 = h
                         .view()
                         .into_dimensionality::<ndarray::Ix3>()
@@ -315,7 +316,7 @@ impl<T: Element> Sequential<T> {
                                 h.shape(),
                             )
                         })?;
-                    let (out, tape) = lstm::forward(
+                    let (out, tape) = recurrent::forward(
                         (config, weights),
                         x3,
                         mask.as_ref().map(|m| m.view()),
@@ -416,15 +417,16 @@ impl<T: Element> Sequential<T> {
                     }
                     d = dx.into_dyn();
                 }
-                (TrainLayer::Lstm { config, weights }, Cache::Lstm(tape, x3)) => {
+                (TrainLayer::Recurrent { config, weights }, Cache::Lstm(tape, x3)) => {
                     let cot = LstmCotangents {
                         output: d,
                         h: None,
                         c: None,
                     };
-                    let g = lstm::backward((config, weights), x3.view(), &tape, &cot)?;
+                    let g = recurrent::backward((config, weights), x3.view(), &tape, &cot)?;
+                    let n = g.kernel.ncols();
                     let mut w = vec![g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()];
-                    w.extend(g.bias.map(|b| b.into_dyn()));
+                    w.extend(g.bias.map(|b| keras_bias(b, n)));
                     grads.push(w);
                     d = g.x.into_dyn();
                 }
@@ -548,6 +550,16 @@ impl<T: Element> Sequential<T> {
             history.epoch_loss.push(mean);
         }
         Ok(history)
+    }
+}
+
+/// A recurrent bias in Keras's shape: `[G·H]`, or `[2, G·H]` for a GRU with reset_after
+/// (the input bias, then the recurrent one).
+fn keras_bias<T: Element>(b: Array1<T>, n: usize) -> ArrayD<T> {
+    if b.len() == 2 * n {
+        b.into_shape_with_order(IxDyn(&[2, n])).expect("two halves")
+    } else {
+        b.into_dyn()
     }
 }
 

@@ -387,3 +387,65 @@ impl Optimizer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Optimizer;
+    use ndarray::{arr1, ArrayD};
+
+    fn step(opt: &mut Optimizer, w: &[&[f64]], g: &[&[f64]]) -> Vec<ArrayD<f64>> {
+        let mut w: Vec<ArrayD<f64>> = w.iter().map(|v| arr1(v).into_dyn()).collect();
+        let g: Vec<ArrayD<f64>> = g.iter().map(|v| arr1(v).into_dyn()).collect();
+        opt.apply(&mut w, &g).unwrap();
+        w
+    }
+
+    fn close(a: &ArrayD<f64>, b: &[f64]) -> bool {
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
+    }
+
+    /// Each clipping rule by hand: per-variable norm, global norm, value; then Adam's and
+    /// RMSprop's first step and SGD's Nesterov step.
+    #[test]
+    fn clipping_and_first_steps_by_hand() {
+        let mut o = Optimizer::sgd(1.0);
+        o.clipnorm = Some(1.0);
+        let w = step(&mut o, &[&[0.0, 0.0], &[0.0]], &[&[3.0, 4.0], &[0.5]]);
+        assert!(
+            close(&w[0], &[-0.6, -0.8]) && close(&w[1], &[-0.5]),
+            "{w:?}"
+        );
+        let mut o = Optimizer::sgd(1.0);
+        o.global_clipnorm = Some(1.0);
+        let w = step(&mut o, &[&[0.0], &[0.0]], &[&[3.0], &[4.0]]);
+        assert!(close(&w[0], &[-0.6]) && close(&w[1], &[-0.8]), "{w:?}");
+        let mut o = Optimizer::sgd(1.0);
+        o.clipvalue = Some(0.5);
+        let w = step(&mut o, &[&[0.0, 0.0]], &[&[2.0, -0.1]]);
+        assert!(close(&w[0], &[-0.5, 0.1]), "{w:?}");
+        // Adam's first step: m = 0.1 g, v = 0.001 g², alpha = lr sqrt(0.001) / 0.1
+        let mut o = Optimizer::adam(0.01);
+        let w = step(&mut o, &[&[1.0]], &[&[2.0]]);
+        let alpha = 0.01 * 0.001f64.sqrt() / 0.1;
+        assert!(
+            close(&w[0], &[1.0 - alpha * 0.2 / (0.001f64.sqrt() * 2.0 + 1e-7)]),
+            "{w:?}"
+        );
+        // RMSprop: v = 0.1 g², w -= lr g / sqrt(v + eps)
+        let mut o = Optimizer::rmsprop(0.01);
+        let w = step(&mut o, &[&[1.0]], &[&[2.0]]);
+        assert!(
+            close(&w[0], &[1.0 - 0.02 / (0.4f64 + 1e-7).sqrt()]),
+            "{w:?}"
+        );
+        // SGD Nesterov, two steps: m1 = -lr g; w1 = w0 + μ m1 - lr g; m2 = μ m1 - lr g ...
+        let mut o = Optimizer::sgd(0.1).momentum(0.9, true);
+        let w = step(&mut o, &[&[1.0]], &[&[1.0]]);
+        assert!(close(&w[0], &[1.0 + 0.9 * -0.1 - 0.1]), "{w:?}");
+        // AdamW decays first: w -= w · wd · lr
+        let mut o = Optimizer::adamw(0.1, 0.5);
+        let w = step(&mut o, &[&[2.0]], &[&[0.0]]);
+        assert!(close(&w[0], &[2.0 - 2.0 * 0.5 * 0.1]), "{w:?}");
+        assert_eq!(o.iterations(), 1);
+    }
+}

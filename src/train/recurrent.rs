@@ -1,0 +1,492 @@
+//! Backpropagation through time for one `LSTM`, `GRU` (both forms) or `SimpleRNN` layer on
+//! the CPU, with Keras's semantics: the forward pass of `cpu::reference` and `cpu::cells`
+//! (gate orders i, f, c, o and z, r, h; a masked step keeps the states and repeats the last
+//! output, or gives zeros with `zero_output_for_mask`; `go_backwards` processes the last
+//! step first and returns the outputs in that order), recorded step by step, then the
+//! steps in reverse. Per present step, with `dh` the state's cotangent plus the output's:
+//!
+//! ```text
+//! LSTM:       do = dh·act(c);  dc += dh·o·act'(c);  di = dc·g;  dg = dc·i;  df = dc·c_prev
+//!             dc_prev = dc·f;  dz = [di·rec'(z_i), df·rec'(z_f), dg·act'(z_g), do·rec'(z_o)]
+//! GRU:        h = z·h_prev + (1 - z)·hh;  dz_g = dh·(h_prev - hh);  dhh = dh·(1 - z)
+//!   reset_after:  hh = act(x_h + r·(h U_h + b_h));  d(h U + b) = [dz, dr, dhh'·r]
+//!   otherwise:    hh = act(x_h + (r·h_prev) U_h);   d(r·h_prev) = dhh' U_hᵀ
+//! SimpleRNN:  h = act(x W + h_prev U + b);  da = dh·act'(a)
+//! all:        dW += x_tᵀ dz;  dU += h_prevᵀ d(rec);  db += Σ dz;  dx_t = dz Wᵀ
+//!             dh_prev = d(rec) Uᵀ (+ dh·z for a GRU)
+//! masked step: dh, dc pass to the previous step; the output's cotangent passes to the
+//!             previous output (Keras repeats it) unless zero_output_for_mask
+//! ```
+//!
+//! per batch row (rows are masked apart). The gradients of the initial states are the `dh`,
+//! `dc` left after the first step. Activation memory: the input- and recurrent-side
+//! pre-activations of every step (2·G·H values per row and step) and the states before and
+//! after it, `B·T·(2G + 3)·H` values.
+
+use super::activation::derivative;
+use crate::config::{Cell, LstmConfig};
+use crate::cpu::Lstm;
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::weights::LstmWeights;
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
+
+/// The cotangents of an LSTM call's outputs: of the output (`[B, T, H]` with
+/// `return_sequences`, else `[B, H]`) and, for `return_state`, of the final `h` and `c`.
+#[derive(Debug, Clone)]
+pub struct LstmCotangents<T> {
+    /// dL/d(output), the shape of the output.
+    pub output: ndarray::ArrayD<T>,
+    /// dL/d(final h), `[B, H]` (zeros when absent).
+    pub h: Option<Array2<T>>,
+    /// dL/d(final c), `[B, H]`.
+    pub c: Option<Array2<T>>,
+}
+
+/// The gradients of an LSTM call: every weight (Keras's shapes), the input and the initial
+/// states.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmGrads<T> {
+    /// `[I, 4H]`.
+    pub kernel: Array2<T>,
+    /// `[H, 4H]`.
+    pub recurrent_kernel: Array2<T>,
+    /// `[4H]` when the layer has a bias.
+    pub bias: Option<Array1<T>>,
+    /// `[B, T, I]`.
+    pub x: Array3<T>,
+    /// `[B, H]` (the initial h; zeros were used when none was given).
+    pub h0: Array2<T>,
+    /// `[B, H]`.
+    pub c0: Array2<T>,
+}
+
+/// What the forward pass keeps for the backward pass (one entry per processing step).
+#[derive(Debug, Clone)]
+pub(crate) struct LstmTape<T> {
+    /// Input-side pre-activations `x W + b` `[T, B, G·H]` (processing order).
+    zx: Array3<T>,
+    /// Recurrent-side values `[T, B, G·H]`: `h U` (LSTM, SimpleRNN), `h U + b_rec`
+    /// (GRU reset_after), `[h U_zr, (r·h) U_h]` (GRU otherwise).
+    zh: Array3<T>,
+    /// `h` before each step, `[T, B, H]`.
+    h_prev: Array3<T>,
+    /// `c` before and after each step (LSTM; empty otherwise), `[T, B, H]`.
+    c_prev: Array3<T>,
+    c: Array3<T>,
+    /// The mask in processing order, `[T, B]` (all true without a mask).
+    present: Array2<bool>,
+}
+
+/// The outputs of an LSTM call: the output (`[B, T, H]` or `[B, H]`) and the final states.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LstmCall<T> {
+    /// The output.
+    pub output: ndarray::ArrayD<T>,
+    /// The final h, `[B, H]`.
+    pub h: Array2<T>,
+    /// The final c, `[B, H]` (zeros for a GRU or SimpleRNN).
+    pub c: Array2<T>,
+}
+
+/// The time index of processing step `s`.
+fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
+    if go_backwards {
+        t - 1 - s
+    } else {
+        s
+    }
+}
+
+/// The input bias (the first `G·H` values; a GRU with reset_after has its recurrent bias
+/// after them) and the recurrent bias.
+fn biases<T: Element>(
+    w: &LstmWeights<T>,
+    n: usize,
+) -> (Option<ArrayView1<'_, T>>, Option<ArrayView1<'_, T>>) {
+    match &w.bias {
+        None => (None, None),
+        Some(b) if b.len() == 2 * n => (Some(b.slice(s![..n])), Some(b.slice(s![n..]))),
+        Some(b) => (Some(b.slice(s![..n])), None),
+    }
+}
+
+/// The forward pass of `layer` on `x [B, T, I]` under `mask [B, T]` from `init` (h0, c0;
+/// zeros when None; c0 unused by a GRU or SimpleRNN), recording what the backward pass
+/// needs.
+pub(crate) fn forward<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    x: ArrayView3<'_, T>,
+    mask: Option<ArrayView2<'_, bool>>,
+    init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
+) -> Result<(LstmCall<T>, LstmTape<T>)> {
+    let (b, t, i) = x.dim();
+    let h = cfg.units;
+    let g = cfg.cell.gates();
+    let n = g * h;
+    if i != w.kernel.nrows() {
+        return Err(LstmError::shape(
+            format!("input of layer {}", cfg.name),
+            &[b, t, w.kernel.nrows()],
+            &[b, t, i],
+        ));
+    }
+    if let Some(m) = mask {
+        if m.dim() != (b, t) {
+            return Err(LstmError::shape(
+                format!("mask of layer {}", cfg.name),
+                &[b, t],
+                m.shape(),
+            ));
+        }
+    }
+    let (mut hs, mut cs) = match init {
+        None => (Array2::zeros((b, h)), Array2::zeros((b, h))),
+        Some((h0, c0)) => {
+            for (s, what) in [(h0, "h0"), (c0, "c0")] {
+                if s.dim() != (b, h) {
+                    return Err(LstmError::shape(
+                        format!("initial state {what} of layer {}", cfg.name),
+                        &[b, h],
+                        s.shape(),
+                    ));
+                }
+            }
+            (h0.to_owned(), c0.to_owned())
+        }
+    };
+    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
+    let (b_in, b_rec) = biases(w, n);
+    let lstm = matches!(cfg.cell, Cell::Lstm);
+    let steps_c = if lstm { t } else { 0 };
+    let mut tape = LstmTape {
+        zx: Array3::zeros((t, b, n)),
+        zh: Array3::zeros((t, b, n)),
+        h_prev: Array3::zeros((t, b, h)),
+        c_prev: Array3::zeros((steps_c, b, h)),
+        c: Array3::zeros((steps_c, b, h)),
+        present: Array2::from_elem((t, b), true),
+    };
+    let u = &w.recurrent_kernel;
+    let mut last = Array2::<T>::zeros((b, h));
+    let mut seq = cfg.return_sequences.then(|| Array3::<T>::zeros((b, t, h)));
+    for s in 0..t {
+        let tt = time_of(cfg.go_backwards, t, s);
+        let mut zx = x.slice(s![.., tt, ..]).dot(&w.kernel);
+        if let Some(bias) = b_in {
+            zx += &bias;
+        }
+        let mut zh = Array2::<T>::zeros((b, n));
+        match cfg.cell {
+            Cell::Gru { reset_after: false } => {
+                zh.slice_mut(s![.., ..2 * h])
+                    .assign(&hs.dot(&u.slice(s![.., ..2 * h])));
+                // (r · h_prev) U_h with r from this step
+                let mut rh = Array2::<T>::zeros((b, h));
+                for r in 0..b {
+                    for j in 0..h {
+                        rh[[r, j]] = rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * hs[[r, j]];
+                    }
+                }
+                zh.slice_mut(s![.., 2 * h..])
+                    .assign(&rh.dot(&u.slice(s![.., 2 * h..])));
+            }
+            _ => {
+                zh.assign(&hs.dot(u));
+                if let Some(bias) = b_rec {
+                    zh += &bias;
+                }
+            }
+        }
+        tape.h_prev.index_axis_mut(Axis(0), s).assign(&hs);
+        if lstm {
+            tape.c_prev.index_axis_mut(Axis(0), s).assign(&cs);
+        }
+        for r in 0..b {
+            let present = mask.is_none_or(|m| m[[r, tt]]);
+            tape.present[[s, r]] = present;
+            if present {
+                for j in 0..h {
+                    let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
+                    let hn = match cfg.cell {
+                        Cell::Lstm => {
+                            let c =
+                                rec.apply(v(1)) * cs[[r, j]] + rec.apply(v(0)) * act.apply(v(2));
+                            cs[[r, j]] = c;
+                            rec.apply(v(3)) * act.apply(c)
+                        }
+                        Cell::Gru { reset_after } => {
+                            let z = rec.apply(v(0));
+                            let hh = if reset_after {
+                                let rg = rec.apply(v(1));
+                                act.apply(zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]])
+                            } else {
+                                act.apply(v(2))
+                            };
+                            z * hs[[r, j]] + (T::one() - z) * hh
+                        }
+                        Cell::SimpleRnn => act.apply(v(0)),
+                    };
+                    hs[[r, j]] = hn;
+                    last[[r, j]] = hn;
+                }
+            } else if cfg.zero_output_for_mask {
+                last.row_mut(r).fill(T::zero());
+            }
+        }
+        tape.zx.index_axis_mut(Axis(0), s).assign(&zx);
+        tape.zh.index_axis_mut(Axis(0), s).assign(&zh);
+        if lstm {
+            tape.c.index_axis_mut(Axis(0), s).assign(&cs);
+        }
+        if let Some(seq) = seq.as_mut() {
+            seq.slice_mut(s![.., s, ..]).assign(&last);
+        }
+    }
+    let output = match seq {
+        Some(seq) => seq.into_dyn(),
+        None => last.into_dyn(),
+    };
+    if !lstm {
+        cs.fill(T::zero());
+    }
+    Ok((
+        LstmCall {
+            output,
+            h: hs,
+            c: cs,
+        },
+        tape,
+    ))
+}
+
+/// The backward pass of `layer` for the recorded forward pass `tape` of input `x`, given
+/// the cotangents of its outputs.
+pub(crate) fn backward<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    x: ArrayView3<'_, T>,
+    tape: &LstmTape<T>,
+    cot: &LstmCotangents<T>,
+) -> Result<LstmGrads<T>> {
+    let (b, t, i) = x.dim();
+    let h = cfg.units;
+    let n = cfg.cell.gates() * h;
+    let want: Vec<usize> = if cfg.return_sequences {
+        vec![b, t, h]
+    } else {
+        vec![b, h]
+    };
+    if cot.output.shape() != want.as_slice() {
+        return Err(LstmError::shape(
+            format!("output cotangent of layer {}", cfg.name),
+            &want,
+            cot.output.shape(),
+        ));
+    }
+    for (s, what) in [(&cot.h, "h"), (&cot.c, "c")] {
+        if let Some(s) = s {
+            if s.dim() != (b, h) {
+                return Err(LstmError::shape(
+                    format!("final {what} cotangent of layer {}", cfg.name),
+                    &[b, h],
+                    s.shape(),
+                ));
+            }
+        }
+    }
+    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
+    let u = &w.recurrent_kernel;
+    let mut dh = cot.h.clone().unwrap_or_else(|| Array2::zeros((b, h)));
+    let mut dc = cot.c.clone().unwrap_or_else(|| Array2::zeros((b, h)));
+    // the cotangent reaching the output of the current step (Keras's repeated outputs
+    // carry it back to the last present step)
+    let mut dy = Array2::<T>::zeros((b, h));
+    if !cfg.return_sequences {
+        dy.assign(
+            &cot.output
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .expect("checked above"),
+        );
+    }
+    let mut gk = Array2::<T>::zeros((i, n));
+    let mut gr = Array2::<T>::zeros((h, n));
+    let mut gb = Array1::<T>::zeros(n);
+    let mut gb_rec = Array1::<T>::zeros(n);
+    let mut gx = Array3::<T>::zeros((b, t, i));
+    // d(x W + b) and d(recurrent side) of the step; dh_prev's direct part (GRU: dh · z)
+    let mut dzx = Array2::<T>::zeros((b, n));
+    let mut dzh = Array2::<T>::zeros((b, n));
+    let mut direct = Array2::<T>::zeros((b, h));
+    let (zero, one) = (T::zero(), T::one());
+    for s in (0..t).rev() {
+        let tt = time_of(cfg.go_backwards, t, s);
+        if cfg.return_sequences {
+            dy += &cot.output.slice(s![.., s, ..]);
+        }
+        let zx = tape.zx.index_axis(Axis(0), s);
+        let zh = tape.zh.index_axis(Axis(0), s);
+        let hp = tape.h_prev.index_axis(Axis(0), s);
+        dzx.fill(zero);
+        dzh.fill(zero);
+        direct.fill(zero);
+        for r in 0..b {
+            if !tape.present[[s, r]] {
+                // states pass through; the output cotangent goes on to the previous output
+                // unless this step's output was zeros
+                if cfg.zero_output_for_mask {
+                    dy.row_mut(r).fill(zero);
+                }
+                continue;
+            }
+            for j in 0..h {
+                let dhj = dh[[r, j]] + dy[[r, j]];
+                let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
+                match cfg.cell {
+                    Cell::Lstm => {
+                        let (zi, zf, zg, zo) = (v(0), v(1), v(2), v(3));
+                        let (gi, gf, gg, go) =
+                            (rec.apply(zi), rec.apply(zf), act.apply(zg), rec.apply(zo));
+                        let c = tape.c[[s, r, j]];
+                        let d_o = dhj * act.apply(c);
+                        let dcj = dc[[r, j]] + dhj * go * derivative(act, c);
+                        dc[[r, j]] = dcj * gf;
+                        let d = [
+                            dcj * gg * derivative(rec, zi),
+                            dcj * tape.c_prev[[s, r, j]] * derivative(rec, zf),
+                            dcj * gi * derivative(act, zg),
+                            d_o * derivative(rec, zo),
+                        ];
+                        for (k, d) in d.into_iter().enumerate() {
+                            dzx[[r, k * h + j]] = d;
+                            dzh[[r, k * h + j]] = d;
+                        }
+                    }
+                    Cell::Gru { reset_after } => {
+                        let (pz, pr) = (v(0), v(1));
+                        let (z, rg) = (rec.apply(pz), rec.apply(pr));
+                        let ph = if reset_after {
+                            zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]]
+                        } else {
+                            v(2)
+                        };
+                        let hh = act.apply(ph);
+                        let dz = dhj * (hp[[r, j]] - hh) * derivative(rec, pz);
+                        let dph = dhj * (one - z) * derivative(act, ph);
+                        direct[[r, j]] = dhj * z;
+                        dzx[[r, j]] = dz;
+                        dzh[[r, j]] = dz;
+                        dzx[[r, 2 * h + j]] = dph;
+                        if reset_after {
+                            let dr = dph * zh[[r, 2 * h + j]] * derivative(rec, pr);
+                            dzx[[r, h + j]] = dr;
+                            dzh[[r, h + j]] = dr;
+                            dzh[[r, 2 * h + j]] = dph * rg;
+                        } else {
+                            // d(r · h_prev) needs the product with U_hᵀ: after the loop
+                            dzh[[r, 2 * h + j]] = dph;
+                        }
+                    }
+                    Cell::SimpleRnn => {
+                        let d = dhj * derivative(act, v(0));
+                        dzx[[r, j]] = d;
+                        dzh[[r, j]] = d;
+                    }
+                }
+            }
+            dy.row_mut(r).fill(zero);
+        }
+        let mut dh_prev = direct.clone();
+        if let Cell::Gru { reset_after: false } = cfg.cell {
+            // hh = act(x_h + (r·h_prev) U_h): d(r·h_prev) = dph U_hᵀ, then r's gate
+            let dph = dzh.slice(s![.., 2 * h..]).to_owned();
+            let u_h = u.slice(s![.., 2 * h..]);
+            let drh = dph.dot(&u_h.t());
+            let mut rh = Array2::<T>::zeros((b, h));
+            for r in 0..b {
+                if !tape.present[[s, r]] {
+                    continue;
+                }
+                for j in 0..h {
+                    let pr = zx[[r, h + j]] + zh[[r, h + j]];
+                    let rg = rec.apply(pr);
+                    rh[[r, j]] = rg * hp[[r, j]];
+                    let dr = drh[[r, j]] * hp[[r, j]] * derivative(rec, pr);
+                    dzx[[r, h + j]] = dr;
+                    dzh[[r, h + j]] = dr;
+                    dh_prev[[r, j]] += drh[[r, j]] * rg;
+                }
+            }
+            let mut g_h = gr.slice_mut(s![.., 2 * h..]);
+            g_h += &rh.t().dot(&dph);
+            let dzr = dzh.slice(s![.., ..2 * h]);
+            let mut g_zr = gr.slice_mut(s![.., ..2 * h]);
+            g_zr += &hp.t().dot(&dzr);
+            dh_prev += &dzr.dot(&u.slice(s![.., ..2 * h]).t());
+        } else {
+            gr += &hp.t().dot(&dzh);
+            dh_prev += &dzh.dot(&u.t());
+        }
+        let xt = x.slice(s![.., tt, ..]);
+        gk += &xt.t().dot(&dzx);
+        gb += &dzx.sum_axis(Axis(0));
+        gb_rec += &dzh.sum_axis(Axis(0));
+        gx.slice_mut(s![.., tt, ..]).assign(&dzx.dot(&w.kernel.t()));
+        for r in 0..b {
+            if tape.present[[s, r]] {
+                dh.row_mut(r).assign(&dh_prev.row(r));
+            }
+        }
+    }
+    let bias = w.bias.as_ref().map(|bias| {
+        if bias.len() == 2 * n {
+            ndarray::concatenate(Axis(0), &[gb.view(), gb_rec.view()]).expect("two halves")
+        } else {
+            gb
+        }
+    });
+    if !matches!(cfg.cell, Cell::Lstm) {
+        dc.fill(zero);
+    }
+    Ok(LstmGrads {
+        kernel: gk,
+        recurrent_kernel: gr,
+        bias,
+        x: gx,
+        h0: dh,
+        c0: dc,
+    })
+}
+
+/// One LSTM, GRU or SimpleRNN call on `x [B, T, I]` (with `mask [B, T]` and initial states `(h0, c0)`) and
+/// its gradients for the cotangents `cot` of its outputs, as `tf.GradientTape` computes them
+/// for Keras's layer.
+///
+/// ```
+/// use lstm_wgpu::cpu::Lstm;
+/// use lstm_wgpu::train::{lstm_gradients, LstmCotangents};
+/// use lstm_wgpu::{LstmConfig, LstmWeights};
+/// use ndarray::{Array1, Array2, Array3};
+///
+/// let cfg = LstmConfig::new(2).return_sequences(true);
+/// let w = LstmWeights::new(&cfg, 3, Array2::from_elem((3, 8), 0.1f64),
+///     Array2::from_elem((2, 8), -0.2), Some(Array1::zeros(8))).unwrap();
+/// let layer = Lstm::new(cfg, w).unwrap();
+/// let x = Array3::from_elem((1, 4, 3), 0.5f64);
+/// let cot = LstmCotangents { output: ndarray::ArrayD::from_elem(vec![1, 4, 2], 1.0), h: None, c: None };
+/// let (call, g) = lstm_gradients(&layer, x.view(), None, None, &cot).unwrap();
+/// assert_eq!(call.output.shape(), &[1, 4, 2]);
+/// assert_eq!(g.kernel.dim(), (3, 8));
+/// assert_eq!(g.x.dim(), (1, 4, 3));
+/// ```
+pub fn lstm_gradients<T: Element>(
+    layer: &Lstm<T>,
+    x: ArrayView3<'_, T>,
+    mask: Option<ArrayView2<'_, bool>>,
+    init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
+    cot: &LstmCotangents<T>,
+) -> Result<(LstmCall<T>, LstmGrads<T>)> {
+    let parts = (layer.config(), layer.weights());
+    let (call, tape) = forward(parts, x, mask, init)?;
+    Ok((call, backward(parts, x, &tape, cot)?))
+}
