@@ -91,6 +91,34 @@ pub fn derivative<T: Element>(a: Activation, x: T) -> T {
     }
 }
 
+/// `d act(x) / dx` from the pre-activation `x` and the activation's value `y = act(x)`:
+/// from `y` where that is exact and cheaper (sigmoid `y(1 - y)`, tanh `1 - y²`, relu,
+/// linear, Keras 3's hard_sigmoid), else [`derivative`] at `x`.
+#[inline]
+pub(crate) fn derivative_at<T: Element>(a: Activation, x: T, y: T) -> T {
+    let (zero, one) = (T::zero(), T::one());
+    match a {
+        Activation::Sigmoid => y * (one - y),
+        Activation::Tanh => one - y * y,
+        Activation::Linear => one,
+        Activation::Relu => {
+            if y > zero {
+                one
+            } else {
+                zero
+            }
+        }
+        Activation::HardSigmoid => {
+            if y > zero && y < one {
+                one / T::from_f64(6.0)
+            } else {
+                zero
+            }
+        }
+        _ => derivative(a, x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::derivative;

@@ -23,8 +23,9 @@
 //! pre-activations of every step (2·G·H values per row and step) and the states before and
 //! after it, `B·T·(2G + 3)·H` values.
 
-use super::activation::derivative;
+use super::activation::derivative_at;
 use crate::config::{Cell, LstmConfig};
+use crate::cpu::reference::{matmul, project_inputs};
 use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -71,8 +72,13 @@ pub(crate) struct LstmTape<T> {
     zh: Array3<T>,
     /// `h` before each step, `[T, B, H]`.
     h_prev: Array3<T>,
-    /// `c` before and after each step (LSTM; empty otherwise), `[T, B, H]`.
+    /// The activated gates `[T, B, G·H]` (LSTM i, f, g, o; GRU z, r, candidate; SimpleRNN
+    /// h) of the present rows.
+    post: Array3<T>,
+    /// `c` before each step and `act(c)` after it (LSTM; empty otherwise), `[T, B, H]`.
     c_prev: Array3<T>,
+    act_c: Array3<T>,
+    /// `c` after each step (LSTM), for `act'(c)` where it needs the argument.
     c: Array3<T>,
     /// The mask in processing order, `[T, B]` (all true without a mask).
     present: Array2<bool>,
@@ -98,22 +104,17 @@ fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
     }
 }
 
-/// The input bias (the first `G·H` values; a GRU with reset_after has its recurrent bias
-/// after them) and the recurrent bias.
-fn biases<T: Element>(
-    w: &LstmWeights<T>,
-    n: usize,
-) -> (Option<ArrayView1<'_, T>>, Option<ArrayView1<'_, T>>) {
-    match &w.bias {
-        None => (None, None),
-        Some(b) if b.len() == 2 * n => (Some(b.slice(s![..n])), Some(b.slice(s![n..]))),
-        Some(b) => (Some(b.slice(s![..n])), None),
-    }
+/// The recurrent bias of a GRU with reset_after (the `G·H` values after the input bias).
+fn recurrent_bias<T: Element>(w: &LstmWeights<T>, n: usize) -> Option<ArrayView1<'_, T>> {
+    w.bias
+        .as_ref()
+        .filter(|b| b.len() == 2 * n)
+        .map(|b| b.slice(s![n..]))
 }
 
 /// The forward pass of `layer` on `x [B, T, I]` under `mask [B, T]` from `init` (h0, c0;
 /// zeros when None; c0 unused by a GRU or SimpleRNN), recording what the backward pass
-/// needs.
+/// needs: every step's `x W + b` as one product first, then per step `h U` and the cell.
 pub(crate) fn forward<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
     x: ArrayView3<'_, T>,
@@ -122,8 +123,7 @@ pub(crate) fn forward<T: Element>(
 ) -> Result<(LstmCall<T>, LstmTape<T>)> {
     let (b, t, i) = x.dim();
     let h = cfg.units;
-    let g = cfg.cell.gates();
-    let n = g * h;
+    let n = cfg.cell.gates() * h;
     if i != w.kernel.nrows() {
         return Err(LstmError::shape(
             format!("input of layer {}", cfg.name),
@@ -156,43 +156,53 @@ pub(crate) fn forward<T: Element>(
         }
     };
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
-    let (b_in, b_rec) = biases(w, n);
+    let b_rec = recurrent_bias(w, n);
     let lstm = matches!(cfg.cell, Cell::Lstm);
     let steps_c = if lstm { t } else { 0 };
     let mut tape = LstmTape {
         zx: Array3::zeros((t, b, n)),
         zh: Array3::zeros((t, b, n)),
         h_prev: Array3::zeros((t, b, h)),
+        post: Array3::zeros((t, b, n)),
         c_prev: Array3::zeros((steps_c, b, h)),
+        act_c: Array3::zeros((steps_c, b, h)),
         c: Array3::zeros((steps_c, b, h)),
         present: Array2::from_elem((t, b), true),
     };
     let u = &w.recurrent_kernel;
+    let proj = project_inputs(x, w)
+        .into_shape_with_order((b, t, n))
+        .expect("[B·T, G·H] reshapes to [B, T, G·H]");
+    let mut zh = Array2::<T>::zeros((b, n));
+    let mut rh = Array2::<T>::zeros((b, h));
     let mut last = Array2::<T>::zeros((b, h));
     let mut seq = cfg.return_sequences.then(|| Array3::<T>::zeros((b, t, h)));
     for s in 0..t {
         let tt = time_of(cfg.go_backwards, t, s);
-        let mut zx = x.slice(s![.., tt, ..]).dot(&w.kernel);
-        if let Some(bias) = b_in {
-            zx += &bias;
-        }
-        let mut zh = Array2::<T>::zeros((b, n));
+        let zx = proj.slice(s![.., tt, ..]);
         match cfg.cell {
             Cell::Gru { reset_after: false } => {
-                zh.slice_mut(s![.., ..2 * h])
-                    .assign(&hs.dot(&u.slice(s![.., ..2 * h])));
+                matmul(
+                    hs.view(),
+                    u.slice(s![.., ..2 * h]),
+                    zh.slice_mut(s![.., ..2 * h]),
+                    false,
+                );
                 // (r · h_prev) U_h with r from this step
-                let mut rh = Array2::<T>::zeros((b, h));
                 for r in 0..b {
                     for j in 0..h {
                         rh[[r, j]] = rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * hs[[r, j]];
                     }
                 }
-                zh.slice_mut(s![.., 2 * h..])
-                    .assign(&rh.dot(&u.slice(s![.., 2 * h..])));
+                matmul(
+                    rh.view(),
+                    u.slice(s![.., 2 * h..]),
+                    zh.slice_mut(s![.., 2 * h..]),
+                    false,
+                );
             }
             _ => {
-                zh.assign(&hs.dot(u));
+                matmul(hs.view(), u.view(), zh.view_mut(), false);
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
@@ -205,33 +215,52 @@ pub(crate) fn forward<T: Element>(
         for r in 0..b {
             let present = mask.is_none_or(|m| m[[r, tt]]);
             tape.present[[s, r]] = present;
-            if present {
-                for j in 0..h {
-                    let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
-                    let hn = match cfg.cell {
-                        Cell::Lstm => {
-                            let c =
-                                rec.apply(v(1)) * cs[[r, j]] + rec.apply(v(0)) * act.apply(v(2));
-                            cs[[r, j]] = c;
-                            rec.apply(v(3)) * act.apply(c)
-                        }
-                        Cell::Gru { reset_after } => {
-                            let z = rec.apply(v(0));
-                            let hh = if reset_after {
-                                let rg = rec.apply(v(1));
-                                act.apply(zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]])
-                            } else {
-                                act.apply(v(2))
-                            };
-                            z * hs[[r, j]] + (T::one() - z) * hh
-                        }
-                        Cell::SimpleRnn => act.apply(v(0)),
-                    };
-                    hs[[r, j]] = hn;
-                    last[[r, j]] = hn;
+            if !present {
+                if cfg.zero_output_for_mask {
+                    last.row_mut(r).fill(T::zero());
                 }
-            } else if cfg.zero_output_for_mask {
-                last.row_mut(r).fill(T::zero());
+                continue;
+            }
+            let mut post = tape.post.slice_mut(s![s, r, ..]);
+            for j in 0..h {
+                let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
+                let hn = match cfg.cell {
+                    Cell::Lstm => {
+                        let g = [
+                            rec.apply(v(0)),
+                            rec.apply(v(1)),
+                            act.apply(v(2)),
+                            rec.apply(v(3)),
+                        ];
+                        let c = g[1] * cs[[r, j]] + g[0] * g[2];
+                        cs[[r, j]] = c;
+                        let ac = act.apply(c);
+                        tape.act_c[[s, r, j]] = ac;
+                        for (k, g) in g.into_iter().enumerate() {
+                            post[k * h + j] = g;
+                        }
+                        post[3 * h + j] * ac
+                    }
+                    Cell::Gru { reset_after } => {
+                        let z = rec.apply(v(0));
+                        let rg = rec.apply(v(1));
+                        let hh = if reset_after {
+                            act.apply(zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]])
+                        } else {
+                            act.apply(v(2))
+                        };
+                        for (k, g) in [z, rg, hh].into_iter().enumerate() {
+                            post[k * h + j] = g;
+                        }
+                        z * hs[[r, j]] + (T::one() - z) * hh
+                    }
+                    Cell::SimpleRnn => {
+                        post[j] = act.apply(v(0));
+                        post[j]
+                    }
+                };
+                hs[[r, j]] = hn;
+                last[[r, j]] = hn;
             }
         }
         tape.zx.index_axis_mut(Axis(0), s).assign(&zx);
@@ -261,7 +290,9 @@ pub(crate) fn forward<T: Element>(
 }
 
 /// The backward pass of `layer` for the recorded forward pass `tape` of input `x`, given
-/// the cotangents of its outputs.
+/// the cotangents of its outputs: per step (last first) the cell's backward and
+/// `dh_prev = d(rec) Uᵀ`; the weight gradients and `dx` then as products over all steps at
+/// once (`Xᵀ dZx`, `H_prevᵀ dZh`, `dZx Wᵀ`).
 pub(crate) fn backward<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
     x: ArrayView3<'_, T>,
@@ -296,6 +327,7 @@ pub(crate) fn backward<T: Element>(
     }
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let u = &w.recurrent_kernel;
+    let v1 = matches!(cfg.cell, Cell::Gru { reset_after: false });
     let mut dh = cot.h.clone().unwrap_or_else(|| Array2::zeros((b, h)));
     let mut dc = cot.c.clone().unwrap_or_else(|| Array2::zeros((b, h)));
     // the cotangent reaching the output of the current step (Keras's repeated outputs
@@ -309,15 +341,12 @@ pub(crate) fn backward<T: Element>(
                 .expect("checked above"),
         );
     }
-    let mut gk = Array2::<T>::zeros((i, n));
+    // d(x W + b) of every step at its time index [B, T, G·H]; d(recurrent side) in
+    // processing order [T, B, G·H]
+    let mut dzx_all = Array3::<T>::zeros((b, t, n));
+    let mut dzh_all = Array3::<T>::zeros((t, b, n));
     let mut gr = Array2::<T>::zeros((h, n));
-    let mut gb = Array1::<T>::zeros(n);
-    let mut gb_rec = Array1::<T>::zeros(n);
-    let mut gx = Array3::<T>::zeros((b, t, i));
-    // d(x W + b) and d(recurrent side) of the step; dh_prev's direct part (GRU: dh · z)
-    let mut dzx = Array2::<T>::zeros((b, n));
-    let mut dzh = Array2::<T>::zeros((b, n));
-    let mut direct = Array2::<T>::zeros((b, h));
+    let mut dh_prev = Array2::<T>::zeros((b, h));
     let (zero, one) = (T::zero(), T::one());
     for s in (0..t).rev() {
         let tt = time_of(cfg.go_backwards, t, s);
@@ -327,9 +356,10 @@ pub(crate) fn backward<T: Element>(
         let zx = tape.zx.index_axis(Axis(0), s);
         let zh = tape.zh.index_axis(Axis(0), s);
         let hp = tape.h_prev.index_axis(Axis(0), s);
-        dzx.fill(zero);
-        dzh.fill(zero);
-        direct.fill(zero);
+        let post = tape.post.index_axis(Axis(0), s);
+        let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
+        let mut dzh = dzh_all.index_axis_mut(Axis(0), s);
+        dh_prev.fill(zero);
         for r in 0..b {
             if !tape.present[[s, r]] {
                 // states pass through; the output cotangent goes on to the previous output
@@ -342,20 +372,19 @@ pub(crate) fn backward<T: Element>(
             for j in 0..h {
                 let dhj = dh[[r, j]] + dy[[r, j]];
                 let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
+                let g = |k: usize| post[[r, k * h + j]];
                 match cfg.cell {
                     Cell::Lstm => {
-                        let (zi, zf, zg, zo) = (v(0), v(1), v(2), v(3));
-                        let (gi, gf, gg, go) =
-                            (rec.apply(zi), rec.apply(zf), act.apply(zg), rec.apply(zo));
-                        let c = tape.c[[s, r, j]];
-                        let d_o = dhj * act.apply(c);
-                        let dcj = dc[[r, j]] + dhj * go * derivative(act, c);
-                        dc[[r, j]] = dcj * gf;
+                        let ac = tape.act_c[[s, r, j]];
+                        let d_o = dhj * ac;
+                        let dcj =
+                            dc[[r, j]] + dhj * g(3) * derivative_at(act, tape.c[[s, r, j]], ac);
+                        dc[[r, j]] = dcj * g(1);
                         let d = [
-                            dcj * gg * derivative(rec, zi),
-                            dcj * tape.c_prev[[s, r, j]] * derivative(rec, zf),
-                            dcj * gi * derivative(act, zg),
-                            d_o * derivative(rec, zo),
+                            dcj * g(2) * derivative_at(rec, v(0), g(0)),
+                            dcj * tape.c_prev[[s, r, j]] * derivative_at(rec, v(1), g(1)),
+                            dcj * g(0) * derivative_at(act, v(2), g(2)),
+                            d_o * derivative_at(rec, v(3), g(3)),
                         ];
                         for (k, d) in d.into_iter().enumerate() {
                             dzx[[r, k * h + j]] = d;
@@ -363,32 +392,30 @@ pub(crate) fn backward<T: Element>(
                         }
                     }
                     Cell::Gru { reset_after } => {
-                        let (pz, pr) = (v(0), v(1));
-                        let (z, rg) = (rec.apply(pz), rec.apply(pr));
+                        let (z, rg, hh) = (g(0), g(1), g(2));
                         let ph = if reset_after {
                             zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]]
                         } else {
                             v(2)
                         };
-                        let hh = act.apply(ph);
-                        let dz = dhj * (hp[[r, j]] - hh) * derivative(rec, pz);
-                        let dph = dhj * (one - z) * derivative(act, ph);
-                        direct[[r, j]] = dhj * z;
+                        let dz = dhj * (hp[[r, j]] - hh) * derivative_at(rec, v(0), z);
+                        let dph = dhj * (one - z) * derivative_at(act, ph, hh);
+                        dh_prev[[r, j]] = dhj * z;
                         dzx[[r, j]] = dz;
                         dzh[[r, j]] = dz;
                         dzx[[r, 2 * h + j]] = dph;
                         if reset_after {
-                            let dr = dph * zh[[r, 2 * h + j]] * derivative(rec, pr);
+                            let dr = dph * zh[[r, 2 * h + j]] * derivative_at(rec, v(1), rg);
                             dzx[[r, h + j]] = dr;
                             dzh[[r, h + j]] = dr;
                             dzh[[r, 2 * h + j]] = dph * rg;
                         } else {
-                            // d(r · h_prev) needs the product with U_hᵀ: after the loop
+                            // d(r · h_prev) needs the product with U_hᵀ: below
                             dzh[[r, 2 * h + j]] = dph;
                         }
                     }
                     Cell::SimpleRnn => {
-                        let d = dhj * derivative(act, v(0));
+                        let d = dhj * derivative_at(act, v(0), g(0));
                         dzx[[r, j]] = d;
                         dzh[[r, j]] = d;
                     }
@@ -396,51 +423,74 @@ pub(crate) fn backward<T: Element>(
             }
             dy.row_mut(r).fill(zero);
         }
-        let mut dh_prev = direct.clone();
-        if let Cell::Gru { reset_after: false } = cfg.cell {
+        if v1 {
             // hh = act(x_h + (r·h_prev) U_h): d(r·h_prev) = dph U_hᵀ, then r's gate
             let dph = dzh.slice(s![.., 2 * h..]).to_owned();
-            let u_h = u.slice(s![.., 2 * h..]);
-            let drh = dph.dot(&u_h.t());
+            let mut drh = Array2::<T>::zeros((b, h));
+            matmul(
+                dph.view(),
+                u.slice(s![.., 2 * h..]).t(),
+                drh.view_mut(),
+                false,
+            );
             let mut rh = Array2::<T>::zeros((b, h));
             for r in 0..b {
                 if !tape.present[[s, r]] {
                     continue;
                 }
                 for j in 0..h {
-                    let pr = zx[[r, h + j]] + zh[[r, h + j]];
-                    let rg = rec.apply(pr);
+                    let rg = post[[r, h + j]];
                     rh[[r, j]] = rg * hp[[r, j]];
-                    let dr = drh[[r, j]] * hp[[r, j]] * derivative(rec, pr);
+                    let dr = drh[[r, j]]
+                        * hp[[r, j]]
+                        * derivative_at(rec, zx[[r, h + j]] + zh[[r, h + j]], rg);
                     dzx[[r, h + j]] = dr;
                     dzh[[r, h + j]] = dr;
                     dh_prev[[r, j]] += drh[[r, j]] * rg;
                 }
             }
-            let mut g_h = gr.slice_mut(s![.., 2 * h..]);
-            g_h += &rh.t().dot(&dph);
+            matmul(rh.t(), dph.view(), gr.slice_mut(s![.., 2 * h..]), true);
             let dzr = dzh.slice(s![.., ..2 * h]);
-            let mut g_zr = gr.slice_mut(s![.., ..2 * h]);
-            g_zr += &hp.t().dot(&dzr);
-            dh_prev += &dzr.dot(&u.slice(s![.., ..2 * h]).t());
+            matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
+            matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
         } else {
-            gr += &hp.t().dot(&dzh);
-            dh_prev += &dzh.dot(&u.t());
+            matmul(dzh.view(), u.t(), dh_prev.view_mut(), true);
         }
-        let xt = x.slice(s![.., tt, ..]);
-        gk += &xt.t().dot(&dzx);
-        gb += &dzx.sum_axis(Axis(0));
-        gb_rec += &dzh.sum_axis(Axis(0));
-        gx.slice_mut(s![.., tt, ..]).assign(&dzx.dot(&w.kernel.t()));
         for r in 0..b {
             if tape.present[[s, r]] {
                 dh.row_mut(r).assign(&dh_prev.row(r));
             }
         }
     }
+    // the weight gradients and dx over all steps at once
+    let x2 = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((b * t, i))
+        .expect("[B, T, I] reshapes to [B·T, I]");
+    let dzx2 = dzx_all
+        .into_shape_with_order((b * t, n))
+        .expect("[B, T, G·H] reshapes to [B·T, G·H]");
+    let mut gk = Array2::<T>::zeros((i, n));
+    matmul(x2.t(), dzx2.view(), gk.view_mut(), false);
+    let mut gx = Array2::<T>::zeros((b * t, i));
+    matmul(dzx2.view(), w.kernel.t(), gx.view_mut(), false);
+    let dzh2 = dzh_all
+        .into_shape_with_order((t * b, n))
+        .expect("[T, B, G·H] reshapes to [T·B, G·H]");
+    if !v1 {
+        let hp2 = tape
+            .h_prev
+            .view()
+            .into_shape_with_order((t * b, h))
+            .expect("[T, B, H] reshapes to [T·B, H]");
+        matmul(hp2.t(), dzh2.view(), gr.view_mut(), false);
+    }
+    let gb = dzx2.sum_axis(Axis(0));
     let bias = w.bias.as_ref().map(|bias| {
         if bias.len() == 2 * n {
-            ndarray::concatenate(Axis(0), &[gb.view(), gb_rec.view()]).expect("two halves")
+            ndarray::concatenate(Axis(0), &[gb.view(), dzh2.sum_axis(Axis(0)).view()])
+                .expect("two halves")
         } else {
             gb
         }
@@ -452,7 +502,9 @@ pub(crate) fn backward<T: Element>(
         kernel: gk,
         recurrent_kernel: gr,
         bias,
-        x: gx,
+        x: gx
+            .into_shape_with_order((b, t, i))
+            .expect("[B·T, I] reshapes to [B, T, I]"),
         h0: dh,
         c0: dc,
     })

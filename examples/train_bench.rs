@@ -1,0 +1,120 @@
+//! Times one CPU training step of `LSTM(units) → Dense(1)` (MSE, Adam) next to the
+//! inference forward pass of the same LSTM, on random data: medians over `--iters` runs.
+//!
+//! ```text
+//! cargo run --release --example train_bench -- --batch 32 --steps 100 --input 32 --units 128 \
+//!     [--iters 10] [--warmup 2] [--json]
+//! ```
+//!
+//! `forward_ms`: `cpu::Lstm::forward` (the inference path); `step_ms`: the loss, its
+//! gradients (the recorded forward and backpropagation through time) and one Adam update;
+//! `step_over_forward` their ratio.
+
+use lstm_wgpu::model::DenseActivation;
+use lstm_wgpu::train::{Loss, Optimizer, Sequential, TrainLayer};
+use lstm_wgpu::{Activation, LstmConfig, LstmWeights};
+use ndarray::{Array1, Array2, Array3};
+use std::time::Instant;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut b, mut t, mut i, mut h, mut iters, mut warmup, mut json) =
+        (32usize, 100usize, 32usize, 128usize, 10usize, 2usize, false);
+    while let Some(a) = args.next() {
+        let mut num = |what: &str| -> usize {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{what} needs a positive integer"))
+        };
+        match a.as_str() {
+            "--batch" => b = num("--batch"),
+            "--steps" => t = num("--steps"),
+            "--input" => i = num("--input"),
+            "--units" => h = num("--units"),
+            "--iters" => iters = num("--iters").max(1),
+            "--warmup" => warmup = num("--warmup"),
+            "--json" => json = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let cfg = LstmConfig::new(h);
+    let weights = LstmWeights::new(
+        &cfg,
+        i,
+        Array2::from_shape_fn((i, 4 * h), |_| next()),
+        Array2::from_shape_fn((h, 4 * h), |_| next()),
+        Some(Array1::from_shape_fn(4 * h, |_| next())),
+    )
+    .expect("weights");
+    let layer = lstm_wgpu::cpu::Lstm::new(cfg.clone(), weights.clone()).expect("layer");
+    let mut net = Sequential {
+        layers: vec![
+            (
+                "lstm".to_string(),
+                TrainLayer::Recurrent {
+                    config: cfg,
+                    weights,
+                },
+            ),
+            (
+                "dense".to_string(),
+                TrainLayer::Dense {
+                    kernel: Array2::from_shape_fn((h, 1), |_| next()),
+                    bias: Some(Array1::zeros(1)),
+                    activation: DenseActivation::Elementwise(Activation::Linear),
+                },
+            ),
+        ],
+    };
+    let x = Array3::from_shape_fn((b, t, i), |_| next() * 5.0);
+    let y = Array2::from_shape_fn((b, 1), |_| next()).into_dyn();
+    let mut opt = Optimizer::adam(1e-3);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut()| {
+        for _ in 0..warmup {
+            f();
+        }
+        median(
+            (0..iters)
+                .map(|_| {
+                    let s = Instant::now();
+                    f();
+                    s.elapsed().as_secs_f64() * 1e3
+                })
+                .collect(),
+        )
+    };
+    let mut layer = layer;
+    let forward = time(&mut || {
+        std::hint::black_box(layer.forward(x.view(), None, None).expect("forward"));
+    });
+    let step = time(&mut || {
+        let g = net
+            .gradients(x.view(), y.view(), Loss::MeanSquaredError)
+            .expect("gradients");
+        let mut w = net.weights();
+        opt.apply(&mut w, &g.weights).expect("update");
+        net.set_weights(&w).expect("weights");
+    });
+    if json {
+        println!(
+            "{{\"batch\":{b},\"steps\":{t},\"input\":{i},\"units\":{h},\"forward_ms\":{forward},\"step_ms\":{step},\"step_over_forward\":{}}}",
+            step / forward
+        );
+    } else {
+        println!(
+            "B={b} T={t} I={i} H={h}: forward {forward:.2} ms, training step {step:.2} ms ({:.2}x)",
+            step / forward
+        );
+    }
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""CPU training-step benchmark: the crate's train_bench example against Keras 3 / TensorFlow
+(`model.train_on_batch`, after warm-up) on the same LSTM(units) -> Dense(1) model, MSE and
+Adam, alternating the two --rounds times per shape; prints one JSON line per run and a
+summary line of medians per shape.
+
+Usage (keras 3.15.1 + tensorflow-cpu venv):
+  cargo build --release --example train_bench
+  KERAS_BACKEND=tensorflow python scripts/bench_training_peers.py \
+      --crate target/release/examples/train_bench [--rounds 3] [--iters 10] [--warmup 2] \
+      [--shapes 32x100x32x128,...]   (batch x steps x input x units)
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import keras
+import tensorflow as tf
+
+tf.config.threading.set_intra_op_parallelism_threads(2)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def keras_step(b, t, i, h, iters, warmup):
+    model = keras.Sequential([keras.Input((t, i)), keras.layers.LSTM(h), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-0.5, 0.5, (b, t, i)).astype("float32")
+    y = rng.uniform(-0.1, 0.1, (b, 1)).astype("float32")
+    for _ in range(warmup + 1):
+        model.train_on_batch(x, y)
+    times = []
+    for _ in range(iters):
+        s = time.perf_counter()
+        model.train_on_batch(x, y)
+        times.append((time.perf_counter() - s) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--crate", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--shapes", default="32x100x32x128,64x50x16x64,16x200x8x32")
+    a = ap.parse_args()
+    for shape in a.shapes.split(","):
+        b, t, i, h = (int(v) for v in shape.split("x"))
+        ours, theirs = [], []
+        for r in range(a.rounds):
+            out = subprocess.run(
+                [a.crate, "--batch", str(b), "--steps", str(t), "--input", str(i), "--units",
+                 str(h), "--iters", str(a.iters), "--warmup", str(a.warmup), "--json"],
+                check=True, capture_output=True, text=True).stdout
+            d = json.loads(out.strip().splitlines()[-1])
+            d.update(peer="lstm-wgpu", round=r)
+            print(json.dumps(d))
+            ours.append(d["step_ms"])
+            k = keras_step(b, t, i, h, a.iters, a.warmup)
+            print(json.dumps(dict(peer="keras-tensorflow", shape=shape, step_ms=k, round=r)))
+            theirs.append(k)
+        print(json.dumps(dict(summary=shape, crate_step_ms=statistics.median(ours),
+                              keras_step_ms=statistics.median(theirs),
+                              crate_over_keras=statistics.median(ours) / statistics.median(theirs))))
+
+
+if __name__ == "__main__":
+    main()
