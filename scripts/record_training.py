@@ -140,7 +140,9 @@ def optimizer(spec):
 
 
 def build(kind, dtype, t, i):
+    # (the layers take the global dtype policy, not floatx alone)
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
     if kind == "lstm_dense":
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(6), layers.Dense(3)])
     elif kind == "masked_seq":
@@ -166,6 +168,7 @@ def build(kind, dtype, t, i):
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
                               layers.Dense(5, activation=act)])
     keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
     return m
 
 
