@@ -1,4 +1,4 @@
-//! Reading the members of a `.keras` file: a zip archive whose members Keras stores without
+//! Reading (and [`write`]) the members of a `.keras` file: a zip archive whose members Keras stores without
 //! compression, zip64 where Keras writes it (members past about 2 GiB, or opened with
 //! `force_zip64`: the sizes then live in the zip64 extra field). Each member's CRC-32 is
 //! checked; compressed members and truncated or corrupt archives are errors, never panics.
@@ -121,6 +121,63 @@ fn zip64_size(mut extra: &[u8], has_uncompressed: bool, has_compressed: bool) ->
         extra = &extra[4 + len..];
     }
     None
+}
+
+/// A stored (uncompressed) zip archive of `members` (name, contents), as Keras writes a
+/// `.keras` file; members past 4 GiB are refused.
+///
+/// ```
+/// let zip = lstm_wgpu::archive::write(&[("config.json", b"{}")]).unwrap();
+/// let back = lstm_wgpu::archive::members(&zip).unwrap();
+/// assert_eq!(back, vec![("config.json".to_string(), &b"{}"[..])]);
+/// ```
+pub fn write(members: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, body) in members {
+        let (len, at) = (u32::try_from(body.len()), u32::try_from(out.len()));
+        let (Ok(len), Ok(at)) = (len, at) else {
+            return Err(bad(format!(
+                "member {name} lies past 4 GiB (zip64 is not written)"
+            )));
+        };
+        let crc = crc32(body);
+        let common = |v: &mut Vec<u8>| {
+            v.extend(0u16.to_le_bytes()); // flags
+            v.extend(0u16.to_le_bytes()); // stored
+            v.extend(0u16.to_le_bytes()); // time
+            v.extend(0x21u16.to_le_bytes()); // date: 1980-01-01
+            v.extend(crc.to_le_bytes());
+            v.extend(len.to_le_bytes());
+            v.extend(len.to_le_bytes());
+            v.extend((name.len() as u16).to_le_bytes());
+        };
+        out.extend(b"PK\x03\x04");
+        out.extend(20u16.to_le_bytes());
+        common(&mut out);
+        out.extend(0u16.to_le_bytes()); // extra
+        out.extend(name.as_bytes());
+        out.extend(*body);
+        central.extend(b"PK\x01\x02");
+        central.extend(20u16.to_le_bytes()); // made by
+        central.extend(20u16.to_le_bytes()); // needed
+        common(&mut central);
+        central.extend([0u8; 8]); // extra, comment, disk, internal attributes
+        central.extend(0u32.to_le_bytes()); // external attributes
+        central.extend(at.to_le_bytes());
+        central.extend(name.as_bytes());
+    }
+    let start = u32::try_from(out.len()).map_err(|_| bad("archive past 4 GiB"))?;
+    let size = central.len() as u32;
+    out.extend(central);
+    out.extend(b"PK\x05\x06");
+    out.extend([0u8; 4]);
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend(size.to_le_bytes());
+    out.extend(start.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    Ok(out)
 }
 
 #[cfg(test)]

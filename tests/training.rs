@@ -450,3 +450,60 @@ fn diverging_training_and_bad_targets_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
 }
+
+/// Trained weights written back: the `.keras` file (the original's config with the new
+/// `model.weights.h5`) loads here and predicts what the trained network predicts, and so
+/// does the `.weights.h5` alone through `load_weights`; a config of another model is an
+/// error. (Keras 3 loading these files: scripts/check_saved_training.py.)
+#[test]
+fn trained_weights_are_written_back_as_keras_files() {
+    for name in ["fit_gru_rnn", "fit_sgd_nesterov", "grads_cce_probs_f64"] {
+        let a = npz::<f32>(name);
+        let mut net = model::<f32>(name, &a);
+        let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+        let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
+        let mut opt = Optimizer::adam(0.05);
+        net.fit(
+            x.view(),
+            a["y"].view(),
+            &FitOptions::new(loss, 4, 2),
+            &mut opt,
+        )
+        .unwrap();
+        let original = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+        let bytes = net.keras_file(&original).unwrap();
+        let out = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.keras"));
+        std::fs::write(&out, &bytes).unwrap();
+        let mut back = KerasModel::load(&out).unwrap();
+        let want = net.predict(x.view()).unwrap();
+        let got = back
+            .predict_inputs(&[x.clone().into_dyn().into()])
+            .unwrap()
+            .remove(0);
+        let err = worst(&got, &want, name);
+        assert!(err <= 1e-5, "{name}: reloaded model differs by {err:e}");
+        // the weights as they were written
+        let reread = Sequential::<f32>::from_model(&back).unwrap();
+        assert_eq!(reread.weights(), net.weights(), "{name}");
+        let members = lstm_wgpu::archive::members(&original).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(members.iter().find(|(m, _)| m == "config.json").unwrap().1)
+                .unwrap();
+        let h5 = net.weights_h5(&config).unwrap();
+        let cfg_path = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.json"));
+        let h5_path = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.weights.h5"));
+        std::fs::write(&cfg_path, serde_json::to_vec(&config).unwrap()).unwrap();
+        std::fs::write(&h5_path, &h5).unwrap();
+        let again = KerasModel::load_weights(&cfg_path, &h5_path).unwrap();
+        assert_eq!(
+            Sequential::<f32>::from_model(&again).unwrap().weights(),
+            net.weights(),
+            "{name}"
+        );
+        println!("{name}: reloaded, predictions within {err:.1e}");
+    }
+    let a = npz::<f32>("fit_adam");
+    let net = model::<f32>("fit_adam", &a);
+    let other = std::fs::read(dir().join("fit_gru_rnn.keras")).unwrap();
+    assert!(net.keras_file(&other).is_err());
+}

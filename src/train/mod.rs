@@ -6,8 +6,11 @@
 //! `shuffle=False`: the batches in order, one optimizer step each, the per-epoch mean loss).
 //! Generic over f32 and f64.
 //!
+//! The trained weights are written back as Keras 3 files ([`Sequential::weights_h5`],
+//! [`Sequential::keras_file`]).
+//!
 //! Not yet here: Bidirectional and stacked-network backward passes, the other graph layers,
-//! the GPU path, writing the trained weights back to Keras files.
+//! the GPU path.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -24,9 +27,11 @@
 //! ```
 
 mod activation;
+mod h5write;
 mod loss;
 mod optim;
 mod recurrent;
+mod save;
 
 pub use activation::derivative;
 pub use loss::{Loss, LossGrad};

@@ -1,0 +1,116 @@
+//! Writing trained weights back as Keras 3 files: `model.weights.h5` in Keras's layout
+//! (`layers/<key>/vars/<k>` for a layer's own variables, `layers/<key>/cell/vars/<k>` for a
+//! recurrent layer's cell, an empty `vars` group for the model and for layers without
+//! weights; `<key>` the snake-case class name numbered by class, as Keras names them), and a
+//! `.keras` archive holding the original model's `config.json` and `metadata.json` with
+//! those weights.
+
+use super::h5write::{self, Node};
+use super::{Sequential, TrainLayer};
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use serde_json::Value;
+
+fn put<T: Element>(group: &mut Node, k: usize, a: &ndarray::ArrayD<T>) {
+    let values: Vec<f64> = a.iter().map(|v| v.to_f64()).collect();
+    group.dataset(
+        &k.to_string(),
+        a.shape(),
+        &values,
+        if T::is_f32() { 4 } else { 8 },
+    );
+}
+
+impl<T: Element> Sequential<T> {
+    /// The weights as a Keras 3 `.weights.h5` file for the model whose `config.json` is
+    /// `config` (`model.load_weights` reads it; the values are written in `T`).
+    pub fn weights_h5(&self, config: &Value) -> Result<Vec<u8>> {
+        let null = Value::Null;
+        let functional = config.get("class_name").and_then(Value::as_str) != Some("Sequential");
+        let layers = config
+            .get("config")
+            .unwrap_or(&null)
+            .get("layers")
+            .and_then(Value::as_array)
+            .ok_or_else(|| {
+                LstmError::bad_config("config.layers", "a model config has a layer list")
+            })?;
+        let mut root = Node::group();
+        root.path("vars");
+        let mut counts = std::collections::HashMap::<String, usize>::new();
+        let mut written = 0;
+        for entry in layers {
+            let class = entry
+                .get("class_name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = entry["config"]
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(class);
+            if class == "InputLayer" && !functional {
+                continue;
+            }
+            let base = crate::graph::snake_case(class);
+            let n = counts.entry(base.clone()).or_insert(0);
+            let key = if *n == 0 { base } else { format!("{base}_{n}") };
+            *n += 1;
+            let at = format!("layers/{key}");
+            root.path(&format!("{at}/vars"));
+            let Some((_, layer)) = self.layers.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            written += 1;
+            let ws: Vec<ndarray::ArrayD<T>> = Sequential {
+                layers: vec![(name.to_string(), layer.clone())],
+            }
+            .weights();
+            let group = match layer {
+                TrainLayer::Recurrent { .. } => root.path(&format!("{at}/cell/vars")),
+                _ => root.path(&format!("{at}/vars")),
+            };
+            for (k, w) in ws.iter().enumerate() {
+                put(group, k, w);
+            }
+        }
+        if written != self.layers.len() {
+            return Err(LstmError::invalid(
+                "config",
+                format!(
+                    "names {written} of the {} trained layers; it is not this model's config",
+                    self.layers.len()
+                ),
+            ));
+        }
+        Ok(h5write::file(&root))
+    }
+
+    /// A `.keras` file: `original`'s (the `.keras` file the model was loaded from)
+    /// `config.json` and `metadata.json` with these weights as `model.weights.h5`
+    /// (`keras.saving.load_model` reads it).
+    pub fn keras_file(&self, original: &[u8]) -> Result<Vec<u8>> {
+        let members = crate::archive::members(original)?;
+        let member = |n: &str| {
+            members
+                .iter()
+                .find(|(m, _)| m == n)
+                .map(|(_, b)| *b)
+                .ok_or_else(|| LstmError::File {
+                    path: ".keras archive".into(),
+                    reason: format!("no {n}"),
+                })
+        };
+        let config_bytes = member("config.json")?;
+        let config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
+            path: "config.json".into(),
+            reason: e.to_string(),
+        })?;
+        let weights = self.weights_h5(&config)?;
+        let metadata = member("metadata.json")?;
+        crate::archive::write(&[
+            ("metadata.json", metadata),
+            ("config.json", config_bytes),
+            ("model.weights.h5", &weights),
+        ])
+    }
+}
