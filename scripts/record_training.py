@@ -160,6 +160,18 @@ def build(kind, dtype, t, i):
         m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
                               layers.GRU(5, return_sequences=True),
                               layers.SimpleRNN(3, go_backwards=True), layers.Dense(3)])
+    elif kind == "bidi":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.Bidirectional(layers.LSTM(4, return_sequences=True)),
+                              layers.Bidirectional(layers.GRU(3), merge_mode="sum"),
+                              layers.Dense(3)])
+    elif kind == "bidi_mul":
+        m = keras.Sequential([keras.Input((t, i)),
+                              layers.Bidirectional(layers.SimpleRNN(3, return_sequences=True),
+                                                   merge_mode="mul"),
+                              layers.Bidirectional(layers.LSTM(2),
+                                                   merge_mode="ave"),
+                              layers.Dense(3)])
     elif kind == "hard_sigmoid_out":
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
                               layers.Dense(2, activation="hard_sigmoid")])
@@ -174,7 +186,7 @@ def build(kind, dtype, t, i):
 
 def data(kind, dtype, n, t, i):
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
-    if kind in ("masked_seq", "gru_rnn"):
+    if kind in ("masked_seq", "gru_rnn", "bidi"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
     if kind == "masked_seq":
@@ -211,6 +223,10 @@ MODEL_CASES = [
     ("grads_gru_rnn_f64", "grads", "gru_rnn", "float64", "mse", None, (4, 6, 3), 0, 0),
     ("fit_gru_rnn", "fit", "gru_rnn", "float32", "mse",
      ("adam", dict(learning_rate=0.02, global_clipnorm=0.5)), (16, 6, 3), 4, 5),
+    ("grads_bidi_f64", "grads", "bidi", "float64", "mse", None, (4, 6, 3), 0, 0),
+    ("grads_bidi_mul_f64", "grads", "bidi_mul", "float64", "mse", None, (3, 5, 2), 0, 0),
+    ("fit_bidi", "fit", "bidi", "float32", "mse", ("adam", dict(learning_rate=0.02)),
+     (16, 6, 3), 4, 5),
     ("fit_adam", "fit", "lstm_dense", "float32", "mse", ("adam", dict(learning_rate=0.01)),
      (32, 6, 3), 8, 5),
     ("fit_sgd_nesterov", "fit", "stack_softmax", "float32", "sparse_categorical_crossentropy",

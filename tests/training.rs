@@ -183,6 +183,8 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_cce_probs_f64",
         "grads_cce_softmax_f64",
         "grads_gru_rnn_f64",
+        "grads_bidi_f64",
+        "grads_bidi_mul_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -197,6 +199,7 @@ fn fit_matches_keras_after_20_steps() {
         "fit_rmsprop",
         "fit_adamw_masked",
         "fit_gru_rnn",
+        "fit_bidi",
     ] {
         let a = npz::<f32>(name);
         let m = meta(name);
@@ -457,7 +460,12 @@ fn diverging_training_and_bad_targets_are_errors() {
 /// error. (Keras 3 loading these files: scripts/check_saved_training.py.)
 #[test]
 fn trained_weights_are_written_back_as_keras_files() {
-    for name in ["fit_gru_rnn", "fit_sgd_nesterov", "grads_cce_probs_f64"] {
+    for name in [
+        "fit_gru_rnn",
+        "fit_sgd_nesterov",
+        "grads_cce_probs_f64",
+        "fit_bidi",
+    ] {
         let a = npz::<f32>(name);
         let mut net = model::<f32>(name, &a);
         let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();

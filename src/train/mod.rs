@@ -9,8 +9,9 @@
 //! The trained weights are written back as Keras 3 files ([`Sequential::weights_h5`],
 //! [`Sequential::keras_file`]).
 //!
-//! Not yet here: Bidirectional and stacked-network backward passes, the other graph layers,
-//! the GPU path.
+//! Not yet here: the other graph layers (Embedding, Conv1D, attention, ...), Dropout in
+//! training mode, stateful layers, `merge_mode=None` and returned states in a chain, the GPU
+//! path.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -47,6 +48,8 @@ use crate::weights::LstmWeights;
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
 
 /// One trainable layer.
+// A model holds a handful of layers; the variants' size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum TrainLayer<T> {
     /// `Masking(mask_value)`: masks the timesteps whose features all equal it and zeroes
@@ -62,6 +65,16 @@ pub enum TrainLayer<T> {
         /// Its weights.
         weights: LstmWeights<T>,
     },
+    /// `Bidirectional` around one of them (merged by concat, sum, mul or ave): the forward
+    /// and backward directions' configurations and weights.
+    Bidirectional {
+        /// The forward direction.
+        forward: (LstmConfig, LstmWeights<T>),
+        /// The backward direction (processes the sequence last step first).
+        backward: (LstmConfig, LstmWeights<T>),
+        /// How the outputs merge.
+        merge: crate::config::MergeMode,
+    },
     /// `Dense` on the last axis.
     Dense {
         /// `[in, units]`.
@@ -73,7 +86,8 @@ pub enum TrainLayer<T> {
     },
 }
 
-/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN and Dense).
+/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN, Bidirectional
+/// and Dense).
 #[derive(Debug, Clone)]
 pub struct Sequential<T> {
     /// The layers with their Keras names.
@@ -125,11 +139,9 @@ pub struct Gradients<T> {
 enum Cache<T> {
     Masking(Array2<bool>),
     Lstm(Box<recurrent::LstmTape<T>>, Array3<T>),
+    /// Both directions' tapes, the input, both outputs (the backward one in input order).
+    Bidi(Box<[recurrent::LstmTape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
     Dense(ArrayD<T>, ArrayD<T>),
-}
-
-fn convert<T: Element>(a: &ArrayD<f32>) -> ArrayD<T> {
-    a.mapv(|v| T::from_f64(f64::from(v)))
 }
 
 impl<T: Element> Sequential<T> {
@@ -149,37 +161,28 @@ impl<T: Element> Sequential<T> {
                     mask_value: T::from_f64(f64::from(*mask_value)),
                 },
                 ModelLayer::Recurrent(Network::Lstm(l)) => {
-                    let cfg = l.config().clone();
-                    if cfg.stateful {
+                    let (config, weights) = direction(l, name)?;
+                    TrainLayer::Recurrent { config, weights }
+                }
+                ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
+                    if bi.merge_mode() == crate::config::MergeMode::None
+                        || bi.forward_layer().config().return_state
+                    {
                         return Err(LstmError::unsupported(
-                            "stateful",
-                            format!("true on layer {name} in training"),
+                            "layer",
+                            format!("{name} (a Bidirectional layer with two outputs or its states) in training"),
                         ));
                     }
-                    let w = l.weights();
-                    let k = |a: &Array2<f32>| {
-                        convert::<T>(&a.clone().into_dyn())
-                            .into_dimensionality::<Ix2>()
-                            .expect("2-D")
-                    };
-                    let weights = LstmWeights::new(
-                        &cfg,
-                        w.kernel.nrows(),
-                        k(&w.kernel),
-                        k(&w.recurrent_kernel),
-                        w.bias
-                            .as_ref()
-                            .map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
-                    )?;
-                    TrainLayer::Recurrent {
-                        config: cfg,
-                        weights,
+                    TrainLayer::Bidirectional {
+                        forward: direction(bi.forward_layer(), name)?,
+                        backward: direction(bi.backward_layer(), name)?,
+                        merge: bi.merge_mode(),
                     }
                 }
                 ModelLayer::Recurrent(_) => {
                     return Err(LstmError::unsupported(
                         "layer",
-                        format!("{name} (Bidirectional or a stack) in training; LSTM, GRU and SimpleRNN are supported"),
+                        format!("{name} (a stack inside one layer) in training"),
                     ))
                 }
                 ModelLayer::Dense {
@@ -203,15 +206,12 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &self.layers {
             match l {
                 TrainLayer::Masking { .. } => {}
-                TrainLayer::Recurrent { weights, .. } => {
-                    out.push(weights.kernel.clone().into_dyn());
-                    out.push(weights.recurrent_kernel.clone().into_dyn());
-                    out.extend(
-                        weights
-                            .bias
-                            .clone()
-                            .map(|b| keras_bias(b, weights.kernel.ncols())),
-                    );
+                TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => {
+                    push_weights(&mut out, &forward.1);
+                    push_weights(&mut out, &backward.1);
                 }
                 TrainLayer::Dense { kernel, bias, .. } => {
                     out.push(kernel.clone().into_dyn());
@@ -251,12 +251,12 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &mut self.layers {
             match l {
                 TrainLayer::Masking { .. } => {}
-                TrainLayer::Recurrent { weights, .. } => {
-                    weights.kernel = two(&mut it);
-                    weights.recurrent_kernel = two(&mut it);
-                    if weights.bias.is_some() {
-                        weights.bias = Some(it.next().expect("counted").iter().copied().collect());
-                    }
+                TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => {
+                    take_weights(&mut it, &mut forward.1);
+                    take_weights(&mut it, &mut backward.1);
                 }
                 TrainLayer::Dense { kernel, bias, .. } => {
                     *kernel = two(&mut it);
@@ -332,6 +332,44 @@ impl<T: Element> Sequential<T> {
                         mask = None;
                     }
                     h = out.output;
+                }
+                TrainLayer::Bidirectional {
+                    forward,
+                    backward,
+                    merge,
+                } => {
+                    let x3 = h
+                        .view()
+                        .into_dimensionality::<ndarray::Ix3>()
+                        .map_err(|_| {
+                            LstmError::shape(
+                                format!("input of layer {name}"),
+                                &[0, 0, 0],
+                                h.shape(),
+                            )
+                        })?;
+                    let m = mask.as_ref().map(|m| m.view());
+                    let (yf, tf) = recurrent::forward((&forward.0, &forward.1), x3, m, None)?;
+                    let (yb, tb) = recurrent::forward((&backward.0, &backward.1), x3, m, None)?;
+                    let seqs = forward.0.return_sequences;
+                    let mut yb = yb.output;
+                    if seqs {
+                        yb.invert_axis(Axis(1));
+                        yb = yb.as_standard_layout().into_owned();
+                    }
+                    let yf = yf.output;
+                    let merged = crate::network::merge_directions(
+                        *merge,
+                        false,
+                        vec![yf.clone()],
+                        vec![yb.clone()],
+                    )
+                    .remove(0);
+                    caches.push(Cache::Bidi(Box::new([tf, tb]), x3.to_owned(), [yf, yb]));
+                    h = merged;
+                    if !seqs {
+                        mask = None;
+                    }
                 }
                 TrainLayer::Dense {
                     kernel,
@@ -434,6 +472,50 @@ impl<T: Element> Sequential<T> {
                     w.extend(g.bias.map(|b| keras_bias(b, n)));
                     grads.push(w);
                     d = g.x.into_dyn();
+                }
+                (
+                    TrainLayer::Bidirectional {
+                        forward,
+                        backward,
+                        merge,
+                    },
+                    Cache::Bidi(tapes, x3, [yf, yb]),
+                ) => {
+                    use crate::config::MergeMode;
+                    let hf = forward.0.units;
+                    let last = Axis(d.ndim() - 1);
+                    let half = T::from_f64(0.5);
+                    let (df, mut db) = match merge {
+                        MergeMode::Concat => (
+                            d.slice_axis(last, (..hf).into()).to_owned(),
+                            d.slice_axis(last, (hf..).into()).to_owned(),
+                        ),
+                        MergeMode::Sum => (d.clone(), d),
+                        MergeMode::Ave => (d.mapv(|v| v * half), d.mapv(|v| v * half)),
+                        MergeMode::Mul => (&d * &yb, &d * &yf),
+                        MergeMode::None => unreachable!("refused by from_model"),
+                    };
+                    if forward.0.return_sequences {
+                        db.invert_axis(Axis(1));
+                        db = db.as_standard_layout().into_owned();
+                    }
+                    let [tf, tb] = *tapes;
+                    let mut w = Vec::new();
+                    let mut dx = Array3::<T>::zeros(x3.raw_dim());
+                    for ((cfg, weights), tape, d) in [(forward, &tf, df), (backward, &tb, db)] {
+                        let cot = LstmCotangents {
+                            output: d,
+                            h: None,
+                            c: None,
+                        };
+                        let g = recurrent::backward((cfg, weights), x3.view(), tape, &cot)?;
+                        let n = g.kernel.ncols();
+                        w.extend([g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()]);
+                        w.extend(g.bias.map(|b| keras_bias(b, n)));
+                        dx += &g.x;
+                    }
+                    grads.push(w);
+                    d = dx.into_dyn();
                 }
                 (
                     TrainLayer::Dense {
@@ -555,6 +637,55 @@ impl<T: Element> Sequential<T> {
             history.epoch_loss.push(mean);
         }
         Ok(history)
+    }
+}
+
+/// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).
+fn direction<T: Element>(
+    l: &crate::cpu::Lstm<f32>,
+    name: &str,
+) -> Result<(LstmConfig, LstmWeights<T>)> {
+    let cfg = l.config().clone();
+    if cfg.stateful {
+        return Err(LstmError::unsupported(
+            "stateful",
+            format!("true on layer {name} in training"),
+        ));
+    }
+    let w = l.weights();
+    let k = |a: &Array2<f32>| a.mapv(|v| T::from_f64(f64::from(v)));
+    let weights = LstmWeights::new(
+        &cfg,
+        w.kernel.nrows(),
+        k(&w.kernel),
+        k(&w.recurrent_kernel),
+        w.bias
+            .as_ref()
+            .map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
+    )?;
+    Ok((cfg, weights))
+}
+
+/// A direction's weights in Keras's order and shapes.
+fn push_weights<T: Element>(out: &mut Vec<ArrayD<T>>, w: &LstmWeights<T>) {
+    out.push(w.kernel.clone().into_dyn());
+    out.push(w.recurrent_kernel.clone().into_dyn());
+    out.extend(w.bias.clone().map(|b| keras_bias(b, w.kernel.ncols())));
+}
+
+/// A direction's weights from `it` (Keras's order; shapes checked by the caller).
+fn take_weights<T: Element>(it: &mut std::slice::Iter<'_, ArrayD<T>>, w: &mut LstmWeights<T>) {
+    let mut two = || {
+        it.next()
+            .expect("counted")
+            .clone()
+            .into_dimensionality::<Ix2>()
+            .expect("checked")
+    };
+    w.kernel = two();
+    w.recurrent_kernel = two();
+    if w.bias.is_some() {
+        w.bias = Some(it.next().expect("counted").iter().copied().collect());
     }
 }
 

@@ -1,6 +1,7 @@
 //! Writing trained weights back as Keras 3 files: `model.weights.h5` in Keras's layout
 //! (`layers/<key>/vars/<k>` for a layer's own variables, `layers/<key>/cell/vars/<k>` for a
-//! recurrent layer's cell, an empty `vars` group for the model and for layers without
+//! recurrent layer's cell, `layers/<key>/forward_layer/cell/vars/<k>` and `backward_layer`
+//! for a Bidirectional one's, an empty `vars` group for the model and for layers without
 //! weights; `<key>` the snake-case class name numbered by class, as Keras names them), and a
 //! `.keras` archive holding the original model's `config.json` and `metadata.json` with
 //! those weights.
@@ -65,12 +66,27 @@ impl<T: Element> Sequential<T> {
                 layers: vec![(name.to_string(), layer.clone())],
             }
             .weights();
-            let group = match layer {
-                TrainLayer::Recurrent { .. } => root.path(&format!("{at}/cell/vars")),
-                _ => root.path(&format!("{at}/vars")),
+            // (group, how many of the layer's weights it holds)
+            let groups: Vec<(String, usize)> = match layer {
+                TrainLayer::Recurrent { .. } => vec![(format!("{at}/cell/vars"), ws.len())],
+                TrainLayer::Bidirectional { forward, .. } => {
+                    let nf = 2 + usize::from(forward.1.bias.is_some());
+                    for d in ["forward_layer", "backward_layer"] {
+                        root.path(&format!("{at}/{d}/vars"));
+                    }
+                    vec![
+                        (format!("{at}/forward_layer/cell/vars"), nf),
+                        (format!("{at}/backward_layer/cell/vars"), ws.len() - nf),
+                    ]
+                }
+                _ => vec![(format!("{at}/vars"), ws.len())],
             };
-            for (k, w) in ws.iter().enumerate() {
-                put(group, k, w);
+            let mut it = ws.iter();
+            for (path, count) in groups {
+                let group = root.path(&path);
+                for (k, w) in it.by_ref().take(count).enumerate() {
+                    put(group, k, w);
+                }
             }
         }
         if written != self.layers.len() {
