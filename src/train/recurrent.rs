@@ -25,7 +25,7 @@
 
 use super::activation::derivative_at;
 use crate::config::{Cell, LstmConfig};
-use crate::cpu::reference::{matmul, project_inputs};
+use crate::cpu::reference::{matmul, matmul_serial, project_inputs};
 use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -202,7 +202,7 @@ pub(crate) fn forward<T: Element>(
                 );
             }
             _ => {
-                matmul(hs.view(), u.view(), zh.view_mut(), false);
+                matmul_serial(hs.view(), u.view(), zh.view_mut(), false);
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
@@ -221,47 +221,69 @@ pub(crate) fn forward<T: Element>(
                 }
                 continue;
             }
-            let mut post = tape.post.slice_mut(s![s, r, ..]);
-            for j in 0..h {
-                let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
-                let hn = match cfg.cell {
-                    Cell::Lstm => {
-                        let g = [
-                            rec.apply(v(0)),
-                            rec.apply(v(1)),
-                            act.apply(v(2)),
-                            rec.apply(v(3)),
-                        ];
-                        let c = g[1] * cs[[r, j]] + g[0] * g[2];
-                        cs[[r, j]] = c;
-                        let ac = act.apply(c);
-                        tape.act_c[[s, r, j]] = ac;
-                        for (k, g) in g.into_iter().enumerate() {
-                            post[k * h + j] = g;
-                        }
-                        post[3 * h + j] * ac
+            // the row's values as slices (one pass per gate block, the activations over
+            // whole blocks)
+            let zx_r = proj.slice(s![r, tt, ..]);
+            let zx_r = zx_r.as_slice().expect("a standard layout");
+            let zh_r = zh.row(r);
+            let zh_r = zh_r.as_slice().expect("a standard layout");
+            let post = tape
+                .post
+                .slice_mut(s![s, r, ..])
+                .into_slice()
+                .expect("a standard layout");
+            let h_r = hs.row_mut(r).into_slice().expect("a standard layout");
+            let last_r = last.row_mut(r).into_slice().expect("a standard layout");
+            match cfg.cell {
+                Cell::Lstm => {
+                    for ((p, &a), &b) in post.iter_mut().zip(zx_r).zip(zh_r) {
+                        *p = a + b;
                     }
-                    Cell::Gru { reset_after } => {
-                        let z = rec.apply(v(0));
-                        let rg = rec.apply(v(1));
-                        let hh = if reset_after {
-                            act.apply(zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]])
+                    rec.apply_slice(&mut post[..2 * h]);
+                    act.apply_slice(&mut post[2 * h..3 * h]);
+                    rec.apply_slice(&mut post[3 * h..]);
+                    let c_r = cs.row_mut(r).into_slice().expect("a standard layout");
+                    let ac = tape
+                        .act_c
+                        .slice_mut(s![s, r, ..])
+                        .into_slice()
+                        .expect("a standard layout");
+                    for j in 0..h {
+                        c_r[j] = post[h + j] * c_r[j] + post[j] * post[2 * h + j];
+                        ac[j] = c_r[j];
+                    }
+                    act.apply_slice(ac);
+                    for j in 0..h {
+                        h_r[j] = post[3 * h + j] * ac[j];
+                    }
+                }
+                Cell::Gru { reset_after } => {
+                    for ((p, &a), &b) in post[..2 * h].iter_mut().zip(zx_r).zip(zh_r) {
+                        *p = a + b;
+                    }
+                    rec.apply_slice(&mut post[..2 * h]);
+                    for j in 0..h {
+                        post[2 * h + j] = if reset_after {
+                            zx_r[2 * h + j] + post[h + j] * zh_r[2 * h + j]
                         } else {
-                            act.apply(v(2))
+                            zx_r[2 * h + j] + zh_r[2 * h + j]
                         };
-                        for (k, g) in [z, rg, hh].into_iter().enumerate() {
-                            post[k * h + j] = g;
-                        }
-                        z * hs[[r, j]] + (T::one() - z) * hh
                     }
-                    Cell::SimpleRnn => {
-                        post[j] = act.apply(v(0));
-                        post[j]
+                    act.apply_slice(&mut post[2 * h..]);
+                    for j in 0..h {
+                        let z = post[j];
+                        h_r[j] = z * h_r[j] + (T::one() - z) * post[2 * h + j];
                     }
-                };
-                hs[[r, j]] = hn;
-                last[[r, j]] = hn;
+                }
+                Cell::SimpleRnn => {
+                    for ((p, &a), &b) in post.iter_mut().zip(zx_r).zip(zh_r) {
+                        *p = a + b;
+                    }
+                    act.apply_slice(post);
+                    h_r.copy_from_slice(post);
+                }
             }
+            last_r.copy_from_slice(h_r);
         }
         tape.zx.index_axis_mut(Axis(0), s).assign(&zx);
         tape.zh.index_axis_mut(Axis(0), s).assign(&zh);
@@ -369,55 +391,84 @@ pub(crate) fn backward<T: Element>(
                 }
                 continue;
             }
-            for j in 0..h {
-                let dhj = dh[[r, j]] + dy[[r, j]];
-                let v = |k: usize| zx[[r, k * h + j]] + zh[[r, k * h + j]];
-                let g = |k: usize| post[[r, k * h + j]];
-                match cfg.cell {
-                    Cell::Lstm => {
-                        let ac = tape.act_c[[s, r, j]];
+            // the row's values as slices
+            let zx_r = zx.row(r);
+            let zx_r = zx_r.as_slice().expect("a standard layout");
+            let zh_r = zh.row(r);
+            let zh_r = zh_r.as_slice().expect("a standard layout");
+            let g_r = post.row(r);
+            let g_r = g_r.as_slice().expect("a standard layout");
+            let hp_r = hp.row(r);
+            let hp_r = hp_r.as_slice().expect("a standard layout");
+            let dh_r = dh.row(r);
+            let dh_r = dh_r.as_slice().expect("a standard layout");
+            let dy_r = dy.row(r);
+            let dy_r = dy_r.as_slice().expect("a standard layout");
+            let dzx_r = dzx.row_mut(r).into_slice().expect("a standard layout");
+            let dzh_r = dzh.row_mut(r).into_slice().expect("a standard layout");
+            let dhp_r = dh_prev.row_mut(r).into_slice().expect("a standard layout");
+            match cfg.cell {
+                Cell::Lstm => {
+                    let ac_r = tape.act_c.slice(s![s, r, ..]);
+                    let ac_r = ac_r.as_slice().expect("a standard layout");
+                    let c_r = tape.c.slice(s![s, r, ..]);
+                    let c_r = c_r.as_slice().expect("a standard layout");
+                    let cp_r = tape.c_prev.slice(s![s, r, ..]);
+                    let cp_r = cp_r.as_slice().expect("a standard layout");
+                    let dc_r = dc.row_mut(r).into_slice().expect("a standard layout");
+                    for j in 0..h {
+                        let dhj = dh_r[j] + dy_r[j];
+                        let v = |k: usize| zx_r[k * h + j] + zh_r[k * h + j];
+                        let g = |k: usize| g_r[k * h + j];
+                        let ac = ac_r[j];
                         let d_o = dhj * ac;
-                        let dcj =
-                            dc[[r, j]] + dhj * g(3) * derivative_at(act, tape.c[[s, r, j]], ac);
-                        dc[[r, j]] = dcj * g(1);
+                        let dcj = dc_r[j] + dhj * g(3) * derivative_at(act, c_r[j], ac);
+                        dc_r[j] = dcj * g(1);
                         let d = [
                             dcj * g(2) * derivative_at(rec, v(0), g(0)),
-                            dcj * tape.c_prev[[s, r, j]] * derivative_at(rec, v(1), g(1)),
+                            dcj * cp_r[j] * derivative_at(rec, v(1), g(1)),
                             dcj * g(0) * derivative_at(act, v(2), g(2)),
                             d_o * derivative_at(rec, v(3), g(3)),
                         ];
                         for (k, d) in d.into_iter().enumerate() {
-                            dzx[[r, k * h + j]] = d;
-                            dzh[[r, k * h + j]] = d;
+                            dzx_r[k * h + j] = d;
+                            dzh_r[k * h + j] = d;
                         }
                     }
-                    Cell::Gru { reset_after } => {
-                        let (z, rg, hh) = (g(0), g(1), g(2));
+                }
+                Cell::Gru { reset_after } => {
+                    for j in 0..h {
+                        let dhj = dh_r[j] + dy_r[j];
+                        let (z, rg, hh) = (g_r[j], g_r[h + j], g_r[2 * h + j]);
                         let ph = if reset_after {
-                            zx[[r, 2 * h + j]] + rg * zh[[r, 2 * h + j]]
+                            zx_r[2 * h + j] + rg * zh_r[2 * h + j]
                         } else {
-                            v(2)
+                            zx_r[2 * h + j] + zh_r[2 * h + j]
                         };
-                        let dz = dhj * (hp[[r, j]] - hh) * derivative_at(rec, v(0), z);
+                        let dz = dhj * (hp_r[j] - hh) * derivative_at(rec, zx_r[j] + zh_r[j], z);
                         let dph = dhj * (one - z) * derivative_at(act, ph, hh);
-                        dh_prev[[r, j]] = dhj * z;
-                        dzx[[r, j]] = dz;
-                        dzh[[r, j]] = dz;
-                        dzx[[r, 2 * h + j]] = dph;
+                        dhp_r[j] = dhj * z;
+                        dzx_r[j] = dz;
+                        dzh_r[j] = dz;
+                        dzx_r[2 * h + j] = dph;
                         if reset_after {
-                            let dr = dph * zh[[r, 2 * h + j]] * derivative_at(rec, v(1), rg);
-                            dzx[[r, h + j]] = dr;
-                            dzh[[r, h + j]] = dr;
-                            dzh[[r, 2 * h + j]] = dph * rg;
+                            let dr = dph
+                                * zh_r[2 * h + j]
+                                * derivative_at(rec, zx_r[h + j] + zh_r[h + j], rg);
+                            dzx_r[h + j] = dr;
+                            dzh_r[h + j] = dr;
+                            dzh_r[2 * h + j] = dph * rg;
                         } else {
                             // d(r · h_prev) needs the product with U_hᵀ: below
-                            dzh[[r, 2 * h + j]] = dph;
+                            dzh_r[2 * h + j] = dph;
                         }
                     }
-                    Cell::SimpleRnn => {
-                        let d = dhj * derivative_at(act, v(0), g(0));
-                        dzx[[r, j]] = d;
-                        dzh[[r, j]] = d;
+                }
+                Cell::SimpleRnn => {
+                    for j in 0..h {
+                        let d = (dh_r[j] + dy_r[j]) * derivative_at(act, zx_r[j] + zh_r[j], g_r[j]);
+                        dzx_r[j] = d;
+                        dzh_r[j] = d;
                     }
                 }
             }
@@ -454,7 +505,7 @@ pub(crate) fn backward<T: Element>(
             matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
             matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
         } else {
-            matmul(dzh.view(), u.t(), dh_prev.view_mut(), true);
+            matmul_serial(dzh.view(), u.t(), dh_prev.view_mut(), true);
         }
         for r in 0..b {
             if tape.present[[s, r]] {
