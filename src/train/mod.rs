@@ -576,7 +576,8 @@ impl<T: Element> Sequential<T> {
     /// loss and its gradients for each, one step of `optimizer`. A loss or gradient that is
     /// not finite stops it with [`LstmError::TrainingDiverged`] naming the epoch, step and
     /// rows; the weights are then those from before that step. Logs each epoch's loss
-    /// (`log::info!`).
+    /// (`log::info!`) and each step's with the running mean (`log::debug!`), Keras's
+    /// progress line.
     pub fn fit(
         &mut self,
         x: ArrayView3<'_, T>,
@@ -627,6 +628,13 @@ impl<T: Element> Sequential<T> {
                 self.set_weights(&w)?;
                 total += g.loss.to_f64() * (end - start) as f64;
                 count += end - start;
+                log::debug!(
+                    "epoch {epoch}/{}, step {}: loss {:.6} (running mean {:.6})",
+                    options.epochs,
+                    k + 1,
+                    g.loss,
+                    total / count as f64
+                );
             }
             let mean = if count == 0 {
                 0.0
