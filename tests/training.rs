@@ -452,6 +452,37 @@ fn diverging_training_and_bad_targets_are_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
+    // dropout (a layer's rate, a recurrent layer's dropout or recurrent_dropout) is refused
+    // by name: Keras applies it in fit
+    let keras = std::fs::read(dir().join("fit_gru_rnn.keras")).unwrap();
+    let members = lstm_wgpu::archive::members(&keras).unwrap();
+    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
+    let config: serde_json::Value = serde_json::from_slice(member("config.json")).unwrap();
+    for (class, key) in [("GRU", "recurrent_dropout"), ("SimpleRNN", "dropout")] {
+        let mut c = config.clone();
+        let layer = c["config"]["layers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|l| l["class_name"] == class)
+            .unwrap();
+        layer["config"][key] = serde_json::json!(0.25);
+        let model = KerasModel::from_config_and_weights(&c, member("model.weights.h5")).unwrap();
+        let err = Sequential::<f32>::from_model(&model).unwrap_err();
+        assert!(err.to_string().contains(key), "{class}: {err}");
+    }
+    let mut c = config.clone();
+    c["config"]["layers"].as_array_mut().unwrap().insert(
+        2,
+        serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
+            "config": {"name": "dropout", "rate": 0.5}, "registered_name": null}),
+    );
+    let model = KerasModel::from_config_and_weights(&c, member("model.weights.h5")).unwrap();
+    let err = Sequential::<f32>::from_model(&model).unwrap_err();
+    assert!(
+        err.to_string().contains("rate") && err.to_string().contains("dropout"),
+        "{err}"
+    );
 }
 
 /// Trained weights written back: the `.keras` file (the original's config with the new

@@ -86,6 +86,8 @@ pub struct KerasModel {
     chain: std::result::Result<Chain, String>,
     /// The model as a graph (what `predict` runs).
     graph: Graph,
+    /// The model's config (`config.json`'s object, as prepared for loading).
+    config: Value,
 }
 
 fn bad_model(reason: impl Into<String>) -> LstmError {
@@ -395,7 +397,12 @@ impl KerasModel {
             .unwrap_or("model")
             .to_string();
         let chain = chain::build(config, h5).map_err(|e| e.to_string());
-        Ok(KerasModel { name, chain, graph })
+        Ok(KerasModel {
+            name,
+            chain,
+            graph,
+            config: config.clone(),
+        })
     }
 
     /// The model's name.
@@ -420,6 +427,12 @@ impl KerasModel {
     /// [`KerasModel::chain_error`]).
     pub fn layers(&self) -> &[(String, ModelLayer)] {
         self.chain.as_ref().map_or(&[], |c| &c.layers)
+    }
+
+    /// The model's config (`config.json`'s object, as the loader prepared it: a legacy
+    /// config in Keras 3's form).
+    pub fn config(&self) -> &Value {
+        &self.config
     }
 
     /// Every layer of the model as `(name, Keras class)`, in the config's order.

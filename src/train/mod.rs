@@ -154,6 +154,7 @@ impl<T: Element> Sequential<T> {
                 format!("not trainable yet: {why}"),
             ));
         }
+        refuse_training_randomness(model.config())?;
         let mut layers = Vec::new();
         for (name, layer) in model.layers() {
             let l = match layer {
@@ -646,6 +647,40 @@ impl<T: Element> Sequential<T> {
         }
         Ok(history)
     }
+}
+
+/// Keras applies dropout and noise in `fit`; training without them would train another
+/// model, so a config with any (a Dropout-family layer with a rate, a recurrent layer's
+/// `dropout` or `recurrent_dropout`) is refused, naming the layer and the key.
+fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
+    fn walk(v: &serde_json::Value) -> Result<()> {
+        match v {
+            serde_json::Value::Object(o) => {
+                let name = o
+                    .get("config")
+                    .and_then(|c| c.get("name"))
+                    .and_then(serde_json::Value::as_str);
+                if let (Some(cfg), Some(name)) = (o.get("config"), name) {
+                    for key in ["rate", "dropout", "recurrent_dropout", "stddev"] {
+                        if let Some(r) = cfg.get(key).and_then(serde_json::Value::as_f64) {
+                            if r > 0.0 {
+                                return Err(LstmError::unsupported(
+                                    key,
+                                    format!(
+                                        "{r} on layer {name} in training (dropout and noise in training mode are not built; set it to 0 to train this model)"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                o.values().try_for_each(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    walk(config)
 }
 
 /// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).
