@@ -22,10 +22,13 @@ pub(crate) const PANEL: usize = 32;
 
 /// The head's keys `k` (step `j` at `k[j * k_stride ..][..h]`, `s` steps) transposed into
 /// `packed` as panels of [`PANEL`] steps: panel `p` holds `[h, w]` (its `w` steps, the last
-/// panel's fewer) at `p · PANEL · h`, `packed[p·PANEL·h + d·w + (j - p·PANEL)] = k[j, d]`.
-pub(crate) fn pack_keys(k: &[f32], k_stride: usize, (s, h): (usize, usize), packed: &mut Vec<f32>) {
-    packed.clear();
-    packed.resize(s * h, 0.0);
+/// panel's fewer) at `p · PANEL · h` (every value of `packed[..s·h]` written), `packed[p·PANEL·h + d·w + (j - p·PANEL)] = k[j, d]`.
+pub(crate) fn pack_keys(k: &[f32], k_stride: usize, (s, h): (usize, usize), packed: &mut [f32]) {
+    assert!(
+        packed.len() >= s * h,
+        "packed keys: {} for [{s}, {h}]",
+        packed.len()
+    );
     for j0 in (0..s).step_by(PANEL) {
         let w = PANEL.min(s - j0);
         let panel = &mut packed[j0 * h..(j0 + w) * h];
@@ -288,7 +291,7 @@ mod tests {
             // the keys [s, h] with a row stride of h + 1
             let keys: Vec<f32> = (0..s * (h + 1)).map(|_| next()).collect();
             let kt = |d: usize, j: usize| keys[j * (h + 1) + d];
-            let mut packed = Vec::new();
+            let mut packed = vec![0.0; s * h];
             super::pack_keys(&keys, h + 1, (s, h), &mut packed);
             let mut out = vec![0.0; rows * s];
             super::scores(&q, q_stride, &packed, (rows, h, s), 0.25, &mut out);
@@ -324,7 +327,7 @@ mod tests {
         let mut keys = vec![0.1f32; s * h];
         keys[9 * h + 3] = f32::NAN;
         keys[33 * h + 5] = f32::INFINITY;
-        let mut packed = Vec::new();
+        let mut packed = vec![0.0; s * h];
         super::pack_keys(&keys, h, (s, h), &mut packed);
         let mut out = vec![0.0; rows * s];
         super::scores(&q, h, &packed, (rows, h, s), 1.0, &mut out);

@@ -372,13 +372,16 @@ impl Op for Mha {
         // per call (every block of query rows reads them).
         packed_keys.resize(b * n * s * h, 0.0);
         head_values.resize(b * n * s * hv, 0.0);
-        let mut panel = Vec::new();
         for i in 0..b {
             for head in 0..n {
                 let at = (i * n + head) * s;
                 if s > 0 {
-                    attention::pack_keys(&pk[i * s * ks + head * h..], ks, (s, h), &mut panel);
-                    packed_keys[at * h..(at + s) * h].copy_from_slice(&panel);
+                    attention::pack_keys(
+                        &pk[i * s * ks + head * h..],
+                        ks,
+                        (s, h),
+                        &mut packed_keys[at * h..(at + s) * h],
+                    );
                 }
                 for j in 0..s {
                     head_values[(at + j) * hv..(at + j + 1) * hv]
