@@ -102,9 +102,8 @@ fn main() {
         let g = net
             .gradients(x.view(), y.view(), Loss::MeanSquaredError)
             .expect("gradients");
-        let mut w = net.weights();
-        opt.apply(&mut w, &g.weights).expect("update");
-        net.set_weights(&w).expect("weights");
+        opt.apply_views(&mut net.weights_mut(), &g.weights)
+            .expect("update");
     });
     if json {
         println!(

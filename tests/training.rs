@@ -38,6 +38,17 @@ fn npz<T: Element>(name: &str) -> HashMap<String, ArrayD<T>> {
     out
 }
 
+/// The `config.json` and `model.weights.h5` of `NAME.keras`.
+fn config_and_weights(name: &str) -> (serde_json::Value, Vec<u8>) {
+    let keras = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
+    let members = lstm_wgpu::archive::members(&keras).unwrap();
+    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
+    (
+        serde_json::from_slice(member("config.json")).unwrap(),
+        member("model.weights.h5").to_vec(),
+    )
+}
+
 fn meta(name: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap()).unwrap()
 }
@@ -360,27 +371,32 @@ fn lstm_gradients_match_central_differences() {
             &cot,
         )
         .unwrap();
+        // (f(+eps) - f(-eps)) / 2eps of the objective with one value moved by ±eps
         let eps = 1e-6;
+        let central = |f: &dyn Fn(f64) -> f64| (f(eps) - f(-eps)) / (2.0 * eps);
         let mut worst_err = 0.0f64;
         for idx in [(0, 0), (1, gw / 2), (0, gw - 1), (1, gw - 1)] {
-            let (mut kp, mut km) = (k.clone(), k.clone());
-            kp[idx] += eps;
-            km[idx] -= eps;
-            let fd = (objective(&kp, &x, &h0) - objective(&km, &x, &h0)) / (2.0 * eps);
+            let fd = central(&|e| {
+                let mut kp = k.clone();
+                kp[idx] += e;
+                objective(&kp, &x, &h0)
+            });
             worst_err = worst_err.max((fd - g.kernel[idx]).abs());
         }
         for idx in [(0, 0, 0), (b - 1, t - 1, 1), (1, t / 2, 0)] {
-            let (mut xp, mut xm) = (x.clone(), x.clone());
-            xp[idx] += eps;
-            xm[idx] -= eps;
-            let fd = (objective(&k, &xp, &h0) - objective(&k, &xm, &h0)) / (2.0 * eps);
+            let fd = central(&|e| {
+                let mut xp = x.clone();
+                xp[idx] += e;
+                objective(&k, &xp, &h0)
+            });
             worst_err = worst_err.max((fd - g.x[idx]).abs());
         }
         for idx in [(0, 0), (1, h - 1)] {
-            let (mut hp, mut hm) = (h0.clone(), h0.clone());
-            hp[idx] += eps;
-            hm[idx] -= eps;
-            let fd = (objective(&k, &x, &hp) - objective(&k, &x, &hm)) / (2.0 * eps);
+            let fd = central(&|e| {
+                let mut hp = h0.clone();
+                hp[idx] += e;
+                objective(&k, &x, &hp)
+            });
             worst_err = worst_err.max((fd - g.h0[idx]).abs());
         }
         assert!(
@@ -454,10 +470,7 @@ fn diverging_training_and_bad_targets_are_errors() {
     assert!(err.to_string().contains("batch_size"), "{err}");
     // dropout (a layer's rate, a recurrent layer's dropout or recurrent_dropout) is refused
     // by name: Keras applies it in fit
-    let keras = std::fs::read(dir().join("fit_gru_rnn.keras")).unwrap();
-    let members = lstm_wgpu::archive::members(&keras).unwrap();
-    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1;
-    let config: serde_json::Value = serde_json::from_slice(member("config.json")).unwrap();
+    let (config, weights) = config_and_weights("fit_gru_rnn");
     for (class, key) in [("GRU", "recurrent_dropout"), ("SimpleRNN", "dropout")] {
         let mut c = config.clone();
         let layer = c["config"]["layers"]
@@ -467,7 +480,7 @@ fn diverging_training_and_bad_targets_are_errors() {
             .find(|l| l["class_name"] == class)
             .unwrap();
         layer["config"][key] = serde_json::json!(0.25);
-        let model = KerasModel::from_config_and_weights(&c, member("model.weights.h5")).unwrap();
+        let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
         let err = Sequential::<f32>::from_model(&model).unwrap_err();
         assert!(err.to_string().contains(key), "{class}: {err}");
     }
@@ -477,7 +490,7 @@ fn diverging_training_and_bad_targets_are_errors() {
         serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
             "config": {"name": "dropout", "rate": 0.5}, "registered_name": null}),
     );
-    let model = KerasModel::from_config_and_weights(&c, member("model.weights.h5")).unwrap();
+    let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
     let err = Sequential::<f32>::from_model(&model).unwrap_err();
     assert!(
         err.to_string().contains("rate") && err.to_string().contains("dropout"),
@@ -524,10 +537,7 @@ fn trained_weights_are_written_back_as_keras_files() {
         // the weights as they were written
         let reread = Sequential::<f32>::from_model(&back).unwrap();
         assert_eq!(reread.weights(), net.weights(), "{name}");
-        let members = lstm_wgpu::archive::members(&original).unwrap();
-        let config: serde_json::Value =
-            serde_json::from_slice(members.iter().find(|(m, _)| m == "config.json").unwrap().1)
-                .unwrap();
+        let (config, _) = config_and_weights(name);
         let h5 = net.weights_h5(&config).unwrap();
         let cfg_path = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.json"));
         let h5_path = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.weights.h5"));

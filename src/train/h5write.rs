@@ -176,6 +176,23 @@ fn write(node: &Node, out: &mut Vec<u8>) -> u64 {
     addr
 }
 
+/// lookup3's `mix`: the six subtract-xor-rotate rounds over one 12-byte block.
+fn mix(mut a: u32, mut b: u32, mut c: u32) -> (u32, u32, u32) {
+    // one line per round: x -= z; x ^= z <<< r; z += y, the roles turning
+    let round = |x: &mut u32, y: u32, z: &mut u32, r: u32| {
+        *x = x.wrapping_sub(*z);
+        *x ^= z.rotate_left(r);
+        *z = z.wrapping_add(y);
+    };
+    round(&mut a, b, &mut c, 4);
+    round(&mut b, c, &mut a, 6);
+    round(&mut c, a, &mut b, 8);
+    round(&mut a, b, &mut c, 16);
+    round(&mut b, c, &mut a, 19);
+    round(&mut c, a, &mut b, 4);
+    (a, b, c)
+}
+
 /// Bob Jenkins's lookup3 `hashlittle` with initial value 0, HDF5's metadata checksum.
 fn lookup3(key: &[u8]) -> u32 {
     let mut a: u32 = 0xdead_beef_u32.wrapping_add(key.len() as u32);
@@ -190,25 +207,7 @@ fn lookup3(key: &[u8]) -> u32 {
         a = a.wrapping_add(word(&k[0..4]));
         b = b.wrapping_add(word(&k[4..8]));
         c = c.wrapping_add(word(&k[8..12]));
-        // mix
-        a = a.wrapping_sub(c);
-        a ^= c.rotate_left(4);
-        c = c.wrapping_add(b);
-        b = b.wrapping_sub(a);
-        b ^= a.rotate_left(6);
-        a = a.wrapping_add(c);
-        c = c.wrapping_sub(b);
-        c ^= b.rotate_left(8);
-        b = b.wrapping_add(a);
-        a = a.wrapping_sub(c);
-        a ^= c.rotate_left(16);
-        c = c.wrapping_add(b);
-        b = b.wrapping_sub(a);
-        b ^= a.rotate_left(19);
-        a = a.wrapping_add(c);
-        c = c.wrapping_sub(b);
-        c ^= b.rotate_left(4);
-        b = b.wrapping_add(a);
+        (a, b, c) = mix(a, b, c);
         k = &k[12..];
     }
     if k.is_empty() {
@@ -221,7 +220,6 @@ fn lookup3(key: &[u8]) -> u32 {
     if k.len() > 8 {
         c = c.wrapping_add(word(&k[8..]));
     }
-    // final
     c ^= b;
     c = c.wrapping_sub(b.rotate_left(14));
     a ^= c;

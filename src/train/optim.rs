@@ -16,7 +16,7 @@
 
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewMutD};
 
 /// Which update rule, with its hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -217,21 +217,22 @@ impl Optimizer {
         weights: &mut [ArrayD<T>],
         grads: &[ArrayD<T>],
     ) -> Result<()> {
-        if weights.len() != grads.len() {
-            return Err(LstmError::invalid(
-                "gradients",
-                format!("{} for {} weights", grads.len(), weights.len()),
-            ));
-        }
-        for (k, (w, g)) in weights.iter().zip(grads).enumerate() {
-            if w.shape() != g.shape() {
-                return Err(LstmError::shape(
-                    format!("gradient {k}"),
-                    w.shape(),
-                    g.shape(),
-                ));
-            }
-        }
+        let mut views: Vec<ArrayViewMutD<'_, T>> =
+            weights.iter_mut().map(|w| w.view_mut()).collect();
+        self.apply_views(&mut views, grads)
+    }
+
+    /// [`Optimizer::apply`] on views of the weights (a model's own arrays, updated in place).
+    pub fn apply_views<T: Element>(
+        &mut self,
+        weights: &mut [ArrayViewMutD<'_, T>],
+        grads: &[ArrayD<T>],
+    ) -> Result<()> {
+        super::check_shapes(
+            "gradients",
+            &weights.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+            &grads.iter().map(|g| g.shape()).collect::<Vec<_>>(),
+        )?;
         if self.slots.is_empty() {
             self.slots = weights.iter().map(|_| [None, None, None]).collect();
         } else if self.slots.len() != weights.len() {

@@ -1,0 +1,436 @@
+//! The chain's recorded forward pass, its backward pass (the loss's gradient back through
+//! every layer, Keras's `trainable_weights` order) and `fit`.
+
+use super::load::keras_bias;
+use super::{
+    derivative, recurrent, FitOptions, Gradients, History, Loss, LstmCotangents, Optimizer,
+    Sequential, TrainLayer,
+};
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::model::DenseActivation;
+use ndarray::{Array2, Array3, ArrayD, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
+
+/// What one layer's forward pass keeps for its backward pass.
+enum Cache<T> {
+    Masking(Array2<bool>),
+    Lstm(Box<recurrent::LstmTape<T>>, Array3<T>),
+    /// Both directions' tapes, the input, both outputs (the backward one in input order).
+    Bidi(Box<[recurrent::LstmTape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
+    Dense(ArrayD<T>, ArrayD<T>),
+}
+
+impl<T: Element> Sequential<T> {
+    /// The forward pass: the prediction, its Keras mask, the logits of a sigmoid or softmax
+    /// output, and the caches.
+    #[allow(clippy::type_complexity)]
+    fn forward(
+        &self,
+        x: ArrayView3<'_, T>,
+    ) -> Result<(
+        ArrayD<T>,
+        Option<ArrayD<bool>>,
+        Option<ArrayD<T>>,
+        Vec<Cache<T>>,
+    )> {
+        let mut h: ArrayD<T> = x.to_owned().into_dyn();
+        let mut mask: Option<Array2<bool>> = None;
+        let mut caches = Vec::new();
+        let mut logits = None;
+        for (name, l) in &self.layers {
+            logits = None;
+            match l {
+                TrainLayer::Masking { mask_value } => {
+                    let x3 = three(&h, name)?;
+                    let m = x3.map_axis(Axis(2), |row| row.iter().any(|v| v != mask_value));
+                    let mut y = x3.to_owned();
+                    zero_masked(&mut y, &m);
+                    h = y.into_dyn();
+                    mask = Some(m.clone());
+                    caches.push(Cache::Masking(m));
+                }
+                TrainLayer::Recurrent { config, weights } => {
+                    let x3 = three(&h, name)?;
+                    let (out, tape) = recurrent::forward(
+                        (config, weights),
+                        x3,
+                        mask.as_ref().map(|m| m.view()),
+                        None,
+                    )?;
+                    caches.push(Cache::Lstm(Box::new(tape), x3.to_owned()));
+                    if !config.return_sequences {
+                        mask = None;
+                    }
+                    h = out.output;
+                }
+                TrainLayer::Bidirectional {
+                    forward,
+                    backward,
+                    merge,
+                } => {
+                    let x3 = three(&h, name)?;
+                    let m = mask.as_ref().map(|m| m.view());
+                    let (yf, tf) = recurrent::forward((&forward.0, &forward.1), x3, m, None)?;
+                    let (yb, tb) = recurrent::forward((&backward.0, &backward.1), x3, m, None)?;
+                    let seqs = forward.0.return_sequences;
+                    let mut yb = yb.output;
+                    if seqs {
+                        yb.invert_axis(Axis(1));
+                        yb = yb.as_standard_layout().into_owned();
+                    }
+                    let yf = yf.output;
+                    let merged = crate::network::merge_directions(
+                        *merge,
+                        false,
+                        vec![yf.clone()],
+                        vec![yb.clone()],
+                    )
+                    .remove(0);
+                    caches.push(Cache::Bidi(Box::new([tf, tb]), x3.to_owned(), [yf, yb]));
+                    h = merged;
+                    if !seqs {
+                        mask = None;
+                    }
+                }
+                TrainLayer::Dense {
+                    kernel,
+                    bias,
+                    activation,
+                } => {
+                    let shape = h.shape().to_vec();
+                    let (&width, lead) = shape.split_last().ok_or_else(|| {
+                        LstmError::shape(
+                            format!("input of layer {name}"),
+                            &[0, kernel.nrows()],
+                            &shape,
+                        )
+                    })?;
+                    if width != kernel.nrows() {
+                        let mut want = lead.to_vec();
+                        want.push(kernel.nrows());
+                        return Err(LstmError::shape(
+                            format!("input of layer {name}"),
+                            &want,
+                            &shape,
+                        ));
+                    }
+                    let rows: usize = lead.iter().product();
+                    let x2 = h
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order((rows, width))
+                        .expect("rows x features");
+                    let mut z = x2.dot(kernel);
+                    if let Some(b) = bias {
+                        z += b;
+                    }
+                    let mut out_shape = lead.to_vec();
+                    out_shape.push(kernel.ncols());
+                    let z = z
+                        .into_shape_with_order(IxDyn(&out_shape))
+                        .expect("the shape");
+                    let y = dense_activate(*activation, &z);
+                    if matches!(
+                        activation,
+                        DenseActivation::Softmax
+                            | DenseActivation::Elementwise(crate::Activation::Sigmoid)
+                    ) {
+                        logits = Some(z.clone());
+                    }
+                    caches.push(Cache::Dense(x2.into_dyn(), z));
+                    h = y;
+                }
+            }
+        }
+        Ok((h, mask.map(|m| m.into_dyn()), logits, caches))
+    }
+
+    /// The model's output on `x [B, T, I]`.
+    pub fn predict(&self, x: ArrayView3<'_, T>) -> Result<ArrayD<T>> {
+        Ok(self.forward(x)?.0)
+    }
+
+    /// The loss of the batch `(x, y)` (Keras's loss object on the model's output, its mask
+    /// included) and its gradients w.r.t. every weight and `x`.
+    pub fn gradients(
+        &self,
+        x: ArrayView3<'_, T>,
+        y: ArrayViewD<'_, T>,
+        loss: Loss,
+    ) -> Result<Gradients<T>> {
+        let (pred, mask, logits, caches) = self.forward(x)?;
+        let lg = loss.evaluate(
+            pred.view(),
+            logits.as_ref().map(|l| l.view()),
+            y,
+            mask.as_ref().map(|m| m.view()),
+        )?;
+        let mut d = lg.grad;
+        let mut skip_activation = lg.wrt_logits;
+        let mut grads: Vec<Vec<ArrayD<T>>> = Vec::new();
+        for ((name, l), cache) in self.layers.iter().zip(caches).rev() {
+            match (l, cache) {
+                (TrainLayer::Masking { .. }, Cache::Masking(m)) => {
+                    let mut dx = d
+                        .into_dimensionality::<ndarray::Ix3>()
+                        .expect("the input's rank");
+                    zero_masked(&mut dx, &m);
+                    d = dx.into_dyn();
+                }
+                (TrainLayer::Recurrent { config, weights }, Cache::Lstm(tape, x3)) => {
+                    let cot = LstmCotangents {
+                        output: d,
+                        h: None,
+                        c: None,
+                    };
+                    let g = recurrent::backward((config, weights), x3.view(), &tape, &cot)?;
+                    let n = g.kernel.ncols();
+                    let mut w = vec![g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()];
+                    w.extend(g.bias.map(|b| keras_bias(b, n)));
+                    grads.push(w);
+                    d = g.x.into_dyn();
+                }
+                (
+                    TrainLayer::Bidirectional {
+                        forward,
+                        backward,
+                        merge,
+                    },
+                    Cache::Bidi(tapes, x3, [yf, yb]),
+                ) => {
+                    use crate::config::MergeMode;
+                    let hf = forward.0.units;
+                    let last = Axis(d.ndim() - 1);
+                    let half = T::from_f64(0.5);
+                    let (df, mut db) = match merge {
+                        MergeMode::Concat => (
+                            d.slice_axis(last, (..hf).into()).to_owned(),
+                            d.slice_axis(last, (hf..).into()).to_owned(),
+                        ),
+                        MergeMode::Sum => (d.clone(), d),
+                        MergeMode::Ave => (d.mapv(|v| v * half), d.mapv(|v| v * half)),
+                        MergeMode::Mul => (&d * &yb, &d * &yf),
+                        MergeMode::None => unreachable!("refused by from_model"),
+                    };
+                    if forward.0.return_sequences {
+                        db.invert_axis(Axis(1));
+                        db = db.as_standard_layout().into_owned();
+                    }
+                    let [tf, tb] = *tapes;
+                    let mut w = Vec::new();
+                    let mut dx = Array3::<T>::zeros(x3.raw_dim());
+                    for ((cfg, weights), tape, d) in [(forward, &tf, df), (backward, &tb, db)] {
+                        let cot = LstmCotangents {
+                            output: d,
+                            h: None,
+                            c: None,
+                        };
+                        let g = recurrent::backward((cfg, weights), x3.view(), tape, &cot)?;
+                        let n = g.kernel.ncols();
+                        w.extend([g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()]);
+                        w.extend(g.bias.map(|b| keras_bias(b, n)));
+                        dx += &g.x;
+                    }
+                    grads.push(w);
+                    d = dx.into_dyn();
+                }
+                (
+                    TrainLayer::Dense {
+                        kernel,
+                        bias,
+                        activation,
+                    },
+                    Cache::Dense(x2, z),
+                ) => {
+                    let dz = if skip_activation {
+                        d
+                    } else {
+                        dense_activation_backward(*activation, &z, &d)
+                    };
+                    let units = kernel.ncols();
+                    let rows = dz.len() / units.max(1);
+                    let dz2 = dz
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order((rows, units))
+                        .expect("rows x units");
+                    let x2 = x2.into_dimensionality::<Ix2>().expect("rows x features");
+                    let mut w = vec![x2.t().dot(&dz2).into_dyn()];
+                    if bias.is_some() {
+                        w.push(dz2.sum_axis(Axis(0)).into_dyn());
+                    }
+                    grads.push(w);
+                    let mut shape = z.shape().to_vec();
+                    *shape.last_mut().expect("a shape") = kernel.nrows();
+                    d = dz2
+                        .dot(&kernel.t())
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order(IxDyn(&shape))
+                        .expect("the input's shape");
+                }
+                _ => {
+                    return Err(LstmError::invalid(
+                        format!("layer {name}"),
+                        "cache mismatch",
+                    ));
+                }
+            }
+            skip_activation = false;
+        }
+        let x = d
+            .into_dimensionality::<ndarray::Ix3>()
+            .map_err(|_| LstmError::invalid("input", "not 3-D"))?;
+        Ok(Gradients {
+            loss: lg.value,
+            weights: grads.into_iter().rev().flatten().collect(),
+            x,
+        })
+    }
+
+    /// Trains on `x [N, T, I]` and targets `y` (leading axis N) as Keras's
+    /// `model.fit(x, y, batch_size, epochs, shuffle=False)` does: the batches in order, the
+    /// loss and its gradients for each, one step of `optimizer`. A loss or gradient that is
+    /// not finite stops it with [`LstmError::TrainingDiverged`] naming the epoch, step and
+    /// rows; the weights are then those from before that step. Logs each epoch's loss
+    /// (`log::info!`) and each step's with the running mean (`log::debug!`), Keras's
+    /// progress line.
+    pub fn fit(
+        &mut self,
+        x: ArrayView3<'_, T>,
+        y: ArrayViewD<'_, T>,
+        options: &FitOptions,
+        optimizer: &mut Optimizer,
+    ) -> Result<History> {
+        let n = x.dim().0;
+        if y.shape().first() != Some(&n) {
+            return Err(LstmError::shape(
+                "targets",
+                &[n],
+                &y.shape()[..y.ndim().min(1)],
+            ));
+        }
+        if options.batch_size == 0 {
+            return Err(LstmError::invalid("batch_size", "must be at least 1"));
+        }
+        let mut history = History {
+            epoch_loss: Vec::new(),
+        };
+        for epoch in 1..=options.epochs {
+            let (mut total, mut count) = (0.0f64, 0usize);
+            for (k, start) in (0..n).step_by(options.batch_size).enumerate() {
+                let end = (start + options.batch_size).min(n);
+                let xb = x.slice(ndarray::s![start..end, .., ..]);
+                let yb = y.slice_axis(Axis(0), (start..end).into());
+                let g = self.gradients(xb, yb, options.loss)?;
+                let finite_grads = g
+                    .weights
+                    .iter()
+                    .all(|w| w.iter().all(|v| v.to_f64().is_finite()));
+                if !g.loss.to_f64().is_finite() || !finite_grads {
+                    let what = if g.loss.to_f64().is_finite() {
+                        "a gradient is not finite".to_string()
+                    } else {
+                        format!("the loss is {}", g.loss)
+                    };
+                    return Err(LstmError::TrainingDiverged {
+                        epoch,
+                        step: k + 1,
+                        rows: format!("{start}..{end}"),
+                        what,
+                    });
+                }
+                optimizer.apply_views(&mut self.weights_mut(), &g.weights)?;
+                total += g.loss.to_f64() * (end - start) as f64;
+                count += end - start;
+                log::debug!(
+                    "epoch {epoch}/{}, step {}: loss {:.6} (running mean {:.6})",
+                    options.epochs,
+                    k + 1,
+                    g.loss,
+                    total / count as f64
+                );
+            }
+            let mean = if count == 0 {
+                0.0
+            } else {
+                total / count as f64
+            };
+            log::info!("epoch {epoch}/{}: loss {mean:.6}", options.epochs);
+            history.epoch_loss.push(mean);
+        }
+        Ok(history)
+    }
+}
+
+/// `h` as the `[B, T, F]` input of layer `name`.
+fn three<'a, T: Element>(h: &'a ArrayD<T>, name: &str) -> Result<ArrayView3<'a, T>> {
+    h.view()
+        .into_dimensionality::<ndarray::Ix3>()
+        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], h.shape()))
+}
+
+/// Zeroes the steps `[b, t, ..]` of `a` that `mask` marks absent (Masking's `x · mask`,
+/// and its gradient).
+fn zero_masked<T: Element>(a: &mut Array3<T>, mask: &Array2<bool>) {
+    for ((b, t), &keep) in mask.indexed_iter() {
+        if !keep {
+            a.slice_mut(ndarray::s![b, t, ..]).fill(T::zero());
+        }
+    }
+}
+
+/// A Dense activation on `z` (softmax over the last axis).
+fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
+    match a {
+        DenseActivation::Elementwise(f) => z.mapv(|v| f.apply(v)),
+        DenseActivation::Softmax => {
+            let mut y = z.clone();
+            for mut row in y.lanes_mut(Axis(z.ndim() - 1)) {
+                let max = row
+                    .iter()
+                    .fold(T::from_f64(f64::NEG_INFINITY), |m, &v| m.elem_max(v));
+                let mut sum = T::zero();
+                row.mapv_inplace(|v| {
+                    let e = (v - max).exp();
+                    sum += e;
+                    e
+                });
+                row.mapv_inplace(|v| v / sum);
+            }
+            y
+        }
+    }
+}
+
+/// dL/dz from dL/dy through a Dense activation at `z`.
+fn dense_activation_backward<T: Element>(
+    a: DenseActivation,
+    z: &ArrayD<T>,
+    d: &ArrayD<T>,
+) -> ArrayD<T> {
+    match a {
+        DenseActivation::Elementwise(f) => {
+            let mut out = d.clone();
+            ndarray::Zip::from(&mut out)
+                .and(z)
+                .for_each(|o, &z| *o = *o * derivative(f, z));
+            out
+        }
+        DenseActivation::Softmax => {
+            let y = dense_activate(a, z);
+            let mut out = d.clone();
+            let ax = Axis(z.ndim() - 1);
+            for (mut o, s) in out.lanes_mut(ax).into_iter().zip(y.lanes(ax)) {
+                let dot = o
+                    .iter()
+                    .zip(s.iter())
+                    .fold(T::zero(), |acc, (&g, &s)| acc + g * s);
+                ndarray::Zip::from(&mut o)
+                    .and(&s)
+                    .for_each(|g, &s| *g = s * (*g - dot));
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! A trainable chain from a loaded model ([`Sequential::from_model`]: its layers' configs
+//! and weights in `T`, models with training-time randomness refused) and its weights in
+//! Keras's `get_weights()` order and shapes.
+
+use super::{Sequential, TrainLayer};
+use crate::config::LstmConfig;
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::model::{KerasModel, ModelLayer};
+use crate::network::Network;
+use crate::weights::LstmWeights;
+use ndarray::{Array1, Array2, ArrayD, Ix2, IxDyn};
+
+impl<T: Element> Sequential<T> {
+    /// The chain of `model` (a `Sequential` or functional chain of Masking, LSTM and Dense
+    /// layers, [`KerasModel::layers`]) with its weights in `T`.
+    pub fn from_model(model: &KerasModel) -> Result<Self> {
+        if let Some(why) = model.chain_error() {
+            return Err(LstmError::invalid(
+                "model",
+                format!("not trainable yet: {why}"),
+            ));
+        }
+        refuse_training_randomness(model.config())?;
+        let mut layers = Vec::new();
+        for (name, layer) in model.layers() {
+            let l = match layer {
+                ModelLayer::Masking { mask_value } => TrainLayer::Masking {
+                    mask_value: T::from_f64(f64::from(*mask_value)),
+                },
+                ModelLayer::Recurrent(Network::Lstm(l)) => {
+                    let (config, weights) = direction(l, name)?;
+                    TrainLayer::Recurrent { config, weights }
+                }
+                ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
+                    if bi.merge_mode() == crate::config::MergeMode::None
+                        || bi.forward_layer().config().return_state
+                    {
+                        return Err(LstmError::unsupported(
+                            "layer",
+                            format!("{name} (a Bidirectional layer with two outputs or its states) in training"),
+                        ));
+                    }
+                    TrainLayer::Bidirectional {
+                        forward: direction(bi.forward_layer(), name)?,
+                        backward: direction(bi.backward_layer(), name)?,
+                        merge: bi.merge_mode(),
+                    }
+                }
+                ModelLayer::Recurrent(_) => {
+                    return Err(LstmError::unsupported(
+                        "layer",
+                        format!("{name} (a stack inside one layer) in training"),
+                    ))
+                }
+                ModelLayer::Dense {
+                    kernel,
+                    bias,
+                    activation,
+                } => TrainLayer::Dense {
+                    kernel: kernel.mapv(|v| T::from_f64(f64::from(v))),
+                    bias: bias.as_ref().map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
+                    activation: *activation,
+                },
+            };
+            layers.push((name.clone(), l));
+        }
+        Ok(Sequential { layers })
+    }
+
+    /// Every weight in Keras's `get_weights()` order.
+    pub fn weights(&self) -> Vec<ArrayD<T>> {
+        let mut out = Vec::new();
+        for (_, l) in &self.layers {
+            match l {
+                TrainLayer::Masking { .. } => {}
+                TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => {
+                    push_weights(&mut out, &forward.1);
+                    push_weights(&mut out, &backward.1);
+                }
+                TrainLayer::Dense { kernel, bias, .. } => {
+                    out.push(kernel.clone().into_dyn());
+                    out.extend(bias.clone().map(|b| b.into_dyn()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Every weight as a view into the layers, in [`Sequential::weights`]'s order and shapes
+    /// (what an optimizer step updates in place).
+    pub fn weights_mut(&mut self) -> Vec<ndarray::ArrayViewMutD<'_, T>> {
+        fn direction<'a, T>(
+            out: &mut Vec<ndarray::ArrayViewMutD<'a, T>>,
+            w: &'a mut LstmWeights<T>,
+        ) {
+            let n = w.kernel.ncols();
+            out.push(w.kernel.view_mut().into_dyn());
+            out.push(w.recurrent_kernel.view_mut().into_dyn());
+            if let Some(b) = w.bias.as_mut() {
+                let shape = if b.len() == 2 * n {
+                    vec![2, n]
+                } else {
+                    vec![b.len()]
+                };
+                out.push(
+                    b.view_mut()
+                        .into_shape_with_order(IxDyn(&shape))
+                        .expect("a contiguous bias"),
+                );
+            }
+        }
+        let mut out = Vec::new();
+        for (_, l) in &mut self.layers {
+            match l {
+                TrainLayer::Masking { .. } => {}
+                TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => {
+                    direction(&mut out, &mut forward.1);
+                    direction(&mut out, &mut backward.1);
+                }
+                TrainLayer::Dense { kernel, bias, .. } => {
+                    out.push(kernel.view_mut().into_dyn());
+                    out.extend(bias.as_mut().map(|b| b.view_mut().into_dyn()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Replaces every weight (the order and shapes of [`Sequential::weights`]).
+    pub fn set_weights(&mut self, new: &[ArrayD<T>]) -> Result<()> {
+        let old = self.weights();
+        super::check_shapes(
+            "weights",
+            &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+            &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+        )?;
+        let mut it = new.iter();
+        let two = |it: &mut std::slice::Iter<'_, ArrayD<T>>| {
+            it.next()
+                .expect("counted")
+                .clone()
+                .into_dimensionality::<Ix2>()
+                .expect("checked")
+        };
+        for (_, l) in &mut self.layers {
+            match l {
+                TrainLayer::Masking { .. } => {}
+                TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => {
+                    take_weights(&mut it, &mut forward.1);
+                    take_weights(&mut it, &mut backward.1);
+                }
+                TrainLayer::Dense { kernel, bias, .. } => {
+                    *kernel = two(&mut it);
+                    if bias.is_some() {
+                        *bias = Some(it.next().expect("counted").iter().copied().collect());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keras applies dropout and noise in `fit`; training without them would train another
+/// model, so a config with any (a Dropout-family layer with a rate, a recurrent layer's
+/// `dropout` or `recurrent_dropout`) is refused, naming the layer and the key.
+fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
+    fn walk(v: &serde_json::Value) -> Result<()> {
+        match v {
+            serde_json::Value::Object(o) => {
+                let name = o
+                    .get("config")
+                    .and_then(|c| c.get("name"))
+                    .and_then(serde_json::Value::as_str);
+                if let (Some(cfg), Some(name)) = (o.get("config"), name) {
+                    for key in ["rate", "dropout", "recurrent_dropout", "stddev"] {
+                        if let Some(r) = cfg.get(key).and_then(serde_json::Value::as_f64) {
+                            if r > 0.0 {
+                                return Err(LstmError::unsupported(
+                                    key,
+                                    format!(
+                                        "{r} on layer {name} in training (dropout and noise in training mode are not built; set it to 0 to train this model)"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                o.values().try_for_each(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    walk(config)
+}
+
+/// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).
+fn direction<T: Element>(
+    l: &crate::cpu::Lstm<f32>,
+    name: &str,
+) -> Result<(LstmConfig, LstmWeights<T>)> {
+    let cfg = l.config().clone();
+    if cfg.stateful {
+        return Err(LstmError::unsupported(
+            "stateful",
+            format!("true on layer {name} in training"),
+        ));
+    }
+    let w = l.weights();
+    let k = |a: &Array2<f32>| a.mapv(|v| T::from_f64(f64::from(v)));
+    let weights = LstmWeights::new(
+        &cfg,
+        w.kernel.nrows(),
+        k(&w.kernel),
+        k(&w.recurrent_kernel),
+        w.bias
+            .as_ref()
+            .map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
+    )?;
+    Ok((cfg, weights))
+}
+
+/// A direction's weights in Keras's order and shapes.
+fn push_weights<T: Element>(out: &mut Vec<ArrayD<T>>, w: &LstmWeights<T>) {
+    out.push(w.kernel.clone().into_dyn());
+    out.push(w.recurrent_kernel.clone().into_dyn());
+    out.extend(w.bias.clone().map(|b| keras_bias(b, w.kernel.ncols())));
+}
+
+/// A direction's weights from `it` (Keras's order; shapes checked by the caller).
+fn take_weights<T: Element>(it: &mut std::slice::Iter<'_, ArrayD<T>>, w: &mut LstmWeights<T>) {
+    let mut two = || {
+        it.next()
+            .expect("counted")
+            .clone()
+            .into_dimensionality::<Ix2>()
+            .expect("checked")
+    };
+    w.kernel = two();
+    w.recurrent_kernel = two();
+    if w.bias.is_some() {
+        w.bias = Some(it.next().expect("counted").iter().copied().collect());
+    }
+}
+
+/// A recurrent bias in Keras's shape: `[G·H]`, or `[2, G·H]` for a GRU with reset_after
+/// (the input bias, then the recurrent one).
+pub(super) fn keras_bias<T: Element>(b: Array1<T>, n: usize) -> ArrayD<T> {
+    if b.len() == 2 * n {
+        b.into_shape_with_order(IxDyn(&[2, n])).expect("two halves")
+    } else {
+        b.into_dyn()
+    }
+}
