@@ -49,6 +49,15 @@ pub(crate) const MHA_WGSL: &str = include_str!("../../shaders/mha.wgsl");
 /// One ConvLSTM step's cell update (without the prelude).
 pub(crate) const CONV_LSTM_WGSL: &str = include_str!("../../shaders/conv_lstm.wgsl");
 
+/// The products of GPU training (without the prelude).
+pub(crate) const TRAIN_GEMM_WGSL: &str = include_str!("../../shaders/train_gemm.wgsl");
+/// What the training timestep kernels share: layouts, constants, derivatives.
+pub(crate) const TRAIN_STEP_WGSL: &str = include_str!("../../shaders/train_step.wgsl");
+/// The training forward timestep (after the preludes).
+pub(crate) const TRAIN_FORWARD_WGSL: &str = include_str!("../../shaders/train_forward.wgsl");
+/// The training backward timestep (after the preludes).
+pub(crate) const TRAIN_BACKWARD_WGSL: &str = include_str!("../../shaders/train_backward.wgsl");
+
 /// The complete source of each kernel, as it is compiled: `(name, source)`.
 ///
 /// ```
@@ -57,7 +66,8 @@ pub(crate) const CONV_LSTM_WGSL: &str = include_str!("../../shaders/conv_lstm.wg
 ///     names,
 ///     [
 ///         "projection", "step", "sequence", "merge", "mask", "dense", "gather", "unary",
-///         "binary", "embedding", "norm", "pool", "conv", "attention", "mha", "conv_lstm"
+///         "binary", "embedding", "norm", "pool", "conv", "attention", "mha", "conv_lstm",
+///         "train_gemm", "train_forward", "train_backward"
 ///     ]
 /// );
 /// ```
@@ -82,6 +92,15 @@ pub fn kernel_sources() -> Vec<(&'static str, String)> {
         ("attention", format!("{COMMON_WGSL}\n{ATTENTION_WGSL}")),
         ("mha", MHA_WGSL.to_string()),
         ("conv_lstm", format!("{COMMON_WGSL}\n{CONV_LSTM_WGSL}")),
+        ("train_gemm", TRAIN_GEMM_WGSL.to_string()),
+        (
+            "train_forward",
+            format!("{COMMON_WGSL}\n{TRAIN_STEP_WGSL}\n{TRAIN_FORWARD_WGSL}"),
+        ),
+        (
+            "train_backward",
+            format!("{COMMON_WGSL}\n{TRAIN_STEP_WGSL}\n{TRAIN_BACKWARD_WGSL}"),
+        ),
     ]
 }
 
@@ -104,10 +123,13 @@ pub(crate) enum Kernel {
     Attention,
     Mha,
     ConvLstm,
+    TrainGemm,
+    TrainForward,
+    TrainBackward,
 }
 
 impl Kernel {
-    const ALL: [Kernel; 16] = [
+    const ALL: [Kernel; 19] = [
         Kernel::Projection,
         Kernel::Step,
         Kernel::Sequence,
@@ -124,6 +146,9 @@ impl Kernel {
         Kernel::Attention,
         Kernel::Mha,
         Kernel::ConvLstm,
+        Kernel::TrainGemm,
+        Kernel::TrainForward,
+        Kernel::TrainBackward,
     ];
 
     /// Its name in [`kernel_sources`].
@@ -145,6 +170,9 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::Mha => "mha",
             Kernel::ConvLstm => "conv_lstm",
+            Kernel::TrainGemm => "train_gemm",
+            Kernel::TrainForward => "train_forward",
+            Kernel::TrainBackward => "train_backward",
         }
     }
 
@@ -202,6 +230,30 @@ impl Kernel {
                 storage(3, true),
                 storage(4, false),
                 storage(5, false),
+                storage(6, false),
+                storage(7, false),
+            ],
+            // params (a block of the call's buffer), a, b, c
+            Kernel::TrainGemm => buffers(2, 1),
+            // params (one block per step), U and the recurrent bias, proj, mask, state,
+            // tape, sequence
+            Kernel::TrainForward => vec![
+                params(true),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, false),
+                storage(5, false),
+                storage(6, false),
+            ],
+            // params (one block per step), Uᵀ, proj, mask, tape, output cotangent, bstate, dz
+            Kernel::TrainBackward => vec![
+                params(true),
+                storage(1, true),
+                storage(2, true),
+                storage(3, true),
+                storage(4, true),
+                storage(5, true),
                 storage(6, false),
                 storage(7, false),
             ],

@@ -210,6 +210,28 @@ pub(crate) fn mha_iterations(key_dim: usize, value_dim: usize, tv: usize) -> u64
     tv * (1 + key_dim as u64) + 2 * tv + value_dim as u64 * (1 + tv)
 }
 
+/// train_forward.wgsl and train_backward.wgsl: the recurrent product's loop (over the `units`
+/// of h forward, over the `gates · units` of dZh backward) and the masked step's gate loop.
+pub(crate) fn train_step_iterations(units: usize, gates: usize) -> u64 {
+    (gates * units + gates) as u64
+}
+
+/// train_gemm.wgsl on a reduction of `k` values: per round of TILE, the round itself and
+/// its product loop.
+#[cfg(test)]
+pub(crate) fn gemm_iterations(k: usize) -> u64 {
+    let tile = super::params::TRAIN_GEMM_TILE;
+    k.div_ceil(tile) as u64 * (1 + tile as u64)
+}
+
+/// The longest reduction one train_gemm.wgsl dispatch may run within `budget` (a multiple
+/// of its tile; at least one tile).
+pub(crate) fn gemm_k_per_dispatch(budget: u64) -> usize {
+    let tile = super::params::TRAIN_GEMM_TILE;
+    let rounds = (budget / (1 + tile as u64)).clamp(1, (u32::MAX as usize / tile) as u64);
+    rounds as usize * tile
+}
+
 /// An error unless `iterations` fit the budget of an adapter whose loops stop after `cap`:
 /// `what` names the layer and its size.
 pub(crate) fn check(what: &str, iterations: u64, cap: Option<u64>) -> Result<()> {
@@ -230,6 +252,17 @@ pub(crate) fn check(what: &str, iterations: u64, cap: Option<u64>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemm_chunks_fit_the_budget() {
+        for budget in [17u64, 1000, 32_767, 1 << 40] {
+            let k = gemm_k_per_dispatch(budget);
+            assert!(k >= super::super::params::TRAIN_GEMM_TILE);
+            if budget >= 17 {
+                assert!(gemm_iterations(k) <= budget, "{budget}: {k}");
+            }
+        }
+    }
 
     #[test]
     fn sequence_chunks_fit_the_budget() {

@@ -19,6 +19,7 @@ mod params;
 pub(crate) mod plan;
 mod scope;
 mod stats;
+mod train;
 mod upload;
 
 pub use context::{GpuContext, GpuOptions};
@@ -30,6 +31,7 @@ pub use params::PERSISTENT_MAX_STATE;
 pub(crate) use plan::{GpuInput, GpuNode, GpuStage, Src};
 pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
 pub use stats::{ForwardProfile, ForwardStats};
+pub use train::GpuRecurrentTrainer;
 pub(crate) use upload::Uploader;
 
 /// A model graph lowered for the GPU (`Graph::to_gpu`).

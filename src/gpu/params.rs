@@ -80,6 +80,43 @@ pub(crate) struct ProjParams {
     pub _pad: u32,
 }
 
+/// Threads of a training step workgroup (`WG` in train_step.wgsl), one unit each.
+pub(crate) const TRAIN_STEP_THREADS: usize = 64;
+/// The side of a training GEMM's output tile (`TILE` in train_gemm.wgsl; TILE x TILE threads).
+pub(crate) const TRAIN_GEMM_TILE: usize = 16;
+
+/// train_forward.wgsl and train_backward.wgsl: one timestep.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct TrainStepParams {
+    pub batch: u32,
+    pub units: u32,
+    pub steps: u32,
+    pub s: u32,
+    pub t: u32,
+    pub t_prev: u32,
+    pub has_prev: u32,
+    pub finish: u32,
+}
+
+/// train_gemm.wgsl: one product on strided views (element offsets and strides in floats).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub accumulate: u32,
+    pub a_off: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub b_off: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub c_off: u32,
+    pub _pad: u32,
+}
+
 /// step.wgsl: one timestep.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -360,7 +397,15 @@ mod tests {
         };
         assert_eq!(*span as usize, size, "{kernel}: size of {name}");
         // dynamic-offset blocks are PARAMS_SIZE apart; every uniform block a multiple of 16
-        if ["projection", "step", "sequence"].contains(&kernel) {
+        if [
+            "projection",
+            "step",
+            "sequence",
+            "train_forward",
+            "train_backward",
+        ]
+        .contains(&kernel)
+        {
             assert_eq!(size as u64, PARAMS_SIZE, "{name}");
         }
         assert_eq!(size % 16, 0, "{name}");
@@ -468,6 +513,22 @@ mod tests {
                 members!(MhaParams: batch, tq, tv, heads, key_dim, value_dim, causal, has_qmask,
                     has_vmask, has_kmask, scores_path, masked, scale, fill, _pad0, _pad1),
             ),
+            (
+                "train_forward",
+                "TrainStepParams",
+                members!(TrainStepParams: batch, units, steps, s, t, t_prev, has_prev, finish),
+            ),
+            (
+                "train_backward",
+                "TrainStepParams",
+                members!(TrainStepParams: batch, units, steps, s, t, t_prev, has_prev, finish),
+            ),
+            (
+                "train_gemm",
+                "GemmParams",
+                members!(GemmParams: m, n, k, accumulate, a_off, a_rs, a_cs, b_off, b_rs, b_cs,
+                    c_off, _pad),
+            ),
         ];
         for (kernel, name, (size, members)) in cases {
             check_struct(kernel, name, size, &members);
@@ -531,6 +592,20 @@ mod tests {
         assert_eq!(workgroup_size("attention"), threads(ATTENTION_THREADS));
         assert_eq!(workgroup_size("mha"), threads(MHA_THREADS));
         assert_eq!(workgroup_size("conv_lstm"), threads(CONV_LSTM_THREADS));
+        for k in ["train_forward", "train_backward"] {
+            assert_eq!(workgroup_size(k), threads(TRAIN_STEP_THREADS), "{k}");
+            assert_eq!(constant(k, "WG"), TRAIN_STEP_THREADS, "{k}");
+            for (name, value) in [
+                ("CELL_LSTM", CELL_LSTM),
+                ("CELL_GRU", CELL_GRU),
+                ("CELL_SIMPLE_RNN", CELL_SIMPLE_RNN),
+            ] {
+                assert_eq!(constant(k, name), value as usize, "{k}: {name}");
+            }
+        }
+        let t = TRAIN_GEMM_TILE as u32;
+        assert_eq!(workgroup_size("train_gemm"), [t, t, 1]);
+        assert_eq!(constant("train_gemm", "TILE"), TRAIN_GEMM_TILE);
         // conv: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
         assert_eq!(workgroup_size("conv"), [16, 16, 1]);
         assert_eq!(constant("conv", "TM"), CONV_TILE);

@@ -136,7 +136,7 @@ pub struct Gradients<T> {
 }
 
 /// `got` against `want`, array for array: the count, then each shape (`{what} {k}`).
-fn check_shapes(what: &str, want: &[&[usize]], got: &[&[usize]]) -> Result<()> {
+pub(crate) fn check_shapes(what: &str, want: &[&[usize]], got: &[&[usize]]) -> Result<()> {
     if want.len() != got.len() {
         return Err(LstmError::invalid(
             what,

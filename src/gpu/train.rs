@@ -1,0 +1,809 @@
+//! Training on the GPU: one recurrent layer's forward pass with its tape and its backward
+//! pass through time in one submission ([`GpuRecurrentTrainer`]), the twin of
+//! [`crate::train::lstm_gradients`] on the CPU.
+//!
+//! The pass, in order (kernels `train_gemm.wgsl`, `train_forward.wgsl`,
+//! `train_backward.wgsl`; their header comments give the layouts and formulas):
+//! 1. the input projection of every timestep, `X·W + b`, as one product;
+//! 2. one forward dispatch per timestep: the recurrent product, the tape (`h·U`, `h_prev`,
+//!    `c_prev`), the cell and Keras's mask rule;
+//! 3. one backward dispatch per timestep, last first: the transpose of the recurrent product
+//!    for the later step (`dh_prev = dZh·Uᵀ`), then the gate gradients and the cell backward;
+//!    one more for the first step's `dh_prev` (the initial state's gradient);
+//! 4. every weight gradient and `dX` as products over all timesteps at once (`Xᵀ·dZx`,
+//!    `H_prevᵀ·dZh`, the bias sums, `dZx·Wᵀ`).
+//!
+//! Activation memory on the device: the projection and the tape, `B·T·(2G + 2)·H` floats
+//! (`G` gates; `+1·H` more for an LSTM's `c_prev`), and `dZ`, `B·T·G·H` (twice that for a GRU,
+//! whose input and recurrent sides differ), besides `x`, `dX` and the output sequence.
+
+use super::context::GpuContext;
+use super::kernels::Kernel;
+use super::loops;
+use super::params::{
+    GemmParams, TrainStepParams, CELL_GRU, CELL_LSTM, CELL_SIMPLE_RNN, TRAIN_GEMM_TILE,
+    TRAIN_STEP_THREADS,
+};
+use crate::config::{Cell, LstmConfig};
+use crate::cpu::Lstm;
+use crate::error::{LstmError, Result};
+use crate::train::{LstmCall, LstmCotangents, LstmGrads};
+use crate::weights::LstmWeights;
+use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, IxDyn};
+use std::sync::Arc;
+
+/// One `LSTM`, `GRU` (with `reset_after`, Keras 3's default) or `SimpleRNN` layer's weights
+/// on the GPU, and its gradients there: [`gradients`](Self::gradients) runs the forward
+/// pass with its tape and the backward pass through time in one submission and one
+/// readback, with Keras's semantics (masks, `go_backwards`, `zero_output_for_mask`,
+/// `return_sequences`, initial states and their gradients), and gives what
+/// [`crate::train::lstm_gradients`] gives on the CPU (within 1e-4).
+///
+/// The weights are uploaded once; [`set_weights`](Self::set_weights) replaces them in place
+/// after an optimizer step. A GRU without `reset_after` is refused
+/// ([`LstmError::UnsupportedOnPath`]; its reset gate needs a second product per step).
+///
+/// ```no_run
+/// use lstm_wgpu::gpu::{GpuContext, GpuRecurrentTrainer};
+/// use lstm_wgpu::train::LstmCotangents;
+/// use lstm_wgpu::{Lstm, LstmConfig, LstmWeights};
+/// use ndarray::{Array3, ArrayD};
+/// # fn main() -> lstm_wgpu::Result<()> {
+/// let cfg = LstmConfig::new(8).return_sequences(true);
+/// let layer = Lstm::new(cfg.clone(), LstmWeights::random(&cfg, 3, 7)?)?;
+/// let trainer = GpuRecurrentTrainer::new(GpuContext::new()?, &layer)?;
+/// let x = Array3::<f32>::from_elem((2, 5, 3), 0.5);
+/// let cot = LstmCotangents { output: ArrayD::from_elem(vec![2, 5, 8], 1.0), h: None, c: None };
+/// let (call, grads) = trainer.gradients(x.view(), None, None, &cot)?;
+/// assert_eq!(call.output.shape(), &[2, 5, 8]);
+/// assert_eq!(grads.kernel.dim(), (3, 32));
+/// # Ok(()) }
+/// ```
+pub struct GpuRecurrentTrainer {
+    ctx: Arc<GpuContext>,
+    cfg: LstmConfig,
+    input: usize,
+    /// `W [I, G·H]`.
+    kernel: wgpu::Buffer,
+    /// The input-side bias `[G·H]` (a GRU's first half).
+    bias: Option<wgpu::Buffer>,
+    /// `U [H, G·H]`, then a GRU's recurrent bias `[G·H]`.
+    rk: wgpu::Buffer,
+    /// `Uᵀ [G·H, H]`.
+    rkt: wgpu::Buffer,
+    /// The bias is `[2·G·H]` (a GRU with reset_after): its gradient has both halves.
+    two_biases: bool,
+}
+
+impl std::fmt::Debug for GpuRecurrentTrainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuRecurrentTrainer")
+            .field("layer", &self.cfg.name)
+            .field("cell", &self.cfg.cell)
+            .field("units", &self.cfg.units)
+            .field("input", &self.input)
+            .field("device", &self.ctx.describe())
+            .finish()
+    }
+}
+
+/// A strided view of a buffer for train_gemm.wgsl: element `(r, c)` at `off + r·rs + c·cs`
+/// (floats).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    buf: &'a wgpu::Buffer,
+    off: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// One dispatch of the pass: its parameter block's offset and its workgroups.
+enum Work<'a> {
+    /// A product: A, B, and C with its offset.
+    Gemm {
+        at: usize,
+        a: &'a wgpu::Buffer,
+        b: &'a wgpu::Buffer,
+        c: &'a wgpu::Buffer,
+        groups: (u32, u32),
+    },
+    /// A forward or backward timestep.
+    Step {
+        kernel: Kernel,
+        at: usize,
+        groups: (u32, u32),
+    },
+}
+
+/// The pass being recorded: the parameter blocks (one uniform buffer) and the dispatches.
+struct Recorder<'a> {
+    align: usize,
+    uniforms: Vec<u8>,
+    work: Vec<Work<'a>>,
+    k_per_dispatch: usize,
+    max_groups: u32,
+}
+
+impl<'a> Recorder<'a> {
+    fn block(&mut self, bytes: &[u8]) -> usize {
+        let at = self.uniforms.len().next_multiple_of(self.align);
+        self.uniforms.resize(at, 0);
+        self.uniforms.extend_from_slice(bytes);
+        at
+    }
+
+    fn groups(&self, what: &str, x: usize, y: usize) -> Result<(u32, u32)> {
+        for n in [x, y] {
+            if n > self.max_groups as usize {
+                return Err(LstmError::invalid(
+                    what,
+                    format!(
+                        "needs {n} workgroups in one dimension, over this adapter's \
+                         max_compute_workgroups_per_dimension of {}; train on fewer batch rows \
+                         or shorter sequences per call",
+                        self.max_groups
+                    ),
+                ));
+            }
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// `C[m, n] (+)= A[m, k] · B[k, n]` from `C`'s float `c_off`, the reduction split into
+    /// dispatches of at most `k_per_dispatch` (each after the first accumulates).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &mut self,
+        what: &str,
+        (m, n, k): (usize, usize, usize),
+        a: View<'a>,
+        b: View<'a>,
+        (c, c_off): (&'a wgpu::Buffer, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        let tile = TRAIN_GEMM_TILE;
+        let groups = self.groups(what, n.div_ceil(tile), m.div_ceil(tile))?;
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = self.k_per_dispatch.min(k - k0);
+            let p = GemmParams {
+                m: u32_of(what, m)?,
+                n: u32_of(what, n)?,
+                k: u32_of(what, kc)?,
+                accumulate: u32::from(accumulate || k0 > 0),
+                a_off: u32_of(what, a.off + k0 * a.cs)?,
+                a_rs: u32_of(what, a.rs)?,
+                a_cs: u32_of(what, a.cs)?,
+                b_off: u32_of(what, b.off + k0 * b.rs)?,
+                b_rs: u32_of(what, b.rs)?,
+                b_cs: u32_of(what, b.cs)?,
+                c_off: u32_of(what, c_off)?,
+                _pad: 0,
+            };
+            let at = self.block(bytemuck::bytes_of(&p));
+            self.work.push(Work::Gemm {
+                at,
+                a: a.buf,
+                b: b.buf,
+                c,
+                groups,
+            });
+            k0 += kc;
+        }
+        Ok(())
+    }
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| LstmError::invalid(what, format!("an index of {v} is over 2^32")))
+}
+
+/// The time index of processing step `s` of `t`.
+fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
+    if go_backwards {
+        t - 1 - s
+    } else {
+        s
+    }
+}
+
+impl GpuRecurrentTrainer {
+    /// Uploads `layer`'s weights to `ctx`'s device.
+    pub fn new(ctx: Arc<GpuContext>, layer: &Lstm<f32>) -> Result<Self> {
+        let cfg = layer.config().clone();
+        if matches!(cfg.cell, Cell::Gru { reset_after: false }) {
+            return Err(LstmError::UnsupportedOnPath {
+                what: format!("training the GRU {} with reset_after=false", cfg.name),
+                path: "gpu".into(),
+                hint: "its reset gate needs a second product per step; train it with \
+                       lstm_wgpu::train on the CPU"
+                    .into(),
+            });
+        }
+        let w = layer.weights();
+        let n = cfg.cell.gates() * cfg.units;
+        let device = ctx.device();
+        let make = |label: &str, size: usize| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (4 * size.max(4)) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let input = w.kernel.nrows();
+        let two_biases = w.bias.as_ref().is_some_and(|b| b.len() == 2 * n);
+        let trainer = GpuRecurrentTrainer {
+            kernel: make("train kernel", input * n),
+            bias: w.bias.as_ref().map(|_| make("train bias", n)),
+            rk: make("train recurrent kernel", cfg.units * n + n),
+            rkt: make("train recurrent kernel (transposed)", cfg.units * n),
+            ctx: ctx.clone(),
+            cfg,
+            input,
+            two_biases,
+        };
+        trainer.write_weights(w)?;
+        Ok(trainer)
+    }
+
+    /// Replaces the weights on the device (the same shapes as at [`new`](Self::new)), e.g.
+    /// after an optimizer step.
+    pub fn set_weights(&mut self, w: &LstmWeights<f32>) -> Result<()> {
+        let n = self.cfg.cell.gates() * self.cfg.units;
+        let mut want: Vec<Vec<usize>> = vec![vec![self.input, n], vec![self.cfg.units, n]];
+        if self.bias.is_some() {
+            want.push(vec![if self.two_biases { 2 * n } else { n }]);
+        }
+        let mut got: Vec<&[usize]> = vec![w.kernel.shape(), w.recurrent_kernel.shape()];
+        got.extend(w.bias.as_ref().map(|b| b.shape()));
+        let want: Vec<&[usize]> = want.iter().map(|v| v.as_slice()).collect();
+        crate::train::check_shapes(&format!("weights of layer {}", self.cfg.name), &want, &got)?;
+        self.write_weights(w)
+    }
+
+    fn write_weights(&self, w: &LstmWeights<f32>) -> Result<()> {
+        let n = self.cfg.cell.gates() * self.cfg.units;
+        let q = self.ctx.queue();
+        let flat = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<_>>();
+        q.write_buffer(&self.kernel, 0, bytemuck::cast_slice(&flat(&w.kernel)));
+        let mut rk = flat(&w.recurrent_kernel);
+        rk.resize(rk.len() + n, 0.0);
+        if let Some(b) = &w.bias {
+            let b: Vec<f32> = b.iter().copied().collect();
+            if let Some(buf) = &self.bias {
+                q.write_buffer(buf, 0, bytemuck::cast_slice(&b[..n]));
+            }
+            if self.two_biases {
+                let at = rk.len() - n;
+                rk[at..].copy_from_slice(&b[n..]);
+            }
+        }
+        q.write_buffer(&self.rk, 0, bytemuck::cast_slice(&rk));
+        let t = flat(&w.recurrent_kernel.t().to_owned());
+        q.write_buffer(&self.rkt, 0, bytemuck::cast_slice(&t));
+        Ok(())
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &LstmConfig {
+        &self.cfg
+    }
+
+    /// The layer's call on `x [B, T, I]` (with `mask [B, T]` and initial states `(h0, c0)`;
+    /// zeros when None, `c0` unused by a GRU or SimpleRNN) and its gradients for the
+    /// cotangents `cot` of its outputs, computed on the GPU in one submission.
+    pub fn gradients(
+        &self,
+        x: ArrayView3<'_, f32>,
+        mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
+        cot: &LstmCotangents<f32>,
+    ) -> Result<(LstmCall<f32>, LstmGrads<f32>)> {
+        let cfg = &self.cfg;
+        let (b, t, i) = x.dim();
+        let h = cfg.units;
+        let gates = cfg.cell.gates();
+        let n = gates * h;
+        let name = &cfg.name;
+        check_call(cfg, self.input, x, mask, init, cot)?;
+        if b == 0 || t == 0 {
+            return Err(LstmError::invalid(
+                "x",
+                format!(
+                    "training layer {name} on the GPU needs at least one batch row and one \
+                     timestep (got {b} x {t}); the CPU's lstm_gradients takes empty inputs"
+                ),
+            ));
+        }
+        let lstm = matches!(cfg.cell, Cell::Lstm);
+        let gru = matches!(cfg.cell, Cell::Gru { .. });
+        let cap = self.ctx.loop_limit()?;
+        loops::check(
+            &format!("GPU training of layer {name} ({h} units)"),
+            loops::train_step_iterations(h, gates),
+            cap,
+        )?;
+        let bt = b * t;
+        let limits = self.ctx.limits();
+        let max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let device = self.ctx.device();
+        let storage = |what: &str, floats: usize| -> Result<wgpu::Buffer> {
+            let need = (4 * floats.max(4)) as u64;
+            if need > max_binding {
+                return Err(LstmError::Limit {
+                    what: format!("{what} of layer {name}"),
+                    need,
+                    max: max_binding,
+                    limit: "max_storage_buffer_binding_size".into(),
+                    hint: "train on fewer batch rows or shorter sequences per call, or on \
+                           the CPU"
+                        .into(),
+                });
+            }
+            Ok(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(what),
+                size: need.next_multiple_of(16),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }))
+        };
+        let tape_len = bt * n + bt * h + if lstm { bt * h } else { 0 };
+        let bx = storage("x", bt * i)?;
+        let proj = storage("projection", bt * n)?;
+        let maskb = storage("mask", if mask.is_some() { bt } else { 1 })?;
+        let state = storage("states", 4 * b * h)?;
+        let tape = storage("tape", tape_len)?;
+        let seq = storage(
+            "output sequence",
+            if cfg.return_sequences { bt * h } else { 1 },
+        )?;
+        let cotb = storage(
+            "output cotangent",
+            if cfg.return_sequences { bt * h } else { 1 },
+        )?;
+        let bstate = storage("state cotangents", 3 * b * h)?;
+        let dz = storage("gate gradients", if gru { 2 * bt * n } else { bt * n })?;
+        let gk = storage("kernel gradient", i * n)?;
+        let gr = storage("recurrent kernel gradient", h * n)?;
+        let gb = storage("bias gradient", 2 * n)?;
+        let gx = storage("input gradient", bt * i)?;
+        let ones = storage("ones", 4)?;
+
+        // inputs, initial states and cotangents
+        let q = self.ctx.queue();
+        let xs: Vec<f32> = x.iter().copied().collect();
+        q.write_buffer(&bx, 0, bytemuck::cast_slice(&xs));
+        if let Some(m) = mask {
+            let ms: Vec<u32> = m.iter().map(|&v| u32::from(v)).collect();
+            q.write_buffer(&maskb, 0, bytemuck::cast_slice(&ms));
+        }
+        let mut st = vec![0.0f32; 4 * b * h];
+        if let Some((h0, c0)) = init {
+            for (dst, src) in st[..b * h].iter_mut().zip(h0.iter()) {
+                *dst = *src;
+            }
+            if lstm {
+                for (dst, src) in st[2 * b * h..3 * b * h].iter_mut().zip(c0.iter()) {
+                    *dst = *src;
+                }
+            }
+        }
+        q.write_buffer(&state, 0, bytemuck::cast_slice(&st));
+        let mut bs = vec![0.0f32; 3 * b * h];
+        if let Some(dh) = &cot.h {
+            for (dst, src) in bs[..b * h].iter_mut().zip(dh.iter()) {
+                *dst = *src;
+            }
+        }
+        if !cfg.return_sequences {
+            for (dst, src) in bs[b * h..2 * b * h].iter_mut().zip(cot.output.iter()) {
+                *dst = *src;
+            }
+        }
+        if let (Some(dc), true) = (&cot.c, lstm) {
+            for (dst, src) in bs[2 * b * h..].iter_mut().zip(dc.iter()) {
+                *dst = *src;
+            }
+        }
+        q.write_buffer(&bstate, 0, bytemuck::cast_slice(&bs));
+        if cfg.return_sequences {
+            let cs: Vec<f32> = cot.output.iter().copied().collect();
+            q.write_buffer(&cotb, 0, bytemuck::cast_slice(&cs));
+        }
+        q.write_buffer(&ones, 0, bytemuck::cast_slice(&[1.0f32; 4]));
+
+        let budget = loops::budget(cap);
+        let mut rec = Recorder {
+            align: limits.min_uniform_buffer_offset_alignment as usize,
+            uniforms: Vec::new(),
+            work: Vec::new(),
+            k_per_dispatch: loops::gemm_k_per_dispatch(budget),
+            max_groups: limits.max_compute_workgroups_per_dimension,
+        };
+        let view = |buf, off, rs, cs| View { buf, off, rs, cs };
+        // 1. the input projection of every step
+        if let Some(bias) = &self.bias {
+            rec.gemm(
+                "the projection's bias",
+                (bt, n, 1),
+                view(&ones, 0, 0, 0),
+                view(bias, 0, 0, 1),
+                (&proj, 0),
+                false,
+            )?;
+        }
+        rec.gemm(
+            "the input projection",
+            (bt, n, i),
+            view(&bx, 0, i, 1),
+            view(&self.kernel, 0, n, 1),
+            (&proj, 0),
+            self.bias.is_some(),
+        )?;
+        // 2. the forward steps; 3. the backward steps, last first, and dh0
+        let step_groups = rec.groups(
+            &format!("GPU training of layer {name}"),
+            h.div_ceil(TRAIN_STEP_THREADS),
+            b,
+        )?;
+        let when = |s: usize| time_of(cfg.go_backwards, t, s);
+        let block =
+            |s: usize, tt: usize, prev: Option<usize>, finish: bool| -> Result<TrainStepParams> {
+                Ok(TrainStepParams {
+                    batch: u32_of("batch", b)?,
+                    units: u32_of("units", h)?,
+                    steps: u32_of("steps", t)?,
+                    s: u32_of("step", s)?,
+                    t: u32_of("step", tt)?,
+                    t_prev: u32_of("step", prev.unwrap_or(0))?,
+                    has_prev: u32::from(prev.is_some()),
+                    finish: u32::from(finish),
+                })
+            };
+        for s in 0..t {
+            let at = rec.block(bytemuck::bytes_of(&block(s, when(s), None, false)?));
+            rec.work.push(Work::Step {
+                kernel: Kernel::TrainForward,
+                at,
+                groups: step_groups,
+            });
+        }
+        for s in (0..t).rev() {
+            let prev = (s + 1 < t).then(|| when(s + 1));
+            let at = rec.block(bytemuck::bytes_of(&block(s, when(s), prev, false)?));
+            rec.work.push(Work::Step {
+                kernel: Kernel::TrainBackward,
+                at,
+                groups: step_groups,
+            });
+        }
+        let at = rec.block(bytemuck::bytes_of(&block(0, when(0), Some(when(0)), true)?));
+        rec.work.push(Work::Step {
+            kernel: Kernel::TrainBackward,
+            at,
+            groups: step_groups,
+        });
+        // 4. the weight gradients and dX over all steps at once
+        let dzx = if gru { bt * n } else { 0 };
+        rec.gemm(
+            "the kernel's gradient",
+            (i, n, bt),
+            view(&bx, 0, 1, i),
+            view(&dz, dzx, n, 1),
+            (&gk, 0),
+            false,
+        )?;
+        rec.gemm(
+            "the recurrent kernel's gradient",
+            (h, n, bt),
+            view(&tape, bt * n, 1, h),
+            view(&dz, 0, n, 1),
+            (&gr, 0),
+            false,
+        )?;
+        rec.gemm(
+            "the input's gradient",
+            (bt, i, n),
+            view(&dz, dzx, n, 1),
+            view(&self.kernel, 0, 1, n),
+            (&gx, 0),
+            false,
+        )?;
+        if self.bias.is_some() {
+            rec.gemm(
+                "the bias's gradient",
+                (1, n, bt),
+                view(&ones, 0, 0, 0),
+                view(&dz, dzx, n, 1),
+                (&gb, 0),
+                false,
+            )?;
+            if self.two_biases {
+                rec.gemm(
+                    "the recurrent bias's gradient",
+                    (1, n, bt),
+                    view(&ones, 0, 0, 0),
+                    view(&dz, 0, n, 1),
+                    (&gb, n),
+                    false,
+                )?;
+            }
+        }
+
+        // the readback: (buffer, float offset, floats)
+        let bh = b * h;
+        let out_src: (&wgpu::Buffer, usize, usize) = if cfg.return_sequences {
+            (&seq, 0, bt * h)
+        } else {
+            (&state, 3 * bh, bh)
+        };
+        let h_final = (1 - (t - 1) % 2) * bh;
+        let n_bias = if self.two_biases { 2 * n } else { n };
+        let reads: Vec<(&wgpu::Buffer, usize, usize)> = vec![
+            out_src,
+            (&state, h_final, bh),
+            (&state, 2 * bh, bh),
+            (&gk, 0, i * n),
+            (&gr, 0, h * n),
+            (&gb, 0, n_bias),
+            (&gx, 0, bt * i),
+            (&bstate, 0, bh),
+            (&bstate, 2 * bh, bh),
+        ];
+        let total: usize = reads.iter().map(|r| r.2).sum();
+
+        let flag = |v: bool| if v { 1.0 } else { 0.0 };
+        let cell = match cfg.cell {
+            Cell::Lstm => CELL_LSTM,
+            Cell::Gru { .. } => CELL_GRU,
+            Cell::SimpleRnn => CELL_SIMPLE_RNN,
+        };
+        let constants = [
+            ("CELL", f64::from(cell)),
+            ("GATES", gates as f64),
+            ("ACTIVATION", f64::from(cfg.activation.id())),
+            (
+                "RECURRENT_ACTIVATION",
+                f64::from(cfg.recurrent_activation.id()),
+            ),
+            ("ZERO_OUTPUT_FOR_MASK", flag(cfg.zero_output_for_mask)),
+            ("HAS_MASK", flag(mask.is_some())),
+            ("RETURN_SEQUENCES", flag(cfg.return_sequences)),
+            ("HAS_RECURRENT_BIAS", flag(self.two_biases)),
+        ];
+        let kernels = self.ctx.kernels()?;
+        let forward = kernels.pipeline(device, Kernel::TrainForward, &constants)?;
+        let backward = kernels.pipeline(device, Kernel::TrainBackward, &constants)?;
+        let gemm = kernels.pipeline(device, Kernel::TrainGemm, &[])?;
+        let data =
+            self.ctx.checked("recording the GPU training pass", || {
+                let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("training parameters"),
+                    size: (rec.uniforms.len() + 64).next_multiple_of(256) as u64,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                q.write_buffer(&uniform, 0, &rec.uniforms);
+                let block = |at: usize, size: u64| {
+                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &uniform,
+                        offset: at as u64,
+                        size: wgpu::BufferSize::new(size),
+                    })
+                };
+                let bind =
+                    |kernel: Kernel, first: wgpu::BindingResource<'_>, rest: &[&wgpu::Buffer]| {
+                        let mut entries = vec![wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: first,
+                        }];
+                        entries.extend(rest.iter().enumerate().map(|(k, buf)| {
+                            wgpu::BindGroupEntry {
+                                binding: k as u32 + 1,
+                                resource: buf.as_entire_binding(),
+                            }
+                        }));
+                        device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some(kernel.name()),
+                            layout: kernels.layout(kernel),
+                            entries: &entries,
+                        })
+                    };
+                let step_size = std::mem::size_of::<TrainStepParams>() as u64;
+                let fwd_bind = bind(
+                    Kernel::TrainForward,
+                    block(0, step_size),
+                    &[&self.rk, &proj, &maskb, &state, &tape, &seq],
+                );
+                let bwd_bind = bind(
+                    Kernel::TrainBackward,
+                    block(0, step_size),
+                    &[&self.rkt, &proj, &maskb, &tape, &cotb, &bstate, &dz],
+                );
+                let gemm_size = std::mem::size_of::<GemmParams>() as u64;
+                let gemm_binds: Vec<Option<wgpu::BindGroup>> = rec
+                    .work
+                    .iter()
+                    .map(|w| match w {
+                        Work::Gemm { at, a, b, c, .. } => {
+                            Some(bind(Kernel::TrainGemm, block(*at, gemm_size), &[a, b, c]))
+                        }
+                        Work::Step { .. } => None,
+                    })
+                    .collect();
+                let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("training readback"),
+                    size: (4 * total) as u64,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("training pass"),
+                });
+                {
+                    let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("training pass"),
+                        timestamp_writes: None,
+                    });
+                    for (w, gb) in rec.work.iter().zip(&gemm_binds) {
+                        match w {
+                            Work::Gemm { groups, .. } => {
+                                cpass.set_pipeline(&gemm);
+                                cpass.set_bind_group(0, gb.as_ref(), &[]);
+                                cpass.dispatch_workgroups(groups.0, groups.1, 1);
+                            }
+                            Work::Step { kernel, at, groups } => {
+                                let (pipe, bg) = if *kernel == Kernel::TrainForward {
+                                    (&forward, &fwd_bind)
+                                } else {
+                                    (&backward, &bwd_bind)
+                                };
+                                cpass.set_pipeline(pipe);
+                                cpass.set_bind_group(0, bg, &[*at as u32]);
+                                cpass.dispatch_workgroups(groups.0, groups.1, 1);
+                            }
+                        }
+                    }
+                }
+                let mut off = 0u64;
+                for (buf, from, len) in &reads {
+                    let bytes = (4 * len) as u64;
+                    encoder.copy_buffer_to_buffer(buf, (4 * from) as u64, &staging, off, bytes);
+                    off += bytes;
+                }
+                q.submit([encoder.finish()]);
+                staging
+            })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        data.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| LstmError::Device {
+                message: format!("waiting for the training pass: {e}"),
+            })?;
+        rx.recv()
+            .map_err(|e| LstmError::Device {
+                message: format!("mapping the training results: {e}"),
+            })?
+            .map_err(|e| LstmError::Device {
+                message: format!("mapping the training results: {e}"),
+            })?;
+        let values: Vec<f32> = {
+            let view = data.get_mapped_range(..).map_err(|e| LstmError::Device {
+                message: format!("reading the training results: {e}"),
+            })?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        data.unmap();
+        let mut parts = Vec::with_capacity(reads.len());
+        let mut off = 0;
+        for (_, _, len) in &reads {
+            parts.push(values[off..off + len].to_vec());
+            off += len;
+        }
+        let mut parts = parts.into_iter();
+        let mut next = || parts.next().expect("one part per read");
+        let output_shape: Vec<usize> = if cfg.return_sequences {
+            vec![b, t, h]
+        } else {
+            vec![b, h]
+        };
+        let arr2 = |r, c, v: Vec<f32>| Array2::from_shape_vec((r, c), v).expect("its size");
+        let output = ArrayD::from_shape_vec(IxDyn(&output_shape), next()).expect("its size");
+        let hs = arr2(b, h, next());
+        let cs = arr2(b, h, next());
+        let kernel = arr2(i, n, next());
+        let recurrent_kernel = arr2(h, n, next());
+        let gbias = next();
+        let gx = Array3::from_shape_vec((b, t, i), next()).expect("its size");
+        let h0 = arr2(b, h, next());
+        let c0 = arr2(b, h, next());
+        Ok((
+            LstmCall {
+                output,
+                h: hs,
+                c: cs,
+            },
+            LstmGrads {
+                kernel,
+                recurrent_kernel,
+                bias: self.bias.as_ref().map(|_| Array1::from_vec(gbias)),
+                x: gx,
+                h0,
+                c0,
+            },
+        ))
+    }
+}
+
+/// The shapes of a call, as `train::recurrent::forward` and `backward` check them.
+fn check_call(
+    cfg: &LstmConfig,
+    input: usize,
+    x: ArrayView3<'_, f32>,
+    mask: Option<ArrayView2<'_, bool>>,
+    init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
+    cot: &LstmCotangents<f32>,
+) -> Result<()> {
+    let (b, t, i) = x.dim();
+    let h = cfg.units;
+    let name = &cfg.name;
+    if i != input {
+        return Err(LstmError::shape(
+            format!("input of layer {name}"),
+            &[b, t, input],
+            &[b, t, i],
+        ));
+    }
+    if let Some(m) = mask {
+        if m.dim() != (b, t) {
+            return Err(LstmError::shape(
+                format!("mask of layer {name}"),
+                &[b, t],
+                m.shape(),
+            ));
+        }
+    }
+    if let Some((h0, c0)) = init {
+        for (s, what) in [(h0, "h0"), (c0, "c0")] {
+            if s.dim() != (b, h) {
+                return Err(LstmError::shape(
+                    format!("initial state {what} of layer {name}"),
+                    &[b, h],
+                    s.shape(),
+                ));
+            }
+        }
+    }
+    let want: Vec<usize> = if cfg.return_sequences {
+        vec![b, t, h]
+    } else {
+        vec![b, h]
+    };
+    if cot.output.shape() != want.as_slice() {
+        return Err(LstmError::shape(
+            format!("output cotangent of layer {name}"),
+            &want,
+            cot.output.shape(),
+        ));
+    }
+    for (s, what) in [(&cot.h, "h"), (&cot.c, "c")] {
+        if let Some(s) = s {
+            if s.dim() != (b, h) {
+                return Err(LstmError::shape(
+                    format!("final {what} cotangent of layer {name}"),
+                    &[b, h],
+                    s.shape(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
