@@ -433,3 +433,40 @@ fn set_weights_replaces_the_uploaded_weights() {
         assert!(difference(&want, &got) <= 1e-4, "{:?}", cfg.cell);
     }
 }
+
+/// forward then backward (two submissions, the tape kept on the device) gives what
+/// gradients gives in one; a tape of another trainer is refused.
+#[test]
+fn forward_then_backward_equals_gradients() {
+    let Some(ctx) = common::gpu("forward_then_backward_equals_gradients") else {
+        return;
+    };
+    for base in cells() {
+        let cfg = base.return_sequences(true).go_backwards(true);
+        let layer = Lstm::new(cfg.clone(), LstmWeights::random(&cfg, 3, 5).unwrap()).unwrap();
+        let trainer = GpuRecurrentTrainer::new(ctx.clone(), &layer).unwrap();
+        let x = common::xorshift_input(3, 6, 3, 6, 1.0);
+        let mask = Array2::from_shape_fn((3, 6), |(r, s)| s + r < 6);
+        let cot = LstmCotangents {
+            output: ArrayD::from_shape_vec(vec![3, 6, 5], values(90, 7, 1.0)).unwrap(),
+            h: Some(array2(3, 5, 8, 1.0)),
+            c: Some(array2(3, 5, 9, 1.0)),
+        };
+        let (call, tape) = trainer.forward(x.view(), Some(mask.view()), None).unwrap();
+        let grads = trainer.backward(&tape, &cot).unwrap();
+        let one = trainer
+            .gradients(x.view(), Some(mask.view()), None, &cot)
+            .unwrap();
+        assert_eq!(difference(&one, &(call, grads)), 0.0, "{:?}", cfg.cell);
+        let other = GpuRecurrentTrainer::new(ctx.clone(), &layer).unwrap();
+        let e = other.backward(&tape, &cot).unwrap_err();
+        assert!(e.to_string().contains("another trainer"), "{e}");
+        let bad = LstmCotangents {
+            output: ArrayD::zeros(vec![3, 5, 5]),
+            h: None,
+            c: None,
+        };
+        let e = trainer.backward(&tape, &bad).unwrap_err();
+        assert!(e.to_string().contains("output cotangent"), "{e}");
+    }
+}

@@ -31,7 +31,7 @@ pub use params::PERSISTENT_MAX_STATE;
 pub(crate) use plan::{GpuInput, GpuNode, GpuStage, Src};
 pub use plan::{RecurrentKernel, DEFAULT_PLAN_CAPACITY};
 pub use stats::{ForwardProfile, ForwardStats};
-pub use train::GpuRecurrentTrainer;
+pub use train::{GpuRecurrentTrainer, GpuTape};
 pub(crate) use upload::Uploader;
 
 /// A model graph lowered for the GPU (`Graph::to_gpu`).

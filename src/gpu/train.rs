@@ -73,6 +73,10 @@ pub struct GpuRecurrentTrainer {
     rkt: wgpu::Buffer,
     /// The bias is `[2·G·H]` (a GRU with reset_after): its gradient has both halves.
     two_biases: bool,
+    /// A single 1 (a ones vector with stride 0, for the bias products).
+    ones: wgpu::Buffer,
+    /// Which trainer recorded a [`GpuTape`].
+    id: u64,
 }
 
 impl std::fmt::Debug for GpuRecurrentTrainer {
@@ -95,6 +99,12 @@ struct View<'a> {
     off: usize,
     rs: usize,
     cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn new(buf: &'a wgpu::Buffer, off: usize, rs: usize, cs: usize) -> Self {
+        View { buf, off, rs, cs }
+    }
 }
 
 /// One dispatch of the pass: its parameter block's offset and its workgroups.
@@ -194,6 +204,9 @@ impl<'a> Recorder<'a> {
     }
 }
 
+/// The id of the next trainer.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| LstmError::invalid(what, format!("an index of {v} is over 2^32")))
 }
@@ -238,11 +251,15 @@ impl GpuRecurrentTrainer {
             bias: w.bias.as_ref().map(|_| make("train bias", n)),
             rk: make("train recurrent kernel", cfg.units * n + n),
             rkt: make("train recurrent kernel (transposed)", cfg.units * n),
+            ones: make("ones", 4),
             ctx: ctx.clone(),
             cfg,
             input,
             two_biases,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
+        ctx.queue()
+            .write_buffer(&trainer.ones, 0, bytemuck::cast_slice(&[1.0f32; 4]));
         trainer.write_weights(w)?;
         Ok(trainer)
     }
@@ -292,7 +309,7 @@ impl GpuRecurrentTrainer {
 
     /// The layer's call on `x [B, T, I]` (with `mask [B, T]` and initial states `(h0, c0)`;
     /// zeros when None, `c0` unused by a GRU or SimpleRNN) and its gradients for the
-    /// cotangents `cot` of its outputs, computed on the GPU in one submission.
+    /// cotangents `cot` of its outputs: the forward and backward passes in one submission.
     pub fn gradients(
         &self,
         x: ArrayView3<'_, f32>,
@@ -300,13 +317,96 @@ impl GpuRecurrentTrainer {
         init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
         cot: &LstmCotangents<f32>,
     ) -> Result<(LstmCall<f32>, LstmGrads<f32>)> {
+        let tape = self.upload_forward(x, mask, init)?;
+        check_cotangents(&self.cfg, tape.b, tape.t, cot)?;
+        let back = self.upload_backward(&tape, cot)?;
+        let mut rec = self.recorder()?;
+        self.record_forward(&mut rec, &tape)?;
+        self.record_backward(&mut rec, &tape, &back)?;
+        let mut reads = self.forward_reads(&tape);
+        reads.extend(self.backward_reads(&tape, &back));
+        let mut parts = self.submit(rec, &tape, Some(&back), &reads)?.into_iter();
+        let call = self.call_from(&tape, &mut parts);
+        Ok((call, self.grads_from(&tape, &mut parts)))
+    }
+
+    /// The forward pass alone (one submission): the call's outputs, and its tape kept on the
+    /// device for [`backward`](Self::backward), e.g. when the cotangents come from layers
+    /// above it.
+    pub fn forward(
+        &self,
+        x: ArrayView3<'_, f32>,
+        mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
+    ) -> Result<(LstmCall<f32>, GpuTape)> {
+        let tape = self.upload_forward(x, mask, init)?;
+        let mut rec = self.recorder()?;
+        self.record_forward(&mut rec, &tape)?;
+        let reads = self.forward_reads(&tape);
+        let mut parts = self.submit(rec, &tape, None, &reads)?.into_iter();
+        Ok((self.call_from(&tape, &mut parts), tape))
+    }
+
+    /// The backward pass (one submission) of a forward pass of this trainer, for the
+    /// cotangents `cot` of its outputs, with the weights on the device now.
+    pub fn backward(&self, tape: &GpuTape, cot: &LstmCotangents<f32>) -> Result<LstmGrads<f32>> {
+        if tape.trainer != self.id {
+            return Err(LstmError::invalid(
+                "tape",
+                format!(
+                    "was recorded by another trainer than that of layer {}",
+                    self.cfg.name
+                ),
+            ));
+        }
+        check_cotangents(&self.cfg, tape.b, tape.t, cot)?;
+        let back = self.upload_backward(tape, cot)?;
+        let mut rec = self.recorder()?;
+        self.record_backward(&mut rec, tape, &back)?;
+        let reads = self.backward_reads(tape, &back);
+        let mut parts = self.submit(rec, tape, Some(&back), &reads)?.into_iter();
+        Ok(self.grads_from(tape, &mut parts))
+    }
+
+    /// A storage buffer of `floats` values for the call, within the adapter's limits.
+    fn storage(&self, what: &str, floats: usize) -> Result<wgpu::Buffer> {
+        let limits = self.ctx.limits();
+        let max = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        let need = (4 * floats.max(4)) as u64;
+        if need > max {
+            return Err(LstmError::Limit {
+                what: format!("{what} of layer {}", self.cfg.name),
+                need,
+                max,
+                limit: "max_storage_buffer_binding_size".into(),
+                hint: "train on fewer batch rows or shorter sequences per call, or on the CPU"
+                    .into(),
+            });
+        }
+        Ok(self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(what),
+            size: need.next_multiple_of(16),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// Checks the call, makes its forward buffers and writes x, the mask and the states.
+    fn upload_forward(
+        &self,
+        x: ArrayView3<'_, f32>,
+        mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
+    ) -> Result<GpuTape> {
         let cfg = &self.cfg;
         let (b, t, i) = x.dim();
-        let h = cfg.units;
-        let gates = cfg.cell.gates();
-        let n = gates * h;
+        let (h, n) = (cfg.units, cfg.cell.gates() * cfg.units);
         let name = &cfg.name;
-        check_call(cfg, self.input, x, mask, init, cot)?;
+        check_inputs(cfg, self.input, x, mask, init)?;
         if b == 0 || t == 0 {
             return Err(LstmError::invalid(
                 "x",
@@ -316,247 +416,327 @@ impl GpuRecurrentTrainer {
                 ),
             ));
         }
-        let lstm = matches!(cfg.cell, Cell::Lstm);
-        let gru = matches!(cfg.cell, Cell::Gru { .. });
-        let cap = self.ctx.loop_limit()?;
         loops::check(
             &format!("GPU training of layer {name} ({h} units)"),
-            loops::train_step_iterations(h, gates),
-            cap,
+            loops::train_step_iterations(h, cfg.cell.gates()),
+            self.ctx.loop_limit()?,
         )?;
         let bt = b * t;
-        let limits = self.ctx.limits();
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
-        let device = self.ctx.device();
-        let storage = |what: &str, floats: usize| -> Result<wgpu::Buffer> {
-            let need = (4 * floats.max(4)) as u64;
-            if need > max_binding {
-                return Err(LstmError::Limit {
-                    what: format!("{what} of layer {name}"),
-                    need,
-                    max: max_binding,
-                    limit: "max_storage_buffer_binding_size".into(),
-                    hint: "train on fewer batch rows or shorter sequences per call, or on \
-                           the CPU"
-                        .into(),
-                });
-            }
-            Ok(device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(what),
-                size: need.next_multiple_of(16),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            }))
-        };
+        let lstm = matches!(cfg.cell, Cell::Lstm);
         let tape_len = bt * n + bt * h + if lstm { bt * h } else { 0 };
-        let bx = storage("x", bt * i)?;
-        let proj = storage("projection", bt * n)?;
-        let maskb = storage("mask", if mask.is_some() { bt } else { 1 })?;
-        let state = storage("states", 4 * b * h)?;
-        let tape = storage("tape", tape_len)?;
-        let seq = storage(
-            "output sequence",
-            if cfg.return_sequences { bt * h } else { 1 },
-        )?;
-        let cotb = storage(
-            "output cotangent",
-            if cfg.return_sequences { bt * h } else { 1 },
-        )?;
-        let bstate = storage("state cotangents", 3 * b * h)?;
-        let dz = storage("gate gradients", if gru { 2 * bt * n } else { bt * n })?;
-        let gk = storage("kernel gradient", i * n)?;
-        let gr = storage("recurrent kernel gradient", h * n)?;
-        let gb = storage("bias gradient", 2 * n)?;
-        let gx = storage("input gradient", bt * i)?;
-        let ones = storage("ones", 4)?;
-
-        // inputs, initial states and cotangents
+        let tape = GpuTape {
+            trainer: self.id,
+            b,
+            t,
+            has_mask: mask.is_some(),
+            x: self.storage("x", bt * i)?,
+            proj: self.storage("projection", bt * n)?,
+            mask: self.storage("mask", if mask.is_some() { bt } else { 1 })?,
+            state: self.storage("states", 4 * b * h)?,
+            tape: self.storage("tape", tape_len)?,
+            seq: self.storage(
+                "output sequence",
+                if cfg.return_sequences { bt * h } else { 1 },
+            )?,
+        };
         let q = self.ctx.queue();
         let xs: Vec<f32> = x.iter().copied().collect();
-        q.write_buffer(&bx, 0, bytemuck::cast_slice(&xs));
+        q.write_buffer(&tape.x, 0, bytemuck::cast_slice(&xs));
         if let Some(m) = mask {
             let ms: Vec<u32> = m.iter().map(|&v| u32::from(v)).collect();
-            q.write_buffer(&maskb, 0, bytemuck::cast_slice(&ms));
+            q.write_buffer(&tape.mask, 0, bytemuck::cast_slice(&ms));
         }
-        let mut st = vec![0.0f32; 4 * b * h];
+        let bh = b * h;
+        let mut st = vec![0.0f32; 4 * bh];
         if let Some((h0, c0)) = init {
-            for (dst, src) in st[..b * h].iter_mut().zip(h0.iter()) {
-                *dst = *src;
-            }
+            fill(&mut st[..bh], h0.iter());
             if lstm {
-                for (dst, src) in st[2 * b * h..3 * b * h].iter_mut().zip(c0.iter()) {
-                    *dst = *src;
-                }
+                fill(&mut st[2 * bh..3 * bh], c0.iter());
             }
         }
-        q.write_buffer(&state, 0, bytemuck::cast_slice(&st));
-        let mut bs = vec![0.0f32; 3 * b * h];
+        q.write_buffer(&tape.state, 0, bytemuck::cast_slice(&st));
+        Ok(tape)
+    }
+
+    /// Makes the backward buffers and writes the cotangents.
+    fn upload_backward(&self, tape: &GpuTape, cot: &LstmCotangents<f32>) -> Result<Backward> {
+        let cfg = &self.cfg;
+        let (b, t, i) = (tape.b, tape.t, self.input);
+        let (h, n) = (cfg.units, cfg.cell.gates() * cfg.units);
+        let bt = b * t;
+        let gru = matches!(cfg.cell, Cell::Gru { .. });
+        let back = Backward {
+            cot: self.storage(
+                "output cotangent",
+                if cfg.return_sequences { bt * h } else { 1 },
+            )?,
+            bstate: self.storage("state cotangents", 3 * b * h)?,
+            dz: self.storage("gate gradients", if gru { 2 * bt * n } else { bt * n })?,
+            gk: self.storage("kernel gradient", i * n)?,
+            gr: self.storage("recurrent kernel gradient", h * n)?,
+            gb: self.storage("bias gradient", 2 * n)?,
+            gx: self.storage("input gradient", bt * i)?,
+        };
+        let q = self.ctx.queue();
+        let bh = b * h;
+        let mut bs = vec![0.0f32; 3 * bh];
         if let Some(dh) = &cot.h {
-            for (dst, src) in bs[..b * h].iter_mut().zip(dh.iter()) {
-                *dst = *src;
-            }
+            fill(&mut bs[..bh], dh.iter());
         }
-        if !cfg.return_sequences {
-            for (dst, src) in bs[b * h..2 * b * h].iter_mut().zip(cot.output.iter()) {
-                *dst = *src;
-            }
-        }
-        if let (Some(dc), true) = (&cot.c, lstm) {
-            for (dst, src) in bs[2 * b * h..].iter_mut().zip(dc.iter()) {
-                *dst = *src;
-            }
-        }
-        q.write_buffer(&bstate, 0, bytemuck::cast_slice(&bs));
         if cfg.return_sequences {
             let cs: Vec<f32> = cot.output.iter().copied().collect();
-            q.write_buffer(&cotb, 0, bytemuck::cast_slice(&cs));
+            q.write_buffer(&back.cot, 0, bytemuck::cast_slice(&cs));
+        } else {
+            fill(&mut bs[bh..2 * bh], cot.output.iter());
         }
-        q.write_buffer(&ones, 0, bytemuck::cast_slice(&[1.0f32; 4]));
+        if let (Some(dc), Cell::Lstm) = (&cot.c, cfg.cell) {
+            fill(&mut bs[2 * bh..], dc.iter());
+        }
+        q.write_buffer(&back.bstate, 0, bytemuck::cast_slice(&bs));
+        Ok(back)
+    }
 
-        let budget = loops::budget(cap);
-        let mut rec = Recorder {
+    fn recorder(&self) -> Result<Recorder<'_>> {
+        let limits = self.ctx.limits();
+        Ok(Recorder {
             align: limits.min_uniform_buffer_offset_alignment as usize,
             uniforms: Vec::new(),
             work: Vec::new(),
-            k_per_dispatch: loops::gemm_k_per_dispatch(budget),
+            k_per_dispatch: loops::gemm_k_per_dispatch(loops::budget(self.ctx.loop_limit()?)),
             max_groups: limits.max_compute_workgroups_per_dimension,
-        };
-        let view = |buf, off, rs, cs| View { buf, off, rs, cs };
-        // 1. the input projection of every step
+        })
+    }
+
+    /// The parameter block of processing step `s` (`prev`: the step the previous backward
+    /// dispatch ran; `finish`: dh0 only).
+    fn step_block(
+        &self,
+        tape: &GpuTape,
+        s: usize,
+        prev: Option<usize>,
+        finish: bool,
+    ) -> Result<TrainStepParams> {
+        let t = tape.t;
+        let when = |s: usize| time_of(self.cfg.go_backwards, t, s);
+        Ok(TrainStepParams {
+            batch: u32_of("batch", tape.b)?,
+            units: u32_of("units", self.cfg.units)?,
+            steps: u32_of("steps", t)?,
+            s: u32_of("step", s)?,
+            t: u32_of("step", when(s))?,
+            t_prev: u32_of("step", prev.map_or(0, when))?,
+            has_prev: u32::from(prev.is_some()),
+            finish: u32::from(finish),
+        })
+    }
+
+    fn step_groups(&self, rec: &Recorder<'_>, tape: &GpuTape) -> Result<(u32, u32)> {
+        rec.groups(
+            &format!("GPU training of layer {}", self.cfg.name),
+            self.cfg.units.div_ceil(TRAIN_STEP_THREADS),
+            tape.b,
+        )
+    }
+
+    /// The input projection of every step, then the forward steps.
+    fn record_forward<'a>(&'a self, rec: &mut Recorder<'a>, tape: &'a GpuTape) -> Result<()> {
+        let (bt, i) = (tape.b * tape.t, self.input);
+        let n = self.cfg.cell.gates() * self.cfg.units;
         if let Some(bias) = &self.bias {
             rec.gemm(
                 "the projection's bias",
                 (bt, n, 1),
-                view(&ones, 0, 0, 0),
-                view(bias, 0, 0, 1),
-                (&proj, 0),
+                View::new(&self.ones, 0, 0, 0),
+                View::new(bias, 0, 0, 1),
+                (&tape.proj, 0),
                 false,
             )?;
         }
         rec.gemm(
             "the input projection",
             (bt, n, i),
-            view(&bx, 0, i, 1),
-            view(&self.kernel, 0, n, 1),
-            (&proj, 0),
+            View::new(&tape.x, 0, i, 1),
+            View::new(&self.kernel, 0, n, 1),
+            (&tape.proj, 0),
             self.bias.is_some(),
         )?;
-        // 2. the forward steps; 3. the backward steps, last first, and dh0
-        let step_groups = rec.groups(
-            &format!("GPU training of layer {name}"),
-            h.div_ceil(TRAIN_STEP_THREADS),
-            b,
-        )?;
-        let when = |s: usize| time_of(cfg.go_backwards, t, s);
-        let block =
-            |s: usize, tt: usize, prev: Option<usize>, finish: bool| -> Result<TrainStepParams> {
-                Ok(TrainStepParams {
-                    batch: u32_of("batch", b)?,
-                    units: u32_of("units", h)?,
-                    steps: u32_of("steps", t)?,
-                    s: u32_of("step", s)?,
-                    t: u32_of("step", tt)?,
-                    t_prev: u32_of("step", prev.unwrap_or(0))?,
-                    has_prev: u32::from(prev.is_some()),
-                    finish: u32::from(finish),
-                })
-            };
-        for s in 0..t {
-            let at = rec.block(bytemuck::bytes_of(&block(s, when(s), None, false)?));
+        let groups = self.step_groups(rec, tape)?;
+        for s in 0..tape.t {
+            let at = rec.block(bytemuck::bytes_of(&self.step_block(tape, s, None, false)?));
             rec.work.push(Work::Step {
                 kernel: Kernel::TrainForward,
                 at,
-                groups: step_groups,
+                groups,
             });
         }
+        Ok(())
+    }
+
+    /// The backward steps (last first) and dh0, then every weight gradient and dX over all
+    /// steps at once.
+    fn record_backward<'a>(
+        &'a self,
+        rec: &mut Recorder<'a>,
+        tape: &'a GpuTape,
+        back: &'a Backward,
+    ) -> Result<()> {
+        let (t, bt, i, h) = (tape.t, tape.b * tape.t, self.input, self.cfg.units);
+        let n = self.cfg.cell.gates() * h;
+        let groups = self.step_groups(rec, tape)?;
         for s in (0..t).rev() {
-            let prev = (s + 1 < t).then(|| when(s + 1));
-            let at = rec.block(bytemuck::bytes_of(&block(s, when(s), prev, false)?));
+            let prev = (s + 1 < t).then_some(s + 1);
+            let at = rec.block(bytemuck::bytes_of(&self.step_block(tape, s, prev, false)?));
             rec.work.push(Work::Step {
                 kernel: Kernel::TrainBackward,
                 at,
-                groups: step_groups,
+                groups,
             });
         }
-        let at = rec.block(bytemuck::bytes_of(&block(0, when(0), Some(when(0)), true)?));
+        let at = rec.block(bytemuck::bytes_of(&self.step_block(
+            tape,
+            0,
+            Some(0),
+            true,
+        )?));
         rec.work.push(Work::Step {
             kernel: Kernel::TrainBackward,
             at,
-            groups: step_groups,
+            groups,
         });
-        // 4. the weight gradients and dX over all steps at once
-        let dzx = if gru { bt * n } else { 0 };
+        let dzx = if matches!(self.cfg.cell, Cell::Gru { .. }) {
+            bt * n
+        } else {
+            0
+        };
         rec.gemm(
             "the kernel's gradient",
             (i, n, bt),
-            view(&bx, 0, 1, i),
-            view(&dz, dzx, n, 1),
-            (&gk, 0),
+            View::new(&tape.x, 0, 1, i),
+            View::new(&back.dz, dzx, n, 1),
+            (&back.gk, 0),
             false,
         )?;
         rec.gemm(
             "the recurrent kernel's gradient",
             (h, n, bt),
-            view(&tape, bt * n, 1, h),
-            view(&dz, 0, n, 1),
-            (&gr, 0),
+            View::new(&tape.tape, bt * n, 1, h),
+            View::new(&back.dz, 0, n, 1),
+            (&back.gr, 0),
             false,
         )?;
         rec.gemm(
             "the input's gradient",
             (bt, i, n),
-            view(&dz, dzx, n, 1),
-            view(&self.kernel, 0, 1, n),
-            (&gx, 0),
+            View::new(&back.dz, dzx, n, 1),
+            View::new(&self.kernel, 0, 1, n),
+            (&back.gx, 0),
             false,
         )?;
         if self.bias.is_some() {
             rec.gemm(
                 "the bias's gradient",
                 (1, n, bt),
-                view(&ones, 0, 0, 0),
-                view(&dz, dzx, n, 1),
-                (&gb, 0),
+                View::new(&self.ones, 0, 0, 0),
+                View::new(&back.dz, dzx, n, 1),
+                (&back.gb, 0),
                 false,
             )?;
             if self.two_biases {
                 rec.gemm(
                     "the recurrent bias's gradient",
                     (1, n, bt),
-                    view(&ones, 0, 0, 0),
-                    view(&dz, 0, n, 1),
-                    (&gb, n),
+                    View::new(&self.ones, 0, 0, 0),
+                    View::new(&back.dz, 0, n, 1),
+                    (&back.gb, n),
                     false,
                 )?;
             }
         }
+        Ok(())
+    }
 
-        // the readback: (buffer, float offset, floats)
+    /// What the forward pass reads back: the output, the final h and c.
+    fn forward_reads<'a>(&self, tape: &'a GpuTape) -> Vec<Read<'a>> {
+        let (b, t, h) = (tape.b, tape.t, self.cfg.units);
         let bh = b * h;
-        let out_src: (&wgpu::Buffer, usize, usize) = if cfg.return_sequences {
-            (&seq, 0, bt * h)
+        let out = if self.cfg.return_sequences {
+            (&tape.seq, 0, b * t * h)
         } else {
-            (&state, 3 * bh, bh)
+            (&tape.state, 3 * bh, bh)
         };
+        // step s writes h into half 1 - s % 2
         let h_final = (1 - (t - 1) % 2) * bh;
-        let n_bias = if self.two_biases { 2 * n } else { n };
-        let reads: Vec<(&wgpu::Buffer, usize, usize)> = vec![
-            out_src,
-            (&state, h_final, bh),
-            (&state, 2 * bh, bh),
-            (&gk, 0, i * n),
-            (&gr, 0, h * n),
-            (&gb, 0, n_bias),
-            (&gx, 0, bt * i),
-            (&bstate, 0, bh),
-            (&bstate, 2 * bh, bh),
-        ];
-        let total: usize = reads.iter().map(|r| r.2).sum();
+        vec![out, (&tape.state, h_final, bh), (&tape.state, 2 * bh, bh)]
+    }
 
+    /// What the backward pass reads back: the weight gradients, dX, dh0 and dc0.
+    fn backward_reads<'a>(&self, tape: &GpuTape, back: &'a Backward) -> Vec<Read<'a>> {
+        let (b, t, i, h) = (tape.b, tape.t, self.input, self.cfg.units);
+        let n = self.cfg.cell.gates() * h;
+        let n_bias = if self.two_biases { 2 * n } else { n };
+        vec![
+            (&back.gk, 0, i * n),
+            (&back.gr, 0, h * n),
+            (&back.gb, 0, n_bias),
+            (&back.gx, 0, b * t * i),
+            (&back.bstate, 0, b * h),
+            (&back.bstate, 2 * b * h, b * h),
+        ]
+    }
+
+    fn call_from(
+        &self,
+        tape: &GpuTape,
+        parts: &mut impl Iterator<Item = Vec<f32>>,
+    ) -> LstmCall<f32> {
+        let (b, t, h) = (tape.b, tape.t, self.cfg.units);
+        let shape: Vec<usize> = if self.cfg.return_sequences {
+            vec![b, t, h]
+        } else {
+            vec![b, h]
+        };
+        let mut next = || parts.next().expect("one part per read");
+        LstmCall {
+            output: ArrayD::from_shape_vec(IxDyn(&shape), next()).expect("its size"),
+            h: Array2::from_shape_vec((b, h), next()).expect("its size"),
+            c: Array2::from_shape_vec((b, h), next()).expect("its size"),
+        }
+    }
+
+    fn grads_from(
+        &self,
+        tape: &GpuTape,
+        parts: &mut impl Iterator<Item = Vec<f32>>,
+    ) -> LstmGrads<f32> {
+        let (b, t, i, h) = (tape.b, tape.t, self.input, self.cfg.units);
+        let n = self.cfg.cell.gates() * h;
+        let mut next = || parts.next().expect("one part per read");
+        let arr2 = |r, c, v: Vec<f32>| Array2::from_shape_vec((r, c), v).expect("its size");
+        let kernel = arr2(i, n, next());
+        let recurrent_kernel = arr2(h, n, next());
+        let bias = next();
+        LstmGrads {
+            kernel,
+            recurrent_kernel,
+            bias: self.bias.as_ref().map(|_| Array1::from_vec(bias)),
+            x: Array3::from_shape_vec((b, t, i), next()).expect("its size"),
+            h0: arr2(b, h, next()),
+            c0: arr2(b, h, next()),
+        }
+    }
+
+    /// Binds, records and submits `rec`'s dispatches in one compute pass, copies `reads`
+    /// into one staging buffer, waits and returns their values.
+    fn submit(
+        &self,
+        rec: Recorder<'_>,
+        tape: &GpuTape,
+        back: Option<&Backward>,
+        reads: &[Read<'_>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let cfg = &self.cfg;
+        let device = self.ctx.device();
+        let q = self.ctx.queue();
         let flag = |v: bool| if v { 1.0 } else { 0.0 };
         let cell = match cfg.cell {
             Cell::Lstm => CELL_LSTM,
@@ -565,22 +745,37 @@ impl GpuRecurrentTrainer {
         };
         let constants = [
             ("CELL", f64::from(cell)),
-            ("GATES", gates as f64),
+            ("GATES", cfg.cell.gates() as f64),
             ("ACTIVATION", f64::from(cfg.activation.id())),
             (
                 "RECURRENT_ACTIVATION",
                 f64::from(cfg.recurrent_activation.id()),
             ),
             ("ZERO_OUTPUT_FOR_MASK", flag(cfg.zero_output_for_mask)),
-            ("HAS_MASK", flag(mask.is_some())),
+            ("HAS_MASK", flag(tape.has_mask)),
             ("RETURN_SEQUENCES", flag(cfg.return_sequences)),
             ("HAS_RECURRENT_BIAS", flag(self.two_biases)),
         ];
         let kernels = self.ctx.kernels()?;
-        let forward = kernels.pipeline(device, Kernel::TrainForward, &constants)?;
-        let backward = kernels.pipeline(device, Kernel::TrainBackward, &constants)?;
+        let uses = |k: Kernel| {
+            rec.work
+                .iter()
+                .any(|w| matches!(w, Work::Step { kernel, .. } if *kernel == k))
+        };
+        let forward = if uses(Kernel::TrainForward) {
+            Some(kernels.pipeline(device, Kernel::TrainForward, &constants)?)
+        } else {
+            None
+        };
+        let backward = match back {
+            Some(_) if uses(Kernel::TrainBackward) => {
+                Some(kernels.pipeline(device, Kernel::TrainBackward, &constants)?)
+            }
+            _ => None,
+        };
         let gemm = kernels.pipeline(device, Kernel::TrainGemm, &[])?;
-        let data =
+        let total: usize = reads.iter().map(|r| r.2).sum();
+        let staging =
             self.ctx.checked("recording the GPU training pass", || {
                 let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("training parameters"),
@@ -589,11 +784,11 @@ impl GpuRecurrentTrainer {
                     mapped_at_creation: false,
                 });
                 q.write_buffer(&uniform, 0, &rec.uniforms);
-                let block = |at: usize, size: u64| {
+                let block = |at: usize, size: usize| {
                     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                         buffer: &uniform,
                         offset: at as u64,
-                        size: wgpu::BufferSize::new(size),
+                        size: wgpu::BufferSize::new(size as u64),
                     })
                 };
                 let bind =
@@ -614,31 +809,40 @@ impl GpuRecurrentTrainer {
                             entries: &entries,
                         })
                     };
-                let step_size = std::mem::size_of::<TrainStepParams>() as u64;
-                let fwd_bind = bind(
-                    Kernel::TrainForward,
-                    block(0, step_size),
-                    &[&self.rk, &proj, &maskb, &state, &tape, &seq],
-                );
-                let bwd_bind = bind(
-                    Kernel::TrainBackward,
-                    block(0, step_size),
-                    &[&self.rkt, &proj, &maskb, &tape, &cotb, &bstate, &dz],
-                );
-                let gemm_size = std::mem::size_of::<GemmParams>() as u64;
-                let gemm_binds: Vec<Option<wgpu::BindGroup>> = rec
-                    .work
-                    .iter()
-                    .map(|w| match w {
-                        Work::Gemm { at, a, b, c, .. } => {
-                            Some(bind(Kernel::TrainGemm, block(*at, gemm_size), &[a, b, c]))
-                        }
-                        Work::Step { .. } => None,
-                    })
-                    .collect();
+                let step_size = std::mem::size_of::<TrainStepParams>();
+                let fwd_bind = forward.as_ref().map(|_| {
+                    bind(
+                        Kernel::TrainForward,
+                        block(0, step_size),
+                        &[
+                            &self.rk,
+                            &tape.proj,
+                            &tape.mask,
+                            &tape.state,
+                            &tape.tape,
+                            &tape.seq,
+                        ],
+                    )
+                });
+                let bwd_bind = back.filter(|_| backward.is_some()).map(|back| {
+                    bind(
+                        Kernel::TrainBackward,
+                        block(0, step_size),
+                        &[
+                            &self.rkt,
+                            &tape.proj,
+                            &tape.mask,
+                            &tape.tape,
+                            &back.cot,
+                            &back.bstate,
+                            &back.dz,
+                        ],
+                    )
+                });
+                let gemm_size = std::mem::size_of::<GemmParams>();
                 let staging = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("training readback"),
-                    size: (4 * total) as u64,
+                    size: (4 * total.max(1)) as u64,
                     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
@@ -646,32 +850,42 @@ impl GpuRecurrentTrainer {
                     label: Some("training pass"),
                 });
                 {
-                    let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("training pass"),
                         timestamp_writes: None,
                     });
-                    for (w, gb) in rec.work.iter().zip(&gemm_binds) {
+                    for w in &rec.work {
                         match w {
-                            Work::Gemm { groups, .. } => {
-                                cpass.set_pipeline(&gemm);
-                                cpass.set_bind_group(0, gb.as_ref(), &[]);
-                                cpass.dispatch_workgroups(groups.0, groups.1, 1);
+                            Work::Gemm {
+                                at,
+                                a,
+                                b,
+                                c,
+                                groups,
+                            } => {
+                                let bg = bind(Kernel::TrainGemm, block(*at, gemm_size), &[a, b, c]);
+                                pass.set_pipeline(&gemm);
+                                pass.set_bind_group(0, &bg, &[]);
+                                pass.dispatch_workgroups(groups.0, groups.1, 1);
                             }
                             Work::Step { kernel, at, groups } => {
                                 let (pipe, bg) = if *kernel == Kernel::TrainForward {
-                                    (&forward, &fwd_bind)
+                                    (forward.as_ref(), fwd_bind.as_ref())
                                 } else {
-                                    (&backward, &bwd_bind)
+                                    (backward.as_ref(), bwd_bind.as_ref())
                                 };
-                                cpass.set_pipeline(pipe);
-                                cpass.set_bind_group(0, bg, &[*at as u32]);
-                                cpass.dispatch_workgroups(groups.0, groups.1, 1);
+                                let (Some(pipe), Some(bg)) = (pipe, bg) else {
+                                    continue;
+                                };
+                                pass.set_pipeline(pipe);
+                                pass.set_bind_group(0, bg, &[*at as u32]);
+                                pass.dispatch_workgroups(groups.0, groups.1, 1);
                             }
                         }
                     }
                 }
                 let mut off = 0u64;
-                for (buf, from, len) in &reads {
+                for (buf, from, len) in reads {
                     let bytes = (4 * len) as u64;
                     encoder.copy_buffer_to_buffer(buf, (4 * from) as u64, &staging, off, bytes);
                     off += bytes;
@@ -680,77 +894,85 @@ impl GpuRecurrentTrainer {
                 staging
             })?;
         let (tx, rx) = std::sync::mpsc::channel();
-        data.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
+        let failed = |e: &dyn std::fmt::Display| LstmError::Device {
+            message: format!("reading the training results back: {e}"),
+        };
         device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| LstmError::Device {
-                message: format!("waiting for the training pass: {e}"),
-            })?;
-        rx.recv()
-            .map_err(|e| LstmError::Device {
-                message: format!("mapping the training results: {e}"),
-            })?
-            .map_err(|e| LstmError::Device {
-                message: format!("mapping the training results: {e}"),
-            })?;
+            .map_err(|e| failed(&e))?;
+        rx.recv().map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
         let values: Vec<f32> = {
-            let view = data.get_mapped_range(..).map_err(|e| LstmError::Device {
-                message: format!("reading the training results: {e}"),
-            })?;
+            let view = staging.get_mapped_range(..).map_err(|e| failed(&e))?;
             bytemuck::pod_collect_to_vec(&view)
         };
-        data.unmap();
+        staging.unmap();
         let mut parts = Vec::with_capacity(reads.len());
         let mut off = 0;
-        for (_, _, len) in &reads {
+        for (_, _, len) in reads {
             parts.push(values[off..off + len].to_vec());
             off += len;
         }
-        let mut parts = parts.into_iter();
-        let mut next = || parts.next().expect("one part per read");
-        let output_shape: Vec<usize> = if cfg.return_sequences {
-            vec![b, t, h]
-        } else {
-            vec![b, h]
-        };
-        let arr2 = |r, c, v: Vec<f32>| Array2::from_shape_vec((r, c), v).expect("its size");
-        let output = ArrayD::from_shape_vec(IxDyn(&output_shape), next()).expect("its size");
-        let hs = arr2(b, h, next());
-        let cs = arr2(b, h, next());
-        let kernel = arr2(i, n, next());
-        let recurrent_kernel = arr2(h, n, next());
-        let gbias = next();
-        let gx = Array3::from_shape_vec((b, t, i), next()).expect("its size");
-        let h0 = arr2(b, h, next());
-        let c0 = arr2(b, h, next());
-        Ok((
-            LstmCall {
-                output,
-                h: hs,
-                c: cs,
-            },
-            LstmGrads {
-                kernel,
-                recurrent_kernel,
-                bias: self.bias.as_ref().map(|_| Array1::from_vec(gbias)),
-                x: gx,
-                h0,
-                c0,
-            },
-        ))
+        Ok(parts)
     }
 }
 
-/// The shapes of a call, as `train::recurrent::forward` and `backward` check them.
-fn check_call(
+/// A readback: a buffer, the float to start at, the floats.
+type Read<'a> = (&'a wgpu::Buffer, usize, usize);
+
+/// A forward pass of a [`GpuRecurrentTrainer`] kept on the device: its input, projection,
+/// mask, states, tape and output sequence, for [`GpuRecurrentTrainer::backward`].
+pub struct GpuTape {
+    trainer: u64,
+    b: usize,
+    t: usize,
+    has_mask: bool,
+    x: wgpu::Buffer,
+    proj: wgpu::Buffer,
+    mask: wgpu::Buffer,
+    state: wgpu::Buffer,
+    tape: wgpu::Buffer,
+    seq: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for GpuTape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuTape")
+            .field("batch", &self.b)
+            .field("steps", &self.t)
+            .field("mask", &self.has_mask)
+            .finish()
+    }
+}
+
+/// A backward pass's buffers: the output cotangent, the state cotangents, dZ, the
+/// gradients.
+struct Backward {
+    cot: wgpu::Buffer,
+    bstate: wgpu::Buffer,
+    dz: wgpu::Buffer,
+    gk: wgpu::Buffer,
+    gr: wgpu::Buffer,
+    gb: wgpu::Buffer,
+    gx: wgpu::Buffer,
+}
+
+/// Copies `src` into `dst` value by value.
+fn fill<'a>(dst: &mut [f32], src: impl Iterator<Item = &'a f32>) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+}
+
+/// The shapes of a call's inputs, as `train::recurrent::forward` checks them.
+fn check_inputs(
     cfg: &LstmConfig,
     input: usize,
     x: ArrayView3<'_, f32>,
     mask: Option<ArrayView2<'_, bool>>,
     init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
-    cot: &LstmCotangents<f32>,
 ) -> Result<()> {
     let (b, t, i) = x.dim();
     let h = cfg.units;
@@ -782,6 +1004,14 @@ fn check_call(
             }
         }
     }
+    Ok(())
+}
+
+/// The shapes of the cotangents of a call of `b` rows and `t` steps, as
+/// `train::recurrent::backward` checks them.
+fn check_cotangents(cfg: &LstmConfig, b: usize, t: usize, cot: &LstmCotangents<f32>) -> Result<()> {
+    let h = cfg.units;
+    let name = &cfg.name;
     let want: Vec<usize> = if cfg.return_sequences {
         vec![b, t, h]
     } else {
