@@ -556,3 +556,92 @@ fn trained_weights_are_written_back_as_keras_files() {
     let other = std::fs::read(dir().join("fit_gru_rnn.keras")).unwrap();
     assert!(net.keras_file(&other).is_err());
 }
+
+mod common;
+
+/// The recorded model gradients and 20-step fits with the recurrent layers on the GPU
+/// (GpuSequential): against Keras's numbers within the GPU's 1e-4.
+#[test]
+fn gpu_gradients_and_fit_match_keras() {
+    use lstm_wgpu::train::GpuSequential;
+    let Some(ctx) = common::gpu("gpu_gradients_and_fit_match_keras") else {
+        return;
+    };
+    for name in [
+        "grads_lstm_dense_f32",
+        "grads_lstm_dense_f64",
+        "grads_masked_f64",
+        "grads_softmax_f64",
+        "grads_sigmoid_f64",
+        "grads_gru_rnn_f64",
+        "grads_bidi_f64",
+        "grads_bidi_mul_f64",
+    ] {
+        let a = npz::<f32>(name);
+        let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
+        let net = GpuSequential::new(model::<f32>(name, &a), ctx.clone()).unwrap();
+        let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+        let mut w = worst(&net.predict(x.view()).unwrap(), &a["pred"], name);
+        let g = net.gradients(x.view(), a["y"].view(), loss).unwrap();
+        w = w.max((g.loss as f64 - a["loss"].iter().next().unwrap().to_f64()).abs());
+        for (k, gw) in g.weights.iter().enumerate() {
+            w = w.max(worst(
+                gw,
+                &a[&format!("grad{k}")],
+                &format!("{name} grad{k}"),
+            ));
+        }
+        w = w.max(worst(&g.x.into_dyn(), &a["grad_x"], name));
+        println!("GPU {name}: worst {w:.1e}");
+        assert!(w <= 1e-4, "GPU {name}: {w:e}");
+    }
+    for name in [
+        "fit_adam",
+        "fit_sgd_nesterov",
+        "fit_rmsprop",
+        "fit_adamw_masked",
+        "fit_gru_rnn",
+        "fit_bidi",
+    ] {
+        let a = npz::<f32>(name);
+        let m = meta(name);
+        let o = &m["optimizer"];
+        let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
+        let loss = Loss::from_keras(m["loss"].as_str().unwrap()).unwrap();
+        let mut net = GpuSequential::new(model::<f32>(name, &a), ctx.clone()).unwrap();
+        let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+        let options = FitOptions::new(
+            loss,
+            m["batch_size"].as_u64().unwrap() as usize,
+            m["epochs"].as_u64().unwrap() as usize,
+        );
+        let h = net
+            .fit(x.view(), a["y"].view(), &options, &mut opt)
+            .unwrap();
+        assert_eq!(opt.iterations(), 20, "{name}");
+        let mut w = 0.0f64;
+        for (k, got) in net.sequential().weights().iter().enumerate() {
+            w = w.max(worst(
+                got,
+                &a[&format!("final{k}")],
+                &format!("{name} weight {k}"),
+            ));
+        }
+        let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
+        let l = h
+            .epoch_loss
+            .iter()
+            .zip(&keras_loss)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        println!("GPU {name}: weights {w:.1e}, epoch losses {l:.1e}");
+        assert!(
+            w <= 1e-4 && l <= 1e-4,
+            "GPU {name}: weights {w:e}, losses {l:e}"
+        );
+        // the device has the trained weights: its prediction is the CPU's on them
+        let cpu = net.sequential().predict(x.view()).unwrap();
+        let d = worst(&net.predict(x.view()).unwrap(), &cpu, name);
+        assert!(d <= 1e-4, "GPU {name}: prediction after fit {d:e}");
+    }
+}

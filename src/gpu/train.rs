@@ -279,7 +279,7 @@ impl GpuRecurrentTrainer {
         self.write_weights(w)
     }
 
-    fn write_weights(&self, w: &LstmWeights<f32>) -> Result<()> {
+    pub(crate) fn write_weights(&self, w: &LstmWeights<f32>) -> Result<()> {
         let n = self.cfg.cell.gates() * self.cfg.units;
         let q = self.ctx.queue();
         let flat = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<_>>();

@@ -3,21 +3,86 @@
 
 use super::load::keras_bias;
 use super::{
-    derivative, recurrent, FitOptions, Gradients, History, Loss, LstmCotangents, Optimizer,
-    Sequential, TrainLayer,
+    derivative, recurrent, FitOptions, Gradients, History, Loss, LstmCall, LstmCotangents,
+    LstmGrads, Optimizer, Sequential, TrainLayer,
 };
+use crate::config::LstmConfig;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::DenseActivation;
-use ndarray::{Array2, Array3, ArrayD, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
+use crate::weights::LstmWeights;
+use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
 
 /// What one layer's forward pass keeps for its backward pass.
 enum Cache<T> {
     Masking(Array2<bool>),
-    Lstm(Box<recurrent::LstmTape<T>>, Array3<T>),
+    Lstm(Tape<T>, Array3<T>),
     /// Both directions' tapes, the input, both outputs (the backward one in input order).
-    Bidi(Box<[recurrent::LstmTape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
+    Bidi(Box<[Tape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
     Dense(ArrayD<T>, ArrayD<T>),
+}
+
+/// A recurrent layer's recorded forward pass, where it ran.
+pub(crate) enum Tape<T> {
+    /// On the CPU (`recurrent::forward`).
+    Cpu(Box<recurrent::LstmTape<T>>),
+    /// On the GPU ([`crate::gpu::GpuRecurrentTrainer::forward`]).
+    Gpu(Box<crate::gpu::GpuTape>),
+}
+
+/// Where a chain's recurrent layers run their forward pass with its tape and their
+/// backward pass; the other layers and the loss run on the CPU. `at` is the layer's index in
+/// the chain and its direction (0, or 1 for a Bidirectional's backward one).
+pub(crate) trait RecurrentPath<T> {
+    fn forward(
+        &self,
+        at: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        mask: Option<ArrayView2<'_, bool>>,
+    ) -> Result<(LstmCall<T>, Tape<T>)>;
+
+    fn backward(
+        &self,
+        at: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        tape: &Tape<T>,
+        cot: &LstmCotangents<T>,
+    ) -> Result<LstmGrads<T>>;
+}
+
+/// The CPU: `recurrent::forward` and `backward`.
+pub(crate) struct CpuPath;
+
+impl<T: Element> RecurrentPath<T> for CpuPath {
+    fn forward(
+        &self,
+        _: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        mask: Option<ArrayView2<'_, bool>>,
+    ) -> Result<(LstmCall<T>, Tape<T>)> {
+        let (call, tape) = recurrent::forward(layer, x, mask, None)?;
+        Ok((call, Tape::Cpu(Box::new(tape))))
+    }
+
+    fn backward(
+        &self,
+        _: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        tape: &Tape<T>,
+        cot: &LstmCotangents<T>,
+    ) -> Result<LstmGrads<T>> {
+        match tape {
+            Tape::Cpu(tape) => recurrent::backward(layer, x, tape, cot),
+            Tape::Gpu(_) => Err(LstmError::invalid(
+                format!("layer {}", layer.0.name),
+                "a GPU tape reached the CPU's backward pass",
+            )),
+        }
+    }
 }
 
 impl<T: Element> Sequential<T> {
@@ -26,6 +91,7 @@ impl<T: Element> Sequential<T> {
     #[allow(clippy::type_complexity)]
     fn forward(
         &self,
+        path: &dyn RecurrentPath<T>,
         x: ArrayView3<'_, T>,
     ) -> Result<(
         ArrayD<T>,
@@ -37,7 +103,7 @@ impl<T: Element> Sequential<T> {
         let mut mask: Option<Array2<bool>> = None;
         let mut caches = Vec::new();
         let mut logits = None;
-        for (name, l) in &self.layers {
+        for (at, (name, l)) in self.layers.iter().enumerate() {
             logits = None;
             match l {
                 TrainLayer::Masking { mask_value } => {
@@ -51,13 +117,13 @@ impl<T: Element> Sequential<T> {
                 }
                 TrainLayer::Recurrent { config, weights } => {
                     let x3 = three(&h, name)?;
-                    let (out, tape) = recurrent::forward(
+                    let (out, tape) = path.forward(
+                        (at, 0),
                         (config, weights),
                         x3,
                         mask.as_ref().map(|m| m.view()),
-                        None,
                     )?;
-                    caches.push(Cache::Lstm(Box::new(tape), x3.to_owned()));
+                    caches.push(Cache::Lstm(tape, x3.to_owned()));
                     if !config.return_sequences {
                         mask = None;
                     }
@@ -70,8 +136,8 @@ impl<T: Element> Sequential<T> {
                 } => {
                     let x3 = three(&h, name)?;
                     let m = mask.as_ref().map(|m| m.view());
-                    let (yf, tf) = recurrent::forward((&forward.0, &forward.1), x3, m, None)?;
-                    let (yb, tb) = recurrent::forward((&backward.0, &backward.1), x3, m, None)?;
+                    let (yf, tf) = path.forward((at, 0), (&forward.0, &forward.1), x3, m)?;
+                    let (yb, tb) = path.forward((at, 1), (&backward.0, &backward.1), x3, m)?;
                     let seqs = forward.0.return_sequences;
                     let mut yb = yb.output;
                     if seqs {
@@ -147,7 +213,16 @@ impl<T: Element> Sequential<T> {
 
     /// The model's output on `x [B, T, I]`.
     pub fn predict(&self, x: ArrayView3<'_, T>) -> Result<ArrayD<T>> {
-        Ok(self.forward(x)?.0)
+        Ok(self.forward(&CpuPath, x)?.0)
+    }
+
+    /// [`predict`](Self::predict) with the recurrent layers on `path`.
+    pub(crate) fn predict_with(
+        &self,
+        path: &dyn RecurrentPath<T>,
+        x: ArrayView3<'_, T>,
+    ) -> Result<ArrayD<T>> {
+        Ok(self.forward(path, x)?.0)
     }
 
     /// The loss of the batch `(x, y)` (Keras's loss object on the model's output, its mask
@@ -158,7 +233,18 @@ impl<T: Element> Sequential<T> {
         y: ArrayViewD<'_, T>,
         loss: Loss,
     ) -> Result<Gradients<T>> {
-        let (pred, mask, logits, caches) = self.forward(x)?;
+        self.gradients_with(&CpuPath, x, y, loss)
+    }
+
+    /// [`gradients`](Self::gradients) with the recurrent layers on `path`.
+    pub(crate) fn gradients_with(
+        &self,
+        path: &dyn RecurrentPath<T>,
+        x: ArrayView3<'_, T>,
+        y: ArrayViewD<'_, T>,
+        loss: Loss,
+    ) -> Result<Gradients<T>> {
+        let (pred, mask, logits, caches) = self.forward(path, x)?;
         let lg = loss.evaluate(
             pred.view(),
             logits.as_ref().map(|l| l.view()),
@@ -168,7 +254,7 @@ impl<T: Element> Sequential<T> {
         let mut d = lg.grad;
         let mut skip_activation = lg.wrt_logits;
         let mut grads: Vec<Vec<ArrayD<T>>> = Vec::new();
-        for ((name, l), cache) in self.layers.iter().zip(caches).rev() {
+        for (at, ((name, l), cache)) in self.layers.iter().zip(caches).enumerate().rev() {
             match (l, cache) {
                 (TrainLayer::Masking { .. }, Cache::Masking(m)) => {
                     let mut dx = d
@@ -183,7 +269,7 @@ impl<T: Element> Sequential<T> {
                         h: None,
                         c: None,
                     };
-                    let g = recurrent::backward((config, weights), x3.view(), &tape, &cot)?;
+                    let g = path.backward((at, 0), (config, weights), x3.view(), &tape, &cot)?;
                     let n = g.kernel.ncols();
                     let mut w = vec![g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()];
                     w.extend(g.bias.map(|b| keras_bias(b, n)));
@@ -219,13 +305,17 @@ impl<T: Element> Sequential<T> {
                     let [tf, tb] = *tapes;
                     let mut w = Vec::new();
                     let mut dx = Array3::<T>::zeros(x3.raw_dim());
-                    for ((cfg, weights), tape, d) in [(forward, &tf, df), (backward, &tb, db)] {
+                    for (dir, ((cfg, weights), tape, d)) in
+                        [(forward, &tf, df), (backward, &tb, db)]
+                            .into_iter()
+                            .enumerate()
+                    {
                         let cot = LstmCotangents {
                             output: d,
                             h: None,
                             c: None,
                         };
-                        let g = recurrent::backward((cfg, weights), x3.view(), tape, &cot)?;
+                        let g = path.backward((at, dir), (cfg, weights), x3.view(), tape, &cot)?;
                         let n = g.kernel.ncols();
                         w.extend([g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()]);
                         w.extend(g.bias.map(|b| keras_bias(b, n)));
@@ -302,6 +392,20 @@ impl<T: Element> Sequential<T> {
         options: &FitOptions,
         optimizer: &mut Optimizer,
     ) -> Result<History> {
+        self.fit_with(&CpuPath, x, y, options, optimizer, &mut |_| Ok(()))
+    }
+
+    /// [`fit`](Self::fit) with the recurrent layers on `path`; `updated` runs after each
+    /// optimizer step (to upload the new weights).
+    pub(crate) fn fit_with(
+        &mut self,
+        path: &dyn RecurrentPath<T>,
+        x: ArrayView3<'_, T>,
+        y: ArrayViewD<'_, T>,
+        options: &FitOptions,
+        optimizer: &mut Optimizer,
+        updated: &mut dyn FnMut(&Self) -> Result<()>,
+    ) -> Result<History> {
         let n = x.dim().0;
         if y.shape().first() != Some(&n) {
             return Err(LstmError::shape(
@@ -322,7 +426,7 @@ impl<T: Element> Sequential<T> {
                 let end = (start + options.batch_size).min(n);
                 let xb = x.slice(ndarray::s![start..end, .., ..]);
                 let yb = y.slice_axis(Axis(0), (start..end).into());
-                let g = self.gradients(xb, yb, options.loss)?;
+                let g = self.gradients_with(path, xb, yb, options.loss)?;
                 let finite_grads = g
                     .weights
                     .iter()
@@ -341,6 +445,7 @@ impl<T: Element> Sequential<T> {
                     });
                 }
                 optimizer.apply_views(&mut self.weights_mut(), &g.weights)?;
+                updated(self)?;
                 total += g.loss.to_f64() * (end - start) as f64;
                 count += end - start;
                 log::debug!(

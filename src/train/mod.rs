@@ -9,9 +9,11 @@
 //! The trained weights are written back as Keras 3 files ([`Sequential::weights_h5`],
 //! [`Sequential::keras_file`]).
 //!
+//! On the GPU: [`GpuSequential`] runs the chain's recurrent layers there (forward, tape and
+//! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
+//!
 //! Not yet here: the other graph layers (Embedding, Conv1D, attention, ...), Dropout in
-//! training mode, stateful layers, `merge_mode=None` and returned states in a chain, the GPU
-//! path.
+//! training mode, stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -29,6 +31,7 @@
 
 mod activation;
 mod chain;
+mod gpu;
 mod h5write;
 mod load;
 mod loss;
@@ -37,6 +40,7 @@ mod recurrent;
 mod save;
 
 pub use activation::derivative;
+pub use gpu::GpuSequential;
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
 pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};

@@ -1,0 +1,186 @@
+//! A trainable chain with its recurrent layers on the GPU ([`GpuSequential`]).
+
+use super::chain::{RecurrentPath, Tape};
+use super::{FitOptions, Gradients, History, Loss, LstmCall, LstmCotangents, LstmGrads};
+use super::{Optimizer, Sequential, TrainLayer};
+use crate::config::LstmConfig;
+use crate::cpu::Lstm;
+use crate::error::{LstmError, Result};
+use crate::gpu::{GpuContext, GpuRecurrentTrainer};
+use crate::weights::LstmWeights;
+use ndarray::{ArrayD, ArrayView2, ArrayView3, ArrayViewD};
+use std::sync::Arc;
+
+/// A [`Sequential`] (f32) whose recurrent layers run their forward pass, tape and backward
+/// pass through time on the GPU ([`GpuRecurrentTrainer`]: one submission for each layer's
+/// forward and one for its backward), with `Masking`, `Dense`, the loss and the optimizer on
+/// the CPU (they are small beside the recurrence). [`gradients`](Self::gradients) and
+/// [`fit`](Self::fit) are [`Sequential::gradients`] and [`Sequential::fit`] on this path
+/// (the same checks and errors; within 1e-4 of the CPU); after each optimizer step the new
+/// weights are written to the device in place.
+///
+/// ```no_run
+/// use lstm_wgpu::gpu::GpuContext;
+/// use lstm_wgpu::model::KerasModel;
+/// use lstm_wgpu::train::{FitOptions, GpuSequential, Loss, Optimizer, Sequential};
+/// # fn main() -> lstm_wgpu::Result<()> {
+/// let original = std::fs::read("model.keras").map_err(|e| lstm_wgpu::LstmError::invalid("model.keras", e.to_string()))?;
+/// let model = KerasModel::load(std::path::Path::new("model.keras"))?;
+/// let net = Sequential::<f32>::from_model(&model)?;
+/// let mut gpu = GpuSequential::new(net, GpuContext::new()?)?;
+/// let x = ndarray::Array3::<f32>::zeros((32, 10, 3));
+/// let y = ndarray::Array2::<f32>::zeros((32, 1)).into_dyn();
+/// let mut opt = Optimizer::adam(1e-3);
+/// gpu.fit(x.view(), y.view(), &FitOptions::new(Loss::MeanSquaredError, 8, 5), &mut opt)?;
+/// let trained: Vec<u8> = gpu.sequential().keras_file(&original)?;
+/// # Ok(()) }
+/// ```
+pub struct GpuSequential {
+    net: Sequential<f32>,
+    /// Per layer of the chain: no trainer, one, or a Bidirectional's two.
+    trainers: Vec<Vec<GpuRecurrentTrainer>>,
+}
+
+impl std::fmt::Debug for GpuSequential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuSequential")
+            .field("layers", &self.net.layers.len())
+            .field(
+                "gpu_layers",
+                &self.trainers.iter().filter(|t| !t.is_empty()).count(),
+            )
+            .finish()
+    }
+}
+
+impl GpuSequential {
+    /// Uploads the recurrent layers of `net` to `ctx`'s device. A recurrent layer the GPU
+    /// does not train (a GRU with `reset_after=false`) is an error naming it.
+    pub fn new(net: Sequential<f32>, ctx: Arc<GpuContext>) -> Result<Self> {
+        let trainer = |cfg: &LstmConfig, w: &LstmWeights<f32>| -> Result<GpuRecurrentTrainer> {
+            GpuRecurrentTrainer::new(ctx.clone(), &Lstm::new(cfg.clone(), w.clone())?)
+        };
+        let mut trainers = Vec::with_capacity(net.layers.len());
+        for (_, l) in &net.layers {
+            trainers.push(match l {
+                TrainLayer::Recurrent { config, weights } => vec![trainer(config, weights)?],
+                TrainLayer::Bidirectional {
+                    forward, backward, ..
+                } => vec![
+                    trainer(&forward.0, &forward.1)?,
+                    trainer(&backward.0, &backward.1)?,
+                ],
+                TrainLayer::Masking { .. } | TrainLayer::Dense { .. } => Vec::new(),
+            });
+        }
+        Ok(GpuSequential { net, trainers })
+    }
+
+    /// The chain (its weights are the trained ones).
+    pub fn sequential(&self) -> &Sequential<f32> {
+        &self.net
+    }
+
+    /// The chain, leaving the GPU.
+    pub fn into_sequential(self) -> Sequential<f32> {
+        self.net
+    }
+
+    /// Replaces every weight ([`Sequential::set_weights`]) here and on the device.
+    pub fn set_weights(&mut self, new: &[ArrayD<f32>]) -> Result<()> {
+        self.net.set_weights(new)?;
+        upload(&self.trainers, &self.net)
+    }
+
+    /// The model's output on `x [B, T, I]`.
+    pub fn predict(&self, x: ArrayView3<'_, f32>) -> Result<ArrayD<f32>> {
+        self.net.predict_with(&GpuPath(&self.trainers), x)
+    }
+
+    /// [`Sequential::gradients`] with the recurrent layers on the GPU.
+    pub fn gradients(
+        &self,
+        x: ArrayView3<'_, f32>,
+        y: ArrayViewD<'_, f32>,
+        loss: Loss,
+    ) -> Result<Gradients<f32>> {
+        self.net
+            .gradients_with(&GpuPath(&self.trainers), x, y, loss)
+    }
+
+    /// [`Sequential::fit`] with the recurrent layers on the GPU: the same batches, steps,
+    /// history and errors ([`LstmError::TrainingDiverged`] keeps the weights from before the
+    /// step, here and on the device).
+    pub fn fit(
+        &mut self,
+        x: ArrayView3<'_, f32>,
+        y: ArrayViewD<'_, f32>,
+        options: &FitOptions,
+        optimizer: &mut Optimizer,
+    ) -> Result<History> {
+        let trainers = &self.trainers;
+        self.net
+            .fit_with(&GpuPath(trainers), x, y, options, optimizer, &mut |net| {
+                upload(trainers, net)
+            })
+    }
+}
+
+/// Writes the recurrent weights of `net` to their trainers.
+fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Result<()> {
+    for (t, (_, l)) in trainers.iter().zip(&net.layers) {
+        match l {
+            TrainLayer::Recurrent { weights, .. } => t[0].write_weights(weights)?,
+            TrainLayer::Bidirectional {
+                forward, backward, ..
+            } => {
+                t[0].write_weights(&forward.1)?;
+                t[1].write_weights(&backward.1)?;
+            }
+            TrainLayer::Masking { .. } | TrainLayer::Dense { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// The recurrent layers on their trainers.
+struct GpuPath<'a>(&'a [Vec<GpuRecurrentTrainer>]);
+
+impl GpuPath<'_> {
+    fn trainer(&self, (layer, dir): (usize, usize), name: &str) -> Result<&GpuRecurrentTrainer> {
+        self.0
+            .get(layer)
+            .and_then(|t| t.get(dir))
+            .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "has no GPU trainer"))
+    }
+}
+
+impl RecurrentPath<f32> for GpuPath<'_> {
+    fn forward(
+        &self,
+        at: (usize, usize),
+        (cfg, _): (&LstmConfig, &LstmWeights<f32>),
+        x: ArrayView3<'_, f32>,
+        mask: Option<ArrayView2<'_, bool>>,
+    ) -> Result<(LstmCall<f32>, Tape<f32>)> {
+        let (call, tape) = self.trainer(at, &cfg.name)?.forward(x, mask, None)?;
+        Ok((call, Tape::Gpu(Box::new(tape))))
+    }
+
+    fn backward(
+        &self,
+        at: (usize, usize),
+        (cfg, _): (&LstmConfig, &LstmWeights<f32>),
+        _: ArrayView3<'_, f32>,
+        tape: &Tape<f32>,
+        cot: &LstmCotangents<f32>,
+    ) -> Result<LstmGrads<f32>> {
+        match tape {
+            Tape::Gpu(tape) => self.trainer(at, &cfg.name)?.backward(tape, cot),
+            Tape::Cpu(_) => Err(LstmError::invalid(
+                format!("layer {}", cfg.name),
+                "a CPU tape reached the GPU's backward pass",
+            )),
+        }
+    }
+}
