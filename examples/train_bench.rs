@@ -3,23 +3,27 @@
 //!
 //! ```text
 //! cargo run --release --example train_bench -- --batch 32 --steps 100 --input 32 --units 128 \
-//!     [--iters 10] [--warmup 2] [--json]
+//!     [--iters 10] [--warmup 2] [--gpu] [--json]
 //! ```
 //!
 //! `forward_ms`: `cpu::Lstm::forward` (the inference path); `step_ms`: the loss, its
 //! gradients (the recorded forward and backpropagation through time) and one Adam update;
-//! `step_over_forward` their ratio.
+//! `step_over_forward` their ratio. With `--gpu`: `gpu::GpuLstm::forward` and a
+//! `train::GpuSequential` step (the LSTM's forward and backward on the GPU, one submission
+//! each; Dense, loss and Adam on the CPU; the new weights written back), on the adapter
+//! `GpuOptions::from_env` chooses (software ones allowed).
 
 use lstm_wgpu::model::DenseActivation;
-use lstm_wgpu::train::{Loss, Optimizer, Sequential, TrainLayer};
+use lstm_wgpu::train::{FitOptions, GpuSequential, Loss, Optimizer, Sequential, TrainLayer};
 use lstm_wgpu::{Activation, LstmConfig, LstmWeights};
 use ndarray::{Array1, Array2, Array3};
 use std::time::Instant;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (mut b, mut t, mut i, mut h, mut iters, mut warmup, mut json) =
-        (32usize, 100usize, 32usize, 128usize, 10usize, 2usize, false);
+    let (mut b, mut t, mut i, mut h, mut iters, mut warmup, mut json, mut gpu) = (
+        32usize, 100usize, 32usize, 128usize, 10usize, 2usize, false, false,
+    );
     while let Some(a) = args.next() {
         let mut num = |what: &str| -> usize {
             args.next()
@@ -34,6 +38,7 @@ fn main() {
             "--iters" => iters = num("--iters").max(1),
             "--warmup" => warmup = num("--warmup"),
             "--json" => json = true,
+            "--gpu" => gpu = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -94,25 +99,47 @@ fn main() {
                 .collect(),
         )
     };
-    let mut layer = layer;
-    let forward = time(&mut || {
-        std::hint::black_box(layer.forward(x.view(), None, None).expect("forward"));
-    });
-    let step = time(&mut || {
-        let g = net
-            .gradients(x.view(), y.view(), Loss::MeanSquaredError)
-            .expect("gradients");
-        opt.apply_views(&mut net.weights_mut(), &g.weights)
-            .expect("update");
-    });
+    let (forward, step) = if gpu {
+        let ctx = lstm_wgpu::gpu::GpuContext::with_options(
+            &lstm_wgpu::gpu::GpuOptions::from_env().allow_software(true),
+        )
+        .expect("a GPU adapter");
+        eprintln!("adapter: {}", ctx.describe());
+        let mut lstm = lstm_wgpu::gpu::GpuLstm::new(ctx.clone(), &layer).expect("GPU layer");
+        let forward = time(&mut || {
+            std::hint::black_box(lstm.forward(x.view(), None, None).expect("forward"));
+        });
+        let mut trainer = GpuSequential::new(net, ctx).expect("GPU trainer");
+        let options = FitOptions::new(Loss::MeanSquaredError, b, 1);
+        let step = time(&mut || {
+            trainer
+                .fit(x.view(), y.view(), &options, &mut opt)
+                .expect("step");
+        });
+        (forward, step)
+    } else {
+        let mut layer = layer;
+        let forward = time(&mut || {
+            std::hint::black_box(layer.forward(x.view(), None, None).expect("forward"));
+        });
+        let step = time(&mut || {
+            let g = net
+                .gradients(x.view(), y.view(), Loss::MeanSquaredError)
+                .expect("gradients");
+            opt.apply_views(&mut net.weights_mut(), &g.weights)
+                .expect("update");
+        });
+        (forward, step)
+    };
+    let path = if gpu { "gpu" } else { "cpu" };
     if json {
         println!(
-            "{{\"batch\":{b},\"steps\":{t},\"input\":{i},\"units\":{h},\"forward_ms\":{forward},\"step_ms\":{step},\"step_over_forward\":{}}}",
+            "{{\"path\":\"{path}\",\"batch\":{b},\"steps\":{t},\"input\":{i},\"units\":{h},\"forward_ms\":{forward},\"step_ms\":{step},\"step_over_forward\":{}}}",
             step / forward
         );
     } else {
         println!(
-            "B={b} T={t} I={i} H={h}: forward {forward:.2} ms, training step {step:.2} ms ({:.2}x)",
+            "{path} B={b} T={t} I={i} H={h}: forward {forward:.2} ms, training step {step:.2} ms ({:.2}x)",
             step / forward
         );
     }

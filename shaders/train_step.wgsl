@@ -7,14 +7,16 @@
 //   proj   x W + b of every step, [B, T, GH] (Keras's gate blocks: i, f, c, o / z, r, h)
 //   mask   [B, T] (u32, 0 = masked)
 //   state  (forward) h ping-pong [2, B, H] (step s reads half s % 2), c [B, H], last [B, H]
-//   tape   zh = h U (+ the recurrent bias) [B, T, GH], h_prev [B, T, H], c_prev [B, T, H]
+//   tape   zh = h U (+ the recurrent bias) [B, T, GH], h_prev [B, T, HP] (HP = H, or H + 1
+//          with a recurrent bias: a trailing 1, so that H_prevᵀ·dZh gives its gradient as a
+//          last row), c_prev [B, T, H]
 //   seq    the output sequence [B, T, H] in processing order
 //   bstate (backward) g = dL/dh after the step, without the output's part [B, H];
 //          dy = the output cotangent reaching this step [B, H]; dc [B, H]
 //   dz     d(recurrent side) [B, T, GH], then (GRU) d(input side) [B, T, GH]; an LSTM's and
 //          SimpleRNN's are equal, so only the first is written
 //
-// forward (thread (b, j)): the recurrent product h_prev · U for unit j's gates, the tape,
+// forward (thread (j, RB rows)): the recurrent product h_prev · U for unit j's gates, the tape,
 // then Keras's cell and mask rule (a masked row keeps its states and repeats the last
 // output, or zeros with zero_output_for_mask).
 // backward (steps last first): first the transpose of the previous dispatch's recurrent
@@ -56,6 +58,7 @@ struct TrainStepParams {
 @group(0) @binding(0) var<uniform> p: TrainStepParams;
 
 const WG: u32 = 64u;
+const RB: u32 = 4u; // batch rows per thread
 
 // d act(x)/dx from the pre-activation x and y = act(x). CPU twin: `derivative_at` (and
 // `derivative`) in src/train/activation.rs.
@@ -91,6 +94,11 @@ fn dact(id: u32, x: f32, y: f32) -> f32 {
         case 13u: { return exp_f32(x); }                                            // exponential
         default: { return 1.0; }
     }
+}
+
+// The stride of h_prev in the tape.
+fn hp_stride() -> u32 {
+    return p.units + select(0u, 1u, HAS_RECURRENT_BIAS);
 }
 
 fn present_at(b: u32, t: u32) -> bool {

@@ -211,25 +211,27 @@ pub(crate) fn mha_iterations(key_dim: usize, value_dim: usize, tv: usize) -> u64
 }
 
 /// train_forward.wgsl and train_backward.wgsl: the recurrent product's loop (over the `units`
-/// of h forward, over the `gates · units` of dZh backward) and the masked step's gate loop.
+/// of h forward, over the `gates · units` of dZh backward), then the row loop with each row's
+/// masked-step gate loop (and a `switch`, counted as a loop of 4).
 pub(crate) fn train_step_iterations(units: usize, gates: usize) -> u64 {
-    (gates * units + gates) as u64
+    (gates * units + super::params::TRAIN_STEP_ROWS * (1 + gates + 4)) as u64
 }
 
-/// train_gemm.wgsl on a reduction of `k` values: per round of TILE, the round itself and
-/// its product loop.
+/// train_gemm.wgsl on a reduction of `k` values: per round of 16, the round, the staging
+/// loop (4) and the product loop (16, counted as conv.wgsl's: 5 each); then the 16 stores.
 #[cfg(test)]
 pub(crate) fn gemm_iterations(k: usize) -> u64 {
-    let tile = super::params::TRAIN_GEMM_TILE;
-    k.div_ceil(tile) as u64 * (1 + tile as u64)
+    k.div_ceil(16) as u64 * GEMM_ROUND + GEMM_FIXED
 }
 
+const GEMM_ROUND: u64 = 1 + 4 + 16 * 5;
+const GEMM_FIXED: u64 = 4 * 5;
+
 /// The longest reduction one train_gemm.wgsl dispatch may run within `budget` (a multiple
-/// of its tile; at least one tile).
+/// of 16; at least 16).
 pub(crate) fn gemm_k_per_dispatch(budget: u64) -> usize {
-    let tile = super::params::TRAIN_GEMM_TILE;
-    let rounds = (budget / (1 + tile as u64)).clamp(1, (u32::MAX as usize / tile) as u64);
-    rounds as usize * tile
+    let rounds = (budget.saturating_sub(GEMM_FIXED) / GEMM_ROUND).clamp(1, 1 << 24);
+    rounds as usize * 16
 }
 
 /// An error unless `iterations` fit the budget of an adapter whose loops stop after `cap`:
@@ -255,10 +257,10 @@ mod tests {
 
     #[test]
     fn gemm_chunks_fit_the_budget() {
-        for budget in [17u64, 1000, 32_767, 1 << 40] {
+        for budget in [105u64, 1000, 32_767, 1 << 40] {
             let k = gemm_k_per_dispatch(budget);
-            assert!(k >= super::super::params::TRAIN_GEMM_TILE);
-            if budget >= 17 {
+            assert!(k >= 16);
+            {
                 assert!(gemm_iterations(k) <= budget, "{budget}: {k}");
             }
         }

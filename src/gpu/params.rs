@@ -82,8 +82,11 @@ pub(crate) struct ProjParams {
 
 /// Threads of a training step workgroup (`WG` in train_step.wgsl), one unit each.
 pub(crate) const TRAIN_STEP_THREADS: usize = 64;
-/// The side of a training GEMM's output tile (`TILE` in train_gemm.wgsl; TILE x TILE threads).
-pub(crate) const TRAIN_GEMM_TILE: usize = 16;
+/// Batch rows per training step thread (`RB` in train_step.wgsl).
+pub(crate) const TRAIN_STEP_ROWS: usize = 4;
+/// The side of a training GEMM's output tile (`TILE` in train_gemm.wgsl; 16 x 16 threads,
+/// 4 x 4 outputs each).
+pub(crate) const TRAIN_GEMM_TILE: usize = 64;
 
 /// train_forward.wgsl and train_backward.wgsl: one timestep.
 #[repr(C)]
@@ -595,6 +598,7 @@ mod tests {
         for k in ["train_forward", "train_backward"] {
             assert_eq!(workgroup_size(k), threads(TRAIN_STEP_THREADS), "{k}");
             assert_eq!(constant(k, "WG"), TRAIN_STEP_THREADS, "{k}");
+            assert_eq!(constant(k, "RB"), TRAIN_STEP_ROWS, "{k}");
             for (name, value) in [
                 ("CELL_LSTM", CELL_LSTM),
                 ("CELL_GRU", CELL_GRU),
@@ -603,8 +607,7 @@ mod tests {
                 assert_eq!(constant(k, name), value as usize, "{k}: {name}");
             }
         }
-        let t = TRAIN_GEMM_TILE as u32;
-        assert_eq!(workgroup_size("train_gemm"), [t, t, 1]);
+        assert_eq!(workgroup_size("train_gemm"), [16, 16, 1]);
         assert_eq!(constant("train_gemm", "TILE"), TRAIN_GEMM_TILE);
         // conv: 16 x 16 threads, 4 x 4 outputs each: a CONV_TILE x CONV_TILE tile
         assert_eq!(workgroup_size("conv"), [16, 16, 1]);

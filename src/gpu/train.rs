@@ -4,25 +4,30 @@
 //!
 //! The pass, in order (kernels `train_gemm.wgsl`, `train_forward.wgsl`,
 //! `train_backward.wgsl`; their header comments give the layouts and formulas):
-//! 1. the input projection of every timestep, `X·W + b`, as one product;
+//! 1. the input projection of every timestep, `X·W + b`, as one product (`[X | 1]·[W; b]`:
+//!    x is uploaded with a trailing 1 per row, the bias kept as the kernel's last row);
 //! 2. one forward dispatch per timestep: the recurrent product, the tape (`h·U`, `h_prev`,
 //!    `c_prev`), the cell and Keras's mask rule;
 //! 3. one backward dispatch per timestep, last first: the transpose of the recurrent product
 //!    for the later step (`dh_prev = dZh·Uᵀ`), then the gate gradients and the cell backward;
 //!    one more for the first step's `dh_prev` (the initial state's gradient);
-//! 4. every weight gradient and `dX` as products over all timesteps at once (`Xᵀ·dZx`,
-//!    `H_prevᵀ·dZh`, the bias sums, `dZx·Wᵀ`).
+//! 4. every weight gradient and `dX` as products over all timesteps at once
+//!    (`[X | 1]ᵀ·dZx`: the kernel's and bias's; `[H_prev | 1]ᵀ·dZh`: the recurrent kernel's,
+//!    and a GRU's recurrent bias's; `dZx·Wᵀ`).
 //!
-//! Activation memory on the device: the projection and the tape, `B·T·(2G + 2)·H` floats
-//! (`G` gates; `+1·H` more for an LSTM's `c_prev`), and `dZ`, `B·T·G·H` (twice that for a GRU,
-//! whose input and recurrent sides differ), besides `x`, `dX` and the output sequence.
+//! Each product is a register-tiled GEMM; a reduction longer than a software rasterizer's
+//! loop limit allows runs as several accumulating dispatches.
+//!
+//! Activation memory on the device: the projection and the tape, `B·T·(2G + 1)·H` floats
+//! (`G` gates; `B·T·H` more for an LSTM's `c_prev`), and `dZ`, `B·T·G·H` (twice that for a
+//! GRU, whose input and recurrent sides differ), besides `x`, `dX` and the output sequence.
 
 use super::context::GpuContext;
 use super::kernels::Kernel;
 use super::loops;
 use super::params::{
     GemmParams, TrainStepParams, CELL_GRU, CELL_LSTM, CELL_SIMPLE_RNN, TRAIN_GEMM_TILE,
-    TRAIN_STEP_THREADS,
+    TRAIN_STEP_ROWS, TRAIN_STEP_THREADS,
 };
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::Lstm;
@@ -63,18 +68,18 @@ pub struct GpuRecurrentTrainer {
     ctx: Arc<GpuContext>,
     cfg: LstmConfig,
     input: usize,
-    /// `W [I, G·H]`.
+    /// `W [I, G·H]`, then the input-side bias `[G·H]` (a GRU's first half) as one more
+    /// row: the input is uploaded with a trailing 1 per row, so that the projection is one
+    /// product and `[X | 1]ᵀ·dZx` gives the bias's gradient as its last row.
     kernel: wgpu::Buffer,
-    /// The input-side bias `[G·H]` (a GRU's first half).
-    bias: Option<wgpu::Buffer>,
+    /// The layer has a bias.
+    has_bias: bool,
     /// `U [H, G·H]`, then a GRU's recurrent bias `[G·H]`.
     rk: wgpu::Buffer,
     /// `Uᵀ [G·H, H]`.
     rkt: wgpu::Buffer,
     /// The bias is `[2·G·H]` (a GRU with reset_after): its gradient has both halves.
     two_biases: bool,
-    /// A single 1 (a ones vector with stride 0, for the bias products).
-    ones: wgpu::Buffer,
     /// Which trainer recorded a [`GpuTape`].
     id: u64,
 }
@@ -247,19 +252,16 @@ impl GpuRecurrentTrainer {
         let input = w.kernel.nrows();
         let two_biases = w.bias.as_ref().is_some_and(|b| b.len() == 2 * n);
         let trainer = GpuRecurrentTrainer {
-            kernel: make("train kernel", input * n),
-            bias: w.bias.as_ref().map(|_| make("train bias", n)),
+            kernel: make("train kernel", (input + 1) * n),
+            has_bias: w.bias.is_some(),
             rk: make("train recurrent kernel", cfg.units * n + n),
             rkt: make("train recurrent kernel (transposed)", cfg.units * n),
-            ones: make("ones", 4),
             ctx: ctx.clone(),
             cfg,
             input,
             two_biases,
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
-        ctx.queue()
-            .write_buffer(&trainer.ones, 0, bytemuck::cast_slice(&[1.0f32; 4]));
         trainer.write_weights(w)?;
         Ok(trainer)
     }
@@ -269,7 +271,7 @@ impl GpuRecurrentTrainer {
     pub fn set_weights(&mut self, w: &LstmWeights<f32>) -> Result<()> {
         let n = self.cfg.cell.gates() * self.cfg.units;
         let mut want: Vec<Vec<usize>> = vec![vec![self.input, n], vec![self.cfg.units, n]];
-        if self.bias.is_some() {
+        if self.has_bias {
             want.push(vec![if self.two_biases { 2 * n } else { n }]);
         }
         let mut got: Vec<&[usize]> = vec![w.kernel.shape(), w.recurrent_kernel.shape()];
@@ -283,19 +285,18 @@ impl GpuRecurrentTrainer {
         let n = self.cfg.cell.gates() * self.cfg.units;
         let q = self.ctx.queue();
         let flat = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<_>>();
-        q.write_buffer(&self.kernel, 0, bytemuck::cast_slice(&flat(&w.kernel)));
+        let mut kernel = flat(&w.kernel);
         let mut rk = flat(&w.recurrent_kernel);
         rk.resize(rk.len() + n, 0.0);
         if let Some(b) = &w.bias {
             let b: Vec<f32> = b.iter().copied().collect();
-            if let Some(buf) = &self.bias {
-                q.write_buffer(buf, 0, bytemuck::cast_slice(&b[..n]));
-            }
+            kernel.extend_from_slice(&b[..n]);
             if self.two_biases {
                 let at = rk.len() - n;
                 rk[at..].copy_from_slice(&b[n..]);
             }
         }
+        q.write_buffer(&self.kernel, 0, bytemuck::cast_slice(&kernel));
         q.write_buffer(&self.rk, 0, bytemuck::cast_slice(&rk));
         let t = flat(&w.recurrent_kernel.t().to_owned());
         q.write_buffer(&self.rkt, 0, bytemuck::cast_slice(&t));
@@ -423,13 +424,17 @@ impl GpuRecurrentTrainer {
         )?;
         let bt = b * t;
         let lstm = matches!(cfg.cell, Cell::Lstm);
-        let tape_len = bt * n + bt * h + if lstm { bt * h } else { 0 };
+        let (ki, hp) = (
+            i + usize::from(self.has_bias),
+            h + usize::from(self.two_biases),
+        );
+        let tape_len = bt * n + bt * hp + if lstm { bt * h } else { 0 };
         let tape = GpuTape {
             trainer: self.id,
             b,
             t,
             has_mask: mask.is_some(),
-            x: self.storage("x", bt * i)?,
+            x: self.storage("x", bt * ki)?,
             proj: self.storage("projection", bt * n)?,
             mask: self.storage("mask", if mask.is_some() { bt } else { 1 })?,
             state: self.storage("states", 4 * b * h)?,
@@ -440,7 +445,14 @@ impl GpuRecurrentTrainer {
             )?,
         };
         let q = self.ctx.queue();
-        let xs: Vec<f32> = x.iter().copied().collect();
+        // x with a trailing 1 per row for the bias
+        let mut xs: Vec<f32> = Vec::with_capacity(bt * ki);
+        for row in x.to_shape((bt, i)).expect("[B, T, I] as [B·T, I]").rows() {
+            xs.extend(row.iter());
+            if self.has_bias {
+                xs.push(1.0);
+            }
+        }
         q.write_buffer(&tape.x, 0, bytemuck::cast_slice(&xs));
         if let Some(m) = mask {
             let ms: Vec<u32> = m.iter().map(|&v| u32::from(v)).collect();
@@ -472,9 +484,8 @@ impl GpuRecurrentTrainer {
             )?,
             bstate: self.storage("state cotangents", 3 * b * h)?,
             dz: self.storage("gate gradients", if gru { 2 * bt * n } else { bt * n })?,
-            gk: self.storage("kernel gradient", i * n)?,
-            gr: self.storage("recurrent kernel gradient", h * n)?,
-            gb: self.storage("bias gradient", 2 * n)?,
+            gk: self.storage("kernel gradient", (i + 1) * n)?,
+            gr: self.storage("recurrent kernel gradient", (h + 1) * n)?,
             gx: self.storage("input gradient", bt * i)?,
         };
         let q = self.ctx.queue();
@@ -534,7 +545,7 @@ impl GpuRecurrentTrainer {
         rec.groups(
             &format!("GPU training of layer {}", self.cfg.name),
             self.cfg.units.div_ceil(TRAIN_STEP_THREADS),
-            tape.b,
+            tape.b.div_ceil(TRAIN_STEP_ROWS),
         )
     }
 
@@ -542,23 +553,14 @@ impl GpuRecurrentTrainer {
     fn record_forward<'a>(&'a self, rec: &mut Recorder<'a>, tape: &'a GpuTape) -> Result<()> {
         let (bt, i) = (tape.b * tape.t, self.input);
         let n = self.cfg.cell.gates() * self.cfg.units;
-        if let Some(bias) = &self.bias {
-            rec.gemm(
-                "the projection's bias",
-                (bt, n, 1),
-                View::new(&self.ones, 0, 0, 0),
-                View::new(bias, 0, 0, 1),
-                (&tape.proj, 0),
-                false,
-            )?;
-        }
+        let ki = i + usize::from(self.has_bias);
         rec.gemm(
             "the input projection",
-            (bt, n, i),
-            View::new(&tape.x, 0, i, 1),
+            (bt, n, ki),
+            View::new(&tape.x, 0, ki, 1),
             View::new(&self.kernel, 0, n, 1),
             (&tape.proj, 0),
-            self.bias.is_some(),
+            false,
         )?;
         let groups = self.step_groups(rec, tape)?;
         for s in 0..tape.t {
@@ -603,23 +605,31 @@ impl GpuRecurrentTrainer {
             at,
             groups,
         });
+        if std::env::var("ZZ_SKIP").is_ok() {
+            return Ok(());
+        }
         let dzx = if matches!(self.cfg.cell, Cell::Gru { .. }) {
             bt * n
         } else {
             0
         };
+        // with the trailing ones of x and h_prev, the biases' gradients are the last rows
+        let (ki, hp) = (
+            i + usize::from(self.has_bias),
+            h + usize::from(self.two_biases),
+        );
         rec.gemm(
             "the kernel's gradient",
-            (i, n, bt),
-            View::new(&tape.x, 0, 1, i),
+            (ki, n, bt),
+            View::new(&tape.x, 0, 1, ki),
             View::new(&back.dz, dzx, n, 1),
             (&back.gk, 0),
             false,
         )?;
         rec.gemm(
             "the recurrent kernel's gradient",
-            (h, n, bt),
-            View::new(&tape.tape, bt * n, 1, h),
+            (hp, n, bt),
+            View::new(&tape.tape, bt * n, 1, hp),
             View::new(&back.dz, 0, n, 1),
             (&back.gr, 0),
             false,
@@ -632,26 +642,6 @@ impl GpuRecurrentTrainer {
             (&back.gx, 0),
             false,
         )?;
-        if self.bias.is_some() {
-            rec.gemm(
-                "the bias's gradient",
-                (1, n, bt),
-                View::new(&self.ones, 0, 0, 0),
-                View::new(&back.dz, dzx, n, 1),
-                (&back.gb, 0),
-                false,
-            )?;
-            if self.two_biases {
-                rec.gemm(
-                    "the recurrent bias's gradient",
-                    (1, n, bt),
-                    View::new(&self.ones, 0, 0, 0),
-                    View::new(&back.dz, 0, n, 1),
-                    (&back.gb, n),
-                    false,
-                )?;
-            }
-        }
         Ok(())
     }
 
@@ -673,11 +663,13 @@ impl GpuRecurrentTrainer {
     fn backward_reads<'a>(&self, tape: &GpuTape, back: &'a Backward) -> Vec<Read<'a>> {
         let (b, t, i, h) = (tape.b, tape.t, self.input, self.cfg.units);
         let n = self.cfg.cell.gates() * h;
-        let n_bias = if self.two_biases { 2 * n } else { n };
+        let (ki, hp) = (
+            i + usize::from(self.has_bias),
+            h + usize::from(self.two_biases),
+        );
         vec![
-            (&back.gk, 0, i * n),
-            (&back.gr, 0, h * n),
-            (&back.gb, 0, n_bias),
+            (&back.gk, 0, ki * n),
+            (&back.gr, 0, hp * n),
             (&back.gx, 0, b * t * i),
             (&back.bstate, 0, b * h),
             (&back.bstate, 2 * b * h, b * h),
@@ -712,13 +704,15 @@ impl GpuRecurrentTrainer {
         let n = self.cfg.cell.gates() * h;
         let mut next = || parts.next().expect("one part per read");
         let arr2 = |r, c, v: Vec<f32>| Array2::from_shape_vec((r, c), v).expect("its size");
-        let kernel = arr2(i, n, next());
-        let recurrent_kernel = arr2(h, n, next());
-        let bias = next();
+        // the bias rows after the kernels'
+        let mut kernel = next();
+        let mut recurrent_kernel = next();
+        let mut bias = kernel.split_off(i * n);
+        bias.extend(recurrent_kernel.split_off(h * n));
         LstmGrads {
-            kernel,
-            recurrent_kernel,
-            bias: self.bias.as_ref().map(|_| Array1::from_vec(bias)),
+            kernel: arr2(i, n, kernel),
+            recurrent_kernel: arr2(h, n, recurrent_kernel),
+            bias: self.has_bias.then(|| Array1::from_vec(bias)),
             x: Array3::from_shape_vec((b, t, i), next()).expect("its size"),
             h0: arr2(b, h, next()),
             c0: arr2(b, h, next()),
@@ -955,7 +949,6 @@ struct Backward {
     dz: wgpu::Buffer,
     gk: wgpu::Buffer,
     gr: wgpu::Buffer,
-    gb: wgpu::Buffer,
     gx: wgpu::Buffer,
 }
 
