@@ -179,6 +179,11 @@ def build(kind, dtype, t, i):
         act = "softplus" if kind == "softplus_out" else "softmax"
         m = keras.Sequential([keras.Input((t, i)), layers.LSTM(4),
                               layers.Dense(5, activation=act)])
+    elif kind == "dropout_td":
+        m = keras.Sequential([keras.Input((t, i)), layers.Dropout(0.2),
+                              layers.LSTM(5, return_sequences=True),
+                              layers.Dropout(0.4, noise_shape=(None, 1, 5)),
+                              layers.TimeDistributed(layers.Dense(2))])
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     return m
@@ -189,7 +194,7 @@ def data(kind, dtype, n, t, i):
     if kind in ("masked_seq", "gru_rnn", "bidi"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
-    if kind == "masked_seq":
+    if kind in ("masked_seq", "dropout_td"):
         y = rng.uniform(-1, 1, (n, t, 2)).astype(dtype)
     elif kind == "stack_softmax":
         y = rng.randint(0, 5, (n,)).astype(dtype)
@@ -236,6 +241,9 @@ MODEL_CASES = [
      ("rmsprop", dict(learning_rate=0.01, clipvalue=0.05)), (20, 5, 2), 5, 5),
     ("fit_adamw_masked", "fit", "masked_seq", "float32", "mae",
      ("adamw", dict(learning_rate=0.01, weight_decay=0.05)), (16, 6, 3), 4, 5),
+    # Dropout layers (inference mode in the tape: model(x) is training=False) and
+    # TimeDistributed(Dense)
+    ("grads_dropout_td_f64", "grads", "dropout_td", "float64", "mse", None, (4, 6, 3), 0, 0),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)

@@ -196,6 +196,7 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_gru_rnn_f64",
         "grads_bidi_f64",
         "grads_bidi_mul_f64",
+        "grads_dropout_td_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -468,8 +469,9 @@ fn diverging_training_and_bad_targets_are_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
-    // dropout (a layer's rate, a recurrent layer's dropout or recurrent_dropout) is refused
-    // by name: Keras applies it in fit
+    // a recurrent layer's dropout or recurrent_dropout and the noise layers are refused by
+    // name (Keras applies them in fit; not built); a Dropout layer is trained, its rate
+    // checked
     let (config, weights) = config_and_weights("fit_gru_rnn");
     for (class, key) in [("GRU", "recurrent_dropout"), ("SimpleRNN", "dropout")] {
         let mut c = config.clone();
@@ -484,17 +486,39 @@ fn diverging_training_and_bad_targets_are_errors() {
         let err = Sequential::<f32>::from_model(&model).unwrap_err();
         assert!(err.to_string().contains(key), "{class}: {err}");
     }
-    let mut c = config.clone();
-    c["config"]["layers"].as_array_mut().unwrap().insert(
-        2,
-        serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
-            "config": {"name": "dropout", "rate": 0.5}, "registered_name": null}),
-    );
-    let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
-    let err = Sequential::<f32>::from_model(&model).unwrap_err();
+    let with = |layer: serde_json::Value| {
+        let mut c = config.clone();
+        c["config"]["layers"]
+            .as_array_mut()
+            .unwrap()
+            .insert(2, layer);
+        let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
+        Sequential::<f32>::from_model(&model)
+    };
+    let err = with(
+        serde_json::json!({"module": "keras.layers", "class_name": "GaussianNoise",
+        "config": {"name": "noise", "stddev": 0.1}, "registered_name": null}),
+    )
+    .unwrap_err();
     assert!(
-        err.to_string().contains("rate") && err.to_string().contains("dropout"),
+        err.to_string().contains("stddev") && err.to_string().contains("noise"),
         "{err}"
+    );
+    let err = with(
+        serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
+        "config": {"name": "dropout", "rate": 1.0}, "registered_name": null}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rate of layer dropout"), "{err}");
+    let net = with(
+        serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
+        "config": {"name": "dropout", "rate": 0.5}, "registered_name": null}),
+    )
+    .unwrap();
+    assert!(
+        matches!(net.layers[1], (ref n, lstm_wgpu::train::TrainLayer::Dropout { rate, .. }) if n == "dropout" && rate == 0.5),
+        "{:?}",
+        net.layers[1].0
     );
 }
 
@@ -509,6 +533,7 @@ fn trained_weights_are_written_back_as_keras_files() {
         "fit_sgd_nesterov",
         "grads_cce_probs_f64",
         "fit_bidi",
+        "grads_dropout_td_f64",
     ] {
         let a = npz::<f32>(name);
         let mut net = model::<f32>(name, &a);
@@ -576,6 +601,7 @@ fn gpu_gradients_and_fit_match_keras() {
         "grads_gru_rnn_f64",
         "grads_bidi_f64",
         "grads_bidi_mul_f64",
+        "grads_dropout_td_f64",
     ] {
         let a = npz::<f32>(name);
         let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
@@ -644,4 +670,107 @@ fn gpu_gradients_and_fit_match_keras() {
         let d = worst(&net.predict(x.view()).unwrap(), &cpu, name);
         assert!(d <= 1e-4, "GPU {name}: prediction after fit {d:e}");
     }
+}
+
+/// Dropout layers in training mode (grads_dropout_td_f64: Dropout(0.2) on the input,
+/// Dropout(0.4, noise_shape=(None, 1, 5)) after the LSTM): the masks are the seed's (the same
+/// seed, the same gradients and fit; another seed, others), kept values are scaled by
+/// 1 / (1 - rate), a noise_shape of 1 repeats the mask along its axis, and the training-mode
+/// gradients are those of the training-mode loss (central differences in f64, the masks
+/// fixed by the seed). Keras's own masks come from TensorFlow's generator and are not
+/// reproduced; inference-mode gradients are checked against Keras in
+/// `model_losses_and_gradients_match_gradient_tape`.
+#[test]
+fn dropout_in_training_mode() {
+    use lstm_wgpu::train::TrainLayer;
+    let name = "grads_dropout_td_f64";
+    let a = npz::<f64>(name);
+    let net = model::<f64>(name, &a);
+    let kinds: Vec<String> = net
+        .layers
+        .iter()
+        .map(|(n, l)| match l {
+            TrainLayer::Dropout { rate, noise_shape } => format!("{n}:{rate}:{noise_shape:?}"),
+            _ => n.clone(),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "dropout:0.2:None",
+            "lstm_24",
+            "dropout_1:0.4:Some([None, Some(1), Some(5)])",
+            "time_distributed"
+        ]
+    );
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let y = a["y"].clone();
+    let loss = Loss::MeanSquaredError;
+    let g1 = net
+        .gradients_in_training(x.view(), y.view(), loss, 1)
+        .unwrap();
+    let g1b = net
+        .gradients_in_training(x.view(), y.view(), loss, 1)
+        .unwrap();
+    let g2 = net
+        .gradients_in_training(x.view(), y.view(), loss, 2)
+        .unwrap();
+    let inference = net.gradients(x.view(), y.view(), loss).unwrap();
+    assert_eq!(g1.weights, g1b.weights);
+    assert_eq!(g1.x, g1b.x);
+    assert_ne!(g1.loss, g2.loss);
+    assert_ne!(g1.loss, inference.loss);
+    // the input's gradient is zero exactly where the first Dropout dropped the input
+    let dropped = g1.x.iter().filter(|v| **v == 0.0).count();
+    let frac = dropped as f64 / g1.x.len() as f64;
+    assert!((0.05..0.4).contains(&frac), "{frac}");
+    // central differences of the training-mode loss (same seed, same masks)
+    let mut worst_fd = 0.0f64;
+    let eps = 1e-6;
+    let w0 = net.weights();
+    for (k, w) in w0.iter().enumerate() {
+        for e in [0, w.len() / 2, w.len() - 1] {
+            let at = |d: f64| {
+                let mut ws = w0.clone();
+                let v = ws[k].as_slice_mut().unwrap();
+                v[e] += d;
+                let mut n2 = net.clone();
+                n2.set_weights(&ws).unwrap();
+                n2.gradients_in_training(x.view(), y.view(), loss, 1)
+                    .unwrap()
+                    .loss
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            let an = g1.weights[k].as_slice().unwrap()[e];
+            worst_fd = worst_fd.max((fd - an).abs());
+        }
+    }
+    for e in [0, 7, 31, 50] {
+        let at = |d: f64| {
+            let mut x2 = x.clone();
+            x2.as_slice_mut().unwrap()[e] += d;
+            net.gradients_in_training(x2.view(), y.view(), loss, 1)
+                .unwrap()
+                .loss
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+        worst_fd = worst_fd.max((fd - g1.x.as_slice().unwrap()[e]).abs());
+    }
+    println!("dropout: training-mode gradients vs central differences {worst_fd:.1e}");
+    assert!(worst_fd < 1e-8, "{worst_fd:e}");
+    // fit draws per step: the same seed, the same weights
+    let fit = |seed: u64| {
+        let mut n = model::<f64>(name, &a);
+        let mut opt = Optimizer::adam(0.01);
+        n.fit(
+            x.view(),
+            y.view(),
+            &FitOptions::new(loss, 2, 2).seed(seed),
+            &mut opt,
+        )
+        .unwrap();
+        n.weights()
+    };
+    assert_eq!(fit(5), fit(5));
+    assert_ne!(fit(5), fit(6));
 }

@@ -20,6 +20,70 @@ enum Cache<T> {
     /// Both directions' tapes, the input, both outputs (the backward one in input order).
     Bidi(Box<[Tape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
     Dense(ArrayD<T>, ArrayD<T>),
+    /// The kept values' scale (0 where dropped), broadcast to the input; None at inference.
+    Dropout(Option<ArrayD<T>>),
+}
+
+/// SplitMix64: the Dropout masks' generator.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The scale mask of a Dropout layer (`1 / (1 - rate)` where kept, 0 where dropped) for an
+/// input of `shape`: one draw per element of `noise_shape`, broadcast.
+fn dropout_mask<T: Element>(
+    name: &str,
+    rate: f64,
+    noise_shape: Option<&[Option<usize>]>,
+    shape: &[usize],
+    rng: &mut SplitMix,
+) -> Result<ArrayD<T>> {
+    let ns: Vec<usize> = match noise_shape {
+        None => shape.to_vec(),
+        Some(ns) => {
+            if ns.len() != shape.len() {
+                return Err(LstmError::invalid(
+                    format!("noise_shape of layer {name}"),
+                    format!("has {} axes, the input {}", ns.len(), shape.len()),
+                ));
+            }
+            ns.iter()
+                .zip(shape)
+                .map(|(n, &s)| match n {
+                    None => Ok(s),
+                    Some(n) if *n == s || *n == 1 => Ok(*n),
+                    Some(n) => Err(LstmError::invalid(
+                        format!("noise_shape of layer {name}"),
+                        format!("{n} does not broadcast to the input's {s} (shape {shape:?})"),
+                    )),
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let scale = T::from_f64(1.0 / (1.0 - rate));
+    let m = ArrayD::from_shape_fn(IxDyn(&ns), |_| {
+        if rng.next_f64() >= rate {
+            scale
+        } else {
+            T::zero()
+        }
+    });
+    Ok(m.broadcast(IxDyn(shape))
+        .expect("checked to broadcast")
+        .to_owned())
 }
 
 /// A recurrent layer's recorded forward pass, where it ran.
@@ -93,6 +157,7 @@ impl<T: Element> Sequential<T> {
         &self,
         path: &dyn RecurrentPath<T>,
         x: ArrayView3<'_, T>,
+        training: Option<u64>,
     ) -> Result<(
         ArrayD<T>,
         Option<ArrayD<bool>>,
@@ -106,6 +171,17 @@ impl<T: Element> Sequential<T> {
         for (at, (name, l)) in self.layers.iter().enumerate() {
             logits = None;
             match l {
+                TrainLayer::Dropout { rate, noise_shape } => match training {
+                    Some(seed) if *rate > 0.0 => {
+                        let mut rng =
+                            SplitMix(seed ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                        let m =
+                            dropout_mask(name, *rate, noise_shape.as_deref(), h.shape(), &mut rng)?;
+                        h = &h * &m;
+                        caches.push(Cache::Dropout(Some(m)));
+                    }
+                    _ => caches.push(Cache::Dropout(None)),
+                },
                 TrainLayer::Masking { mask_value } => {
                     let x3 = three(&h, name)?;
                     let m = x3.map_axis(Axis(2), |row| row.iter().any(|v| v != mask_value));
@@ -213,7 +289,7 @@ impl<T: Element> Sequential<T> {
 
     /// The model's output on `x [B, T, I]`.
     pub fn predict(&self, x: ArrayView3<'_, T>) -> Result<ArrayD<T>> {
-        Ok(self.forward(&CpuPath, x)?.0)
+        Ok(self.forward(&CpuPath, x, None)?.0)
     }
 
     /// [`predict`](Self::predict) with the recurrent layers on `path`.
@@ -222,29 +298,62 @@ impl<T: Element> Sequential<T> {
         path: &dyn RecurrentPath<T>,
         x: ArrayView3<'_, T>,
     ) -> Result<ArrayD<T>> {
-        Ok(self.forward(path, x)?.0)
+        Ok(self.forward(path, x, None)?.0)
     }
 
     /// The loss of the batch `(x, y)` (Keras's loss object on the model's output, its mask
-    /// included) and its gradients w.r.t. every weight and `x`.
+    /// included) and its gradients w.r.t. every weight and `x`, in inference mode (Dropout
+    /// is the identity: `tf.GradientTape` over `model(x, training=False)`).
     pub fn gradients(
         &self,
         x: ArrayView3<'_, T>,
         y: ArrayViewD<'_, T>,
         loss: Loss,
     ) -> Result<Gradients<T>> {
-        self.gradients_with(&CpuPath, x, y, loss)
+        self.gradients_with(&CpuPath, x, y, loss, None)
     }
 
-    /// [`gradients`](Self::gradients) with the recurrent layers on `path`.
+    /// [`gradients`](Self::gradients) in training mode, as `fit` computes them: every
+    /// `Dropout` layer draws its mask from `seed` (the same seed, the same masks).
+    ///
+    /// ```
+    /// use lstm_wgpu::train::{Loss, Sequential, TrainLayer};
+    /// use lstm_wgpu::model::DenseActivation;
+    /// use lstm_wgpu::Activation;
+    /// let net = Sequential::<f64> { layers: vec![
+    ///     ("dropout".into(), TrainLayer::Dropout { rate: 0.5, noise_shape: None }),
+    ///     ("dense".into(), TrainLayer::Dense { kernel: ndarray::Array2::ones((3, 1)), bias: None,
+    ///         activation: DenseActivation::Elementwise(Activation::Linear) }),
+    /// ] };
+    /// let x = ndarray::Array3::<f64>::ones((4, 5, 3));
+    /// let y = ndarray::Array3::<f64>::zeros((4, 5, 1)).into_dyn();
+    /// let a = net.gradients_in_training(x.view(), y.view(), Loss::MeanSquaredError, 1).unwrap();
+    /// let b = net.gradients_in_training(x.view(), y.view(), Loss::MeanSquaredError, 1).unwrap();
+    /// assert_eq!(a.weights, b.weights);
+    /// // the kept inputs are doubled, the others 0: the loss differs from inference's 9
+    /// assert_ne!(a.loss, net.gradients(x.view(), y.view(), Loss::MeanSquaredError).unwrap().loss);
+    /// ```
+    pub fn gradients_in_training(
+        &self,
+        x: ArrayView3<'_, T>,
+        y: ArrayViewD<'_, T>,
+        loss: Loss,
+        seed: u64,
+    ) -> Result<Gradients<T>> {
+        self.gradients_with(&CpuPath, x, y, loss, Some(seed))
+    }
+
+    /// [`gradients`](Self::gradients) with the recurrent layers on `path`, in training mode
+    /// with Dropout seed `training`.
     pub(crate) fn gradients_with(
         &self,
         path: &dyn RecurrentPath<T>,
         x: ArrayView3<'_, T>,
         y: ArrayViewD<'_, T>,
         loss: Loss,
+        training: Option<u64>,
     ) -> Result<Gradients<T>> {
-        let (pred, mask, logits, caches) = self.forward(path, x)?;
+        let (pred, mask, logits, caches) = self.forward(path, x, training)?;
         let lg = loss.evaluate(
             pred.view(),
             logits.as_ref().map(|l| l.view()),
@@ -256,6 +365,11 @@ impl<T: Element> Sequential<T> {
         let mut grads: Vec<Vec<ArrayD<T>>> = Vec::new();
         for (at, ((name, l), cache)) in self.layers.iter().zip(caches).enumerate().rev() {
             match (l, cache) {
+                (TrainLayer::Dropout { .. }, Cache::Dropout(m)) => {
+                    if let Some(m) = m {
+                        d = &d * &m;
+                    }
+                }
                 (TrainLayer::Masking { .. }, Cache::Masking(m)) => {
                     let mut dx = d
                         .into_dimensionality::<ndarray::Ix3>()
@@ -426,7 +540,12 @@ impl<T: Element> Sequential<T> {
                 let end = (start + options.batch_size).min(n);
                 let xb = x.slice(ndarray::s![start..end, .., ..]);
                 let yb = y.slice_axis(Axis(0), (start..end).into());
-                let g = self.gradients_with(path, xb, yb, options.loss)?;
+                // one Dropout stream per optimizer step
+                let seed = SplitMix(
+                    options.seed ^ optimizer.iterations().wrapping_mul(0xA076_1D64_78BD_642F),
+                )
+                .next_u64();
+                let g = self.gradients_with(path, xb, yb, options.loss, Some(seed))?;
                 let finite_grads = g
                     .weights
                     .iter()
@@ -536,6 +655,34 @@ fn dense_activation_backward<T: Element>(
                     .for_each(|g, &s| *g = s * (*g - dot));
             }
             out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dropout_mask, SplitMix};
+    use ndarray::{ArrayD, Axis};
+
+    #[test]
+    fn dropout_masks_keep_one_minus_rate_scaled() {
+        let mut rng = SplitMix(3);
+        for rate in [0.1, 0.5, 0.9] {
+            let m: ArrayD<f64> = dropout_mask("d", rate, None, &[40, 50, 20], &mut rng).unwrap();
+            let scale = 1.0 / (1.0 - rate);
+            assert!(m.iter().all(|&v| v == 0.0 || v == scale));
+            let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / m.len() as f64;
+            assert!((kept - (1.0 - rate)).abs() < 0.02, "{rate}: kept {kept}");
+        }
+        // noise_shape (None, 1, None): one draw per (row, feature), the same at every step
+        let m: ArrayD<f32> =
+            dropout_mask("d", 0.5, Some(&[None, Some(1), None]), &[3, 7, 4], &mut rng).unwrap();
+        for s in 1..7 {
+            assert_eq!(m.index_axis(Axis(1), s), m.index_axis(Axis(1), 0));
+        }
+        for bad in [vec![None, Some(2), None], vec![None, None]] {
+            let e = dropout_mask::<f32>("drop", 0.5, Some(&bad), &[3, 7, 4], &mut rng).unwrap_err();
+            assert!(e.to_string().contains("noise_shape of layer drop"), "{e}");
         }
     }
 }

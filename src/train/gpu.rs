@@ -70,7 +70,9 @@ impl GpuSequential {
                     trainer(&forward.0, &forward.1)?,
                     trainer(&backward.0, &backward.1)?,
                 ],
-                TrainLayer::Masking { .. } | TrainLayer::Dense { .. } => Vec::new(),
+                TrainLayer::Masking { .. }
+                | TrainLayer::Dropout { .. }
+                | TrainLayer::Dense { .. } => Vec::new(),
             });
         }
         Ok(GpuSequential { net, trainers })
@@ -105,7 +107,20 @@ impl GpuSequential {
         loss: Loss,
     ) -> Result<Gradients<f32>> {
         self.net
-            .gradients_with(&GpuPath(&self.trainers), x, y, loss)
+            .gradients_with(&GpuPath(&self.trainers), x, y, loss, None)
+    }
+
+    /// [`Sequential::gradients_in_training`] with the recurrent layers on the GPU (the same
+    /// Dropout masks for the same seed).
+    pub fn gradients_in_training(
+        &self,
+        x: ArrayView3<'_, f32>,
+        y: ArrayViewD<'_, f32>,
+        loss: Loss,
+        seed: u64,
+    ) -> Result<Gradients<f32>> {
+        self.net
+            .gradients_with(&GpuPath(&self.trainers), x, y, loss, Some(seed))
     }
 
     /// [`Sequential::fit`] with the recurrent layers on the GPU: the same batches, steps,
@@ -137,7 +152,7 @@ fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Resul
                 t[0].write_weights(&forward.1)?;
                 t[1].write_weights(&backward.1)?;
             }
-            TrainLayer::Masking { .. } | TrainLayer::Dense { .. } => {}
+            TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } | TrainLayer::Dense { .. } => {}
         }
     }
     Ok(())

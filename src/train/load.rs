@@ -22,8 +22,9 @@ impl<T: Element> Sequential<T> {
             ));
         }
         refuse_training_randomness(model.config())?;
-        let mut layers = Vec::new();
-        for (name, layer) in model.layers() {
+        let mut dropouts = dropout_layers(model.config(), model.layers())?;
+        let mut layers = dropouts.remove(&0).unwrap_or_default();
+        for (k, (name, layer)) in model.layers().iter().enumerate() {
             let l = match layer {
                 ModelLayer::Masking { mask_value } => TrainLayer::Masking {
                     mask_value: T::from_f64(f64::from(*mask_value)),
@@ -64,6 +65,7 @@ impl<T: Element> Sequential<T> {
                 },
             };
             layers.push((name.clone(), l));
+            layers.extend(dropouts.remove(&(k + 1)).unwrap_or_default());
         }
         Ok(Sequential { layers })
     }
@@ -73,7 +75,7 @@ impl<T: Element> Sequential<T> {
         let mut out = Vec::new();
         for (_, l) in &self.layers {
             match l {
-                TrainLayer::Masking { .. } => {}
+                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -116,7 +118,7 @@ impl<T: Element> Sequential<T> {
         let mut out = Vec::new();
         for (_, l) in &mut self.layers {
             match l {
-                TrainLayer::Masking { .. } => {}
+                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -151,7 +153,7 @@ impl<T: Element> Sequential<T> {
         };
         for (_, l) in &mut self.layers {
             match l {
-                TrainLayer::Masking { .. } => {}
+                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -177,6 +179,12 @@ impl<T: Element> Sequential<T> {
 fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     fn walk(v: &serde_json::Value) -> Result<()> {
         match v {
+            // a Dropout layer is trained (TrainLayer::Dropout)
+            serde_json::Value::Object(o)
+                if o.get("class_name").and_then(serde_json::Value::as_str) == Some("Dropout") =>
+            {
+                Ok(())
+            }
             serde_json::Value::Object(o) => {
                 let name = o
                     .get("config")
@@ -203,6 +211,74 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
         }
     }
     walk(config)
+}
+
+/// The `Dropout` layers of the model's layer list, by where they sit in the chain: key `k`
+/// holds those after the chain's first `k` layers (`layers`), in order.
+#[allow(clippy::type_complexity)]
+fn dropout_layers<T: Element>(
+    config: &serde_json::Value,
+    layers: &[(String, ModelLayer)],
+) -> Result<std::collections::HashMap<usize, Vec<(String, TrainLayer<T>)>>> {
+    use serde_json::Value;
+    let mut out: std::collections::HashMap<usize, Vec<(String, TrainLayer<T>)>> =
+        Default::default();
+    let list = config
+        .get("config")
+        .and_then(|c| c.get("layers"))
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let mut seen = 0;
+    for entry in list {
+        let cfg = &entry["config"];
+        let name = cfg.get("name").and_then(Value::as_str).unwrap_or("");
+        if seen < layers.len() && layers[seen].0 == name {
+            seen += 1;
+            continue;
+        }
+        if entry.get("class_name").and_then(Value::as_str) != Some("Dropout") {
+            continue;
+        }
+        let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0);
+        if !(0.0..1.0).contains(&rate) {
+            return Err(LstmError::bad_config(
+                format!("rate of layer {name}"),
+                format!("{rate} is not in [0, 1)"),
+            ));
+        }
+        let noise_shape = match cfg.get("noise_shape") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(dims)) => Some(
+                dims.iter()
+                    .map(|d| match d {
+                        Value::Null => Ok(None),
+                        d => d.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                            LstmError::bad_config(
+                                format!("noise_shape of layer {name}"),
+                                format!("{d} is not a dimension"),
+                            )
+                        }),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Some(other) => {
+                return Err(LstmError::bad_config(
+                    format!("noise_shape of layer {name}"),
+                    format!("{other} is not a shape"),
+                ))
+            }
+        };
+        out.entry(seen)
+            .or_default()
+            .push((name.to_string(), TrainLayer::Dropout { rate, noise_shape }));
+    }
+    if seen != layers.len() {
+        return Err(LstmError::bad_config(
+            "config.layers",
+            "the layer list does not hold the chain's layers in order",
+        ));
+    }
+    Ok(out)
 }
 
 /// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).

@@ -79,6 +79,18 @@ pub enum TrainLayer<T> {
         /// How the outputs merge.
         merge: crate::config::MergeMode,
     },
+    /// `Dropout(rate, noise_shape)`: the identity at inference; in training mode
+    /// ([`Sequential::fit`], [`Sequential::gradients_in_training`]) each value is kept with
+    /// probability `1 - rate` and scaled by `1 / (1 - rate)` (`tf.nn.dropout`), one draw per
+    /// element of `noise_shape` (the input's shape where it says None) broadcast over the
+    /// input. The draws come from this crate's seeded generator, not TensorFlow's: the
+    /// semantics are Keras's, the masks are not the ones Keras would draw.
+    Dropout {
+        /// The fraction dropped, in `[0, 1)`.
+        rate: f64,
+        /// Keras's `noise_shape` (None: the input's shape).
+        noise_shape: Option<Vec<Option<usize>>>,
+    },
     /// `Dense` on the last axis.
     Dense {
         /// `[in, units]`.
@@ -90,8 +102,8 @@ pub enum TrainLayer<T> {
     },
 }
 
-/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN, Bidirectional
-/// and Dense).
+/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN, Bidirectional,
+/// Dropout and Dense).
 #[derive(Debug, Clone)]
 pub struct Sequential<T> {
     /// The layers with their Keras names.
@@ -107,16 +119,30 @@ pub struct FitOptions {
     pub batch_size: usize,
     /// Passes over the data.
     pub epochs: usize,
+    /// The seed of the Dropout masks (one stream per optimizer step and layer).
+    pub seed: u64,
 }
 
 impl FitOptions {
-    /// `loss`, `batch_size`, `epochs`.
+    /// `loss`, `batch_size`, `epochs` (Dropout seed 0).
     pub fn new(loss: Loss, batch_size: usize, epochs: usize) -> Self {
         FitOptions {
             loss,
             batch_size,
             epochs,
+            seed: 0,
         }
+    }
+
+    /// Sets the seed of the Dropout masks.
+    ///
+    /// ```
+    /// use lstm_wgpu::train::{FitOptions, Loss};
+    /// assert_eq!(FitOptions::new(Loss::MeanSquaredError, 8, 1).seed(7).seed, 7);
+    /// ```
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
     }
 }
 

@@ -79,6 +79,8 @@ impl<T: Element> Sequential<T> {
                         (format!("{at}/backward_layer/cell/vars"), ws.len() - nf),
                     ]
                 }
+                // a wrapper's layer is saved under it (TimeDistributed(Dense))
+                _ if class == "TimeDistributed" => vec![(format!("{at}/layer/vars"), ws.len())],
                 _ => vec![(format!("{at}/vars"), ws.len())],
             };
             let mut it = ws.iter();
