@@ -66,6 +66,7 @@ fn main() {
                 TrainLayer::Recurrent {
                     config: cfg,
                     weights,
+                    dropout: 0.0,
                 },
             ),
             (

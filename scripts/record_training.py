@@ -184,6 +184,11 @@ def build(kind, dtype, t, i):
                               layers.LSTM(5, return_sequences=True),
                               layers.Dropout(0.4, noise_shape=(None, 1, 5)),
                               layers.TimeDistributed(layers.Dense(2))])
+    elif kind == "rnn_dropout":
+        m = keras.Sequential([keras.Input((t, i)),
+                              layers.LSTM(5, dropout=0.3, return_sequences=True),
+                              layers.Bidirectional(layers.GRU(3, dropout=0.25)),
+                              layers.Dense(3)])
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     return m
@@ -244,6 +249,9 @@ MODEL_CASES = [
     # Dropout layers (inference mode in the tape: model(x) is training=False) and
     # TimeDistributed(Dense)
     ("grads_dropout_td_f64", "grads", "dropout_td", "float64", "mse", None, (4, 6, 3), 0, 0),
+    # the recurrent layers' input dropout (inactive in the tape's inference mode)
+    ("grads_rnn_dropout_f64", "grads", "rnn_dropout", "float64", "mse", None, (4, 6, 3), 0,
+     0),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)

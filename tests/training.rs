@@ -197,6 +197,7 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_bidi_f64",
         "grads_bidi_mul_f64",
         "grads_dropout_td_f64",
+        "grads_rnn_dropout_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -473,7 +474,7 @@ fn diverging_training_and_bad_targets_are_errors() {
     // name (Keras applies them in fit; not built); a Dropout layer is trained, its rate
     // checked
     let (config, weights) = config_and_weights("fit_gru_rnn");
-    for (class, key) in [("GRU", "recurrent_dropout"), ("SimpleRNN", "dropout")] {
+    let set = |class: &str, key: &str, v: f64| {
         let mut c = config.clone();
         let layer = c["config"]["layers"]
             .as_array_mut()
@@ -481,11 +482,21 @@ fn diverging_training_and_bad_targets_are_errors() {
             .iter_mut()
             .find(|l| l["class_name"] == class)
             .unwrap();
-        layer["config"][key] = serde_json::json!(0.25);
+        layer["config"][key] = serde_json::json!(v);
         let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
-        let err = Sequential::<f32>::from_model(&model).unwrap_err();
-        assert!(err.to_string().contains(key), "{class}: {err}");
-    }
+        Sequential::<f32>::from_model(&model)
+    };
+    let err = set("GRU", "recurrent_dropout", 0.25).unwrap_err();
+    assert!(err.to_string().contains("recurrent_dropout"), "{err}");
+    let err = set("SimpleRNN", "dropout", 1.0).unwrap_err();
+    assert!(
+        err.to_string().contains("dropout of layer simple_rnn"),
+        "{err}"
+    );
+    let net = set("SimpleRNN", "dropout", 0.25).unwrap();
+    assert!(
+        matches!(net.layers[2].1, lstm_wgpu::train::TrainLayer::Recurrent { dropout, .. } if dropout == 0.25)
+    );
     let with = |layer: serde_json::Value| {
         let mut c = config.clone();
         c["config"]["layers"]
@@ -602,6 +613,7 @@ fn gpu_gradients_and_fit_match_keras() {
         "grads_bidi_f64",
         "grads_bidi_mul_f64",
         "grads_dropout_td_f64",
+        "grads_rnn_dropout_f64",
     ] {
         let a = npz::<f32>(name);
         let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
@@ -773,4 +785,101 @@ fn dropout_in_training_mode() {
     };
     assert_eq!(fit(5), fit(5));
     assert_ne!(fit(5), fit(6));
+}
+
+/// A recurrent layer's input dropout in training mode (grads_rnn_dropout_f64: LSTM(dropout=0.3)
+/// then Bidirectional(GRU(dropout=0.25))): one `[B, I]` mask per call, the same at every
+/// step, as Keras's cell draws it (so dL/dx of the first layer is zero at every step of a
+/// dropped (row, feature), and almost never elsewhere); central differences of the
+/// training-mode loss; the same on the GPU path (the masks are drawn on the host).
+#[test]
+fn recurrent_input_dropout_in_training_mode() {
+    use lstm_wgpu::train::{GpuSequential, TrainLayer};
+    let name = "grads_rnn_dropout_f64";
+    let a = npz::<f64>(name);
+    let net = model::<f64>(name, &a);
+    let rates: Vec<f64> =
+        net.layers
+            .iter()
+            .filter_map(|(_, l)| match l {
+                TrainLayer::Recurrent { dropout, .. }
+                | TrainLayer::Bidirectional { dropout, .. } => Some(*dropout),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(rates, [0.3, 0.25]);
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let y = a["y"].clone();
+    let loss = Loss::MeanSquaredError;
+    let g = net
+        .gradients_in_training(x.view(), y.view(), loss, 3)
+        .unwrap();
+    let (b, t, i) = x.dim();
+    let mut dropped = 0;
+    for r in 0..b {
+        for f in 0..i {
+            let zeros = (0..t).filter(|&s| g.x[[r, s, f]] == 0.0).count();
+            assert!(
+                zeros == 0 || zeros == t,
+                "row {r} feature {f}: {zeros} of {t} steps"
+            );
+            dropped += usize::from(zeros == t);
+        }
+    }
+    assert!(dropped > 0 && dropped < b * i, "{dropped} of {}", b * i);
+    let eps = 1e-6;
+    let w0 = net.weights();
+    let mut worst_fd = 0.0f64;
+    for (k, w) in w0.iter().enumerate() {
+        for e in [0, w.len() / 3, w.len() - 1] {
+            let at = |d: f64| {
+                let mut ws = w0.clone();
+                ws[k].as_slice_mut().unwrap()[e] += d;
+                let mut n2 = net.clone();
+                n2.set_weights(&ws).unwrap();
+                n2.gradients_in_training(x.view(), y.view(), loss, 3)
+                    .unwrap()
+                    .loss
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            worst_fd = worst_fd.max((fd - g.weights[k].as_slice().unwrap()[e]).abs());
+        }
+    }
+    for e in [1, 10, 40, 70] {
+        let at = |d: f64| {
+            let mut x2 = x.clone();
+            x2.as_slice_mut().unwrap()[e] += d;
+            net.gradients_in_training(x2.view(), y.view(), loss, 3)
+                .unwrap()
+                .loss
+        };
+        let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+        worst_fd = worst_fd.max((fd - g.x.as_slice().unwrap()[e]).abs());
+    }
+    println!("recurrent input dropout: vs central differences {worst_fd:.1e}");
+    assert!(worst_fd < 1e-8, "{worst_fd:e}");
+    // the GPU path: the same masks for the same seed
+    let Some(ctx) = common::gpu("recurrent_input_dropout_in_training_mode") else {
+        return;
+    };
+    let a32 = npz::<f32>(name);
+    let cpu = model::<f32>(name, &a32);
+    let x32 = a32["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let want = cpu
+        .gradients_in_training(x32.view(), a32["y"].view(), loss, 3)
+        .unwrap();
+    let gpu = GpuSequential::new(cpu, ctx).unwrap();
+    let got = gpu
+        .gradients_in_training(x32.view(), a32["y"].view(), loss, 3)
+        .unwrap();
+    let mut w = (want.loss - got.loss).abs() as f64;
+    for (p, q) in want.weights.iter().zip(&got.weights) {
+        w = w.max(worst(p, q, "gpu dropout"));
+    }
+    w = w.max(worst(
+        &want.x.into_dyn(),
+        &got.x.into_dyn(),
+        "gpu dropout x",
+    ));
+    assert!(w <= 1e-4, "GPU vs CPU with dropout: {w:e}");
 }

@@ -16,9 +16,17 @@ use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, 
 /// What one layer's forward pass keeps for its backward pass.
 enum Cache<T> {
     Masking(Array2<bool>),
-    Lstm(Tape<T>, Array3<T>),
-    /// Both directions' tapes, the input, both outputs (the backward one in input order).
-    Bidi(Box<[Tape<T>; 2]>, Array3<T>, [ArrayD<T>; 2]),
+    /// The tape, the input the cell saw (after its input dropout) and that dropout's scale
+    /// mask.
+    Lstm(Tape<T>, Array3<T>, Option<ArrayD<T>>),
+    /// Both directions' tapes, the inputs they saw, both outputs (the backward one in input
+    /// order), their input dropout masks.
+    Bidi(
+        Box<[Tape<T>; 2]>,
+        [Array3<T>; 2],
+        [ArrayD<T>; 2],
+        [Option<ArrayD<T>>; 2],
+    ),
     Dense(ArrayD<T>, ArrayD<T>),
     /// The kept values' scale (0 where dropped), broadcast to the input; None at inference.
     Dropout(Option<ArrayD<T>>),
@@ -39,6 +47,40 @@ impl SplitMix {
     /// Uniform in [0, 1).
     fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A recurrent layer's input dropout in training mode (Keras's `dropout` argument with
+/// `recurrent_dropout=0`: the cell multiplies every step's input by one mask drawn per call,
+/// `inputs * dp_mask` with `dp_mask` of `ones_like(inputs[:, 0])`, keras/src/layers/rnn): `x`
+/// times a `[B, 1, I]` mask broadcast over the steps, and that mask; `x` itself otherwise.
+/// `at`: the layer and direction (a Bidirectional's draw their own masks).
+fn input_dropout<T: Element>(
+    name: &str,
+    x: ArrayView3<'_, T>,
+    rate: f64,
+    training: Option<u64>,
+    (at, dir): (usize, usize),
+) -> Result<(Array3<T>, Option<ArrayD<T>>)> {
+    match training {
+        Some(seed) if rate > 0.0 => {
+            let mut rng = SplitMix(
+                seed ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                    ^ (dir as u64 + 1).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
+            );
+            let m = dropout_mask(
+                name,
+                rate,
+                Some(&[None, Some(1), None]),
+                x.shape(),
+                &mut rng,
+            )?;
+            let xm = (&x.into_dyn() * &m)
+                .into_dimensionality::<ndarray::Ix3>()
+                .expect("3-D");
+            Ok((xm, Some(m)))
+        }
+        _ => Ok((x.to_owned(), None)),
     }
 }
 
@@ -191,15 +233,20 @@ impl<T: Element> Sequential<T> {
                     mask = Some(m.clone());
                     caches.push(Cache::Masking(m));
                 }
-                TrainLayer::Recurrent { config, weights } => {
+                TrainLayer::Recurrent {
+                    config,
+                    weights,
+                    dropout,
+                } => {
                     let x3 = three(&h, name)?;
+                    let (xin, dm) = input_dropout(name, x3, *dropout, training, (at, 0))?;
                     let (out, tape) = path.forward(
                         (at, 0),
                         (config, weights),
-                        x3,
+                        xin.view(),
                         mask.as_ref().map(|m| m.view()),
                     )?;
-                    caches.push(Cache::Lstm(tape, x3.to_owned()));
+                    caches.push(Cache::Lstm(tape, xin, dm));
                     if !config.return_sequences {
                         mask = None;
                     }
@@ -209,11 +256,15 @@ impl<T: Element> Sequential<T> {
                     forward,
                     backward,
                     merge,
+                    dropout,
                 } => {
                     let x3 = three(&h, name)?;
                     let m = mask.as_ref().map(|m| m.view());
-                    let (yf, tf) = path.forward((at, 0), (&forward.0, &forward.1), x3, m)?;
-                    let (yb, tb) = path.forward((at, 1), (&backward.0, &backward.1), x3, m)?;
+                    let (xf, mf) = input_dropout(name, x3, *dropout, training, (at, 0))?;
+                    let (xb, mb) = input_dropout(name, x3, *dropout, training, (at, 1))?;
+                    let (yf, tf) = path.forward((at, 0), (&forward.0, &forward.1), xf.view(), m)?;
+                    let (yb, tb) =
+                        path.forward((at, 1), (&backward.0, &backward.1), xb.view(), m)?;
                     let seqs = forward.0.return_sequences;
                     let mut yb = yb.output;
                     if seqs {
@@ -228,7 +279,12 @@ impl<T: Element> Sequential<T> {
                         vec![yb.clone()],
                     )
                     .remove(0);
-                    caches.push(Cache::Bidi(Box::new([tf, tb]), x3.to_owned(), [yf, yb]));
+                    caches.push(Cache::Bidi(
+                        Box::new([tf, tb]),
+                        [xf, xb],
+                        [yf, yb],
+                        [mf, mb],
+                    ));
                     h = merged;
                     if !seqs {
                         mask = None;
@@ -377,7 +433,12 @@ impl<T: Element> Sequential<T> {
                     zero_masked(&mut dx, &m);
                     d = dx.into_dyn();
                 }
-                (TrainLayer::Recurrent { config, weights }, Cache::Lstm(tape, x3)) => {
+                (
+                    TrainLayer::Recurrent {
+                        config, weights, ..
+                    },
+                    Cache::Lstm(tape, x3, dm),
+                ) => {
                     let cot = LstmCotangents {
                         output: d,
                         h: None,
@@ -389,14 +450,18 @@ impl<T: Element> Sequential<T> {
                     w.extend(g.bias.map(|b| keras_bias(b, n)));
                     grads.push(w);
                     d = g.x.into_dyn();
+                    if let Some(m) = dm {
+                        d = &d * &m;
+                    }
                 }
                 (
                     TrainLayer::Bidirectional {
                         forward,
                         backward,
                         merge,
+                        ..
                     },
-                    Cache::Bidi(tapes, x3, [yf, yb]),
+                    Cache::Bidi(tapes, xs, [yf, yb], masks),
                 ) => {
                     use crate::config::MergeMode;
                     let hf = forward.0.units;
@@ -418,12 +483,13 @@ impl<T: Element> Sequential<T> {
                     }
                     let [tf, tb] = *tapes;
                     let mut w = Vec::new();
-                    let mut dx = Array3::<T>::zeros(x3.raw_dim());
+                    let mut dx = ArrayD::<T>::zeros(IxDyn(xs[0].shape()));
                     for (dir, ((cfg, weights), tape, d)) in
                         [(forward, &tf, df), (backward, &tb, db)]
                             .into_iter()
                             .enumerate()
                     {
+                        let x3 = &xs[dir];
                         let cot = LstmCotangents {
                             output: d,
                             h: None,
@@ -433,7 +499,10 @@ impl<T: Element> Sequential<T> {
                         let n = g.kernel.ncols();
                         w.extend([g.kernel.into_dyn(), g.recurrent_kernel.into_dyn()]);
                         w.extend(g.bias.map(|b| keras_bias(b, n)));
-                        dx += &g.x;
+                        match &masks[dir] {
+                            Some(m) => dx += &(&g.x.into_dyn() * m),
+                            None => dx += &g.x.into_dyn(),
+                        }
                     }
                     grads.push(w);
                     d = dx.into_dyn();

@@ -63,7 +63,9 @@ impl GpuSequential {
         let mut trainers = Vec::with_capacity(net.layers.len());
         for (_, l) in &net.layers {
             trainers.push(match l {
-                TrainLayer::Recurrent { config, weights } => vec![trainer(config, weights)?],
+                TrainLayer::Recurrent {
+                    config, weights, ..
+                } => vec![trainer(config, weights)?],
                 TrainLayer::Bidirectional {
                     forward, backward, ..
                 } => vec![

@@ -31,7 +31,11 @@ impl<T: Element> Sequential<T> {
                 },
                 ModelLayer::Recurrent(Network::Lstm(l)) => {
                     let (config, weights) = direction(l, name)?;
-                    TrainLayer::Recurrent { config, weights }
+                    TrainLayer::Recurrent {
+                        config,
+                        weights,
+                        dropout: recurrent_dropout_rate(model.config(), name)?,
+                    }
                 }
                 ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
                     if bi.merge_mode() == crate::config::MergeMode::None
@@ -46,6 +50,7 @@ impl<T: Element> Sequential<T> {
                         forward: direction(bi.forward_layer(), name)?,
                         backward: direction(bi.backward_layer(), name)?,
                         merge: bi.merge_mode(),
+                        dropout: recurrent_dropout_rate(model.config(), name)?,
                     }
                 }
                 ModelLayer::Recurrent(_) => {
@@ -185,6 +190,35 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
             {
                 Ok(())
             }
+            // so is a recurrent layer's input dropout; its recurrent_dropout is not
+            serde_json::Value::Object(o)
+                if matches!(
+                    o.get("class_name").and_then(serde_json::Value::as_str),
+                    Some("LSTM" | "GRU" | "SimpleRNN")
+                ) =>
+            {
+                let cfg = o.get("config").unwrap_or(&serde_json::Value::Null);
+                let name = cfg
+                    .get("name")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("?");
+                if let Some(r) = cfg
+                    .get("recurrent_dropout")
+                    .and_then(serde_json::Value::as_f64)
+                {
+                    if r > 0.0 {
+                        return Err(LstmError::unsupported(
+                            "recurrent_dropout",
+                            format!(
+                                "{r} on layer {name} in training (a mask on the state inside \
+                                 the recurrence is not built; set it to 0 to train this \
+                                 model; dropout on the inputs is)"
+                            ),
+                        ));
+                    }
+                }
+                Ok(())
+            }
             serde_json::Value::Object(o) => {
                 let name = o
                     .get("config")
@@ -279,6 +313,35 @@ fn dropout_layers<T: Element>(
         ));
     }
     Ok(out)
+}
+
+/// The `dropout` of the recurrent layer `name` in the model's layer list (inside a
+/// Bidirectional, its wrapped layer's), in `[0, 1)`.
+fn recurrent_dropout_rate(config: &serde_json::Value, name: &str) -> Result<f64> {
+    use serde_json::Value;
+    let list = config
+        .get("config")
+        .and_then(|c| c.get("layers"))
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let Some(entry) = list
+        .iter()
+        .find(|e| e["config"].get("name").and_then(Value::as_str) == Some(name))
+    else {
+        return Ok(0.0);
+    };
+    let cfg = match entry.get("class_name").and_then(Value::as_str) {
+        Some("Bidirectional") => &entry["config"]["layer"]["config"],
+        _ => &entry["config"],
+    };
+    let rate = cfg.get("dropout").and_then(Value::as_f64).unwrap_or(0.0);
+    if !(0.0..1.0).contains(&rate) {
+        return Err(LstmError::bad_config(
+            format!("dropout of layer {name}"),
+            format!("{rate} is not in [0, 1)"),
+        ));
+    }
+    Ok(rate)
 }
 
 /// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).

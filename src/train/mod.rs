@@ -68,6 +68,9 @@ pub enum TrainLayer<T> {
         config: LstmConfig,
         /// Its weights.
         weights: LstmWeights<T>,
+        /// Keras's `dropout` (of the inputs, in training mode: one `[B, I]` mask per call,
+        /// the same at every step, as Keras's cell draws it; 0 for none).
+        dropout: f64,
     },
     /// `Bidirectional` around one of them (merged by concat, sum, mul or ave): the forward
     /// and backward directions' configurations and weights.
@@ -78,6 +81,8 @@ pub enum TrainLayer<T> {
         backward: (LstmConfig, LstmWeights<T>),
         /// How the outputs merge.
         merge: crate::config::MergeMode,
+        /// The wrapped layer's `dropout` (each direction draws its own mask).
+        dropout: f64,
     },
     /// `Dropout(rate, noise_shape)`: the identity at inference; in training mode
     /// ([`Sequential::fit`], [`Sequential::gradients_in_training`]) each value is kept with
