@@ -14,6 +14,8 @@ use crate::weights::LstmWeights;
 use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
 
 /// What one layer's forward pass keeps for its backward pass.
+// (one per layer of a call; the arrays are on the heap either way)
+#[allow(clippy::large_enum_variant)]
 enum Cache<T> {
     Masking(Array2<bool>),
     /// The tape, the input the cell saw (after its input dropout) and that dropout's scale
