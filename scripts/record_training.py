@@ -184,6 +184,10 @@ def build(kind, dtype, t, i):
                               layers.LSTM(5, return_sequences=True),
                               layers.Dropout(0.4, noise_shape=(None, 1, 5)),
                               layers.TimeDistributed(layers.Dense(2))])
+    elif kind == "embedding":
+        m = keras.Sequential([keras.Input((t,), dtype="int32"),
+                              layers.Embedding(12, 4, mask_zero=True),
+                              layers.LSTM(5), layers.Dense(3, activation="softmax")])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -195,6 +199,13 @@ def build(kind, dtype, t, i):
 
 
 def data(kind, dtype, n, t, i):
+    if kind == "embedding":
+        # token ids in [1, 12) with padded (0) tails of 0, 1, 2 steps, as floats (the
+        # crate's input type); Keras gets them as int32
+        x = rng.randint(1, 12, (n, t)).astype(dtype)
+        for r in range(n):
+            x[r, t - (r % 3):] = 0
+        return x, rng.randint(0, 3, (n,)).astype(dtype)
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
     if kind in ("masked_seq", "gru_rnn", "bidi"):
         for r in range(n):
@@ -252,6 +263,11 @@ MODEL_CASES = [
     # the recurrent layers' input dropout (inactive in the tape's inference mode)
     ("grads_rnn_dropout_f64", "grads", "rnn_dropout", "float64", "mse", None, (4, 6, 3), 0,
      0),
+    # an Embedding (mask_zero) first: token ids in, the table's gradient densified
+    ("grads_embedding_f64", "grads", "embedding", "float64",
+     "sparse_categorical_crossentropy", None, (5, 6, 0), 0, 0),
+    ("fit_embedding", "fit", "embedding", "float32", "sparse_categorical_crossentropy",
+     ("adam", dict(learning_rate=0.02)), (16, 6, 0), 4, 5),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)
@@ -262,12 +278,16 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     for k, w in enumerate(model.get_weights()):
         arrays[f"w{k}"] = w
     meta = dict(mode=mode, loss=loss, dtype=dtype)
+    ids = kind == "embedding"
     if mode == "grads":
-        xv = tf.Variable(x)
+        # (token ids have no gradient: grad_x is zeros)
+        xv = tf.constant(x.astype("int32")) if ids else tf.Variable(x)
         with tf.GradientTape() as tape:
             pred = model(xv)
             value = loss_object(loss, dtype)(y, pred)
-        grads = tape.gradient(value, model.trainable_weights + [xv])
+        grads = tape.gradient(value, model.trainable_weights + ([] if ids else [xv]))
+        if ids:
+            grads = [tf.convert_to_tensor(g) for g in grads] + [np.zeros_like(x)]
         arrays["loss"] = np.asarray(value)
         arrays["pred"] = np.asarray(pred)
         for k, g in enumerate(grads[:-1]):
@@ -275,7 +295,8 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
         arrays["grad_x"] = np.asarray(grads[-1])
     else:
         model.compile(optimizer=optimizer(opt), loss=loss)
-        hist = model.fit(x, y, batch_size=batch, epochs=epochs, shuffle=False, verbose=0)
+        hist = model.fit(x.astype("int32") if ids else x, y, batch_size=batch, epochs=epochs,
+                         shuffle=False, verbose=0)
         for k, w in enumerate(model.get_weights()):
             arrays[f"final{k}"] = w
         arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")

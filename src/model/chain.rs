@@ -88,6 +88,23 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
                 ModelLayer::Recurrent(recurrent(h5, (&key, &lname), &layer_config)?)
             }
             "Dense" => dense(h5, &key, lcfg, &lname)?,
+            "Embedding" => {
+                let table = h5.layer(&key, &lname)?.into_iter().next().ok_or_else(|| {
+                    LstmError::MissingWeight {
+                        name: format!("{lname}/embeddings"),
+                    }
+                })?;
+                let shape = table.shape().to_vec();
+                ModelLayer::Embedding {
+                    table: table.into_dimensionality::<ndarray::Ix2>().map_err(|_| {
+                        LstmError::shape(format!("{lname}/embeddings"), &[0, 0], &shape)
+                    })?,
+                    mask_zero: lcfg
+                        .get("mask_zero")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                }
+            }
             // a Dense per timestep is the Dense on the last axis
             "TimeDistributed"
                 if lcfg

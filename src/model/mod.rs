@@ -41,6 +41,14 @@ pub enum ModelLayer {
         /// The value that marks padding.
         mask_value: f32,
     },
+    /// `Embedding`: token ids to the rows of `table` (`[vocab, dim]`); with `mask_zero`
+    /// id 0 is masked.
+    Embedding {
+        /// `[vocab, dim]`.
+        table: Array2<f32>,
+        /// Whether id 0 is padding.
+        mask_zero: bool,
+    },
     /// An `LSTM` or `Bidirectional(LSTM)`.
     Recurrent(Network<f32>),
     /// `Dense`: `activation(x · kernel + bias)` on the last axis (per timestep on 3-D input).

@@ -11,7 +11,10 @@ use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::DenseActivation;
 use crate::weights::LstmWeights;
-use ndarray::{Array2, Array3, ArrayD, ArrayView2, ArrayView3, ArrayViewD, Axis, Ix2, IxDyn};
+use ndarray::{
+    Array2, Array3, ArrayD, ArrayView, ArrayView2, ArrayView3, ArrayViewD, Axis, Dimension, Ix2,
+    IxDyn,
+};
 
 /// What one layer's forward pass keeps for its backward pass.
 // (one per layer of a call; the arrays are on the heap either way)
@@ -32,6 +35,8 @@ enum Cache<T> {
     Dense(ArrayD<T>, ArrayD<T>),
     /// The kept values' scale (0 where dropped), broadcast to the input; None at inference.
     Dropout(Option<ArrayD<T>>),
+    /// The table rows looked up (row-major over `[B, T]`) and `[B, T]`.
+    Embedding(Vec<usize>, [usize; 2]),
 }
 
 /// SplitMix64: the Dropout masks' generator.
@@ -200,7 +205,7 @@ impl<T: Element> Sequential<T> {
     fn forward(
         &self,
         path: &dyn RecurrentPath<T>,
-        x: ArrayView3<'_, T>,
+        x: ArrayViewD<'_, T>,
         training: Option<u64>,
     ) -> Result<(
         ArrayD<T>,
@@ -208,13 +213,40 @@ impl<T: Element> Sequential<T> {
         Option<ArrayD<T>>,
         Vec<Cache<T>>,
     )> {
-        let mut h: ArrayD<T> = x.to_owned().into_dyn();
+        let mut h: ArrayD<T> = x.to_owned();
         let mut mask: Option<Array2<bool>> = None;
         let mut caches = Vec::new();
         let mut logits = None;
         for (at, (name, l)) in self.layers.iter().enumerate() {
             logits = None;
             match l {
+                TrainLayer::Embedding { table, mask_zero } => {
+                    let ids = h.view().into_dimensionality::<Ix2>().map_err(|_| {
+                        LstmError::shape(format!("input of layer {name}"), &[0, 0], h.shape())
+                    })?;
+                    let (b, t) = ids.dim();
+                    let (vocab, dim) = table.dim();
+                    let mut rows = Vec::with_capacity(b * t);
+                    for &v in ids.iter() {
+                        let f = v.to_f64();
+                        if !(f >= 0.0 && f < vocab as f64 && f.fract() == 0.0) {
+                            return Err(LstmError::invalid(
+                                format!("input of layer {name}"),
+                                format!("token id {f} is not an integer in [0, {vocab})"),
+                            ));
+                        }
+                        rows.push(f as usize);
+                    }
+                    let mut y = Array2::<T>::zeros((b * t, dim));
+                    for (mut out, &r) in y.rows_mut().into_iter().zip(&rows) {
+                        out.assign(&table.row(r));
+                    }
+                    mask = mask_zero.then(|| ids.mapv(|v| v != T::zero()));
+                    h = y
+                        .into_shape_with_order(IxDyn(&[b, t, dim]))
+                        .expect("[B·T, D] as [B, T, D]");
+                    caches.push(Cache::Embedding(rows, [b, t]));
+                }
                 TrainLayer::Dropout { rate, noise_shape } => match training {
                     Some(seed) if *rate > 0.0 => {
                         let mut rng =
@@ -345,16 +377,17 @@ impl<T: Element> Sequential<T> {
         Ok((h, mask.map(|m| m.into_dyn()), logits, caches))
     }
 
-    /// The model's output on `x [B, T, I]`.
-    pub fn predict(&self, x: ArrayView3<'_, T>) -> Result<ArrayD<T>> {
-        Ok(self.forward(&CpuPath, x, None)?.0)
+    /// The model's output on `x` (`[B, T, I]` features, or `[B, T]` token ids when the
+    /// chain starts with an Embedding).
+    pub fn predict<D: Dimension>(&self, x: ArrayView<'_, T, D>) -> Result<ArrayD<T>> {
+        Ok(self.forward(&CpuPath, x.into_dyn(), None)?.0)
     }
 
     /// [`predict`](Self::predict) with the recurrent layers on `path`.
     pub(crate) fn predict_with(
         &self,
         path: &dyn RecurrentPath<T>,
-        x: ArrayView3<'_, T>,
+        x: ArrayViewD<'_, T>,
     ) -> Result<ArrayD<T>> {
         Ok(self.forward(path, x, None)?.0)
     }
@@ -362,13 +395,13 @@ impl<T: Element> Sequential<T> {
     /// The loss of the batch `(x, y)` (Keras's loss object on the model's output, its mask
     /// included) and its gradients w.r.t. every weight and `x`, in inference mode (Dropout
     /// is the identity: `tf.GradientTape` over `model(x, training=False)`).
-    pub fn gradients(
+    pub fn gradients<D: Dimension>(
         &self,
-        x: ArrayView3<'_, T>,
+        x: ArrayView<'_, T, D>,
         y: ArrayViewD<'_, T>,
         loss: Loss,
     ) -> Result<Gradients<T>> {
-        self.gradients_with(&CpuPath, x, y, loss, None)
+        self.gradients_with(&CpuPath, x.into_dyn(), y, loss, None)
     }
 
     /// [`gradients`](Self::gradients) in training mode, as `fit` computes them: every
@@ -391,14 +424,14 @@ impl<T: Element> Sequential<T> {
     /// // the kept inputs are doubled, the others 0: the loss differs from inference's 9
     /// assert_ne!(a.loss, net.gradients(x.view(), y.view(), Loss::MeanSquaredError).unwrap().loss);
     /// ```
-    pub fn gradients_in_training(
+    pub fn gradients_in_training<D: Dimension>(
         &self,
-        x: ArrayView3<'_, T>,
+        x: ArrayView<'_, T, D>,
         y: ArrayViewD<'_, T>,
         loss: Loss,
         seed: u64,
     ) -> Result<Gradients<T>> {
-        self.gradients_with(&CpuPath, x, y, loss, Some(seed))
+        self.gradients_with(&CpuPath, x.into_dyn(), y, loss, Some(seed))
     }
 
     /// [`gradients`](Self::gradients) with the recurrent layers on `path`, in training mode
@@ -406,7 +439,7 @@ impl<T: Element> Sequential<T> {
     pub(crate) fn gradients_with(
         &self,
         path: &dyn RecurrentPath<T>,
-        x: ArrayView3<'_, T>,
+        x: ArrayViewD<'_, T>,
         y: ArrayViewD<'_, T>,
         loss: Loss,
         training: Option<u64>,
@@ -421,8 +454,33 @@ impl<T: Element> Sequential<T> {
         let mut d = lg.grad;
         let mut skip_activation = lg.wrt_logits;
         let mut grads: Vec<Vec<ArrayD<T>>> = Vec::new();
+        // (the sparse gradients' squares, by their layer's index in `grads`)
+        let mut squares: Vec<(usize, ArrayD<T>)> = Vec::new();
         for (at, ((name, l), cache)) in self.layers.iter().zip(caches).enumerate().rev() {
             match (l, cache) {
+                (TrainLayer::Embedding { table, .. }, Cache::Embedding(rows, [b, t])) => {
+                    // the looked-up rows' cotangents summed into the table (Keras's
+                    // IndexedSlices, densified); token ids have no gradient: zeros
+                    let dim = table.ncols();
+                    let d2 = d
+                        .as_standard_layout()
+                        .into_owned()
+                        .into_shape_with_order((rows.len(), dim))
+                        .map_err(|_| {
+                            LstmError::invalid(format!("layer {name}"), "cotangent shape")
+                        })?;
+                    let mut dt = Array2::<T>::zeros(table.raw_dim());
+                    let mut sq = Array2::<T>::zeros(table.raw_dim());
+                    for (g, &r) in d2.rows().into_iter().zip(&rows) {
+                        let mut row = dt.row_mut(r);
+                        row += &g;
+                        let mut srow = sq.row_mut(r);
+                        srow.zip_mut_with(&g, |s, &v| *s += v * v);
+                    }
+                    squares.push((grads.len(), sq.into_dyn()));
+                    grads.push(vec![dt.into_dyn()]);
+                    d = ArrayD::zeros(IxDyn(&[b, t]));
+                }
                 (TrainLayer::Dropout { .. }, Cache::Dropout(m)) => {
                     if let Some(m) = m {
                         d = &d * &m;
@@ -553,31 +611,39 @@ impl<T: Element> Sequential<T> {
             }
             skip_activation = false;
         }
-        let x = d
-            .into_dimensionality::<ndarray::Ix3>()
-            .map_err(|_| LstmError::invalid("input", "not 3-D"))?;
+        // (one entry per weight: None for the dense ones)
+        let mut per_layer: Vec<Vec<Option<ArrayD<T>>>> =
+            grads.iter().map(|l| vec![None; l.len()]).collect();
+        for (k, sq) in squares {
+            per_layer[k][0] = Some(sq);
+        }
+        let sparse_squares = per_layer.into_iter().rev().flatten().collect();
         Ok(Gradients {
             loss: lg.value,
             weights: grads.into_iter().rev().flatten().collect(),
-            x,
+            x: d,
+            sparse_squares,
         })
     }
 
-    /// Trains on `x [N, T, I]` and targets `y` (leading axis N) as Keras's
+    /// Trains on `x` (`[N, T, I]` features, or `[N, T]` token ids for a chain that starts
+    /// with an Embedding) and targets `y` (leading axis N) as Keras's
     /// `model.fit(x, y, batch_size, epochs, shuffle=False)` does: the batches in order, the
     /// loss and its gradients for each, one step of `optimizer`. A loss or gradient that is
     /// not finite stops it with [`LstmError::TrainingDiverged`] naming the epoch, step and
     /// rows; the weights are then those from before that step. Logs each epoch's loss
     /// (`log::info!`) and each step's with the running mean (`log::debug!`), Keras's
     /// progress line.
-    pub fn fit(
+    pub fn fit<D: Dimension>(
         &mut self,
-        x: ArrayView3<'_, T>,
+        x: ArrayView<'_, T, D>,
         y: ArrayViewD<'_, T>,
         options: &FitOptions,
         optimizer: &mut Optimizer,
     ) -> Result<History> {
-        self.fit_with(&CpuPath, x, y, options, optimizer, &mut |_| Ok(()))
+        self.fit_with(&CpuPath, x.into_dyn(), y, options, optimizer, &mut |_| {
+            Ok(())
+        })
     }
 
     /// [`fit`](Self::fit) with the recurrent layers on `path`; `updated` runs after each
@@ -585,13 +651,15 @@ impl<T: Element> Sequential<T> {
     pub(crate) fn fit_with(
         &mut self,
         path: &dyn RecurrentPath<T>,
-        x: ArrayView3<'_, T>,
+        x: ArrayViewD<'_, T>,
         y: ArrayViewD<'_, T>,
         options: &FitOptions,
         optimizer: &mut Optimizer,
         updated: &mut dyn FnMut(&Self) -> Result<()>,
     ) -> Result<History> {
-        let n = x.dim().0;
+        let Some(&n) = x.shape().first() else {
+            return Err(LstmError::invalid("x", "has no batch axis (a scalar)"));
+        };
         if y.shape().first() != Some(&n) {
             return Err(LstmError::shape(
                 "targets",
@@ -609,7 +677,7 @@ impl<T: Element> Sequential<T> {
             let (mut total, mut count) = (0.0f64, 0usize);
             for (k, start) in (0..n).step_by(options.batch_size).enumerate() {
                 let end = (start + options.batch_size).min(n);
-                let xb = x.slice(ndarray::s![start..end, .., ..]);
+                let xb = x.slice_axis(Axis(0), (start..end).into());
                 let yb = y.slice_axis(Axis(0), (start..end).into());
                 // one Dropout stream per optimizer step
                 let seed = SplitMix(
@@ -634,7 +702,11 @@ impl<T: Element> Sequential<T> {
                         what,
                     });
                 }
-                optimizer.apply_views(&mut self.weights_mut(), &g.weights)?;
+                optimizer.apply_views_sparse(
+                    &mut self.weights_mut(),
+                    &g.weights,
+                    &g.sparse_squares,
+                )?;
                 updated(self)?;
                 total += g.loss.to_f64() * (end - start) as f64;
                 count += end - start;

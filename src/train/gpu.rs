@@ -8,7 +8,7 @@ use crate::cpu::Lstm;
 use crate::error::{LstmError, Result};
 use crate::gpu::{GpuContext, GpuRecurrentTrainer};
 use crate::weights::LstmWeights;
-use ndarray::{ArrayD, ArrayView2, ArrayView3, ArrayViewD};
+use ndarray::{ArrayD, ArrayView, ArrayView2, ArrayView3, ArrayViewD, Dimension};
 use std::sync::Arc;
 
 /// A [`Sequential`] (f32) whose recurrent layers run their forward pass, tape and backward
@@ -73,6 +73,7 @@ impl GpuSequential {
                     trainer(&backward.0, &backward.1)?,
                 ],
                 TrainLayer::Masking { .. }
+                | TrainLayer::Embedding { .. }
                 | TrainLayer::Dropout { .. }
                 | TrainLayer::Dense { .. } => Vec::new(),
             });
@@ -97,49 +98,54 @@ impl GpuSequential {
     }
 
     /// The model's output on `x [B, T, I]`.
-    pub fn predict(&self, x: ArrayView3<'_, f32>) -> Result<ArrayD<f32>> {
-        self.net.predict_with(&GpuPath(&self.trainers), x)
+    pub fn predict<D: Dimension>(&self, x: ArrayView<'_, f32, D>) -> Result<ArrayD<f32>> {
+        self.net
+            .predict_with(&GpuPath(&self.trainers), x.into_dyn())
     }
 
     /// [`Sequential::gradients`] with the recurrent layers on the GPU.
-    pub fn gradients(
+    pub fn gradients<D: Dimension>(
         &self,
-        x: ArrayView3<'_, f32>,
+        x: ArrayView<'_, f32, D>,
         y: ArrayViewD<'_, f32>,
         loss: Loss,
     ) -> Result<Gradients<f32>> {
         self.net
-            .gradients_with(&GpuPath(&self.trainers), x, y, loss, None)
+            .gradients_with(&GpuPath(&self.trainers), x.into_dyn(), y, loss, None)
     }
 
     /// [`Sequential::gradients_in_training`] with the recurrent layers on the GPU (the same
     /// Dropout masks for the same seed).
-    pub fn gradients_in_training(
+    pub fn gradients_in_training<D: Dimension>(
         &self,
-        x: ArrayView3<'_, f32>,
+        x: ArrayView<'_, f32, D>,
         y: ArrayViewD<'_, f32>,
         loss: Loss,
         seed: u64,
     ) -> Result<Gradients<f32>> {
         self.net
-            .gradients_with(&GpuPath(&self.trainers), x, y, loss, Some(seed))
+            .gradients_with(&GpuPath(&self.trainers), x.into_dyn(), y, loss, Some(seed))
     }
 
     /// [`Sequential::fit`] with the recurrent layers on the GPU: the same batches, steps,
     /// history and errors ([`LstmError::TrainingDiverged`] keeps the weights from before the
     /// step, here and on the device).
-    pub fn fit(
+    pub fn fit<D: Dimension>(
         &mut self,
-        x: ArrayView3<'_, f32>,
+        x: ArrayView<'_, f32, D>,
         y: ArrayViewD<'_, f32>,
         options: &FitOptions,
         optimizer: &mut Optimizer,
     ) -> Result<History> {
         let trainers = &self.trainers;
-        self.net
-            .fit_with(&GpuPath(trainers), x, y, options, optimizer, &mut |net| {
-                upload(trainers, net)
-            })
+        self.net.fit_with(
+            &GpuPath(trainers),
+            x.into_dyn(),
+            y,
+            options,
+            optimizer,
+            &mut |net| upload(trainers, net),
+        )
     }
 }
 
@@ -154,7 +160,10 @@ fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Resul
                 t[0].write_weights(&forward.1)?;
                 t[1].write_weights(&backward.1)?;
             }
-            TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } | TrainLayer::Dense { .. } => {}
+            TrainLayer::Masking { .. }
+            | TrainLayer::Embedding { .. }
+            | TrainLayer::Dropout { .. }
+            | TrainLayer::Dense { .. } => {}
         }
     }
     Ok(())

@@ -26,6 +26,10 @@ impl<T: Element> Sequential<T> {
         let mut layers = dropouts.remove(&0).unwrap_or_default();
         for (k, (name, layer)) in model.layers().iter().enumerate() {
             let l = match layer {
+                ModelLayer::Embedding { table, mask_zero } => TrainLayer::Embedding {
+                    table: table.mapv(|v| T::from_f64(f64::from(v))),
+                    mask_zero: *mask_zero,
+                },
                 ModelLayer::Masking { mask_value } => TrainLayer::Masking {
                     mask_value: T::from_f64(f64::from(*mask_value)),
                 },
@@ -81,6 +85,7 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &self.layers {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
+                TrainLayer::Embedding { table, .. } => out.push(table.clone().into_dyn()),
                 TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -124,6 +129,7 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &mut self.layers {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
+                TrainLayer::Embedding { table, .. } => out.push(table.view_mut().into_dyn()),
                 TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -159,6 +165,7 @@ impl<T: Element> Sequential<T> {
         for (_, l) in &mut self.layers {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
+                TrainLayer::Embedding { table, .. } => *table = two(&mut it),
                 TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..

@@ -49,7 +49,7 @@ use crate::config::LstmConfig;
 use crate::error::{LstmError, Result};
 use crate::model::DenseActivation;
 use crate::weights::LstmWeights;
-use ndarray::{Array1, Array2, Array3, ArrayD};
+use ndarray::{Array1, Array2, ArrayD};
 
 /// One trainable layer.
 // A model holds a handful of layers; the variants' size difference costs nothing.
@@ -96,6 +96,16 @@ pub enum TrainLayer<T> {
         /// Keras's `noise_shape` (None: the input's shape).
         noise_shape: Option<Vec<Option<usize>>>,
     },
+    /// `Embedding(vocab, dim, mask_zero)`: token ids `[B, T]` (integers held as `T`) to
+    /// their table rows `[B, T, dim]`; with `mask_zero` the steps of id 0 are masked. Its
+    /// gradient is the rows' cotangents summed into the table; the ids have none (zeros in
+    /// [`Gradients::x`]).
+    Embedding {
+        /// `[vocab, dim]`.
+        table: Array2<T>,
+        /// Id 0 is padding (masked).
+        mask_zero: bool,
+    },
     /// `Dense` on the last axis.
     Dense {
         /// `[in, units]`.
@@ -107,8 +117,8 @@ pub enum TrainLayer<T> {
     },
 }
 
-/// A chain of trainable layers (`Sequential` of Masking, LSTM/GRU/SimpleRNN, Bidirectional,
-/// Dropout and Dense).
+/// A chain of trainable layers (`Sequential` of Embedding, Masking, LSTM/GRU/SimpleRNN,
+/// Bidirectional, Dropout and Dense).
 #[derive(Debug, Clone)]
 pub struct Sequential<T> {
     /// The layers with their Keras names.
@@ -166,8 +176,13 @@ pub struct Gradients<T> {
     pub loss: T,
     /// dL/dw for every weight, in Keras's `trainable_weights` order.
     pub weights: Vec<ArrayD<T>>,
-    /// dL/dx.
-    pub x: Array3<T>,
+    /// dL/dx, the shape of x (zeros for token ids: an Embedding's input has no gradient).
+    pub x: ArrayD<T>,
+    /// Per weight of `weights`: for those TensorFlow gives as `IndexedSlices` (an Embedding
+    /// table's, one slice per looked-up token), per element the sum over the slices of their
+    /// squares, which Keras's optimizers use for `g²`
+    /// ([`Optimizer::apply_views_sparse`]); None for dense gradients.
+    pub sparse_squares: Vec<Option<ArrayD<T>>>,
 }
 
 /// `got` against `want`, array for array: the count, then each shape (`{what} {k}`).

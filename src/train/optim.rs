@@ -228,6 +228,44 @@ impl Optimizer {
         weights: &mut [ArrayViewMutD<'_, T>],
         grads: &[ArrayD<T>],
     ) -> Result<()> {
+        self.apply_views_sparse(weights, grads, &[])
+    }
+
+    /// [`Optimizer::apply_views`] where some gradients are Keras's `IndexedSlices` (an
+    /// Embedding table's: one slice per looked-up token): `squares[k]`, when given, holds
+    /// per element the sum over the slices of their squares, which Keras's TensorFlow
+    /// optimizers use in place of `g²` (Adam's and RMSprop's second moments, the clipping
+    /// norms) because they square the slices before summing them. Empty `squares`: every
+    /// gradient dense. `clipvalue` clips each slice, which these sums cannot give: an error
+    /// with a sparse gradient.
+    pub fn apply_views_sparse<T: Element>(
+        &mut self,
+        weights: &mut [ArrayViewMutD<'_, T>],
+        grads: &[ArrayD<T>],
+        squares: &[Option<ArrayD<T>>],
+    ) -> Result<()> {
+        let mut squares: Vec<Option<ArrayD<T>>> = squares.to_vec();
+        squares.resize(grads.len(), None);
+        for (k, (s, g)) in squares.iter().zip(grads).enumerate() {
+            if let Some(s) = s {
+                if s.shape() != g.shape() {
+                    return Err(LstmError::shape(
+                        format!("squares {k}"),
+                        g.shape(),
+                        s.shape(),
+                    ));
+                }
+                if self.clipvalue.is_some() {
+                    return Err(LstmError::unsupported(
+                        "clipvalue",
+                        format!(
+                            "with the sparse gradient {k} (an Embedding's): Keras clips each \
+                             looked-up row, which is not built"
+                        ),
+                    ));
+                }
+            }
+        }
         super::check_shapes(
             "gradients",
             &weights.iter().map(|w| w.shape()).collect::<Vec<_>>(),
@@ -248,25 +286,36 @@ impl Optimizer {
         let c = |v: f64| T::from_f64(v);
         // clipping
         let mut grads: Vec<ArrayD<T>> = grads.to_vec();
+        // (a sparse gradient's squared norm is the sum of its slices' squares)
+        let square_sum = |g: &ArrayD<T>, s: &Option<ArrayD<T>>| match s {
+            Some(s) => s.iter().fold(T::zero(), |a, &x| a + x),
+            None => g.iter().fold(T::zero(), |a, &x| a + x * x),
+        };
         if let Some(norm) = self.clipnorm {
-            for g in &mut grads {
-                let l2sum = g.iter().fold(T::zero(), |a, &x| a + x * x);
+            for (g, s) in grads.iter_mut().zip(&mut squares) {
+                let l2sum = square_sum(g, s);
                 if l2sum > T::zero() {
                     let l2 = T::from_f64(l2sum.to_f64().sqrt());
                     let d = l2.elem_max(c(norm));
                     g.mapv_inplace(|x| x * c(norm) / d);
+                    if let Some(s) = s {
+                        s.mapv_inplace(|x| x * (c(norm) / d) * (c(norm) / d));
+                    }
                 }
             }
         } else if let Some(norm) = self.global_clipnorm {
             let sum: f64 = grads
                 .iter()
-                .flat_map(|g| g.iter())
-                .map(|x| x.to_f64() * x.to_f64())
+                .zip(&squares)
+                .map(|(g, s)| square_sum(g, s).to_f64())
                 .sum();
             let global = sum.sqrt();
             let scale = norm / global.max(norm);
-            for g in &mut grads {
+            for (g, s) in grads.iter_mut().zip(&mut squares) {
                 g.mapv_inplace(|x| x * c(scale));
+                if let Some(s) = s {
+                    s.mapv_inplace(|x| x * c(scale) * c(scale));
+                }
             }
         } else if let Some(v) = self.clipvalue {
             for g in &mut grads {
@@ -281,8 +330,18 @@ impl Optimizer {
         }
         self.iterations += 1;
         let step = self.iterations as f64;
-        for ((w, g), slots) in weights.iter_mut().zip(&grads).zip(&mut self.slots) {
+        for (((w, g), slots), sq) in weights
+            .iter_mut()
+            .zip(&grads)
+            .zip(&mut self.slots)
+            .zip(&squares)
+        {
             let dim = w.raw_dim();
+            // g² per element (a sparse gradient's: its slices' squares summed)
+            let gg: ArrayD<T> = match sq {
+                Some(s) => s.clone(),
+                None => g.mapv(|x| x * x),
+            };
             // (slots are kept in f64, holding the T values exactly)
             let slot = |slots: &mut [Option<ArrayD<f64>>; 3], k: usize| -> ArrayD<T> {
                 slots[k]
@@ -327,9 +386,10 @@ impl Optimizer {
                     ndarray::Zip::from(&mut m)
                         .and(&mut v)
                         .and(g)
-                        .for_each(|m, v, &g| {
+                        .and(&gg)
+                        .for_each(|m, v, &g, &gg| {
                             *m = *m + (g - *m) * c(1.0 - beta_1);
-                            *v = *v + (g * g - *v) * c(1.0 - beta_2);
+                            *v = *v + (gg - *v) * c(1.0 - beta_2);
                         });
                     ndarray::Zip::from(&mut *w)
                         .and(&m)
@@ -347,8 +407,8 @@ impl Optimizer {
                     centered,
                 } => {
                     let mut v = slot(slots, 0);
-                    ndarray::Zip::from(&mut v).and(g).for_each(|v, &g| {
-                        *v = c(rho) * *v + c(1.0 - rho) * (g * g);
+                    ndarray::Zip::from(&mut v).and(&gg).for_each(|v, &gg| {
+                        *v = c(rho) * *v + c(1.0 - rho) * gg;
                     });
                     let mut inc = v.mapv(|v| v + c(epsilon));
                     if centered {
