@@ -1,6 +1,7 @@
-//! Training on the CPU, with Keras's gradients, losses and optimizers: backpropagation
-//! through time for `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a
-//! trainable chain of `Masking`, recurrent and `Dense` layers ([`Sequential`], built from a loaded [`KerasModel`]) with
+//! Training with Keras's gradients, losses and optimizers: backpropagation through time for
+//! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
+//! `Embedding`, `Masking`, recurrent (with their input dropout), `Dropout` and `Dense` layers
+//! ([`Sequential`], built from a loaded [`KerasModel`]) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
 //! `shuffle=False`: the batches in order, one optimizer step each, the per-epoch mean loss).
@@ -12,8 +13,9 @@
 //! On the GPU: [`GpuSequential`] runs the chain's recurrent layers there (forward, tape and
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
-//! Not yet here: the other graph layers (Embedding, Conv1D, attention, ...), Dropout in
-//! training mode, stateful layers, `merge_mode=None` and returned states in a chain.
+//! Not yet here: the other graph layers (Conv1D, attention, normalization, ...),
+//! `recurrent_dropout` and the noise layers in training mode, stateful layers,
+//! `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
