@@ -7,7 +7,7 @@ use lstm_wgpu::gpu::kernel_sources;
 #[test]
 fn every_kernel_parses_and_validates() {
     let sources = kernel_sources();
-    assert_eq!(sources.len(), 16);
+    assert_eq!(sources.len(), 19);
     for (name, src) in sources {
         let module = naga::front::wgsl::parse_str(&src)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));

@@ -465,6 +465,31 @@ mod tests {
         a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12)
     }
 
+    /// A sparse gradient (two slices 3 and 4 summed into one element): Adam's second moment
+    /// and clipnorm's norm take the slices' squares (9 + 16), not the sum's (49); clipvalue
+    /// is refused.
+    #[test]
+    fn sparse_gradients_use_their_slices_squares() {
+        let run = |mut o: Optimizer| {
+            let mut w = [arr1(&[1.0f64]).into_dyn()];
+            let g = vec![arr1(&[7.0f64]).into_dyn()];
+            let sq = vec![Some(arr1(&[25.0f64]).into_dyn())];
+            let mut views: Vec<_> = w.iter_mut().map(|w| w.view_mut()).collect();
+            o.apply_views_sparse(&mut views, &g, &sq).map(|_| w[0][0])
+        };
+        // Adam step 1: w - lr·sqrt(1-b2)/(1-b1)·m/(sqrt(v)+eps), m = 0.1·7, v = 0.001·25
+        let lr = 0.1;
+        let want = 1.0 - lr * (0.001f64).sqrt() / 0.1 * 0.7 / ((0.001f64 * 25.0).sqrt() + 1e-7);
+        assert!((run(Optimizer::adam(lr)).unwrap() - want).abs() < 1e-12);
+        // clipnorm 1: the norm is 5, the gradient scaled by 1/5
+        let mut o = Optimizer::sgd(1.0);
+        o.clipnorm = Some(1.0);
+        assert!((run(o).unwrap() - (1.0 - 7.0 / 5.0)).abs() < 1e-12);
+        let mut o = Optimizer::sgd(1.0);
+        o.clipvalue = Some(1.0);
+        assert!(run(o).unwrap_err().to_string().contains("clipvalue"));
+    }
+
     /// Each clipping rule by hand: per-variable norm, global norm, value; then Adam's and
     /// RMSprop's first step and SGD's Nesterov step.
     #[test]
