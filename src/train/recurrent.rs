@@ -370,6 +370,8 @@ pub(crate) fn backward<T: Element>(
     let mut gr = Array2::<T>::zeros((h, n));
     let mut dh_prev = Array2::<T>::zeros((b, h));
     let (zero, one) = (T::zero(), T::one());
+    // Uᵀ laid out row-major once (the per-step product reads it many times)
+    let ut = u.t().as_standard_layout().into_owned();
     for s in (0..t).rev() {
         let tt = time_of(cfg.go_backwards, t, s);
         if cfg.return_sequences {
@@ -505,7 +507,7 @@ pub(crate) fn backward<T: Element>(
             matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
             matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
         } else {
-            matmul_serial(dzh.view(), u.t(), dh_prev.view_mut(), true);
+            matmul_serial(dzh.view(), ut.view(), dh_prev.view_mut(), true);
         }
         for r in 0..b {
             if tape.present[[s, r]] {
