@@ -32,6 +32,7 @@ use super::params::{
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::Lstm;
 use crate::error::{LstmError, Result};
+use crate::train::recurrent::{check_cotangents, check_inputs, time_of};
 use crate::train::{LstmCall, LstmCotangents, LstmGrads};
 use crate::weights::LstmWeights;
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, IxDyn};
@@ -214,15 +215,6 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 fn u32_of(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| LstmError::invalid(what, format!("an index of {v} is over 2^32")))
-}
-
-/// The time index of processing step `s` of `t`.
-fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
-    if go_backwards {
-        t - 1 - s
-    } else {
-        s
-    }
 }
 
 impl GpuRecurrentTrainer {
@@ -957,76 +949,4 @@ fn fill<'a>(dst: &mut [f32], src: impl Iterator<Item = &'a f32>) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d = *s;
     }
-}
-
-/// The shapes of a call's inputs, as `train::recurrent::forward` checks them.
-fn check_inputs(
-    cfg: &LstmConfig,
-    input: usize,
-    x: ArrayView3<'_, f32>,
-    mask: Option<ArrayView2<'_, bool>>,
-    init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
-) -> Result<()> {
-    let (b, t, i) = x.dim();
-    let h = cfg.units;
-    let name = &cfg.name;
-    if i != input {
-        return Err(LstmError::shape(
-            format!("input of layer {name}"),
-            &[b, t, input],
-            &[b, t, i],
-        ));
-    }
-    if let Some(m) = mask {
-        if m.dim() != (b, t) {
-            return Err(LstmError::shape(
-                format!("mask of layer {name}"),
-                &[b, t],
-                m.shape(),
-            ));
-        }
-    }
-    if let Some((h0, c0)) = init {
-        for (s, what) in [(h0, "h0"), (c0, "c0")] {
-            if s.dim() != (b, h) {
-                return Err(LstmError::shape(
-                    format!("initial state {what} of layer {name}"),
-                    &[b, h],
-                    s.shape(),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The shapes of the cotangents of a call of `b` rows and `t` steps, as
-/// `train::recurrent::backward` checks them.
-fn check_cotangents(cfg: &LstmConfig, b: usize, t: usize, cot: &LstmCotangents<f32>) -> Result<()> {
-    let h = cfg.units;
-    let name = &cfg.name;
-    let want: Vec<usize> = if cfg.return_sequences {
-        vec![b, t, h]
-    } else {
-        vec![b, h]
-    };
-    if cot.output.shape() != want.as_slice() {
-        return Err(LstmError::shape(
-            format!("output cotangent of layer {name}"),
-            &want,
-            cot.output.shape(),
-        ));
-    }
-    for (s, what) in [(&cot.h, "h"), (&cot.c, "c")] {
-        if let Some(s) = s {
-            if s.dim() != (b, h) {
-                return Err(LstmError::shape(
-                    format!("final {what} cotangent of layer {name}"),
-                    &[b, h],
-                    s.shape(),
-                ));
-            }
-        }
-    }
-    Ok(())
 }

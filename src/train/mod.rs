@@ -38,7 +38,7 @@ mod h5write;
 mod load;
 mod loss;
 mod optim;
-mod recurrent;
+pub(crate) mod recurrent;
 mod save;
 
 pub use activation::derivative;

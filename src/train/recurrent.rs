@@ -96,7 +96,7 @@ pub struct LstmCall<T> {
 }
 
 /// The time index of processing step `s`.
-fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
+pub(crate) fn time_of(go_backwards: bool, t: usize, s: usize) -> usize {
     if go_backwards {
         t - 1 - s
     } else {
@@ -121,39 +121,13 @@ pub(crate) fn forward<T: Element>(
     mask: Option<ArrayView2<'_, bool>>,
     init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
 ) -> Result<(LstmCall<T>, LstmTape<T>)> {
-    let (b, t, i) = x.dim();
+    let (b, t, _) = x.dim();
     let h = cfg.units;
     let n = cfg.cell.gates() * h;
-    if i != w.kernel.nrows() {
-        return Err(LstmError::shape(
-            format!("input of layer {}", cfg.name),
-            &[b, t, w.kernel.nrows()],
-            &[b, t, i],
-        ));
-    }
-    if let Some(m) = mask {
-        if m.dim() != (b, t) {
-            return Err(LstmError::shape(
-                format!("mask of layer {}", cfg.name),
-                &[b, t],
-                m.shape(),
-            ));
-        }
-    }
+    check_inputs(cfg, w.kernel.nrows(), x, mask, init)?;
     let (mut hs, mut cs) = match init {
         None => (Array2::zeros((b, h)), Array2::zeros((b, h))),
-        Some((h0, c0)) => {
-            for (s, what) in [(h0, "h0"), (c0, "c0")] {
-                if s.dim() != (b, h) {
-                    return Err(LstmError::shape(
-                        format!("initial state {what} of layer {}", cfg.name),
-                        &[b, h],
-                        s.shape(),
-                    ));
-                }
-            }
-            (h0.to_owned(), c0.to_owned())
-        }
+        Some((h0, c0)) => (h0.to_owned(), c0.to_owned()),
     };
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let b_rec = recurrent_bias(w, n);
@@ -311,6 +285,82 @@ pub(crate) fn forward<T: Element>(
     ))
 }
 
+/// The shapes of a call's inputs (`x [B, T, input]`, `mask [B, T]`, `h0`, `c0` `[B, H]`),
+/// for the CPU's and the GPU's forward passes.
+pub(crate) fn check_inputs<T>(
+    cfg: &LstmConfig,
+    input: usize,
+    x: ArrayView3<'_, T>,
+    mask: Option<ArrayView2<'_, bool>>,
+    init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
+) -> Result<()> {
+    let (b, t, i) = x.dim();
+    let (h, name) = (cfg.units, &cfg.name);
+    if i != input {
+        return Err(LstmError::shape(
+            format!("input of layer {name}"),
+            &[b, t, input],
+            &[b, t, i],
+        ));
+    }
+    if let Some(m) = mask {
+        if m.dim() != (b, t) {
+            return Err(LstmError::shape(
+                format!("mask of layer {name}"),
+                &[b, t],
+                m.shape(),
+            ));
+        }
+    }
+    if let Some((h0, c0)) = init {
+        for (s, what) in [(h0, "h0"), (c0, "c0")] {
+            if s.dim() != (b, h) {
+                return Err(LstmError::shape(
+                    format!("initial state {what} of layer {name}"),
+                    &[b, h],
+                    s.shape(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The shapes of the cotangents of a call of `b` rows and `t` steps (the output's, and the
+/// final states' `[B, H]`), for the CPU's and the GPU's backward passes.
+pub(crate) fn check_cotangents<T>(
+    cfg: &LstmConfig,
+    b: usize,
+    t: usize,
+    cot: &LstmCotangents<T>,
+) -> Result<()> {
+    let (h, name) = (cfg.units, &cfg.name);
+    let want: Vec<usize> = if cfg.return_sequences {
+        vec![b, t, h]
+    } else {
+        vec![b, h]
+    };
+    if cot.output.shape() != want.as_slice() {
+        return Err(LstmError::shape(
+            format!("output cotangent of layer {name}"),
+            &want,
+            cot.output.shape(),
+        ));
+    }
+    for (s, what) in [(&cot.h, "h"), (&cot.c, "c")] {
+        if let Some(s) = s {
+            if s.dim() != (b, h) {
+                return Err(LstmError::shape(
+                    format!("final {what} cotangent of layer {name}"),
+                    &[b, h],
+                    s.shape(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The backward pass of `layer` for the recorded forward pass `tape` of input `x`, given
 /// the cotangents of its outputs: per step (last first) the cell's backward and
 /// `dh_prev = d(rec) Uᵀ`; the weight gradients and `dx` then as products over all steps at
@@ -324,29 +374,7 @@ pub(crate) fn backward<T: Element>(
     let (b, t, i) = x.dim();
     let h = cfg.units;
     let n = cfg.cell.gates() * h;
-    let want: Vec<usize> = if cfg.return_sequences {
-        vec![b, t, h]
-    } else {
-        vec![b, h]
-    };
-    if cot.output.shape() != want.as_slice() {
-        return Err(LstmError::shape(
-            format!("output cotangent of layer {}", cfg.name),
-            &want,
-            cot.output.shape(),
-        ));
-    }
-    for (s, what) in [(&cot.h, "h"), (&cot.c, "c")] {
-        if let Some(s) = s {
-            if s.dim() != (b, h) {
-                return Err(LstmError::shape(
-                    format!("final {what} cotangent of layer {}", cfg.name),
-                    &[b, h],
-                    s.shape(),
-                ));
-            }
-        }
-    }
+    check_cotangents(cfg, b, t, cot)?;
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let u = &w.recurrent_kernel;
     let v1 = matches!(cfg.cell, Cell::Gru { reset_after: false });
