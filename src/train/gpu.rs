@@ -1,6 +1,6 @@
 //! A trainable chain with its recurrent layers on the GPU ([`GpuSequential`]).
 
-use super::chain::{RecurrentPath, Tape};
+use super::path::{RecurrentPath, Tape};
 use super::{FitOptions, Gradients, History, Loss, LstmCall, LstmCotangents, LstmGrads};
 use super::{Optimizer, Sequential, TrainLayer};
 use crate::config::LstmConfig;

@@ -33,11 +33,13 @@
 
 mod activation;
 mod chain;
+mod dropout;
 mod gpu;
 mod h5write;
 mod load;
 mod loss;
 mod optim;
+mod path;
 pub(crate) mod recurrent;
 mod save;
 

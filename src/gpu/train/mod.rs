@@ -22,13 +22,13 @@
 //! (`G` gates; `B·T·H` more for an LSTM's `c_prev`), and `dZ`, `B·T·G·H` (twice that for a
 //! GRU, whose input and recurrent sides differ), besides `x`, `dX` and the output sequence.
 
+mod record;
+mod submit;
+
 use super::context::GpuContext;
 use super::kernels::Kernel;
 use super::loops;
-use super::params::{
-    GemmParams, TrainStepParams, CELL_GRU, CELL_LSTM, CELL_SIMPLE_RNN, TRAIN_GEMM_TILE,
-    TRAIN_STEP_ROWS, TRAIN_STEP_THREADS,
-};
+use super::params::{TrainStepParams, TRAIN_STEP_ROWS, TRAIN_STEP_THREADS};
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::Lstm;
 use crate::error::{LstmError, Result};
@@ -36,6 +36,7 @@ use crate::train::recurrent::{check_cotangents, check_inputs, time_of};
 use crate::train::{LstmCall, LstmCotangents, LstmGrads};
 use crate::weights::LstmWeights;
 use ndarray::{Array1, Array2, Array3, ArrayD, ArrayView2, ArrayView3, IxDyn};
+use record::{u32_of, Read, Recorder, View, Work};
 use std::sync::Arc;
 
 /// One `LSTM`, `GRU` (with `reset_after`, Keras 3's default) or `SimpleRNN` layer's weights
@@ -97,125 +98,8 @@ impl std::fmt::Debug for GpuRecurrentTrainer {
     }
 }
 
-/// A strided view of a buffer for train_gemm.wgsl: element `(r, c)` at `off + r·rs + c·cs`
-/// (floats).
-#[derive(Clone, Copy)]
-struct View<'a> {
-    buf: &'a wgpu::Buffer,
-    off: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> View<'a> {
-    fn new(buf: &'a wgpu::Buffer, off: usize, rs: usize, cs: usize) -> Self {
-        View { buf, off, rs, cs }
-    }
-}
-
-/// One dispatch of the pass: its parameter block's offset and its workgroups.
-enum Work<'a> {
-    /// A product: A, B, and C with its offset.
-    Gemm {
-        at: usize,
-        a: &'a wgpu::Buffer,
-        b: &'a wgpu::Buffer,
-        c: &'a wgpu::Buffer,
-        groups: (u32, u32),
-    },
-    /// A forward or backward timestep.
-    Step {
-        kernel: Kernel,
-        at: usize,
-        groups: (u32, u32),
-    },
-}
-
-/// The pass being recorded: the parameter blocks (one uniform buffer) and the dispatches.
-struct Recorder<'a> {
-    align: usize,
-    uniforms: Vec<u8>,
-    work: Vec<Work<'a>>,
-    k_per_dispatch: usize,
-    max_groups: u32,
-}
-
-impl<'a> Recorder<'a> {
-    fn block(&mut self, bytes: &[u8]) -> usize {
-        let at = self.uniforms.len().next_multiple_of(self.align);
-        self.uniforms.resize(at, 0);
-        self.uniforms.extend_from_slice(bytes);
-        at
-    }
-
-    fn groups(&self, what: &str, x: usize, y: usize) -> Result<(u32, u32)> {
-        for n in [x, y] {
-            if n > self.max_groups as usize {
-                return Err(LstmError::invalid(
-                    what,
-                    format!(
-                        "needs {n} workgroups in one dimension, over this adapter's \
-                         max_compute_workgroups_per_dimension of {}; train on fewer batch rows \
-                         or shorter sequences per call",
-                        self.max_groups
-                    ),
-                ));
-            }
-        }
-        Ok((x as u32, y as u32))
-    }
-
-    /// `C[m, n] (+)= A[m, k] · B[k, n]` from `C`'s float `c_off`, the reduction split into
-    /// dispatches of at most `k_per_dispatch` (each after the first accumulates).
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &mut self,
-        what: &str,
-        (m, n, k): (usize, usize, usize),
-        a: View<'a>,
-        b: View<'a>,
-        (c, c_off): (&'a wgpu::Buffer, usize),
-        accumulate: bool,
-    ) -> Result<()> {
-        let tile = TRAIN_GEMM_TILE;
-        let groups = self.groups(what, n.div_ceil(tile), m.div_ceil(tile))?;
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = self.k_per_dispatch.min(k - k0);
-            let p = GemmParams {
-                m: u32_of(what, m)?,
-                n: u32_of(what, n)?,
-                k: u32_of(what, kc)?,
-                accumulate: u32::from(accumulate || k0 > 0),
-                a_off: u32_of(what, a.off + k0 * a.cs)?,
-                a_rs: u32_of(what, a.rs)?,
-                a_cs: u32_of(what, a.cs)?,
-                b_off: u32_of(what, b.off + k0 * b.rs)?,
-                b_rs: u32_of(what, b.rs)?,
-                b_cs: u32_of(what, b.cs)?,
-                c_off: u32_of(what, c_off)?,
-                _pad: 0,
-            };
-            let at = self.block(bytemuck::bytes_of(&p));
-            self.work.push(Work::Gemm {
-                at,
-                a: a.buf,
-                b: b.buf,
-                c,
-                groups,
-            });
-            k0 += kc;
-        }
-        Ok(())
-    }
-}
-
 /// The id of the next trainer.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-fn u32_of(what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| LstmError::invalid(what, format!("an index of {v} is over 2^32")))
-}
 
 impl GpuRecurrentTrainer {
     /// Uploads `layer`'s weights to `ctx`'s device.
@@ -710,203 +594,7 @@ impl GpuRecurrentTrainer {
             c0: arr2(b, h, next()),
         }
     }
-
-    /// Binds, records and submits `rec`'s dispatches in one compute pass, copies `reads`
-    /// into one staging buffer, waits and returns their values.
-    fn submit(
-        &self,
-        rec: Recorder<'_>,
-        tape: &GpuTape,
-        back: Option<&Backward>,
-        reads: &[Read<'_>],
-    ) -> Result<Vec<Vec<f32>>> {
-        let cfg = &self.cfg;
-        let device = self.ctx.device();
-        let q = self.ctx.queue();
-        let flag = |v: bool| if v { 1.0 } else { 0.0 };
-        let cell = match cfg.cell {
-            Cell::Lstm => CELL_LSTM,
-            Cell::Gru { .. } => CELL_GRU,
-            Cell::SimpleRnn => CELL_SIMPLE_RNN,
-        };
-        let constants = [
-            ("CELL", f64::from(cell)),
-            ("GATES", cfg.cell.gates() as f64),
-            ("ACTIVATION", f64::from(cfg.activation.id())),
-            (
-                "RECURRENT_ACTIVATION",
-                f64::from(cfg.recurrent_activation.id()),
-            ),
-            ("ZERO_OUTPUT_FOR_MASK", flag(cfg.zero_output_for_mask)),
-            ("HAS_MASK", flag(tape.has_mask)),
-            ("RETURN_SEQUENCES", flag(cfg.return_sequences)),
-            ("HAS_RECURRENT_BIAS", flag(self.two_biases)),
-        ];
-        let kernels = self.ctx.kernels()?;
-        let uses = |k: Kernel| {
-            rec.work
-                .iter()
-                .any(|w| matches!(w, Work::Step { kernel, .. } if *kernel == k))
-        };
-        let forward = if uses(Kernel::TrainForward) {
-            Some(kernels.pipeline(device, Kernel::TrainForward, &constants)?)
-        } else {
-            None
-        };
-        let backward = match back {
-            Some(_) if uses(Kernel::TrainBackward) => {
-                Some(kernels.pipeline(device, Kernel::TrainBackward, &constants)?)
-            }
-            _ => None,
-        };
-        let gemm = kernels.pipeline(device, Kernel::TrainGemm, &[])?;
-        let total: usize = reads.iter().map(|r| r.2).sum();
-        let staging =
-            self.ctx.checked("recording the GPU training pass", || {
-                let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("training parameters"),
-                    size: (rec.uniforms.len() + 64).next_multiple_of(256) as u64,
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                q.write_buffer(&uniform, 0, &rec.uniforms);
-                let block = |at: usize, size: usize| {
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &uniform,
-                        offset: at as u64,
-                        size: wgpu::BufferSize::new(size as u64),
-                    })
-                };
-                let bind =
-                    |kernel: Kernel, first: wgpu::BindingResource<'_>, rest: &[&wgpu::Buffer]| {
-                        let mut entries = vec![wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: first,
-                        }];
-                        entries.extend(rest.iter().enumerate().map(|(k, buf)| {
-                            wgpu::BindGroupEntry {
-                                binding: k as u32 + 1,
-                                resource: buf.as_entire_binding(),
-                            }
-                        }));
-                        device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some(kernel.name()),
-                            layout: kernels.layout(kernel),
-                            entries: &entries,
-                        })
-                    };
-                let step_size = std::mem::size_of::<TrainStepParams>();
-                let fwd_bind = forward.as_ref().map(|_| {
-                    bind(
-                        Kernel::TrainForward,
-                        block(0, step_size),
-                        &[
-                            &self.rk,
-                            &tape.proj,
-                            &tape.mask,
-                            &tape.state,
-                            &tape.tape,
-                            &tape.seq,
-                        ],
-                    )
-                });
-                let bwd_bind = back.filter(|_| backward.is_some()).map(|back| {
-                    bind(
-                        Kernel::TrainBackward,
-                        block(0, step_size),
-                        &[
-                            &self.rkt,
-                            &tape.proj,
-                            &tape.mask,
-                            &tape.tape,
-                            &back.cot,
-                            &back.bstate,
-                            &back.dz,
-                        ],
-                    )
-                });
-                let gemm_size = std::mem::size_of::<GemmParams>();
-                let staging = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("training readback"),
-                    size: (4 * total.max(1)) as u64,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("training pass"),
-                });
-                {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("training pass"),
-                        timestamp_writes: None,
-                    });
-                    for w in &rec.work {
-                        match w {
-                            Work::Gemm {
-                                at,
-                                a,
-                                b,
-                                c,
-                                groups,
-                            } => {
-                                let bg = bind(Kernel::TrainGemm, block(*at, gemm_size), &[a, b, c]);
-                                pass.set_pipeline(&gemm);
-                                pass.set_bind_group(0, &bg, &[]);
-                                pass.dispatch_workgroups(groups.0, groups.1, 1);
-                            }
-                            Work::Step { kernel, at, groups } => {
-                                let (pipe, bg) = if *kernel == Kernel::TrainForward {
-                                    (forward.as_ref(), fwd_bind.as_ref())
-                                } else {
-                                    (backward.as_ref(), bwd_bind.as_ref())
-                                };
-                                let (Some(pipe), Some(bg)) = (pipe, bg) else {
-                                    continue;
-                                };
-                                pass.set_pipeline(pipe);
-                                pass.set_bind_group(0, bg, &[*at as u32]);
-                                pass.dispatch_workgroups(groups.0, groups.1, 1);
-                            }
-                        }
-                    }
-                }
-                let mut off = 0u64;
-                for (buf, from, len) in reads {
-                    let bytes = (4 * len) as u64;
-                    encoder.copy_buffer_to_buffer(buf, (4 * from) as u64, &staging, off, bytes);
-                    off += bytes;
-                }
-                q.submit([encoder.finish()]);
-                staging
-            })?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        let failed = |e: &dyn std::fmt::Display| LstmError::Device {
-            message: format!("reading the training results back: {e}"),
-        };
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| failed(&e))?;
-        rx.recv().map_err(|e| failed(&e))?.map_err(|e| failed(&e))?;
-        let values: Vec<f32> = {
-            let view = staging.get_mapped_range(..).map_err(|e| failed(&e))?;
-            bytemuck::pod_collect_to_vec(&view)
-        };
-        staging.unmap();
-        let mut parts = Vec::with_capacity(reads.len());
-        let mut off = 0;
-        for (_, _, len) in reads {
-            parts.push(values[off..off + len].to_vec());
-            off += len;
-        }
-        Ok(parts)
-    }
 }
-
-/// A readback: a buffer, the float to start at, the floats.
-type Read<'a> = (&'a wgpu::Buffer, usize, usize);
 
 /// A forward pass of a [`GpuRecurrentTrainer`] kept on the device: its input, projection,
 /// mask, states, tape and output sequence, for [`GpuRecurrentTrainer::backward`].

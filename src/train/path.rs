@@ -1,0 +1,72 @@
+//! Where a chain's recurrent layers run: the CPU's `recurrent` passes or the GPU's
+//! trainers, behind one trait, with the tape each records.
+
+use super::{recurrent, LstmCall, LstmCotangents, LstmGrads};
+use crate::config::LstmConfig;
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::weights::LstmWeights;
+use ndarray::{ArrayView2, ArrayView3};
+
+/// A recurrent layer's recorded forward pass, where it ran.
+pub(crate) enum Tape<T> {
+    /// On the CPU (`recurrent::forward`).
+    Cpu(Box<recurrent::LstmTape<T>>),
+    /// On the GPU ([`crate::gpu::GpuRecurrentTrainer::forward`]).
+    Gpu(Box<crate::gpu::GpuTape>),
+}
+
+/// Where a chain's recurrent layers run their forward pass with its tape and their
+/// backward pass; the other layers and the loss run on the CPU. `at` is the layer's index in
+/// the chain and its direction (0, or 1 for a Bidirectional's backward one).
+pub(crate) trait RecurrentPath<T> {
+    fn forward(
+        &self,
+        at: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        mask: Option<ArrayView2<'_, bool>>,
+    ) -> Result<(LstmCall<T>, Tape<T>)>;
+
+    fn backward(
+        &self,
+        at: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        tape: &Tape<T>,
+        cot: &LstmCotangents<T>,
+    ) -> Result<LstmGrads<T>>;
+}
+
+/// The CPU: `recurrent::forward` and `backward`.
+pub(crate) struct CpuPath;
+
+impl<T: Element> RecurrentPath<T> for CpuPath {
+    fn forward(
+        &self,
+        _: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        mask: Option<ArrayView2<'_, bool>>,
+    ) -> Result<(LstmCall<T>, Tape<T>)> {
+        let (call, tape) = recurrent::forward(layer, x, mask, None)?;
+        Ok((call, Tape::Cpu(Box::new(tape))))
+    }
+
+    fn backward(
+        &self,
+        _: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        tape: &Tape<T>,
+        cot: &LstmCotangents<T>,
+    ) -> Result<LstmGrads<T>> {
+        match tape {
+            Tape::Cpu(tape) => recurrent::backward(layer, x, tape, cot),
+            Tape::Gpu(_) => Err(LstmError::invalid(
+                format!("layer {}", layer.0.name),
+                "a GPU tape reached the CPU's backward pass",
+            )),
+        }
+    }
+}
