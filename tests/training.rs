@@ -7,7 +7,9 @@
 //! matched weight for weight (≤ 1e-4); central differences in f64; diverging training.
 
 use lstm_wgpu::model::KerasModel;
-use lstm_wgpu::train::{lstm_gradients, FitOptions, Loss, LstmCotangents, Optimizer, Sequential};
+use lstm_wgpu::train::{
+    lstm_gradients, FitOptions, Gradients, Loss, LstmCotangents, Optimizer, Sequential,
+};
 use lstm_wgpu::{Element, LstmConfig, LstmError, LstmWeights};
 use ndarray::{Array2, Array3, ArrayD, Ix1, Ix2, Ix3};
 use ndarray_npy::ReadNpyExt;
@@ -160,14 +162,19 @@ fn model<T: Element>(name: &str, a: &HashMap<String, ArrayD<T>>) -> Sequential<T
     net
 }
 
-fn model_grads<T: Element>(name: &str, tol: f64) {
+/// The recorded model case `name` through `run` (the prediction and the gradients of a
+/// chain on `x`, `y`): prediction, loss, every weight's and x's gradient within `tol` of
+/// Keras's; `path` names the path in the messages.
+fn model_grads_on<T: Element>(
+    name: &str,
+    tol: f64,
+    path: &str,
+    run: impl FnOnce(Sequential<T>, &ArrayD<T>, &ArrayD<T>, Loss) -> (ArrayD<T>, Gradients<T>),
+) {
     let a = npz::<T>(name);
     let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
-    let net = model::<T>(name, &a);
-    let x = a["x"].clone();
-    let pred = net.predict(x.view()).unwrap();
+    let (pred, g) = run(model::<T>(name, &a), &a["x"], &a["y"], loss);
     let p = worst(&pred, &a["pred"], name);
-    let g = net.gradients(x.view(), a["y"].view(), loss).unwrap();
     let l = (g.loss.to_f64() - a["loss"].iter().next().unwrap().to_f64()).abs();
     let mut w = p.max(l);
     for (k, gw) in g.weights.iter().enumerate() {
@@ -177,10 +184,86 @@ fn model_grads<T: Element>(name: &str, tol: f64) {
             &format!("{name} grad{k}"),
         ));
     }
-    w = w.max(worst(&g.x.into_dyn(), &a["grad_x"], name));
-    println!("{name}: worst {w:.1e} (loss {})", g.loss);
-    assert!(w <= tol, "{name}: {w:e} > {tol:e}");
+    w = w.max(worst(&g.x, &a["grad_x"], name));
+    println!("{path} {name}: worst {w:.1e} (loss {})", g.loss);
+    assert!(w <= tol, "{path} {name}: {w:e} > {tol:e}");
 }
+
+fn model_grads<T: Element>(name: &str, tol: f64) {
+    model_grads_on::<T>(name, tol, "CPU", |net, x, y, loss| {
+        let pred = net.predict(x.view()).unwrap();
+        (pred, net.gradients(x.view(), y.view(), loss).unwrap())
+    });
+}
+
+/// The recorded 20-step fit `name` through `run` (a chain, x, y, the options and Keras's
+/// optimizer; it returns the history and the trained weights): the weights and the epoch
+/// losses within 1e-4 of Keras's, and Keras's weights did move.
+fn fit_case(
+    name: &str,
+    path: &str,
+    run: impl FnOnce(
+        Sequential<f32>,
+        &ArrayD<f32>,
+        &ArrayD<f32>,
+        &FitOptions,
+        &mut Optimizer,
+    ) -> (lstm_wgpu::train::History, Vec<ArrayD<f32>>),
+) {
+    let a = npz::<f32>(name);
+    let m = meta(name);
+    let o = &m["optimizer"];
+    let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
+    let loss = Loss::from_keras(m["loss"].as_str().unwrap()).unwrap();
+    let options = FitOptions::new(
+        loss,
+        m["batch_size"].as_u64().unwrap() as usize,
+        m["epochs"].as_u64().unwrap() as usize,
+    );
+    let (h, weights) = run(model::<f32>(name, &a), &a["x"], &a["y"], &options, &mut opt);
+    assert_eq!(opt.iterations(), 20, "{name}");
+    let mut w = 0.0f64;
+    for (k, got) in weights.iter().enumerate() {
+        w = w.max(worst(
+            got,
+            &a[&format!("final{k}")],
+            &format!("{name} weight {k}"),
+        ));
+    }
+    let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
+    let l = h
+        .epoch_loss
+        .iter()
+        .zip(&keras_loss)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    println!(
+        "{path} {name}: weights {w:.1e}, epoch losses {l:.1e} ({:?})",
+        h.epoch_loss
+    );
+    assert!(w <= 1e-4, "{path} {name}: weights {w:e}");
+    assert!(
+        l <= 1e-4,
+        "{path} {name}: losses {:?} vs {keras_loss:?}",
+        h.epoch_loss
+    );
+    // the training moved the weights: the comparison is not of untouched weights
+    let moved = (0..weights.len())
+        .map(|k| worst(&a[&format!("w{k}")], &a[&format!("final{k}")], name))
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "{name}: Keras's weights moved {moved}");
+}
+
+/// The recorded 20-step fits.
+const FIT_CASES: [&str; 7] = [
+    "fit_adam",
+    "fit_sgd_nesterov",
+    "fit_rmsprop",
+    "fit_adamw_masked",
+    "fit_gru_rnn",
+    "fit_bidi",
+    "fit_embedding",
+];
 
 #[test]
 fn model_losses_and_gradients_match_gradient_tape() {
@@ -207,61 +290,11 @@ fn model_losses_and_gradients_match_gradient_tape() {
 
 #[test]
 fn fit_matches_keras_after_20_steps() {
-    for name in [
-        "fit_adam",
-        "fit_sgd_nesterov",
-        "fit_rmsprop",
-        "fit_adamw_masked",
-        "fit_gru_rnn",
-        "fit_bidi",
-        "fit_embedding",
-    ] {
-        let a = npz::<f32>(name);
-        let m = meta(name);
-        let o = &m["optimizer"];
-        let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
-        let loss = Loss::from_keras(m["loss"].as_str().unwrap()).unwrap();
-        let mut net = model::<f32>(name, &a);
-        let x = a["x"].clone();
-        let options = FitOptions::new(
-            loss,
-            m["batch_size"].as_u64().unwrap() as usize,
-            m["epochs"].as_u64().unwrap() as usize,
-        );
-        let h = net
-            .fit(x.view(), a["y"].view(), &options, &mut opt)
-            .unwrap();
-        assert_eq!(opt.iterations(), 20, "{name}");
-        let mut w = 0.0f64;
-        for (k, got) in net.weights().iter().enumerate() {
-            w = w.max(worst(
-                got,
-                &a[&format!("final{k}")],
-                &format!("{name} weight {k}"),
-            ));
-        }
-        let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
-        let l = h
-            .epoch_loss
-            .iter()
-            .zip(&keras_loss)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        println!(
-            "{name}: weights {w:.1e}, epoch losses {l:.1e} ({:?})",
-            h.epoch_loss
-        );
-        assert!(w <= 1e-4, "{name}: weights {w:e}");
-        assert!(
-            l <= 1e-4,
-            "{name}: losses {:?} vs {keras_loss:?}",
-            h.epoch_loss
-        );
-        // the training moved the weights: the comparison is not of untouched weights
-        let moved = (0..net.weights().len())
-            .map(|k| worst(&a[&format!("w{k}")], &a[&format!("final{k}")], name))
-            .fold(0.0, f64::max);
-        assert!(moved > 1e-3, "{name}: Keras's weights moved {moved}");
+    for name in FIT_CASES {
+        fit_case(name, "CPU", |mut net, x, y, options, opt| {
+            let h = net.fit(x.view(), y.view(), options, opt).unwrap();
+            (h, net.weights())
+        });
     }
 }
 
@@ -618,73 +651,22 @@ fn gpu_gradients_and_fit_match_keras() {
         "grads_rnn_dropout_f64",
         "grads_embedding_f64",
     ] {
-        let a = npz::<f32>(name);
-        let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
-        let net = GpuSequential::new(model::<f32>(name, &a), ctx.clone()).unwrap();
-        let x = a["x"].clone();
-        let mut w = worst(&net.predict(x.view()).unwrap(), &a["pred"], name);
-        let g = net.gradients(x.view(), a["y"].view(), loss).unwrap();
-        w = w.max((g.loss as f64 - a["loss"].iter().next().unwrap().to_f64()).abs());
-        for (k, gw) in g.weights.iter().enumerate() {
-            w = w.max(worst(
-                gw,
-                &a[&format!("grad{k}")],
-                &format!("{name} grad{k}"),
-            ));
-        }
-        w = w.max(worst(&g.x.into_dyn(), &a["grad_x"], name));
-        println!("GPU {name}: worst {w:.1e}");
-        assert!(w <= 1e-4, "GPU {name}: {w:e}");
+        model_grads_on::<f32>(name, 1e-4, "GPU", |net, x, y, loss| {
+            let net = GpuSequential::new(net, ctx.clone()).unwrap();
+            let pred = net.predict(x.view()).unwrap();
+            (pred, net.gradients(x.view(), y.view(), loss).unwrap())
+        });
     }
-    for name in [
-        "fit_adam",
-        "fit_sgd_nesterov",
-        "fit_rmsprop",
-        "fit_adamw_masked",
-        "fit_gru_rnn",
-        "fit_bidi",
-        "fit_embedding",
-    ] {
-        let a = npz::<f32>(name);
-        let m = meta(name);
-        let o = &m["optimizer"];
-        let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
-        let loss = Loss::from_keras(m["loss"].as_str().unwrap()).unwrap();
-        let mut net = GpuSequential::new(model::<f32>(name, &a), ctx.clone()).unwrap();
-        let x = a["x"].clone();
-        let options = FitOptions::new(
-            loss,
-            m["batch_size"].as_u64().unwrap() as usize,
-            m["epochs"].as_u64().unwrap() as usize,
-        );
-        let h = net
-            .fit(x.view(), a["y"].view(), &options, &mut opt)
-            .unwrap();
-        assert_eq!(opt.iterations(), 20, "{name}");
-        let mut w = 0.0f64;
-        for (k, got) in net.sequential().weights().iter().enumerate() {
-            w = w.max(worst(
-                got,
-                &a[&format!("final{k}")],
-                &format!("{name} weight {k}"),
-            ));
-        }
-        let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
-        let l = h
-            .epoch_loss
-            .iter()
-            .zip(&keras_loss)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        println!("GPU {name}: weights {w:.1e}, epoch losses {l:.1e}");
-        assert!(
-            w <= 1e-4 && l <= 1e-4,
-            "GPU {name}: weights {w:e}, losses {l:e}"
-        );
-        // the device has the trained weights: its prediction is the CPU's on them
-        let cpu = net.sequential().predict(x.view()).unwrap();
-        let d = worst(&net.predict(x.view()).unwrap(), &cpu, name);
-        assert!(d <= 1e-4, "GPU {name}: prediction after fit {d:e}");
+    for name in FIT_CASES {
+        fit_case(name, "GPU", |net, x, y, options, opt| {
+            let mut net = GpuSequential::new(net, ctx.clone()).unwrap();
+            let h = net.fit(x.view(), y.view(), options, opt).unwrap();
+            // the device has the trained weights: its prediction is the CPU's on them
+            let cpu = net.sequential().predict(x.view()).unwrap();
+            let d = worst(&net.predict(x.view()).unwrap(), &cpu, name);
+            assert!(d <= 1e-4, "GPU {name}: prediction after fit {d:e}");
+            (h, net.sequential().weights())
+        });
     }
 }
 
