@@ -67,6 +67,7 @@ fn main() {
                     config: cfg,
                     weights,
                     dropout: 0.0,
+                    recurrent_dropout: 0.0,
                 },
             ),
             (

@@ -188,6 +188,28 @@ def build(kind, dtype, t, i):
         m = keras.Sequential([keras.Input((t,), dtype="int32"),
                               layers.Embedding(12, 4, mask_zero=True),
                               layers.LSTM(5), layers.Dense(3, activation="softmax")])
+    elif kind == "rec_dropout":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.LSTM(5, dropout=0.3, recurrent_dropout=0.2,
+                                          return_sequences=True),
+                              layers.Dropout(0.3),
+                              layers.Bidirectional(layers.GRU(3, reset_after=False,
+                                                              recurrent_dropout=0.4,
+                                                              return_sequences=True)),
+                              layers.SimpleRNN(4, dropout=0.2, recurrent_dropout=0.3,
+                                               go_backwards=True),
+                              layers.Dense(3)])
+    elif kind == "rec_dropout_gpu":
+        # (layers the GPU trainer takes: GRU reset_after)
+        m = keras.Sequential([keras.Input((t, i)),
+                              layers.LSTM(6, recurrent_dropout=0.25, return_sequences=True),
+                              layers.Bidirectional(layers.GRU(3, dropout=0.2,
+                                                              recurrent_dropout=0.3,
+                                                              return_sequences=True)),
+                              layers.GRU(4, dropout=0.3, return_sequences=True),
+                              layers.SimpleRNN(3, recurrent_dropout=0.5,
+                                               return_sequences=True),
+                              layers.Dense(2)])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -207,10 +229,10 @@ def data(kind, dtype, n, t, i):
             x[r, t - (r % 3):] = 0
         return x, rng.randint(0, 3, (n,)).astype(dtype)
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
-    if kind in ("masked_seq", "gru_rnn", "bidi"):
+    if kind in ("masked_seq", "gru_rnn", "bidi", "rec_dropout"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
-    if kind in ("masked_seq", "dropout_td"):
+    if kind in ("masked_seq", "dropout_td", "rec_dropout_gpu"):
         y = rng.uniform(-1, 1, (n, t, 2)).astype(dtype)
     elif kind == "stack_softmax":
         y = rng.randint(0, 5, (n,)).astype(dtype)
@@ -224,6 +246,85 @@ def data(kind, dtype, n, t, i):
         y = rng.uniform(-1, 1, (n, 3)).astype(dtype)
     return x, y
 
+
+# The crate's dropout masks in training mode (src/train/dropout.rs), drawn here the same way
+# and given to Keras's layers in place of TensorFlow's, so that a tape over
+# model(x, training=True) holds the gradients the crate's gradients_in_training(seed) gives.
+M64 = (1 << 64) - 1
+
+
+class SplitMix:
+    def __init__(self, state):
+        self.state = state & M64
+
+    def next_f64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        z ^= z >> 31
+        return (z >> 11) / float(1 << 53)
+
+
+def scale_mask(rate, shape, rng, dtype):
+    draws = np.array([rng.next_f64() for _ in range(int(np.prod(shape)))]).reshape(shape)
+    return np.where(draws >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+
+
+def layer_stream(seed, at):
+    return SplitMix(seed ^ ((at * 0xD1B54A32D192ED03) & M64))
+
+
+def direction_stream(seed, at, d):
+    return SplitMix(seed ^ ((at * 0xD1B54A32D192ED03) & M64)
+                    ^ (((d + 1) * 0x8CB92BA72F3D8DD7) & M64))
+
+
+RECURRENT_STREAM = 0xA0761D6478BD642F
+
+
+def inject_masks(model, seed, b, dtype):
+    """Gives every Dropout layer and recurrent cell of `model` the crate's masks for `seed`
+    (batch of `b` rows); `at` is the layer's index in model.layers, as in the crate's chain."""
+    for at, layer in enumerate(model.layers):
+        # (the shape of what the layer reads: the previous layer's output)
+        in_shape = (model.inputs[0] if at == 0 else model.layers[at - 1].output).shape
+        if isinstance(layer, layers.Dropout) and layer.rate > 0:
+            shape = [b] + list(in_shape[1:])
+            if layer.noise_shape is not None:
+                shape = [s if n is None else n for s, n in zip(shape, layer.noise_shape)]
+            m = tf.constant(scale_mask(layer.rate, shape, layer_stream(seed, at), dtype))
+            layer.call = lambda inputs, training=False, m=m: inputs * m if training else inputs
+            continue
+        cells = []
+        if isinstance(layer, layers.Bidirectional):
+            cells = [layer.forward_layer.cell, layer.backward_layer.cell]
+        elif isinstance(layer, (layers.LSTM, layers.GRU, layers.SimpleRNN)):
+            cells = [layer.cell]
+        for d, cell in enumerate(cells):
+            gates = {"LSTMCell": 4, "GRUCell": 3}.get(type(cell).__name__, 1)
+            i, h = in_shape[-1], cell.units
+            if cell.recurrent_dropout > 0:
+                ins = None
+                if cell.dropout > 0:
+                    rng = direction_stream(seed, at, d)
+                    ins = [tf.constant(scale_mask(cell.dropout, (b, i), rng, dtype))
+                           for _ in range(gates)]
+                rng = direction_stream(seed ^ RECURRENT_STREAM, at, d)
+                recs = [tf.constant(scale_mask(cell.recurrent_dropout, (b, h), rng, dtype))
+                        for _ in range(gates)]
+                if gates == 1:
+                    ins, recs = ins and ins[0], recs[0]
+            elif cell.dropout > 0:
+                m = scale_mask(cell.dropout, (b, 1, i), direction_stream(seed, at, d), dtype)
+                ins, recs = tf.constant(m[:, 0, :]), None
+            else:
+                continue
+            cell.get_dropout_mask = lambda step, ins=ins: ins
+            cell.get_recurrent_dropout_mask = lambda step, recs=recs: recs
+
+
+TRAINING_SEED = 2026
 
 MODEL_CASES = [
     # name, mode, model kind, dtype, loss, optimizer, (n, t, i), batch, epochs
@@ -268,6 +369,13 @@ MODEL_CASES = [
      "sparse_categorical_crossentropy", None, (5, 6, 0), 0, 0),
     ("fit_embedding", "fit", "embedding", "float32", "sparse_categorical_crossentropy",
      ("adam", dict(learning_rate=0.02)), (16, 6, 0), 4, 5),
+    # training mode (model(x, training=True)) with the crate's masks for TRAINING_SEED:
+    # Dropout, recurrent layers' dropout and recurrent_dropout (Keras's implementation 1:
+    # per-gate masks), masked, go_backwards, Bidirectional, GRU both forms
+    ("grads_rec_dropout_f64", "grads_train", "rec_dropout", "float64", "mse", None,
+     (4, 6, 3), 0, 0),
+    ("grads_rec_dropout_f32", "grads_train", "rec_dropout_gpu", "float32", "mse", None,
+     (5, 7, 3), 0, 0),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)
@@ -279,11 +387,15 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
         arrays[f"w{k}"] = w
     meta = dict(mode=mode, loss=loss, dtype=dtype)
     ids = kind == "embedding"
-    if mode == "grads":
+    if mode in ("grads", "grads_train"):
+        training = mode == "grads_train"
+        if training:
+            inject_masks(model, TRAINING_SEED, n, dtype)
+            meta.update(seed=TRAINING_SEED)
         # (token ids have no gradient: grad_x is zeros)
         xv = tf.constant(x.astype("int32")) if ids else tf.Variable(x)
         with tf.GradientTape() as tape:
-            pred = model(xv)
+            pred = model(xv, training=training)
             value = loss_object(loss, dtype)(y, pred)
         grads = tape.gradient(value, model.trainable_weights + ([] if ids else [xv]))
         if ids:

@@ -169,12 +169,14 @@ fn model_grads_on<T: Element>(
     name: &str,
     tol: f64,
     path: &str,
-    run: impl FnOnce(Sequential<T>, &ArrayD<T>, &ArrayD<T>, Loss) -> (ArrayD<T>, Gradients<T>),
+    run: impl FnOnce(Sequential<T>, &ArrayD<T>, &ArrayD<T>, Loss) -> (Option<ArrayD<T>>, Gradients<T>),
 ) {
     let a = npz::<T>(name);
     let loss = Loss::from_keras(meta(name)["loss"].as_str().unwrap()).unwrap();
     let (pred, g) = run(model::<T>(name, &a), &a["x"], &a["y"], loss);
-    let p = worst(&pred, &a["pred"], name);
+    // (a training-mode case has no inference prediction to compare: its loss is the
+    // training-mode forward's)
+    let p = pred.map_or(0.0, |pred| worst(&pred, &a["pred"], name));
     let l = (g.loss.to_f64() - a["loss"].iter().next().unwrap().to_f64()).abs();
     let mut w = p.max(l);
     for (k, gw) in g.weights.iter().enumerate() {
@@ -192,8 +194,47 @@ fn model_grads_on<T: Element>(
 fn model_grads<T: Element>(name: &str, tol: f64) {
     model_grads_on::<T>(name, tol, "CPU", |net, x, y, loss| {
         let pred = net.predict(x.view()).unwrap();
-        (pred, net.gradients(x.view(), y.view(), loss).unwrap())
+        (Some(pred), net.gradients(x.view(), y.view(), loss).unwrap())
     });
+}
+
+/// The seed of a training-mode case (`grads_train`: Keras's tape over
+/// `model(x, training=True)` with the crate's masks for it).
+fn training_seed(name: &str) -> u64 {
+    meta(name)["seed"].as_u64().unwrap()
+}
+
+/// Keras's gradients in training mode (Dropout, a recurrent layer's `dropout` and
+/// `recurrent_dropout` with Keras's per-gate masks of implementation 1; recorded with the
+/// crate's masks given to Keras's cells) against `gradients_in_training`.
+#[test]
+fn training_mode_gradients_match_gradient_tape() {
+    for (name, tol) in [
+        ("grads_rec_dropout_f64", 1e-10),
+        ("grads_rec_dropout_f32", 1e-5),
+    ] {
+        let seed = training_seed(name);
+        let run = |net: Sequential<f64>, x: &ArrayD<f64>, y: &ArrayD<f64>, loss| {
+            let g = net
+                .gradients_in_training(x.view(), y.view(), loss, seed)
+                .unwrap();
+            // training mode differs from inference: the masks are in use
+            let inference = net.gradients(x.view(), y.view(), loss).unwrap();
+            assert!((g.loss - inference.loss).abs() > 1e-3, "{name}");
+            (None, g)
+        };
+        if name.ends_with("f64") {
+            model_grads_on::<f64>(name, tol, "CPU", run);
+        } else {
+            model_grads_on::<f32>(name, tol, "CPU", |net, x, y, loss| {
+                (
+                    None,
+                    net.gradients_in_training(x.view(), y.view(), loss, seed)
+                        .unwrap(),
+                )
+            });
+        }
+    }
 }
 
 /// The recorded 20-step fit `name` through `run` (a chain, x, y, the options and Keras's
@@ -505,9 +546,9 @@ fn diverging_training_and_bad_targets_are_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
-    // a recurrent layer's dropout or recurrent_dropout and the noise layers are refused by
-    // name (Keras applies them in fit; not built); a Dropout layer is trained, its rate
-    // checked
+    // the noise layers are refused by name (Keras applies them in fit; not built); a
+    // Dropout layer and a recurrent layer's dropout and recurrent_dropout are trained, their
+    // rates checked
     let (config, weights) = config_and_weights("fit_gru_rnn");
     let set = |class: &str, key: &str, v: f64| {
         let mut c = config.clone();
@@ -521,8 +562,15 @@ fn diverging_training_and_bad_targets_are_errors() {
         let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
         Sequential::<f32>::from_model(&model)
     };
-    let err = set("GRU", "recurrent_dropout", 0.25).unwrap_err();
-    assert!(err.to_string().contains("recurrent_dropout"), "{err}");
+    let net = set("GRU", "recurrent_dropout", 0.25).unwrap();
+    assert!(
+        matches!(net.layers[1].1, lstm_wgpu::train::TrainLayer::Recurrent { recurrent_dropout, .. } if recurrent_dropout == 0.25)
+    );
+    let err = set("GRU", "recurrent_dropout", 1.0).unwrap_err();
+    assert!(
+        err.to_string().contains("recurrent_dropout of layer gru"),
+        "{err}"
+    );
     let err = set("SimpleRNN", "dropout", 1.0).unwrap_err();
     assert!(
         err.to_string().contains("dropout of layer simple_rnn"),
@@ -654,9 +702,21 @@ fn gpu_gradients_and_fit_match_keras() {
         model_grads_on::<f32>(name, 1e-4, "GPU", |net, x, y, loss| {
             let net = GpuSequential::new(net, ctx.clone()).unwrap();
             let pred = net.predict(x.view()).unwrap();
-            (pred, net.gradients(x.view(), y.view(), loss).unwrap())
+            (Some(pred), net.gradients(x.view(), y.view(), loss).unwrap())
         });
     }
+    // training mode: the layers with recurrent_dropout run their passes on the CPU, the
+    // others on the GPU with their input dropout
+    let name = "grads_rec_dropout_f32";
+    let seed = training_seed(name);
+    model_grads_on::<f32>(name, 1e-4, "GPU", |net, x, y, loss| {
+        let net = GpuSequential::new(net, ctx.clone()).unwrap();
+        (
+            None,
+            net.gradients_in_training(x.view(), y.view(), loss, seed)
+                .unwrap(),
+        )
+    });
     for name in FIT_CASES {
         fit_case(name, "GPU", |net, x, y, options, opt| {
             let mut net = GpuSequential::new(net, ctx.clone()).unwrap();

@@ -1,7 +1,7 @@
 //! The chain's recorded forward pass, its backward pass (the loss's gradient back through
 //! every layer, Keras's `trainable_weights` order) and `fit`.
 
-use super::dropout::{dropout_mask, input_dropout, SplitMix};
+use super::dropout::{dropout_mask, recurrent_dropout, SplitMix};
 use super::load::keras_bias;
 use super::path::{CpuPath, RecurrentPath, Tape};
 use super::{
@@ -111,14 +111,17 @@ impl<T: Element> Sequential<T> {
                     config,
                     weights,
                     dropout,
+                    recurrent_dropout: rd,
                 } => {
                     let x3 = three(&h, name)?;
-                    let (xin, dm) = input_dropout(name, x3, *dropout, training, (at, 0))?;
+                    let (xin, dm, gm) =
+                        recurrent_dropout(config, x3, (*dropout, *rd), training, (at, 0))?;
                     let (out, tape) = path.forward(
                         (at, 0),
                         (config, weights),
                         xin.view(),
                         mask.as_ref().map(|m| m.view()),
+                        gm.as_ref(),
                     )?;
                     caches.push(Cache::Lstm(tape, xin, dm));
                     if !config.return_sequences {
@@ -131,14 +134,23 @@ impl<T: Element> Sequential<T> {
                     backward,
                     merge,
                     dropout,
+                    recurrent_dropout: rd,
                 } => {
                     let x3 = three(&h, name)?;
                     let m = mask.as_ref().map(|m| m.view());
-                    let (xf, mf) = input_dropout(name, x3, *dropout, training, (at, 0))?;
-                    let (xb, mb) = input_dropout(name, x3, *dropout, training, (at, 1))?;
-                    let (yf, tf) = path.forward((at, 0), (&forward.0, &forward.1), xf.view(), m)?;
-                    let (yb, tb) =
-                        path.forward((at, 1), (&backward.0, &backward.1), xb.view(), m)?;
+                    let rates = (*dropout, *rd);
+                    let (xf, mf, gf) = recurrent_dropout(&forward.0, x3, rates, training, (at, 0))?;
+                    let (xb, mb, gb) =
+                        recurrent_dropout(&backward.0, x3, rates, training, (at, 1))?;
+                    let (yf, tf) =
+                        path.forward((at, 0), (&forward.0, &forward.1), xf.view(), m, gf.as_ref())?;
+                    let (yb, tb) = path.forward(
+                        (at, 1),
+                        (&backward.0, &backward.1),
+                        xb.view(),
+                        m,
+                        gb.as_ref(),
+                    )?;
                     let seqs = forward.0.return_sequences;
                     let mut yb = yb.output;
                     if seqs {

@@ -3,7 +3,7 @@
 
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use ndarray::{Array3, ArrayD, ArrayView3, IxDyn};
+use ndarray::{Array2, Array3, ArrayD, ArrayView3, IxDyn};
 
 /// SplitMix64: the Dropout masks' generator.
 pub(crate) struct SplitMix(pub(crate) u64);
@@ -23,6 +23,91 @@ impl SplitMix {
     }
 }
 
+/// The generator of a recurrent layer's input masks: layer `at`, direction `dir`.
+fn direction_stream(seed: u64, (at, dir): (usize, usize)) -> SplitMix {
+    SplitMix(
+        seed ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+            ^ (dir as u64 + 1).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
+    )
+}
+
+/// What distinguishes the stream of a layer's recurrent masks from its input masks'.
+const RECURRENT_STREAM: u64 = 0xA076_1D64_78BD_642F;
+
+/// A recurrent layer's masks in training mode with `recurrent_dropout` > 0. Keras's cells
+/// then switch to their implementation 1 (`keras/src/layers/rnn/{lstm,gru}.py`:
+/// `if self.recurrent_dropout != 0.0: self.implementation = 1`, `dropout_mask_count` 4 or 3)
+/// and draw one mask per gate block (LSTM i, f, c, o; GRU z, r, h; SimpleRNN a single one)
+/// for the step input (`inputs * dp_mask[k]`, with `dropout`) and for the previous `h`
+/// (`h_tm1 * rec_dp_mask[k]`), once per call, used at every step. A GRU's update
+/// `z·h_prev + (1 - z)·hh` reads the unmasked `h_prev`.
+#[derive(Debug, Clone)]
+pub(crate) struct GateMasks<T> {
+    /// Per gate block, `[B, I]` (None without `dropout`).
+    pub(crate) input: Option<Vec<Array2<T>>>,
+    /// Per gate block, `[B, H]`.
+    pub(crate) recurrent: Vec<Array2<T>>,
+}
+
+impl<T: Element> GateMasks<T> {
+    /// The masks of layer `name` (`gates` blocks, `b` rows, `i` inputs, `h` units) for
+    /// rates `(dropout, recurrent_dropout)` and seed `seed`, layer `at`, direction `dir`:
+    /// the input masks one after the other from the stream of [`input_dropout`], row-major;
+    /// the recurrent masks likewise from a second stream.
+    pub(crate) fn draw(
+        name: &str,
+        (gates, b, i, h): (usize, usize, usize, usize),
+        (dropout, recurrent): (f64, f64),
+        seed: u64,
+        at: (usize, usize),
+    ) -> Result<Self> {
+        let draw = |rate: f64, width: usize, rng: &mut SplitMix| -> Result<Vec<Array2<T>>> {
+            (0..gates)
+                .map(|_| {
+                    dropout_mask::<T>(name, rate, None, &[b, width], rng)
+                        .map(|m| m.into_dimensionality::<ndarray::Ix2>().expect("drawn 2-D"))
+                })
+                .collect()
+        };
+        let input = if dropout > 0.0 {
+            Some(draw(dropout, i, &mut direction_stream(seed, at))?)
+        } else {
+            None
+        };
+        let mut rng = direction_stream(seed ^ RECURRENT_STREAM, at);
+        Ok(GateMasks {
+            input,
+            recurrent: draw(recurrent, h, &mut rng)?,
+        })
+    }
+}
+
+/// A recurrent direction's dropout in training mode, as Keras's cell applies it: without
+/// `recurrent_dropout`, [`input_dropout`] (the input times one `[B, 1, I]` mask, returned);
+/// with it, the input as it is and the per-gate [`GateMasks`] the cell applies. `rates` is
+/// `(dropout, recurrent_dropout)`; outside training mode the input as it is.
+#[allow(clippy::type_complexity)]
+pub(crate) fn recurrent_dropout<T: Element>(
+    cfg: &crate::config::LstmConfig,
+    x: ArrayView3<'_, T>,
+    (dropout, recurrent): (f64, f64),
+    training: Option<u64>,
+    at: (usize, usize),
+) -> Result<(Array3<T>, Option<ArrayD<T>>, Option<GateMasks<T>>)> {
+    match training {
+        Some(seed) if recurrent > 0.0 => {
+            let (b, _, i) = x.dim();
+            let dims = (cfg.cell.gates(), b, i, cfg.units);
+            let masks = GateMasks::draw(&cfg.name, dims, (dropout, recurrent), seed, at)?;
+            Ok((x.to_owned(), None, Some(masks)))
+        }
+        _ => {
+            let (xin, m) = input_dropout(&cfg.name, x, dropout, training, at)?;
+            Ok((xin, m, None))
+        }
+    }
+}
+
 /// A recurrent layer's input dropout in training mode (Keras's `dropout` argument with
 /// `recurrent_dropout=0`: the cell multiplies every step's input by one mask drawn per call,
 /// `inputs * dp_mask` with `dp_mask` of `ones_like(inputs[:, 0])`, keras/src/layers/rnn): `x`
@@ -37,10 +122,7 @@ pub(crate) fn input_dropout<T: Element>(
 ) -> Result<(Array3<T>, Option<ArrayD<T>>)> {
     match training {
         Some(seed) if rate > 0.0 => {
-            let mut rng = SplitMix(
-                seed ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
-                    ^ (dir as u64 + 1).wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
-            );
+            let mut rng = direction_stream(seed, (at, dir));
             let m = dropout_mask(
                 name,
                 rate,

@@ -1,6 +1,7 @@
 //! A trainable chain with its recurrent layers on the GPU ([`GpuSequential`]).
 
-use super::path::{RecurrentPath, Tape};
+use super::dropout::GateMasks;
+use super::path::{CpuPath, RecurrentPath, Tape};
 use super::{FitOptions, Gradients, History, Loss, LstmCall, LstmCotangents, LstmGrads};
 use super::{Optimizer, Sequential, TrainLayer};
 use crate::config::LstmConfig;
@@ -185,10 +186,20 @@ impl RecurrentPath<f32> for GpuPath<'_> {
     fn forward(
         &self,
         at: (usize, usize),
-        (cfg, _): (&LstmConfig, &LstmWeights<f32>),
+        layer: (&LstmConfig, &LstmWeights<f32>),
         x: ArrayView3<'_, f32>,
         mask: Option<ArrayView2<'_, bool>>,
+        drop: Option<&GateMasks<f32>>,
     ) -> Result<(LstmCall<f32>, Tape<f32>)> {
+        let cfg = layer.0;
+        if drop.is_some() {
+            // the GPU kernels have no per-gate masks: this call's passes run on the CPU
+            log::debug!(
+                "layer {}: recurrent_dropout in training mode runs on the CPU",
+                cfg.name
+            );
+            return CpuPath.forward(at, layer, x, mask, drop);
+        }
         let (call, tape) = self.trainer(at, &cfg.name)?.forward(x, mask, None)?;
         Ok((call, Tape::Gpu(Box::new(tape))))
     }
@@ -196,17 +207,15 @@ impl RecurrentPath<f32> for GpuPath<'_> {
     fn backward(
         &self,
         at: (usize, usize),
-        (cfg, _): (&LstmConfig, &LstmWeights<f32>),
-        _: ArrayView3<'_, f32>,
+        layer: (&LstmConfig, &LstmWeights<f32>),
+        x: ArrayView3<'_, f32>,
         tape: &Tape<f32>,
         cot: &LstmCotangents<f32>,
     ) -> Result<LstmGrads<f32>> {
         match tape {
-            Tape::Gpu(tape) => self.trainer(at, &cfg.name)?.backward(tape, cot),
-            Tape::Cpu(_) => Err(LstmError::invalid(
-                format!("layer {}", cfg.name),
-                "a CPU tape reached the GPU's backward pass",
-            )),
+            Tape::Gpu(tape) => self.trainer(at, &layer.0.name)?.backward(tape, cot),
+            // a call that ran on the CPU (recurrent_dropout)
+            Tape::Cpu(_) => CpuPath.backward(at, layer, x, tape, cot),
         }
     }
 }

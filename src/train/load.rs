@@ -35,10 +35,12 @@ impl<T: Element> Sequential<T> {
                 },
                 ModelLayer::Recurrent(Network::Lstm(l)) => {
                     let (config, weights) = direction(l, name)?;
+                    let (dropout, recurrent_dropout) = dropout_rates(model.config(), name)?;
                     TrainLayer::Recurrent {
                         config,
                         weights,
-                        dropout: recurrent_dropout_rate(model.config(), name)?,
+                        dropout,
+                        recurrent_dropout,
                     }
                 }
                 ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
@@ -50,11 +52,13 @@ impl<T: Element> Sequential<T> {
                             format!("{name} (a Bidirectional layer with two outputs or its states) in training"),
                         ));
                     }
+                    let (dropout, recurrent_dropout) = dropout_rates(model.config(), name)?;
                     TrainLayer::Bidirectional {
                         forward: direction(bi.forward_layer(), name)?,
                         backward: direction(bi.backward_layer(), name)?,
                         merge: bi.merge_mode(),
-                        dropout: recurrent_dropout_rate(model.config(), name)?,
+                        dropout,
+                        recurrent_dropout,
                     }
                 }
                 ModelLayer::Recurrent(_) => {
@@ -197,33 +201,13 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
             {
                 Ok(())
             }
-            // so is a recurrent layer's input dropout; its recurrent_dropout is not
+            // so are a recurrent layer's dropout and recurrent_dropout
             serde_json::Value::Object(o)
                 if matches!(
                     o.get("class_name").and_then(serde_json::Value::as_str),
                     Some("LSTM" | "GRU" | "SimpleRNN")
                 ) =>
             {
-                let cfg = o.get("config").unwrap_or(&serde_json::Value::Null);
-                let name = cfg
-                    .get("name")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or("?");
-                if let Some(r) = cfg
-                    .get("recurrent_dropout")
-                    .and_then(serde_json::Value::as_f64)
-                {
-                    if r > 0.0 {
-                        return Err(LstmError::unsupported(
-                            "recurrent_dropout",
-                            format!(
-                                "{r} on layer {name} in training (a mask on the state inside \
-                                 the recurrence is not built; set it to 0 to train this \
-                                 model; dropout on the inputs is)"
-                            ),
-                        ));
-                    }
-                }
                 Ok(())
             }
             serde_json::Value::Object(o) => {
@@ -322,9 +306,9 @@ fn dropout_layers<T: Element>(
     Ok(out)
 }
 
-/// The `dropout` of the recurrent layer `name` in the model's layer list (inside a
-/// Bidirectional, its wrapped layer's), in `[0, 1)`.
-fn recurrent_dropout_rate(config: &serde_json::Value, name: &str) -> Result<f64> {
+/// The `dropout` and `recurrent_dropout` of the recurrent layer `name` in the model's layer
+/// list (inside a Bidirectional, its wrapped layer's), each in `[0, 1)`.
+fn dropout_rates(config: &serde_json::Value, name: &str) -> Result<(f64, f64)> {
     use serde_json::Value;
     let list = config
         .get("config")
@@ -335,20 +319,24 @@ fn recurrent_dropout_rate(config: &serde_json::Value, name: &str) -> Result<f64>
         .iter()
         .find(|e| e["config"].get("name").and_then(Value::as_str) == Some(name))
     else {
-        return Ok(0.0);
+        return Ok((0.0, 0.0));
     };
     let cfg = match entry.get("class_name").and_then(Value::as_str) {
         Some("Bidirectional") => &entry["config"]["layer"]["config"],
         _ => &entry["config"],
     };
-    let rate = cfg.get("dropout").and_then(Value::as_f64).unwrap_or(0.0);
-    if !(0.0..1.0).contains(&rate) {
-        return Err(LstmError::bad_config(
-            format!("dropout of layer {name}"),
-            format!("{rate} is not in [0, 1)"),
-        ));
-    }
-    Ok(rate)
+    let rate = |key: &str| {
+        let rate = cfg.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+        if (0.0..1.0).contains(&rate) {
+            Ok(rate)
+        } else {
+            Err(LstmError::bad_config(
+                format!("{key} of layer {name}"),
+                format!("{rate} is not in [0, 1)"),
+            ))
+        }
+    };
+    Ok((rate("dropout")?, rate("recurrent_dropout")?))
 }
 
 /// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).

@@ -1,6 +1,7 @@
 //! Training with Keras's gradients, losses and optimizers: backpropagation through time for
 //! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
-//! `Embedding`, `Masking`, recurrent (with their input dropout), `Dropout` and `Dense` layers
+//! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`
+//! and `Dense` layers
 //! ([`Sequential`], built from a loaded [`KerasModel`]) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
@@ -14,7 +15,7 @@
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
 //! Not yet here: the other graph layers (Conv1D, attention, normalization, ...),
-//! `recurrent_dropout` and the noise layers in training mode, stateful layers,
+//! the noise layers in training mode, stateful layers,
 //! `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
@@ -73,8 +74,13 @@ pub enum TrainLayer<T> {
         /// Its weights.
         weights: LstmWeights<T>,
         /// Keras's `dropout` (of the inputs, in training mode: one `[B, I]` mask per call,
-        /// the same at every step, as Keras's cell draws it; 0 for none).
+        /// the same at every step, as Keras's cell draws it; one per gate block with
+        /// `recurrent_dropout`; 0 for none).
         dropout: f64,
+        /// Keras's `recurrent_dropout` (of the previous `h` in each gate block's recurrent
+        /// product, in training mode: one `[B, H]` mask per gate block and call, as Keras's
+        /// implementation 1; 0 for none).
+        recurrent_dropout: f64,
     },
     /// `Bidirectional` around one of them (merged by concat, sum, mul or ave): the forward
     /// and backward directions' configurations and weights.
@@ -87,6 +93,8 @@ pub enum TrainLayer<T> {
         merge: crate::config::MergeMode,
         /// The wrapped layer's `dropout` (each direction draws its own mask).
         dropout: f64,
+        /// The wrapped layer's `recurrent_dropout` (each direction draws its own masks).
+        recurrent_dropout: f64,
     },
     /// `Dropout(rate, noise_shape)`: the identity at inference; in training mode
     /// ([`Sequential::fit`], [`Sequential::gradients_in_training`]) each value is kept with

@@ -1,6 +1,7 @@
 //! Where a chain's recurrent layers run: the CPU's `recurrent` passes or the GPU's
 //! trainers, behind one trait, with the tape each records.
 
+use super::dropout::GateMasks;
 use super::{recurrent, LstmCall, LstmCotangents, LstmGrads};
 use crate::config::LstmConfig;
 use crate::element::Element;
@@ -18,7 +19,8 @@ pub(crate) enum Tape<T> {
 
 /// Where a chain's recurrent layers run their forward pass with its tape and their
 /// backward pass; the other layers and the loss run on the CPU. `at` is the layer's index in
-/// the chain and its direction (0, or 1 for a Bidirectional's backward one).
+/// the chain and its direction (0, or 1 for a Bidirectional's backward one); `drop` the
+/// per-gate dropout masks of a call in training mode with `recurrent_dropout`.
 pub(crate) trait RecurrentPath<T> {
     fn forward(
         &self,
@@ -26,6 +28,7 @@ pub(crate) trait RecurrentPath<T> {
         layer: (&LstmConfig, &LstmWeights<T>),
         x: ArrayView3<'_, T>,
         mask: Option<ArrayView2<'_, bool>>,
+        drop: Option<&GateMasks<T>>,
     ) -> Result<(LstmCall<T>, Tape<T>)>;
 
     fn backward(
@@ -48,8 +51,9 @@ impl<T: Element> RecurrentPath<T> for CpuPath {
         layer: (&LstmConfig, &LstmWeights<T>),
         x: ArrayView3<'_, T>,
         mask: Option<ArrayView2<'_, bool>>,
+        drop: Option<&GateMasks<T>>,
     ) -> Result<(LstmCall<T>, Tape<T>)> {
-        let (call, tape) = recurrent::forward(layer, x, mask, None)?;
+        let (call, tape) = recurrent::forward(layer, x, mask, None, drop)?;
         Ok((call, Tape::Cpu(Box::new(tape))))
     }
 

@@ -24,6 +24,7 @@
 //! after it, `B·T·(2G + 3)·H` values.
 
 use super::activation::derivative_at;
+use super::dropout::GateMasks;
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::reference::{matmul, matmul_serial, project_inputs};
 use crate::cpu::Lstm;
@@ -82,6 +83,8 @@ pub(crate) struct LstmTape<T> {
     c: Array3<T>,
     /// The mask in processing order, `[T, B]` (all true without a mask).
     present: Array2<bool>,
+    /// The per-gate dropout masks of a call in training mode with `recurrent_dropout`.
+    drop: Option<GateMasks<T>>,
 }
 
 /// The outputs of an LSTM call: the output (`[B, T, H]` or `[B, H]`) and the final states.
@@ -112,19 +115,106 @@ fn recurrent_bias<T: Element>(w: &LstmWeights<T>, n: usize) -> Option<ArrayView1
         .map(|b| b.slice(s![n..]))
 }
 
+/// `x` (`[B, T, I]`) times the per-row mask `m` (`[B, I]`) at every step.
+fn masked_steps<T: Element>(x: ArrayView3<'_, T>, m: &Array2<T>) -> Array3<T> {
+    let mut out = x.as_standard_layout().into_owned();
+    out.zip_mut_with(&m.view().insert_axis(Axis(1)), |a, &k| *a = *a * k);
+    out
+}
+
+/// `x W + b` (`[B·T, G·H]`) with each gate block's columns reading `x` times that block's
+/// mask (`masks[k]`, `[B, I]`): Keras's implementation 1 under input dropout.
+fn project_gates<T: Element>(
+    x: ArrayView3<'_, T>,
+    w: &LstmWeights<T>,
+    masks: &[Array2<T>],
+) -> Array2<T> {
+    let (b, t, i) = x.dim();
+    let n = w.kernel.ncols();
+    let h = n / masks.len();
+    let mut proj = match &w.bias {
+        Some(bias) => bias
+            .slice(s![..n])
+            .broadcast((b * t, n))
+            .expect("bias is [G·H]")
+            .to_owned(),
+        None => Array2::zeros((b * t, n)),
+    };
+    for (k, m) in masks.iter().enumerate() {
+        let xk = masked_steps(x, m)
+            .into_shape_with_order((b * t, i))
+            .expect("[B, T, I] reshapes to [B·T, I]");
+        matmul(
+            xk.view(),
+            w.kernel.slice(s![.., k * h..(k + 1) * h]),
+            proj.slice_mut(s![.., k * h..(k + 1) * h]),
+            w.bias.is_some(),
+        );
+    }
+    proj
+}
+
+/// `zh[:, blocks] = (h ⊙ R_k) U_k` for the gate blocks `blocks` (`R_k` the recurrent
+/// dropout mask of block `k`; `h` itself without masks).
+fn recurrent_blocks<T: Element>(
+    hs: ArrayView2<'_, T>,
+    u: ArrayView2<'_, T>,
+    mut zh: ndarray::ArrayViewMut2<'_, T>,
+    drop: Option<&GateMasks<T>>,
+    blocks: std::ops::Range<usize>,
+    h: usize,
+) {
+    match drop {
+        None => matmul_serial(
+            hs,
+            u.slice(s![.., blocks.start * h..blocks.end * h]),
+            zh.slice_mut(s![.., blocks.start * h..blocks.end * h]),
+            false,
+        ),
+        Some(d) => {
+            for k in blocks {
+                let hk = &hs * &d.recurrent[k];
+                matmul_serial(
+                    hk.view(),
+                    u.slice(s![.., k * h..(k + 1) * h]),
+                    zh.slice_mut(s![.., k * h..(k + 1) * h]),
+                    false,
+                );
+            }
+        }
+    }
+}
+
 /// The forward pass of `layer` on `x [B, T, I]` under `mask [B, T]` from `init` (h0, c0;
 /// zeros when None; c0 unused by a GRU or SimpleRNN), recording what the backward pass
 /// needs: every step's `x W + b` as one product first, then per step `h U` and the cell.
+/// With `drop` (training mode with `recurrent_dropout`), each gate block reads its own
+/// masked input and masked `h` ([`GateMasks`]).
 pub(crate) fn forward<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
     x: ArrayView3<'_, T>,
     mask: Option<ArrayView2<'_, bool>>,
     init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
+    drop: Option<&GateMasks<T>>,
 ) -> Result<(LstmCall<T>, LstmTape<T>)> {
-    let (b, t, _) = x.dim();
+    let (b, t, i) = x.dim();
     let h = cfg.units;
-    let n = cfg.cell.gates() * h;
+    let g = cfg.cell.gates();
+    let n = g * h;
     check_inputs(cfg, w.kernel.nrows(), x, mask, init)?;
+    if let Some(d) = drop {
+        let want_in = d.input.as_ref().map_or(g, Vec::len);
+        let shapes_ok = d.recurrent.len() == g
+            && want_in == g
+            && d.recurrent.iter().all(|m| m.dim() == (b, h))
+            && d.input.iter().flatten().all(|m| m.dim() == (b, i));
+        if !shapes_ok {
+            return Err(LstmError::invalid(
+                format!("dropout masks of layer {}", cfg.name),
+                format!("expected {g} masks of [{b}, {i}] and {g} of [{b}, {h}]"),
+            ));
+        }
+    }
     let (mut hs, mut cs) = match init {
         None => (Array2::zeros((b, h)), Array2::zeros((b, h))),
         Some((h0, c0)) => (h0.to_owned(), c0.to_owned()),
@@ -142,11 +232,15 @@ pub(crate) fn forward<T: Element>(
         act_c: Array3::zeros((steps_c, b, h)),
         c: Array3::zeros((steps_c, b, h)),
         present: Array2::from_elem((t, b), true),
+        drop: drop.cloned(),
     };
     let u = &w.recurrent_kernel;
-    let proj = project_inputs(x, w)
-        .into_shape_with_order((b, t, n))
-        .expect("[B·T, G·H] reshapes to [B, T, G·H]");
+    let proj = match drop.and_then(|d| d.input.as_deref()) {
+        None => project_inputs(x, w),
+        Some(masks) => project_gates(x, w, masks),
+    }
+    .into_shape_with_order((b, t, n))
+    .expect("[B·T, G·H] reshapes to [B, T, G·H]");
     let mut zh = Array2::<T>::zeros((b, n));
     let mut rh = Array2::<T>::zeros((b, h));
     let mut last = Array2::<T>::zeros((b, h));
@@ -156,16 +250,12 @@ pub(crate) fn forward<T: Element>(
         let zx = proj.slice(s![.., tt, ..]);
         match cfg.cell {
             Cell::Gru { reset_after: false } => {
-                matmul(
-                    hs.view(),
-                    u.slice(s![.., ..2 * h]),
-                    zh.slice_mut(s![.., ..2 * h]),
-                    false,
-                );
-                // (r · h_prev) U_h with r from this step
+                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..2, h);
+                // (r · h_prev) U_h with r from this step (h_prev under its mask)
                 for r in 0..b {
                     for j in 0..h {
-                        rh[[r, j]] = rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * hs[[r, j]];
+                        let kept = drop.map_or(T::one(), |d| d.recurrent[2][[r, j]]);
+                        rh[[r, j]] = rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * hs[[r, j]] * kept;
                     }
                 }
                 matmul(
@@ -176,7 +266,7 @@ pub(crate) fn forward<T: Element>(
                 );
             }
             _ => {
-                matmul_serial(hs.view(), u.view(), zh.view_mut(), false);
+                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..g, h);
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
@@ -504,8 +594,11 @@ pub(crate) fn backward<T: Element>(
             }
             dy.row_mut(r).fill(zero);
         }
+        let drop = tape.drop.as_ref();
         if v1 {
-            // hh = act(x_h + (r·h_prev) U_h): d(r·h_prev) = dph U_hᵀ, then r's gate
+            // hh = act(x_h + (r·h̃) U_h) with h̃ = h_prev (times its mask under recurrent
+            // dropout): d(r·h̃) = dph U_hᵀ, then r's gate
+            let kept = |k: usize, r: usize, j: usize| drop.map_or(one, |d| d.recurrent[k][[r, j]]);
             let dph = dzh.slice(s![.., 2 * h..]).to_owned();
             let mut drh = Array2::<T>::zeros((b, h));
             matmul(
@@ -521,21 +614,50 @@ pub(crate) fn backward<T: Element>(
                 }
                 for j in 0..h {
                     let rg = post[[r, h + j]];
-                    rh[[r, j]] = rg * hp[[r, j]];
-                    let dr = drh[[r, j]]
-                        * hp[[r, j]]
-                        * derivative_at(rec, zx[[r, h + j]] + zh[[r, h + j]], rg);
+                    let hm = hp[[r, j]] * kept(2, r, j);
+                    rh[[r, j]] = rg * hm;
+                    let dr =
+                        drh[[r, j]] * hm * derivative_at(rec, zx[[r, h + j]] + zh[[r, h + j]], rg);
                     dzx[[r, h + j]] = dr;
                     dzh[[r, h + j]] = dr;
-                    dh_prev[[r, j]] += drh[[r, j]] * rg;
+                    dh_prev[[r, j]] += drh[[r, j]] * rg * kept(2, r, j);
                 }
             }
             matmul(rh.t(), dph.view(), gr.slice_mut(s![.., 2 * h..]), true);
-            let dzr = dzh.slice(s![.., ..2 * h]);
-            matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
-            matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
+            match drop {
+                None => {
+                    let dzr = dzh.slice(s![.., ..2 * h]);
+                    matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
+                    matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
+                }
+                Some(d) => {
+                    for k in 0..2 {
+                        let block = s![.., k * h..(k + 1) * h];
+                        let hk = &hp * &d.recurrent[k];
+                        matmul(hk.t(), dzh.slice(block), gr.slice_mut(block), true);
+                        let mut dk = Array2::<T>::zeros((b, h));
+                        matmul(dzh.slice(block), u.slice(block).t(), dk.view_mut(), false);
+                        dh_prev += &(&dk * &d.recurrent[k]);
+                    }
+                }
+            }
         } else {
-            matmul_serial(dzh.view(), ut.view(), dh_prev.view_mut(), true);
+            match drop {
+                None => matmul_serial(dzh.view(), ut.view(), dh_prev.view_mut(), true),
+                // dh_prev += Σ_k (dz_k U_kᵀ) ⊙ R_k
+                Some(d) => {
+                    let mut dk = Array2::<T>::zeros((b, h));
+                    for (k, m) in d.recurrent.iter().enumerate() {
+                        matmul_serial(
+                            dzh.slice(s![.., k * h..(k + 1) * h]),
+                            ut.slice(s![k * h..(k + 1) * h, ..]),
+                            dk.view_mut(),
+                            false,
+                        );
+                        dh_prev += &(&dk * m);
+                    }
+                }
+            }
         }
         for r in 0..b {
             if tape.present[[s, r]] {
@@ -553,19 +675,66 @@ pub(crate) fn backward<T: Element>(
         .into_shape_with_order((b * t, n))
         .expect("[B, T, G·H] reshapes to [B·T, G·H]");
     let mut gk = Array2::<T>::zeros((i, n));
-    matmul(x2.t(), dzx2.view(), gk.view_mut(), false);
     let mut gx = Array2::<T>::zeros((b * t, i));
-    matmul(dzx2.view(), w.kernel.t(), gx.view_mut(), false);
+    match tape.drop.as_ref().and_then(|d| d.input.as_deref()) {
+        None => {
+            matmul(x2.t(), dzx2.view(), gk.view_mut(), false);
+            matmul(dzx2.view(), w.kernel.t(), gx.view_mut(), false);
+        }
+        // gate block k read x ⊙ D_k: dW_k = (x ⊙ D_k)ᵀ dz_k, dx = Σ_k (dz_k W_kᵀ) ⊙ D_k
+        Some(masks) => {
+            let hk = n / masks.len();
+            let mut dk = Array2::<T>::zeros((b * t, i));
+            for (k, m) in masks.iter().enumerate() {
+                let block = s![.., k * hk..(k + 1) * hk];
+                let xk = masked_steps(x, m)
+                    .into_shape_with_order((b * t, i))
+                    .expect("[B, T, I] reshapes to [B·T, I]");
+                matmul(xk.t(), dzx2.slice(block), gk.slice_mut(block), false);
+                matmul(
+                    dzx2.slice(block),
+                    w.kernel.slice(block).t(),
+                    dk.view_mut(),
+                    false,
+                );
+                let dk3 = dk
+                    .view()
+                    .into_shape_with_order((b, t, i))
+                    .expect("[B·T, I] reshapes to [B, T, I]");
+                let mut gx3 = gx
+                    .view_mut()
+                    .into_shape_with_order((b, t, i))
+                    .expect("[B·T, I] reshapes to [B, T, I]");
+                gx3 += &masked_steps(dk3, m);
+            }
+        }
+    }
     let dzh2 = dzh_all
         .into_shape_with_order((t * b, n))
         .expect("[T, B, G·H] reshapes to [T·B, G·H]");
     if !v1 {
-        let hp2 = tape
-            .h_prev
-            .view()
-            .into_shape_with_order((t * b, h))
-            .expect("[T, B, H] reshapes to [T·B, H]");
-        matmul(hp2.t(), dzh2.view(), gr.view_mut(), false);
+        match tape.drop.as_ref() {
+            None => {
+                let hp2 = tape
+                    .h_prev
+                    .view()
+                    .into_shape_with_order((t * b, h))
+                    .expect("[T, B, H] reshapes to [T·B, H]");
+                matmul(hp2.t(), dzh2.view(), gr.view_mut(), false);
+            }
+            // dU_k = Σ_t (h_prev ⊙ R_k)ᵀ dz_k
+            Some(d) => {
+                for (k, m) in d.recurrent.iter().enumerate() {
+                    let block = s![.., k * h..(k + 1) * h];
+                    let mut hk = tape.h_prev.clone();
+                    hk.zip_mut_with(m, |a, &k| *a = *a * k);
+                    let hk = hk
+                        .into_shape_with_order((t * b, h))
+                        .expect("[T, B, H] reshapes to [T·B, H]");
+                    matmul(hk.t(), dzh2.slice(block), gr.slice_mut(block), false);
+                }
+            }
+        }
     }
     let gb = dzx2.sum_axis(Axis(0));
     let bias = w.bias.as_ref().map(|bias| {
@@ -620,6 +789,6 @@ pub fn lstm_gradients<T: Element>(
     cot: &LstmCotangents<T>,
 ) -> Result<(LstmCall<T>, LstmGrads<T>)> {
     let parts = (layer.config(), layer.weights());
-    let (call, tape) = forward(parts, x, mask, init)?;
+    let (call, tape) = forward(parts, x, mask, init, None)?;
     Ok((call, backward(parts, x, &tape, cot)?))
 }
