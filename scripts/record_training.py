@@ -210,6 +210,37 @@ def build(kind, dtype, t, i):
                               layers.SimpleRNN(3, recurrent_dropout=0.5,
                                                return_sequences=True),
                               layers.Dense(2)])
+    elif kind == "pool_norm":
+        m = keras.Sequential([keras.Input((t, i)),
+                              layers.Conv1D(6, 3, padding="causal", dilation_rate=2,
+                                            activation="relu"),
+                              layers.MaxPooling1D(2),
+                              layers.LSTM(8, return_sequences=True),
+                              layers.LayerNormalization(),
+                              layers.GlobalMaxPooling1D(), layers.Dense(2)])
+    elif kind == "conv_same":
+        m = keras.Sequential([keras.Input((t, i)),
+                              layers.Conv1D(4, 3, strides=2, padding="same",
+                                            activation="tanh"),
+                              layers.AveragePooling1D(2, strides=1, padding="same"),
+                              layers.Conv1D(5, 2, use_bias=False),
+                              layers.GRU(5, return_sequences=True),
+                              layers.LayerNormalization(center=False, epsilon=0.01),
+                              layers.GlobalAveragePooling1D(), layers.Dense(3)])
+    elif kind == "embed_pool":
+        m = keras.Sequential([keras.Input((t,), dtype="int32"),
+                              layers.Embedding(12, 4, mask_zero=True),
+                              layers.LSTM(6, return_sequences=True),
+                              layers.SpatialDropout1D(0.3),
+                              layers.LayerNormalization(scale=False),
+                              layers.GlobalAveragePooling1D(),
+                              layers.Dense(3, activation="softmax")])
+    elif kind == "repeat_flatten":
+        m = keras.Sequential([keras.Input((t, i)), layers.SimpleRNN(6),
+                              layers.RepeatVector(3),
+                              layers.LSTM(4, return_sequences=True),
+                              layers.Flatten(), layers.Dense(5),
+                              layers.Activation("softmax")])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -221,7 +252,7 @@ def build(kind, dtype, t, i):
 
 
 def data(kind, dtype, n, t, i):
-    if kind == "embedding":
+    if kind in ("embedding", "embed_pool"):
         # token ids in [1, 12) with padded (0) tails of 0, 1, 2 steps, as floats (the
         # crate's input type); Keras gets them as int32
         x = rng.randint(1, 12, (n, t)).astype(dtype)
@@ -240,8 +271,10 @@ def data(kind, dtype, n, t, i):
         y = rng.randint(0, 2, (n, 1)).astype(dtype)
     elif kind == "hard_sigmoid_out":
         y = rng.randint(0, 2, (n, 2)).astype(dtype)
-    elif kind in ("softplus_out", "softmax_out"):
+    elif kind in ("softplus_out", "softmax_out", "repeat_flatten"):
         y = np.eye(5, dtype=dtype)[rng.randint(0, 5, (n,))]
+    elif kind == "pool_norm":
+        y = rng.uniform(-1, 1, (n, 2)).astype(dtype)
     else:
         y = rng.uniform(-1, 1, (n, 3)).astype(dtype)
     return x, y
@@ -291,7 +324,9 @@ def inject_masks(model, seed, b, dtype):
         in_shape = (model.inputs[0] if at == 0 else model.layers[at - 1].output).shape
         if isinstance(layer, layers.Dropout) and layer.rate > 0:
             shape = [b] + list(in_shape[1:])
-            if layer.noise_shape is not None:
+            if isinstance(layer, layers.SpatialDropout1D):
+                shape = [b, 1, shape[2]]
+            elif layer.noise_shape is not None:
                 shape = [s if n is None else n for s, n in zip(shape, layer.noise_shape)]
             m = tf.constant(scale_mask(layer.rate, shape, layer_stream(seed, at), dtype))
             layer.call = lambda inputs, training=False, m=m: inputs * m if training else inputs
@@ -376,6 +411,20 @@ MODEL_CASES = [
      (4, 6, 3), 0, 0),
     ("grads_rec_dropout_f32", "grads_train", "rec_dropout_gpu", "float32", "mse", None,
      (5, 7, 3), 0, 0),
+    # the layers around the recurrent ones: Conv1D (causal dilated, same strided, valid
+    # without bias), MaxPooling1D, AveragePooling1D, LayerNormalization (scale/center off),
+    # GlobalMax/AveragePooling1D (masked), SpatialDropout1D, RepeatVector, Flatten,
+    # Activation(softmax) with the cross-entropy from its logits
+    ("grads_pool_norm_f64", "grads", "pool_norm", "float64", "mse", None, (4, 12, 3), 0, 0),
+    ("grads_conv_same_f64", "grads", "conv_same", "float64", "mse", None, (3, 11, 2), 0, 0),
+    ("grads_embed_pool_f64", "grads", "embed_pool", "float64",
+     "sparse_categorical_crossentropy", None, (5, 7, 0), 0, 0),
+    ("grads_embed_pool_train_f64", "grads_train", "embed_pool", "float64",
+     "sparse_categorical_crossentropy", None, (5, 7, 0), 0, 0),
+    ("grads_repeat_flatten_f64", "grads", "repeat_flatten", "float64",
+     "categorical_crossentropy", None, (4, 5, 2), 0, 0),
+    ("fit_pool_norm", "fit", "pool_norm", "float32", "mse",
+     ("adam", dict(learning_rate=0.01)), (16, 12, 3), 4, 5),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)
@@ -386,7 +435,7 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     for k, w in enumerate(model.get_weights()):
         arrays[f"w{k}"] = w
     meta = dict(mode=mode, loss=loss, dtype=dtype)
-    ids = kind == "embedding"
+    ids = kind in ("embedding", "embed_pool")
     if mode in ("grads", "grads_train"):
         training = mode == "grads_train"
         if training:

@@ -211,6 +211,7 @@ fn training_seed(name: &str) -> u64 {
 fn training_mode_gradients_match_gradient_tape() {
     for (name, tol) in [
         ("grads_rec_dropout_f64", 1e-10),
+        ("grads_embed_pool_train_f64", 1e-10),
         ("grads_rec_dropout_f32", 1e-5),
     ] {
         let seed = training_seed(name);
@@ -296,7 +297,7 @@ fn fit_case(
 }
 
 /// The recorded 20-step fits.
-const FIT_CASES: [&str; 7] = [
+const FIT_CASES: [&str; 8] = [
     "fit_adam",
     "fit_sgd_nesterov",
     "fit_rmsprop",
@@ -304,6 +305,7 @@ const FIT_CASES: [&str; 7] = [
     "fit_gru_rnn",
     "fit_bidi",
     "fit_embedding",
+    "fit_pool_norm",
 ];
 
 #[test]
@@ -323,6 +325,10 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_dropout_td_f64",
         "grads_rnn_dropout_f64",
         "grads_embedding_f64",
+        "grads_pool_norm_f64",
+        "grads_conv_same_f64",
+        "grads_embed_pool_f64",
+        "grads_repeat_flatten_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -628,6 +634,7 @@ fn trained_weights_are_written_back_as_keras_files() {
         "grads_cce_probs_f64",
         "fit_bidi",
         "grads_dropout_td_f64",
+        "fit_pool_norm",
     ] {
         let a = npz::<f32>(name);
         let mut net = model::<f32>(name, &a);
@@ -698,6 +705,10 @@ fn gpu_gradients_and_fit_match_keras() {
         "grads_dropout_td_f64",
         "grads_rnn_dropout_f64",
         "grads_embedding_f64",
+        "grads_pool_norm_f64",
+        "grads_conv_same_f64",
+        "grads_embed_pool_f64",
+        "grads_repeat_flatten_f64",
     ] {
         model_grads_on::<f32>(name, 1e-4, "GPU", |net, x, y, loss| {
             let net = GpuSequential::new(net, ctx.clone()).unwrap();

@@ -240,3 +240,61 @@ fn bad_gpu_inputs_are_errors_naming_the_input() {
     let e = g.forward_inputs(&[floats]).unwrap_err().to_string();
     assert!(e.contains(&name) && e.contains("floats"), "{e}");
 }
+
+/// The zoo's models as trainable chains (`train::Sequential::from_model`): the chains (a
+/// GRU without reset_after after an Embedding, with Dropout; a SimpleRNN autoencoder through
+/// RepeatVector; a masked Bidirectional tagger) predict like Keras and give finite
+/// gradients; the graphs (several inputs or outputs, Keras's functional mask ops) and the
+/// chain with BatchNormalization are refused with the reason.
+#[test]
+fn zoo_chains_load_for_training() {
+    use lstm_wgpu::train::{Loss, Sequential};
+    let trainable = [
+        "p_embedding_gru",
+        "p_simplernn_autoencoder",
+        "p_masked_bigru_tagger",
+    ];
+    for name in RUNS {
+        let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
+        let net = Sequential::<f64>::from_model(&model);
+        if !trainable.contains(&name) {
+            let e = net.expect_err(name).to_string();
+            println!("{name}: refused: {e}");
+            assert!(
+                e.contains("not trainable yet") || e.contains("BatchNormalization"),
+                "{name}: {e}"
+            );
+            continue;
+        }
+        let net = net.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let inputs = common::model_inputs(&dir(), name, model.inputs());
+        let x = match &inputs[0] {
+            lstm_wgpu::model::ModelInput::F32(a) => a.mapv(f64::from),
+            lstm_wgpu::model::ModelInput::I64(a) => a.mapv(|v| v as f64),
+        };
+        let got = net
+            .predict(x.view())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let want = &expected(name)[0];
+        let e = got
+            .iter()
+            .zip(want.iter())
+            .map(|(a, &b)| (a - f64::from(b)).abs())
+            .fold(0.0, f64::max);
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        assert!(e <= 1e-5, "{name}: the chain predicts {e:e} from Keras");
+        let y = want.mapv(f64::from);
+        let g = net
+            .gradients_in_training(x.view(), y.view(), Loss::MeanSquaredError, 1)
+            .unwrap();
+        assert!(g.loss.is_finite(), "{name}");
+        assert!(
+            g.weights.iter().all(|w| w.iter().all(|v| v.is_finite())),
+            "{name}"
+        );
+        println!(
+            "{name}: chain within {e:.1e} of Keras, {} weights",
+            g.weights.len()
+        );
+    }
+}

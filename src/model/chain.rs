@@ -1,4 +1,4 @@
-//! A model that is a chain of `Masking`, recurrent and `Dense` layers (the `KerasModel::layers`
+//! A model that is a chain of `Masking`, recurrent, `Dense` and other single-input layers (the `KerasModel::layers`
 //! view of a plain stack; both paths run the graph): the layers with their weights, and which
 //! outputs of the last one the model returns.
 
@@ -119,6 +119,11 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
                     .unwrap_or(&Value::Null);
                 dense(h5, &key, inner, &lname)?
             }
+            other if crate::train::layers::CLASSES.contains(&other) => ModelLayer::Other {
+                class: other.to_string(),
+                config: lcfg.clone(),
+                weights: h5.layer(&key, &lname)?,
+            },
             other => {
                 return Err(LstmError::unsupported(
                     "layer class_name",

@@ -60,6 +60,18 @@ pub enum ModelLayer {
         /// The activation.
         activation: DenseActivation,
     },
+    /// Another single-input layer of the chain that this view does not interpret (one of
+    /// [`crate::train::layers::CLASSES`]: pooling, `RepeatVector`, `Flatten`, `Activation`,
+    /// `LayerNormalization`, `Conv1D`): its class, its config and its weights in
+    /// `get_weights()` order.
+    Other {
+        /// The Keras class.
+        class: String,
+        /// The layer's `config` object.
+        config: serde_json::Value,
+        /// Its weights.
+        weights: Vec<ndarray::ArrayD<f32>>,
+    },
 }
 
 /// One layer of [`KerasModel::summary`].
@@ -429,8 +441,9 @@ impl KerasModel {
         self.chain.as_ref().map_or(&[], |c| &c.outputs)
     }
 
-    /// The layers, with their names, when the model is a chain of `Masking`, recurrent and
-    /// `Dense` layers (a view for code that walks a plain stack; both paths run any graph);
+    /// The layers, with their names, when the model is a chain of `Masking`, `Embedding`,
+    /// recurrent, `Dense` and other single-input layers ([`ModelLayer::Other`]) (a view for
+    /// code that walks a plain stack, and what training builds on; both paths run any graph);
     /// empty for other graphs (see
     /// [`KerasModel::chain_error`]).
     pub fn layers(&self) -> &[(String, ModelLayer)] {
@@ -448,7 +461,7 @@ impl KerasModel {
         &self.graph.layers
     }
 
-    /// Why the model is not a plain chain of `Masking`, recurrent and `Dense` layers (the
+    /// Why the model is not a plain chain of single-input layers (the
     /// [`KerasModel::layers`] view), or None when it is. Both paths run any graph.
     pub fn chain_error(&self) -> Option<&str> {
         self.chain.as_ref().err().map(String::as_str)

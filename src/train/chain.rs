@@ -36,6 +36,8 @@ enum Cache<T> {
     Dropout(Option<ArrayD<T>>),
     /// The table rows looked up (row-major over `[B, T]`) and `[B, T]`.
     Embedding(Vec<usize>, [usize; 2]),
+    /// A [`super::layers::TrainOp`]'s own.
+    Op(super::layers::OpCache),
 }
 
 impl<T: Element> Sequential<T> {
@@ -86,6 +88,13 @@ impl<T: Element> Sequential<T> {
                         .into_shape_with_order(IxDyn(&[b, t, dim]))
                         .expect("[B·T, D] as [B, T, D]");
                     caches.push(Cache::Embedding(rows, [b, t]));
+                }
+                TrainLayer::Op(op) => {
+                    let out = op.forward(name, h.view(), mask.as_ref())?;
+                    logits = op.logits(&out.cache);
+                    h = out.y;
+                    mask = out.mask;
+                    caches.push(Cache::Op(out.cache));
                 }
                 TrainLayer::Dropout { rate, noise_shape } => match training {
                     Some(seed) if *rate > 0.0 => {
@@ -332,6 +341,17 @@ impl<T: Element> Sequential<T> {
                     squares.push((grads.len(), sq.into_dyn()));
                     grads.push(vec![dt.into_dyn()]);
                     d = ArrayD::zeros(IxDyn(&[b, t]));
+                }
+                (TrainLayer::Op(op), Cache::Op(cache)) => {
+                    // (when the loss gave the cotangent of an Activation's logits, its
+                    // input: past the activation)
+                    let (dx, w) = if skip_activation && op.logits(&cache).is_some() {
+                        (d, Vec::new())
+                    } else {
+                        op.backward(name, &cache, d)?
+                    };
+                    grads.push(w);
+                    d = dx;
                 }
                 (TrainLayer::Dropout { .. }, Cache::Dropout(m)) => {
                     if let Some(m) = m {
@@ -600,7 +620,7 @@ fn zero_masked<T: Element>(a: &mut Array3<T>, mask: &Array2<bool>) {
 }
 
 /// A Dense activation on `z` (softmax over the last axis).
-fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
+pub(super) fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
     match a {
         DenseActivation::Elementwise(f) => z.mapv(|v| f.apply(v)),
         DenseActivation::Softmax => {
@@ -623,7 +643,7 @@ fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
 }
 
 /// dL/dz from dL/dy through a Dense activation at `z`.
-fn dense_activation_backward<T: Element>(
+pub(super) fn dense_activation_backward<T: Element>(
     a: DenseActivation,
     z: &ArrayD<T>,
     d: &ArrayD<T>,

@@ -76,6 +76,7 @@ impl GpuSequential {
                 TrainLayer::Masking { .. }
                 | TrainLayer::Embedding { .. }
                 | TrainLayer::Dropout { .. }
+                | TrainLayer::Op(_)
                 | TrainLayer::Dense { .. } => Vec::new(),
             });
         }
@@ -164,6 +165,7 @@ fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Resul
             TrainLayer::Masking { .. }
             | TrainLayer::Embedding { .. }
             | TrainLayer::Dropout { .. }
+            | TrainLayer::Op(_)
             | TrainLayer::Dense { .. } => {}
         }
     }

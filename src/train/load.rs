@@ -67,6 +67,19 @@ impl<T: Element> Sequential<T> {
                         format!("{name} (a stack inside one layer) in training"),
                     ))
                 }
+                ModelLayer::Other {
+                    class,
+                    config,
+                    weights,
+                } => match super::layers::from_keras::<T>(class, config, name, weights.clone())? {
+                    Some(op) => TrainLayer::Op(op),
+                    None => {
+                        return Err(LstmError::unsupported(
+                            "layer",
+                            format!("{name} ({class}) in training"),
+                        ))
+                    }
+                },
                 ModelLayer::Dense {
                     kernel,
                     bias,
@@ -90,6 +103,7 @@ impl<T: Element> Sequential<T> {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Embedding { table, .. } => out.push(table.clone().into_dyn()),
+                TrainLayer::Op(op) => out.extend(op.weights()),
                 TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -134,6 +148,7 @@ impl<T: Element> Sequential<T> {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Embedding { table, .. } => out.push(table.view_mut().into_dyn()),
+                TrainLayer::Op(op) => out.extend(op.weights_mut()),
                 TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -170,6 +185,11 @@ impl<T: Element> Sequential<T> {
             match l {
                 TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
                 TrainLayer::Embedding { table, .. } => *table = two(&mut it),
+                TrainLayer::Op(op) => {
+                    for mut w in op.weights_mut() {
+                        w.assign(it.next().expect("counted"));
+                    }
+                }
                 TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
                 TrainLayer::Bidirectional {
                     forward, backward, ..
@@ -195,9 +215,12 @@ impl<T: Element> Sequential<T> {
 fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     fn walk(v: &serde_json::Value) -> Result<()> {
         match v {
-            // a Dropout layer is trained (TrainLayer::Dropout)
+            // a Dropout or SpatialDropout1D layer is trained (TrainLayer::Dropout)
             serde_json::Value::Object(o)
-                if o.get("class_name").and_then(serde_json::Value::as_str) == Some("Dropout") =>
+                if matches!(
+                    o.get("class_name").and_then(serde_json::Value::as_str),
+                    Some("Dropout" | "SpatialDropout1D")
+                ) =>
             {
                 Ok(())
             }
@@ -261,7 +284,8 @@ fn dropout_layers<T: Element>(
             seen += 1;
             continue;
         }
-        if entry.get("class_name").and_then(Value::as_str) != Some("Dropout") {
+        let class = entry.get("class_name").and_then(Value::as_str);
+        if !matches!(class, Some("Dropout" | "SpatialDropout1D")) {
             continue;
         }
         let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0);
@@ -271,7 +295,10 @@ fn dropout_layers<T: Element>(
                 format!("{rate} is not in [0, 1)"),
             ));
         }
+        // SpatialDropout1D: one draw per (row, channel), kept at every step (Keras's
+        // `noise_shape = (batch, 1, channels)`)
         let noise_shape = match cfg.get("noise_shape") {
+            _ if class == Some("SpatialDropout1D") => Some(vec![None, Some(1), None]),
             None | Some(Value::Null) => None,
             Some(Value::Array(dims)) => Some(
                 dims.iter()

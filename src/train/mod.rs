@@ -1,7 +1,8 @@
 //! Training with Keras's gradients, losses and optimizers: backpropagation through time for
 //! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
-//! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`
-//! and `Dense` layers
+//! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
+//! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
+//! LayerNormalization, RepeatVector, Flatten, Activation)
 //! ([`Sequential`], built from a loaded [`KerasModel`]) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
@@ -14,8 +15,8 @@
 //! On the GPU: [`GpuSequential`] runs the chain's recurrent layers there (forward, tape and
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
-//! Not yet here: the other graph layers (Conv1D, attention, normalization, ...),
-//! the noise layers in training mode, stateful layers,
+//! Not yet here: functional graphs (merges, attention, several inputs or outputs),
+//! BatchNormalization, the noise layers in training mode, stateful layers,
 //! `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ mod chain;
 mod dropout;
 mod gpu;
 mod h5write;
+pub mod layers;
 mod load;
 mod loss;
 mod optim;
@@ -118,6 +120,10 @@ pub enum TrainLayer<T> {
         /// Id 0 is padding (masked).
         mask_zero: bool,
     },
+    /// Any other single-input layer ([`layers::TrainOp`]: pooling, `RepeatVector`,
+    /// `Flatten`, `Activation`, `LayerNormalization`, `Conv1D`, ... or the application's
+    /// own).
+    Op(Box<dyn layers::TrainOp<T>>),
     /// `Dense` on the last axis.
     Dense {
         /// `[in, units]`.
@@ -130,7 +136,7 @@ pub enum TrainLayer<T> {
 }
 
 /// A chain of trainable layers (`Sequential` of Embedding, Masking, LSTM/GRU/SimpleRNN,
-/// Bidirectional, Dropout and Dense).
+/// Bidirectional, Dropout, Dense and [`TrainLayer::Op`] layers).
 #[derive(Debug, Clone)]
 pub struct Sequential<T> {
     /// The layers with their Keras names.

@@ -70,7 +70,7 @@ pub(crate) struct Placement {
 impl Window2 {
     /// From a 1-D or 2-D layer's config (`size_key`: `kernel_size` or `pool_size`; a pool's
     /// strides default to its size and it has no dilation).
-    pub(super) fn from_config(cfg: &Json, rank: usize, size_key: &str, pool: bool) -> Result<Self> {
+    pub(crate) fn from_config(cfg: &Json, rank: usize, size_key: &str, pool: bool) -> Result<Self> {
         let size = ints(cfg, size_key, rank, if pool { 2 } else { 1 })?;
         let stride = ints(cfg, "strides", rank, 1)?;
         let stride = match cfg.get("strides") {
@@ -123,7 +123,7 @@ impl Window2 {
     }
 
     /// The in-range input positions `(tap, position)` along axis `a` of output index `o`.
-    fn taps(
+    pub(crate) fn taps(
         &self,
         a: usize,
         o: usize,

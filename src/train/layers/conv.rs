@@ -1,0 +1,203 @@
+//! `Conv1D` (channels_last, `padding` valid, same or causal, `strides`, `dilation_rate`,
+//! `groups=1`) with its activation, and its backward pass: the input's windows laid out as
+//! rows (im2col, zeros at padding taps), the output one product of them with the kernel;
+//! backward the kernel's gradient as one product with those rows, the input's as one product
+//! scattered back over the windows.
+
+use super::super::chain::{dense_activate, dense_activation_backward};
+use super::{cache_of, three, OpCache, OpForward, TrainOp};
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::graph::Window2;
+use crate::model::DenseActivation;
+use ndarray::{Array1, Array2, Array3, ArrayD, ArrayViewD, ArrayViewMutD, Axis, Ix3, IxDyn};
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub(super) struct Conv1D<T> {
+    win: Window2,
+    /// `[kernel_size, in, filters]`.
+    kernel: Array3<T>,
+    bias: Option<Array1<T>>,
+    activation: DenseActivation,
+}
+
+impl<T: Element> Conv1D<T> {
+    /// From the layer's config and weights (kernel, then bias with `use_bias`).
+    pub(super) fn new(cfg: &Value, name: &str, w: Vec<ArrayD<T>>) -> Result<Self> {
+        if cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) != 1 {
+            return Err(LstmError::unsupported(
+                "groups",
+                format!("{} on layer {name} in training (1 only)", cfg["groups"]),
+            ));
+        }
+        let win = Window2::from_config(cfg, 1, "kernel_size", false)?;
+        let mut it = w.into_iter();
+        let kernel = it.next().ok_or_else(|| LstmError::MissingWeight {
+            name: format!("{name}/kernel"),
+        })?;
+        let shape = kernel.shape().to_vec();
+        let kernel = kernel
+            .into_dimensionality::<Ix3>()
+            .ok()
+            .filter(|k| k.dim().0 == win.size[1])
+            .ok_or_else(|| {
+                LstmError::shape(format!("{name}/kernel"), &[win.size[1], 0, 0], &shape)
+            })?;
+        let filters = kernel.dim().2;
+        let bias = if cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+            let b = it.next().ok_or_else(|| LstmError::MissingWeight {
+                name: format!("{name}/bias"),
+            })?;
+            if b.shape() != [filters] {
+                return Err(LstmError::shape(
+                    format!("{name}/bias"),
+                    &[filters],
+                    b.shape(),
+                ));
+            }
+            Some(b.iter().copied().collect())
+        } else {
+            None
+        };
+        Ok(Conv1D {
+            win,
+            kernel,
+            bias,
+            activation: crate::graph::act_of(cfg.get("activation"), "activation")?,
+        })
+    }
+}
+
+/// The windows as rows `[B·O, k·in]`, the pre-activation `[B, O, filters]`, and the
+/// input's `(B, T, in)` with the padding before the first step.
+struct ConvCache<T> {
+    cols: Array2<T>,
+    z: ArrayD<T>,
+    dims: (usize, usize, usize),
+    before: usize,
+}
+
+impl<T: Element> TrainOp<T> for Conv1D<T> {
+    fn class(&self) -> &'static str {
+        "Conv1D"
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        _: Option<&Array2<bool>>,
+    ) -> Result<OpForward<T>> {
+        let x3 = three(&x, name)?;
+        let (b, t, cin) = x3.dim();
+        let (k, kin, filters) = self.kernel.dim();
+        if cin != kin {
+            return Err(LstmError::shape(
+                format!("input of layer {name}"),
+                &[b, t, kin],
+                &[b, t, cin],
+            ));
+        }
+        let place = self.win.place([1, t])?;
+        let (before, out) = (place.before[1], place.out[1]);
+        let mut cols = Array2::<T>::zeros((b * out, k * cin));
+        for r in 0..b {
+            for o in 0..out {
+                let mut row = cols.row_mut(r * out + o);
+                for (tap, s) in self.win.taps(1, o, before, t) {
+                    for c in 0..cin {
+                        row[tap * cin + c] = x3[[r, s, c]];
+                    }
+                }
+            }
+        }
+        let w2 = self
+            .kernel
+            .view()
+            .into_shape_with_order((k * cin, filters))
+            .expect("a standard-layout kernel");
+        let mut z = cols.dot(&w2);
+        if let Some(bias) = &self.bias {
+            z += bias;
+        }
+        let z = z
+            .into_shape_with_order(IxDyn(&[b, out, filters]))
+            .expect("[B·O, F] as [B, O, F]");
+        Ok(OpForward {
+            y: dense_activate(self.activation, &z),
+            mask: None,
+            cache: Box::new(ConvCache {
+                cols,
+                z,
+                dims: (b, t, cin),
+                before,
+            }),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let c = cache_of::<ConvCache<T>>(cache, name)?;
+        let (b, t, cin) = c.dims;
+        let (k, _, filters) = self.kernel.dim();
+        if d.shape() != c.z.shape() {
+            return Err(LstmError::invalid(
+                format!("layer {name}"),
+                "cotangent shape",
+            ));
+        }
+        let out = c.z.shape()[1];
+        let dz = dense_activation_backward(self.activation, &c.z, &d)
+            .into_shape_with_order((b * out, filters))
+            .expect("[B, O, F] as [B·O, F]");
+        let dw = c
+            .cols
+            .t()
+            .dot(&dz)
+            .into_shape_with_order(IxDyn(&[k, cin, filters]))
+            .expect("[k·in, F] as [k, in, F]");
+        let w2 = self
+            .kernel
+            .view()
+            .into_shape_with_order((k * cin, filters))
+            .expect("a standard-layout kernel");
+        let dcols = dz.dot(&w2.t());
+        let mut dx = Array3::<T>::zeros((b, t, cin));
+        for r in 0..b {
+            for o in 0..out {
+                let row = dcols.row(r * out + o);
+                for (tap, s) in self.win.taps(1, o, c.before, t) {
+                    for ch in 0..cin {
+                        dx[[r, s, ch]] += row[tap * cin + ch];
+                    }
+                }
+            }
+        }
+        let mut grads = vec![dw];
+        if self.bias.is_some() {
+            grads.push(dz.sum_axis(Axis(0)).into_dyn());
+        }
+        Ok((dx.into_dyn(), grads))
+    }
+
+    fn weights(&self) -> Vec<ArrayD<T>> {
+        let mut w = vec![self.kernel.clone().into_dyn()];
+        w.extend(self.bias.clone().map(|b| b.into_dyn()));
+        w
+    }
+
+    fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
+        let mut w = vec![self.kernel.view_mut().into_dyn()];
+        w.extend(self.bias.as_mut().map(|b| b.view_mut().into_dyn()));
+        w
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}

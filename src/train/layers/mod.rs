@@ -1,0 +1,449 @@
+//! Trainable layers around the recurrent ones: each a [`TrainOp`] (its forward pass keeping
+//! what its backward pass needs, its backward pass, its weights in Keras's order) in its own
+//! file, built from its Keras config and weights by [`from_keras`]. A chain holds them as
+//! [`super::TrainLayer::Op`]; adding one touches only this module.
+//!
+//! - `pooling.rs`: `GlobalAveragePooling1D` (over the unmasked steps), `GlobalMaxPooling1D`,
+//!   `MaxPooling1D`, `AveragePooling1D`.
+//! - `shape.rs`: `RepeatVector`, `Flatten`, `Activation`.
+//! - `norm.rs`: `LayerNormalization`.
+//! - `conv.rs`: `Conv1D`.
+
+mod conv;
+mod norm;
+mod pooling;
+mod shape;
+
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use ndarray::{Array2, ArrayD, ArrayViewD, ArrayViewMutD};
+use serde_json::Value;
+use std::any::Any;
+
+/// What a [`TrainOp`]'s forward pass keeps for its backward pass.
+pub type OpCache = Box<dyn Any + Send + Sync>;
+
+/// The forward pass of a [`TrainOp`]: its output, the output's Keras mask (`[B, T]`) and
+/// what the backward pass needs.
+pub struct OpForward<T> {
+    /// The output.
+    pub y: ArrayD<T>,
+    /// The output's mask, as Keras's `compute_mask` gives it.
+    pub mask: Option<Array2<bool>>,
+    /// For [`TrainOp::backward`].
+    pub cache: OpCache,
+}
+
+/// A trainable layer of a [`super::Sequential`] chain beyond its built-in variants: one
+/// input, one output, Keras's semantics.
+///
+/// ```
+/// use lstm_wgpu::train::layers::{from_keras, TrainOp};
+/// let op = from_keras::<f64>("RepeatVector", &serde_json::json!({"n": 3}), "rep", vec![])
+///     .unwrap()
+///     .unwrap();
+/// let x = ndarray::Array2::<f64>::ones((2, 4)).into_dyn();
+/// let out = op.forward("rep", x.view(), None).unwrap();
+/// assert_eq!(out.y.shape(), &[2, 3, 4]);
+/// let (dx, grads) = op.backward("rep", &out.cache, ndarray::ArrayD::ones(vec![2, 3, 4])).unwrap();
+/// assert_eq!(dx, ndarray::ArrayD::from_elem(vec![2, 4], 3.0));
+/// assert!(grads.is_empty());
+/// ```
+pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
+    /// The Keras class.
+    fn class(&self) -> &'static str;
+
+    /// The output on `x` under the incoming mask `mask` (`[B, T]`), with its mask and the
+    /// cache of the backward pass; `name` is the layer's, for errors.
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        mask: Option<&Array2<bool>>,
+    ) -> Result<OpForward<T>>;
+
+    /// From the output's cotangent `d`: the input's and each weight's (the order of
+    /// [`TrainOp::weights`]).
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)>;
+
+    /// The pre-activation of a sigmoid or softmax output (Keras's cached `_keras_logits`,
+    /// from which its cross-entropies are computed), from the forward's cache; None by
+    /// default.
+    fn logits(&self, _cache: &OpCache) -> Option<ArrayD<T>> {
+        None
+    }
+
+    /// The trainable weights in Keras's order and shapes (none by default).
+    fn weights(&self) -> Vec<ArrayD<T>> {
+        Vec::new()
+    }
+
+    /// The same weights as views (what an optimizer step updates in place).
+    fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
+        Vec::new()
+    }
+
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn TrainOp<T>>;
+}
+
+impl<T> Clone for Box<dyn TrainOp<T>> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// The Keras classes [`from_keras`] builds (single-input layers of a chain).
+pub const CLASSES: &[&str] = &[
+    "GlobalAveragePooling1D",
+    "GlobalMaxPooling1D",
+    "MaxPooling1D",
+    "AveragePooling1D",
+    "RepeatVector",
+    "Flatten",
+    "Activation",
+    "LayerNormalization",
+    "Conv1D",
+];
+
+/// The trainable layer of Keras class `class` with config `cfg` (the layer's `config`
+/// object), weights `weights` (`get_weights()` order, as in the weights file) and name
+/// `name`, in `T`; None for a class not in [`CLASSES`]. An option this crate does not train
+/// (`channels_first`, `rms_scaling`, `groups`, ...) is an error naming it.
+pub fn from_keras<T: Element>(
+    class: &str,
+    cfg: &Value,
+    name: &str,
+    weights: Vec<ArrayD<f32>>,
+) -> Result<Option<Box<dyn TrainOp<T>>>> {
+    let w: Vec<ArrayD<T>> = weights
+        .into_iter()
+        .map(|a| a.mapv(|v| T::from_f64(f64::from(v))))
+        .collect();
+    let op: Box<dyn TrainOp<T>> = match class {
+        "GlobalAveragePooling1D" | "GlobalMaxPooling1D" => {
+            channels_last(cfg, name)?;
+            Box::new(pooling::GlobalPool1D {
+                average: class == "GlobalAveragePooling1D",
+                keepdims: cfg
+                    .get("keepdims")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            })
+        }
+        "MaxPooling1D" | "AveragePooling1D" => {
+            channels_last(cfg, name)?;
+            Box::new(pooling::Pool1D::new(
+                class == "MaxPooling1D",
+                crate::graph::Window2::from_config(cfg, 1, "pool_size", true)?,
+            ))
+        }
+        "RepeatVector" => Box::new(shape::RepeatVector {
+            n: cfg
+                .get("n")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| LstmError::bad_config(format!("n of layer {name}"), "missing"))?
+                as usize,
+        }),
+        "Flatten" => {
+            channels_last(cfg, name)?;
+            Box::new(shape::Flatten)
+        }
+        "Activation" => Box::new(shape::ActivationOp {
+            activation: crate::graph::act_of(cfg.get("activation"), "activation")?,
+        }),
+        "LayerNormalization" => Box::new(norm::LayerNorm::new(cfg, name, w)?),
+        "Conv1D" => {
+            channels_last(cfg, name)?;
+            Box::new(conv::Conv1D::new(cfg, name, w)?)
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(op))
+}
+
+/// An error unless the layer's `data_format` is channels_last (or absent).
+fn channels_last(cfg: &Value, name: &str) -> Result<()> {
+    match cfg.get("data_format").and_then(Value::as_str) {
+        None | Some("channels_last") => Ok(()),
+        Some(other) => Err(LstmError::unsupported(
+            "data_format",
+            format!("{other} on layer {name} in training (channels_last only)"),
+        )),
+    }
+}
+
+/// `x` as 3-D (`[B, T, C]`) or an error naming the layer.
+fn three<'a, T>(x: &'a ArrayViewD<'_, T>, name: &str) -> Result<ndarray::ArrayView3<'a, T>> {
+    x.view()
+        .into_dimensionality::<ndarray::Ix3>()
+        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], x.shape()))
+}
+
+/// The cache of `op` as its own type (a cache from another layer is an error).
+fn cache_of<'a, C: 'static>(cache: &'a OpCache, name: &str) -> Result<&'a C> {
+    cache
+        .downcast_ref::<C>()
+        .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "cache mismatch"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{from_keras, TrainOp};
+    use ndarray::{Array2, ArrayD, IxDyn};
+    use serde_json::json;
+
+    /// A xorshift stream in [-1, 1).
+    fn stream(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        }
+    }
+
+    /// `sum(op(x) · r)` against central differences of every input value and weight.
+    fn check(op: &mut Box<dyn TrainOp<f64>>, x: ArrayD<f64>, mask: Option<Array2<bool>>) -> f64 {
+        let mut next = stream(x.len() as u64 * 7919 + 1);
+        let out = op.forward("l", x.view(), mask.as_ref()).unwrap();
+        let r = ArrayD::from_shape_fn(out.y.raw_dim(), |_| next());
+        let (dx, dw) = op.backward("l", &out.cache, r.clone()).unwrap();
+        assert_eq!(dx.shape(), x.shape());
+        let loss = |op: &dyn TrainOp<f64>, x: &ArrayD<f64>| {
+            let y = op.forward("l", x.view(), mask.as_ref()).unwrap().y;
+            (&y * &r).sum()
+        };
+        let eps = 1e-6;
+        let mut worst = 0.0f64;
+        for e in 0..x.len() {
+            let mut xp = x.clone();
+            xp.as_slice_mut().unwrap()[e] += eps;
+            let mut xm = x.clone();
+            xm.as_slice_mut().unwrap()[e] -= eps;
+            let fd = (loss(op.as_ref(), &xp) - loss(op.as_ref(), &xm)) / (2.0 * eps);
+            worst = worst.max((fd - dx.as_slice().unwrap()[e]).abs());
+        }
+        let w0 = op.weights();
+        assert_eq!(w0.len(), dw.len());
+        for (k, w) in w0.iter().enumerate() {
+            assert_eq!(w.shape(), dw[k].shape());
+            for e in 0..w.len() {
+                let at = |d: f64| {
+                    let mut o = op.clone();
+                    o.weights_mut()[k].as_slice_mut().unwrap()[e] += d;
+                    loss(o.as_ref(), &x)
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                worst = worst.max((fd - dw[k].as_slice().unwrap()[e]).abs());
+            }
+        }
+        worst
+    }
+
+    fn op(class: &str, cfg: serde_json::Value, w: Vec<ArrayD<f32>>) -> Box<dyn TrainOp<f64>> {
+        from_keras::<f64>(class, &cfg, "l", w).unwrap().unwrap()
+    }
+
+    fn random(shape: &[usize], seed: u64) -> ArrayD<f64> {
+        let mut next = stream(seed);
+        ArrayD::from_shape_fn(IxDyn(shape), |_| next())
+    }
+
+    /// Every op's backward pass against central differences, over paddings, strides,
+    /// dilations, window sizes, masks (a fully masked row included) and flags.
+    #[test]
+    fn ops_match_central_differences() {
+        let mut worst = 0.0f64;
+        let mut mask = Array2::from_elem((3, 7), true);
+        mask[[0, 6]] = false;
+        mask[[1, 0]] = false;
+        mask[[1, 3]] = false;
+        let x = random(&[3, 7, 4], 3);
+        for (class, cfg) in [
+            ("GlobalAveragePooling1D", json!({})),
+            ("GlobalAveragePooling1D", json!({"keepdims": true})),
+            ("GlobalMaxPooling1D", json!({})),
+            ("MaxPooling1D", json!({"pool_size": 2})),
+            (
+                "MaxPooling1D",
+                json!({"pool_size": 3, "strides": 2, "padding": "same"}),
+            ),
+            (
+                "AveragePooling1D",
+                json!({"pool_size": 3, "strides": 1, "padding": "same"}),
+            ),
+            ("AveragePooling1D", json!({"pool_size": 2, "strides": 3})),
+            ("Flatten", json!({})),
+            ("Activation", json!({"activation": "softmax"})),
+            ("Activation", json!({"activation": "tanh"})),
+        ] {
+            for m in [None, Some(mask.clone())] {
+                let e = check(&mut op(class, cfg.clone(), vec![]), x.clone(), m);
+                assert!(e < 1e-8, "{class} {cfg}: {e:e}");
+                worst = worst.max(e);
+            }
+        }
+        let e = check(
+            &mut op("RepeatVector", json!({"n": 4}), vec![]),
+            random(&[2, 5], 5),
+            None,
+        );
+        worst = worst.max(e);
+        for (cfg, k, cin, f) in [
+            (json!({"padding": "valid", "kernel_size": 3}), 3, 4, 5),
+            (
+                json!({"padding": "same", "kernel_size": 4, "strides": 2}),
+                4,
+                4,
+                2,
+            ),
+            (
+                json!({"padding": "causal", "kernel_size": 2, "dilation_rate": 3}),
+                2,
+                4,
+                3,
+            ),
+            (
+                json!({"padding": "same", "kernel_size": 1, "use_bias": false, "activation": "relu"}),
+                1,
+                4,
+                3,
+            ),
+        ] {
+            let mut w = vec![random(&[k, cin, f], 11).mapv(|v| v as f32)];
+            if cfg.get("use_bias") != Some(&json!(false)) {
+                w.push(random(&[f], 13).mapv(|v| v as f32));
+            }
+            let e = check(&mut op("Conv1D", cfg.clone(), w), x.clone(), None);
+            assert!(e < 1e-8, "Conv1D {cfg}: {e:e}");
+            worst = worst.max(e);
+        }
+        for cfg in [
+            json!({}),
+            json!({"center": false, "epsilon": 0.1}),
+            json!({"scale": false}),
+        ] {
+            let mut w = Vec::new();
+            if cfg.get("scale") != Some(&json!(false)) {
+                w.push(random(&[4], 17).mapv(|v| v as f32));
+            }
+            if cfg.get("center") != Some(&json!(false)) {
+                w.push(random(&[4], 19).mapv(|v| v as f32));
+            }
+            let e = check(
+                &mut op("LayerNormalization", cfg.clone(), w),
+                x.clone(),
+                Some(mask.clone()),
+            );
+            assert!(e < 1e-8, "LayerNormalization {cfg}: {e:e}");
+            worst = worst.max(e);
+        }
+        println!("ops vs central differences: worst {worst:.1e}");
+    }
+
+    /// Masks as Keras passes them on: kept by LayerNormalization and Activation, dropped by
+    /// the poolings, Conv1D, RepeatVector and Flatten; a fully masked row averages to NaN,
+    /// as Keras's `0 / 0`; unknown options and classes are named.
+    #[test]
+    fn masks_options_and_errors() {
+        let x = random(&[2, 5, 3], 23);
+        let mut mask = Array2::from_elem((2, 5), true);
+        mask.row_mut(1).fill(false);
+        let keeps = |class: &str, cfg: serde_json::Value, w: Vec<ArrayD<f32>>| {
+            op(class, cfg, w)
+                .forward("l", x.view(), Some(&mask))
+                .unwrap()
+                .mask
+                .is_some()
+        };
+        assert!(keeps("Activation", json!({"activation": "relu"}), vec![]));
+        assert!(keeps(
+            "LayerNormalization",
+            json!({"center": false, "scale": false}),
+            vec![]
+        ));
+        assert!(!keeps("MaxPooling1D", json!({}), vec![]));
+        assert!(!keeps("Flatten", json!({}), vec![]));
+        let avg = op("GlobalAveragePooling1D", json!({}), vec![])
+            .forward("l", x.view(), Some(&mask))
+            .unwrap()
+            .y;
+        let avg = avg.into_dimensionality::<ndarray::Ix2>().unwrap();
+        assert!(avg.row(0).iter().all(|v| v.is_finite()));
+        assert!(avg.row(1).iter().all(|v| v.is_nan()));
+        for (class, cfg, key) in [
+            ("Conv1D", json!({"kernel_size": 2, "groups": 3}), "groups"),
+            (
+                "MaxPooling1D",
+                json!({"data_format": "channels_first"}),
+                "data_format",
+            ),
+            (
+                "LayerNormalization",
+                json!({"rms_scaling": true}),
+                "rms_scaling",
+            ),
+            (
+                "Conv1D",
+                json!({"kernel_size": 2, "padding": "full"}),
+                "padding",
+            ),
+        ] {
+            let e = from_keras::<f64>(class, &cfg, "conv", vec![]).unwrap_err();
+            assert!(e.to_string().contains(key), "{class}: {e}");
+        }
+        let e =
+            from_keras::<f64>("Conv1D", &json!({"kernel_size": 2}), "conv", vec![]).unwrap_err();
+        assert!(e.to_string().contains("conv/kernel"), "{e}");
+        assert!(from_keras::<f64>("Conv2D", &json!({}), "c", vec![])
+            .unwrap()
+            .is_none());
+        let ln = op(
+            "LayerNormalization",
+            json!({"axis": 1}),
+            vec![
+                ndarray::ArrayD::ones(vec![3]),
+                ndarray::ArrayD::zeros(vec![3]),
+            ],
+        );
+        let Err(e) = ln.forward("ln", x.view(), None) else {
+            panic!("axis 1 of a rank-3 input accepted");
+        };
+        assert!(e.to_string().contains("axis"), "{e}");
+    }
+
+    /// Thousands of steps through every op (memory and index arithmetic at length).
+    #[test]
+    fn long_sequences() {
+        let t = 3000;
+        let x = random(&[2, t, 3], 29);
+        let conv = op(
+            "Conv1D",
+            json!({"kernel_size": 5, "padding": "causal", "dilation_rate": 4}),
+            vec![
+                random(&[5, 3, 2], 31).mapv(|v| v as f32),
+                ndarray::ArrayD::zeros(vec![2]),
+            ],
+        );
+        let out = conv.forward("c", x.view(), None).unwrap();
+        assert_eq!(out.y.shape(), &[2, t, 2]);
+        let (dx, _) = conv.backward("c", &out.cache, out.y.clone()).unwrap();
+        assert!(dx.iter().all(|v| v.is_finite()));
+        for (class, cfg) in [
+            ("MaxPooling1D", json!({"pool_size": 3, "padding": "same"})),
+            ("GlobalAveragePooling1D", json!({})),
+            ("GlobalMaxPooling1D", json!({})),
+        ] {
+            let p = op(class, cfg, vec![]);
+            let out = p.forward("p", x.view(), None).unwrap();
+            let (dx, _) = p.backward("p", &out.cache, out.y.clone()).unwrap();
+            assert_eq!(dx.shape(), x.shape(), "{class}");
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `GlobalAveragePooling1D`, `GlobalMaxPooling1D`, `MaxPooling1D` and `AveragePooling1D`
+//! (channels_last) and their backward passes as TensorFlow's gradients give them: a
+//! maximum's cotangent shared equally by the tied maxima of a global pooling (`tf.reduce_max`)
+//! and sent to the first maximum of a window (`tf.nn.max_pool`); an average's spread over the
+//! steps it counted (the unmasked ones; a window's in-range ones).
+
+use super::{cache_of, three, OpCache, OpForward, TrainOp};
+use crate::element::Element;
+use crate::error::{LstmError, Result};
+use crate::graph::Window2;
+use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Ix2, Ix3};
+
+/// `GlobalAveragePooling1D` (the mean over the unmasked steps: `sum(where(mask, x, 0)) /
+/// sum(mask)`, NaN for a row with none) or `GlobalMaxPooling1D` (the maximum over every
+/// step; Keras's ignores the mask). Either drops the mask.
+#[derive(Debug, Clone)]
+pub(super) struct GlobalPool1D {
+    pub(super) average: bool,
+    pub(super) keepdims: bool,
+}
+
+/// The input's shape and, for an average, the counted steps (`[B, T]`) and their number per
+/// row; for a maximum, the input and the output.
+enum GlobalCache<T> {
+    Average(Array2<bool>, Vec<T>),
+    Max(Array3<T>, Array2<T>),
+}
+
+impl<T: Element> TrainOp<T> for GlobalPool1D {
+    fn class(&self) -> &'static str {
+        if self.average {
+            "GlobalAveragePooling1D"
+        } else {
+            "GlobalMaxPooling1D"
+        }
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        mask: Option<&Array2<bool>>,
+    ) -> Result<OpForward<T>> {
+        let x3 = three(&x, name)?;
+        let (b, t, c) = x3.dim();
+        let mut y = Array2::<T>::zeros((b, c));
+        let cache = if self.average {
+            let counted = match mask {
+                Some(m) if m.dim() == (b, t) => m.clone(),
+                Some(m) => {
+                    return Err(LstmError::shape(
+                        format!("mask of layer {name}"),
+                        &[b, t],
+                        m.shape(),
+                    ))
+                }
+                None => Array2::from_elem((b, t), true),
+            };
+            let mut counts = Vec::with_capacity(b);
+            for r in 0..b {
+                let n = T::from_f64(counted.row(r).iter().filter(|&&p| p).count() as f64);
+                for s in (0..t).filter(|&s| counted[[r, s]]) {
+                    for k in 0..c {
+                        y[[r, k]] += x3[[r, s, k]];
+                    }
+                }
+                y.row_mut(r).mapv_inplace(|v| v / n);
+                counts.push(n);
+            }
+            GlobalCache::Average(counted, counts)
+        } else {
+            y.fill(T::from_f64(f64::NEG_INFINITY));
+            for r in 0..b {
+                for s in 0..t {
+                    for k in 0..c {
+                        let v = x3[[r, s, k]];
+                        // (a NaN is skipped, as the inference graph's maximum)
+                        if v > y[[r, k]] {
+                            y[[r, k]] = v;
+                        }
+                    }
+                }
+            }
+            GlobalCache::Max(x3.to_owned(), y.clone())
+        };
+        let y = if self.keepdims {
+            y.insert_axis(ndarray::Axis(1)).into_dyn()
+        } else {
+            y.into_dyn()
+        };
+        Ok(OpForward {
+            y,
+            mask: None,
+            cache: Box::new(cache),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let cache = cache_of::<GlobalCache<T>>(cache, name)?;
+        let d = if self.keepdims {
+            d.index_axis_move(ndarray::Axis(1), 0)
+        } else {
+            d
+        };
+        let d = d
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| LstmError::invalid(format!("layer {name}"), "cotangent shape"))?;
+        let dx = match cache {
+            GlobalCache::Average(counted, counts) => {
+                let (b, t) = counted.dim();
+                let c = d.ncols();
+                Array3::from_shape_fn((b, t, c), |(r, s, k)| {
+                    if counted[[r, s]] {
+                        d[[r, k]] / counts[r]
+                    } else {
+                        T::zero()
+                    }
+                })
+            }
+            GlobalCache::Max(x, y) => {
+                let (b, t, c) = x.dim();
+                let mut dx = Array3::<T>::zeros((b, t, c));
+                for r in 0..b {
+                    for k in 0..c {
+                        let ties = (0..t).filter(|&s| x[[r, s, k]] == y[[r, k]]).count();
+                        let share = d[[r, k]] / T::from_f64(ties.max(1) as f64);
+                        for s in (0..t).filter(|&s| x[[r, s, k]] == y[[r, k]]) {
+                            dx[[r, s, k]] = share;
+                        }
+                    }
+                }
+                dx
+            }
+        };
+        Ok((dx.into_dyn(), Vec::new()))
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
+
+/// `MaxPooling1D` or `AveragePooling1D` over windows of the step axis (`pool_size`,
+/// `strides`, `padding` valid or same; an average counts only the in-range steps, as
+/// TensorFlow's). Drops the mask.
+#[derive(Debug, Clone)]
+pub(super) struct Pool1D {
+    max: bool,
+    win: Window2,
+}
+
+impl Pool1D {
+    pub(super) fn new(max: bool, win: Window2) -> Self {
+        Pool1D { max, win }
+    }
+}
+
+/// The input's shape and, per output value, the input step it came from (a maximum) or the
+/// number of steps averaged.
+struct PoolCache {
+    dims: (usize, usize, usize),
+    before: usize,
+    argmax: Vec<usize>,
+}
+
+impl<T: Element> TrainOp<T> for Pool1D {
+    fn class(&self) -> &'static str {
+        if self.max {
+            "MaxPooling1D"
+        } else {
+            "AveragePooling1D"
+        }
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        _: Option<&Array2<bool>>,
+    ) -> Result<OpForward<T>> {
+        let x3 = three(&x, name)?;
+        let (b, t, c) = x3.dim();
+        let place = self.win.place([1, t])?;
+        let (before, out) = (place.before[1], place.out[1]);
+        let mut y = Array3::<T>::zeros((b, out, c));
+        let mut argmax = Vec::with_capacity(if self.max { b * out * c } else { 0 });
+        for r in 0..b {
+            for o in 0..out {
+                for k in 0..c {
+                    let mut taps = self.win.taps(1, o, before, t).map(|(_, s)| s);
+                    if self.max {
+                        let first = taps.next().unwrap_or(0);
+                        let (mut best, mut at) = (x3[[r, first, k]], first);
+                        for s in taps {
+                            if x3[[r, s, k]] > best {
+                                (best, at) = (x3[[r, s, k]], s);
+                            }
+                        }
+                        y[[r, o, k]] = best;
+                        argmax.push(at);
+                    } else {
+                        let (mut sum, mut n) = (T::zero(), 0usize);
+                        for s in taps {
+                            sum += x3[[r, s, k]];
+                            n += 1;
+                        }
+                        y[[r, o, k]] = sum / T::from_f64(n as f64);
+                    }
+                }
+            }
+        }
+        Ok(OpForward {
+            y: y.into_dyn(),
+            mask: None,
+            cache: Box::new(PoolCache {
+                dims: (b, t, c),
+                before,
+                argmax,
+            }),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let cache = cache_of::<PoolCache>(cache, name)?;
+        let (b, t, c) = cache.dims;
+        let d = d
+            .into_dimensionality::<Ix3>()
+            .map_err(|_| LstmError::invalid(format!("layer {name}"), "cotangent shape"))?;
+        let out = d.dim().1;
+        let mut dx = Array3::<T>::zeros((b, t, c));
+        let mut at = cache.argmax.iter();
+        for r in 0..b {
+            for o in 0..out {
+                for k in 0..c {
+                    if self.max {
+                        let s = *at.next().expect("one per output value");
+                        dx[[r, s, k]] += d[[r, o, k]];
+                    } else {
+                        let n = self.win.taps(1, o, cache.before, t).count();
+                        let share = d[[r, o, k]] / T::from_f64(n as f64);
+                        for (_, s) in self.win.taps(1, o, cache.before, t) {
+                            dx[[r, s, k]] += share;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((dx.into_dyn(), Vec::new()))
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
