@@ -63,20 +63,23 @@ pub struct LstmGrads<T> {
     pub c0: Array2<T>,
 }
 
-/// What the forward pass keeps for the backward pass (one entry per processing step).
+/// What the forward pass keeps for the backward pass, by time index (`[B, T, ·]`, row `r`
+/// and time `t` at `[r, t]`, whatever the processing order).
 #[derive(Debug, Clone)]
 pub(crate) struct LstmTape<T> {
-    /// Input-side pre-activations `x W + b` `[T, B, G·H]` (processing order).
-    zx: Array3<T>,
-    /// Recurrent-side values `[T, B, G·H]`: `h U` (LSTM, SimpleRNN), `h U + b_rec`
-    /// (GRU reset_after), `[h U_zr, (r·h) U_h]` (GRU otherwise).
+    /// The pre-activations `[B, T, G·H]`: for an LSTM and a SimpleRNN the whole `x W + b +
+    /// h U` (each step's recurrent product accumulated into the input projection); for a
+    /// GRU the input side `x W + b`.
+    pre: Array3<T>,
+    /// A GRU's recurrent side `[B, T, G·H]`: `h U + b_rec` (reset_after) or `[h U_zr, (r·h)
+    /// U_h]` (otherwise); empty for the other cells.
     zh: Array3<T>,
-    /// `h` before each step, `[T, B, H]`.
+    /// `h` before each step, `[B, T, H]`.
     h_prev: Array3<T>,
-    /// The activated gates `[T, B, G·H]` (LSTM i, f, g, o; GRU z, r, candidate; SimpleRNN
+    /// The activated gates `[B, T, G·H]` (LSTM i, f, g, o; GRU z, r, candidate; SimpleRNN
     /// h) of the present rows.
     post: Array3<T>,
-    /// `c` before each step and `act(c)` after it (LSTM; empty otherwise), `[T, B, H]`.
+    /// `c` before each step and `act(c)` after it (LSTM; empty otherwise), `[B, T, H]`.
     c_prev: Array3<T>,
     act_c: Array3<T>,
     /// `c` after each step (LSTM), for `act'(c)` where it needs the argument.
@@ -154,22 +157,22 @@ fn project_gates<T: Element>(
     proj
 }
 
-/// `zh[:, blocks] = (h ⊙ R_k) U_k` for the gate blocks `blocks` (`R_k` the recurrent
-/// dropout mask of block `k`; `h` itself without masks).
+/// `zh[:, blocks] = (h ⊙ R_k) U_k` (`+=` with `accumulate`) for the gate blocks `blocks`
+/// (`R_k` the recurrent dropout mask of block `k`; `h` itself without masks).
 fn recurrent_blocks<T: Element>(
     hs: ArrayView2<'_, T>,
     u: ArrayView2<'_, T>,
     mut zh: ndarray::ArrayViewMut2<'_, T>,
     drop: Option<&GateMasks<T>>,
     blocks: std::ops::Range<usize>,
-    h: usize,
+    (h, accumulate): (usize, bool),
 ) {
     match drop {
         None => matmul_serial(
             hs,
             u.slice(s![.., blocks.start * h..blocks.end * h]),
             zh.slice_mut(s![.., blocks.start * h..blocks.end * h]),
-            false,
+            accumulate,
         ),
         Some(d) => {
             for k in blocks {
@@ -178,7 +181,7 @@ fn recurrent_blocks<T: Element>(
                     hk.view(),
                     u.slice(s![.., k * h..(k + 1) * h]),
                     zh.slice_mut(s![.., k * h..(k + 1) * h]),
-                    false,
+                    accumulate,
                 );
             }
         }
@@ -222,36 +225,33 @@ pub(crate) fn forward<T: Element>(
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let b_rec = recurrent_bias(w, n);
     let lstm = matches!(cfg.cell, Cell::Lstm);
+    let gru = matches!(cfg.cell, Cell::Gru { .. });
     let steps_c = if lstm { t } else { 0 };
-    let mut tape = LstmTape {
-        zx: Array3::zeros((t, b, n)),
-        zh: Array3::zeros((t, b, n)),
-        h_prev: Array3::zeros((t, b, h)),
-        post: Array3::zeros((t, b, n)),
-        c_prev: Array3::zeros((steps_c, b, h)),
-        act_c: Array3::zeros((steps_c, b, h)),
-        c: Array3::zeros((steps_c, b, h)),
-        present: Array2::from_elem((t, b), true),
-        drop: drop.cloned(),
-    };
     let u = &w.recurrent_kernel;
-    let proj = match drop.and_then(|d| d.input.as_deref()) {
+    let mut pre = match drop.and_then(|d| d.input.as_deref()) {
         None => project_inputs(x, w),
         Some(masks) => project_gates(x, w, masks),
     }
     .into_shape_with_order((b, t, n))
     .expect("[B·T, G·H] reshapes to [B, T, G·H]");
-    let mut zh = Array2::<T>::zeros((b, n));
+    let mut zh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (0, 0, 0) });
+    let mut h_prev = Array3::<T>::zeros((b, t, h));
+    let mut post_all = Array3::<T>::zeros((b, t, n));
+    let mut c_prev = Array3::<T>::zeros((b, steps_c, h));
+    let mut act_c = Array3::<T>::zeros((b, steps_c, h));
+    let mut c_all = Array3::<T>::zeros((b, steps_c, h));
+    let mut present_all = Array2::from_elem((t, b), true);
     let mut rh = Array2::<T>::zeros((b, h));
     let mut last = Array2::<T>::zeros((b, h));
     let mut seq = cfg.return_sequences.then(|| Array3::<T>::zeros((b, t, h)));
     for s in 0..t {
         let tt = time_of(cfg.go_backwards, t, s);
-        let zx = proj.slice(s![.., tt, ..]);
         match cfg.cell {
             Cell::Gru { reset_after: false } => {
-                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..2, h);
+                let mut zh = zh_all.slice_mut(s![.., tt, ..]);
+                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..2, (h, false));
                 // (r · h_prev) U_h with r from this step (h_prev under its mask)
+                let zx = pre.slice(s![.., tt, ..]);
                 for r in 0..b {
                     for j in 0..h {
                         let kept = drop.map_or(T::one(), |d| d.recurrent[2][[r, j]]);
@@ -265,20 +265,30 @@ pub(crate) fn forward<T: Element>(
                     false,
                 );
             }
-            _ => {
-                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..g, h);
+            Cell::Gru { reset_after: true } => {
+                let mut zh = zh_all.slice_mut(s![.., tt, ..]);
+                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..g, (h, false));
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
             }
+            // the recurrent product added to the step's projection
+            _ => recurrent_blocks(
+                hs.view(),
+                u.view(),
+                pre.slice_mut(s![.., tt, ..]),
+                drop,
+                0..g,
+                (h, true),
+            ),
         }
-        tape.h_prev.index_axis_mut(Axis(0), s).assign(&hs);
+        h_prev.slice_mut(s![.., tt, ..]).assign(&hs);
         if lstm {
-            tape.c_prev.index_axis_mut(Axis(0), s).assign(&cs);
+            c_prev.slice_mut(s![.., tt, ..]).assign(&cs);
         }
         for r in 0..b {
             let present = mask.is_none_or(|m| m[[r, tt]]);
-            tape.present[[s, r]] = present;
+            present_all[[s, r]] = present;
             if !present {
                 if cfg.zero_output_for_mask {
                     last.row_mut(r).fill(T::zero());
@@ -287,29 +297,23 @@ pub(crate) fn forward<T: Element>(
             }
             // the row's values as slices (one pass per gate block, the activations over
             // whole blocks)
-            let zx_r = proj.slice(s![r, tt, ..]);
-            let zx_r = zx_r.as_slice().expect("a standard layout");
-            let zh_r = zh.row(r);
-            let zh_r = zh_r.as_slice().expect("a standard layout");
-            let post = tape
-                .post
-                .slice_mut(s![s, r, ..])
+            let pre_r = pre.slice(s![r, tt, ..]);
+            let pre_r = pre_r.as_slice().expect("a standard layout");
+            let post = post_all
+                .slice_mut(s![r, tt, ..])
                 .into_slice()
                 .expect("a standard layout");
             let h_r = hs.row_mut(r).into_slice().expect("a standard layout");
             let last_r = last.row_mut(r).into_slice().expect("a standard layout");
             match cfg.cell {
                 Cell::Lstm => {
-                    for ((p, &a), &b) in post.iter_mut().zip(zx_r).zip(zh_r) {
-                        *p = a + b;
-                    }
+                    post.copy_from_slice(pre_r);
                     rec.apply_slice(&mut post[..2 * h]);
                     act.apply_slice(&mut post[2 * h..3 * h]);
                     rec.apply_slice(&mut post[3 * h..]);
                     let c_r = cs.row_mut(r).into_slice().expect("a standard layout");
-                    let ac = tape
-                        .act_c
-                        .slice_mut(s![s, r, ..])
+                    let ac = act_c
+                        .slice_mut(s![r, tt, ..])
                         .into_slice()
                         .expect("a standard layout");
                     for j in 0..h {
@@ -322,15 +326,17 @@ pub(crate) fn forward<T: Element>(
                     }
                 }
                 Cell::Gru { reset_after } => {
-                    for ((p, &a), &b) in post[..2 * h].iter_mut().zip(zx_r).zip(zh_r) {
+                    let zh_r = zh_all.slice(s![r, tt, ..]);
+                    let zh_r = zh_r.as_slice().expect("a standard layout");
+                    for ((p, &a), &b) in post[..2 * h].iter_mut().zip(pre_r).zip(zh_r) {
                         *p = a + b;
                     }
                     rec.apply_slice(&mut post[..2 * h]);
                     for j in 0..h {
                         post[2 * h + j] = if reset_after {
-                            zx_r[2 * h + j] + post[h + j] * zh_r[2 * h + j]
+                            pre_r[2 * h + j] + post[h + j] * zh_r[2 * h + j]
                         } else {
-                            zx_r[2 * h + j] + zh_r[2 * h + j]
+                            pre_r[2 * h + j] + zh_r[2 * h + j]
                         };
                     }
                     act.apply_slice(&mut post[2 * h..]);
@@ -340,19 +346,15 @@ pub(crate) fn forward<T: Element>(
                     }
                 }
                 Cell::SimpleRnn => {
-                    for ((p, &a), &b) in post.iter_mut().zip(zx_r).zip(zh_r) {
-                        *p = a + b;
-                    }
+                    post.copy_from_slice(pre_r);
                     act.apply_slice(post);
                     h_r.copy_from_slice(post);
                 }
             }
             last_r.copy_from_slice(h_r);
         }
-        tape.zx.index_axis_mut(Axis(0), s).assign(&zx);
-        tape.zh.index_axis_mut(Axis(0), s).assign(&zh);
         if lstm {
-            tape.c.index_axis_mut(Axis(0), s).assign(&cs);
+            c_all.slice_mut(s![.., tt, ..]).assign(&cs);
         }
         if let Some(seq) = seq.as_mut() {
             seq.slice_mut(s![.., s, ..]).assign(&last);
@@ -365,6 +367,17 @@ pub(crate) fn forward<T: Element>(
     if !lstm {
         cs.fill(T::zero());
     }
+    let tape = LstmTape {
+        pre,
+        zh: zh_all,
+        h_prev,
+        post: post_all,
+        c_prev,
+        act_c,
+        c: c_all,
+        present: present_all,
+        drop: drop.cloned(),
+    };
     Ok((
         LstmCall {
             output,
@@ -465,9 +478,16 @@ pub(crate) fn backward<T: Element>(
     let h = cfg.units;
     let n = cfg.cell.gates() * h;
     check_cotangents(cfg, b, t, cot)?;
+    if tape.pre.dim() != (b, t, n) {
+        return Err(LstmError::invalid(
+            format!("layer {}", cfg.name),
+            "the tape is of another call",
+        ));
+    }
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let u = &w.recurrent_kernel;
     let v1 = matches!(cfg.cell, Cell::Gru { reset_after: false });
+    let gru = matches!(cfg.cell, Cell::Gru { .. });
     let mut dh = cot.h.clone().unwrap_or_else(|| Array2::zeros((b, h)));
     let mut dc = cot.c.clone().unwrap_or_else(|| Array2::zeros((b, h)));
     // the cotangent reaching the output of the current step (Keras's repeated outputs
@@ -481,124 +501,130 @@ pub(crate) fn backward<T: Element>(
                 .expect("checked above"),
         );
     }
-    // d(x W + b) of every step at its time index [B, T, G·H]; d(recurrent side) in
-    // processing order [T, B, G·H]
+    // d(pre) by time [B, T, G·H] (for an LSTM and a SimpleRNN also the recurrent side's);
+    // a GRU's recurrent side apart
     let mut dzx_all = Array3::<T>::zeros((b, t, n));
-    let mut dzh_all = Array3::<T>::zeros((t, b, n));
+    let mut dzh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (0, 0, 0) });
     let mut gr = Array2::<T>::zeros((h, n));
     let mut dh_prev = Array2::<T>::zeros((b, h));
     let (zero, one) = (T::zero(), T::one());
     // Uᵀ laid out row-major once (the per-step product reads it many times)
     let ut = u.t().as_standard_layout().into_owned();
+    let drop = tape.drop.as_ref();
     for s in (0..t).rev() {
         let tt = time_of(cfg.go_backwards, t, s);
         if cfg.return_sequences {
             dy += &cot.output.slice(s![.., s, ..]);
         }
-        let zx = tape.zx.index_axis(Axis(0), s);
-        let zh = tape.zh.index_axis(Axis(0), s);
-        let hp = tape.h_prev.index_axis(Axis(0), s);
-        let post = tape.post.index_axis(Axis(0), s);
-        let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
-        let mut dzh = dzh_all.index_axis_mut(Axis(0), s);
+        let pre = tape.pre.slice(s![.., tt, ..]);
+        let hp = tape.h_prev.slice(s![.., tt, ..]);
+        let post = tape.post.slice(s![.., tt, ..]);
         dh_prev.fill(zero);
-        for r in 0..b {
-            if !tape.present[[s, r]] {
-                // states pass through; the output cotangent goes on to the previous output
-                // unless this step's output was zeros
-                if cfg.zero_output_for_mask {
-                    dy.row_mut(r).fill(zero);
+        {
+            let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
+            let mut dzh = if gru {
+                Some(dzh_all.slice_mut(s![.., tt, ..]))
+            } else {
+                None
+            };
+            for r in 0..b {
+                if !tape.present[[s, r]] {
+                    // states pass through; the output cotangent goes on to the previous
+                    // output unless this step's output was zeros
+                    if cfg.zero_output_for_mask {
+                        dy.row_mut(r).fill(zero);
+                    }
+                    continue;
                 }
-                continue;
-            }
-            // the row's values as slices
-            let zx_r = zx.row(r);
-            let zx_r = zx_r.as_slice().expect("a standard layout");
-            let zh_r = zh.row(r);
-            let zh_r = zh_r.as_slice().expect("a standard layout");
-            let g_r = post.row(r);
-            let g_r = g_r.as_slice().expect("a standard layout");
-            let hp_r = hp.row(r);
-            let hp_r = hp_r.as_slice().expect("a standard layout");
-            let dh_r = dh.row(r);
-            let dh_r = dh_r.as_slice().expect("a standard layout");
-            let dy_r = dy.row(r);
-            let dy_r = dy_r.as_slice().expect("a standard layout");
-            let dzx_r = dzx.row_mut(r).into_slice().expect("a standard layout");
-            let dzh_r = dzh.row_mut(r).into_slice().expect("a standard layout");
-            let dhp_r = dh_prev.row_mut(r).into_slice().expect("a standard layout");
-            match cfg.cell {
-                Cell::Lstm => {
-                    let ac_r = tape.act_c.slice(s![s, r, ..]);
-                    let ac_r = ac_r.as_slice().expect("a standard layout");
-                    let c_r = tape.c.slice(s![s, r, ..]);
-                    let c_r = c_r.as_slice().expect("a standard layout");
-                    let cp_r = tape.c_prev.slice(s![s, r, ..]);
-                    let cp_r = cp_r.as_slice().expect("a standard layout");
-                    let dc_r = dc.row_mut(r).into_slice().expect("a standard layout");
-                    for j in 0..h {
-                        let dhj = dh_r[j] + dy_r[j];
-                        let v = |k: usize| zx_r[k * h + j] + zh_r[k * h + j];
-                        let g = |k: usize| g_r[k * h + j];
-                        let ac = ac_r[j];
-                        let d_o = dhj * ac;
-                        let dcj = dc_r[j] + dhj * g(3) * derivative_at(act, c_r[j], ac);
-                        dc_r[j] = dcj * g(1);
-                        let d = [
-                            dcj * g(2) * derivative_at(rec, v(0), g(0)),
-                            dcj * cp_r[j] * derivative_at(rec, v(1), g(1)),
-                            dcj * g(0) * derivative_at(act, v(2), g(2)),
-                            d_o * derivative_at(rec, v(3), g(3)),
-                        ];
-                        for (k, d) in d.into_iter().enumerate() {
-                            dzx_r[k * h + j] = d;
-                            dzh_r[k * h + j] = d;
+                // the row's values as slices
+                let pre_r = pre.row(r);
+                let pre_r = pre_r.as_slice().expect("a standard layout");
+                let g_r = post.row(r);
+                let g_r = g_r.as_slice().expect("a standard layout");
+                let dh_r = dh.row(r);
+                let dh_r = dh_r.as_slice().expect("a standard layout");
+                let dy_r = dy.row(r);
+                let dy_r = dy_r.as_slice().expect("a standard layout");
+                let dzx_r = dzx.row_mut(r).into_slice().expect("a standard layout");
+                let dhp_r = dh_prev.row_mut(r).into_slice().expect("a standard layout");
+                match cfg.cell {
+                    Cell::Lstm => {
+                        let ac_r = tape.act_c.slice(s![r, tt, ..]);
+                        let ac_r = ac_r.as_slice().expect("a standard layout");
+                        let c_r = tape.c.slice(s![r, tt, ..]);
+                        let c_r = c_r.as_slice().expect("a standard layout");
+                        let cp_r = tape.c_prev.slice(s![r, tt, ..]);
+                        let cp_r = cp_r.as_slice().expect("a standard layout");
+                        let dc_r = dc.row_mut(r).into_slice().expect("a standard layout");
+                        for j in 0..h {
+                            let dhj = dh_r[j] + dy_r[j];
+                            let v = |k: usize| pre_r[k * h + j];
+                            let g = |k: usize| g_r[k * h + j];
+                            let ac = ac_r[j];
+                            let d_o = dhj * ac;
+                            let dcj = dc_r[j] + dhj * g(3) * derivative_at(act, c_r[j], ac);
+                            dc_r[j] = dcj * g(1);
+                            dzx_r[j] = dcj * g(2) * derivative_at(rec, v(0), g(0));
+                            dzx_r[h + j] = dcj * cp_r[j] * derivative_at(rec, v(1), g(1));
+                            dzx_r[2 * h + j] = dcj * g(0) * derivative_at(act, v(2), g(2));
+                            dzx_r[3 * h + j] = d_o * derivative_at(rec, v(3), g(3));
+                        }
+                    }
+                    Cell::Gru { reset_after } => {
+                        let hp_r = hp.row(r);
+                        let hp_r = hp_r.as_slice().expect("a standard layout");
+                        let zh_r = tape.zh.slice(s![r, tt, ..]);
+                        let zh_r = zh_r.as_slice().expect("a standard layout");
+                        let dzh_r = dzh
+                            .as_mut()
+                            .expect("a GRU")
+                            .row_mut(r)
+                            .into_slice()
+                            .expect("a standard layout");
+                        for j in 0..h {
+                            let dhj = dh_r[j] + dy_r[j];
+                            let (z, rg, hh) = (g_r[j], g_r[h + j], g_r[2 * h + j]);
+                            let ph = if reset_after {
+                                pre_r[2 * h + j] + rg * zh_r[2 * h + j]
+                            } else {
+                                pre_r[2 * h + j] + zh_r[2 * h + j]
+                            };
+                            let dz =
+                                dhj * (hp_r[j] - hh) * derivative_at(rec, pre_r[j] + zh_r[j], z);
+                            let dph = dhj * (one - z) * derivative_at(act, ph, hh);
+                            dhp_r[j] = dhj * z;
+                            dzx_r[j] = dz;
+                            dzh_r[j] = dz;
+                            dzx_r[2 * h + j] = dph;
+                            if reset_after {
+                                let dr = dph
+                                    * zh_r[2 * h + j]
+                                    * derivative_at(rec, pre_r[h + j] + zh_r[h + j], rg);
+                                dzx_r[h + j] = dr;
+                                dzh_r[h + j] = dr;
+                                dzh_r[2 * h + j] = dph * rg;
+                            } else {
+                                // d(r · h_prev) needs the product with U_hᵀ: below
+                                dzh_r[2 * h + j] = dph;
+                            }
+                        }
+                    }
+                    Cell::SimpleRnn => {
+                        for j in 0..h {
+                            dzx_r[j] = (dh_r[j] + dy_r[j]) * derivative_at(act, pre_r[j], g_r[j]);
                         }
                     }
                 }
-                Cell::Gru { reset_after } => {
-                    for j in 0..h {
-                        let dhj = dh_r[j] + dy_r[j];
-                        let (z, rg, hh) = (g_r[j], g_r[h + j], g_r[2 * h + j]);
-                        let ph = if reset_after {
-                            zx_r[2 * h + j] + rg * zh_r[2 * h + j]
-                        } else {
-                            zx_r[2 * h + j] + zh_r[2 * h + j]
-                        };
-                        let dz = dhj * (hp_r[j] - hh) * derivative_at(rec, zx_r[j] + zh_r[j], z);
-                        let dph = dhj * (one - z) * derivative_at(act, ph, hh);
-                        dhp_r[j] = dhj * z;
-                        dzx_r[j] = dz;
-                        dzh_r[j] = dz;
-                        dzx_r[2 * h + j] = dph;
-                        if reset_after {
-                            let dr = dph
-                                * zh_r[2 * h + j]
-                                * derivative_at(rec, zx_r[h + j] + zh_r[h + j], rg);
-                            dzx_r[h + j] = dr;
-                            dzh_r[h + j] = dr;
-                            dzh_r[2 * h + j] = dph * rg;
-                        } else {
-                            // d(r · h_prev) needs the product with U_hᵀ: below
-                            dzh_r[2 * h + j] = dph;
-                        }
-                    }
-                }
-                Cell::SimpleRnn => {
-                    for j in 0..h {
-                        let d = (dh_r[j] + dy_r[j]) * derivative_at(act, zx_r[j] + zh_r[j], g_r[j]);
-                        dzx_r[j] = d;
-                        dzh_r[j] = d;
-                    }
-                }
+                dy.row_mut(r).fill(zero);
             }
-            dy.row_mut(r).fill(zero);
         }
-        let drop = tape.drop.as_ref();
         if v1 {
             // hh = act(x_h + (r·h̃) U_h) with h̃ = h_prev (times its mask under recurrent
             // dropout): d(r·h̃) = dph U_hᵀ, then r's gate
             let kept = |k: usize, r: usize, j: usize| drop.map_or(one, |d| d.recurrent[k][[r, j]]);
+            let zh = tape.zh.slice(s![.., tt, ..]);
+            let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
+            let mut dzh = dzh_all.slice_mut(s![.., tt, ..]);
             let dph = dzh.slice(s![.., 2 * h..]).to_owned();
             let mut drh = Array2::<T>::zeros((b, h));
             matmul(
@@ -617,7 +643,7 @@ pub(crate) fn backward<T: Element>(
                     let hm = hp[[r, j]] * kept(2, r, j);
                     rh[[r, j]] = rg * hm;
                     let dr =
-                        drh[[r, j]] * hm * derivative_at(rec, zx[[r, h + j]] + zh[[r, h + j]], rg);
+                        drh[[r, j]] * hm * derivative_at(rec, pre[[r, h + j]] + zh[[r, h + j]], rg);
                     dzx[[r, h + j]] = dr;
                     dzh[[r, h + j]] = dr;
                     dh_prev[[r, j]] += drh[[r, j]] * rg * kept(2, r, j);
@@ -642,14 +668,19 @@ pub(crate) fn backward<T: Element>(
                 }
             }
         } else {
+            let dzr = if gru {
+                dzh_all.slice(s![.., tt, ..])
+            } else {
+                dzx_all.slice(s![.., tt, ..])
+            };
             match drop {
-                None => matmul_serial(dzh.view(), ut.view(), dh_prev.view_mut(), true),
+                None => matmul_serial(dzr, ut.view(), dh_prev.view_mut(), true),
                 // dh_prev += Σ_k (dz_k U_kᵀ) ⊙ R_k
                 Some(d) => {
                     let mut dk = Array2::<T>::zeros((b, h));
                     for (k, m) in d.recurrent.iter().enumerate() {
                         matmul_serial(
-                            dzh.slice(s![.., k * h..(k + 1) * h]),
+                            dzr.slice(s![.., k * h..(k + 1) * h]),
                             ut.slice(s![k * h..(k + 1) * h, ..]),
                             dk.view_mut(),
                             false,
@@ -676,7 +707,7 @@ pub(crate) fn backward<T: Element>(
         .expect("[B, T, G·H] reshapes to [B·T, G·H]");
     let mut gk = Array2::<T>::zeros((i, n));
     let mut gx = Array2::<T>::zeros((b * t, i));
-    match tape.drop.as_ref().and_then(|d| d.input.as_deref()) {
+    match drop.and_then(|d| d.input.as_deref()) {
         None => {
             matmul(x2.t(), dzx2.view(), gk.view_mut(), false);
             matmul(dzx2.view(), w.kernel.t(), gx.view_mut(), false);
@@ -709,29 +740,31 @@ pub(crate) fn backward<T: Element>(
             }
         }
     }
-    let dzh2 = dzh_all
-        .into_shape_with_order((t * b, n))
-        .expect("[T, B, G·H] reshapes to [T·B, G·H]");
+    let dzh2 = if gru {
+        dzh_all
+            .into_shape_with_order((b * t, n))
+            .expect("[B, T, G·H] reshapes to [B·T, G·H]")
+    } else {
+        Array2::zeros((0, n))
+    };
+    // (the recurrent side's cotangent: a GRU's own, the whole pre-activation's otherwise)
+    let dzr2 = if gru { dzh2.view() } else { dzx2.view() };
     if !v1 {
-        match tape.drop.as_ref() {
-            None => {
-                let hp2 = tape
-                    .h_prev
-                    .view()
-                    .into_shape_with_order((t * b, h))
-                    .expect("[T, B, H] reshapes to [T·B, H]");
-                matmul(hp2.t(), dzh2.view(), gr.view_mut(), false);
-            }
+        let hp2 = tape
+            .h_prev
+            .view()
+            .into_shape_with_order((b * t, h))
+            .expect("[B, T, H] reshapes to [B·T, H]");
+        match drop {
+            None => matmul(hp2.t(), dzr2, gr.view_mut(), false),
             // dU_k = Σ_t (h_prev ⊙ R_k)ᵀ dz_k
             Some(d) => {
                 for (k, m) in d.recurrent.iter().enumerate() {
                     let block = s![.., k * h..(k + 1) * h];
-                    let mut hk = tape.h_prev.clone();
-                    hk.zip_mut_with(m, |a, &k| *a = *a * k);
-                    let hk = hk
-                        .into_shape_with_order((t * b, h))
-                        .expect("[T, B, H] reshapes to [T·B, H]");
-                    matmul(hk.t(), dzh2.slice(block), gr.slice_mut(block), false);
+                    let hk = masked_steps(tape.h_prev.view(), m)
+                        .into_shape_with_order((b * t, h))
+                        .expect("[B, T, H] reshapes to [B·T, H]");
+                    matmul(hk.t(), dzr2.slice(block), gr.slice_mut(block), false);
                 }
             }
         }
@@ -739,7 +772,7 @@ pub(crate) fn backward<T: Element>(
     let gb = dzx2.sum_axis(Axis(0));
     let bias = w.bias.as_ref().map(|bias| {
         if bias.len() == 2 * n {
-            ndarray::concatenate(Axis(0), &[gb.view(), dzh2.sum_axis(Axis(0)).view()])
+            ndarray::concatenate(Axis(0), &[gb.view(), dzr2.sum_axis(Axis(0)).view()])
                 .expect("two halves")
         } else {
             gb
