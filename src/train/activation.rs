@@ -119,6 +119,26 @@ pub(crate) fn derivative_at<T: Element>(a: Activation, x: T, y: T) -> T {
     }
 }
 
+/// [`derivative_at`] over slices: `out[k] = act'(x[k])` given `y[k] = act(x[k])`, the
+/// activation matched once so the loop vectorizes.
+#[inline]
+pub(crate) fn derivative_slice<T: Element>(a: Activation, x: &[T], y: &[T], out: &mut [T]) {
+    macro_rules! each {
+        ($f:expr) => {
+            for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+                *o = $f(x, y);
+            }
+        };
+    }
+    let one = T::one();
+    match a {
+        Activation::Sigmoid => each!(|_, y: T| y * (one - y)),
+        Activation::Tanh => each!(|_, y: T| one - y * y),
+        Activation::Linear => out.fill(one),
+        _ => each!(|x, y| derivative_at(a, x, y)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::derivative;

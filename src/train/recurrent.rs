@@ -23,7 +23,7 @@
 //! pre-activations of every step (2·G·H values per row and step) and the states before and
 //! after it, `B·T·(2G + 3)·H` values.
 
-use super::activation::derivative_at;
+use super::activation::{derivative_at, derivative_slice};
 use super::dropout::GateMasks;
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::reference::{matmul, matmul_serial, project_inputs};
@@ -511,6 +511,8 @@ pub(crate) fn backward<T: Element>(
     // Uᵀ laid out row-major once (the per-step product reads it many times)
     let ut = u.t().as_standard_layout().into_owned();
     let drop = tape.drop.as_ref();
+    // (a row's activation derivatives: the gates', then act'(c))
+    let mut dv = vec![zero; n + h];
     for s in (0..t).rev() {
         let tt = time_of(cfg.go_backwards, t, s);
         if cfg.return_sequences {
@@ -556,18 +558,32 @@ pub(crate) fn backward<T: Element>(
                         let cp_r = tape.c_prev.slice(s![r, tt, ..]);
                         let cp_r = cp_r.as_slice().expect("a standard layout");
                         let dc_r = dc.row_mut(r).into_slice().expect("a standard layout");
+                        // the activations' derivatives per gate block, then the products
+                        derivative_slice(rec, &pre_r[..2 * h], &g_r[..2 * h], &mut dv[..2 * h]);
+                        let (c_part, o_part) = (2 * h..3 * h, 3 * h..n);
+                        derivative_slice(
+                            act,
+                            &pre_r[c_part.clone()],
+                            &g_r[c_part.clone()],
+                            &mut dv[c_part],
+                        );
+                        derivative_slice(
+                            rec,
+                            &pre_r[o_part.clone()],
+                            &g_r[o_part.clone()],
+                            &mut dv[o_part],
+                        );
+                        derivative_slice(act, c_r, ac_r, &mut dv[n..]);
                         for j in 0..h {
                             let dhj = dh_r[j] + dy_r[j];
-                            let v = |k: usize| pre_r[k * h + j];
                             let g = |k: usize| g_r[k * h + j];
-                            let ac = ac_r[j];
-                            let d_o = dhj * ac;
-                            let dcj = dc_r[j] + dhj * g(3) * derivative_at(act, c_r[j], ac);
+                            let d = |k: usize| dv[k * h + j];
+                            let dcj = dc_r[j] + dhj * g(3) * dv[n + j];
                             dc_r[j] = dcj * g(1);
-                            dzx_r[j] = dcj * g(2) * derivative_at(rec, v(0), g(0));
-                            dzx_r[h + j] = dcj * cp_r[j] * derivative_at(rec, v(1), g(1));
-                            dzx_r[2 * h + j] = dcj * g(0) * derivative_at(act, v(2), g(2));
-                            dzx_r[3 * h + j] = d_o * derivative_at(rec, v(3), g(3));
+                            dzx_r[j] = dcj * g(2) * d(0);
+                            dzx_r[h + j] = dcj * cp_r[j] * d(1);
+                            dzx_r[2 * h + j] = dcj * g(0) * d(2);
+                            dzx_r[3 * h + j] = dhj * ac_r[j] * d(3);
                         }
                     }
                     Cell::Gru { reset_after } => {
@@ -610,8 +626,9 @@ pub(crate) fn backward<T: Element>(
                         }
                     }
                     Cell::SimpleRnn => {
+                        derivative_slice(act, pre_r, g_r, &mut dv[..h]);
                         for j in 0..h {
-                            dzx_r[j] = (dh_r[j] + dy_r[j]) * derivative_at(act, pre_r[j], g_r[j]);
+                            dzx_r[j] = (dh_r[j] + dy_r[j]) * dv[j];
                         }
                     }
                 }
