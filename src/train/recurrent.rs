@@ -31,7 +31,10 @@ use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::weights::LstmWeights;
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
+use ndarray::{
+    s, Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3,
+    Axis,
+};
 
 /// The cotangents of an LSTM call's outputs: of the output (`[B, T, H]` with
 /// `return_sequences`, else `[B, H]`) and, for `return_state`, of the final `h` and `c`.
@@ -84,7 +87,7 @@ pub(crate) struct LstmTape<T> {
     act_c: Array3<T>,
     /// `c` after each step (LSTM), for `act'(c)` where it needs the argument.
     c: Array3<T>,
-    /// The mask in processing order, `[T, B]` (all true without a mask).
+    /// The mask in processing order, `[B, T]` (all true without a mask).
     present: Array2<bool>,
     /// The per-gate dropout masks of a call in training mode with `recurrent_dropout`.
     drop: Option<GateMasks<T>>,
@@ -188,9 +191,74 @@ fn recurrent_blocks<T: Element>(
     }
 }
 
+/// One row block's share of a forward pass: its rows of every array (`[rows, T, ·]` or
+/// `[rows, ·]`; a cell's unused arrays are `[rows, 0, 0]`).
+struct ForwardRows<'a, T> {
+    pre: ArrayViewMut3<'a, T>,
+    zh: ArrayViewMut3<'a, T>,
+    h_prev: ArrayViewMut3<'a, T>,
+    post: ArrayViewMut3<'a, T>,
+    c_prev: ArrayViewMut3<'a, T>,
+    act_c: ArrayViewMut3<'a, T>,
+    c: ArrayViewMut3<'a, T>,
+    /// `[rows, T, H]` with `return_sequences`, else `[rows, 0, H]`.
+    seq: ArrayViewMut3<'a, T>,
+    hs: ArrayViewMut2<'a, T>,
+    cs: ArrayViewMut2<'a, T>,
+    last: ArrayViewMut2<'a, T>,
+    /// `[rows, T]` by processing step.
+    present: ArrayViewMut2<'a, bool>,
+    mask: Option<ArrayView2<'a, bool>>,
+    drop: Option<GateMasks<T>>,
+}
+
+/// The rows per block of a call's step loops and whether they run on the cores side by
+/// side: rows are independent within a step, so blocks of rows run the whole sequence on
+/// their own; below `STEP_PARALLEL_MIN_MACS` per step a call stays on one thread.
+fn row_blocks(b: usize, h: usize, n: usize) -> usize {
+    const STEP_PARALLEL_MIN_MACS: usize = 1 << 15;
+    const MIN_ROWS: usize = 4;
+    let threads = rayon::current_num_threads();
+    if threads < 2 || b * h * n < STEP_PARALLEL_MIN_MACS || b < 2 * MIN_ROWS {
+        return b.max(1);
+    }
+    b.div_ceil(threads.min(b / MIN_ROWS)).max(1)
+}
+
+/// `a`'s blocks of `rows` rows along axis 0.
+fn blocks_mut<'a, T, D: ndarray::RemoveAxis>(
+    a: &'a mut ndarray::Array<T, D>,
+    rows: usize,
+) -> std::vec::IntoIter<ndarray::ArrayViewMut<'a, T, D>> {
+    a.axis_chunks_iter_mut(Axis(0), rows)
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// `drop`'s rows `r0..r1`.
+fn drop_rows<T: Element>(
+    drop: Option<&GateMasks<T>>,
+    r0: usize,
+    r1: usize,
+) -> Option<GateMasks<T>> {
+    drop.map(|d| GateMasks {
+        input: d.input.as_ref().map(|ms| {
+            ms.iter()
+                .map(|m| m.slice(s![r0..r1, ..]).to_owned())
+                .collect()
+        }),
+        recurrent: d
+            .recurrent
+            .iter()
+            .map(|m| m.slice(s![r0..r1, ..]).to_owned())
+            .collect(),
+    })
+}
+
 /// The forward pass of `layer` on `x [B, T, I]` under `mask [B, T]` from `init` (h0, c0;
 /// zeros when None; c0 unused by a GRU or SimpleRNN), recording what the backward pass
-/// needs: every step's `x W + b` as one product first, then per step `h U` and the cell.
+/// needs: every step's `x W + b` as one product first, then per step `h U` and the cell,
+/// blocks of rows on the cores side by side ([`row_blocks`]).
 /// With `drop` (training mode with `recurrent_dropout`), each gate block reads its own
 /// masked input and masked `h` ([`GateMasks`]).
 pub(crate) fn forward<T: Element>(
@@ -222,43 +290,132 @@ pub(crate) fn forward<T: Element>(
         None => (Array2::zeros((b, h)), Array2::zeros((b, h))),
         Some((h0, c0)) => (h0.to_owned(), c0.to_owned()),
     };
-    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
-    let b_rec = recurrent_bias(w, n);
     let lstm = matches!(cfg.cell, Cell::Lstm);
     let gru = matches!(cfg.cell, Cell::Gru { .. });
     let steps_c = if lstm { t } else { 0 };
-    let u = &w.recurrent_kernel;
     let mut pre = match drop.and_then(|d| d.input.as_deref()) {
         None => project_inputs(x, w),
         Some(masks) => project_gates(x, w, masks),
     }
     .into_shape_with_order((b, t, n))
     .expect("[B·T, G·H] reshapes to [B, T, G·H]");
-    let mut zh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (0, 0, 0) });
+    let mut zh = Array3::<T>::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
     let mut h_prev = Array3::<T>::zeros((b, t, h));
-    let mut post_all = Array3::<T>::zeros((b, t, n));
+    let mut post = Array3::<T>::zeros((b, t, n));
     let mut c_prev = Array3::<T>::zeros((b, steps_c, h));
     let mut act_c = Array3::<T>::zeros((b, steps_c, h));
-    let mut c_all = Array3::<T>::zeros((b, steps_c, h));
-    let mut present_all = Array2::from_elem((t, b), true);
-    let mut rh = Array2::<T>::zeros((b, h));
+    let mut c = Array3::<T>::zeros((b, steps_c, h));
+    let mut present = Array2::from_elem((b, t), true);
     let mut last = Array2::<T>::zeros((b, h));
-    let mut seq = cfg.return_sequences.then(|| Array3::<T>::zeros((b, t, h)));
+    let mut seq = Array3::<T>::zeros((b, if cfg.return_sequences { t } else { 0 }, h));
+    let rows = row_blocks(b, h, n);
+    {
+        let mut blocks = Vec::new();
+        let (mut pre_b, mut zh_b, mut hp_b, mut post_b) = (
+            blocks_mut(&mut pre, rows),
+            blocks_mut(&mut zh, rows),
+            blocks_mut(&mut h_prev, rows),
+            blocks_mut(&mut post, rows),
+        );
+        let (mut cp_b, mut ac_b, mut c_b, mut seq_b) = (
+            blocks_mut(&mut c_prev, rows),
+            blocks_mut(&mut act_c, rows),
+            blocks_mut(&mut c, rows),
+            blocks_mut(&mut seq, rows),
+        );
+        let (mut hs_b, mut cs_b, mut last_b, mut pr_b) = (
+            blocks_mut(&mut hs, rows),
+            blocks_mut(&mut cs, rows),
+            blocks_mut(&mut last, rows),
+            blocks_mut(&mut present, rows),
+        );
+        for r0 in (0..b).step_by(rows) {
+            let r1 = (r0 + rows).min(b);
+            blocks.push(ForwardRows {
+                pre: pre_b.next().expect("one block per rows"),
+                zh: zh_b.next().expect("one block per rows"),
+                h_prev: hp_b.next().expect("one block per rows"),
+                post: post_b.next().expect("one block per rows"),
+                c_prev: cp_b.next().expect("one block per rows"),
+                act_c: ac_b.next().expect("one block per rows"),
+                c: c_b.next().expect("one block per rows"),
+                seq: seq_b.next().expect("one block per rows"),
+                hs: hs_b.next().expect("one block per rows"),
+                cs: cs_b.next().expect("one block per rows"),
+                last: last_b.next().expect("one block per rows"),
+                present: pr_b.next().expect("one block per rows"),
+                mask: mask.map(|m| m.slice_move(s![r0..r1, ..])),
+                drop: drop_rows(drop, r0, r1),
+            });
+        }
+        if blocks.len() > 1 {
+            use rayon::prelude::*;
+            blocks
+                .into_par_iter()
+                .for_each(|rows| forward_rows((cfg, w), rows));
+        } else {
+            blocks
+                .into_iter()
+                .for_each(|rows| forward_rows((cfg, w), rows));
+        }
+    }
+    let output = if cfg.return_sequences {
+        seq.into_dyn()
+    } else {
+        last.into_dyn()
+    };
+    if !lstm {
+        cs.fill(T::zero());
+    }
+    let tape = LstmTape {
+        pre,
+        zh,
+        h_prev,
+        post,
+        c_prev,
+        act_c,
+        c,
+        present,
+        drop: drop.cloned(),
+    };
+    Ok((
+        LstmCall {
+            output,
+            h: hs,
+            c: cs,
+        },
+        tape,
+    ))
+}
+
+/// The step loop of [`forward`] over one block of rows.
+fn forward_rows<T: Element>((cfg, w): (&LstmConfig, &LstmWeights<T>), mut a: ForwardRows<'_, T>) {
+    let (b, t, _) = a.h_prev.dim();
+    let h = cfg.units;
+    let g = cfg.cell.gates();
+    let n = g * h;
+    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
+    let b_rec = recurrent_bias(w, n);
+    let u = &w.recurrent_kernel;
+    let lstm = matches!(cfg.cell, Cell::Lstm);
+    let drop = a.drop.as_ref();
+    let mut rh = Array2::<T>::zeros((b, h));
     for s in 0..t {
         let tt = time_of(cfg.go_backwards, t, s);
         match cfg.cell {
             Cell::Gru { reset_after: false } => {
-                let mut zh = zh_all.slice_mut(s![.., tt, ..]);
-                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..2, (h, false));
+                let mut zh = a.zh.slice_mut(s![.., tt, ..]);
+                recurrent_blocks(a.hs.view(), u.view(), zh.view_mut(), drop, 0..2, (h, false));
                 // (r · h_prev) U_h with r from this step (h_prev under its mask)
-                let zx = pre.slice(s![.., tt, ..]);
+                let zx = a.pre.slice(s![.., tt, ..]);
                 for r in 0..b {
                     for j in 0..h {
                         let kept = drop.map_or(T::one(), |d| d.recurrent[2][[r, j]]);
-                        rh[[r, j]] = rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * hs[[r, j]] * kept;
+                        rh[[r, j]] =
+                            rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * a.hs[[r, j]] * kept;
                     }
                 }
-                matmul(
+                matmul_serial(
                     rh.view(),
                     u.slice(s![.., 2 * h..]),
                     zh.slice_mut(s![.., 2 * h..]),
@@ -266,53 +423,55 @@ pub(crate) fn forward<T: Element>(
                 );
             }
             Cell::Gru { reset_after: true } => {
-                let mut zh = zh_all.slice_mut(s![.., tt, ..]);
-                recurrent_blocks(hs.view(), u.view(), zh.view_mut(), drop, 0..g, (h, false));
+                let mut zh = a.zh.slice_mut(s![.., tt, ..]);
+                recurrent_blocks(a.hs.view(), u.view(), zh.view_mut(), drop, 0..g, (h, false));
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
             }
             // the recurrent product added to the step's projection
             _ => recurrent_blocks(
-                hs.view(),
+                a.hs.view(),
                 u.view(),
-                pre.slice_mut(s![.., tt, ..]),
+                a.pre.slice_mut(s![.., tt, ..]),
                 drop,
                 0..g,
                 (h, true),
             ),
         }
-        h_prev.slice_mut(s![.., tt, ..]).assign(&hs);
+        a.h_prev.slice_mut(s![.., tt, ..]).assign(&a.hs);
         if lstm {
-            c_prev.slice_mut(s![.., tt, ..]).assign(&cs);
+            a.c_prev.slice_mut(s![.., tt, ..]).assign(&a.cs);
         }
         for r in 0..b {
-            let present = mask.is_none_or(|m| m[[r, tt]]);
-            present_all[[s, r]] = present;
+            let present = a.mask.as_ref().is_none_or(|m| m[[r, tt]]);
+            a.present[[r, s]] = present;
             if !present {
                 if cfg.zero_output_for_mask {
-                    last.row_mut(r).fill(T::zero());
+                    a.last.row_mut(r).fill(T::zero());
                 }
                 continue;
             }
             // the row's values as slices (one pass per gate block, the activations over
             // whole blocks)
-            let pre_r = pre.slice(s![r, tt, ..]);
+            let pre_r = a.pre.slice(s![r, tt, ..]);
             let pre_r = pre_r.as_slice().expect("a standard layout");
-            let post = post_all
+            let post = a
+                .post
                 .slice_mut(s![r, tt, ..])
                 .into_slice()
                 .expect("a standard layout");
-            let h_r = hs.row_mut(r).into_slice().expect("a standard layout");
-            let last_r = last.row_mut(r).into_slice().expect("a standard layout");
+            let h_r = a.hs.row_mut(r).into_slice().expect("a standard layout");
+            let last_r = a.last.row_mut(r).into_slice().expect("a standard layout");
             match cfg.cell {
                 Cell::Lstm => {
                     post.copy_from_slice(pre_r);
                     rec.apply_slice(&mut post[..2 * h]);
                     act.apply_slice(&mut post[2 * h..3 * h]);
                     rec.apply_slice(&mut post[3 * h..]);
-                    let c_r = cs.row_mut(r).into_slice().expect("a standard layout");
-                    let ac = act_c
+                    let c_r = a.cs.row_mut(r).into_slice().expect("a standard layout");
+                    let ac = a
+                        .act_c
                         .slice_mut(s![r, tt, ..])
                         .into_slice()
                         .expect("a standard layout");
@@ -326,10 +485,10 @@ pub(crate) fn forward<T: Element>(
                     }
                 }
                 Cell::Gru { reset_after } => {
-                    let zh_r = zh_all.slice(s![r, tt, ..]);
+                    let zh_r = a.zh.slice(s![r, tt, ..]);
                     let zh_r = zh_r.as_slice().expect("a standard layout");
-                    for ((p, &a), &b) in post[..2 * h].iter_mut().zip(pre_r).zip(zh_r) {
-                        *p = a + b;
+                    for ((p, &x), &y) in post[..2 * h].iter_mut().zip(pre_r).zip(zh_r) {
+                        *p = x + y;
                     }
                     rec.apply_slice(&mut post[..2 * h]);
                     for j in 0..h {
@@ -354,38 +513,12 @@ pub(crate) fn forward<T: Element>(
             last_r.copy_from_slice(h_r);
         }
         if lstm {
-            c_all.slice_mut(s![.., tt, ..]).assign(&cs);
+            a.c.slice_mut(s![.., tt, ..]).assign(&a.cs);
         }
-        if let Some(seq) = seq.as_mut() {
-            seq.slice_mut(s![.., s, ..]).assign(&last);
+        if cfg.return_sequences {
+            a.seq.slice_mut(s![.., s, ..]).assign(&a.last);
         }
     }
-    let output = match seq {
-        Some(seq) => seq.into_dyn(),
-        None => last.into_dyn(),
-    };
-    if !lstm {
-        cs.fill(T::zero());
-    }
-    let tape = LstmTape {
-        pre,
-        zh: zh_all,
-        h_prev,
-        post: post_all,
-        c_prev,
-        act_c,
-        c: c_all,
-        present: present_all,
-        drop: drop.cloned(),
-    };
-    Ok((
-        LstmCall {
-            output,
-            h: hs,
-            c: cs,
-        },
-        tape,
-    ))
 }
 
 /// The shapes of a call's inputs (`x [B, T, input]`, `mask [B, T]`, `h0`, `c0` `[B, H]`),
@@ -484,7 +617,6 @@ pub(crate) fn backward<T: Element>(
             "the tape is of another call",
         ));
     }
-    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let u = &w.recurrent_kernel;
     let v1 = matches!(cfg.cell, Cell::Gru { reset_after: false });
     let gru = matches!(cfg.cell, Cell::Gru { .. });
@@ -504,215 +636,63 @@ pub(crate) fn backward<T: Element>(
     // d(pre) by time [B, T, G·H] (for an LSTM and a SimpleRNN also the recurrent side's);
     // a GRU's recurrent side apart
     let mut dzx_all = Array3::<T>::zeros((b, t, n));
-    let mut dzh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (0, 0, 0) });
-    let mut gr = Array2::<T>::zeros((h, n));
-    let mut dh_prev = Array2::<T>::zeros((b, h));
-    let (zero, one) = (T::zero(), T::one());
+    let mut dzh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
     // Uᵀ laid out row-major once (the per-step product reads it many times)
     let ut = u.t().as_standard_layout().into_owned();
-    let drop = tape.drop.as_ref();
-    // (a row's activation derivatives: the gates', then act'(c))
-    let mut dv = vec![zero; n + h];
-    for s in (0..t).rev() {
-        let tt = time_of(cfg.go_backwards, t, s);
-        if cfg.return_sequences {
-            dy += &cot.output.slice(s![.., s, ..]);
+    let rows = row_blocks(b, h, n);
+    let partials: Vec<Array2<T>> = {
+        let mut blocks = Vec::new();
+        let (mut dh_b, mut dc_b, mut dy_b) = (
+            blocks_mut(&mut dh, rows),
+            blocks_mut(&mut dc, rows),
+            blocks_mut(&mut dy, rows),
+        );
+        let (mut dzx_b, mut dzh_b) = (
+            blocks_mut(&mut dzx_all, rows),
+            blocks_mut(&mut dzh_all, rows),
+        );
+        for r0 in (0..b).step_by(rows) {
+            let r1 = (r0 + rows).min(b);
+            let r = s![r0..r1, .., ..];
+            blocks.push(BackwardRows {
+                dh: dh_b.next().expect("one block per rows"),
+                dc: dc_b.next().expect("one block per rows"),
+                dy: dy_b.next().expect("one block per rows"),
+                dzx: dzx_b.next().expect("one block per rows"),
+                dzh: dzh_b.next().expect("one block per rows"),
+                pre: tape.pre.slice(r),
+                zh: tape.zh.slice(r),
+                h_prev: tape.h_prev.slice(r),
+                post: tape.post.slice(r),
+                c_prev: tape.c_prev.slice(r),
+                act_c: tape.act_c.slice(r),
+                c: tape.c.slice(r),
+                present: tape.present.slice(s![r0..r1, ..]),
+                cot: cot.output.slice_axis(Axis(0), (r0..r1).into()),
+                drop: drop_rows(tape.drop.as_ref(), r0, r1),
+            });
         }
-        let pre = tape.pre.slice(s![.., tt, ..]);
-        let hp = tape.h_prev.slice(s![.., tt, ..]);
-        let post = tape.post.slice(s![.., tt, ..]);
-        dh_prev.fill(zero);
-        {
-            let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
-            let mut dzh = if gru {
-                Some(dzh_all.slice_mut(s![.., tt, ..]))
-            } else {
-                None
-            };
-            for r in 0..b {
-                if !tape.present[[s, r]] {
-                    // states pass through; the output cotangent goes on to the previous
-                    // output unless this step's output was zeros
-                    if cfg.zero_output_for_mask {
-                        dy.row_mut(r).fill(zero);
-                    }
-                    continue;
-                }
-                // the row's values as slices
-                let pre_r = pre.row(r);
-                let pre_r = pre_r.as_slice().expect("a standard layout");
-                let g_r = post.row(r);
-                let g_r = g_r.as_slice().expect("a standard layout");
-                let dh_r = dh.row(r);
-                let dh_r = dh_r.as_slice().expect("a standard layout");
-                let dy_r = dy.row(r);
-                let dy_r = dy_r.as_slice().expect("a standard layout");
-                let dzx_r = dzx.row_mut(r).into_slice().expect("a standard layout");
-                let dhp_r = dh_prev.row_mut(r).into_slice().expect("a standard layout");
-                match cfg.cell {
-                    Cell::Lstm => {
-                        let ac_r = tape.act_c.slice(s![r, tt, ..]);
-                        let ac_r = ac_r.as_slice().expect("a standard layout");
-                        let c_r = tape.c.slice(s![r, tt, ..]);
-                        let c_r = c_r.as_slice().expect("a standard layout");
-                        let cp_r = tape.c_prev.slice(s![r, tt, ..]);
-                        let cp_r = cp_r.as_slice().expect("a standard layout");
-                        let dc_r = dc.row_mut(r).into_slice().expect("a standard layout");
-                        // the activations' derivatives per gate block, then the products
-                        derivative_slice(rec, &pre_r[..2 * h], &g_r[..2 * h], &mut dv[..2 * h]);
-                        let (c_part, o_part) = (2 * h..3 * h, 3 * h..n);
-                        derivative_slice(
-                            act,
-                            &pre_r[c_part.clone()],
-                            &g_r[c_part.clone()],
-                            &mut dv[c_part],
-                        );
-                        derivative_slice(
-                            rec,
-                            &pre_r[o_part.clone()],
-                            &g_r[o_part.clone()],
-                            &mut dv[o_part],
-                        );
-                        derivative_slice(act, c_r, ac_r, &mut dv[n..]);
-                        for j in 0..h {
-                            let dhj = dh_r[j] + dy_r[j];
-                            let g = |k: usize| g_r[k * h + j];
-                            let d = |k: usize| dv[k * h + j];
-                            let dcj = dc_r[j] + dhj * g(3) * dv[n + j];
-                            dc_r[j] = dcj * g(1);
-                            dzx_r[j] = dcj * g(2) * d(0);
-                            dzx_r[h + j] = dcj * cp_r[j] * d(1);
-                            dzx_r[2 * h + j] = dcj * g(0) * d(2);
-                            dzx_r[3 * h + j] = dhj * ac_r[j] * d(3);
-                        }
-                    }
-                    Cell::Gru { reset_after } => {
-                        let hp_r = hp.row(r);
-                        let hp_r = hp_r.as_slice().expect("a standard layout");
-                        let zh_r = tape.zh.slice(s![r, tt, ..]);
-                        let zh_r = zh_r.as_slice().expect("a standard layout");
-                        let dzh_r = dzh
-                            .as_mut()
-                            .expect("a GRU")
-                            .row_mut(r)
-                            .into_slice()
-                            .expect("a standard layout");
-                        for j in 0..h {
-                            let dhj = dh_r[j] + dy_r[j];
-                            let (z, rg, hh) = (g_r[j], g_r[h + j], g_r[2 * h + j]);
-                            let ph = if reset_after {
-                                pre_r[2 * h + j] + rg * zh_r[2 * h + j]
-                            } else {
-                                pre_r[2 * h + j] + zh_r[2 * h + j]
-                            };
-                            let dz =
-                                dhj * (hp_r[j] - hh) * derivative_at(rec, pre_r[j] + zh_r[j], z);
-                            let dph = dhj * (one - z) * derivative_at(act, ph, hh);
-                            dhp_r[j] = dhj * z;
-                            dzx_r[j] = dz;
-                            dzh_r[j] = dz;
-                            dzx_r[2 * h + j] = dph;
-                            if reset_after {
-                                let dr = dph
-                                    * zh_r[2 * h + j]
-                                    * derivative_at(rec, pre_r[h + j] + zh_r[h + j], rg);
-                                dzx_r[h + j] = dr;
-                                dzh_r[h + j] = dr;
-                                dzh_r[2 * h + j] = dph * rg;
-                            } else {
-                                // d(r · h_prev) needs the product with U_hᵀ: below
-                                dzh_r[2 * h + j] = dph;
-                            }
-                        }
-                    }
-                    Cell::SimpleRnn => {
-                        derivative_slice(act, pre_r, g_r, &mut dv[..h]);
-                        for j in 0..h {
-                            dzx_r[j] = (dh_r[j] + dy_r[j]) * dv[j];
-                        }
-                    }
-                }
-                dy.row_mut(r).fill(zero);
-            }
-        }
-        if v1 {
-            // hh = act(x_h + (r·h̃) U_h) with h̃ = h_prev (times its mask under recurrent
-            // dropout): d(r·h̃) = dph U_hᵀ, then r's gate
-            let kept = |k: usize, r: usize, j: usize| drop.map_or(one, |d| d.recurrent[k][[r, j]]);
-            let zh = tape.zh.slice(s![.., tt, ..]);
-            let mut dzx = dzx_all.slice_mut(s![.., tt, ..]);
-            let mut dzh = dzh_all.slice_mut(s![.., tt, ..]);
-            let dph = dzh.slice(s![.., 2 * h..]).to_owned();
-            let mut drh = Array2::<T>::zeros((b, h));
-            matmul(
-                dph.view(),
-                u.slice(s![.., 2 * h..]).t(),
-                drh.view_mut(),
-                false,
-            );
-            let mut rh = Array2::<T>::zeros((b, h));
-            for r in 0..b {
-                if !tape.present[[s, r]] {
-                    continue;
-                }
-                for j in 0..h {
-                    let rg = post[[r, h + j]];
-                    let hm = hp[[r, j]] * kept(2, r, j);
-                    rh[[r, j]] = rg * hm;
-                    let dr =
-                        drh[[r, j]] * hm * derivative_at(rec, pre[[r, h + j]] + zh[[r, h + j]], rg);
-                    dzx[[r, h + j]] = dr;
-                    dzh[[r, h + j]] = dr;
-                    dh_prev[[r, j]] += drh[[r, j]] * rg * kept(2, r, j);
-                }
-            }
-            matmul(rh.t(), dph.view(), gr.slice_mut(s![.., 2 * h..]), true);
-            match drop {
-                None => {
-                    let dzr = dzh.slice(s![.., ..2 * h]);
-                    matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
-                    matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
-                }
-                Some(d) => {
-                    for k in 0..2 {
-                        let block = s![.., k * h..(k + 1) * h];
-                        let hk = &hp * &d.recurrent[k];
-                        matmul(hk.t(), dzh.slice(block), gr.slice_mut(block), true);
-                        let mut dk = Array2::<T>::zeros((b, h));
-                        matmul(dzh.slice(block), u.slice(block).t(), dk.view_mut(), false);
-                        dh_prev += &(&dk * &d.recurrent[k]);
-                    }
-                }
-            }
+        if blocks.len() > 1 {
+            use rayon::prelude::*;
+            blocks
+                .into_par_iter()
+                .map(|rows| backward_rows((cfg, w), &ut, rows))
+                .collect()
         } else {
-            let dzr = if gru {
-                dzh_all.slice(s![.., tt, ..])
-            } else {
-                dzx_all.slice(s![.., tt, ..])
-            };
-            match drop {
-                None => matmul_serial(dzr, ut.view(), dh_prev.view_mut(), true),
-                // dh_prev += Σ_k (dz_k U_kᵀ) ⊙ R_k
-                Some(d) => {
-                    let mut dk = Array2::<T>::zeros((b, h));
-                    for (k, m) in d.recurrent.iter().enumerate() {
-                        matmul_serial(
-                            dzr.slice(s![.., k * h..(k + 1) * h]),
-                            ut.slice(s![k * h..(k + 1) * h, ..]),
-                            dk.view_mut(),
-                            false,
-                        );
-                        dh_prev += &(&dk * m);
-                    }
-                }
-            }
+            blocks
+                .into_iter()
+                .map(|rows| backward_rows((cfg, w), &ut, rows))
+                .collect()
         }
-        for r in 0..b {
-            if tape.present[[s, r]] {
-                dh.row_mut(r).assign(&dh_prev.row(r));
-            }
+    };
+    // (a GRU without reset_after sums its recurrent kernel's gradient step by step)
+    let mut gr = Array2::<T>::zeros((h, n));
+    if v1 {
+        for p in &partials {
+            gr += p;
         }
     }
+    let drop = tape.drop.as_ref();
     // the weight gradients and dx over all steps at once
     let x2 = x
         .as_standard_layout()
@@ -796,7 +776,7 @@ pub(crate) fn backward<T: Element>(
         }
     });
     if !matches!(cfg.cell, Cell::Lstm) {
-        dc.fill(zero);
+        dc.fill(T::zero());
     }
     Ok(LstmGrads {
         kernel: gk,
@@ -808,6 +788,251 @@ pub(crate) fn backward<T: Element>(
         h0: dh,
         c0: dc,
     })
+}
+
+/// One row block's share of a backward pass (its rows of the cotangents, the tape and the
+/// cotangent arrays it fills).
+struct BackwardRows<'a, T> {
+    dh: ArrayViewMut2<'a, T>,
+    dc: ArrayViewMut2<'a, T>,
+    dy: ArrayViewMut2<'a, T>,
+    dzx: ArrayViewMut3<'a, T>,
+    dzh: ArrayViewMut3<'a, T>,
+    pre: ArrayView3<'a, T>,
+    zh: ArrayView3<'a, T>,
+    h_prev: ArrayView3<'a, T>,
+    post: ArrayView3<'a, T>,
+    c_prev: ArrayView3<'a, T>,
+    act_c: ArrayView3<'a, T>,
+    c: ArrayView3<'a, T>,
+    present: ArrayView2<'a, bool>,
+    /// The output's cotangent rows (`[rows, T, H]` or `[rows, H]`).
+    cot: ndarray::ArrayViewD<'a, T>,
+    drop: Option<GateMasks<T>>,
+}
+
+/// The step loop of [`backward`] over one block of rows (last step first); returns its part
+/// of the recurrent kernel's gradient for a GRU without reset_after (accumulated per step),
+/// zeros otherwise.
+fn backward_rows<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    ut: &Array2<T>,
+    mut a: BackwardRows<'_, T>,
+) -> Array2<T> {
+    let (b, t, _) = a.h_prev.dim();
+    let h = cfg.units;
+    let n = cfg.cell.gates() * h;
+    let (act, rec) = (cfg.activation, cfg.recurrent_activation);
+    let u = &w.recurrent_kernel;
+    let v1 = matches!(cfg.cell, Cell::Gru { reset_after: false });
+    let gru = matches!(cfg.cell, Cell::Gru { .. });
+    let (zero, one) = (T::zero(), T::one());
+    let drop = a.drop.as_ref();
+    let mut gr = Array2::<T>::zeros((h, n));
+    let mut dh_prev = Array2::<T>::zeros((b, h));
+    // (a row's activation derivatives: the gates', then act'(c))
+    let mut dv = vec![zero; n + h];
+    for s in (0..t).rev() {
+        let tt = time_of(cfg.go_backwards, t, s);
+        if cfg.return_sequences {
+            a.dy += &a.cot.slice(s![.., s, ..]);
+        }
+        let pre = a.pre.slice(s![.., tt, ..]);
+        let hp = a.h_prev.slice(s![.., tt, ..]);
+        let post = a.post.slice(s![.., tt, ..]);
+        dh_prev.fill(zero);
+        {
+            let mut dzx = a.dzx.slice_mut(s![.., tt, ..]);
+            let mut dzh = if gru {
+                Some(a.dzh.slice_mut(s![.., tt, ..]))
+            } else {
+                None
+            };
+            for r in 0..b {
+                if !a.present[[r, s]] {
+                    // states pass through; the output cotangent goes on to the previous
+                    // output unless this step's output was zeros
+                    if cfg.zero_output_for_mask {
+                        a.dy.row_mut(r).fill(zero);
+                    }
+                    continue;
+                }
+                // the row's values as slices
+                let pre_r = pre.row(r);
+                let pre_r = pre_r.as_slice().expect("a standard layout");
+                let g_r = post.row(r);
+                let g_r = g_r.as_slice().expect("a standard layout");
+                let dh_r = a.dh.row(r);
+                let dh_r = dh_r.as_slice().expect("a standard layout");
+                let dy_r = a.dy.row(r);
+                let dy_r = dy_r.as_slice().expect("a standard layout");
+                let dzx_r = dzx.row_mut(r).into_slice().expect("a standard layout");
+                let dhp_r = dh_prev.row_mut(r).into_slice().expect("a standard layout");
+                match cfg.cell {
+                    Cell::Lstm => {
+                        let ac_r = a.act_c.slice(s![r, tt, ..]);
+                        let ac_r = ac_r.as_slice().expect("a standard layout");
+                        let c_r = a.c.slice(s![r, tt, ..]);
+                        let c_r = c_r.as_slice().expect("a standard layout");
+                        let cp_r = a.c_prev.slice(s![r, tt, ..]);
+                        let cp_r = cp_r.as_slice().expect("a standard layout");
+                        let dc_r = a.dc.row_mut(r).into_slice().expect("a standard layout");
+                        // the activations' derivatives per gate block, then the products
+                        derivative_slice(rec, &pre_r[..2 * h], &g_r[..2 * h], &mut dv[..2 * h]);
+                        let (c_part, o_part) = (2 * h..3 * h, 3 * h..n);
+                        derivative_slice(
+                            act,
+                            &pre_r[c_part.clone()],
+                            &g_r[c_part.clone()],
+                            &mut dv[c_part],
+                        );
+                        derivative_slice(
+                            rec,
+                            &pre_r[o_part.clone()],
+                            &g_r[o_part.clone()],
+                            &mut dv[o_part],
+                        );
+                        derivative_slice(act, c_r, ac_r, &mut dv[n..]);
+                        for j in 0..h {
+                            let dhj = dh_r[j] + dy_r[j];
+                            let g = |k: usize| g_r[k * h + j];
+                            let d = |k: usize| dv[k * h + j];
+                            let dcj = dc_r[j] + dhj * g(3) * dv[n + j];
+                            dc_r[j] = dcj * g(1);
+                            dzx_r[j] = dcj * g(2) * d(0);
+                            dzx_r[h + j] = dcj * cp_r[j] * d(1);
+                            dzx_r[2 * h + j] = dcj * g(0) * d(2);
+                            dzx_r[3 * h + j] = dhj * ac_r[j] * d(3);
+                        }
+                    }
+                    Cell::Gru { reset_after } => {
+                        let hp_r = hp.row(r);
+                        let hp_r = hp_r.as_slice().expect("a standard layout");
+                        let zh_r = a.zh.slice(s![r, tt, ..]);
+                        let zh_r = zh_r.as_slice().expect("a standard layout");
+                        let dzh_r = dzh
+                            .as_mut()
+                            .expect("a GRU")
+                            .row_mut(r)
+                            .into_slice()
+                            .expect("a standard layout");
+                        for j in 0..h {
+                            let dhj = dh_r[j] + dy_r[j];
+                            let (z, rg, hh) = (g_r[j], g_r[h + j], g_r[2 * h + j]);
+                            let ph = if reset_after {
+                                pre_r[2 * h + j] + rg * zh_r[2 * h + j]
+                            } else {
+                                pre_r[2 * h + j] + zh_r[2 * h + j]
+                            };
+                            let dz =
+                                dhj * (hp_r[j] - hh) * derivative_at(rec, pre_r[j] + zh_r[j], z);
+                            let dph = dhj * (one - z) * derivative_at(act, ph, hh);
+                            dhp_r[j] = dhj * z;
+                            dzx_r[j] = dz;
+                            dzh_r[j] = dz;
+                            dzx_r[2 * h + j] = dph;
+                            if reset_after {
+                                let dr = dph
+                                    * zh_r[2 * h + j]
+                                    * derivative_at(rec, pre_r[h + j] + zh_r[h + j], rg);
+                                dzx_r[h + j] = dr;
+                                dzh_r[h + j] = dr;
+                                dzh_r[2 * h + j] = dph * rg;
+                            } else {
+                                // d(r · h_prev) needs the product with U_hᵀ: below
+                                dzh_r[2 * h + j] = dph;
+                            }
+                        }
+                    }
+                    Cell::SimpleRnn => {
+                        derivative_slice(act, pre_r, g_r, &mut dv[..h]);
+                        for j in 0..h {
+                            dzx_r[j] = (dh_r[j] + dy_r[j]) * dv[j];
+                        }
+                    }
+                }
+                a.dy.row_mut(r).fill(zero);
+            }
+        }
+        if v1 {
+            // hh = act(x_h + (r·h̃) U_h) with h̃ = h_prev (times its mask under recurrent
+            // dropout): d(r·h̃) = dph U_hᵀ, then r's gate
+            let kept = |k: usize, r: usize, j: usize| drop.map_or(one, |d| d.recurrent[k][[r, j]]);
+            let zh = a.zh.slice(s![.., tt, ..]);
+            let mut dzx = a.dzx.slice_mut(s![.., tt, ..]);
+            let mut dzh = a.dzh.slice_mut(s![.., tt, ..]);
+            let dph = dzh.slice(s![.., 2 * h..]).to_owned();
+            let mut drh = Array2::<T>::zeros((b, h));
+            matmul(
+                dph.view(),
+                u.slice(s![.., 2 * h..]).t(),
+                drh.view_mut(),
+                false,
+            );
+            let mut rh = Array2::<T>::zeros((b, h));
+            for r in 0..b {
+                if !a.present[[r, s]] {
+                    continue;
+                }
+                for j in 0..h {
+                    let rg = post[[r, h + j]];
+                    let hm = hp[[r, j]] * kept(2, r, j);
+                    rh[[r, j]] = rg * hm;
+                    let dr =
+                        drh[[r, j]] * hm * derivative_at(rec, pre[[r, h + j]] + zh[[r, h + j]], rg);
+                    dzx[[r, h + j]] = dr;
+                    dzh[[r, h + j]] = dr;
+                    dh_prev[[r, j]] += drh[[r, j]] * rg * kept(2, r, j);
+                }
+            }
+            matmul(rh.t(), dph.view(), gr.slice_mut(s![.., 2 * h..]), true);
+            match drop {
+                None => {
+                    let dzr = dzh.slice(s![.., ..2 * h]);
+                    matmul(hp.t(), dzr, gr.slice_mut(s![.., ..2 * h]), true);
+                    matmul(dzr, u.slice(s![.., ..2 * h]).t(), dh_prev.view_mut(), true);
+                }
+                Some(d) => {
+                    for k in 0..2 {
+                        let block = s![.., k * h..(k + 1) * h];
+                        let hk = &hp * &d.recurrent[k];
+                        matmul(hk.t(), dzh.slice(block), gr.slice_mut(block), true);
+                        let mut dk = Array2::<T>::zeros((b, h));
+                        matmul(dzh.slice(block), u.slice(block).t(), dk.view_mut(), false);
+                        dh_prev += &(&dk * &d.recurrent[k]);
+                    }
+                }
+            }
+        } else {
+            let dzr = if gru {
+                a.dzh.slice(s![.., tt, ..])
+            } else {
+                a.dzx.slice(s![.., tt, ..])
+            };
+            match drop {
+                None => matmul_serial(dzr, ut.view(), dh_prev.view_mut(), true),
+                // dh_prev += Σ_k (dz_k U_kᵀ) ⊙ R_k
+                Some(d) => {
+                    let mut dk = Array2::<T>::zeros((b, h));
+                    for (k, m) in d.recurrent.iter().enumerate() {
+                        matmul_serial(
+                            dzr.slice(s![.., k * h..(k + 1) * h]),
+                            ut.slice(s![k * h..(k + 1) * h, ..]),
+                            dk.view_mut(),
+                            false,
+                        );
+                        dh_prev += &(&dk * m);
+                    }
+                }
+            }
+        }
+        for r in 0..b {
+            if a.present[[r, s]] {
+                a.dh.row_mut(r).assign(&dh_prev.row(r));
+            }
+        }
+    }
+    gr
 }
 
 /// One LSTM, GRU or SimpleRNN call on `x [B, T, I]` (with `mask [B, T]` and initial states `(h0, c0)`) and
