@@ -19,9 +19,12 @@
 //! ```
 //!
 //! per batch row (rows are masked apart). The gradients of the initial states are the `dh`,
-//! `dc` left after the first step. Activation memory: the input- and recurrent-side
-//! pre-activations of every step (2·G·H values per row and step) and the states before and
-//! after it, `B·T·(2G + 3)·H` values.
+//! `dc` left after the first step. Activation memory, per row and step (the tape, by time
+//! index): an LSTM's pre-activations (its recurrent product added into the input
+//! projection), gates, `h` and `c` before, `c` and `act(c)` after (`(2G + 4)·H = 12H`
+//! values); a GRU's input and recurrent sides apart, gates and `h` before (`10H`); a
+//! SimpleRNN's pre-activation, output and `h` before (`3H`). The step loops run blocks of
+//! rows side by side on the cores.
 
 use super::activation::{derivative_at, derivative_slice};
 use super::dropout::GateMasks;
