@@ -22,7 +22,7 @@ import keras
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data", "training")
 ap = argparse.ArgumentParser()
 ap.add_argument("--predict", required=True)
-ap.add_argument("--cases", default="fit_gru_rnn,fit_sgd_nesterov,grads_cce_probs_f64,fit_bidi,grads_dropout_td_f64,fit_pool_norm")
+ap.add_argument("--cases", default="fit_gru_rnn,fit_sgd_nesterov,grads_cce_probs_f64,fit_bidi,grads_dropout_td_f64,fit_pool_norm,fit_bn")
 a = ap.parse_args()
 tmp = tempfile.gettempdir()
 ok = True

@@ -36,8 +36,10 @@ rng = np.random.RandomState(41)
 def randomize(model):
     for layer in model._flatten_layers(include_self=False):
         if layer.weights and not layer._layers:
-            layer.set_weights([rng.uniform(-0.5, 0.5, v.shape).astype(v.dtype)
-                               for v in layer.weights])
+            # (a variance stays positive)
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, v.shape).astype(v.dtype) if "variance" in v.name
+                else rng.uniform(-0.5, 0.5, v.shape).astype(v.dtype) for v in layer.weights])
 
 
 def mask_of(b, t, pattern):
@@ -241,6 +243,14 @@ def build(kind, dtype, t, i):
                               layers.LSTM(4, return_sequences=True),
                               layers.Flatten(), layers.Dense(5),
                               layers.Activation("softmax")])
+    elif kind == "batch_norm":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.BatchNormalization(momentum=0.9),
+                              layers.LSTM(5, return_sequences=True),
+                              layers.BatchNormalization(center=False, epsilon=0.01),
+                              layers.GlobalAveragePooling1D(),
+                              layers.BatchNormalization(scale=False, momentum=0.8),
+                              layers.Dense(3)])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -260,7 +270,7 @@ def data(kind, dtype, n, t, i):
             x[r, t - (r % 3):] = 0
         return x, rng.randint(0, 3, (n,)).astype(dtype)
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
-    if kind in ("masked_seq", "gru_rnn", "bidi", "rec_dropout"):
+    if kind in ("masked_seq", "gru_rnn", "bidi", "rec_dropout", "batch_norm"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
     if kind in ("masked_seq", "dropout_td", "rec_dropout_gpu"):
@@ -425,6 +435,13 @@ MODEL_CASES = [
      "categorical_crossentropy", None, (4, 5, 2), 0, 0),
     ("fit_pool_norm", "fit", "pool_norm", "float32", "mse",
      ("adam", dict(learning_rate=0.01)), (16, 12, 3), 4, 5),
+    # BatchNormalization: the moving statistics in inference mode; the batch's (masked and
+    # not, 3-D and 2-D) in training mode; fit moves the moving ones
+    ("grads_bn_f64", "grads", "batch_norm", "float64", "mse", None, (4, 6, 3), 0, 0),
+    ("grads_bn_train_f64", "grads_train", "batch_norm", "float64", "mse", None, (5, 6, 3),
+     0, 0),
+    ("fit_bn", "fit", "batch_norm", "float32", "mse", ("adam", dict(learning_rate=0.01)),
+     (16, 6, 3), 4, 5),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)
@@ -432,8 +449,12 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     x, y = data(kind, dtype, n, t, i)
     model.save(os.path.join(OUT, f"{name}.keras"))
     arrays = dict(x=x, y=y)
-    for k, w in enumerate(model.get_weights()):
-        arrays[f"w{k}"] = w
+    # (the trainable weights, then the non-trainable ones: get_weights() interleaves them
+    # per layer)
+    for k, w in enumerate(model.trainable_weights):
+        arrays[f"w{k}"] = np.asarray(w)
+    for k, w in enumerate(model.non_trainable_weights):
+        arrays[f"s{k}"] = np.asarray(w)
     meta = dict(mode=mode, loss=loss, dtype=dtype)
     ids = kind in ("embedding", "embed_pool")
     if mode in ("grads", "grads_train"):
@@ -458,8 +479,10 @@ for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
         model.compile(optimizer=optimizer(opt), loss=loss)
         hist = model.fit(x.astype("int32") if ids else x, y, batch_size=batch, epochs=epochs,
                          shuffle=False, verbose=0)
-        for k, w in enumerate(model.get_weights()):
-            arrays[f"final{k}"] = w
+        for k, w in enumerate(model.trainable_weights):
+            arrays[f"final{k}"] = np.asarray(w)
+        for k, w in enumerate(model.non_trainable_weights):
+            arrays[f"final_state{k}"] = np.asarray(w)
         arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")
         meta.update(optimizer=dict(kind=opt[0], **opt[1]), batch_size=batch, epochs=epochs)
     np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)

@@ -159,6 +159,10 @@ fn model<T: Element>(name: &str, a: &HashMap<String, ArrayD<T>>) -> Sequential<T
     let n = net.weights().len();
     let w: Vec<ArrayD<T>> = (0..n).map(|k| a[&format!("w{k}")].clone()).collect();
     net.set_weights(&w).unwrap();
+    // (the non-trainable variables, as the file holds them)
+    let ns = net.state().len();
+    let st: Vec<ArrayD<T>> = (0..ns).map(|k| a[&format!("s{k}")].clone()).collect();
+    net.set_state(&st).unwrap();
     net
 }
 
@@ -212,6 +216,7 @@ fn training_mode_gradients_match_gradient_tape() {
     for (name, tol) in [
         ("grads_rec_dropout_f64", 1e-10),
         ("grads_embed_pool_train_f64", 1e-10),
+        ("grads_bn_train_f64", 1e-10),
         ("grads_rec_dropout_f32", 1e-5),
     ] {
         let seed = training_seed(name);
@@ -250,7 +255,11 @@ fn fit_case(
         &ArrayD<f32>,
         &FitOptions,
         &mut Optimizer,
-    ) -> (lstm_wgpu::train::History, Vec<ArrayD<f32>>),
+    ) -> (
+        lstm_wgpu::train::History,
+        Vec<ArrayD<f32>>,
+        Vec<ArrayD<f32>>,
+    ),
 ) {
     let a = npz::<f32>(name);
     let m = meta(name);
@@ -262,7 +271,7 @@ fn fit_case(
         m["batch_size"].as_u64().unwrap() as usize,
         m["epochs"].as_u64().unwrap() as usize,
     );
-    let (h, weights) = run(model::<f32>(name, &a), &a["x"], &a["y"], &options, &mut opt);
+    let (h, weights, state) = run(model::<f32>(name, &a), &a["x"], &a["y"], &options, &mut opt);
     assert_eq!(opt.iterations(), 20, "{name}");
     let mut w = 0.0f64;
     for (k, got) in weights.iter().enumerate() {
@@ -270,6 +279,22 @@ fn fit_case(
             got,
             &a[&format!("final{k}")],
             &format!("{name} weight {k}"),
+        ));
+    }
+    // the non-trainable variables (BatchNormalization's moving statistics) as Keras's fit
+    // left them
+    assert_eq!(
+        state.len(),
+        (0..)
+            .take_while(|k| a.contains_key(&format!("final_state{k}")))
+            .count(),
+        "{name}"
+    );
+    for (k, got) in state.iter().enumerate() {
+        w = w.max(worst(
+            got,
+            &a[&format!("final_state{k}")],
+            &format!("{name} state {k}"),
         ));
     }
     let keras_loss: Vec<f64> = a["epoch_loss"].iter().map(|v| v.to_f64()).collect();
@@ -297,7 +322,7 @@ fn fit_case(
 }
 
 /// The recorded 20-step fits.
-const FIT_CASES: [&str; 8] = [
+const FIT_CASES: [&str; 9] = [
     "fit_adam",
     "fit_sgd_nesterov",
     "fit_rmsprop",
@@ -306,6 +331,7 @@ const FIT_CASES: [&str; 8] = [
     "fit_bidi",
     "fit_embedding",
     "fit_pool_norm",
+    "fit_bn",
 ];
 
 #[test]
@@ -329,6 +355,7 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_conv_same_f64",
         "grads_embed_pool_f64",
         "grads_repeat_flatten_f64",
+        "grads_bn_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }
@@ -340,7 +367,7 @@ fn fit_matches_keras_after_20_steps() {
     for name in FIT_CASES {
         fit_case(name, "CPU", |mut net, x, y, options, opt| {
             let h = net.fit(x.view(), y.view(), options, opt).unwrap();
-            (h, net.weights())
+            (h, net.weights(), net.state())
         });
     }
 }
@@ -635,6 +662,7 @@ fn trained_weights_are_written_back_as_keras_files() {
         "fit_bidi",
         "grads_dropout_td_f64",
         "fit_pool_norm",
+        "fit_bn",
     ] {
         let a = npz::<f32>(name);
         let mut net = model::<f32>(name, &a);
@@ -663,6 +691,7 @@ fn trained_weights_are_written_back_as_keras_files() {
         // the weights as they were written
         let reread = Sequential::<f32>::from_model(&back).unwrap();
         assert_eq!(reread.weights(), net.weights(), "{name}");
+        assert_eq!(reread.state(), net.state(), "{name}");
         let (config, _) = config_and_weights(name);
         let h5 = net.weights_h5(&config).unwrap();
         let cfg_path = std::env::temp_dir().join(format!("lstm_wgpu_trained_{name}.json"));
@@ -736,7 +765,7 @@ fn gpu_gradients_and_fit_match_keras() {
             let cpu = net.sequential().predict(x.view()).unwrap();
             let d = worst(&net.predict(x.view()).unwrap(), &cpu, name);
             assert!(d <= 1e-4, "GPU {name}: prediction after fit {d:e}");
-            (h, net.sequential().weights())
+            (h, net.sequential().weights(), net.sequential().state())
         });
     }
 }

@@ -62,7 +62,8 @@ pub enum ModelLayer {
     },
     /// Another single-input layer of the chain that this view does not interpret (one of
     /// [`crate::train::layers::CLASSES`]: pooling, `RepeatVector`, `Flatten`, `Activation`,
-    /// `LayerNormalization`, `Conv1D`): its class, its config and its weights in
+    /// `LayerNormalization`, `BatchNormalization`, `Conv1D`): its class, its config and its
+    /// weights in
     /// `get_weights()` order.
     Other {
         /// The Keras class.

@@ -90,7 +90,7 @@ impl<T: Element> Sequential<T> {
                     caches.push(Cache::Embedding(rows, [b, t]));
                 }
                 TrainLayer::Op(op) => {
-                    let out = op.forward(name, h.view(), mask.as_ref())?;
+                    let out = op.forward(name, h.view(), mask.as_ref(), training.is_some())?;
                     logits = op.logits(&out.cache);
                     h = out.y;
                     mask = out.mask;
@@ -305,6 +305,22 @@ impl<T: Element> Sequential<T> {
         loss: Loss,
         training: Option<u64>,
     ) -> Result<Gradients<T>> {
+        Ok(self.gradients_and_state(path, x, y, loss, training)?.0)
+    }
+
+    /// [`gradients_with`](Self::gradients_with) and the new state of the layers that keep
+    /// one (BatchNormalization's moving statistics after a training-mode forward), by layer
+    /// index.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn gradients_and_state(
+        &self,
+        path: &dyn RecurrentPath<T>,
+        x: ArrayViewD<'_, T>,
+        y: ArrayViewD<'_, T>,
+        loss: Loss,
+        training: Option<u64>,
+    ) -> Result<(Gradients<T>, Vec<(usize, Vec<ArrayD<T>>)>)> {
+        let mut states = Vec::new();
         let (pred, mask, logits, caches) = self.forward(path, x, training)?;
         let lg = loss.evaluate(
             pred.view(),
@@ -343,6 +359,9 @@ impl<T: Element> Sequential<T> {
                     d = ArrayD::zeros(IxDyn(&[b, t]));
                 }
                 (TrainLayer::Op(op), Cache::Op(cache)) => {
+                    if training.is_some() {
+                        states.extend(op.state_update(&cache).map(|s| (at, s)));
+                    }
                     // (when the loss gave the cotangent of an Activation's logits, its
                     // input: past the activation)
                     let (dx, w) = if skip_activation && op.logits(&cache).is_some() {
@@ -490,12 +509,15 @@ impl<T: Element> Sequential<T> {
             per_layer[k][0] = Some(sq);
         }
         let sparse_squares = per_layer.into_iter().rev().flatten().collect();
-        Ok(Gradients {
-            loss: lg.value,
-            weights: grads.into_iter().rev().flatten().collect(),
-            x: d,
-            sparse_squares,
-        })
+        Ok((
+            Gradients {
+                loss: lg.value,
+                weights: grads.into_iter().rev().flatten().collect(),
+                x: d,
+                sparse_squares,
+            },
+            states,
+        ))
     }
 
     /// Trains on `x` (`[N, T, I]` features, or `[N, T]` token ids for a chain that starts
@@ -556,7 +578,8 @@ impl<T: Element> Sequential<T> {
                     options.seed ^ optimizer.iterations().wrapping_mul(0xA076_1D64_78BD_642F),
                 )
                 .next_u64();
-                let g = self.gradients_with(path, xb, yb, options.loss, Some(seed))?;
+                let (g, states) =
+                    self.gradients_and_state(path, xb, yb, options.loss, Some(seed))?;
                 let finite_grads = g
                     .weights
                     .iter()
@@ -579,6 +602,12 @@ impl<T: Element> Sequential<T> {
                     &g.weights,
                     &g.sparse_squares,
                 )?;
+                // (the moving statistics of a training-mode forward, as Keras assigns them)
+                for (at, state) in states {
+                    if let TrainLayer::Op(op) = &mut self.layers[at].1 {
+                        op.set_state(&state)?;
+                    }
+                }
                 updated(self)?;
                 total += g.loss.to_f64() * (end - start) as f64;
                 count += end - start;

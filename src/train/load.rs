@@ -96,7 +96,9 @@ impl<T: Element> Sequential<T> {
         Ok(Sequential { layers })
     }
 
-    /// Every weight in Keras's `get_weights()` order.
+    /// Every trainable weight in Keras's `trainable_weights` order (its `get_weights()` order
+    /// for a model without non-trainable variables; BatchNormalization's moving statistics
+    /// are in [`Sequential::state`]).
     pub fn weights(&self) -> Vec<ArrayD<T>> {
         let mut out = Vec::new();
         for (_, l) in &self.layers {
@@ -163,6 +165,39 @@ impl<T: Element> Sequential<T> {
             }
         }
         out
+    }
+
+    /// The non-trainable variables in Keras's `non_trainable_weights` order
+    /// (BatchNormalization's moving mean and variance), which `fit` updates from each
+    /// training-mode batch.
+    pub fn state(&self) -> Vec<ArrayD<T>> {
+        self.layers
+            .iter()
+            .flat_map(|(_, l)| match l {
+                TrainLayer::Op(op) => op.state(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Replaces the non-trainable variables (the order and shapes of
+    /// [`Sequential::state`]).
+    pub fn set_state(&mut self, new: &[ArrayD<T>]) -> Result<()> {
+        let old = self.state();
+        super::check_shapes(
+            "state",
+            &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+            &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+        )?;
+        let mut at = 0;
+        for (_, l) in &mut self.layers {
+            if let TrainLayer::Op(op) = l {
+                let k = op.state().len();
+                op.set_state(&new[at..at + k])?;
+                at += k;
+            }
+        }
+        Ok(())
     }
 
     /// Replaces every weight (the order and shapes of [`Sequential::weights`]).

@@ -2,7 +2,7 @@
 //! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
 //! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
-//! LayerNormalization, RepeatVector, Flatten, Activation)
+//! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Activation)
 //! ([`Sequential`], built from a loaded [`KerasModel`]) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
@@ -16,7 +16,7 @@
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
 //! Not yet here: functional graphs (merges, attention, several inputs or outputs),
-//! BatchNormalization, the noise layers in training mode, stateful layers,
+//! the noise layers in training mode, stateful layers,
 //! `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
@@ -121,7 +121,8 @@ pub enum TrainLayer<T> {
         mask_zero: bool,
     },
     /// Any other single-input layer ([`layers::TrainOp`]: pooling, `RepeatVector`,
-    /// `Flatten`, `Activation`, `LayerNormalization`, `Conv1D`, ... or the application's
+    /// `Flatten`, `Activation`, `LayerNormalization`, `BatchNormalization`, `Conv1D`, ... or the
+    /// application's
     /// own).
     Op(Box<dyn layers::TrainOp<T>>),
     /// `Dense` on the last axis.

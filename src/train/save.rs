@@ -62,10 +62,14 @@ impl<T: Element> Sequential<T> {
                 continue;
             };
             written += 1;
-            let ws: Vec<ndarray::ArrayD<T>> = Sequential {
+            let mut ws: Vec<ndarray::ArrayD<T>> = Sequential {
                 layers: vec![(name.to_string(), layer.clone())],
             }
             .weights();
+            // (the non-trainable variables after the trainable ones, as Keras orders them)
+            if let TrainLayer::Op(op) = layer {
+                ws.extend(op.state());
+            }
             // (group, how many of the layer's weights it holds)
             let groups: Vec<(String, usize)> = match layer {
                 TrainLayer::Recurrent { .. } => vec![(format!("{at}/cell/vars"), ws.len())],

@@ -6,9 +6,11 @@
 //! - `pooling.rs`: `GlobalAveragePooling1D` (over the unmasked steps), `GlobalMaxPooling1D`,
 //!   `MaxPooling1D`, `AveragePooling1D`.
 //! - `shape.rs`: `RepeatVector`, `Flatten`, `Activation`.
-//! - `norm.rs`: `LayerNormalization`.
+//! - `norm.rs`: `LayerNormalization`; `batch_norm.rs`: `BatchNormalization` (batch
+//!   statistics in training mode, the moving ones updated by `fit`).
 //! - `conv.rs`: `Conv1D`.
 
+mod batch_norm;
 mod conv;
 mod norm;
 mod pooling;
@@ -43,7 +45,7 @@ pub struct OpForward<T> {
 ///     .unwrap()
 ///     .unwrap();
 /// let x = ndarray::Array2::<f64>::ones((2, 4)).into_dyn();
-/// let out = op.forward("rep", x.view(), None).unwrap();
+/// let out = op.forward("rep", x.view(), None, false).unwrap();
 /// assert_eq!(out.y.shape(), &[2, 3, 4]);
 /// let (dx, grads) = op.backward("rep", &out.cache, ndarray::ArrayD::ones(vec![2, 3, 4])).unwrap();
 /// assert_eq!(dx, ndarray::ArrayD::from_elem(vec![2, 4], 3.0));
@@ -54,12 +56,14 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
     fn class(&self) -> &'static str;
 
     /// The output on `x` under the incoming mask `mask` (`[B, T]`), with its mask and the
-    /// cache of the backward pass; `name` is the layer's, for errors.
+    /// cache of the backward pass, in training mode (`fit`, `gradients_in_training`) or
+    /// not; `name` is the layer's, for errors.
     fn forward(
         &self,
         name: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
+        training: bool,
     ) -> Result<OpForward<T>>;
 
     /// From the output's cotangent `d`: the input's and each weight's (the order of
@@ -88,6 +92,30 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// The non-trainable variables in Keras's order (`non_trainable_weights`, saved after the
+    /// trainable ones: BatchNormalization's moving statistics); none by default.
+    fn state(&self) -> Vec<ArrayD<T>> {
+        Vec::new()
+    }
+
+    /// The state's new values after a training-mode forward with this cache (Keras assigns
+    /// them in the call; `fit` writes them after its step); None by default.
+    fn state_update(&self, _cache: &OpCache) -> Option<Vec<ArrayD<T>>> {
+        None
+    }
+
+    /// Writes the state (the shapes of [`TrainOp::state`]).
+    fn set_state(&mut self, state: &[ArrayD<T>]) -> Result<()> {
+        if state.is_empty() {
+            Ok(())
+        } else {
+            Err(LstmError::invalid(
+                self.class(),
+                format!("has no state; got {} arrays", state.len()),
+            ))
+        }
+    }
+
     /// A boxed copy.
     fn clone_box(&self) -> Box<dyn TrainOp<T>>;
 }
@@ -108,6 +136,7 @@ pub const CLASSES: &[&str] = &[
     "Flatten",
     "Activation",
     "LayerNormalization",
+    "BatchNormalization",
     "Conv1D",
 ];
 
@@ -158,6 +187,7 @@ pub fn from_keras<T: Element>(
             activation: crate::graph::act_of(cfg.get("activation"), "activation")?,
         }),
         "LayerNormalization" => Box::new(norm::LayerNorm::new(cfg, name, w)?),
+        "BatchNormalization" => Box::new(batch_norm::BatchNorm::new(cfg, name, w)?),
         "Conv1D" => {
             channels_last(cfg, name)?;
             Box::new(conv::Conv1D::new(cfg, name, w)?)
@@ -210,13 +240,26 @@ mod tests {
 
     /// `sum(op(x) · r)` against central differences of every input value and weight.
     fn check(op: &mut Box<dyn TrainOp<f64>>, x: ArrayD<f64>, mask: Option<Array2<bool>>) -> f64 {
+        check_in(op, x, mask, false)
+    }
+
+    /// [`check`] in training mode or not.
+    fn check_in(
+        op: &mut Box<dyn TrainOp<f64>>,
+        x: ArrayD<f64>,
+        mask: Option<Array2<bool>>,
+        training: bool,
+    ) -> f64 {
         let mut next = stream(x.len() as u64 * 7919 + 1);
-        let out = op.forward("l", x.view(), mask.as_ref()).unwrap();
+        let out = op.forward("l", x.view(), mask.as_ref(), training).unwrap();
         let r = ArrayD::from_shape_fn(out.y.raw_dim(), |_| next());
         let (dx, dw) = op.backward("l", &out.cache, r.clone()).unwrap();
         assert_eq!(dx.shape(), x.shape());
         let loss = |op: &dyn TrainOp<f64>, x: &ArrayD<f64>| {
-            let y = op.forward("l", x.view(), mask.as_ref()).unwrap().y;
+            let y = op
+                .forward("l", x.view(), mask.as_ref(), training)
+                .unwrap()
+                .y;
             (&y * &r).sum()
         };
         let eps = 1e-6;
@@ -344,6 +387,30 @@ mod tests {
             assert!(e < 1e-8, "LayerNormalization {cfg}: {e:e}");
             worst = worst.max(e);
         }
+        // BatchNormalization in both modes, masked (its masked moments) and not, 2-D and 3-D
+        for cfg in [json!({}), json!({"center": false}), json!({"scale": false})] {
+            let mut w = Vec::new();
+            if cfg.get("scale") != Some(&json!(false)) {
+                w.push(random(&[4], 37).mapv(|v| v as f32));
+            }
+            if cfg.get("center") != Some(&json!(false)) {
+                w.push(random(&[4], 41).mapv(|v| v as f32));
+            }
+            w.push(random(&[4], 43).mapv(|v| v as f32));
+            w.push(random(&[4], 47).mapv(|v| 1.0 + v.abs() as f32));
+            for training in [false, true] {
+                for (xx, m) in [
+                    (x.clone(), None),
+                    (x.clone(), Some(mask.clone())),
+                    (random(&[5, 4], 53), None),
+                ] {
+                    let mut bn = op("BatchNormalization", cfg.clone(), w.clone());
+                    let e = check_in(&mut bn, xx, m, training);
+                    assert!(e < 1e-8, "BatchNormalization {cfg} {training}: {e:e}");
+                    worst = worst.max(e);
+                }
+            }
+        }
         println!("ops vs central differences: worst {worst:.1e}");
     }
 
@@ -357,7 +424,7 @@ mod tests {
         mask.row_mut(1).fill(false);
         let keeps = |class: &str, cfg: serde_json::Value, w: Vec<ArrayD<f32>>| {
             op(class, cfg, w)
-                .forward("l", x.view(), Some(&mask))
+                .forward("l", x.view(), Some(&mask), false)
                 .unwrap()
                 .mask
                 .is_some()
@@ -371,7 +438,7 @@ mod tests {
         assert!(!keeps("MaxPooling1D", json!({}), vec![]));
         assert!(!keeps("Flatten", json!({}), vec![]));
         let avg = op("GlobalAveragePooling1D", json!({}), vec![])
-            .forward("l", x.view(), Some(&mask))
+            .forward("l", x.view(), Some(&mask), false)
             .unwrap()
             .y;
         let avg = avg.into_dimensionality::<ndarray::Ix2>().unwrap();
@@ -412,7 +479,7 @@ mod tests {
                 ndarray::ArrayD::zeros(vec![3]),
             ],
         );
-        let Err(e) = ln.forward("ln", x.view(), None) else {
+        let Err(e) = ln.forward("ln", x.view(), None, false) else {
             panic!("axis 1 of a rank-3 input accepted");
         };
         assert!(e.to_string().contains("axis"), "{e}");
@@ -431,7 +498,7 @@ mod tests {
                 ndarray::ArrayD::zeros(vec![2]),
             ],
         );
-        let out = conv.forward("c", x.view(), None).unwrap();
+        let out = conv.forward("c", x.view(), None, false).unwrap();
         assert_eq!(out.y.shape(), &[2, t, 2]);
         let (dx, _) = conv.backward("c", &out.cache, out.y.clone()).unwrap();
         assert!(dx.iter().all(|v| v.is_finite()));
@@ -441,7 +508,7 @@ mod tests {
             ("GlobalMaxPooling1D", json!({})),
         ] {
             let p = op(class, cfg, vec![]);
-            let out = p.forward("p", x.view(), None).unwrap();
+            let out = p.forward("p", x.view(), None, false).unwrap();
             let (dx, _) = p.backward("p", &out.cache, out.y.clone()).unwrap();
             assert_eq!(dx.shape(), x.shape(), "{class}");
         }

@@ -24,6 +24,7 @@ impl<T: Element> TrainOp<T> for RepeatVector {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
+        _: bool,
     ) -> Result<OpForward<T>> {
         let x2 = x
             .view()
@@ -73,6 +74,7 @@ impl<T: Element> TrainOp<T> for Flatten {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
+        _: bool,
     ) -> Result<OpForward<T>> {
         let shape = x.shape().to_vec();
         let Some(&b) = shape.first() else {
@@ -131,6 +133,7 @@ impl<T: Element> TrainOp<T> for ActivationOp {
         _: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
+        _: bool,
     ) -> Result<OpForward<T>> {
         let z = x.to_owned();
         Ok(OpForward {
