@@ -1,4 +1,4 @@
-//! Reading (and [`write`]) the members of a `.keras` file: a zip archive whose members Keras stores without
+//! Reading (and [`write()`]) the members of a `.keras` file: a zip archive whose members Keras stores without
 //! compression, zip64 where Keras writes it (members past about 2 GiB, or opened with
 //! `force_zip64`: the sizes then live in the zip64 extra field). Each member's CRC-32 is
 //! checked; compressed members and truncated or corrupt archives are errors, never panics.

@@ -3,7 +3,7 @@
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
 //! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
 //! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Activation)
-//! ([`Sequential`], built from a loaded [`KerasModel`]) with
+//! ([`Sequential`], built from a loaded [`KerasModel`](crate::model::KerasModel)) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
 //! `shuffle=False`: the batches in order, one optimizer step each, the per-epoch mean loss).
