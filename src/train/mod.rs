@@ -121,9 +121,8 @@ pub enum TrainLayer<T> {
         mask_zero: bool,
     },
     /// Any other single-input layer ([`layers::TrainOp`]: pooling, `RepeatVector`,
-    /// `Flatten`, `Activation`, `LayerNormalization`, `BatchNormalization`, `Conv1D`, ... or the
-    /// application's
-    /// own).
+    /// `Flatten`, `Activation`, `LayerNormalization`, `BatchNormalization`, `Conv1D`, ...,
+    /// or the application's own).
     Op(Box<dyn layers::TrainOp<T>>),
     /// `Dense` on the last axis.
     Dense {
