@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run --release --example train_bench -- --batch 32 --steps 100 --input 32 --units 128 \
-//!     [--iters 10] [--warmup 2] [--gpu] [--json]
+//!     [--iters 10] [--warmup 2] [--gpu] [--json] [--recompute STEPS]
 //! ```
+//!
+//! `--recompute STEPS`: the CPU step in recompute mode (`FitOptions::recompute`: tapes of
+//! STEPS steps at a time). `peak_rss_mb` is the process's peak resident memory
+//! (`VmHWM`, Linux; 0 elsewhere), to compare the two modes' activation memory run by run.
 //!
 //! `forward_ms`: `cpu::Lstm::forward` (the inference path); `step_ms`: the loss, its
 //! gradients (the recorded forward and backpropagation through time) and one Adam update;
@@ -24,6 +28,7 @@ fn main() {
     let (mut b, mut t, mut i, mut h, mut iters, mut warmup, mut json, mut gpu) = (
         32usize, 100usize, 32usize, 128usize, 10usize, 2usize, false, false,
     );
+    let mut recompute: Option<usize> = None;
     while let Some(a) = args.next() {
         let mut num = |what: &str| -> usize {
             args.next()
@@ -39,6 +44,7 @@ fn main() {
             "--warmup" => warmup = num("--warmup"),
             "--json" => json = true,
             "--gpu" => gpu = true,
+            "--recompute" => recompute = Some(num("--recompute")),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -124,25 +130,49 @@ fn main() {
         let forward = time(&mut || {
             std::hint::black_box(layer.forward(x.view(), None, None).expect("forward"));
         });
-        let step = time(&mut || {
-            let g = net
-                .gradients(x.view(), y.view(), Loss::MeanSquaredError)
-                .expect("gradients");
-            opt.apply_views(&mut net.weights_mut(), &g.weights)
-                .expect("update");
+        let step = time(&mut || match recompute {
+            // (one batch: one step of fit, in recompute mode)
+            Some(steps) => {
+                let options = FitOptions::new(Loss::MeanSquaredError, b, 1).recompute(steps);
+                net.fit(x.view(), y.view(), &options, &mut opt)
+                    .expect("step");
+            }
+            None => {
+                let g = net
+                    .gradients(x.view(), y.view(), Loss::MeanSquaredError)
+                    .expect("gradients");
+                opt.apply_views(&mut net.weights_mut(), &g.weights)
+                    .expect("update");
+            }
         });
         (forward, step)
     };
     let path = if gpu { "gpu" } else { "cpu" };
+    let rss = peak_rss_mb();
+    let rc = recompute.map_or("null".to_string(), |s| s.to_string());
     if json {
         println!(
-            "{{\"path\":\"{path}\",\"batch\":{b},\"steps\":{t},\"input\":{i},\"units\":{h},\"forward_ms\":{forward},\"step_ms\":{step},\"step_over_forward\":{}}}",
+            "{{\"path\":\"{path}\",\"batch\":{b},\"steps\":{t},\"input\":{i},\"units\":{h},\"forward_ms\":{forward},\"step_ms\":{step},\"step_over_forward\":{},\"recompute\":{rc},\"peak_rss_mb\":{rss:.1}}}",
             step / forward
         );
     } else {
         println!(
-            "{path} B={b} T={t} I={i} H={h}: forward {forward:.2} ms, training step {step:.2} ms ({:.2}x)",
+            "{path} B={b} T={t} I={i} H={h}: forward {forward:.2} ms, training step {step:.2} ms ({:.2}x), recompute {rc}, peak RSS {rss:.1} MB",
             step / forward
         );
     }
+}
+
+/// The process's peak resident memory in MB (`VmHWM` of `/proc/self/status`; 0 where that
+/// is not there).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -969,3 +969,22 @@ fn recurrent_input_dropout_in_training_mode() {
     ));
     assert!(w <= 1e-4, "GPU vs CPU with dropout: {w:e}");
 }
+
+/// Recompute mode (`FitOptions::recompute`): the recorded fits give Keras's weights with
+/// tapes of a few steps at a time too (masked Bidirectional GRU and LSTM, stacked GRU and
+/// go_backwards SimpleRNN, Embedding, BatchNormalization around an LSTM).
+#[test]
+fn fit_in_recompute_mode_matches_keras() {
+    for (name, steps) in [
+        ("fit_bidi", 2),
+        ("fit_gru_rnn", 4),
+        ("fit_embedding", 1),
+        ("fit_bn", 5),
+    ] {
+        fit_case(name, "CPU recompute", |mut net, x, y, options, opt| {
+            let options = options.clone().recompute(steps);
+            let h = net.fit(x.view(), y.view(), &options, opt).unwrap();
+            (h, net.weights(), net.state())
+        });
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::dropout::{dropout_mask, recurrent_dropout, SplitMix};
 use super::load::keras_bias;
-use super::path::{CpuPath, RecurrentPath, Tape};
+use super::path::{CpuPath, CpuRecompute, RecurrentPath, Tape};
 use super::{
     derivative, FitOptions, Gradients, History, Loss, LstmCotangents, Optimizer, Sequential,
     TrainLayer,
@@ -535,9 +535,11 @@ impl<T: Element> Sequential<T> {
         options: &FitOptions,
         optimizer: &mut Optimizer,
     ) -> Result<History> {
-        self.fit_with(&CpuPath, x.into_dyn(), y, options, optimizer, &mut |_| {
-            Ok(())
-        })
+        let path: &dyn RecurrentPath<T> = match options.recompute {
+            Some(steps) => &CpuRecompute(steps),
+            None => &CpuPath,
+        };
+        self.fit_with(path, x.into_dyn(), y, options, optimizer, &mut |_| Ok(()))
     }
 
     /// [`fit`](Self::fit) with the recurrent layers on `path`; `updated` runs after each

@@ -217,7 +217,7 @@ impl RecurrentPath<f32> for GpuPath<'_> {
         match tape {
             Tape::Gpu(tape) => self.trainer(at, &layer.0.name)?.backward(tape, cot),
             // a call that ran on the CPU (recurrent_dropout)
-            Tape::Cpu(_) => CpuPath.backward(at, layer, x, tape, cot),
+            Tape::Cpu(_) | Tape::CpuRecomputed(_) => CpuPath.backward(at, layer, x, tape, cot),
         }
     }
 }

@@ -154,6 +154,11 @@ pub struct FitOptions {
     pub epochs: usize,
     /// The seed of the Dropout masks (one stream per optimizer step and layer).
     pub seed: u64,
+    /// Recompute mode on the CPU: each recurrent layer keeps only its states every this
+    /// many steps and runs each segment's forward again in the backward pass (activation
+    /// memory of one segment's tape instead of the whole sequence's, for about one more
+    /// forward pass of time); None keeps the whole tape.
+    pub recompute: Option<usize>,
 }
 
 impl FitOptions {
@@ -164,7 +169,20 @@ impl FitOptions {
             batch_size,
             epochs,
             seed: 0,
+            recompute: None,
         }
+    }
+
+    /// Sets recompute mode: tapes of `steps` steps at a time ([`FitOptions::recompute`]).
+    ///
+    /// ```
+    /// use lstm_wgpu::train::{FitOptions, Loss};
+    /// let o = FitOptions::new(Loss::MeanSquaredError, 8, 1).recompute(64);
+    /// assert_eq!(o.recompute, Some(64));
+    /// ```
+    pub fn recompute(mut self, steps: usize) -> Self {
+        self.recompute = Some(steps.max(1));
+        self
     }
 
     /// Sets the seed of the Dropout masks.

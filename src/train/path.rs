@@ -13,6 +13,8 @@ use ndarray::{ArrayView2, ArrayView3};
 pub(crate) enum Tape<T> {
     /// On the CPU (`recurrent::forward`).
     Cpu(Box<recurrent::LstmTape<T>>),
+    /// On the CPU in recompute mode (`recurrent::forward_recomputed`: checkpoints only).
+    CpuRecomputed(Box<recurrent::Checkpoints<T>>),
     /// On the GPU ([`crate::gpu::GpuRecurrentTrainer::forward`]).
     Gpu(Box<crate::gpu::GpuTape>),
 }
@@ -67,10 +69,42 @@ impl<T: Element> RecurrentPath<T> for CpuPath {
     ) -> Result<LstmGrads<T>> {
         match tape {
             Tape::Cpu(tape) => recurrent::backward(layer, x, tape, cot),
+            Tape::CpuRecomputed(ck) => recurrent::backward_recomputed(layer, x, ck, cot),
             Tape::Gpu(_) => Err(LstmError::invalid(
                 format!("layer {}", layer.0.name),
                 "a GPU tape reached the CPU's backward pass",
             )),
         }
+    }
+}
+
+/// The CPU in recompute mode: each recurrent call keeps only its states every `.0`
+/// processing steps, and its backward pass runs each segment's forward again
+/// ([`recurrent::forward_recomputed`]); about one more forward pass of time for a tape of one
+/// segment.
+pub(crate) struct CpuRecompute(pub(crate) usize);
+
+impl<T: Element> RecurrentPath<T> for CpuRecompute {
+    fn forward(
+        &self,
+        _: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        mask: Option<ArrayView2<'_, bool>>,
+        drop: Option<&GateMasks<T>>,
+    ) -> Result<(LstmCall<T>, Tape<T>)> {
+        let (call, ck) = recurrent::forward_recomputed(layer, x, mask, drop, self.0)?;
+        Ok((call, Tape::CpuRecomputed(Box::new(ck))))
+    }
+
+    fn backward(
+        &self,
+        at: (usize, usize),
+        layer: (&LstmConfig, &LstmWeights<T>),
+        x: ArrayView3<'_, T>,
+        tape: &Tape<T>,
+        cot: &LstmCotangents<T>,
+    ) -> Result<LstmGrads<T>> {
+        CpuPath.backward(at, layer, x, tape, cot)
     }
 }

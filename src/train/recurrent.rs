@@ -605,11 +605,23 @@ pub(crate) fn check_cotangents<T>(
 /// `dh_prev = d(rec) Uᵀ`; the weight gradients and `dx` then as products over all steps at
 /// once (`Xᵀ dZx`, `H_prevᵀ dZh`, `dZx Wᵀ`).
 pub(crate) fn backward<T: Element>(
-    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    layer: (&LstmConfig, &LstmWeights<T>),
     x: ArrayView3<'_, T>,
     tape: &LstmTape<T>,
     cot: &LstmCotangents<T>,
 ) -> Result<LstmGrads<T>> {
+    Ok(backward_carry(layer, x, tape, cot, None)?.0)
+}
+
+/// [`backward`] with the repeated-output cotangent `dy0` coming in from later steps (None:
+/// the call's own rule), returning the one left after the first step.
+fn backward_carry<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    x: ArrayView3<'_, T>,
+    tape: &LstmTape<T>,
+    cot: &LstmCotangents<T>,
+    dy0: Option<Array2<T>>,
+) -> Result<(LstmGrads<T>, Array2<T>)> {
     let (b, t, i) = x.dim();
     let h = cfg.units;
     let n = cfg.cell.gates() * h;
@@ -628,7 +640,16 @@ pub(crate) fn backward<T: Element>(
     // the cotangent reaching the output of the current step (Keras's repeated outputs
     // carry it back to the last present step)
     let mut dy = Array2::<T>::zeros((b, h));
-    if !cfg.return_sequences {
+    if let Some(d0) = dy0 {
+        if d0.dim() != (b, h) {
+            return Err(LstmError::shape(
+                format!("output cotangent of layer {}", cfg.name),
+                &[b, h],
+                d0.shape(),
+            ));
+        }
+        dy = d0;
+    } else if !cfg.return_sequences {
         dy.assign(
             &cot.output
                 .view()
@@ -781,13 +802,201 @@ pub(crate) fn backward<T: Element>(
     if !matches!(cfg.cell, Cell::Lstm) {
         dc.fill(T::zero());
     }
+    Ok((
+        LstmGrads {
+            kernel: gk,
+            recurrent_kernel: gr,
+            bias,
+            x: gx
+                .into_shape_with_order((b, t, i))
+                .expect("[B·T, I] reshapes to [B, T, I]"),
+            h0: dh,
+            c0: dc,
+        },
+        dy,
+    ))
+}
+
+/// A forward pass in recompute mode: only the states before every `seg`-th processing step
+/// (and the call's mask and dropout masks) are kept; [`backward_recomputed`] runs each
+/// segment's forward again from its states and takes its backward pass, last segment first.
+/// Activation memory: one segment's tape and `2·B·H` values per segment.
+#[derive(Debug, Clone)]
+pub(crate) struct Checkpoints<T> {
+    seg: usize,
+    /// `(h, c)` before each segment's first step.
+    states: Vec<(Array2<T>, Array2<T>)>,
+    mask: Option<Array2<bool>>,
+    drop: Option<GateMasks<T>>,
+}
+
+/// The time indices of processing steps `s0..s1` (with `go_backwards` the steps run from the
+/// range's end).
+fn times_of(go_backwards: bool, t: usize, (s0, s1): (usize, usize)) -> std::ops::Range<usize> {
+    if go_backwards {
+        t - s1..t - s0
+    } else {
+        s0..s1
+    }
+}
+
+/// [`forward`] in recompute mode ([`Checkpoints`], segments of `seg` steps): each segment
+/// runs on its own from the states the previous one left, its tape dropped; the outputs are
+/// [`forward`]'s (a masked step before a segment's first present one repeats the output
+/// before it, as in one pass).
+pub(crate) fn forward_recomputed<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    x: ArrayView3<'_, T>,
+    mask: Option<ArrayView2<'_, bool>>,
+    drop: Option<&GateMasks<T>>,
+    seg: usize,
+) -> Result<(LstmCall<T>, Checkpoints<T>)> {
+    let (b, t, _) = x.dim();
+    let h = cfg.units;
+    check_inputs(cfg, w.kernel.nrows(), x, mask, None)?;
+    let seg = seg.max(1);
+    let seg_cfg = LstmConfig {
+        return_sequences: true,
+        ..cfg.clone()
+    };
+    let (mut hs, mut cs) = (Array2::<T>::zeros((b, h)), Array2::<T>::zeros((b, h)));
+    let mut last = Array2::<T>::zeros((b, h));
+    let mut seq = Array3::<T>::zeros((b, if cfg.return_sequences { t } else { 0 }, h));
+    let mut states = Vec::with_capacity(t.div_ceil(seg));
+    for s0 in (0..t).step_by(seg) {
+        let s1 = (s0 + seg).min(t);
+        states.push((hs.clone(), cs.clone()));
+        let times = times_of(cfg.go_backwards, t, (s0, s1));
+        let xs = x.slice(s![.., times.clone(), ..]);
+        let ms = mask.map(|m| m.slice_move(s![.., times.clone()]));
+        let (call, _) = forward((&seg_cfg, w), xs, ms, Some((hs.view(), cs.view())), drop)?;
+        let mut out = call
+            .output
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("a sequence");
+        let len = s1 - s0;
+        for r in 0..b {
+            // (the steps before the row's first present one in this segment repeat the
+            // output before the segment; a fresh pass would repeat zeros)
+            let present = |k: usize| ms.is_none_or(|m| m[[r, time_of(cfg.go_backwards, len, k)]]);
+            if !cfg.zero_output_for_mask {
+                for k in (0..len).take_while(|&k| !present(k)) {
+                    out.slice_mut(s![r, k, ..]).assign(&last.row(r));
+                }
+            }
+            if len > 0 {
+                last.row_mut(r).assign(&out.slice(s![r, len - 1, ..]));
+            }
+        }
+        if cfg.return_sequences {
+            seq.slice_mut(s![.., s0..s1, ..]).assign(&out);
+        }
+        (hs, cs) = (call.h, call.c);
+    }
+    let output = if cfg.return_sequences {
+        seq.into_dyn()
+    } else {
+        last.into_dyn()
+    };
+    Ok((
+        LstmCall {
+            output,
+            h: hs,
+            c: cs,
+        },
+        Checkpoints {
+            seg,
+            states,
+            mask: mask.map(|m| m.to_owned()),
+            drop: drop.cloned(),
+        },
+    ))
+}
+
+/// The backward pass of a [`forward_recomputed`] call: per segment, last first, its forward
+/// again from its checkpoint and [`backward`] over it, the state and repeated-output
+/// cotangents carried from segment to segment and the weight gradients summed.
+pub(crate) fn backward_recomputed<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    x: ArrayView3<'_, T>,
+    ck: &Checkpoints<T>,
+    cot: &LstmCotangents<T>,
+) -> Result<LstmGrads<T>> {
+    let (b, t, i) = x.dim();
+    let h = cfg.units;
+    check_cotangents(cfg, b, t, cot)?;
+    if ck.states.len() != t.div_ceil(ck.seg) {
+        return Err(LstmError::invalid(
+            format!("layer {}", cfg.name),
+            "the checkpoints are of another call",
+        ));
+    }
+    let seg_cfg = LstmConfig {
+        return_sequences: true,
+        ..cfg.clone()
+    };
+    // the output cotangent per processing step (a last-output one at the last step: the
+    // same flow back through masked steps)
+    let seq_cot = if cfg.return_sequences {
+        cot.output
+            .view()
+            .into_dimensionality::<ndarray::Ix3>()
+            .expect("checked above")
+            .to_owned()
+    } else {
+        let mut c = Array3::<T>::zeros((b, t, h));
+        if t > 0 {
+            c.slice_mut(s![.., t - 1, ..]).assign(
+                &cot.output
+                    .view()
+                    .into_dimensionality::<ndarray::Ix2>()
+                    .expect("checked above"),
+            );
+        }
+        c
+    };
+    let mut dh = cot.h.clone().unwrap_or_else(|| Array2::zeros((b, h)));
+    let mut dc = cot.c.clone().unwrap_or_else(|| Array2::zeros((b, h)));
+    let mut dy = Array2::<T>::zeros((b, h));
+    let mut gk = Array2::<T>::zeros(w.kernel.raw_dim());
+    let mut gr = Array2::<T>::zeros(w.recurrent_kernel.raw_dim());
+    let mut gb = w.bias.as_ref().map(|b| Array1::<T>::zeros(b.len()));
+    let mut gx = Array3::<T>::zeros((b, t, i));
+    for (k, s0) in (0..t).step_by(ck.seg).enumerate().rev() {
+        let s1 = (s0 + ck.seg).min(t);
+        let times = times_of(cfg.go_backwards, t, (s0, s1));
+        let xs = x.slice(s![.., times.clone(), ..]);
+        let ms = ck.mask.as_ref().map(|m| m.slice(s![.., times.clone()]));
+        let (h0, c0) = &ck.states[k];
+        let (_, tape) = forward(
+            (&seg_cfg, w),
+            xs,
+            ms,
+            Some((h0.view(), c0.view())),
+            ck.drop.as_ref(),
+        )?;
+        let seg_cot = LstmCotangents {
+            output: seq_cot.slice(s![.., s0..s1, ..]).to_owned().into_dyn(),
+            h: Some(dh),
+            c: Some(dc),
+        };
+        let (g, dy_left) = backward_carry((&seg_cfg, w), xs, &tape, &seg_cot, Some(dy))?;
+        gk += &g.kernel;
+        gr += &g.recurrent_kernel;
+        if let (Some(acc), Some(gb_k)) = (gb.as_mut(), g.bias.as_ref()) {
+            *acc += gb_k;
+        }
+        gx.slice_mut(s![.., times, ..]).assign(&g.x);
+        (dh, dc, dy) = (g.h0, g.c0, dy_left);
+    }
+    if !matches!(cfg.cell, Cell::Lstm) {
+        dc.fill(T::zero());
+    }
     Ok(LstmGrads {
         kernel: gk,
         recurrent_kernel: gr,
-        bias,
-        x: gx
-            .into_shape_with_order((b, t, i))
-            .expect("[B·T, I] reshapes to [B, T, I]"),
+        bias: gb,
+        x: gx,
         h0: dh,
         c0: dc,
     })
@@ -1069,4 +1278,128 @@ pub fn lstm_gradients<T: Element>(
     let parts = (layer.config(), layer.weights());
     let (call, tape) = forward(parts, x, mask, init, None)?;
     Ok((call, backward(parts, x, &tape, cot)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{backward, backward_recomputed, forward, forward_recomputed, LstmCotangents};
+    use crate::config::LstmConfig;
+    use crate::train::dropout::GateMasks;
+    use crate::weights::LstmWeights;
+    use ndarray::{Array1, Array2, Array3, ArrayD};
+
+    fn worst(a: &ndarray::ArrayViewD<'_, f64>, b: &ndarray::ArrayViewD<'_, f64>) -> f64 {
+        assert_eq!(a.shape(), b.shape());
+        a.iter()
+            .zip(b.iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// Recompute mode against the whole tape: the same outputs and gradients for every cell,
+    /// mask pattern (rows masked at segment starts and ends, a fully masked row),
+    /// go_backwards, zero_output_for_mask, returned sequences or not, recurrent dropout, and
+    /// segment lengths that divide the sequence, do not, are 1 or longer than it.
+    #[test]
+    fn recompute_mode_matches_the_whole_tape() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        let (b, t, i, h) = (4, 11, 3, 5);
+        let mut worst_seen = 0.0f64;
+        for round in 0..12 {
+            let class = ["LSTM", "GRU", "SimpleRNN"][round % 3];
+            let cfg = LstmConfig::from_keras_class(
+                class,
+                &serde_json::json!({
+                    "units": h, "return_sequences": round % 2 == 0,
+                    "go_backwards": round % 4 == 1, "zero_output_for_mask": round % 5 == 2,
+                    "reset_after": round % 6 != 4,
+                }),
+            )
+            .unwrap();
+            let g = cfg.cell.gates();
+            let nb = if class == "GRU" && round % 6 != 4 {
+                2 * g * h
+            } else {
+                g * h
+            };
+            let w = LstmWeights::new(
+                &cfg,
+                i,
+                Array2::from_shape_fn((i, g * h), |_| next()),
+                Array2::from_shape_fn((h, g * h), |_| next()),
+                Some(Array1::from_shape_fn(nb, |_| next())),
+            )
+            .unwrap();
+            let x = Array3::from_shape_fn((b, t, i), |_| next());
+            let mut mask = Array2::from_elem((b, t), true);
+            if round % 3 != 0 {
+                for s in [0, 3, 4, 7, 10] {
+                    mask[[0, s]] = false;
+                }
+                mask.row_mut(1).fill(false);
+                for s in 5..t {
+                    mask[[2, s]] = false;
+                }
+            }
+            let drop = (round % 4 == 3).then(|| GateMasks {
+                input: Some(
+                    (0..g)
+                        .map(|_| Array2::from_shape_fn((b, i), |_| f64::from(next() > -0.4) * 1.4))
+                        .collect(),
+                ),
+                recurrent: (0..g)
+                    .map(|_| Array2::from_shape_fn((b, h), |_| f64::from(next() > -0.5) * 1.3))
+                    .collect(),
+            });
+            let out_shape = if cfg.return_sequences {
+                vec![b, t, h]
+            } else {
+                vec![b, h]
+            };
+            let cot = LstmCotangents {
+                output: ArrayD::from_shape_fn(out_shape, |_| next()),
+                h: Some(Array2::from_shape_fn((b, h), |_| next())),
+                c: Some(Array2::from_shape_fn((b, h), |_| next())),
+            };
+            let m = Some(mask.view());
+            let (call, tape) = forward((&cfg, &w), x.view(), m, None, drop.as_ref()).unwrap();
+            let want = backward((&cfg, &w), x.view(), &tape, &cot).unwrap();
+            for seg in [1, 2, 3, 4, 11, 16] {
+                let (rc, ck) =
+                    forward_recomputed((&cfg, &w), x.view(), m, drop.as_ref(), seg).unwrap();
+                let got = backward_recomputed((&cfg, &w), x.view(), &ck, &cot).unwrap();
+                let e = [
+                    worst(&rc.output.view(), &call.output.view()),
+                    worst(&rc.h.view().into_dyn(), &call.h.view().into_dyn()),
+                    worst(&rc.c.view().into_dyn(), &call.c.view().into_dyn()),
+                    worst(
+                        &got.kernel.view().into_dyn(),
+                        &want.kernel.view().into_dyn(),
+                    ),
+                    worst(
+                        &got.recurrent_kernel.view().into_dyn(),
+                        &want.recurrent_kernel.view().into_dyn(),
+                    ),
+                    worst(
+                        &got.bias.as_ref().unwrap().view().into_dyn(),
+                        &want.bias.as_ref().unwrap().view().into_dyn(),
+                    ),
+                    worst(&got.x.view().into_dyn(), &want.x.view().into_dyn()),
+                    worst(&got.h0.view().into_dyn(), &want.h0.view().into_dyn()),
+                    worst(&got.c0.view().into_dyn(), &want.c0.view().into_dyn()),
+                ]
+                .into_iter()
+                .fold(0.0, f64::max);
+                assert!(e < 1e-12, "round {round} ({class}) seg {seg}: {e:e}");
+                worst_seen = worst_seen.max(e);
+            }
+        }
+        println!("recompute mode vs the whole tape: worst {worst_seen:.1e}");
+    }
 }
