@@ -295,5 +295,19 @@ fn zoo_chains_load_for_training() {
             "{name}: chain within {e:.1e} of Keras, {} weights",
             g.weights.len()
         );
+        // through GpuSequential (a GRU without reset_after trains on the CPU there)
+        if let Some(ctx) = common::gpu("zoo_chains_load_for_training") {
+            let chain = Sequential::<f32>::from_model(&model).unwrap();
+            let gpu = lstm_wgpu::train::GpuSequential::new(chain, ctx)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let xf = x.mapv(|v| v as f32);
+            let got = gpu.predict(xf.view()).unwrap();
+            let e = max_abs(&[got], std::slice::from_ref(want));
+            assert!(e <= 1e-4, "{name}: GpuSequential predicts {e:e} from Keras");
+            let g = gpu
+                .gradients(xf.view(), want.view(), Loss::MeanSquaredError)
+                .unwrap();
+            assert!(g.loss.is_finite(), "{name}");
+        }
     }
 }

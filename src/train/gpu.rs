@@ -38,8 +38,9 @@ use std::sync::Arc;
 /// ```
 pub struct GpuSequential {
     net: Sequential<f32>,
-    /// Per layer of the chain: no trainer, one, or a Bidirectional's two.
-    trainers: Vec<Vec<GpuRecurrentTrainer>>,
+    /// Per layer of the chain: no trainer, one, or a Bidirectional's two (None for a
+    /// direction the GPU does not train: it runs on the CPU).
+    trainers: Vec<Vec<Option<GpuRecurrentTrainer>>>,
 }
 
 impl std::fmt::Debug for GpuSequential {
@@ -48,7 +49,11 @@ impl std::fmt::Debug for GpuSequential {
             .field("layers", &self.net.layers.len())
             .field(
                 "gpu_layers",
-                &self.trainers.iter().filter(|t| !t.is_empty()).count(),
+                &self
+                    .trainers
+                    .iter()
+                    .filter(|t| t.iter().any(Option::is_some))
+                    .count(),
             )
             .finish()
     }
@@ -56,11 +61,20 @@ impl std::fmt::Debug for GpuSequential {
 
 impl GpuSequential {
     /// Uploads the recurrent layers of `net` to `ctx`'s device. A recurrent layer the GPU
-    /// does not train (a GRU with `reset_after=false`) is an error naming it.
+    /// kernels do not train (a GRU with `reset_after=false`) runs its passes on the CPU
+    /// (logged at info level), as does a call with `recurrent_dropout` in training mode.
     pub fn new(net: Sequential<f32>, ctx: Arc<GpuContext>) -> Result<Self> {
-        let trainer = |cfg: &LstmConfig, w: &LstmWeights<f32>| -> Result<GpuRecurrentTrainer> {
-            GpuRecurrentTrainer::new(ctx.clone(), &Lstm::new(cfg.clone(), w.clone())?)
-        };
+        let trainer =
+            |cfg: &LstmConfig, w: &LstmWeights<f32>| -> Result<Option<GpuRecurrentTrainer>> {
+                if matches!(cfg.cell, crate::config::Cell::Gru { reset_after: false }) {
+                    log::info!(
+                        "layer {}: a GRU without reset_after trains on the CPU",
+                        cfg.name
+                    );
+                    return Ok(None);
+                }
+                GpuRecurrentTrainer::new(ctx.clone(), &Lstm::new(cfg.clone(), w.clone())?).map(Some)
+            };
         let mut trainers = Vec::with_capacity(net.layers.len());
         for (_, l) in &net.layers {
             trainers.push(match l {
@@ -152,15 +166,19 @@ impl GpuSequential {
 }
 
 /// Writes the recurrent weights of `net` to their trainers.
-fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Result<()> {
+fn upload(trainers: &[Vec<Option<GpuRecurrentTrainer>>], net: &Sequential<f32>) -> Result<()> {
+    let write = |t: &Option<GpuRecurrentTrainer>, w: &LstmWeights<f32>| match t {
+        Some(t) => t.write_weights(w),
+        None => Ok(()),
+    };
     for (t, (_, l)) in trainers.iter().zip(&net.layers) {
         match l {
-            TrainLayer::Recurrent { weights, .. } => t[0].write_weights(weights)?,
+            TrainLayer::Recurrent { weights, .. } => write(&t[0], weights)?,
             TrainLayer::Bidirectional {
                 forward, backward, ..
             } => {
-                t[0].write_weights(&forward.1)?;
-                t[1].write_weights(&backward.1)?;
+                write(&t[0], &forward.1)?;
+                write(&t[1], &backward.1)?;
             }
             TrainLayer::Masking { .. }
             | TrainLayer::Embedding { .. }
@@ -173,13 +191,19 @@ fn upload(trainers: &[Vec<GpuRecurrentTrainer>], net: &Sequential<f32>) -> Resul
 }
 
 /// The recurrent layers on their trainers.
-struct GpuPath<'a>(&'a [Vec<GpuRecurrentTrainer>]);
+struct GpuPath<'a>(&'a [Vec<Option<GpuRecurrentTrainer>>]);
 
 impl GpuPath<'_> {
-    fn trainer(&self, (layer, dir): (usize, usize), name: &str) -> Result<&GpuRecurrentTrainer> {
+    /// The trainer of a layer's direction (None: it runs on the CPU).
+    fn trainer(
+        &self,
+        (layer, dir): (usize, usize),
+        name: &str,
+    ) -> Result<Option<&GpuRecurrentTrainer>> {
         self.0
             .get(layer)
             .and_then(|t| t.get(dir))
+            .map(Option::as_ref)
             .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "has no GPU trainer"))
     }
 }
@@ -194,6 +218,9 @@ impl RecurrentPath<f32> for GpuPath<'_> {
         drop: Option<&GateMasks<f32>>,
     ) -> Result<(LstmCall<f32>, Tape<f32>)> {
         let cfg = layer.0;
+        let Some(trainer) = self.trainer(at, &cfg.name)? else {
+            return CpuPath.forward(at, layer, x, mask, drop);
+        };
         if drop.is_some() {
             // the GPU kernels have no per-gate masks: this call's passes run on the CPU
             log::debug!(
@@ -202,7 +229,7 @@ impl RecurrentPath<f32> for GpuPath<'_> {
             );
             return CpuPath.forward(at, layer, x, mask, drop);
         }
-        let (call, tape) = self.trainer(at, &cfg.name)?.forward(x, mask, None)?;
+        let (call, tape) = trainer.forward(x, mask, None)?;
         Ok((call, Tape::Gpu(Box::new(tape))))
     }
 
@@ -215,7 +242,13 @@ impl RecurrentPath<f32> for GpuPath<'_> {
         cot: &LstmCotangents<f32>,
     ) -> Result<LstmGrads<f32>> {
         match tape {
-            Tape::Gpu(tape) => self.trainer(at, &layer.0.name)?.backward(tape, cot),
+            Tape::Gpu(tape) => match self.trainer(at, &layer.0.name)? {
+                Some(trainer) => trainer.backward(tape, cot),
+                None => Err(LstmError::invalid(
+                    format!("layer {}", layer.0.name),
+                    "a GPU tape of a layer without a GPU trainer",
+                )),
+            },
             // a call that ran on the CPU (recurrent_dropout)
             Tape::Cpu(_) | Tape::CpuRecomputed(_) => CpuPath.backward(at, layer, x, tape, cot),
         }
