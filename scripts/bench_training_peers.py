@@ -8,7 +8,9 @@ Usage (keras 3.15.1 + tensorflow-cpu venv):
   cargo build --release --example train_bench
   KERAS_BACKEND=tensorflow python scripts/bench_training_peers.py \
       --crate target/release/examples/train_bench [--rounds 3] [--iters 10] [--warmup 2] \
-      [--shapes 32x100x32x128,...]   (batch x steps x input x units)
+      [--shapes 32x100x32x128,...]   (batch x steps x input x units) \
+      [--torch-python VENV/bin/python]   (also PyTorch's CPU step, scripts/torch_train_step.py,
+                                          run by a Python that has torch)
 """
 import argparse
 import json
@@ -50,10 +52,11 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--shapes", default="32x100x32x128,64x50x16x64,16x200x8x32")
+    ap.add_argument("--torch-python", default=None)
     a = ap.parse_args()
     for shape in a.shapes.split(","):
         b, t, i, h = (int(v) for v in shape.split("x"))
-        ours, theirs = [], []
+        ours, theirs, torches = [], [], []
         for r in range(a.rounds):
             out = subprocess.run(
                 [a.crate, "--batch", str(b), "--steps", str(t), "--input", str(i), "--units",
@@ -66,9 +69,24 @@ def main():
             k = keras_step(b, t, i, h, a.iters, a.warmup)
             print(json.dumps(dict(peer="keras-tensorflow", shape=shape, step_ms=k, round=r)))
             theirs.append(k)
-        print(json.dumps(dict(summary=shape, crate_step_ms=statistics.median(ours),
-                              keras_step_ms=statistics.median(theirs),
-                              crate_over_keras=statistics.median(ours) / statistics.median(theirs))))
+            if a.torch_python:
+                here = os.path.dirname(os.path.abspath(__file__))
+                out = subprocess.run(
+                    [a.torch_python, os.path.join(here, "torch_train_step.py"), "--batch", str(b),
+                     "--steps", str(t), "--input", str(i), "--units", str(h), "--iters",
+                     str(a.iters), "--warmup", str(a.warmup)],
+                    check=True, capture_output=True, text=True).stdout
+                d = json.loads(out.strip().splitlines()[-1])
+                d.update(round=r)
+                print(json.dumps(d))
+                torches.append(d["step_ms"])
+        summary = dict(summary=shape, crate_step_ms=statistics.median(ours),
+                       keras_step_ms=statistics.median(theirs),
+                       crate_over_keras=statistics.median(ours) / statistics.median(theirs))
+        if torches:
+            summary.update(torch_step_ms=statistics.median(torches),
+                           crate_over_torch=statistics.median(ours) / statistics.median(torches))
+        print(json.dumps(summary))
 
 
 if __name__ == "__main__":
