@@ -391,8 +391,32 @@ pub(crate) fn forward<T: Element>(
     ))
 }
 
-/// The step loop of [`forward`] over one block of rows.
-fn forward_rows<T: Element>((cfg, w): (&LstmConfig, &LstmWeights<T>), mut a: ForwardRows<'_, T>) {
+/// The step loop of [`forward`] over one block of rows, compiled for AVX2 and FMA where the
+/// CPU has them (the cell loops then vectorize 8 lanes wide; the same operations, so the
+/// same numbers).
+fn forward_rows<T: Element>(layer: (&LstmConfig, &LstmWeights<T>), a: ForwardRows<'_, T>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { forward_rows_avx2(layer, a) };
+    }
+    forward_rows_any(layer, a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_rows_avx2<T: Element>(
+    layer: (&LstmConfig, &LstmWeights<T>),
+    a: ForwardRows<'_, T>,
+) {
+    forward_rows_any(layer, a)
+}
+
+#[inline(always)]
+fn forward_rows_any<T: Element>(
+    (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    mut a: ForwardRows<'_, T>,
+) {
     let (b, t, _) = a.h_prev.dim();
     let h = cfg.units;
     let g = cfg.cell.gates();
@@ -1027,6 +1051,30 @@ struct BackwardRows<'a, T> {
 /// of the recurrent kernel's gradient for a GRU without reset_after (accumulated per step),
 /// zeros otherwise.
 fn backward_rows<T: Element>(
+    layer: (&LstmConfig, &LstmWeights<T>),
+    ut: &Array2<T>,
+    a: BackwardRows<'_, T>,
+) -> Array2<T> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        return unsafe { backward_rows_avx2(layer, ut, a) };
+    }
+    backward_rows_any(layer, ut, a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_rows_avx2<T: Element>(
+    layer: (&LstmConfig, &LstmWeights<T>),
+    ut: &Array2<T>,
+    a: BackwardRows<'_, T>,
+) -> Array2<T> {
+    backward_rows_any(layer, ut, a)
+}
+
+#[inline(always)]
+fn backward_rows_any<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
     ut: &Array2<T>,
     mut a: BackwardRows<'_, T>,
