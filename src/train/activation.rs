@@ -120,8 +120,9 @@ pub(crate) fn derivative_at<T: Element>(a: Activation, x: T, y: T) -> T {
 }
 
 /// [`derivative_at`] over slices: `out[k] = act'(x[k])` given `y[k] = act(x[k])`, the
-/// activation matched once so the loop vectorizes.
-#[inline]
+/// activation matched once so the loop vectorizes (inlined, so that it takes the caller's
+/// instruction set).
+#[inline(always)]
 pub(crate) fn derivative_slice<T: Element>(a: Activation, x: &[T], y: &[T], out: &mut [T]) {
     macro_rules! each {
         ($f:expr) => {
