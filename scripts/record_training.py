@@ -17,6 +17,7 @@ Weights are seeded uniform(-0.5, 0.5).
 Run: KERAS_BACKEND=tensorflow python scripts/record_training.py [OUT_DIR]
 """
 import json
+import math
 import os
 import sys
 
@@ -251,6 +252,12 @@ def build(kind, dtype, t, i):
                               layers.GlobalAveragePooling1D(),
                               layers.BatchNormalization(scale=False, momentum=0.8),
                               layers.Dense(3)])
+    elif kind == "noise":
+        m = keras.Sequential([keras.Input((t, i)), layers.Masking(0.0),
+                              layers.GaussianNoise(0.3),
+                              layers.LSTM(5, return_sequences=True),
+                              layers.GaussianDropout(0.25),
+                              layers.Dense(2)])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -270,10 +277,10 @@ def data(kind, dtype, n, t, i):
             x[r, t - (r % 3):] = 0
         return x, rng.randint(0, 3, (n,)).astype(dtype)
     x = rng.uniform(-1, 1, (n, t, i)).astype(dtype)
-    if kind in ("masked_seq", "gru_rnn", "bidi", "rec_dropout", "batch_norm"):
+    if kind in ("masked_seq", "gru_rnn", "bidi", "rec_dropout", "batch_norm", "noise"):
         for r in range(n):
             x[r, t - (r % 3):] = 0.0  # padded tails of 0, 1, 2 steps
-    if kind in ("masked_seq", "dropout_td", "rec_dropout_gpu"):
+    if kind in ("masked_seq", "dropout_td", "rec_dropout_gpu", "noise"):
         y = rng.uniform(-1, 1, (n, t, 2)).astype(dtype)
     elif kind == "stack_softmax":
         y = rng.randint(0, 5, (n,)).astype(dtype)
@@ -326,12 +333,34 @@ def direction_stream(seed, at, d):
 RECURRENT_STREAM = 0xA0761D6478BD642F
 
 
+def normal_noise(mean, stddev, shape, rng, dtype):
+    """The crate's GaussianNoise/GaussianDropout draws: Box-Muller over SplitMix64 (1 - u
+    for the logarithm), row-major."""
+    out = np.empty(int(np.prod(shape)))
+    for k in range(out.size):
+        u1 = 1.0 - rng.next_f64()
+        u2 = rng.next_f64()
+        out[k] = mean + stddev * (math.sqrt(-2.0 * math.log(u1)) * math.cos(math.tau * u2))
+    return out.reshape(shape).astype(dtype)
+
+
 def inject_masks(model, seed, b, dtype):
     """Gives every Dropout layer and recurrent cell of `model` the crate's masks for `seed`
     (batch of `b` rows); `at` is the layer's index in model.layers, as in the crate's chain."""
     for at, layer in enumerate(model.layers):
         # (the shape of what the layer reads: the previous layer's output)
         in_shape = (model.inputs[0] if at == 0 else model.layers[at - 1].output).shape
+        if isinstance(layer, (layers.GaussianNoise, layers.GaussianDropout)):
+            shape = [b] + list(in_shape[1:])
+            rng = layer_stream(seed, at)
+            if isinstance(layer, layers.GaussianNoise):
+                n = tf.constant(normal_noise(0.0, layer.stddev, shape, rng, dtype))
+                layer.call = lambda inputs, training=False, n=n: inputs + n if training else inputs
+            else:
+                sd = math.sqrt(layer.rate / (1.0 - layer.rate))
+                n = tf.constant(normal_noise(1.0, sd, shape, rng, dtype))
+                layer.call = lambda inputs, training=False, n=n: inputs * n if training else inputs
+            continue
         if isinstance(layer, layers.Dropout) and layer.rate > 0:
             shape = [b] + list(in_shape[1:])
             if isinstance(layer, layers.SpatialDropout1D):
@@ -442,6 +471,9 @@ MODEL_CASES = [
      0, 0),
     ("fit_bn", "fit", "batch_norm", "float32", "mse", ("adam", dict(learning_rate=0.01)),
      (16, 6, 3), 4, 5),
+    # GaussianNoise and GaussianDropout in training mode, the crate's draws given to Keras
+    ("grads_noise_train_f64", "grads_train", "noise", "float64", "mse", None, (4, 6, 3), 0,
+     0),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)

@@ -217,6 +217,7 @@ fn training_mode_gradients_match_gradient_tape() {
         ("grads_rec_dropout_f64", 1e-10),
         ("grads_embed_pool_train_f64", 1e-10),
         ("grads_bn_train_f64", 1e-10),
+        ("grads_noise_train_f64", 1e-10),
         ("grads_rec_dropout_f32", 1e-5),
     ] {
         let seed = training_seed(name);
@@ -579,9 +580,9 @@ fn diverging_training_and_bad_targets_are_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
-    // the noise layers are refused by name (Keras applies them in fit; not built); a
-    // Dropout layer and a recurrent layer's dropout and recurrent_dropout are trained, their
-    // rates checked
+    // AlphaDropout is refused by name (Keras applies it in fit; not built); a Dropout layer,
+    // GaussianNoise, GaussianDropout and a recurrent layer's dropout and recurrent_dropout
+    // are trained, their rates checked
     let (config, weights) = config_and_weights("fit_gru_rnn");
     let set = |class: &str, key: &str, v: f64| {
         let mut c = config.clone();
@@ -623,14 +624,27 @@ fn diverging_training_and_bad_targets_are_errors() {
         Sequential::<f32>::from_model(&model)
     };
     let err = with(
-        serde_json::json!({"module": "keras.layers", "class_name": "GaussianNoise",
-        "config": {"name": "noise", "stddev": 0.1}, "registered_name": null}),
+        serde_json::json!({"module": "keras.layers", "class_name": "AlphaDropout",
+        "config": {"name": "noise", "rate": 0.1}, "registered_name": null}),
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("stddev") && err.to_string().contains("noise"),
+        err.to_string().contains("rate") && err.to_string().contains("noise"),
         "{err}"
     );
+    // GaussianNoise and GaussianDropout train (their ranges checked)
+    let net = with(
+        serde_json::json!({"module": "keras.layers", "class_name": "GaussianNoise",
+        "config": {"name": "noise", "stddev": 0.1}, "registered_name": null}),
+    )
+    .unwrap();
+    assert!(net.layers.iter().any(|(n, _)| n == "noise"));
+    let err = with(
+        serde_json::json!({"module": "keras.layers", "class_name": "GaussianDropout",
+        "config": {"name": "gd", "rate": 1.5}, "registered_name": null}),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rate of layer gd"), "{err}");
     let err = with(
         serde_json::json!({"module": "keras.layers", "class_name": "Dropout",
         "config": {"name": "dropout", "rate": 1.0}, "registered_name": null}),

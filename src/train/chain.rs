@@ -90,7 +90,10 @@ impl<T: Element> Sequential<T> {
                     caches.push(Cache::Embedding(rows, [b, t]));
                 }
                 TrainLayer::Op(op) => {
-                    let out = op.forward(name, h.view(), mask.as_ref(), training.is_some())?;
+                    // (the layer's seed: its own stream of this step's, as a Dropout layer's)
+                    let seed =
+                        training.map(|s| s ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    let out = op.forward(name, h.view(), mask.as_ref(), seed)?;
                     logits = op.logits(&out.cache);
                     h = out.y;
                     mask = out.mask;

@@ -250,11 +250,12 @@ impl<T: Element> Sequential<T> {
 fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     fn walk(v: &serde_json::Value) -> Result<()> {
         match v {
-            // a Dropout or SpatialDropout1D layer is trained (TrainLayer::Dropout)
+            // a Dropout or SpatialDropout1D layer is trained (TrainLayer::Dropout), and so are
+            // GaussianNoise and GaussianDropout (TrainLayer::Op)
             serde_json::Value::Object(o)
                 if matches!(
                     o.get("class_name").and_then(serde_json::Value::as_str),
-                    Some("Dropout" | "SpatialDropout1D")
+                    Some("Dropout" | "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout")
                 ) =>
             {
                 Ok(())
@@ -296,7 +297,9 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     walk(config)
 }
 
-/// The `Dropout` layers of the model's layer list, by where they sit in the chain: key `k`
+/// The `Dropout`, `SpatialDropout1D`, `GaussianNoise` and `GaussianDropout` layers of the model's
+/// layer list (the identity at inference, outside the chain view), by where they sit in the
+/// chain: key `k`
 /// holds those after the chain's first `k` layers (`layers`), in order.
 #[allow(clippy::type_complexity)]
 fn dropout_layers<T: Element>(
@@ -320,6 +323,14 @@ fn dropout_layers<T: Element>(
             continue;
         }
         let class = entry.get("class_name").and_then(Value::as_str);
+        if let Some(c @ ("GaussianNoise" | "GaussianDropout")) = class {
+            let op = super::layers::from_keras::<T>(c, cfg, name, Vec::new())?
+                .expect("a class of layers::CLASSES");
+            out.entry(seen)
+                .or_default()
+                .push((name.to_string(), TrainLayer::Op(op)));
+            continue;
+        }
         if !matches!(class, Some("Dropout" | "SpatialDropout1D")) {
             continue;
         }

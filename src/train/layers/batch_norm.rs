@@ -106,7 +106,7 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
         name: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
-        training: bool,
+        training: Option<u64>,
     ) -> Result<OpForward<T>> {
         let shape = x.shape().to_vec();
         let width = self.moving_mean.len();
@@ -127,7 +127,7 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
             .into_owned()
             .into_shape_with_order((rows, width))
             .expect("rows of the last axis");
-        let (weights, mean, var) = if training {
+        let (weights, mean, var) = if training.is_some() {
             // each row's weight: 1, or its step's mask value (a [B, T] mask on [B, T, C])
             let weights: Vec<T> = match mask {
                 Some(m) if shape.len() == 3 && m.dim() == (shape[0], shape[1]) => m

@@ -88,7 +88,7 @@ impl<T: Element> TrainOp<T> for Conv1D<T> {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let x3 = three(&x, name)?;
         let (b, t, cin) = x3.dim();

@@ -9,9 +9,11 @@
 //! - `norm.rs`: `LayerNormalization`; `batch_norm.rs`: `BatchNormalization` (batch
 //!   statistics in training mode, the moving ones updated by `fit`).
 //! - `conv.rs`: `Conv1D`.
+//! - `noise.rs`: `GaussianNoise`, `GaussianDropout` (training mode; the identity otherwise).
 
 mod batch_norm;
 mod conv;
+mod noise;
 mod norm;
 mod pooling;
 mod shape;
@@ -45,7 +47,7 @@ pub struct OpForward<T> {
 ///     .unwrap()
 ///     .unwrap();
 /// let x = ndarray::Array2::<f64>::ones((2, 4)).into_dyn();
-/// let out = op.forward("rep", x.view(), None, false).unwrap();
+/// let out = op.forward("rep", x.view(), None, None).unwrap();
 /// assert_eq!(out.y.shape(), &[2, 3, 4]);
 /// let (dx, grads) = op.backward("rep", &out.cache, ndarray::ArrayD::ones(vec![2, 3, 4])).unwrap();
 /// assert_eq!(dx, ndarray::ArrayD::from_elem(vec![2, 4], 3.0));
@@ -56,14 +58,15 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
     fn class(&self) -> &'static str;
 
     /// The output on `x` under the incoming mask `mask` (`[B, T]`), with its mask and the
-    /// cache of the backward pass, in training mode (`fit`, `gradients_in_training`) or
-    /// not; `name` is the layer's, for errors.
+    /// cache of the backward pass; in training mode (`fit`, `gradients_in_training`)
+    /// `training` holds this layer's seed for this step (for its random draws), None at
+    /// inference; `name` is the layer's, for errors.
     fn forward(
         &self,
         name: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
-        training: bool,
+        training: Option<u64>,
     ) -> Result<OpForward<T>>;
 
     /// From the output's cotangent `d`: the input's and each weight's (the order of
@@ -138,6 +141,8 @@ pub const CLASSES: &[&str] = &[
     "LayerNormalization",
     "BatchNormalization",
     "Conv1D",
+    "GaussianNoise",
+    "GaussianDropout",
 ];
 
 /// The trainable layer of Keras class `class` with config `cfg` (the layer's `config`
@@ -188,6 +193,38 @@ pub fn from_keras<T: Element>(
         }),
         "LayerNormalization" => Box::new(norm::LayerNorm::new(cfg, name, w)?),
         "BatchNormalization" => Box::new(batch_norm::BatchNorm::new(cfg, name, w)?),
+        "GaussianNoise" | "GaussianDropout" => {
+            let key = if class == "GaussianNoise" {
+                "stddev"
+            } else {
+                "rate"
+            };
+            let v = cfg.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+            let ok = if class == "GaussianNoise" {
+                v >= 0.0 && v.is_finite()
+            } else {
+                (0.0..1.0).contains(&v)
+            };
+            if !ok {
+                return Err(LstmError::bad_config(
+                    format!("{key} of layer {name}"),
+                    format!("{v} is out of range"),
+                ));
+            }
+            Box::new(noise::GaussianNoise {
+                stddev: if class == "GaussianNoise" {
+                    v
+                } else {
+                    (v / (1.0 - v)).sqrt()
+                },
+                multiply: class == "GaussianDropout",
+                class: if class == "GaussianNoise" {
+                    "GaussianNoise"
+                } else {
+                    "GaussianDropout"
+                },
+            })
+        }
         "Conv1D" => {
             channels_last(cfg, name)?;
             Box::new(conv::Conv1D::new(cfg, name, w)?)
@@ -251,13 +288,15 @@ mod tests {
         training: bool,
     ) -> f64 {
         let mut next = stream(x.len() as u64 * 7919 + 1);
-        let out = op.forward("l", x.view(), mask.as_ref(), training).unwrap();
+        let out = op
+            .forward("l", x.view(), mask.as_ref(), training.then_some(1))
+            .unwrap();
         let r = ArrayD::from_shape_fn(out.y.raw_dim(), |_| next());
         let (dx, dw) = op.backward("l", &out.cache, r.clone()).unwrap();
         assert_eq!(dx.shape(), x.shape());
         let loss = |op: &dyn TrainOp<f64>, x: &ArrayD<f64>| {
             let y = op
-                .forward("l", x.view(), mask.as_ref(), training)
+                .forward("l", x.view(), mask.as_ref(), training.then_some(1))
                 .unwrap()
                 .y;
             (&y * &r).sum()
@@ -387,6 +426,20 @@ mod tests {
             assert!(e < 1e-8, "LayerNormalization {cfg}: {e:e}");
             worst = worst.max(e);
         }
+        // the noise layers in training mode (their draws fixed by the seed)
+        for (class, cfg) in [
+            ("GaussianNoise", json!({"stddev": 0.4})),
+            ("GaussianDropout", json!({"rate": 0.3})),
+        ] {
+            let e = check_in(
+                &mut op(class, cfg, vec![]),
+                x.clone(),
+                Some(mask.clone()),
+                true,
+            );
+            assert!(e < 1e-8, "{class}: {e:e}");
+            worst = worst.max(e);
+        }
         // BatchNormalization in both modes, masked (its masked moments) and not, 2-D and 3-D
         for cfg in [json!({}), json!({"center": false}), json!({"scale": false})] {
             let mut w = Vec::new();
@@ -424,7 +477,7 @@ mod tests {
         mask.row_mut(1).fill(false);
         let keeps = |class: &str, cfg: serde_json::Value, w: Vec<ArrayD<f32>>| {
             op(class, cfg, w)
-                .forward("l", x.view(), Some(&mask), false)
+                .forward("l", x.view(), Some(&mask), None)
                 .unwrap()
                 .mask
                 .is_some()
@@ -438,7 +491,7 @@ mod tests {
         assert!(!keeps("MaxPooling1D", json!({}), vec![]));
         assert!(!keeps("Flatten", json!({}), vec![]));
         let avg = op("GlobalAveragePooling1D", json!({}), vec![])
-            .forward("l", x.view(), Some(&mask), false)
+            .forward("l", x.view(), Some(&mask), None)
             .unwrap()
             .y;
         let avg = avg.into_dimensionality::<ndarray::Ix2>().unwrap();
@@ -479,7 +532,7 @@ mod tests {
                 ndarray::ArrayD::zeros(vec![3]),
             ],
         );
-        let Err(e) = ln.forward("ln", x.view(), None, false) else {
+        let Err(e) = ln.forward("ln", x.view(), None, None) else {
             panic!("axis 1 of a rank-3 input accepted");
         };
         assert!(e.to_string().contains("axis"), "{e}");
@@ -498,7 +551,7 @@ mod tests {
                 ndarray::ArrayD::zeros(vec![2]),
             ],
         );
-        let out = conv.forward("c", x.view(), None, false).unwrap();
+        let out = conv.forward("c", x.view(), None, None).unwrap();
         assert_eq!(out.y.shape(), &[2, t, 2]);
         let (dx, _) = conv.backward("c", &out.cache, out.y.clone()).unwrap();
         assert!(dx.iter().all(|v| v.is_finite()));
@@ -508,7 +561,7 @@ mod tests {
             ("GlobalMaxPooling1D", json!({})),
         ] {
             let p = op(class, cfg, vec![]);
-            let out = p.forward("p", x.view(), None, false).unwrap();
+            let out = p.forward("p", x.view(), None, None).unwrap();
             let (dx, _) = p.backward("p", &out.cache, out.y.clone()).unwrap();
             assert_eq!(dx.shape(), x.shape(), "{class}");
         }

@@ -91,7 +91,7 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
         name: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         crate::graph::last_axis(name, self.axis, x.ndim())?;
         let shape = x.shape().to_vec();

@@ -40,7 +40,7 @@ impl<T: Element> TrainOp<T> for GlobalPool1D {
         name: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let x3 = three(&x, name)?;
         let (b, t, c) = x3.dim();
@@ -183,7 +183,7 @@ impl<T: Element> TrainOp<T> for Pool1D {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let x3 = three(&x, name)?;
         let (b, t, c) = x3.dim();

@@ -24,7 +24,7 @@ impl<T: Element> TrainOp<T> for RepeatVector {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let x2 = x
             .view()
@@ -74,7 +74,7 @@ impl<T: Element> TrainOp<T> for Flatten {
         name: &str,
         x: ArrayViewD<'_, T>,
         _: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let shape = x.shape().to_vec();
         let Some(&b) = shape.first() else {
@@ -133,7 +133,7 @@ impl<T: Element> TrainOp<T> for ActivationOp {
         _: &str,
         x: ArrayViewD<'_, T>,
         mask: Option<&Array2<bool>>,
-        _: bool,
+        _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let z = x.to_owned();
         Ok(OpForward {
