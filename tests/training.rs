@@ -632,6 +632,27 @@ fn diverging_training_and_bad_targets_are_errors() {
         err.to_string().contains("rate") && err.to_string().contains("noise"),
         "{err}"
     );
+    // regularizers and constraints (Keras's fit applies them; not built) are refused by name
+    let err = set("GRU", "kernel_regularizer", 0.0).unwrap_err();
+    assert!(
+        err.to_string().contains("kernel_regularizer") && err.to_string().contains("gru"),
+        "{err}"
+    );
+    let err = with(serde_json::json!({"module": "keras.layers",
+        "class_name": "ActivityRegularization",
+        "config": {"name": "act_reg", "l1": 0.0, "l2": 0.01}, "registered_name": null}))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("l2") && err.to_string().contains("act_reg"),
+        "{err}"
+    );
+    let err = {
+        let mut c = config.clone();
+        c["config"]["layers"][2]["config"]["trainable"] = serde_json::json!(false);
+        let model = KerasModel::from_config_and_weights(&c, &weights).unwrap();
+        Sequential::<f32>::from_model(&model).unwrap_err()
+    };
+    assert!(err.to_string().contains("trainable"), "{err}");
     // GaussianNoise and GaussianDropout train (their ranges checked)
     let net = with(
         serde_json::json!({"module": "keras.layers", "class_name": "GaussianNoise",

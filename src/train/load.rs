@@ -22,6 +22,7 @@ impl<T: Element> Sequential<T> {
             ));
         }
         refuse_training_randomness(model.config())?;
+        refuse_regularizers(model.config())?;
         let mut dropouts = dropout_layers(model.config(), model.layers())?;
         let mut layers = dropouts.remove(&0).unwrap_or_default();
         for (k, (name, layer)) in model.layers().iter().enumerate() {
@@ -242,6 +243,49 @@ impl<T: Element> Sequential<T> {
         }
         Ok(())
     }
+}
+
+/// Keras's `fit` adds a layer's regularization losses to the loss (`kernel_regularizer`,
+/// `recurrent_regularizer`, `bias_regularizer`, `activity_regularizer`, the
+/// `ActivityRegularization` layer's `l1`/`l2`) and applies its constraints after each step
+/// (`*_constraint`); neither is built here, and training without them would train another
+/// model, so a config with any set is refused, naming the layer and the key. So is a frozen
+/// layer (`trainable: false`: Keras leaves its weights, and runs a frozen
+/// BatchNormalization in inference mode).
+fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    fn walk(v: &Value) -> Result<()> {
+        match v {
+            Value::Object(o) => {
+                if let Some(cfg) = o.get("config").and_then(Value::as_object) {
+                    let name = cfg.get("name").and_then(Value::as_str).unwrap_or("?");
+                    for (key, value) in cfg {
+                        let set = (key.ends_with("_regularizer") || key.ends_with("_constraint"))
+                            && !value.is_null();
+                        let activity = o.get("class_name").and_then(Value::as_str)
+                            == Some("ActivityRegularization")
+                            && (key == "l1" || key == "l2")
+                            && value.as_f64().is_some_and(|r| r != 0.0);
+                        let frozen = key == "trainable" && value == &Value::Bool(false);
+                        if set || activity || frozen {
+                            return Err(LstmError::unsupported(
+                                key.as_str(),
+                                format!(
+                                    "{value} on layer {name} in training (regularization \
+                                     losses and constraints are not built; remove it to train \
+                                     this model)"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                o.values().try_for_each(walk)
+            }
+            Value::Array(a) => a.iter().try_for_each(walk),
+            _ => Ok(()),
+        }
+    }
+    walk(config)
 }
 
 /// Keras applies dropout and noise in `fit`; training without them would train another
