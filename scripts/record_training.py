@@ -258,6 +258,10 @@ def build(kind, dtype, t, i):
                               layers.LSTM(5, return_sequences=True),
                               layers.GaussianDropout(0.25),
                               layers.Dense(2)])
+    elif kind == "reshape_permute":
+        m = keras.Sequential([keras.Input((t, i)), layers.Permute((2, 1)),
+                              layers.LSTM(5, return_sequences=True),
+                              layers.Reshape((-1, 10)), layers.GRU(3), layers.Dense(3)])
     elif kind == "rnn_dropout":
         m = keras.Sequential([keras.Input((t, i)),
                               layers.LSTM(5, dropout=0.3, return_sequences=True),
@@ -474,6 +478,10 @@ MODEL_CASES = [
     # GaussianNoise and GaussianDropout in training mode, the crate's draws given to Keras
     ("grads_noise_train_f64", "grads_train", "noise", "float64", "mse", None, (4, 6, 3), 0,
      0),
+    # Permute (steps and features swapped) and Reshape (an inferred axis) between recurrent
+    # layers
+    ("grads_reshape_permute_f64", "grads", "reshape_permute", "float64", "mse", None,
+     (3, 5, 4), 0, 0),
 ]
 for name, mode, kind, dtype, loss, opt, (n, t, i), batch, epochs in MODEL_CASES:
     model = build(kind, dtype, t, i)

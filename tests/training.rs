@@ -357,6 +357,7 @@ fn model_losses_and_gradients_match_gradient_tape() {
         "grads_embed_pool_f64",
         "grads_repeat_flatten_f64",
         "grads_bn_f64",
+        "grads_reshape_permute_f64",
     ] {
         model_grads::<f64>(name, 1e-10);
     }

@@ -61,7 +61,8 @@ pub enum ModelLayer {
         activation: DenseActivation,
     },
     /// Another single-input layer of the chain that this view does not interpret (one of
-    /// [`crate::train::layers::CLASSES`]: pooling, `RepeatVector`, `Flatten`, `Activation`,
+    /// [`crate::train::layers::CLASSES`]: pooling, `RepeatVector`, `Flatten`, `Reshape`,
+    /// `Permute`, `Activation`,
     /// `LayerNormalization`, `BatchNormalization`, `Conv1D`): its class, its config and its
     /// weights in
     /// `get_weights()` order.

@@ -2,7 +2,7 @@
 //! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
 //! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
-//! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Activation,
+//! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Reshape, Permute, Activation,
 //! GaussianNoise, GaussianDropout)
 //! ([`Sequential`], built from a loaded [`KerasModel`](crate::model::KerasModel)) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as

@@ -5,7 +5,7 @@
 //!
 //! - `pooling.rs`: `GlobalAveragePooling1D` (over the unmasked steps), `GlobalMaxPooling1D`,
 //!   `MaxPooling1D`, `AveragePooling1D`.
-//! - `shape.rs`: `RepeatVector`, `Flatten`, `Activation`.
+//! - `shape.rs`: `RepeatVector`, `Flatten`, `Reshape`, `Permute`, `Activation`.
 //! - `norm.rs`: `LayerNormalization`; `batch_norm.rs`: `BatchNormalization` (batch
 //!   statistics in training mode, the moving ones updated by `fit`).
 //! - `conv.rs`: `Conv1D`.
@@ -137,6 +137,8 @@ pub const CLASSES: &[&str] = &[
     "AveragePooling1D",
     "RepeatVector",
     "Flatten",
+    "Reshape",
+    "Permute",
     "Activation",
     "LayerNormalization",
     "BatchNormalization",
@@ -186,7 +188,52 @@ pub fn from_keras<T: Element>(
         }),
         "Flatten" => {
             channels_last(cfg, name)?;
-            Box::new(shape::Flatten)
+            Box::new(shape::Flatten { target: None })
+        }
+        "Reshape" => {
+            let target: Vec<i64> = cfg
+                .get("target_shape")
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    LstmError::bad_config(
+                        format!("target_shape of layer {name}"),
+                        "expected a list",
+                    )
+                })?
+                .iter()
+                .map(|d| d.as_i64().unwrap_or(-1))
+                .collect();
+            if target.iter().filter(|&&d| d <= 0).count() > 1 {
+                return Err(LstmError::bad_config(
+                    format!("target_shape of layer {name}"),
+                    format!("{target:?} has more than one inferred axis"),
+                ));
+            }
+            Box::new(shape::Flatten {
+                target: Some(target),
+            })
+        }
+        "Permute" => {
+            let dims: Vec<usize> = cfg
+                .get("dims")
+                .and_then(Value::as_array)
+                .ok_or_else(|| {
+                    LstmError::bad_config(format!("dims of layer {name}"), "expected a list")
+                })?
+                .iter()
+                .map(|d| d.as_u64().unwrap_or(0) as usize)
+                .collect();
+            let mut sorted = dims.clone();
+            sorted.sort_unstable();
+            if sorted != (1..=dims.len()).collect::<Vec<_>>() {
+                return Err(LstmError::bad_config(
+                    format!("dims of layer {name}"),
+                    format!("{dims:?} is not a permutation of 1..={}", dims.len()),
+                ));
+            }
+            Box::new(shape::Permute {
+                axes: std::iter::once(0).chain(dims).collect(),
+            })
         }
         "Activation" => Box::new(shape::ActivationOp {
             activation: crate::graph::act_of(cfg.get("activation"), "activation")?,
@@ -362,6 +409,8 @@ mod tests {
             ),
             ("AveragePooling1D", json!({"pool_size": 2, "strides": 3})),
             ("Flatten", json!({})),
+            ("Reshape", json!({"target_shape": [2, -1]})),
+            ("Permute", json!({"dims": [2, 1]})),
             ("Activation", json!({"activation": "softmax"})),
             ("Activation", json!({"activation": "tanh"})),
         ] {

@@ -1,4 +1,5 @@
-//! `RepeatVector`, `Flatten` and `Activation` with their backward passes.
+//! `RepeatVector`, `Flatten`, `Reshape`, `Permute` and `Activation` with their backward
+//! passes.
 
 use super::super::chain::{dense_activate, dense_activation_backward};
 use super::{cache_of, OpCache, OpForward, TrainOp};
@@ -60,13 +61,20 @@ impl<T: Element> TrainOp<T> for RepeatVector {
     }
 }
 
-/// `Flatten`: `[B, ...]` to `[B, prod(...)]` (row-major); drops the mask.
+/// `Flatten` (`target` None: `[B, ...]` to `[B, prod(...)]`) or `Reshape(target_shape)`
+/// (one `-1` entry inferred), row-major; the cotangent reshaped back. Drops the mask.
 #[derive(Debug, Clone)]
-pub(super) struct Flatten;
+pub(super) struct Flatten {
+    pub(super) target: Option<Vec<i64>>,
+}
 
 impl<T: Element> TrainOp<T> for Flatten {
     fn class(&self) -> &'static str {
-        "Flatten"
+        if self.target.is_some() {
+            "Reshape"
+        } else {
+            "Flatten"
+        }
     }
 
     fn forward(
@@ -84,12 +92,14 @@ impl<T: Element> TrainOp<T> for Flatten {
                 &shape,
             ));
         };
-        let rest = shape[1..].iter().product::<usize>();
+        let want = crate::graph::reshape_target(b, x.len(), self.target.as_deref());
         let y = x
             .as_standard_layout()
             .into_owned()
-            .into_shape_with_order(IxDyn(&[b, rest]))
-            .expect("the same values");
+            .into_shape_with_order(IxDyn(&want))
+            .map_err(|_| {
+                LstmError::shape(format!("target_shape of layer {name}"), &want, &shape)
+            })?;
         Ok(OpForward {
             y,
             mask: None,
@@ -163,6 +173,63 @@ impl<T: Element> TrainOp<T> for ActivationOp {
         } else {
             None
         }
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
+
+/// `Permute(dims)`: the axes after the batch axis reordered (`dims` 1-based, as Keras's);
+/// the cotangent permuted back. Drops the mask.
+#[derive(Debug, Clone)]
+pub(super) struct Permute {
+    /// 0-based, the batch axis first.
+    pub(super) axes: Vec<usize>,
+}
+
+impl<T: Element> TrainOp<T> for Permute {
+    fn class(&self) -> &'static str {
+        "Permute"
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        _: Option<&Array2<bool>>,
+        _: Option<u64>,
+    ) -> Result<OpForward<T>> {
+        if x.ndim() != self.axes.len() {
+            return Err(LstmError::shape(
+                format!("input of layer {name}"),
+                &vec![0; self.axes.len()],
+                x.shape(),
+            ));
+        }
+        let y = x
+            .view()
+            .permuted_axes(IxDyn(&self.axes))
+            .as_standard_layout()
+            .into_owned();
+        Ok(OpForward {
+            y,
+            mask: None,
+            cache: Box::new(()),
+        })
+    }
+
+    fn backward(&self, _: &str, _: &OpCache, d: ArrayD<T>) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let mut inverse = vec![0; self.axes.len()];
+        for (k, &a) in self.axes.iter().enumerate() {
+            inverse[a] = k;
+        }
+        Ok((
+            d.permuted_axes(IxDyn(&inverse))
+                .as_standard_layout()
+                .into_owned(),
+            Vec::new(),
+        ))
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {
