@@ -14,6 +14,7 @@ use serde_json::Value;
 
 #[derive(Debug, Clone)]
 pub(super) struct BatchNorm<T> {
+    axis: i64,
     epsilon: f64,
     momentum: f64,
     gamma: Option<Array1<T>>,
@@ -32,17 +33,22 @@ impl<T: Element> BatchNorm<T> {
                 format!("true on layer {name} in training"),
             ));
         }
-        match cfg.get("axis") {
-            None | Some(Value::Null) => {}
-            Some(v) if v.as_i64() == Some(-1) => {}
-            Some(Value::Array(a)) if a.len() == 1 && a[0].as_i64() == Some(-1) => {}
-            Some(v) => {
-                return Err(LstmError::unsupported(
-                    "axis",
-                    format!("{v} of layer {name} in training (the last axis, -1, only)"),
-                ))
-            }
+        // (-1, or a positive index that must name the last axis of the input: Keras 2
+        // writes `[2]` for a 3-D input)
+        let axis = match cfg.get("axis") {
+            None | Some(Value::Null) => Some(-1),
+            Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
+            Some(v) => v.as_i64(),
         }
+        .ok_or_else(|| {
+            LstmError::unsupported(
+                "axis",
+                format!(
+                    "{:?} of layer {name} in training (one axis, the last)",
+                    cfg.get("axis")
+                ),
+            )
+        })?;
         let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
         let mut it = w.into_iter();
         let mut vector = |what: &str| -> Result<Array1<T>> {
@@ -74,6 +80,7 @@ impl<T: Element> BatchNorm<T> {
             }
         }
         Ok(BatchNorm {
+            axis,
             epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3),
             momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99),
             gamma,
@@ -108,6 +115,7 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
         mask: Option<&Array2<bool>>,
         training: Option<u64>,
     ) -> Result<OpForward<T>> {
+        crate::graph::last_axis(name, self.axis, x.ndim())?;
         let shape = x.shape().to_vec();
         let width = self.moving_mean.len();
         if shape.len() < 2 || shape[shape.len() - 1] != width {

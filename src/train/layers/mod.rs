@@ -587,6 +587,30 @@ mod tests {
         assert!(e.to_string().contains("axis"), "{e}");
     }
 
+    /// BatchNormalization's axis as Keras 2 writes it (`[2]` for a 3-D input) is the last
+    /// axis; another is refused at the call, naming it.
+    #[test]
+    fn batch_norm_axis_forms() {
+        let w = || {
+            vec![
+                ndarray::ArrayD::ones(vec![3]),
+                ndarray::ArrayD::zeros(vec![3]),
+                ndarray::ArrayD::zeros(vec![3]),
+                ndarray::ArrayD::ones(vec![3]),
+            ]
+        };
+        let x = random(&[2, 5, 3], 59);
+        for axis in [json!(-1), json!([2]), json!(2)] {
+            let bn = op("BatchNormalization", json!({"axis": axis}), w());
+            assert!(bn.forward("bn", x.view(), None, Some(1)).is_ok(), "{axis}");
+        }
+        let bn = op("BatchNormalization", json!({"axis": 1}), w());
+        let Err(e) = bn.forward("bn", x.view(), None, None) else {
+            panic!("axis 1 of a rank-3 input accepted");
+        };
+        assert!(e.to_string().contains("axis"), "{e}");
+    }
+
     /// Thousands of steps through every op (memory and index arithmetic at length).
     #[test]
     fn long_sequences() {
