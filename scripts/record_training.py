@@ -257,6 +257,7 @@ def build(kind, dtype, t, i):
                               layers.GaussianNoise(0.3),
                               layers.LSTM(5, return_sequences=True),
                               layers.GaussianDropout(0.25),
+                              layers.AlphaDropout(0.2),
                               layers.Dense(2)])
     elif kind == "reshape_permute":
         m = keras.Sequential([keras.Input((t, i)), layers.Permute((2, 1)),
@@ -364,6 +365,17 @@ def inject_masks(model, seed, b, dtype):
                 sd = math.sqrt(layer.rate / (1.0 - layer.rate))
                 n = tf.constant(normal_noise(1.0, sd, shape, rng, dtype))
                 layer.call = lambda inputs, training=False, n=n: inputs * n if training else inputs
+            continue
+        if isinstance(layer, layers.AlphaDropout):
+            shape = [b] + list(in_shape[1:])
+            kept = (scale_mask(layer.rate, shape, layer_stream(seed, at), "float64") != 0)
+            kept = tf.constant(kept.astype(dtype))
+            r = layer.rate
+            alpha_p = -1.6732632423543772848170429916717 * 1.0507009873554804934193349852946
+            a = ((1 - r) * (1 + r * alpha_p**2)) ** -0.5
+            bb = -a * alpha_p * r
+            layer.call = (lambda inputs, training=False, k=kept, a=a, bb=bb, ap=alpha_p:
+                          a * (inputs * k + ap * (1 - k)) + bb if training else inputs)
             continue
         if isinstance(layer, layers.Dropout) and layer.rate > 0:
             shape = [b] + list(in_shape[1:])

@@ -581,9 +581,9 @@ fn diverging_training_and_bad_targets_are_errors() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
-    // AlphaDropout is refused by name (Keras applies it in fit; not built); a Dropout layer,
-    // GaussianNoise, GaussianDropout and a recurrent layer's dropout and recurrent_dropout
-    // are trained, their rates checked
+    // AlphaDropout with a noise_shape is refused by name (not built); a Dropout layer,
+    // GaussianNoise, GaussianDropout, AlphaDropout and a recurrent layer's dropout and
+    // recurrent_dropout are trained, their rates checked
     let (config, weights) = config_and_weights("fit_gru_rnn");
     let set = |class: &str, key: &str, v: f64| {
         let mut c = config.clone();
@@ -626,11 +626,12 @@ fn diverging_training_and_bad_targets_are_errors() {
     };
     let err = with(
         serde_json::json!({"module": "keras.layers", "class_name": "AlphaDropout",
-        "config": {"name": "noise", "rate": 0.1}, "registered_name": null}),
+        "config": {"name": "noise", "rate": 0.1, "noise_shape": [null, 1, null]},
+        "registered_name": null}),
     )
     .unwrap_err();
     assert!(
-        err.to_string().contains("rate") && err.to_string().contains("noise"),
+        err.to_string().contains("noise_shape") && err.to_string().contains("noise"),
         "{err}"
     );
     // regularizers and constraints (Keras's fit applies them; not built) are refused by name

@@ -295,11 +295,17 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     fn walk(v: &serde_json::Value) -> Result<()> {
         match v {
             // a Dropout or SpatialDropout1D layer is trained (TrainLayer::Dropout), and so are
-            // GaussianNoise and GaussianDropout (TrainLayer::Op)
+            // GaussianNoise, GaussianDropout and AlphaDropout (TrainLayer::Op)
             serde_json::Value::Object(o)
                 if matches!(
                     o.get("class_name").and_then(serde_json::Value::as_str),
-                    Some("Dropout" | "SpatialDropout1D" | "GaussianNoise" | "GaussianDropout")
+                    Some(
+                        "Dropout"
+                            | "SpatialDropout1D"
+                            | "GaussianNoise"
+                            | "GaussianDropout"
+                            | "AlphaDropout"
+                    )
                 ) =>
             {
                 Ok(())
@@ -341,7 +347,7 @@ fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     walk(config)
 }
 
-/// The `Dropout`, `SpatialDropout1D`, `GaussianNoise` and `GaussianDropout` layers of the model's
+/// The `Dropout`, `SpatialDropout1D`, `GaussianNoise`, `GaussianDropout` and `AlphaDropout` layers of the model's
 /// layer list (the identity at inference, outside the chain view), by where they sit in the
 /// chain: key `k`
 /// holds those after the chain's first `k` layers (`layers`), in order.
@@ -367,7 +373,7 @@ fn dropout_layers<T: Element>(
             continue;
         }
         let class = entry.get("class_name").and_then(Value::as_str);
-        if let Some(c @ ("GaussianNoise" | "GaussianDropout")) = class {
+        if let Some(c @ ("GaussianNoise" | "GaussianDropout" | "AlphaDropout")) = class {
             let op = super::layers::from_keras::<T>(c, cfg, name, Vec::new())?
                 .expect("a class of layers::CLASSES");
             out.entry(seen)

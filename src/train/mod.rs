@@ -3,7 +3,7 @@
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
 //! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
 //! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Reshape, Permute, Activation,
-//! GaussianNoise, GaussianDropout)
+//! GaussianNoise, GaussianDropout, AlphaDropout)
 //! ([`Sequential`], built from a loaded [`KerasModel`](crate::model::KerasModel)) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
@@ -17,7 +17,7 @@
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
 //! Not yet here: functional graphs (merges, attention, several inputs or outputs),
-//! AlphaDropout and ActivityRegularization in training mode, stateful layers,
+//! ActivityRegularization, regularizers and constraints in training, stateful layers,
 //! `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run

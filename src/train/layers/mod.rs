@@ -9,7 +9,8 @@
 //! - `norm.rs`: `LayerNormalization`; `batch_norm.rs`: `BatchNormalization` (batch
 //!   statistics in training mode, the moving ones updated by `fit`).
 //! - `conv.rs`: `Conv1D`.
-//! - `noise.rs`: `GaussianNoise`, `GaussianDropout` (training mode; the identity otherwise).
+//! - `noise.rs`: `GaussianNoise`, `GaussianDropout`, `AlphaDropout` (training mode; the
+//!   identity otherwise).
 
 mod batch_norm;
 mod conv;
@@ -145,6 +146,7 @@ pub const CLASSES: &[&str] = &[
     "Conv1D",
     "GaussianNoise",
     "GaussianDropout",
+    "AlphaDropout",
 ];
 
 /// The trainable layer of Keras class `class` with config `cfg` (the layer's `config`
@@ -240,6 +242,22 @@ pub fn from_keras<T: Element>(
         }),
         "LayerNormalization" => Box::new(norm::LayerNorm::new(cfg, name, w)?),
         "BatchNormalization" => Box::new(batch_norm::BatchNorm::new(cfg, name, w)?),
+        "AlphaDropout" => {
+            let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0);
+            if !(0.0..1.0).contains(&rate) {
+                return Err(LstmError::bad_config(
+                    format!("rate of layer {name}"),
+                    format!("{rate} is not in [0, 1)"),
+                ));
+            }
+            if !cfg.get("noise_shape").is_none_or(Value::is_null) {
+                return Err(LstmError::unsupported(
+                    "noise_shape",
+                    format!("{} on layer {name} in training", cfg["noise_shape"]),
+                ));
+            }
+            Box::new(noise::AlphaDropout { rate })
+        }
         "GaussianNoise" | "GaussianDropout" => {
             let key = if class == "GaussianNoise" {
                 "stddev"
@@ -479,6 +497,7 @@ mod tests {
         for (class, cfg) in [
             ("GaussianNoise", json!({"stddev": 0.4})),
             ("GaussianDropout", json!({"rate": 0.3})),
+            ("AlphaDropout", json!({"rate": 0.3})),
         ] {
             let e = check_in(
                 &mut op(class, cfg, vec![]),

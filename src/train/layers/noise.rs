@@ -82,3 +82,72 @@ impl<T: Element> TrainOp<T> for GaussianNoise {
         Box::new(self.clone())
     }
 }
+
+/// `AlphaDropout(rate)` in training mode (the identity at inference), as Keras 3 computes
+/// it: with `kept` drawn as a Dropout's (each value kept with probability `1 - rate`),
+/// `a · (x · kept + α' · (1 - kept)) + b` for SELU's `α' = -1.6732632423543772 ·
+/// 1.0507009873554805`, `a = ((1 - rate)(1 + rate·α'²))^(-1/2)`, `b = -a·α'·rate`; the
+/// cotangent `a · kept`. Keeps the mask.
+#[derive(Debug, Clone)]
+pub(super) struct AlphaDropout {
+    pub(super) rate: f64,
+}
+
+impl<T: Element> TrainOp<T> for AlphaDropout {
+    fn class(&self) -> &'static str {
+        "AlphaDropout"
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        mask: Option<&Array2<bool>>,
+        training: Option<u64>,
+    ) -> Result<OpForward<T>> {
+        let Some(seed) = training.filter(|_| self.rate > 0.0) else {
+            return Ok(OpForward {
+                y: x.to_owned(),
+                mask: mask.cloned(),
+                cache: Box::new(None::<ArrayD<T>>),
+            });
+        };
+        let mut rng = SplitMix(seed);
+        let scaled: ArrayD<T> =
+            super::super::dropout::dropout_mask(name, self.rate, None, x.shape(), &mut rng)?;
+        let alpha_p = -1.673_263_242_354_377_3 * 1.050_700_987_355_480_5;
+        let a = ((1.0 - self.rate) * (1.0 + self.rate * alpha_p * alpha_p)).powf(-0.5);
+        let b = -a * alpha_p * self.rate;
+        let (ta, tb, tap) = (T::from_f64(a), T::from_f64(b), T::from_f64(alpha_p));
+        let kept = scaled.mapv(|v| if v == T::zero() { T::zero() } else { T::one() });
+        let mut y = x.to_owned();
+        ndarray::Zip::from(&mut y)
+            .and(&kept)
+            .for_each(|v, &k| *v = ta * (*v * k + tap * (T::one() - k)) + tb);
+        Ok(OpForward {
+            y,
+            mask: mask.cloned(),
+            cache: Box::new(Some(kept.mapv(|k| k * ta))),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let scale = cache_of::<Option<ArrayD<T>>>(cache, name)?;
+        Ok((
+            match scale {
+                Some(s) => &d * s,
+                None => d,
+            },
+            Vec::new(),
+        ))
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
