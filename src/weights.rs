@@ -190,17 +190,20 @@ pub(crate) fn bias_len(config: &LstmConfig) -> usize {
     }
 }
 
+/// A standard normal draw from two uniform draws in [0, 1) of `uniform` (Box-Muller; `1 - u`
+/// keeps the logarithm finite).
+pub(crate) fn standard_normal(mut uniform: impl FnMut() -> f64) -> f64 {
+    let u1 = 1.0 - uniform();
+    let u2 = uniform();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// Draws a `rows x cols` matrix from `init` (fan_in = rows, fan_out = cols, as Keras computes
 /// them for a 2-D variable).
 fn sample<T: Element>(init: &Initializer, rows: usize, cols: usize, rng: &mut StdRng) -> Array2<T> {
     let (fan_in, fan_out) = (rows as f64, cols as f64);
     let uniform = |rng: &mut StdRng, lo: f64, hi: f64| lo + (hi - lo) * rng.random::<f64>();
-    let normal = |rng: &mut StdRng| -> f64 {
-        // Box-Muller; 1 - u keeps the logarithm finite.
-        let u1 = 1.0 - rng.random::<f64>();
-        let u2 = rng.random::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    };
+    let normal = |rng: &mut StdRng| -> f64 { standard_normal(|| rng.random::<f64>()) };
     let truncated = |rng: &mut StdRng, mean: f64, stddev: f64| loop {
         let z = normal(rng);
         if z.abs() <= 2.0 {

@@ -12,9 +12,9 @@ pub(crate) mod conv_lstm;
 mod custom;
 pub(crate) use self::attention::{check_scale, query_value_key};
 pub(crate) use self::combine::last_axis;
-pub(crate) use self::conv::{Placement, Window2};
+pub(crate) use self::conv::{channels_last, Placement, Window2};
 pub(crate) use self::mha::{Mha as MhaOp, Projection as MhaProjection};
-pub(crate) use self::ops::{act_of, IDENTITY_AT_INFERENCE, SUPPORTED};
+pub(crate) use self::ops::{act_of, norm_axis, IDENTITY_AT_INFERENCE, SUPPORTED};
 mod core;
 pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]

@@ -190,6 +190,16 @@ pub(super) use crate::model::DenseActivation as Act;
 
 /// The activation of a Keras config value (`"relu"`, `null` = linear, an activation object,
 /// or softmax).
+/// A normalization layer's `axis` as Keras writes it: an int, or a list of one (Keras 2's
+/// `[2]`); `-1` when absent; None when it is neither.
+pub(crate) fn norm_axis(cfg: &Json) -> Option<i64> {
+    match cfg.get("axis") {
+        None | Some(Json::Null) => Some(-1),
+        Some(Json::Array(a)) if a.len() == 1 => a[0].as_i64(),
+        Some(v) => v.as_i64(),
+    }
+}
+
 pub(crate) fn act_of(v: Option<&Json>, what: &str) -> Result<Act> {
     let name = match v {
         None | Some(Json::Null) => return Ok(Act::Elementwise(Activation::Linear)),
@@ -433,11 +443,7 @@ pub(crate) fn build(
             })
         }
         "LayerNormalization" => {
-            let axis = match cfg.get("axis") {
-                Some(Json::Array(a)) if a.len() == 1 => a[0].as_i64().unwrap_or(-1),
-                Some(v) => v.as_i64().unwrap_or(-1),
-                None => -1,
-            };
+            let axis = norm_axis(cfg).unwrap_or(-1);
             if axis != -1 {
                 return Err(LstmError::unsupported("LayerNormalization axis", axis));
             }
@@ -460,11 +466,7 @@ pub(crate) fn build(
             })
         }
         "BatchNormalization" => {
-            let axis = match cfg.get("axis") {
-                Some(Json::Array(a)) if a.len() == 1 => a[0].as_i64().unwrap_or(-1),
-                Some(v) => v.as_i64().unwrap_or(-1),
-                None => -1,
-            };
+            let axis = norm_axis(cfg).unwrap_or(-1);
             let (center, scale) = (
                 cfg.get("center").and_then(Json::as_bool).unwrap_or(true),
                 cfg.get("scale").and_then(Json::as_bool).unwrap_or(true),

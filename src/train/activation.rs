@@ -1,9 +1,13 @@
 //! The derivatives of the activations, as TensorFlow's gradients of Keras's activation
 //! functions give them (at the kinks: relu's gradient is 0 at 0, relu6's is 0 at 0 and at 6,
 //! as `tf.nn.relu`'s and `tf.nn.relu6`'s are; `clip_by_value`'s passes at the bounds).
+//! Also a Dense or `Activation` layer's activation on a tensor and its backward pass
+//! (softmax over the last axis).
 
 use crate::activation::Activation;
 use crate::element::Element;
+use crate::model::DenseActivation;
+use ndarray::{ArrayD, Axis};
 
 /// `d act(x) / dx` at the pre-activation `x`.
 ///
@@ -137,6 +141,61 @@ pub(crate) fn derivative_slice<T: Element>(a: Activation, x: &[T], y: &[T], out:
         Activation::Tanh => each!(|_, y: T| one - y * y),
         Activation::Linear => out.fill(one),
         _ => each!(|x, y| derivative_at(a, x, y)),
+    }
+}
+
+/// A Dense activation on `z` (softmax over the last axis).
+pub(crate) fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
+    match a {
+        DenseActivation::Elementwise(f) => z.mapv(|v| f.apply(v)),
+        DenseActivation::Softmax => {
+            let mut y = z.clone();
+            for mut row in y.lanes_mut(Axis(z.ndim() - 1)) {
+                let max = row
+                    .iter()
+                    .fold(T::from_f64(f64::NEG_INFINITY), |m, &v| m.elem_max(v));
+                let mut sum = T::zero();
+                row.mapv_inplace(|v| {
+                    let e = (v - max).exp();
+                    sum += e;
+                    e
+                });
+                row.mapv_inplace(|v| v / sum);
+            }
+            y
+        }
+    }
+}
+
+/// dL/dz from dL/dy through a Dense activation at `z`.
+pub(crate) fn dense_activation_backward<T: Element>(
+    a: DenseActivation,
+    z: &ArrayD<T>,
+    d: &ArrayD<T>,
+) -> ArrayD<T> {
+    match a {
+        DenseActivation::Elementwise(f) => {
+            let mut out = d.clone();
+            ndarray::Zip::from(&mut out)
+                .and(z)
+                .for_each(|o, &z| *o = *o * derivative(f, z));
+            out
+        }
+        DenseActivation::Softmax => {
+            let y = dense_activate(a, z);
+            let mut out = d.clone();
+            let ax = Axis(z.ndim() - 1);
+            for (mut o, s) in out.lanes_mut(ax).into_iter().zip(y.lanes(ax)) {
+                let dot = o
+                    .iter()
+                    .zip(s.iter())
+                    .fold(T::zero(), |acc, (&g, &s)| acc + g * s);
+                ndarray::Zip::from(&mut o)
+                    .and(&s)
+                    .for_each(|g, &s| *g = s * (*g - dot));
+            }
+            out
+        }
     }
 }
 

@@ -1,19 +1,17 @@
 //! The chain's recorded forward pass, its backward pass (the loss's gradient back through
 //! every layer, Keras's `trainable_weights` order) and `fit`.
 
+use super::activation::{dense_activate, dense_activation_backward};
 use super::dropout::{dropout_mask, recurrent_dropout, SplitMix};
 use super::load::keras_bias;
 use super::path::{CpuPath, CpuRecompute, RecurrentPath, Tape};
 use super::{
-    derivative, FitOptions, Gradients, History, Loss, LstmCotangents, Optimizer, Sequential,
-    TrainLayer,
+    three, FitOptions, Gradients, History, Loss, LstmCotangents, Optimizer, Sequential, TrainLayer,
 };
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::model::DenseActivation;
-use ndarray::{
-    Array2, Array3, ArrayD, ArrayView, ArrayView3, ArrayViewD, Axis, Dimension, Ix2, IxDyn,
-};
+use ndarray::{Array2, Array3, ArrayD, ArrayView, ArrayViewD, Axis, Dimension, Ix2, IxDyn};
 
 /// What one layer's forward pass keeps for its backward pass.
 // (one per layer of a call; the arrays are on the heap either way)
@@ -111,7 +109,7 @@ impl<T: Element> Sequential<T> {
                     _ => caches.push(Cache::Dropout(None)),
                 },
                 TrainLayer::Masking { mask_value } => {
-                    let x3 = three(&h, name)?;
+                    let x3 = three(h.view(), name)?;
                     let m = x3.map_axis(Axis(2), |row| row.iter().any(|v| v != mask_value));
                     let mut y = x3.to_owned();
                     zero_masked(&mut y, &m);
@@ -125,7 +123,7 @@ impl<T: Element> Sequential<T> {
                     dropout,
                     recurrent_dropout: rd,
                 } => {
-                    let x3 = three(&h, name)?;
+                    let x3 = three(h.view(), name)?;
                     let (xin, dm, gm) =
                         recurrent_dropout(config, x3, (*dropout, *rd), training, (at, 0))?;
                     let (out, tape) = path.forward(
@@ -148,7 +146,7 @@ impl<T: Element> Sequential<T> {
                     dropout,
                     recurrent_dropout: rd,
                 } => {
-                    let x3 = three(&h, name)?;
+                    let x3 = three(h.view(), name)?;
                     let m = mask.as_ref().map(|m| m.view());
                     let rates = (*dropout, *rd);
                     let (xf, mf, gf) = recurrent_dropout(&forward.0, x3, rates, training, (at, 0))?;
@@ -636,74 +634,12 @@ impl<T: Element> Sequential<T> {
     }
 }
 
-/// `h` as the `[B, T, F]` input of layer `name`.
-fn three<'a, T: Element>(h: &'a ArrayD<T>, name: &str) -> Result<ArrayView3<'a, T>> {
-    h.view()
-        .into_dimensionality::<ndarray::Ix3>()
-        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], h.shape()))
-}
-
 /// Zeroes the steps `[b, t, ..]` of `a` that `mask` marks absent (Masking's `x · mask`,
 /// and its gradient).
 fn zero_masked<T: Element>(a: &mut Array3<T>, mask: &Array2<bool>) {
     for ((b, t), &keep) in mask.indexed_iter() {
         if !keep {
             a.slice_mut(ndarray::s![b, t, ..]).fill(T::zero());
-        }
-    }
-}
-
-/// A Dense activation on `z` (softmax over the last axis).
-pub(super) fn dense_activate<T: Element>(a: DenseActivation, z: &ArrayD<T>) -> ArrayD<T> {
-    match a {
-        DenseActivation::Elementwise(f) => z.mapv(|v| f.apply(v)),
-        DenseActivation::Softmax => {
-            let mut y = z.clone();
-            for mut row in y.lanes_mut(Axis(z.ndim() - 1)) {
-                let max = row
-                    .iter()
-                    .fold(T::from_f64(f64::NEG_INFINITY), |m, &v| m.elem_max(v));
-                let mut sum = T::zero();
-                row.mapv_inplace(|v| {
-                    let e = (v - max).exp();
-                    sum += e;
-                    e
-                });
-                row.mapv_inplace(|v| v / sum);
-            }
-            y
-        }
-    }
-}
-
-/// dL/dz from dL/dy through a Dense activation at `z`.
-pub(super) fn dense_activation_backward<T: Element>(
-    a: DenseActivation,
-    z: &ArrayD<T>,
-    d: &ArrayD<T>,
-) -> ArrayD<T> {
-    match a {
-        DenseActivation::Elementwise(f) => {
-            let mut out = d.clone();
-            ndarray::Zip::from(&mut out)
-                .and(z)
-                .for_each(|o, &z| *o = *o * derivative(f, z));
-            out
-        }
-        DenseActivation::Softmax => {
-            let y = dense_activate(a, z);
-            let mut out = d.clone();
-            let ax = Axis(z.ndim() - 1);
-            for (mut o, s) in out.lanes_mut(ax).into_iter().zip(y.lanes(ax)) {
-                let dot = o
-                    .iter()
-                    .zip(s.iter())
-                    .fold(T::zero(), |acc, (&g, &s)| acc + g * s);
-                ndarray::Zip::from(&mut o)
-                    .and(&s)
-                    .for_each(|g, &s| *g = s * (*g - dot));
-            }
-            out
         }
     }
 }

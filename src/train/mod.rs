@@ -222,6 +222,16 @@ pub struct Gradients<T> {
     pub sparse_squares: Vec<Option<ArrayD<T>>>,
 }
 
+/// `x` as `[B, T, C]`, or an error naming the layer `name` whose input it is.
+pub(crate) fn three<'a, T>(
+    x: ndarray::ArrayViewD<'a, T>,
+    name: &str,
+) -> Result<ndarray::ArrayView3<'a, T>> {
+    let shape = x.shape().to_vec();
+    x.into_dimensionality::<ndarray::Ix3>()
+        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], &shape))
+}
+
 /// `got` against `want`, array for array: the count, then each shape (`{what} {k}`).
 pub(crate) fn check_shapes(what: &str, want: &[&[usize]], got: &[&[usize]]) -> Result<()> {
     if want.len() != got.len() {

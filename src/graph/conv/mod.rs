@@ -12,7 +12,9 @@ use crate::gpu::plan::{ConvStage, PoolStage};
 use ndarray::{Array1, Array4, ArrayD, ArrayView4, Ix1, Ix3, Ix4};
 use serde_json::Value as Json;
 
-pub(super) fn channels_last(cfg: &Json) -> Result<()> {
+/// An error unless the layer is channels_last (its `data_format` absent or not
+/// channels_first).
+pub(crate) fn channels_last(cfg: &Json) -> Result<()> {
     match cfg.get("data_format").and_then(Json::as_str) {
         Some("channels_first") => Err(LstmError::unsupported(
             "data_format",

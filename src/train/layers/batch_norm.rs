@@ -6,6 +6,7 @@
 //! (`moving · momentum + batch · (1 - momentum)`, written by `fit` after its step). Keeps the
 //! mask.
 
+use super::scale_shift::{vector, ScaleShift};
 use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -17,8 +18,7 @@ pub(super) struct BatchNorm<T> {
     axis: i64,
     epsilon: f64,
     momentum: f64,
-    gamma: Option<Array1<T>>,
-    beta: Option<Array1<T>>,
+    ss: ScaleShift<T>,
     moving_mean: Array1<T>,
     moving_variance: Array1<T>,
 }
@@ -35,12 +35,7 @@ impl<T: Element> BatchNorm<T> {
         }
         // (-1, or a positive index that must name the last axis of the input: Keras 2
         // writes `[2]` for a 3-D input)
-        let axis = match cfg.get("axis") {
-            None | Some(Value::Null) => Some(-1),
-            Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64(),
-            Some(v) => v.as_i64(),
-        }
-        .ok_or_else(|| {
+        let axis = crate::graph::norm_axis(cfg).ok_or_else(|| {
             LstmError::unsupported(
                 "axis",
                 format!(
@@ -49,42 +44,24 @@ impl<T: Element> BatchNorm<T> {
                 ),
             )
         })?;
-        let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
         let mut it = w.into_iter();
-        let mut vector = |what: &str| -> Result<Array1<T>> {
-            let a = it.next().ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/{what}"),
-            })?;
-            let shape = a.shape().to_vec();
-            a.into_dimensionality::<ndarray::Ix1>()
-                .map_err(|_| LstmError::shape(format!("{name}/{what}"), &[0], &shape))
-        };
-        let gamma = flag("scale").then(|| vector("gamma")).transpose()?;
-        let beta = flag("center").then(|| vector("beta")).transpose()?;
-        let moving_mean = vector("moving_mean")?;
-        let moving_variance = vector("moving_variance")?;
+        let ss = ScaleShift::take(cfg, name, &mut it)?;
+        let moving_mean = vector(&mut it, name, "moving_mean")?;
+        let moving_variance = vector(&mut it, name, "moving_variance")?;
         let width = moving_mean.len();
-        for (v, what) in [
-            (gamma.as_ref(), "gamma"),
-            (beta.as_ref(), "beta"),
-            (Some(&moving_variance), "moving_variance"),
-        ] {
-            if let Some(v) = v {
-                if v.len() != width {
-                    return Err(LstmError::shape(
-                        format!("{name}/{what}"),
-                        &[width],
-                        &[v.len()],
-                    ));
-                }
-            }
+        ss.check_width(name, width)?;
+        if moving_variance.len() != width {
+            return Err(LstmError::shape(
+                format!("{name}/moving_variance"),
+                &[width],
+                &[moving_variance.len()],
+            ));
         }
         Ok(BatchNorm {
             axis,
             epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3),
             momentum: cfg.get("momentum").and_then(Value::as_f64).unwrap_or(0.99),
-            gamma,
-            beta,
+            ss,
             moving_mean,
             moving_variance,
         })
@@ -181,9 +158,8 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
         for j in 0..width {
             // tf.nn.batch_normalization: inv = rsqrt(var + eps) · gamma; x · inv + (beta -
             // mean · inv)
-            let inv = T::one() / T::from_f64((var[j] + eps).to_f64().sqrt())
-                * self.gamma.as_ref().map_or(T::one(), |g| g[j]);
-            let shift = self.beta.as_ref().map_or(T::zero(), |b| b[j]) - mean[j] * inv;
+            let inv = T::one() / T::from_f64((var[j] + eps).to_f64().sqrt()) * self.ss.gamma(j);
+            let shift = self.ss.beta(j) - mean[j] * inv;
             for r in 0..rows {
                 y[[r, j]] = x2[[r, j]] * inv + shift;
             }
@@ -223,7 +199,7 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
         let mut dbeta = Array1::<T>::zeros(width);
         for j in 0..width {
             let s = T::one() / T::from_f64((c.var[j] + eps).to_f64().sqrt());
-            let g = self.gamma.as_ref().map_or(T::one(), |g| g[j]);
+            let g = self.ss.gamma(j);
             let (mut sum_d, mut sum_dxc) = (T::zero(), T::zero());
             for r in 0..rows {
                 let xc = c.x[[r, j]] - c.mean[j];
@@ -256,13 +232,7 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
                 }
             }
         }
-        let mut grads = Vec::new();
-        if self.gamma.is_some() {
-            grads.push(dgamma.into_dyn());
-        }
-        if self.beta.is_some() {
-            grads.push(dbeta.into_dyn());
-        }
+        let grads = self.ss.grads(dgamma, dbeta);
         Ok((
             dx.into_shape_with_order(ndarray::IxDyn(&c.shape))
                 .expect("the input's shape"),
@@ -271,19 +241,11 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
     }
 
     fn weights(&self) -> Vec<ArrayD<T>> {
-        [&self.gamma, &self.beta]
-            .into_iter()
-            .flatten()
-            .map(|w| w.clone().into_dyn())
-            .collect()
+        self.ss.weights()
     }
 
     fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
-        [&mut self.gamma, &mut self.beta]
-            .into_iter()
-            .flatten()
-            .map(|w| w.view_mut().into_dyn())
-            .collect()
+        self.ss.weights_mut()
     }
 
     fn state(&self) -> Vec<ArrayD<T>> {

@@ -4,8 +4,9 @@
 //! backward the kernel's gradient as one product with those rows, the input's as one product
 //! scattered back over the windows.
 
-use super::super::chain::{dense_activate, dense_activation_backward};
-use super::{cache_of, three, OpCache, OpForward, TrainOp};
+use super::super::activation::{dense_activate, dense_activation_backward};
+use super::super::three;
+use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::graph::Window2;
@@ -90,7 +91,7 @@ impl<T: Element> TrainOp<T> for Conv1D<T> {
         _: Option<&Array2<bool>>,
         _: Option<u64>,
     ) -> Result<OpForward<T>> {
-        let x3 = three(&x, name)?;
+        let x3 = three(x.view(), name)?;
         let (b, t, cin) = x3.dim();
         let (k, kin, filters) = self.kernel.dim();
         if cin != kin {

@@ -17,6 +17,7 @@ mod conv;
 mod noise;
 mod norm;
 mod pooling;
+mod scale_shift;
 mod shape;
 
 use crate::element::Element;
@@ -165,7 +166,7 @@ pub fn from_keras<T: Element>(
         .collect();
     let op: Box<dyn TrainOp<T>> = match class {
         "GlobalAveragePooling1D" | "GlobalMaxPooling1D" => {
-            channels_last(cfg, name)?;
+            crate::graph::channels_last(cfg)?;
             Box::new(pooling::GlobalPool1D {
                 average: class == "GlobalAveragePooling1D",
                 keepdims: cfg
@@ -175,7 +176,7 @@ pub fn from_keras<T: Element>(
             })
         }
         "MaxPooling1D" | "AveragePooling1D" => {
-            channels_last(cfg, name)?;
+            crate::graph::channels_last(cfg)?;
             Box::new(pooling::Pool1D::new(
                 class == "MaxPooling1D",
                 crate::graph::Window2::from_config(cfg, 1, "pool_size", true)?,
@@ -189,7 +190,7 @@ pub fn from_keras<T: Element>(
                 as usize,
         }),
         "Flatten" => {
-            channels_last(cfg, name)?;
+            crate::graph::channels_last(cfg)?;
             Box::new(shape::Flatten { target: None })
         }
         "Reshape" => {
@@ -291,30 +292,12 @@ pub fn from_keras<T: Element>(
             })
         }
         "Conv1D" => {
-            channels_last(cfg, name)?;
+            crate::graph::channels_last(cfg)?;
             Box::new(conv::Conv1D::new(cfg, name, w)?)
         }
         _ => return Ok(None),
     };
     Ok(Some(op))
-}
-
-/// An error unless the layer's `data_format` is channels_last (or absent).
-fn channels_last(cfg: &Value, name: &str) -> Result<()> {
-    match cfg.get("data_format").and_then(Value::as_str) {
-        None | Some("channels_last") => Ok(()),
-        Some(other) => Err(LstmError::unsupported(
-            "data_format",
-            format!("{other} on layer {name} in training (channels_last only)"),
-        )),
-    }
-}
-
-/// `x` as 3-D (`[B, T, C]`) or an error naming the layer.
-fn three<'a, T>(x: &'a ArrayViewD<'_, T>, name: &str) -> Result<ndarray::ArrayView3<'a, T>> {
-    x.view()
-        .into_dimensionality::<ndarray::Ix3>()
-        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0], x.shape()))
 }
 
 /// The cache of `op` as its own type (a cache from another layer is an error).

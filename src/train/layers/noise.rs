@@ -19,12 +19,31 @@ pub(super) struct GaussianNoise {
     pub(super) class: &'static str,
 }
 
-/// A standard normal draw (Box-Muller over two uniform draws; `1 - u` keeps the logarithm's
-/// argument in (0, 1]).
+/// A standard normal draw from the generator (`crate::weights::standard_normal`).
 fn normal(rng: &mut SplitMix) -> f64 {
-    let u1: f64 = 1.0 - rng.next_f64();
-    let u2 = rng.next_f64();
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    crate::weights::standard_normal(|| rng.next_f64())
+}
+
+/// The identity (inference, or nothing to draw): the input, its mask, no scale.
+fn unchanged<T: Element>(x: ArrayViewD<'_, T>, mask: Option<&Array2<bool>>) -> OpForward<T> {
+    OpForward {
+        y: x.to_owned(),
+        mask: mask.cloned(),
+        cache: Box::new(None::<ArrayD<T>>),
+    }
+}
+
+/// The backward pass of an op whose cache is the input's scale (`dy/dx`, None for 1).
+fn scaled<T: Element>(
+    name: &str,
+    cache: &OpCache,
+    d: ArrayD<T>,
+) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+    let dx = match cache_of::<Option<ArrayD<T>>>(cache, name)? {
+        Some(s) => &d * s,
+        None => d,
+    };
+    Ok((dx, Vec::new()))
 }
 
 impl<T: Element> TrainOp<T> for GaussianNoise {
@@ -40,11 +59,7 @@ impl<T: Element> TrainOp<T> for GaussianNoise {
         training: Option<u64>,
     ) -> Result<OpForward<T>> {
         let Some(seed) = training.filter(|_| self.stddev > 0.0) else {
-            return Ok(OpForward {
-                y: x.to_owned(),
-                mask: mask.cloned(),
-                cache: Box::new(None::<ArrayD<T>>),
-            });
+            return Ok(unchanged(x, mask));
         };
         let mut rng = SplitMix(seed);
         let mean = if self.multiply { 1.0 } else { 0.0 };
@@ -70,12 +85,7 @@ impl<T: Element> TrainOp<T> for GaussianNoise {
         d: ArrayD<T>,
     ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
         // (added noise passes the cotangent through; multiplied noise scales it)
-        let noise = cache_of::<Option<ArrayD<T>>>(cache, name)?;
-        let dx = match noise {
-            Some(n) => &d * n,
-            None => d,
-        };
-        Ok((dx, Vec::new()))
+        scaled(name, cache, d)
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {
@@ -106,11 +116,7 @@ impl<T: Element> TrainOp<T> for AlphaDropout {
         training: Option<u64>,
     ) -> Result<OpForward<T>> {
         let Some(seed) = training.filter(|_| self.rate > 0.0) else {
-            return Ok(OpForward {
-                y: x.to_owned(),
-                mask: mask.cloned(),
-                cache: Box::new(None::<ArrayD<T>>),
-            });
+            return Ok(unchanged(x, mask));
         };
         let mut rng = SplitMix(seed);
         let scaled: ArrayD<T> =
@@ -137,14 +143,7 @@ impl<T: Element> TrainOp<T> for AlphaDropout {
         cache: &OpCache,
         d: ArrayD<T>,
     ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
-        let scale = cache_of::<Option<ArrayD<T>>>(cache, name)?;
-        Ok((
-            match scale {
-                Some(s) => &d * s,
-                None => d,
-            },
-            Vec::new(),
-        ))
+        scaled(name, cache, d)
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {

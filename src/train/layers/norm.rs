@@ -1,9 +1,10 @@
 //! `LayerNormalization` over the last axis and its backward pass.
 
+use super::scale_shift::ScaleShift;
 use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
-use ndarray::{Array1, Array2, ArrayD, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{Array2, ArrayD, ArrayViewD, ArrayViewMutD, Axis};
 use serde_json::Value;
 
 /// `LayerNormalization(axis=-1, epsilon, center, scale)` as Keras computes it
@@ -16,8 +17,7 @@ use serde_json::Value;
 pub(super) struct LayerNorm<T> {
     epsilon: f64,
     axis: i64,
-    gamma: Option<Array1<T>>,
-    beta: Option<Array1<T>>,
+    ss: ScaleShift<T>,
 }
 
 impl<T: Element> LayerNorm<T> {
@@ -29,47 +29,17 @@ impl<T: Element> LayerNorm<T> {
                 format!("true on layer {name} in training"),
             ));
         }
-        let axis = match cfg.get("axis") {
-            None | Some(Value::Null) => -1,
-            Some(Value::Array(a)) if a.len() == 1 => a[0].as_i64().unwrap_or(i64::MIN),
-            Some(v) => v.as_i64().unwrap_or(i64::MIN),
-        };
-        if axis == i64::MIN {
-            return Err(LstmError::unsupported(
+        let axis = crate::graph::norm_axis(cfg).ok_or_else(|| {
+            LstmError::unsupported(
                 "axis",
                 format!("{:?} of layer {name} (one axis, the last)", cfg.get("axis")),
-            ));
-        }
-        let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(true);
-        let mut it = w.into_iter();
-        let mut vector = |on: bool, what: &str| -> Result<Option<Array1<T>>> {
-            if !on {
-                return Ok(None);
-            }
-            let a = it.next().ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/{what}"),
-            })?;
-            let shape = a.shape().to_vec();
-            a.into_dimensionality::<ndarray::Ix1>()
-                .map(Some)
-                .map_err(|_| LstmError::shape(format!("{name}/{what}"), &[0], &shape))
-        };
-        let gamma = vector(flag("scale"), "gamma")?;
-        let beta = vector(flag("center"), "beta")?;
-        if let (Some(g), Some(b)) = (&gamma, &beta) {
-            if g.len() != b.len() {
-                return Err(LstmError::shape(
-                    format!("{name}/beta"),
-                    &[g.len()],
-                    &[b.len()],
-                ));
-            }
-        }
+            )
+        })?;
+        let ss = ScaleShift::take(cfg, name, &mut w.into_iter())?;
         Ok(LayerNorm {
             epsilon: cfg.get("epsilon").and_then(Value::as_f64).unwrap_or(1e-3),
             axis,
-            gamma,
-            beta,
+            ss,
         })
     }
 }
@@ -96,15 +66,7 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
         crate::graph::last_axis(name, self.axis, x.ndim())?;
         let shape = x.shape().to_vec();
         let width = *shape.last().expect("checked rank");
-        for w in [&self.gamma, &self.beta].into_iter().flatten() {
-            if w.len() != width {
-                return Err(LstmError::shape(
-                    format!("input of layer {name}"),
-                    &[width],
-                    &[w.len()],
-                ));
-            }
-        }
+        self.ss.check_width(name, width)?;
         let rows = x.len() / width.max(1);
         let x2 = x
             .as_standard_layout()
@@ -125,8 +87,7 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
                 / n;
             let inv = T::one() / T::from_f64((var + eps).to_f64().sqrt());
             for j in 0..width {
-                let g = self.gamma.as_ref().map_or(T::one(), |g| g[j]);
-                let b = self.beta.as_ref().map_or(T::zero(), |b| b[j]);
+                let (g, b) = (self.ss.gamma(j), self.ss.beta(j));
                 let ig = inv * g;
                 y[[r, j]] = row[j] * ig + (b - mean * ig);
                 xhat[[r, j]] = (row[j] - mean) * inv;
@@ -161,7 +122,7 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
         let n = T::from_f64(width as f64);
         let mut dx = Array2::<T>::zeros((rows, width));
         for r in 0..rows {
-            let g = |j: usize| d2[[r, j]] * self.gamma.as_ref().map_or(T::one(), |g| g[j]);
+            let g = |j: usize| d2[[r, j]] * self.ss.gamma(j);
             let (mut mg, mut mgx) = (T::zero(), T::zero());
             for j in 0..width {
                 mg += g(j);
@@ -172,13 +133,9 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
                 dx[[r, j]] = c.inv[r] * (g(j) - mg - c.xhat[[r, j]] * mgx);
             }
         }
-        let mut grads = Vec::new();
-        if self.gamma.is_some() {
-            grads.push((&d2 * &c.xhat).sum_axis(Axis(0)).into_dyn());
-        }
-        if self.beta.is_some() {
-            grads.push(d2.sum_axis(Axis(0)).into_dyn());
-        }
+        let grads = self
+            .ss
+            .grads((&d2 * &c.xhat).sum_axis(Axis(0)), d2.sum_axis(Axis(0)));
         Ok((
             dx.into_shape_with_order(ndarray::IxDyn(&c.shape))
                 .expect("the input's shape"),
@@ -187,19 +144,11 @@ impl<T: Element> TrainOp<T> for LayerNorm<T> {
     }
 
     fn weights(&self) -> Vec<ArrayD<T>> {
-        [&self.gamma, &self.beta]
-            .into_iter()
-            .flatten()
-            .map(|w| w.clone().into_dyn())
-            .collect()
+        self.ss.weights()
     }
 
     fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
-        [&mut self.gamma, &mut self.beta]
-            .into_iter()
-            .flatten()
-            .map(|w| w.view_mut().into_dyn())
-            .collect()
+        self.ss.weights_mut()
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {

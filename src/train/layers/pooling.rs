@@ -4,7 +4,8 @@
 //! and sent to the first maximum of a window (`tf.nn.max_pool`); an average's spread over the
 //! steps it counted (the unmasked ones; a window's in-range ones).
 
-use super::{cache_of, three, OpCache, OpForward, TrainOp};
+use super::super::three;
+use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::graph::Window2;
@@ -42,7 +43,7 @@ impl<T: Element> TrainOp<T> for GlobalPool1D {
         mask: Option<&Array2<bool>>,
         _: Option<u64>,
     ) -> Result<OpForward<T>> {
-        let x3 = three(&x, name)?;
+        let x3 = three(x.view(), name)?;
         let (b, t, c) = x3.dim();
         let mut y = Array2::<T>::zeros((b, c));
         let cache = if self.average {
@@ -185,7 +186,7 @@ impl<T: Element> TrainOp<T> for Pool1D {
         _: Option<&Array2<bool>>,
         _: Option<u64>,
     ) -> Result<OpForward<T>> {
-        let x3 = three(&x, name)?;
+        let x3 = three(x.view(), name)?;
         let (b, t, c) = x3.dim();
         let place = self.win.place([1, t])?;
         let (before, out) = (place.before[1], place.out[1]);

@@ -1,7 +1,7 @@
 //! `RepeatVector`, `Flatten`, `Reshape`, `Permute` and `Activation` with their backward
 //! passes.
 
-use super::super::chain::{dense_activate, dense_activation_backward};
+use super::super::activation::{dense_activate, dense_activation_backward};
 use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
