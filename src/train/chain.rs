@@ -363,10 +363,9 @@ impl<T: Element> Sequential<T> {
                     if training.is_some() {
                         states.extend(op.state_update(&cache).map(|s| (at, s)));
                     }
-                    // (when the loss gave the cotangent of an Activation's logits, its
-                    // input: past the activation)
-                    let (dx, w) = if skip_activation && op.logits(&cache).is_some() {
-                        (d, Vec::new())
+                    // (the loss gave the cotangent of this last layer's logits)
+                    let (dx, w) = if skip_activation {
+                        op.backward_from_logits(name, &cache, d)?
                     } else {
                         op.backward(name, &cache, d)?
                     };

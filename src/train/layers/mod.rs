@@ -87,6 +87,21 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// The backward pass from the cotangent of the logits [`TrainOp::logits`] gave (the loss
+    /// took them, as Keras's cross-entropies do): past the activation. An op that gives
+    /// logits implements it; the default is an error.
+    fn backward_from_logits(
+        &self,
+        name: &str,
+        _cache: &OpCache,
+        _d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        Err(LstmError::invalid(
+            format!("layer {name}"),
+            "gives no logits to take a cotangent of",
+        ))
+    }
+
     /// The trainable weights in Keras's order and shapes (none by default).
     fn weights(&self) -> Vec<ArrayD<T>> {
         Vec::new()

@@ -166,6 +166,16 @@ impl<T: Element> TrainOp<T> for ActivationOp {
         ))
     }
 
+    fn backward_from_logits(
+        &self,
+        _: &str,
+        _: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        // (the logits are this layer's input)
+        Ok((d, Vec::new()))
+    }
+
     fn logits(&self, cache: &OpCache) -> Option<ArrayD<T>> {
         let sigmoid = DenseActivation::Elementwise(crate::Activation::Sigmoid);
         if self.activation == DenseActivation::Softmax || self.activation == sigmoid {
