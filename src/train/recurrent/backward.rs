@@ -99,7 +99,7 @@ pub(super) fn backward_carry<T: Element>(
                 zh: tape.zh.slice(r),
                 h_prev: tape.h_prev.slice(r),
                 post: tape.post.slice(r),
-                c_prev: tape.c_prev.slice(r),
+                c0: tape.c0.slice(s![r0..r1, ..]),
                 act_c: tape.act_c.slice(r),
                 c: tape.c.slice(r),
                 present: tape.present.slice(s![r0..r1, ..]),
@@ -240,7 +240,7 @@ struct BackwardRows<'a, T> {
     zh: ArrayView3<'a, T>,
     h_prev: ArrayView3<'a, T>,
     post: ArrayView3<'a, T>,
-    c_prev: ArrayView3<'a, T>,
+    c0: ArrayView2<'a, T>,
     act_c: ArrayView3<'a, T>,
     c: ArrayView3<'a, T>,
     present: ArrayView2<'a, bool>,
@@ -336,7 +336,11 @@ fn backward_rows_any<T: Element>(
                         let ac_r = ac_r.as_slice().expect("a standard layout");
                         let c_r = a.c.slice(s![r, tt, ..]);
                         let c_r = c_r.as_slice().expect("a standard layout");
-                        let cp_r = a.c_prev.slice(s![r, tt, ..]);
+                        // (c before this step: after the one before, or the initial c)
+                        let cp_r = match s {
+                            0 => a.c0.row(r),
+                            _ => a.c.slice(s![r, time_of(cfg.go_backwards, t, s - 1), ..]),
+                        };
                         let cp_r = cp_r.as_slice().expect("a standard layout");
                         let dc_r = a.dc.row_mut(r).into_slice().expect("a standard layout");
                         // the activations' derivatives per gate block, then the products

@@ -17,7 +17,6 @@ struct ForwardRows<'a, T> {
     zh: ArrayViewMut3<'a, T>,
     h_prev: ArrayViewMut3<'a, T>,
     post: ArrayViewMut3<'a, T>,
-    c_prev: ArrayViewMut3<'a, T>,
     act_c: ArrayViewMut3<'a, T>,
     c: ArrayViewMut3<'a, T>,
     /// `[rows, T, H]` with `return_sequences`, else `[rows, 0, H]`.
@@ -78,7 +77,11 @@ pub(crate) fn forward<T: Element>(
     let mut zh = Array3::<T>::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
     let mut h_prev = Array3::<T>::zeros((b, t, h));
     let mut post = Array3::<T>::zeros((b, t, n));
-    let mut c_prev = Array3::<T>::zeros((b, steps_c, h));
+    let c0 = if lstm {
+        cs.clone()
+    } else {
+        Array2::zeros((b, 0))
+    };
     let mut act_c = Array3::<T>::zeros((b, steps_c, h));
     let mut c = Array3::<T>::zeros((b, steps_c, h));
     let mut present = Array2::from_elem((b, t), true);
@@ -93,8 +96,7 @@ pub(crate) fn forward<T: Element>(
             blocks_mut(&mut h_prev, rows),
             blocks_mut(&mut post, rows),
         );
-        let (mut cp_b, mut ac_b, mut c_b, mut seq_b) = (
-            blocks_mut(&mut c_prev, rows),
+        let (mut ac_b, mut c_b, mut seq_b) = (
             blocks_mut(&mut act_c, rows),
             blocks_mut(&mut c, rows),
             blocks_mut(&mut seq, rows),
@@ -112,7 +114,6 @@ pub(crate) fn forward<T: Element>(
                 zh: zh_b.next().expect("one block per rows"),
                 h_prev: hp_b.next().expect("one block per rows"),
                 post: post_b.next().expect("one block per rows"),
-                c_prev: cp_b.next().expect("one block per rows"),
                 act_c: ac_b.next().expect("one block per rows"),
                 c: c_b.next().expect("one block per rows"),
                 seq: seq_b.next().expect("one block per rows"),
@@ -148,7 +149,7 @@ pub(crate) fn forward<T: Element>(
         zh,
         h_prev,
         post,
-        c_prev,
+        c0,
         act_c,
         c,
         present,
@@ -240,9 +241,6 @@ fn forward_rows_any<T: Element>(
             ),
         }
         a.h_prev.slice_mut(s![.., tt, ..]).assign(&a.hs);
-        if lstm {
-            a.c_prev.slice_mut(s![.., tt, ..]).assign(&a.cs);
-        }
         for r in 0..b {
             let present = a.mask.as_ref().is_none_or(|m| m[[r, tt]]);
             a.present[[r, s]] = present;

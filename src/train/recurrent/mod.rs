@@ -21,8 +21,8 @@
 //! per batch row (rows are masked apart). The gradients of the initial states are the `dh`,
 //! `dc` left after the first step. Activation memory, per row and step (the tape, by time
 //! index): an LSTM's pre-activations (its recurrent product added into the input
-//! projection), gates, `h` and `c` before, `c` and `act(c)` after (`(2G + 4)·H = 12H`
-//! values); a GRU's input and recurrent sides apart, gates and `h` before (`10H`); a
+//! projection), gates, `h` before, `c` and `act(c)` after (`c` before a step is `c` after
+//! the one before, or the initial `c`: `(2G + 3)·H = 11H` values); a GRU's input and recurrent sides apart, gates and `h` before (`10H`); a
 //! SimpleRNN's pre-activation, output and `h` before (`3H`). The step loops run blocks of
 //! rows side by side on the cores.
 
@@ -92,8 +92,10 @@ pub(crate) struct LstmTape<T> {
     /// The activated gates `[B, T, G·H]` (LSTM i, f, g, o; GRU z, r, candidate; SimpleRNN
     /// h) of the present rows.
     post: Array3<T>,
-    /// `c` before each step and `act(c)` after it (LSTM; empty otherwise), `[B, T, H]`.
-    c_prev: Array3<T>,
+    /// `c` before the first step (LSTM; `[B, 0]` otherwise), `[B, H]`: before any later
+    /// step it is `c` after the one before.
+    c0: Array2<T>,
+    /// `act(c)` after each step (LSTM; empty otherwise), `[B, T, H]`.
     act_c: Array3<T>,
     /// `c` after each step (LSTM), for `act'(c)` where it needs the argument.
     c: Array3<T>,
