@@ -384,13 +384,7 @@ fn dropout_layers<T: Element>(
         if !matches!(class, Some("Dropout" | "SpatialDropout1D")) {
             continue;
         }
-        let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0);
-        if !(0.0..1.0).contains(&rate) {
-            return Err(LstmError::bad_config(
-                format!("rate of layer {name}"),
-                format!("{rate} is not in [0, 1)"),
-            ));
-        }
+        let rate = super::unit_rate(cfg, "rate", name)?;
         // SpatialDropout1D: one draw per (row, channel), kept at every step (Keras's
         // `noise_shape = (batch, 1, channels)`)
         let noise_shape = match cfg.get("noise_shape") {
@@ -448,18 +442,10 @@ fn dropout_rates(config: &serde_json::Value, name: &str) -> Result<(f64, f64)> {
         Some("Bidirectional") => &entry["config"]["layer"]["config"],
         _ => &entry["config"],
     };
-    let rate = |key: &str| {
-        let rate = cfg.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-        if (0.0..1.0).contains(&rate) {
-            Ok(rate)
-        } else {
-            Err(LstmError::bad_config(
-                format!("{key} of layer {name}"),
-                format!("{rate} is not in [0, 1)"),
-            ))
-        }
-    };
-    Ok((rate("dropout")?, rate("recurrent_dropout")?))
+    Ok((
+        super::unit_rate(cfg, "dropout", name)?,
+        super::unit_rate(cfg, "recurrent_dropout", name)?,
+    ))
 }
 
 /// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).

@@ -222,6 +222,23 @@ pub struct Gradients<T> {
     pub sparse_squares: Vec<Option<ArrayD<T>>>,
 }
 
+/// A dropout rate `key` of layer `name`'s config (0 when absent), in `[0, 1)`, or an error
+/// naming it.
+pub(crate) fn unit_rate(cfg: &serde_json::Value, key: &str, name: &str) -> Result<f64> {
+    let rate = cfg
+        .get(key)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    if (0.0..1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(LstmError::bad_config(
+            format!("{key} of layer {name}"),
+            format!("{rate} is not in [0, 1)"),
+        ))
+    }
+}
+
 /// `x` as `[B, T, C]`, or an error naming the layer `name` whose input it is.
 pub(crate) fn three<'a, T>(
     x: ndarray::ArrayViewD<'a, T>,

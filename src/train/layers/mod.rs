@@ -259,13 +259,7 @@ pub fn from_keras<T: Element>(
         "LayerNormalization" => Box::new(norm::LayerNorm::new(cfg, name, w)?),
         "BatchNormalization" => Box::new(batch_norm::BatchNorm::new(cfg, name, w)?),
         "AlphaDropout" => {
-            let rate = cfg.get("rate").and_then(Value::as_f64).unwrap_or(0.0);
-            if !(0.0..1.0).contains(&rate) {
-                return Err(LstmError::bad_config(
-                    format!("rate of layer {name}"),
-                    format!("{rate} is not in [0, 1)"),
-                ));
-            }
+            let rate = super::unit_rate(cfg, "rate", name)?;
             if !cfg.get("noise_shape").is_none_or(Value::is_null) {
                 return Err(LstmError::unsupported(
                     "noise_shape",
@@ -280,18 +274,18 @@ pub fn from_keras<T: Element>(
             } else {
                 "rate"
             };
-            let v = cfg.get(key).and_then(Value::as_f64).unwrap_or(0.0);
-            let ok = if class == "GaussianNoise" {
-                v >= 0.0 && v.is_finite()
+            let v = if class == "GaussianNoise" {
+                let v = cfg.get(key).and_then(Value::as_f64).unwrap_or(0.0);
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(LstmError::bad_config(
+                        format!("{key} of layer {name}"),
+                        format!("{v} is not a finite stddev >= 0"),
+                    ));
+                }
+                v
             } else {
-                (0.0..1.0).contains(&v)
+                super::unit_rate(cfg, key, name)?
             };
-            if !ok {
-                return Err(LstmError::bad_config(
-                    format!("{key} of layer {name}"),
-                    format!("{v} is out of range"),
-                ));
-            }
             Box::new(noise::GaussianNoise {
                 stddev: if class == "GaussianNoise" {
                     v
