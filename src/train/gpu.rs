@@ -215,11 +215,12 @@ impl RecurrentPath<f32> for GpuPath<'_> {
         layer: (&LstmConfig, &LstmWeights<f32>),
         x: ArrayView3<'_, f32>,
         mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, f32>, ArrayView2<'_, f32>)>,
         drop: Option<&GateMasks<f32>>,
     ) -> Result<(LstmCall<f32>, Tape<f32>)> {
         let cfg = layer.0;
         let Some(trainer) = self.trainer(at, &cfg.name)? else {
-            return CpuPath.forward(at, layer, x, mask, drop);
+            return CpuPath.forward(at, layer, x, mask, init, drop);
         };
         if drop.is_some() {
             // the GPU kernels have no per-gate masks: this call's passes run on the CPU
@@ -227,9 +228,9 @@ impl RecurrentPath<f32> for GpuPath<'_> {
                 "layer {}: recurrent_dropout in training mode runs on the CPU",
                 cfg.name
             );
-            return CpuPath.forward(at, layer, x, mask, drop);
+            return CpuPath.forward(at, layer, x, mask, init, drop);
         }
-        let (call, tape) = trainer.forward(x, mask, None)?;
+        let (call, tape) = trainer.forward(x, mask, init)?;
         Ok((call, Tape::Gpu(Box::new(tape))))
     }
 

@@ -22,7 +22,8 @@ pub(crate) enum Tape<T> {
 /// Where a chain's recurrent layers run their forward pass with its tape and their
 /// backward pass; the other layers and the loss run on the CPU. `at` is the layer's index in
 /// the chain and its direction (0, or 1 for a Bidirectional's backward one); `drop` the
-/// per-gate dropout masks of a call in training mode with `recurrent_dropout`.
+/// per-gate dropout masks of a call in training mode with `recurrent_dropout`; `init` the
+/// initial h and c (`initial_state`; zeros when None).
 pub(crate) trait RecurrentPath<T> {
     fn forward(
         &self,
@@ -30,6 +31,7 @@ pub(crate) trait RecurrentPath<T> {
         layer: (&LstmConfig, &LstmWeights<T>),
         x: ArrayView3<'_, T>,
         mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
         drop: Option<&GateMasks<T>>,
     ) -> Result<(LstmCall<T>, Tape<T>)>;
 
@@ -53,9 +55,10 @@ impl<T: Element> RecurrentPath<T> for CpuPath {
         layer: (&LstmConfig, &LstmWeights<T>),
         x: ArrayView3<'_, T>,
         mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
         drop: Option<&GateMasks<T>>,
     ) -> Result<(LstmCall<T>, Tape<T>)> {
-        let (call, tape) = recurrent::forward(layer, x, mask, None, drop)?;
+        let (call, tape) = recurrent::forward(layer, x, mask, init, drop)?;
         Ok((call, Tape::Cpu(Box::new(tape))))
     }
 
@@ -91,9 +94,10 @@ impl<T: Element> RecurrentPath<T> for CpuRecompute {
         layer: (&LstmConfig, &LstmWeights<T>),
         x: ArrayView3<'_, T>,
         mask: Option<ArrayView2<'_, bool>>,
+        init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
         drop: Option<&GateMasks<T>>,
     ) -> Result<(LstmCall<T>, Tape<T>)> {
-        let (call, ck) = recurrent::forward_recomputed(layer, x, mask, drop, self.0)?;
+        let (call, ck) = recurrent::forward_recomputed(layer, x, mask, init, drop, self.0)?;
         Ok((call, Tape::CpuRecomputed(Box::new(ck))))
     }
 

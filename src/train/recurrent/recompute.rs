@@ -40,18 +40,23 @@ pub(crate) fn forward_recomputed<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
     x: ArrayView3<'_, T>,
     mask: Option<ArrayView2<'_, bool>>,
+    init: Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>,
     drop: Option<&GateMasks<T>>,
     seg: usize,
 ) -> Result<(LstmCall<T>, Checkpoints<T>)> {
     let (b, t, _) = x.dim();
     let h = cfg.units;
-    check_inputs(cfg, w.kernel.nrows(), x, mask, None)?;
+    check_inputs(cfg, w.kernel.nrows(), x, mask, init)?;
     let seg = seg.max(1);
     let seg_cfg = LstmConfig {
         return_sequences: true,
         ..cfg.clone()
     };
-    let (mut hs, mut cs) = (Array2::<T>::zeros((b, h)), Array2::<T>::zeros((b, h)));
+    // (the output before the first step is zeros whatever the initial state, as Keras's)
+    let (mut hs, mut cs) = match init {
+        Some((h0, c0)) => (h0.to_owned(), c0.to_owned()),
+        None => (Array2::<T>::zeros((b, h)), Array2::<T>::zeros((b, h))),
+    };
     let mut last = Array2::<T>::zeros((b, h));
     let mut seq = Array3::<T>::zeros((b, if cfg.return_sequences { t } else { 0 }, h));
     let mut states = Vec::with_capacity(t.div_ceil(seg));
