@@ -80,65 +80,13 @@ impl Op for Merge {
             }
             acc
         };
-        // Keras's compute_mask: Concatenate ORs the masks, a missing one counting as all
-        // present (None when no input has one); the other merges OR them, and have none when
-        // any input has none.
-        let present: Vec<&Array2<bool>> = inputs.iter().filter_map(|v| v.mask.as_ref()).collect();
         if self.class.starts_with("Logical") {
             // (op layers, not layers: no masks)
             return Ok(vec![Value { data, mask: None }]);
         }
-        let nd = first.data.ndim() as i64;
-        let time_axis = self.class == "Concatenate"
-            && nd >= 3
-            && (if self.axis < 0 {
-                nd + self.axis
-            } else {
-                self.axis
-            }) == 1;
-        if time_axis && !present.is_empty() {
-            // Concatenating along time concatenates the masks (a missing one all present),
-            // as Keras's masks broadcast, concatenated and reduced over the last axis give.
-            let parts: Vec<Array2<bool>> = inputs
-                .iter()
-                .map(|v| {
-                    let (b, t) = (v.data.shape()[0], v.data.shape()[1]);
-                    let m = v
-                        .mask
-                        .clone()
-                        .unwrap_or_else(|| Array2::from_elem((b, t), true));
-                    fitting_mask(Some(&m), (b, t), &self.name)?;
-                    Ok(m)
-                })
-                .collect::<Result<_>>()?;
-            let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
-            let mask = ndarray::concatenate(Axis(1), &views)
-                .map_err(|e| LstmError::invalid(format!("layer {}", self.name), e.to_string()))?;
-            return Ok(vec![Value {
-                data,
-                mask: Some(mask),
-            }]);
-        }
-        if let Some(m0) = present.first() {
-            for m in &present {
-                fitting_mask(Some(m), m0.dim(), &self.name)?;
-            }
-        }
-        let mask = if present.is_empty()
-            || (self.class != "Concatenate" && present.len() < inputs.len())
-        {
-            None
-        } else if present.len() < inputs.len() {
-            Some(Array2::from_elem(present[0].dim(), true))
-        } else {
-            let mut m = present[0].clone();
-            for r in &present[1..] {
-                ndarray::Zip::from(&mut m)
-                    .and(*r)
-                    .for_each(|a, &b| *a = *a || b);
-            }
-            Some(m)
-        };
+        let shapes: Vec<&[usize]> = inputs.iter().map(|v| v.data.shape()).collect();
+        let masks: Vec<Option<&Array2<bool>>> = inputs.iter().map(|v| v.mask.as_ref()).collect();
+        let mask = merge_mask(&self.class, self.axis, &shapes, &masks, &self.name)?;
         Ok(vec![Value { data, mask }])
     }
 
@@ -164,6 +112,63 @@ impl Op for Merge {
             average: self.class == "Average",
         })
     }
+}
+
+/// The mask of a merge layer (`class`, `axis` for a Concatenate) of inputs of `shapes` with
+/// `masks`, as Keras's `compute_mask`: Concatenate ORs the masks, a missing one counting as
+/// all present (None when no input has one), and concatenates them when it joins along
+/// time; the other merges OR them, and have none when any input has none. Both paths use it.
+pub(crate) fn merge_mask(
+    class: &str,
+    axis: i64,
+    shapes: &[&[usize]],
+    masks: &[Option<&Array2<bool>>],
+    name: &str,
+) -> Result<Option<Array2<bool>>> {
+    let present: Vec<&Array2<bool>> = masks.iter().filter_map(|m| *m).collect();
+    let nd = shapes.first().map_or(0, |s| s.len()) as i64;
+    let time_axis =
+        class == "Concatenate" && nd >= 3 && (if axis < 0 { nd + axis } else { axis }) == 1;
+    if time_axis && !present.is_empty() {
+        // Concatenating along time concatenates the masks (a missing one all present),
+        // as Keras's masks broadcast, concatenated and reduced over the last axis give.
+        let parts: Vec<Array2<bool>> = shapes
+            .iter()
+            .zip(masks)
+            .map(|(shape, m)| {
+                let (b, t) = (shape[0], shape[1]);
+                let m = m
+                    .cloned()
+                    .unwrap_or_else(|| Array2::from_elem((b, t), true));
+                fitting_mask(Some(&m), (b, t), name)?;
+                Ok(m)
+            })
+            .collect::<Result<_>>()?;
+        let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
+        let mask = ndarray::concatenate(Axis(1), &views)
+            .map_err(|e| LstmError::invalid(format!("layer {name}"), e.to_string()))?;
+        return Ok(Some(mask));
+    }
+    if let Some(m0) = present.first() {
+        for m in &present {
+            fitting_mask(Some(m), m0.dim(), name)?;
+        }
+    }
+    Ok(
+        if present.is_empty() || (class != "Concatenate" && present.len() < masks.len()) {
+            None
+        } else if present.len() < masks.len() {
+            Some(Array2::from_elem(present[0].dim(), true))
+        } else {
+            let mut m = present[0].clone();
+            for r in &present[1..] {
+                ndarray::Zip::from(&mut m)
+                    .and(*r)
+                    .for_each(|a, &b| *a = *a || b);
+            }
+            Some(m)
+        },
+    )
 }
 
 /// `LayerNormalization` (over the last axis) or `BatchNormalization` with its moving

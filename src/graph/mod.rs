@@ -11,7 +11,7 @@ mod conv;
 pub(crate) mod conv_lstm;
 mod custom;
 pub(crate) use self::attention::{check_scale, query_value_key};
-pub(crate) use self::combine::last_axis;
+pub(crate) use self::combine::{last_axis, merge_mask};
 pub(crate) use self::conv::{channels_last, Placement, Window2};
 pub(crate) use self::mha::{Mha as MhaOp, Projection as MhaProjection};
 pub(crate) use self::ops::{act_of, norm_axis, IDENTITY_AT_INFERENCE, SUPPORTED};
@@ -56,7 +56,21 @@ pub struct InputSpec {
 }
 
 /// `(layer name, call index, output index)`, as Keras's `keras_history`.
-type TensorRef = (String, usize, usize);
+pub(crate) type TensorRef = (String, usize, usize);
+
+/// One layer call of a graph without its op (what training builds its own graph on): the
+/// layer, which call of it, the tensors it reads (its inputs, its `initial_state`, an
+/// explicit `mask`), its scalar arguments and its other keyword arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct CallSpec {
+    pub(crate) layer: String,
+    pub(crate) call: usize,
+    pub(crate) inputs: Vec<TensorRef>,
+    pub(crate) states: Vec<TensorRef>,
+    pub(crate) mask: Option<TensorRef>,
+    pub(crate) scalars: Vec<f64>,
+    pub(crate) kwargs: serde_json::Map<String, Json>,
+}
 
 #[derive(Clone)]
 struct Node {
@@ -248,6 +262,25 @@ fn input_spec(name: &str, cfg: &Json) -> InputSpec {
 }
 
 impl Graph {
+    /// The calls in an order where every tensor exists before it is read.
+    pub(crate) fn calls(&self) -> Vec<CallSpec> {
+        self.order
+            .iter()
+            .map(|&k| {
+                let n = &self.nodes[k];
+                CallSpec {
+                    layer: n.layer.clone(),
+                    call: n.call,
+                    inputs: n.inputs.clone(),
+                    states: n.states.clone(),
+                    mask: n.mask.clone(),
+                    scalars: n.scalars.clone(),
+                    kwargs: n.kwargs.clone(),
+                }
+            })
+            .collect()
+    }
+
     /// Reads the graph of a model config (`{"class_name": "Functional" | "Sequential", ...}`),
     /// building each layer with its weights from `src`.
     pub(crate) fn from_config(

@@ -76,61 +76,7 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
         if crate::graph::IDENTITY_AT_INFERENCE.contains(&class) {
             continue;
         }
-        let layer = match class {
-            "Masking" => ModelLayer::Masking {
-                mask_value: lcfg
-                    .get("mask_value")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(0.0) as f32,
-            },
-            "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
-                let layer_config = LayerConfig::from_keras(entry)?;
-                ModelLayer::Recurrent(recurrent(h5, (&key, &lname), &layer_config)?)
-            }
-            "Dense" => dense(h5, &key, lcfg, &lname)?,
-            "Embedding" => {
-                let table = h5.layer(&key, &lname)?.into_iter().next().ok_or_else(|| {
-                    LstmError::MissingWeight {
-                        name: format!("{lname}/embeddings"),
-                    }
-                })?;
-                let shape = table.shape().to_vec();
-                ModelLayer::Embedding {
-                    table: table.into_dimensionality::<ndarray::Ix2>().map_err(|_| {
-                        LstmError::shape(format!("{lname}/embeddings"), &[0, 0], &shape)
-                    })?,
-                    mask_zero: lcfg
-                        .get("mask_zero")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
-                }
-            }
-            // a Dense per timestep is the Dense on the last axis
-            "TimeDistributed"
-                if lcfg
-                    .get("layer")
-                    .and_then(|l| l.get("class_name"))
-                    .and_then(Value::as_str)
-                    == Some("Dense") =>
-            {
-                let inner = lcfg
-                    .get("layer")
-                    .and_then(|l| l.get("config"))
-                    .unwrap_or(&Value::Null);
-                dense(h5, &key, inner, &lname)?
-            }
-            other if crate::train::layers::CLASSES.contains(&other) => ModelLayer::Other {
-                class: other.to_string(),
-                config: lcfg.clone(),
-                weights: h5.layer(&key, &lname)?,
-            },
-            other => {
-                return Err(LstmError::unsupported(
-                    "layer class_name",
-                    format!("{other} (layer {lname:?})"),
-                ))
-            }
-        };
+        let layer = model_layer(h5, (&key, &lname), entry)?;
         layers.push((lname, layer));
     }
     if layers.is_empty() {
@@ -147,6 +93,117 @@ pub(super) fn build(config: &Value, h5: &WeightSource) -> Result<Chain> {
     };
     let _ = name;
     Ok(Chain { layers, outputs })
+}
+
+/// The layer of config entry `entry` (class `LSTM`, `Dense`, ...) with its weights from
+/// `src` under weight group `key`: the chain view's layers, and every other class training
+/// builds on as [`ModelLayer::Other`].
+fn model_layer(h5: &WeightSource, (key, lname): (&str, &str), entry: &Value) -> Result<ModelLayer> {
+    let class = entry
+        .get("class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_model("a layer without class_name"))?;
+    let lcfg = entry
+        .get("config")
+        .ok_or_else(|| bad_model(format!("{class} layer without config")))?;
+    Ok(match class {
+        "Masking" => ModelLayer::Masking {
+            mask_value: lcfg
+                .get("mask_value")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0) as f32,
+        },
+        "LSTM" | "GRU" | "SimpleRNN" | "Bidirectional" => {
+            let layer_config = LayerConfig::from_keras(entry)?;
+            ModelLayer::Recurrent(recurrent(h5, (key, lname), &layer_config)?)
+        }
+        "Dense" => dense(h5, key, lcfg, lname)?,
+        "Embedding" => {
+            let table = h5.layer(key, lname)?.into_iter().next().ok_or_else(|| {
+                LstmError::MissingWeight {
+                    name: format!("{lname}/embeddings"),
+                }
+            })?;
+            let shape = table.shape().to_vec();
+            ModelLayer::Embedding {
+                table: table.into_dimensionality::<ndarray::Ix2>().map_err(|_| {
+                    LstmError::shape(format!("{lname}/embeddings"), &[0, 0], &shape)
+                })?,
+                mask_zero: lcfg
+                    .get("mask_zero")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            }
+        }
+        // a Dense per timestep is the Dense on the last axis
+        "TimeDistributed"
+            if lcfg
+                .get("layer")
+                .and_then(|l| l.get("class_name"))
+                .and_then(Value::as_str)
+                == Some("Dense") =>
+        {
+            let inner = lcfg
+                .get("layer")
+                .and_then(|l| l.get("config"))
+                .unwrap_or(&Value::Null);
+            dense(h5, key, inner, lname)?
+        }
+        other
+            if crate::train::layers::CLASSES.contains(&other)
+                || crate::train::layers::MERGE_CLASSES.contains(&other) =>
+        {
+            ModelLayer::Other {
+                class: other.to_string(),
+                config: lcfg.clone(),
+                weights: h5.layer(key, lname)?,
+            }
+        }
+        other => {
+            return Err(LstmError::unsupported(
+                "layer class_name",
+                format!("{other} (layer {lname:?})"),
+            ))
+        }
+    })
+}
+
+/// Every layer of a model's config but its inputs, in config order, with its weights (the
+/// view training builds a functional graph on: the merge, attention and mask-op layers as
+/// [`ModelLayer::Other`]; the identity-at-inference layers, which have no weights, left out
+/// as in the chain view).
+pub(super) fn every_layer(config: &Value, h5: &WeightSource) -> Result<Vec<(String, ModelLayer)>> {
+    let entries = config
+        .pointer("/config/layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad_model("the model config has no layers list"))?;
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    let mut layers = Vec::new();
+    for entry in entries {
+        let class = entry
+            .get("class_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad_model("a layer without class_name"))?;
+        let lname = entry
+            .pointer("/config/name")
+            .and_then(Value::as_str)
+            .unwrap_or(class)
+            .to_string();
+        if crate::graph::IDENTITY_AT_INFERENCE.contains(&class) {
+            continue;
+        }
+        let base = snake_case(class);
+        let n = counts.entry(base.clone()).or_insert(0);
+        let key = if *n == 0 {
+            base.clone()
+        } else {
+            format!("{base}_{n}")
+        };
+        *n += 1;
+        let layer = model_layer(h5, (&key, &lname), entry)?;
+        layers.push((lname, layer));
+    }
+    Ok(layers)
 }
 
 /// Checks that a functional layer is called once, on exactly one tensor, and that tensor is

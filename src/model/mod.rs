@@ -106,6 +106,9 @@ pub struct KerasModel {
     name: String,
     /// The model as a chain of layers, when it is one (the `layers()` view), or why not.
     chain: std::result::Result<Chain, String>,
+    /// Every layer with its weights when the model is not a chain (what training builds a
+    /// functional graph on), or why they could not be read.
+    every: std::result::Result<Vec<(String, ModelLayer)>, String>,
     /// The model as a graph (what `predict` runs).
     graph: Graph,
     /// The model's config (`config.json`'s object, as prepared for loading).
@@ -419,9 +422,14 @@ impl KerasModel {
             .unwrap_or("model")
             .to_string();
         let chain = chain::build(config, h5).map_err(|e| e.to_string());
+        let every = match chain {
+            Ok(_) => Ok(Vec::new()),
+            Err(_) => chain::every_layer(config, h5).map_err(|e| e.to_string()),
+        };
         Ok(KerasModel {
             name,
             chain,
+            every,
             graph,
             config: config.clone(),
         })
@@ -450,6 +458,16 @@ impl KerasModel {
     /// [`KerasModel::chain_error`]).
     pub fn layers(&self) -> &[(String, ModelLayer)] {
         self.chain.as_ref().map_or(&[], |c| &c.layers)
+    }
+
+    /// Every layer but the inputs and the identity-at-inference ones, with its weights, by
+    /// name (the chain view's layers for a chain), or why they could not be read.
+    pub(crate) fn layers_with_weights(&self) -> std::result::Result<&[(String, ModelLayer)], &str> {
+        match (&self.chain, &self.every) {
+            (Ok(c), _) => Ok(&c.layers),
+            (Err(_), Ok(all)) => Ok(all),
+            (Err(_), Err(why)) => Err(why),
+        }
     }
 
     /// The model's config (`config.json`'s object, as the loader prepared it: a legacy
