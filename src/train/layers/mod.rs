@@ -11,9 +11,19 @@
 //! - `conv.rs`: `Conv1D`.
 //! - `noise.rs`: `GaussianNoise`, `GaussianDropout`, `AlphaDropout` (training mode; the
 //!   identity otherwise).
+//!
+//! A functional graph ([`super::Functional`]) also trains layers of several inputs, each a
+//! [`MergeOp`] built by [`merge_from_keras`]:
+//!
+//! - `merge.rs`: `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`,
+//!   `Concatenate`, and the op layers Keras saves for masks (`NotEqual`, `Any`,
+//!   `LogicalAnd`, `LogicalOr`, `ExpandDims`, `ZerosLike`, `OnesLike`).
+//! - `attention.rs`: `Attention`, `AdditiveAttention`.
 
+mod attention;
 mod batch_norm;
 mod conv;
+mod merge;
 mod noise;
 mod norm;
 mod pooling;
@@ -144,6 +154,168 @@ impl<T> Clone for Box<dyn TrainOp<T>> {
     fn clone(&self) -> Self {
         self.clone_box()
     }
+}
+
+/// What a [`MergeOp`]'s forward pass gives: its output, the output's Keras mask, its
+/// further outputs (an attention layer's scores with `return_attention_scores`; no mask)
+/// and what its backward pass needs.
+pub struct MergeForward<T> {
+    /// The output.
+    pub y: ArrayD<T>,
+    /// Its mask `[B, T]`, if any.
+    pub mask: Option<Array2<bool>>,
+    /// Outputs 1, 2, ... of the layer.
+    pub extra: Vec<ArrayD<T>>,
+    /// What the backward pass reads.
+    pub cache: OpCache,
+}
+
+/// A trainable layer of several inputs in a functional graph: a merge, an attention layer,
+/// an op layer. Its forward pass takes the inputs with their masks; its backward pass gives
+/// each input's cotangent (None for an input it has no gradient for, as a comparison's) and
+/// its weights' gradients in Keras's order.
+pub trait MergeOp<T>: std::fmt::Debug + Send + Sync {
+    /// The Keras class.
+    fn class(&self) -> &'static str;
+
+    /// The forward pass on `xs` with their masks.
+    fn forward(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+    ) -> Result<MergeForward<T>>;
+
+    /// [`forward`](Self::forward) with the call's scalar arguments (`x != 0.0`'s `0.0`).
+    fn forward_with_scalars(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+        _scalars: &[f64],
+    ) -> Result<MergeForward<T>> {
+        self.forward(name, xs, masks)
+    }
+
+    /// The cotangents of the inputs and the weights' gradients for the cotangent `d` of the
+    /// output.
+    #[allow(clippy::type_complexity)]
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(Vec<Option<ArrayD<T>>>, Vec<ArrayD<T>>)>;
+
+    /// [`backward`](Self::backward) with the cotangents of the further outputs too (None
+    /// where none reached one).
+    #[allow(clippy::type_complexity)]
+    fn backward_extra(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+        d_extra: Vec<Option<ArrayD<T>>>,
+    ) -> Result<(Vec<Option<ArrayD<T>>>, Vec<ArrayD<T>>)> {
+        if d_extra.iter().any(Option::is_some) {
+            return Err(LstmError::invalid(
+                format!("layer {name}"),
+                "has one output; a cotangent reached another",
+            ));
+        }
+        self.backward(name, cache, d)
+    }
+
+    /// The trainable weights in Keras's order.
+    fn weights(&self) -> Vec<ArrayD<T>> {
+        Vec::new()
+    }
+
+    /// The same as views (what an optimizer updates).
+    fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
+        Vec::new()
+    }
+
+    /// A boxed copy.
+    fn clone_box(&self) -> Box<dyn MergeOp<T>>;
+}
+
+impl<T> Clone for Box<dyn MergeOp<T>> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+/// The classes [`merge_from_keras`] builds.
+pub const MERGE_CLASSES: &[&str] = &[
+    "Add",
+    "Subtract",
+    "Multiply",
+    "Average",
+    "Maximum",
+    "Minimum",
+    "Concatenate",
+    "NotEqual",
+    "Any",
+    "LogicalAnd",
+    "LogicalOr",
+    "ExpandDims",
+    "ZerosLike",
+    "OnesLike",
+    "Attention",
+    "AdditiveAttention",
+];
+
+/// The layer of several inputs of Keras class `class` with config `cfg`, the call's keyword
+/// arguments `kwargs` (`use_causal_mask`, `return_attention_scores`) and its weights
+/// (`get_weights()` order) in `T`, or None for a class not in [`MERGE_CLASSES`].
+///
+/// ```
+/// use lstm_wgpu::train::layers::merge_from_keras;
+/// let add = merge_from_keras::<f64>("Add", &serde_json::json!({}), "add", &Default::default(), vec![])
+///     .unwrap()
+///     .unwrap();
+/// let (a, b) = (ndarray::arr2(&[[1.0, 2.0]]).into_dyn(), ndarray::arr2(&[[3.0, 5.0]]).into_dyn());
+/// let out = add.forward("add", &[a.view(), b.view()], &[None, None]).unwrap();
+/// assert_eq!(out.y, ndarray::arr2(&[[4.0, 7.0]]).into_dyn());
+/// ```
+pub fn merge_from_keras<T: Element>(
+    class: &str,
+    cfg: &Value,
+    name: &str,
+    kwargs: &serde_json::Map<String, Value>,
+    weights: Vec<ArrayD<f32>>,
+) -> Result<Option<Box<dyn MergeOp<T>>>> {
+    let w: Vec<ArrayD<T>> = weights
+        .into_iter()
+        .map(|a| a.mapv(|v| T::from_f64(f64::from(v))))
+        .collect();
+    let int = |key: &str, default: i64| cfg.get(key).and_then(Value::as_i64).unwrap_or(default);
+    Ok(Some(match class {
+        "Concatenate" => Box::new(merge::Concatenate {
+            axis: int("axis", -1),
+        }),
+        "NotEqual" => Box::new(merge::Compare::NotEqual),
+        "Any" => Box::new(merge::Compare::Any {
+            axis: int("axis", -1),
+            keepdims: cfg
+                .get("keepdims")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }),
+        "LogicalAnd" => Box::new(merge::Compare::And),
+        "LogicalOr" => Box::new(merge::Compare::Or),
+        "ExpandDims" => Box::new(merge::OpLayer::ExpandDims(int("axis", -1))),
+        "ZerosLike" => Box::new(merge::OpLayer::Fill(0.0)),
+        "OnesLike" => Box::new(merge::OpLayer::Fill(1.0)),
+        "Attention" | "AdditiveAttention" => {
+            Box::new(attention::Attention::new(class, cfg, name, kwargs, w)?)
+        }
+        other => match merge::Merge::new(other) {
+            Some(m) => Box::new(m),
+            None => return Ok(None),
+        },
+    }))
 }
 
 /// The Keras classes [`from_keras`] builds (single-input layers of a chain).
@@ -649,5 +821,192 @@ mod tests {
             let (dx, _) = p.backward("p", &out.cache, out.y.clone()).unwrap();
             assert_eq!(dx.shape(), x.shape(), "{class}");
         }
+    }
+
+    /// `Σ_k sum(out_k · r_k)` over a merge's outputs against central differences of every
+    /// input value and weight.
+    fn check_merge(
+        op: &dyn super::MergeOp<f64>,
+        xs: &[ArrayD<f64>],
+        masks: &[Option<Array2<bool>>],
+    ) -> f64 {
+        let mut next = stream(xs.iter().map(|x| x.len() as u64).sum::<u64>() * 31 + 5);
+        let mref: Vec<Option<&Array2<bool>>> = masks.iter().map(Option::as_ref).collect();
+        let run = |op: &dyn super::MergeOp<f64>, xs: &[ArrayD<f64>]| {
+            let v: Vec<_> = xs.iter().map(|x| x.view()).collect();
+            op.forward("m", &v, &mref).unwrap()
+        };
+        let out = run(op, xs);
+        let r: Vec<ArrayD<f64>> = std::iter::once(&out.y)
+            .chain(&out.extra)
+            .map(|y| ArrayD::from_shape_fn(y.raw_dim(), |_| next()))
+            .collect();
+        let d_extra = r[1..].iter().cloned().map(Some).collect();
+        let (dxs, dw) = op
+            .backward_extra("m", &out.cache, r[0].clone(), d_extra)
+            .unwrap();
+        let loss = |op: &dyn super::MergeOp<f64>, xs: &[ArrayD<f64>]| {
+            let o = run(op, xs);
+            std::iter::once(&o.y)
+                .chain(&o.extra)
+                .zip(&r)
+                .map(|(y, r)| (y * r).sum())
+                .sum::<f64>()
+        };
+        let eps = 1e-6;
+        let mut worst = 0.0f64;
+        for (i, x) in xs.iter().enumerate() {
+            let dx = dxs[i].clone().unwrap_or_else(|| ArrayD::zeros(x.raw_dim()));
+            assert_eq!(dx.shape(), x.shape(), "{} input {i}", op.class());
+            for e in 0..x.len() {
+                let at = |d: f64| {
+                    let mut v = xs.to_vec();
+                    v[i].as_slice_mut().unwrap()[e] += d;
+                    loss(op, &v)
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                worst = worst.max((fd - dx.as_slice().unwrap()[e]).abs());
+            }
+        }
+        let w0 = op.weights();
+        assert_eq!(w0.len(), dw.len(), "{}", op.class());
+        for (k, w) in w0.iter().enumerate() {
+            assert_eq!(w.shape(), dw[k].shape());
+            for e in 0..w.len() {
+                let at = |d: f64| {
+                    let mut o = op.clone_box();
+                    o.weights_mut()[k].as_slice_mut().unwrap()[e] += d;
+                    loss(o.as_ref(), xs)
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                worst = worst.max((fd - dw[k].as_slice().unwrap()[e]).abs());
+            }
+        }
+        worst
+    }
+
+    /// Every merge's and attention layer's backward pass (broadcasting shapes, masks with a
+    /// fully masked row, causal masks, returned scores, every score mode) against central
+    /// differences.
+    #[test]
+    fn merges_and_attention_match_central_differences() {
+        use super::merge_from_keras;
+        let merge = |class: &str, cfg: serde_json::Value, kw: serde_json::Value, w| {
+            let kw = kw.as_object().cloned().unwrap_or_default();
+            merge_from_keras::<f64>(class, &cfg, "m", &kw, w)
+                .unwrap()
+                .unwrap()
+        };
+        let mut worst = 0.0f64;
+        // (each case past 1e-7, named)
+        let mut past = Vec::new();
+        let mut see = |what: String, e: f64| {
+            if e >= 1e-7 {
+                past.push(format!("{what}: {e:.1e}"));
+            }
+            worst = worst.max(e);
+        };
+        // (seeds far apart in their bits: a xorshift stream from a small seed starts near
+        // -1 for a few draws, and near-ties between Maximum's operands would be within eps)
+        let seed = |k: u64| 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(k + 1);
+        let (a, b, c) = (
+            random(&[3, 5, 4], seed(11)),
+            random(&[3, 5, 4], seed(12)),
+            random(&[3, 5, 4], seed(13)),
+        );
+        let narrow = random(&[3, 1, 4], seed(14));
+        for class in [
+            "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+        ] {
+            let m = merge(class, json!({}), json!({}), vec![]);
+            let three = if class == "Subtract" {
+                vec![a.clone(), b.clone()]
+            } else {
+                vec![a.clone(), b.clone(), c.clone()]
+            };
+            let n = three.len();
+            see(
+                class.into(),
+                check_merge(m.as_ref(), &three, &vec![None; n]),
+            );
+            // (a [B, 1, C] input broadcast along time)
+            let e = check_merge(m.as_ref(), &[a.clone(), narrow.clone()], &[None, None]);
+            see(format!("{class} broadcast"), e);
+        }
+        for axis in [-1, 1, 2] {
+            let m = merge("Concatenate", json!({ "axis": axis }), json!({}), vec![]);
+            let other = if axis == 1 {
+                random(&[3, 2, 4], seed(15))
+            } else {
+                random(&[3, 5, 3], seed(15))
+            };
+            let e = check_merge(m.as_ref(), &[a.clone(), other], &[None, None]);
+            see(format!("Concatenate axis {axis}"), e);
+        }
+        for axis in [1, -1] {
+            let m = merge("ExpandDims", json!({ "axis": axis }), json!({}), vec![]);
+            see(
+                format!("ExpandDims axis {axis}"),
+                check_merge(m.as_ref(), std::slice::from_ref(&a), &[None]),
+            );
+        }
+        // attention: query [3, 5, 4], value [3, 6, 4], key [3, 6, 4]
+        let (q, v, k) = (
+            a.clone(),
+            random(&[3, 6, 4], seed(16)),
+            random(&[3, 6, 4], seed(17)),
+        );
+        let mut qm = Array2::from_elem((3, 5), true);
+        qm[[0, 4]] = false;
+        qm[[2, 0]] = false;
+        let mut vm = Array2::from_elem((3, 6), true);
+        vm[[0, 5]] = false;
+        vm[[1, 1]] = false;
+        // (no query that sees only masked values, causal masks included: Keras subtracts
+        // 1e9 from each of its scores, and the rounding of `s - 1e9` (ulp 1.2e-7) is a step
+        // central differences see)
+        vm.slice_mut(ndarray::s![2, 3..]).fill(false);
+        let scalar = |v: f32| ndarray::arr0(v).into_dyn();
+        for (class, cfg, weights) in [
+            ("Attention", json!({}), vec![]),
+            ("Attention", json!({"use_scale": true}), vec![scalar(0.7)]),
+            (
+                "Attention",
+                json!({"use_scale": true, "score_mode": "concat"}),
+                vec![scalar(0.7), scalar(1.3)],
+            ),
+            ("AdditiveAttention", json!({"use_scale": false}), vec![]),
+            (
+                "AdditiveAttention",
+                json!({}),
+                vec![ndarray::arr1(&[0.5f32, -1.0, 0.25, 2.0]).into_dyn()],
+            ),
+        ] {
+            for kw in [
+                json!({}),
+                json!({"return_attention_scores": true}),
+                json!({"use_causal_mask": true}),
+                json!({"use_causal_mask": true, "return_attention_scores": true}),
+            ] {
+                for masks in [
+                    [None, None],
+                    [Some(qm.clone()), None],
+                    [None, Some(vm.clone())],
+                    [Some(qm.clone()), Some(vm.clone())],
+                ] {
+                    let m = merge(class, cfg.clone(), kw.clone(), weights.clone());
+                    for xs in [
+                        vec![q.clone(), v.clone()],
+                        vec![q.clone(), v.clone(), k.clone()],
+                    ] {
+                        let e = check_merge(m.as_ref(), &xs, &masks);
+                        let which = (masks[0].is_some(), masks[1].is_some(), xs.len());
+                        see(format!("{class} {cfg} {kw} (masks, inputs) {which:?}"), e);
+                    }
+                }
+            }
+        }
+        assert!(past.is_empty(), "{}", past.join("; "));
+        println!("merges and attention vs central differences: worst {worst:.1e}");
     }
 }
