@@ -81,6 +81,7 @@ fn main() {
                 TrainLayer::Dense {
                     kernel: Array2::from_shape_fn((h, 1), |_| next()),
                     bias: Some(Array1::zeros(1)),
+                    time_distributed: false,
                     activation: DenseActivation::Elementwise(Activation::Linear),
                 },
             ),

@@ -215,6 +215,7 @@ pub(super) fn layer_forward<T: Element>(
             kernel,
             bias,
             activation,
+            time_distributed,
         } => {
             let shape = h.shape().to_vec();
             let (&width, lead) = shape.split_last().ok_or_else(|| {
@@ -249,10 +250,14 @@ pub(super) fn layer_forward<T: Element>(
                 .into_shape_with_order(IxDyn(&out_shape))
                 .expect("the shape");
             let y = dense_activate(*activation, &z);
-            let logits = matches!(
-                activation,
-                DenseActivation::Softmax | DenseActivation::Elementwise(crate::Activation::Sigmoid)
-            )
+            // (Keras's loss takes the logits of a sigmoid or softmax output, which a
+            // TimeDistributed's reshape of it hides: its loss is of the probabilities)
+            let logits = (!time_distributed
+                && matches!(
+                    activation,
+                    DenseActivation::Softmax
+                        | DenseActivation::Elementwise(crate::Activation::Sigmoid)
+                ))
             .then(|| z.clone());
             LayerForward {
                 y,
@@ -420,6 +425,7 @@ pub(super) fn layer_backward<T: Element>(
                 kernel,
                 bias,
                 activation,
+                ..
             },
             Cache::Dense(x2, z),
         ) => {
@@ -525,6 +531,7 @@ impl<T: Element> Sequential<T> {
     /// let net = Sequential::<f64> { layers: vec![
     ///     ("dropout".into(), TrainLayer::Dropout { rate: 0.5, noise_shape: None }),
     ///     ("dense".into(), TrainLayer::Dense { kernel: ndarray::Array2::ones((3, 1)), bias: None,
+    ///         time_distributed: false,
     ///         activation: DenseActivation::Elementwise(Activation::Linear) }),
     /// ] };
     /// let x = ndarray::Array3::<f64>::ones((4, 5, 3));
@@ -663,41 +670,17 @@ impl<T: Element> Sequential<T> {
                 &y.shape()[..y.ndim().min(1)],
             ));
         }
-        if options.batch_size == 0 {
-            return Err(LstmError::invalid("batch_size", "must be at least 1"));
-        }
-        let mut history = History {
-            epoch_loss: Vec::new(),
-        };
-        for epoch in 1..=options.epochs {
-            let (mut total, mut count) = (0.0f64, 0usize);
-            for (k, start) in (0..n).step_by(options.batch_size).enumerate() {
-                let end = (start + options.batch_size).min(n);
+        fit_batches(
+            n,
+            options,
+            optimizer,
+            &mut |optimizer, (start, end), seed| {
                 let xb = x.slice_axis(Axis(0), (start..end).into());
                 let yb = y.slice_axis(Axis(0), (start..end).into());
-                // one Dropout stream per optimizer step
-                let seed = SplitMix(
-                    options.seed ^ optimizer.iterations().wrapping_mul(0xA076_1D64_78BD_642F),
-                )
-                .next_u64();
                 let (g, states) =
                     self.gradients_and_state(path, xb, yb, options.loss, Some(seed))?;
-                let finite_grads = g
-                    .weights
-                    .iter()
-                    .all(|w| w.iter().all(|v| v.to_f64().is_finite()));
-                if !g.loss.to_f64().is_finite() || !finite_grads {
-                    let what = if g.loss.to_f64().is_finite() {
-                        "a gradient is not finite".to_string()
-                    } else {
-                        format!("the loss is {}", g.loss)
-                    };
-                    return Err(LstmError::TrainingDiverged {
-                        epoch,
-                        step: k + 1,
-                        rows: format!("{start}..{end}"),
-                        what,
-                    });
+                if let Some(what) = not_finite(g.loss, &g.weights) {
+                    return Ok(Err(what));
                 }
                 optimizer.apply_views_sparse(
                     &mut self.weights_mut(),
@@ -711,26 +694,80 @@ impl<T: Element> Sequential<T> {
                     }
                 }
                 updated(self)?;
-                total += g.loss.to_f64() * (end - start) as f64;
-                count += end - start;
-                log::debug!(
-                    "epoch {epoch}/{}, step {}: loss {:.6} (running mean {:.6})",
-                    options.epochs,
-                    k + 1,
-                    g.loss,
-                    total / count as f64
-                );
-            }
-            let mean = if count == 0 {
-                0.0
-            } else {
-                total / count as f64
-            };
-            log::info!("epoch {epoch}/{}: loss {mean:.6}", options.epochs);
-            history.epoch_loss.push(mean);
-        }
-        Ok(history)
+                Ok(Ok(g.loss.to_f64()))
+            },
+        )
     }
+}
+
+/// What is not finite about a step's loss and gradients, or None.
+pub(super) fn not_finite<T: Element>(loss: T, grads: &[ArrayD<T>]) -> Option<String> {
+    if !loss.to_f64().is_finite() {
+        Some(format!("the loss is {loss}"))
+    } else if !grads
+        .iter()
+        .all(|w| w.iter().all(|v| v.to_f64().is_finite()))
+    {
+        Some("a gradient is not finite".to_string())
+    } else {
+        None
+    }
+}
+
+/// One optimizer step on rows `start..end` with its Dropout seed: the batch's loss, or what
+/// was not finite (the weights then untouched).
+pub(super) type BatchStep<'a> =
+    dyn FnMut(&mut Optimizer, (usize, usize), u64) -> Result<std::result::Result<f64, String>> + 'a;
+
+/// Keras's `fit` loop over `n` rows with `shuffle=False`: the batches in order, `step` on
+/// each (one Dropout stream per optimizer step), the per-epoch mean loss; a step that was
+/// not finite stops it with [`LstmError::TrainingDiverged`].
+pub(super) fn fit_batches(
+    n: usize,
+    options: &FitOptions,
+    optimizer: &mut Optimizer,
+    step: &mut BatchStep<'_>,
+) -> Result<History> {
+    if options.batch_size == 0 {
+        return Err(LstmError::invalid("batch_size", "must be at least 1"));
+    }
+    let mut history = History {
+        epoch_loss: Vec::new(),
+    };
+    for epoch in 1..=options.epochs {
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for (k, start) in (0..n).step_by(options.batch_size).enumerate() {
+            let end = (start + options.batch_size).min(n);
+            // one Dropout stream per optimizer step
+            let seed =
+                SplitMix(options.seed ^ optimizer.iterations().wrapping_mul(0xA076_1D64_78BD_642F))
+                    .next_u64();
+            let loss = step(optimizer, (start, end), seed)?.map_err(|what| {
+                LstmError::TrainingDiverged {
+                    epoch,
+                    step: k + 1,
+                    rows: format!("{start}..{end}"),
+                    what,
+                }
+            })?;
+            total += loss * (end - start) as f64;
+            count += end - start;
+            log::debug!(
+                "epoch {epoch}/{}, step {}: loss {loss:.6} (running mean {:.6})",
+                options.epochs,
+                k + 1,
+                total / count as f64
+            );
+        }
+        let mean = if count == 0 {
+            0.0
+        } else {
+            total / count as f64
+        };
+        log::info!("epoch {epoch}/{}: loss {mean:.6}", options.epochs);
+        history.epoch_loss.push(mean);
+    }
+    Ok(history)
 }
 
 /// Zeroes the steps `[b, t, ..]` of `a` that `mask` marks absent (Masking's `x · mask`,

@@ -9,7 +9,7 @@ use crate::error::{LstmError, Result};
 use crate::model::{KerasModel, ModelLayer};
 use crate::network::Network;
 use crate::weights::LstmWeights;
-use ndarray::{Array1, Array2, ArrayD, Ix2, IxDyn};
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
 
 impl<T: Element> Sequential<T> {
     /// The chain of `model` (a `Sequential` or functional chain of Masking, LSTM and Dense
@@ -26,71 +26,7 @@ impl<T: Element> Sequential<T> {
         let mut dropouts = dropout_layers(model.config(), model.layers())?;
         let mut layers = dropouts.remove(&0).unwrap_or_default();
         for (k, (name, layer)) in model.layers().iter().enumerate() {
-            let l = match layer {
-                ModelLayer::Embedding { table, mask_zero } => TrainLayer::Embedding {
-                    table: table.mapv(|v| T::from_f64(f64::from(v))),
-                    mask_zero: *mask_zero,
-                },
-                ModelLayer::Masking { mask_value } => TrainLayer::Masking {
-                    mask_value: T::from_f64(f64::from(*mask_value)),
-                },
-                ModelLayer::Recurrent(Network::Lstm(l)) => {
-                    let (config, weights) = direction(l, name)?;
-                    let (dropout, recurrent_dropout) = dropout_rates(model.config(), name)?;
-                    TrainLayer::Recurrent {
-                        config,
-                        weights,
-                        dropout,
-                        recurrent_dropout,
-                    }
-                }
-                ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
-                    if bi.merge_mode() == crate::config::MergeMode::None
-                        || bi.forward_layer().config().return_state
-                    {
-                        return Err(LstmError::unsupported(
-                            "layer",
-                            format!("{name} (a Bidirectional layer with two outputs or its states) in training"),
-                        ));
-                    }
-                    let (dropout, recurrent_dropout) = dropout_rates(model.config(), name)?;
-                    TrainLayer::Bidirectional {
-                        forward: direction(bi.forward_layer(), name)?,
-                        backward: direction(bi.backward_layer(), name)?,
-                        merge: bi.merge_mode(),
-                        dropout,
-                        recurrent_dropout,
-                    }
-                }
-                ModelLayer::Recurrent(_) => {
-                    return Err(LstmError::unsupported(
-                        "layer",
-                        format!("{name} (a stack inside one layer) in training"),
-                    ))
-                }
-                ModelLayer::Other {
-                    class,
-                    config,
-                    weights,
-                } => match super::layers::from_keras::<T>(class, config, name, weights.clone())? {
-                    Some(op) => TrainLayer::Op(op),
-                    None => {
-                        return Err(LstmError::unsupported(
-                            "layer",
-                            format!("{name} ({class}) in training"),
-                        ))
-                    }
-                },
-                ModelLayer::Dense {
-                    kernel,
-                    bias,
-                    activation,
-                } => TrainLayer::Dense {
-                    kernel: kernel.mapv(|v| T::from_f64(f64::from(v))),
-                    bias: bias.as_ref().map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
-                    activation: *activation,
-                },
-            };
+            let l = train_layer(model.config(), name, layer)?;
             layers.push((name.clone(), l));
             layers.extend(dropouts.remove(&(k + 1)).unwrap_or_default());
         }
@@ -101,30 +37,101 @@ impl<T: Element> Sequential<T> {
     /// for a model without non-trainable variables; BatchNormalization's moving statistics
     /// are in [`Sequential::state`]).
     pub fn weights(&self) -> Vec<ArrayD<T>> {
+        self.layers.iter().flat_map(|(_, l)| l.weights()).collect()
+    }
+
+    /// Every weight as a view into the layers, in [`Sequential::weights`]'s order and shapes
+    /// (what an optimizer step updates in place).
+    pub fn weights_mut(&mut self) -> Vec<ndarray::ArrayViewMutD<'_, T>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|(_, l)| l.weights_mut())
+            .collect()
+    }
+
+    /// The non-trainable variables in Keras's `non_trainable_weights` order
+    /// (BatchNormalization's moving mean and variance), which `fit` updates from each
+    /// training-mode batch.
+    pub fn state(&self) -> Vec<ArrayD<T>> {
+        self.layers.iter().flat_map(|(_, l)| l.state()).collect()
+    }
+
+    /// Replaces the non-trainable variables (the order and shapes of
+    /// [`Sequential::state`]).
+    pub fn set_state(&mut self, new: &[ArrayD<T>]) -> Result<()> {
+        set_states(self.layers.iter_mut().map(|(_, l)| l), new)
+    }
+
+    /// Replaces every weight (the order and shapes of [`Sequential::weights`]).
+    pub fn set_weights(&mut self, new: &[ArrayD<T>]) -> Result<()> {
+        assign_weights(self.weights_mut(), new)
+    }
+}
+
+/// Assigns `new` to the views `old` (the same count and shapes, or an error saying which).
+pub(super) fn assign_weights<T: Element>(
+    old: Vec<ndarray::ArrayViewMutD<'_, T>>,
+    new: &[ArrayD<T>],
+) -> Result<()> {
+    super::check_shapes(
+        "weights",
+        &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+        &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+    )?;
+    for (mut w, n) in old.into_iter().zip(new) {
+        w.assign(n);
+    }
+    Ok(())
+}
+
+/// Gives `layers` their non-trainable variables `new` (in order: each layer's
+/// [`TrainLayer::state`]).
+pub(super) fn set_states<'a, T: Element + 'a>(
+    layers: impl Iterator<Item = &'a mut TrainLayer<T>>,
+    new: &[ArrayD<T>],
+) -> Result<()> {
+    let layers: Vec<&mut TrainLayer<T>> = layers.collect();
+    let old: Vec<ArrayD<T>> = layers.iter().flat_map(|l| l.state()).collect();
+    super::check_shapes(
+        "state",
+        &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+        &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
+    )?;
+    let mut at = 0;
+    for l in layers {
+        if let TrainLayer::Op(op) = l {
+            let k = op.state().len();
+            op.set_state(&new[at..at + k])?;
+            at += k;
+        }
+    }
+    Ok(())
+}
+
+impl<T: Element> TrainLayer<T> {
+    /// The layer's trainable weights in Keras's order and shapes.
+    pub fn weights(&self) -> Vec<ArrayD<T>> {
         let mut out = Vec::new();
-        for (_, l) in &self.layers {
-            match l {
-                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
-                TrainLayer::Embedding { table, .. } => out.push(table.clone().into_dyn()),
-                TrainLayer::Op(op) => out.extend(op.weights()),
-                TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
-                TrainLayer::Bidirectional {
-                    forward, backward, ..
-                } => {
-                    push_weights(&mut out, &forward.1);
-                    push_weights(&mut out, &backward.1);
-                }
-                TrainLayer::Dense { kernel, bias, .. } => {
-                    out.push(kernel.clone().into_dyn());
-                    out.extend(bias.clone().map(|b| b.into_dyn()));
-                }
+        match self {
+            TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
+            TrainLayer::Embedding { table, .. } => out.push(table.clone().into_dyn()),
+            TrainLayer::Op(op) => out.extend(op.weights()),
+            TrainLayer::Recurrent { weights, .. } => push_weights(&mut out, weights),
+            TrainLayer::Bidirectional {
+                forward, backward, ..
+            } => {
+                push_weights(&mut out, &forward.1);
+                push_weights(&mut out, &backward.1);
+            }
+            TrainLayer::Dense { kernel, bias, .. } => {
+                out.push(kernel.clone().into_dyn());
+                out.extend(bias.clone().map(|b| b.into_dyn()));
             }
         }
         out
     }
 
-    /// Every weight as a view into the layers, in [`Sequential::weights`]'s order and shapes
-    /// (what an optimizer step updates in place).
+    /// [`TrainLayer::weights`] as views into the layer.
     pub fn weights_mut(&mut self) -> Vec<ndarray::ArrayViewMutD<'_, T>> {
         fn direction<'a, T>(
             out: &mut Vec<ndarray::ArrayViewMutD<'a, T>>,
@@ -147,102 +154,124 @@ impl<T: Element> Sequential<T> {
             }
         }
         let mut out = Vec::new();
-        for (_, l) in &mut self.layers {
-            match l {
-                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
-                TrainLayer::Embedding { table, .. } => out.push(table.view_mut().into_dyn()),
-                TrainLayer::Op(op) => out.extend(op.weights_mut()),
-                TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
-                TrainLayer::Bidirectional {
-                    forward, backward, ..
-                } => {
-                    direction(&mut out, &mut forward.1);
-                    direction(&mut out, &mut backward.1);
-                }
-                TrainLayer::Dense { kernel, bias, .. } => {
-                    out.push(kernel.view_mut().into_dyn());
-                    out.extend(bias.as_mut().map(|b| b.view_mut().into_dyn()));
-                }
+        match self {
+            TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
+            TrainLayer::Embedding { table, .. } => out.push(table.view_mut().into_dyn()),
+            TrainLayer::Op(op) => out.extend(op.weights_mut()),
+            TrainLayer::Recurrent { weights, .. } => direction(&mut out, weights),
+            TrainLayer::Bidirectional {
+                forward, backward, ..
+            } => {
+                direction(&mut out, &mut forward.1);
+                direction(&mut out, &mut backward.1);
+            }
+            TrainLayer::Dense { kernel, bias, .. } => {
+                out.push(kernel.view_mut().into_dyn());
+                out.extend(bias.as_mut().map(|b| b.view_mut().into_dyn()));
             }
         }
         out
     }
 
-    /// The non-trainable variables in Keras's `non_trainable_weights` order
-    /// (BatchNormalization's moving mean and variance), which `fit` updates from each
-    /// training-mode batch.
+    /// The layer's non-trainable variables (BatchNormalization's moving mean and variance).
     pub fn state(&self) -> Vec<ArrayD<T>> {
-        self.layers
-            .iter()
-            .flat_map(|(_, l)| match l {
-                TrainLayer::Op(op) => op.state(),
-                _ => Vec::new(),
-            })
-            .collect()
+        match self {
+            TrainLayer::Op(op) => op.state(),
+            _ => Vec::new(),
+        }
     }
+}
 
-    /// Replaces the non-trainable variables (the order and shapes of
-    /// [`Sequential::state`]).
-    pub fn set_state(&mut self, new: &[ArrayD<T>]) -> Result<()> {
-        let old = self.state();
-        super::check_shapes(
-            "state",
-            &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
-            &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
-        )?;
-        let mut at = 0;
-        for (_, l) in &mut self.layers {
-            if let TrainLayer::Op(op) = l {
-                let k = op.state().len();
-                op.set_state(&new[at..at + k])?;
-                at += k;
+/// The trainable layer of `layer` (named `name` in the model config `config`), its weights
+/// in `T`.
+pub(super) fn train_layer<T: Element>(
+    model_config: &serde_json::Value,
+    name: &str,
+    layer: &ModelLayer,
+) -> Result<TrainLayer<T>> {
+    Ok(match layer {
+        ModelLayer::Embedding { table, mask_zero } => TrainLayer::Embedding {
+            table: table.mapv(|v| T::from_f64(f64::from(v))),
+            mask_zero: *mask_zero,
+        },
+        ModelLayer::Masking { mask_value } => TrainLayer::Masking {
+            mask_value: T::from_f64(f64::from(*mask_value)),
+        },
+        ModelLayer::Recurrent(Network::Lstm(l)) => {
+            let (config, weights) = direction(l, name)?;
+            let (dropout, recurrent_dropout) = dropout_rates(model_config, name)?;
+            TrainLayer::Recurrent {
+                config,
+                weights,
+                dropout,
+                recurrent_dropout,
             }
         }
-        Ok(())
-    }
-
-    /// Replaces every weight (the order and shapes of [`Sequential::weights`]).
-    pub fn set_weights(&mut self, new: &[ArrayD<T>]) -> Result<()> {
-        let old = self.weights();
-        super::check_shapes(
-            "weights",
-            &old.iter().map(|w| w.shape()).collect::<Vec<_>>(),
-            &new.iter().map(|w| w.shape()).collect::<Vec<_>>(),
-        )?;
-        let mut it = new.iter();
-        let two = |it: &mut std::slice::Iter<'_, ArrayD<T>>| {
-            it.next()
-                .expect("counted")
-                .clone()
-                .into_dimensionality::<Ix2>()
-                .expect("checked")
-        };
-        for (_, l) in &mut self.layers {
-            match l {
-                TrainLayer::Masking { .. } | TrainLayer::Dropout { .. } => {}
-                TrainLayer::Embedding { table, .. } => *table = two(&mut it),
-                TrainLayer::Op(op) => {
-                    for mut w in op.weights_mut() {
-                        w.assign(it.next().expect("counted"));
-                    }
-                }
-                TrainLayer::Recurrent { weights, .. } => take_weights(&mut it, weights),
-                TrainLayer::Bidirectional {
-                    forward, backward, ..
-                } => {
-                    take_weights(&mut it, &mut forward.1);
-                    take_weights(&mut it, &mut backward.1);
-                }
-                TrainLayer::Dense { kernel, bias, .. } => {
-                    *kernel = two(&mut it);
-                    if bias.is_some() {
-                        *bias = Some(it.next().expect("counted").iter().copied().collect());
-                    }
-                }
+        ModelLayer::Recurrent(Network::Bidirectional(bi)) => {
+            if bi.merge_mode() == crate::config::MergeMode::None
+                || bi.forward_layer().config().return_state
+            {
+                return Err(LstmError::unsupported(
+                    "layer",
+                    format!(
+                        "{name} (a Bidirectional layer with two outputs or its states) in training"
+                    ),
+                ));
+            }
+            let (dropout, recurrent_dropout) = dropout_rates(model_config, name)?;
+            TrainLayer::Bidirectional {
+                forward: direction(bi.forward_layer(), name)?,
+                backward: direction(bi.backward_layer(), name)?,
+                merge: bi.merge_mode(),
+                dropout,
+                recurrent_dropout,
             }
         }
-        Ok(())
-    }
+        ModelLayer::Recurrent(_) => {
+            return Err(LstmError::unsupported(
+                "layer",
+                format!("{name} (a stack inside one layer) in training"),
+            ))
+        }
+        ModelLayer::Other {
+            class,
+            config,
+            weights,
+        } => match super::layers::from_keras::<T>(class, config, name, weights.clone())? {
+            Some(op) => TrainLayer::Op(op),
+            None => {
+                return Err(LstmError::unsupported(
+                    "layer",
+                    format!("{name} ({class}) in training"),
+                ))
+            }
+        },
+        ModelLayer::Dense {
+            kernel,
+            bias,
+            activation,
+        } => TrainLayer::Dense {
+            kernel: kernel.mapv(|v| T::from_f64(f64::from(v))),
+            bias: bias.as_ref().map(|b| b.mapv(|v| T::from_f64(f64::from(v)))),
+            activation: *activation,
+            time_distributed: class_of(model_config, name) == Some("TimeDistributed"),
+        },
+    })
+}
+
+/// The Keras class of layer `name` in the model config `config`.
+fn class_of<'a>(config: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    config
+        .pointer("/config/layers")?
+        .as_array()?
+        .iter()
+        .find(|e| {
+            e.pointer("/config/name")
+                .and_then(serde_json::Value::as_str)
+                == Some(name)
+        })?
+        .get("class_name")?
+        .as_str()
 }
 
 /// Keras's `fit` adds a layer's regularization losses to the loss (`kernel_regularizer`,
@@ -252,7 +281,7 @@ impl<T: Element> Sequential<T> {
 /// model, so a config with any set is refused, naming the layer and the key. So is a frozen
 /// layer (`trainable: false`: Keras leaves its weights, and runs a frozen
 /// BatchNormalization in inference mode).
-fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
+pub(super) fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
     fn walk(v: &Value) -> Result<()> {
         match v {
@@ -291,7 +320,7 @@ fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
 /// Keras applies dropout and noise in `fit`; training without them would train another
 /// model, so a config with any (a Dropout-family layer with a rate, a recurrent layer's
 /// `dropout` or `recurrent_dropout`) is refused, naming the layer and the key.
-fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
+pub(super) fn refuse_training_randomness(config: &serde_json::Value) -> Result<()> {
     fn walk(v: &serde_json::Value) -> Result<()> {
         match v {
             // a Dropout or SpatialDropout1D layer is trained (TrainLayer::Dropout), and so are
@@ -372,47 +401,13 @@ fn dropout_layers<T: Element>(
             seen += 1;
             continue;
         }
-        let class = entry.get("class_name").and_then(Value::as_str);
-        if let Some(c @ ("GaussianNoise" | "GaussianDropout" | "AlphaDropout")) = class {
-            let op = super::layers::from_keras::<T>(c, cfg, name, Vec::new())?
-                .expect("a class of layers::CLASSES");
-            out.entry(seen)
-                .or_default()
-                .push((name.to_string(), TrainLayer::Op(op)));
-            continue;
+        let class = entry
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if let Some(l) = identity_layer(class, cfg, name)? {
+            out.entry(seen).or_default().push((name.to_string(), l));
         }
-        if !matches!(class, Some("Dropout" | "SpatialDropout1D")) {
-            continue;
-        }
-        let rate = super::unit_rate(cfg, "rate", name)?;
-        // SpatialDropout1D: one draw per (row, channel), kept at every step (Keras's
-        // `noise_shape = (batch, 1, channels)`)
-        let noise_shape = match cfg.get("noise_shape") {
-            _ if class == Some("SpatialDropout1D") => Some(vec![None, Some(1), None]),
-            None | Some(Value::Null) => None,
-            Some(Value::Array(dims)) => Some(
-                dims.iter()
-                    .map(|d| match d {
-                        Value::Null => Ok(None),
-                        d => d.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
-                            LstmError::bad_config(
-                                format!("noise_shape of layer {name}"),
-                                format!("{d} is not a dimension"),
-                            )
-                        }),
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
-            Some(other) => {
-                return Err(LstmError::bad_config(
-                    format!("noise_shape of layer {name}"),
-                    format!("{other} is not a shape"),
-                ))
-            }
-        };
-        out.entry(seen)
-            .or_default()
-            .push((name.to_string(), TrainLayer::Dropout { rate, noise_shape }));
     }
     if seen != layers.len() {
         return Err(LstmError::bad_config(
@@ -421,6 +416,59 @@ fn dropout_layers<T: Element>(
         ));
     }
     Ok(out)
+}
+
+/// The trainable layer of a layer that is the identity at inference (`Dropout`,
+/// `SpatialDropout1D`, `GaussianNoise`, `GaussianDropout`, `AlphaDropout`,
+/// `ActivityRegularization`) from its config, or None for another class.
+pub(super) fn identity_layer<T: Element>(
+    class: &str,
+    cfg: &serde_json::Value,
+    name: &str,
+) -> Result<Option<TrainLayer<T>>> {
+    use serde_json::Value;
+    if let c @ ("GaussianNoise" | "GaussianDropout" | "AlphaDropout") = class {
+        let op = super::layers::from_keras::<T>(c, cfg, name, Vec::new())?
+            .expect("a class of layers::CLASSES");
+        return Ok(Some(TrainLayer::Op(op)));
+    }
+    // (its l1 and l2 are refused by refuse_regularizers; without them it is the identity)
+    if class == "ActivityRegularization" {
+        return Ok(Some(TrainLayer::Dropout {
+            rate: 0.0,
+            noise_shape: None,
+        }));
+    }
+    if !matches!(class, "Dropout" | "SpatialDropout1D") {
+        return Ok(None);
+    }
+    let rate = super::unit_rate(cfg, "rate", name)?;
+    // SpatialDropout1D: one draw per (row, channel), kept at every step (Keras's
+    // `noise_shape = (batch, 1, channels)`)
+    let noise_shape = match cfg.get("noise_shape") {
+        _ if class == "SpatialDropout1D" => Some(vec![None, Some(1), None]),
+        None | Some(Value::Null) => None,
+        Some(Value::Array(dims)) => Some(
+            dims.iter()
+                .map(|d| match d {
+                    Value::Null => Ok(None),
+                    d => d.as_u64().map(|v| Some(v as usize)).ok_or_else(|| {
+                        LstmError::bad_config(
+                            format!("noise_shape of layer {name}"),
+                            format!("{d} is not a dimension"),
+                        )
+                    }),
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+        Some(other) => {
+            return Err(LstmError::bad_config(
+                format!("noise_shape of layer {name}"),
+                format!("{other} is not a shape"),
+            ))
+        }
+    };
+    Ok(Some(TrainLayer::Dropout { rate, noise_shape }))
 }
 
 /// The `dropout` and `recurrent_dropout` of the recurrent layer `name` in the model's layer
@@ -479,22 +527,6 @@ fn push_weights<T: Element>(out: &mut Vec<ArrayD<T>>, w: &LstmWeights<T>) {
     out.push(w.kernel.clone().into_dyn());
     out.push(w.recurrent_kernel.clone().into_dyn());
     out.extend(w.bias.clone().map(|b| keras_bias(b, w.kernel.ncols())));
-}
-
-/// A direction's weights from `it` (Keras's order; shapes checked by the caller).
-fn take_weights<T: Element>(it: &mut std::slice::Iter<'_, ArrayD<T>>, w: &mut LstmWeights<T>) {
-    let mut two = || {
-        it.next()
-            .expect("counted")
-            .clone()
-            .into_dimensionality::<Ix2>()
-            .expect("checked")
-    };
-    w.kernel = two();
-    w.recurrent_kernel = two();
-    if w.bias.is_some() {
-        w.bias = Some(it.next().expect("counted").iter().copied().collect());
-    }
 }
 
 /// A recurrent bias in Keras's shape: `[G·H]`, or `[2, G·H]` for a GRU with reset_after

@@ -16,9 +16,14 @@
 //! On the GPU: [`GpuSequential`] runs the chain's recurrent layers there (forward, tape and
 //! backward through time; [`crate::gpu::GpuRecurrentTrainer`] for one layer).
 //!
-//! Not yet here: functional graphs (merges, attention, several inputs or outputs),
-//! ActivityRegularization, regularizers and constraints in training, stateful layers,
-//! `merge_mode=None` and returned states in a chain.
+//! Functional graphs ([`Functional`], CPU): several inputs and outputs with a loss and weight
+//! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
+//! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
+//! functional `Masking` ([`layers::MergeOp`]).
+//!
+//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, functional graphs
+//! on the GPU, ActivityRegularization's penalties, regularizers and constraints in training,
+//! stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -38,6 +43,7 @@ mod activation;
 mod chain;
 mod dropout;
 mod gpu;
+mod graph;
 mod h5write;
 pub mod layers;
 mod load;
@@ -49,6 +55,7 @@ mod save;
 
 pub use activation::derivative;
 pub use gpu::GpuSequential;
+pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
 pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
@@ -133,6 +140,10 @@ pub enum TrainLayer<T> {
         bias: Option<Array1<T>>,
         /// Its activation.
         activation: DenseActivation,
+        /// Keras's `TimeDistributed(Dense)`: the same values, but the wrapper's reshape
+        /// hides a sigmoid's or softmax's logits from the loss, which Keras then computes
+        /// from the probabilities (clipped to `[1e-7, 1 - 1e-7]`).
+        time_distributed: bool,
     },
 }
 

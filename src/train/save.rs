@@ -22,117 +22,159 @@ fn put<T: Element>(group: &mut Node, k: usize, a: &ndarray::ArrayD<T>) {
     );
 }
 
+/// How a layer's variables are grouped in the file.
+pub(super) enum Saved {
+    /// Under `layers/<key>/vars` (or `layers/<key>/layer/vars` for a TimeDistributed).
+    Plain,
+    /// A recurrent layer's, under `layers/<key>/cell/vars`.
+    Cell,
+    /// A Bidirectional's: the first `.0` under `forward_layer/cell/vars`, the rest under
+    /// `backward_layer/cell/vars`.
+    Bidi(usize),
+}
+
+/// A chain layer's variables (the trainable ones, then the non-trainable ones, as Keras
+/// orders them) and their grouping.
+pub(super) fn saved_of<T: Element>(layer: &TrainLayer<T>) -> (Vec<ndarray::ArrayD<T>>, Saved) {
+    let mut ws = layer.weights();
+    ws.extend(layer.state());
+    let saved = match layer {
+        TrainLayer::Recurrent { .. } => Saved::Cell,
+        TrainLayer::Bidirectional { forward, .. } => {
+            Saved::Bidi(2 + usize::from(forward.1.bias.is_some()))
+        }
+        _ => Saved::Plain,
+    };
+    (ws, saved)
+}
+
+/// A Keras 3 `.weights.h5` file for the model config `config` whose layers' variables
+/// `find` gives by layer name (`count` of them in all: a config naming fewer is not this
+/// model's).
+#[allow(clippy::type_complexity)]
+pub(super) fn weights_h5<T: Element>(
+    config: &Value,
+    find: &dyn Fn(&str) -> Option<(Vec<ndarray::ArrayD<T>>, Saved)>,
+    count: usize,
+) -> Result<Vec<u8>> {
+    let null = Value::Null;
+    let functional = config.get("class_name").and_then(Value::as_str) != Some("Sequential");
+    let layers = config
+        .get("config")
+        .unwrap_or(&null)
+        .get("layers")
+        .and_then(Value::as_array)
+        .ok_or_else(|| LstmError::bad_config("config.layers", "a model config has a layer list"))?;
+    let mut root = Node::group();
+    root.path("vars");
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    let mut written = 0;
+    for entry in layers {
+        let class = entry
+            .get("class_name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let name = entry["config"]
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(class);
+        if class == "InputLayer" && !functional {
+            continue;
+        }
+        let base = crate::graph::snake_case(class);
+        let n = counts.entry(base.clone()).or_insert(0);
+        let key = if *n == 0 { base } else { format!("{base}_{n}") };
+        *n += 1;
+        let at = format!("layers/{key}");
+        root.path(&format!("{at}/vars"));
+        let Some((ws, saved)) = find(name) else {
+            continue;
+        };
+        written += 1;
+        // (group, how many of the layer's weights it holds)
+        let groups: Vec<(String, usize)> = match saved {
+            Saved::Cell => vec![(format!("{at}/cell/vars"), ws.len())],
+            Saved::Bidi(nf) => {
+                for d in ["forward_layer", "backward_layer"] {
+                    root.path(&format!("{at}/{d}/vars"));
+                }
+                vec![
+                    (format!("{at}/forward_layer/cell/vars"), nf),
+                    (format!("{at}/backward_layer/cell/vars"), ws.len() - nf),
+                ]
+            }
+            // a wrapper's layer is saved under it (TimeDistributed(Dense))
+            Saved::Plain if class == "TimeDistributed" => {
+                vec![(format!("{at}/layer/vars"), ws.len())]
+            }
+            Saved::Plain => vec![(format!("{at}/vars"), ws.len())],
+        };
+        let mut it = ws.iter();
+        for (path, count) in groups {
+            let group = root.path(&path);
+            for (k, w) in it.by_ref().take(count).enumerate() {
+                put(group, k, w);
+            }
+        }
+    }
+    if written != count {
+        return Err(LstmError::invalid(
+            "config",
+            format!("names {written} of the {count} trained layers; it is not this model's config"),
+        ));
+    }
+    Ok(h5write::file(&root))
+}
+
+/// A `.keras` file: `original`'s (the `.keras` file the model was loaded from)
+/// `config.json` and `metadata.json` with the weights `weights` makes for that config as
+/// `model.weights.h5`.
+pub(super) fn keras_file(
+    original: &[u8],
+    weights: &dyn Fn(&Value) -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let members = crate::archive::members(original)?;
+    let member = |n: &str| {
+        members
+            .iter()
+            .find(|(m, _)| m == n)
+            .map(|(_, b)| *b)
+            .ok_or_else(|| LstmError::File {
+                path: ".keras archive".into(),
+                reason: format!("no {n}"),
+            })
+    };
+    let config_bytes = member("config.json")?;
+    let config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
+        path: "config.json".into(),
+        reason: e.to_string(),
+    })?;
+    let weights = weights(&config)?;
+    let metadata = member("metadata.json")?;
+    crate::archive::write(&[
+        ("metadata.json", metadata),
+        ("config.json", config_bytes),
+        ("model.weights.h5", &weights),
+    ])
+}
+
 impl<T: Element> Sequential<T> {
     /// The weights as a Keras 3 `.weights.h5` file for the model whose `config.json` is
     /// `config` (`model.load_weights` reads it; the values are written in `T`).
     pub fn weights_h5(&self, config: &Value) -> Result<Vec<u8>> {
-        let null = Value::Null;
-        let functional = config.get("class_name").and_then(Value::as_str) != Some("Sequential");
-        let layers = config
-            .get("config")
-            .unwrap_or(&null)
-            .get("layers")
-            .and_then(Value::as_array)
-            .ok_or_else(|| {
-                LstmError::bad_config("config.layers", "a model config has a layer list")
-            })?;
-        let mut root = Node::group();
-        root.path("vars");
-        let mut counts = std::collections::HashMap::<String, usize>::new();
-        let mut written = 0;
-        for entry in layers {
-            let class = entry
-                .get("class_name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let name = entry["config"]
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or(class);
-            if class == "InputLayer" && !functional {
-                continue;
-            }
-            let base = crate::graph::snake_case(class);
-            let n = counts.entry(base.clone()).or_insert(0);
-            let key = if *n == 0 { base } else { format!("{base}_{n}") };
-            *n += 1;
-            let at = format!("layers/{key}");
-            root.path(&format!("{at}/vars"));
-            let Some((_, layer)) = self.layers.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            written += 1;
-            let mut ws: Vec<ndarray::ArrayD<T>> = Sequential {
-                layers: vec![(name.to_string(), layer.clone())],
-            }
-            .weights();
-            // (the non-trainable variables after the trainable ones, as Keras orders them)
-            if let TrainLayer::Op(op) = layer {
-                ws.extend(op.state());
-            }
-            // (group, how many of the layer's weights it holds)
-            let groups: Vec<(String, usize)> = match layer {
-                TrainLayer::Recurrent { .. } => vec![(format!("{at}/cell/vars"), ws.len())],
-                TrainLayer::Bidirectional { forward, .. } => {
-                    let nf = 2 + usize::from(forward.1.bias.is_some());
-                    for d in ["forward_layer", "backward_layer"] {
-                        root.path(&format!("{at}/{d}/vars"));
-                    }
-                    vec![
-                        (format!("{at}/forward_layer/cell/vars"), nf),
-                        (format!("{at}/backward_layer/cell/vars"), ws.len() - nf),
-                    ]
-                }
-                // a wrapper's layer is saved under it (TimeDistributed(Dense))
-                _ if class == "TimeDistributed" => vec![(format!("{at}/layer/vars"), ws.len())],
-                _ => vec![(format!("{at}/vars"), ws.len())],
-            };
-            let mut it = ws.iter();
-            for (path, count) in groups {
-                let group = root.path(&path);
-                for (k, w) in it.by_ref().take(count).enumerate() {
-                    put(group, k, w);
-                }
-            }
-        }
-        if written != self.layers.len() {
-            return Err(LstmError::invalid(
-                "config",
-                format!(
-                    "names {written} of the {} trained layers; it is not this model's config",
-                    self.layers.len()
-                ),
-            ));
-        }
-        Ok(h5write::file(&root))
+        let find = |name: &str| {
+            self.layers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, l)| saved_of(l))
+        };
+        weights_h5(config, &find, self.layers.len())
     }
 
     /// A `.keras` file: `original`'s (the `.keras` file the model was loaded from)
     /// `config.json` and `metadata.json` with these weights as `model.weights.h5`
     /// (`keras.saving.load_model` reads it).
     pub fn keras_file(&self, original: &[u8]) -> Result<Vec<u8>> {
-        let members = crate::archive::members(original)?;
-        let member = |n: &str| {
-            members
-                .iter()
-                .find(|(m, _)| m == n)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| LstmError::File {
-                    path: ".keras archive".into(),
-                    reason: format!("no {n}"),
-                })
-        };
-        let config_bytes = member("config.json")?;
-        let config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
-            path: "config.json".into(),
-            reason: e.to_string(),
-        })?;
-        let weights = self.weights_h5(&config)?;
-        let metadata = member("metadata.json")?;
-        crate::archive::write(&[
-            ("metadata.json", metadata),
-            ("config.json", config_bytes),
-            ("model.weights.h5", &weights),
-        ])
+        keras_file(original, &|config| self.weights_h5(config))
     }
 }

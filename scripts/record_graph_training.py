@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Writes tests/data/training/graph_*: gradients and training runs of functional graphs
+recorded from Keras 3.15.1 (TensorFlow backend, CPU) for the crate's `train::Functional`.
+
+Models: the ten keras-zoo models (read from ../shared/golden/keras-zoo, not copied), and
+`graph_mix.keras` built here: a masked input and a second input through one shared LSTM
+(two calls), a Concatenate along time (masks concatenated), a GRU returning its state into
+a SimpleRNN's initial_state, Attention (concat scores, scale, returned scores) and causal
+AdditiveAttention, Minimum/Maximum/Subtract/Multiply/Average, GlobalAveragePooling1D, and
+four outputs (a state among them) with a loss each.
+
+Per case NAME.npz + NAME.json:
+- `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
+  weights w0, w1, ... (float64 cases: the float32 model's values in float64, the model
+  rebuilt with a float64 policy), the loss `Σ weight · loss_k(y_k, pred_k)` (Keras's loss
+  objects, the outputs' masks applied) and its tf.GradientTape gradients w.r.t. every
+  trainable weight (grad0, ...) and every float input (grad_x0, ...; zeros for token ids),
+  the predictions pred0, ...
+- `graph_fit_<model>`: `compile(loss=[...], loss_weights=[...])` then
+  `fit(xs, ys, batch_size, epochs, shuffle=False)` in float32: final0, ... (trainable),
+  final_state0, ... (non-trainable), epoch_loss.
+The json names the model file (`zoo:NAME` or `NAME.keras` here), the losses (null for an
+output without one) and their weights.
+
+Run: KERAS_BACKEND=tensorflow python scripts/record_graph_training.py [OUT_DIR]
+"""
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import tensorflow as tf
+import keras
+from keras import layers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "tests", "data", "training")
+ZOO = os.path.join(HERE, "..", "..", "shared", "golden", "keras-zoo")
+os.makedirs(OUT, exist_ok=True)
+rng = np.random.RandomState(7)
+
+LOSSES = {
+    "mse": keras.losses.MeanSquaredError,
+    "mae": keras.losses.MeanAbsoluteError,
+    "binary_crossentropy": keras.losses.BinaryCrossentropy,
+    "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+}
+
+
+def graph_mix():
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    a = keras.Input((7, 3), name="a")
+    b = keras.Input((5, 3), name="b")
+    m = layers.Masking(0.0)(a)
+    shared = layers.LSTM(4, return_sequences=True, name="shared_lstm")
+    sa, sb = shared(m), shared(b)
+    cat_t = layers.Concatenate(axis=1)([sa, sb])
+    gs, gh = layers.GRU(5, return_sequences=True, return_state=True)(cat_t)
+    dec = layers.SimpleRNN(5, return_sequences=True)(b, initial_state=gh)
+    att, scores = layers.Attention(score_mode="concat", use_scale=True)(
+        [dec, gs], return_attention_scores=True)
+    att2 = layers.AdditiveAttention()([dec, dec], use_causal_mask=True)
+    mn = layers.Minimum()([att, att2])
+    mx = layers.Maximum()([att, att2, dec])
+    sub = layers.Subtract()([mn, mx])
+    mul = layers.Multiply()([att, att2])
+    av = layers.Average()([sub, mul, dec])
+    pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([sub, av]))
+    out1 = layers.Dense(2, name="out1")(pooled)
+    out2 = layers.Dense(3, activation="softmax", name="out2")(att)
+    out4 = layers.Dense(1, name="out4")(layers.Flatten()(scores))
+    model = keras.Model([a, b], [out1, out2, gh, out4], name="graph_mix")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    x0 = rng.normal(size=(4, 7, 3)).astype("float32")
+    x0[0, 5:] = 0.0
+    x0[2, 3:] = 0.0
+    x0[3, 1] = 0.0
+    x1 = rng.normal(size=(4, 5, 3)).astype("float32")
+    return model, [x0, x1]
+
+
+# name, source, losses (None: no loss), loss weights, fit?
+CASES = [
+    ("p_embedding_pooling", "zoo", ["categorical_crossentropy"], [1.0], False),
+    ("p_embedding_gru", "zoo", ["binary_crossentropy"], [1.0], False),
+    ("p_encoder_decoder_states", "zoo", ["categorical_crossentropy", "mse", "mse"],
+     [1.0, 0.5, 0.25], True),
+    ("p_gru_encoder_decoder", "zoo", ["mse"], [1.0], True),
+    ("p_simplernn_autoencoder", "zoo", ["mse"], [1.0], True),
+    ("p_merge_layers", "zoo", ["mse"], [1.0], True),
+    ("p_conv_pool_norm", "zoo", ["mse"], [1.0], True),
+    ("p_attention_layers", "zoo", ["mse"], [1.0], True),
+    ("p_functional_masking_states", "zoo", ["mse", "mae", None], [1.0, 0.7, 1.0], True),
+    ("p_masked_bigru_tagger", "zoo", ["categorical_crossentropy"], [1.0], True),
+    ("graph_mix", "here", ["mse", "categorical_crossentropy", "mse", "mae"],
+     [1.0, 0.5, 0.3, 0.2], True),
+]
+
+
+def load(name, source):
+    if source == "zoo":
+        model = keras.saving.load_model(os.path.join(ZOO, f"{name}.keras"))
+        xs = []
+        single = os.path.join(ZOO, f"{name}.input.npy")
+        if os.path.exists(single):
+            xs = [np.load(single)]
+        else:
+            k = 0
+            while os.path.exists(os.path.join(ZOO, f"{name}.input.{k}.npy")):
+                xs.append(np.load(os.path.join(ZOO, f"{name}.input.{k}.npy")))
+                k += 1
+        return model, xs
+    model, xs = graph_mix()
+    model.save(os.path.join(OUT, f"{name}.keras"))
+    return model, xs
+
+
+def as_dtype(model, dtype):
+    """The model rebuilt with every float32 policy and input in `dtype`, its weights cast."""
+    if dtype == "float32":
+        return model
+    cfg = json.dumps(keras.saving.serialize_keras_object(model))
+    cfg = cfg.replace('"name": "float32"', f'"name": "{dtype}"').replace(
+        '"dtype": "float32"', f'"dtype": "{dtype}"')
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    m = keras.saving.deserialize_keras_object(json.loads(cfg))
+    m.set_weights([w.astype(dtype) for w in model.get_weights()])
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    return m
+
+
+def targets(model, xs, losses, n):
+    preds = model(xs) if len(xs) > 1 else model(xs[0])
+    preds = preds if isinstance(preds, (list, tuple)) else [preds]
+    ys = []
+    for p, loss in zip(preds, losses):
+        shape = (n,) + tuple(p.shape[1:])
+        if loss == "categorical_crossentropy":
+            y = rng.uniform(0.05, 1.0, shape)
+            y /= y.sum(-1, keepdims=True)
+        elif loss == "binary_crossentropy":
+            y = (rng.uniform(size=shape) > 0.5).astype("float64")
+        else:
+            y = rng.normal(size=shape)
+        ys.append(y.astype("float32"))
+    return ys
+
+
+def is_ids(x):
+    return np.issubdtype(x.dtype, np.integer)
+
+
+def grads_case(name, model, xs, losses, weights, dtype):
+    m = as_dtype(model, dtype)
+    n = xs[0].shape[0]
+    ys = [y.astype(dtype) for y in targets(model, xs, losses, n)]
+    xs_d = [x if is_ids(x) else x.astype(dtype) for x in xs]
+    xv = [tf.constant(x) if is_ids(x) else tf.Variable(x) for x in xs_d]
+    with tf.GradientTape() as tape:
+        preds = m(xv if len(xv) > 1 else xv[0], training=False)
+        preds = preds if isinstance(preds, (list, tuple)) else [preds]
+        total = 0.0
+        for p, y, loss, w in zip(preds, ys, losses, weights):
+            if loss is not None:
+                total = total + w * LOSSES[loss](dtype=dtype)(y, p)
+    floats = [v for v, x in zip(xv, xs_d) if not is_ids(x)]
+    g = tape.gradient(total, m.trainable_weights + floats)
+    arrays = {}
+    for k, x in enumerate(xs_d):
+        arrays[f"x{k}"] = x.astype("float64") if is_ids(x) else x
+    for k, y in enumerate(ys):
+        arrays[f"y{k}"] = y
+    for k, w in enumerate(m.trainable_weights):
+        arrays[f"w{k}"] = np.asarray(w)
+    for k, w in enumerate(m.non_trainable_weights):
+        arrays[f"s{k}"] = np.asarray(w)
+    nw = len(m.trainable_weights)
+    for k in range(nw):
+        arrays[f"grad{k}"] = np.asarray(tf.convert_to_tensor(g[k]))
+    fi = iter(g[nw:])
+    for k, x in enumerate(xs_d):
+        arrays[f"grad_x{k}"] = np.zeros(x.shape, dtype) if is_ids(x) else np.asarray(next(fi))
+    for k, p in enumerate(preds):
+        arrays[f"pred{k}"] = np.asarray(p)
+    arrays["loss"] = np.asarray(total, dtype=dtype)
+    return arrays
+
+
+def fit_case(model, xs, losses, weights):
+    # more rows: the inputs tiled, the present values jittered (padding stays zero)
+    b = xs[0].shape[0]
+    reps = max(2, math.ceil(8 / b))
+    xf = []
+    for x in xs:
+        t = np.concatenate([x] * reps, axis=0)
+        t = t + (0.1 * rng.normal(size=t.shape) * (t != 0)).astype("float32")
+        xf.append(t.astype("float32"))
+    n = xf[0].shape[0]
+    ys = targets(model, xf, losses, n)
+    batch = 4
+    epochs = math.ceil(20 / math.ceil(n / batch))
+    m = keras.models.clone_model(model)
+    m.set_weights(model.get_weights())
+    arrays = {}
+    for k, x in enumerate(xf):
+        arrays[f"x{k}"] = x
+    for k, y in enumerate(ys):
+        arrays[f"y{k}"] = y
+    for k, w in enumerate(m.trainable_weights):
+        arrays[f"w{k}"] = np.asarray(w)
+    for k, w in enumerate(m.non_trainable_weights):
+        arrays[f"s{k}"] = np.asarray(w)
+    m.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
+              loss=[LOSSES[l]() if l else None for l in losses], loss_weights=weights)
+    hist = m.fit(xf if len(xf) > 1 else xf[0], ys if len(ys) > 1 else ys[0], batch_size=batch,
+                 epochs=epochs, shuffle=False, verbose=0)
+    for k, w in enumerate(m.trainable_weights):
+        arrays[f"final{k}"] = np.asarray(w)
+    for k, w in enumerate(m.non_trainable_weights):
+        arrays[f"final_state{k}"] = np.asarray(w)
+    arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")
+    return arrays, dict(batch_size=batch, epochs=epochs,
+                        optimizer=dict(kind="adam", learning_rate=0.01))
+
+
+def write(name, arrays, meta):
+    np.savez(os.path.join(OUT, f"{name}.npz"), **arrays)
+    with open(os.path.join(OUT, f"{name}.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(name, float(np.asarray(arrays.get("loss", arrays.get("epoch_loss", [0]))).ravel()[-1]))
+
+
+for name, source, losses, weights, fit in CASES:
+    model, xs = load(name, source)
+    src = f"zoo:{name}" if source == "zoo" else f"{name}.keras"
+    for dtype in ("float64", "float32"):
+        arrays = grads_case(name, model, xs, losses, weights, dtype)
+        tag = "f64" if dtype == "float64" else "f32"
+        write(f"graph_grads_{name}_{tag}", arrays,
+              dict(mode="grads", model=src, losses=losses, loss_weights=weights, dtype=dtype))
+    if fit:
+        arrays, extra = fit_case(model, xs, losses, weights)
+        write(f"graph_fit_{name}", arrays,
+              dict(mode="fit", model=src, losses=losses, loss_weights=weights,
+                   dtype="float32", **extra))

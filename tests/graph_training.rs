@@ -1,0 +1,350 @@
+//! Functional graphs trained against Keras 3.15.1 (`scripts/record_graph_training.py`,
+//! `tests/data/training/graph_*`): the ten keras-zoo models (several inputs and outputs,
+//! `initial_state` from an encoder, `return_state` outputs, merges, attention, the op layers
+//! of a functional `Masking`, token inputs, BatchNormalization) and `graph_mix` (a shared
+//! LSTM called twice, Concatenate along time, a GRU's state into a SimpleRNN's
+//! `initial_state`, concat-score Attention with returned scores, causal AdditiveAttention,
+//! every merge, four outputs with weighted losses): the loss and its gradients w.r.t. every
+//! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
+//! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
+
+use lstm_wgpu::model::KerasModel;
+use lstm_wgpu::train::{FitOptions, Functional, Loss, Losses, Optimizer};
+use lstm_wgpu::{Element, LstmError};
+use ndarray::ArrayD;
+use ndarray_npy::ReadNpyExt;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+mod common;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/training")
+}
+
+/// The arrays of `NAME.npz` as `T`.
+fn npz<T: Element>(name: &str) -> HashMap<String, ArrayD<T>> {
+    let bytes = std::fs::read(dir().join(format!("{name}.npz"))).unwrap();
+    let mut out = HashMap::new();
+    for (member, data) in lstm_wgpu::archive::members(&bytes).unwrap() {
+        let key = member.trim_end_matches(".npy").to_string();
+        let a: ArrayD<T> = if let Ok(a) = ArrayD::<f64>::read_npy(std::io::Cursor::new(data)) {
+            a.mapv(T::from_f64)
+        } else {
+            let a = ArrayD::<f32>::read_npy(std::io::Cursor::new(data))
+                .unwrap_or_else(|e| panic!("{name}/{member}: {e}"));
+            a.mapv(|v| T::from_f64(f64::from(v)))
+        };
+        out.insert(key, a);
+    }
+    out
+}
+
+fn meta(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap()).unwrap()
+}
+
+fn worst<T: Element>(a: &ArrayD<T>, b: &ArrayD<T>, what: &str) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "{what}");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f64() - y.to_f64()).abs())
+        .fold(0.0, f64::max)
+}
+
+/// The `.keras` file a case names (`zoo:NAME` or a file here).
+fn model_path(m: &serde_json::Value) -> PathBuf {
+    let src = m["model"].as_str().unwrap();
+    match src.strip_prefix("zoo:") {
+        Some(name) => {
+            common::golden_dir("keras-zoo", "KERAS_ZOO_DIR").join(format!("{name}.keras"))
+        }
+        None => dir().join(src),
+    }
+}
+
+fn keras_model(m: &serde_json::Value) -> KerasModel {
+    KerasModel::load(&model_path(m)).unwrap()
+}
+
+fn losses(m: &serde_json::Value) -> Losses {
+    let per: Vec<Option<Loss>> = m["losses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().map(|l| Loss::from_keras(l).unwrap()))
+        .collect();
+    let w: Vec<f64> = m["loss_weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .collect();
+    Losses::new(per).weights(&w)
+}
+
+fn indexed<T: Clone>(a: &HashMap<String, T>, prefix: &str) -> Vec<T> {
+    (0..)
+        .map_while(|k| a.get(&format!("{prefix}{k}")).cloned())
+        .collect()
+}
+
+/// The graph of case `name` with the case's weights and state.
+fn net<T: Element>(name: &str, a: &HashMap<String, ArrayD<T>>) -> Functional<T> {
+    let mut net = Functional::<T>::from_model(&keras_model(&meta(name))).unwrap();
+    // the file's weights are the case's (in its order: Keras's trainable_weights)
+    let w = indexed(a, "w");
+    for (k, (got, want)) in net.weights().iter().zip(&w).enumerate() {
+        let e = worst(got, want, &format!("{name} w{k}"));
+        assert!(e <= 1e-6, "{name}: weight {k} is not the file's ({e:e})");
+    }
+    net.set_weights(&w).unwrap();
+    net.set_state(&indexed(a, "s")).unwrap();
+    net
+}
+
+fn grads_case<T: Element>(name: &str, tol: f64) -> f64 {
+    let a = npz::<T>(name);
+    let net = net::<T>(name, &a);
+    let xs = indexed(&a, "x");
+    let ys = indexed(&a, "y");
+    let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
+    let preds = net.predict(&xv).unwrap();
+    // (what is past the tolerance, for the failure message)
+    let mut past = Vec::new();
+    let mut w = 0.0f64;
+    for (k, p) in preds.iter().enumerate() {
+        let e = worst(p, &a[&format!("pred{k}")], &format!("{name} pred{k}"));
+        if e > tol {
+            past.push(format!("pred{k} {e:.1e}"));
+        }
+        w = w.max(e);
+    }
+    let g = net.gradients(&xv, &yv, &losses(&meta(name))).unwrap();
+    w = w.max((g.loss.to_f64() - a["loss"].iter().next().unwrap().to_f64()).abs());
+    let want = indexed(&a, "grad");
+    assert_eq!(g.weights.len(), want.len(), "{name}: weight count");
+    for (k, (got, want)) in g.weights.iter().zip(&want).enumerate() {
+        let e = worst(got, want, &format!("{name} grad{k}"));
+        if e > tol {
+            past.push(format!("grad{k} {:?} {e:.1e}", got.shape()));
+        }
+        w = w.max(e);
+    }
+    for (k, got) in g.inputs.iter().enumerate() {
+        w = w.max(worst(
+            got,
+            &a[&format!("grad_x{k}")],
+            &format!("{name} grad_x{k}"),
+        ));
+    }
+    println!("{name}: worst {w:.1e} (loss {})", g.loss);
+    assert!(w <= tol, "{name}: {w:e} > {tol:e} ({})", past.join(", "));
+    w
+}
+
+const MODELS: [&str; 11] = [
+    "p_embedding_pooling",
+    "p_embedding_gru",
+    "p_encoder_decoder_states",
+    "p_gru_encoder_decoder",
+    "p_simplernn_autoencoder",
+    "p_merge_layers",
+    "p_conv_pool_norm",
+    "p_attention_layers",
+    "p_functional_masking_states",
+    "p_masked_bigru_tagger",
+    "graph_mix",
+];
+
+#[test]
+fn graph_gradients_match_gradient_tape() {
+    let (mut w64, mut w32) = (0.0f64, 0.0f64);
+    for m in MODELS {
+        w64 = w64.max(grads_case::<f64>(&format!("graph_grads_{m}_f64"), 1e-10));
+        w32 = w32.max(grads_case::<f32>(&format!("graph_grads_{m}_f32"), 1e-5));
+    }
+    println!("graph gradients vs Keras: f64 worst {w64:.1e}, f32 worst {w32:.1e}");
+}
+
+#[test]
+fn graph_fit_matches_keras_after_20_steps() {
+    for m in MODELS {
+        let name = format!("graph_fit_{m}");
+        if !dir().join(format!("{name}.npz")).exists() {
+            // (models with Dropout: Keras's masks are TensorFlow's, not reproducible)
+            continue;
+        }
+        let a = npz::<f32>(&name);
+        let meta = meta(&name);
+        let mut net = net::<f32>(&name, &a);
+        let xs = indexed(&a, "x");
+        let ys = indexed(&a, "y");
+        let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+        let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
+        let o = &meta["optimizer"];
+        let mut opt = Optimizer::from_keras(o["kind"].as_str().unwrap(), o).unwrap();
+        let options = FitOptions::new(
+            Loss::MeanSquaredError,
+            meta["batch_size"].as_u64().unwrap() as usize,
+            meta["epochs"].as_u64().unwrap() as usize,
+        );
+        let h = net
+            .fit(&xv, &yv, &losses(&meta), &options, &mut opt)
+            .unwrap();
+        assert!(opt.iterations() >= 20, "{name}");
+        let mut w = 0.0f64;
+        for (k, (got, want)) in net.weights().iter().zip(indexed(&a, "final")).enumerate() {
+            w = w.max(worst(got, &want, &format!("{name} final{k}")));
+        }
+        for (k, (got, want)) in net
+            .state()
+            .iter()
+            .zip(indexed(&a, "final_state"))
+            .enumerate()
+        {
+            w = w.max(worst(got, &want, &format!("{name} final_state{k}")));
+        }
+        let l = h
+            .epoch_loss
+            .iter()
+            .zip(a["epoch_loss"].iter())
+            .map(|(x, y)| (x - y.to_f64()).abs())
+            .fold(0.0, f64::max);
+        let moved = indexed(&a, "w")
+            .iter()
+            .zip(indexed(&a, "final"))
+            .map(|(x, y)| worst(x, &y, &name))
+            .fold(0.0, f64::max);
+        println!("{name}: weights {w:.1e}, epoch losses {l:.1e}, Keras moved {moved:.1e}");
+        assert!(
+            w <= 1e-4 && l <= 1e-4,
+            "{name}: weights {w:e}, losses {l:e}"
+        );
+        assert!(moved > 1e-3, "{name}: Keras's weights moved {moved}");
+    }
+}
+
+/// Bad calls are errors that say what was wrong.
+#[test]
+fn graph_training_errors_name_the_argument() {
+    let name = "graph_grads_graph_mix_f64";
+    let a = npz::<f64>(name);
+    let net = net::<f64>(name, &a);
+    let xs = indexed(&a, "x");
+    let ys = indexed(&a, "y");
+    let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
+    let l = losses(&meta(name));
+    // one input missing
+    let e = net.gradients(&xv[..1], &yv, &l).unwrap_err();
+    assert!(e.to_string().contains("inputs"), "{e}");
+    // a target of the wrong shape names its output
+    let mut bad = ys.clone();
+    bad[1] = ArrayD::zeros(ndarray::IxDyn(&[4, 5, 2]));
+    let bv: Vec<_> = bad.iter().map(|y| y.view()).collect();
+    let e = net.gradients(&xv, &bv, &l).unwrap_err();
+    assert!(
+        matches!(&e, LstmError::ShapeMismatch { what, .. } if what.contains("output 1")),
+        "{e}"
+    );
+    // fewer losses than outputs
+    let e = net
+        .gradients(&xv, &yv, &Losses::new(vec![Some(Loss::MeanSquaredError)]))
+        .unwrap_err();
+    assert!(e.to_string().contains("4 outputs"), "{e}");
+    // an output without a loss reads no target and adds nothing
+    let mut only = l.clone();
+    only.per_output[3] = None;
+    let g0 = net.gradients(&xv, &yv, &only).unwrap();
+    let mut w = l.clone();
+    w.per_output[3] = w.per_output[3].map(|(loss, _)| (loss, 0.0));
+    let g1 = net.gradients(&xv, &yv, &w).unwrap();
+    assert!((g0.loss - g1.loss).abs() < 1e-12);
+    for (x, y) in g0.weights.iter().zip(&g1.weights) {
+        assert!(worst(x, y, "weights") < 1e-12);
+    }
+}
+
+/// Trained graphs written back: the `.keras` file (the original's config with the new
+/// weights) loads here, its weights and state those trained, and its inference graph
+/// predicts what the trained [`Functional`] predicts on every output; the `.weights.h5`
+/// alone does the same through `from_config_and_weights`. The files and the crate's
+/// predictions stay in the temporary directory for Keras 3 to load
+/// (`scripts/check_saved_graph_training.py`).
+#[test]
+fn trained_graphs_are_written_back_as_keras_files() {
+    use ndarray_npy::WriteNpyExt;
+    let tmp = std::env::temp_dir();
+    for m in MODELS {
+        let name = format!("graph_grads_{m}_f32");
+        let a = npz::<f32>(&name);
+        let meta = meta(&name);
+        let mut net = net::<f32>(&name, &a);
+        let xs = indexed(&a, "x");
+        let ys = indexed(&a, "y");
+        let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+        let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
+        let before = net.weights();
+        let mut opt = Optimizer::adam(0.05);
+        net.fit(
+            &xv,
+            &yv,
+            &losses(&meta),
+            &FitOptions::new(Loss::MeanSquaredError, 2, 2),
+            &mut opt,
+        )
+        .unwrap();
+        let moved = before
+            .iter()
+            .zip(net.weights())
+            .map(|(x, y)| worst(x, &y, m))
+            .fold(0.0, f64::max);
+        assert!(moved > 1e-3, "{m}: training moved the weights by {moved}");
+        let original = std::fs::read(model_path(&meta)).unwrap();
+        let bytes = net.keras_file(&original).unwrap();
+        let mut back = KerasModel::from_keras_bytes(&bytes).unwrap();
+        let reread = Functional::<f32>::from_model(&back).unwrap();
+        assert_eq!(reread.weights(), net.weights(), "{m}");
+        assert_eq!(reread.state(), net.state(), "{m}");
+        // the inference graph on the saved file against the trained network
+        let inputs: Vec<lstm_wgpu::model::ModelInput> = back
+            .inputs()
+            .iter()
+            .zip(&xs)
+            .map(|(spec, x)| {
+                if spec.dtype.starts_with("int") {
+                    x.mapv(|v| v as i64).into()
+                } else {
+                    x.clone().into()
+                }
+            })
+            .collect();
+        let got = back.predict_inputs(&inputs).unwrap();
+        let want = net.predict(&xv).unwrap();
+        assert_eq!(got.len(), want.len(), "{m}: outputs");
+        let mut err = 0.0f64;
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            err = err.max(worst(g, w, &format!("{m} output {k}")));
+        }
+        assert!(err <= 1e-5, "{m}: the reloaded model differs by {err:e}");
+        // the .weights.h5 alone, with the model's config
+        let h5 = net.weights_h5(back.config()).unwrap();
+        let again = KerasModel::from_config_and_weights(back.config(), &h5).unwrap();
+        assert_eq!(
+            Functional::<f32>::from_model(&again).unwrap().weights(),
+            net.weights(),
+            "{m}"
+        );
+        // for scripts/check_saved_graph_training.py
+        let stem = tmp.join(format!("lstm_wgpu_trained_graph_{m}"));
+        std::fs::write(stem.with_extension("keras"), &bytes).unwrap();
+        std::fs::write(stem.with_extension("weights.h5"), &h5).unwrap();
+        for (k, w) in want.iter().enumerate() {
+            let f = std::fs::File::create(format!("{}.pred{k}.npy", stem.display())).unwrap();
+            w.write_npy(f).unwrap();
+        }
+        println!("{m}: reloaded, {} outputs within {err:.1e}", want.len());
+    }
+}
