@@ -339,6 +339,11 @@ impl<T: Element> Functional<T> {
         self.outputs.len()
     }
 
+    /// The layer (index into `layers`) of each call, in run order.
+    pub(super) fn call_layers(&self) -> Vec<usize> {
+        self.calls.iter().map(|c| c.layer).collect()
+    }
+
     /// The forward pass: every call's outputs and caches.
     #[allow(clippy::type_complexity)]
     fn forward(
@@ -484,7 +489,17 @@ impl<T: Element> Functional<T> {
     /// The model's outputs on `xs` (one array per input, in [`Functional::input_names`]'s
     /// order; token ids held as `T`), in inference mode.
     pub fn predict(&self, xs: &[ArrayViewD<'_, T>]) -> Result<Vec<ArrayD<T>>> {
-        let (inputs, vals, _) = self.forward(&CpuPath, xs, None)?;
+        self.predict_with(&CpuPath, xs)
+    }
+
+    /// [`predict`](Self::predict) with the recurrent calls on `path` (its `at.0` the call's
+    /// index: [`Functional::call_layers`] maps it to the layer).
+    pub(super) fn predict_with(
+        &self,
+        path: &dyn RecurrentPath<T>,
+        xs: &[ArrayViewD<'_, T>],
+    ) -> Result<Vec<ArrayD<T>>> {
+        let (inputs, vals, _) = self.forward(path, xs, None)?;
         Ok(self
             .outputs
             .iter()
@@ -522,7 +537,7 @@ impl<T: Element> Functional<T> {
 
     /// The gradients and the new state of the layers that keep one, by layer index.
     #[allow(clippy::type_complexity)]
-    fn gradients_with(
+    pub(super) fn gradients_with(
         &self,
         path: &dyn RecurrentPath<T>,
         xs: &[ArrayViewD<'_, T>],
@@ -734,6 +749,24 @@ impl<T: Element> Functional<T> {
             Some(steps) => &CpuRecompute(steps),
             None => &CpuPath,
         };
+        self.fit_with(path, xs, targets, losses, options, optimizer, &mut |_| {
+            Ok(())
+        })
+    }
+
+    /// [`fit`](Self::fit) with the recurrent calls on `path`; `updated` runs after each
+    /// optimizer step (to upload the new weights).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fit_with(
+        &mut self,
+        path: &dyn RecurrentPath<T>,
+        xs: &[ArrayViewD<'_, T>],
+        targets: &[ArrayViewD<'_, T>],
+        losses: &Losses,
+        options: &FitOptions,
+        optimizer: &mut Optimizer,
+        updated: &mut dyn FnMut(&Self) -> Result<()>,
+    ) -> Result<History> {
         let n = xs
             .first()
             .and_then(|x| x.shape().first().copied())
@@ -774,6 +807,7 @@ impl<T: Element> Functional<T> {
                         op.set_state(&state)?;
                     }
                 }
+                updated(self)?;
                 Ok(Ok(g.loss.to_f64()))
             },
         )

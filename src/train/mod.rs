@@ -19,10 +19,11 @@
 //! Functional graphs ([`Functional`], CPU): several inputs and outputs with a loss and weight
 //! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
 //! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
-//! functional `Masking` ([`layers::MergeOp`]).
+//! functional `Masking` ([`layers::MergeOp`]); [`GpuFunctional`] runs its recurrent calls on
+//! the GPU.
 //!
-//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, functional graphs
-//! on the GPU, ActivityRegularization's penalties, regularizers and constraints in training,
+//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training,
+//! ActivityRegularization's penalties, regularizers and constraints in training,
 //! stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
@@ -54,7 +55,7 @@ pub(crate) mod recurrent;
 mod save;
 
 pub use activation::derivative;
-pub use gpu::GpuSequential;
+pub use gpu::{GpuFunctional, GpuSequential};
 pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
