@@ -7,13 +7,16 @@ Models: the ten keras-zoo models (read from ../shared/golden/keras-zoo, not copi
 (two calls), a Concatenate along time (masks concatenated), a GRU returning its state into
 a SimpleRNN's initial_state, Attention (concat scores, scale, returned scores) and causal
 AdditiveAttention, Minimum/Maximum/Subtract/Multiply/Average, GlobalAveragePooling1D, and
-four outputs (a state among them) with a loss each.
+four outputs (a state among them) with a loss each; and `graph_reg.keras`: L1, L2 and L1L2
+weight regularizers on an Embedding, LSTM, Conv1D, LayerNormalization, Bidirectional(GRU),
+BatchNormalization, TimeDistributed(Dense) and Dense (their losses join the loss as
+`model.losses`).
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
   weights w0, w1, ... (float64 cases: the float32 model's values in float64, the model
-  rebuilt with a float64 policy), the loss `Σ weight · loss_k(y_k, pred_k)` (Keras's loss
-  objects, the outputs' masks applied) and its tf.GradientTape gradients w.r.t. every
+  rebuilt with a float64 policy), the loss `Σ weight · loss_k(y_k, pred_k) + Σ model.losses`
+  (Keras's loss objects, the outputs' masks applied; the regularizers' losses) and its tf.GradientTape gradients w.r.t. every
   trainable weight (grad0, ...) and every float input (grad_x0, ...; zeros for token ids),
   the predictions pred0, ...
 - `graph_fit_<model>`: `compile(loss=[...], loss_weights=[...])` then
@@ -22,12 +25,13 @@ Per case NAME.npz + NAME.json:
 The json names the model file (`zoo:NAME` or `NAME.keras` here), the losses (null for an
 output without one) and their weights.
 
-Run: KERAS_BACKEND=tensorflow python scripts/record_graph_training.py [OUT_DIR]
+Run: KERAS_BACKEND=tensorflow python scripts/record_graph_training.py [OUT_DIR [NAME,...]]
 """
 import json
 import math
 import os
 import sys
+import zlib
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -87,6 +91,40 @@ def graph_mix():
     return model, [x0, x1]
 
 
+def graph_reg():
+    """Weight regularizers on every kind of weight the crate places (L1, L2, L1L2)."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    R = keras.regularizers
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    feats = keras.Input((6, 3), name="feats")
+    e = layers.Embedding(9, 4, mask_zero=True, embeddings_regularizer=R.L2(0.02))(ids)
+    h = layers.LSTM(5, return_sequences=True, kernel_regularizer=R.L2(0.01),
+                    recurrent_regularizer=R.L1(0.005),
+                    bias_regularizer=R.L1L2(l1=0.003, l2=0.02))(e)
+    c = layers.Conv1D(4, 2, padding="same", kernel_regularizer=R.L1L2(l1=0.01, l2=0.01),
+                      bias_regularizer=R.L2(0.05))(feats)
+    n = layers.LayerNormalization(gamma_regularizer=R.L2(0.03), beta_regularizer=R.L1(0.02))(c)
+    g = layers.Bidirectional(layers.GRU(3, return_sequences=True, kernel_regularizer=R.L2(0.01),
+                                        recurrent_regularizer=R.L2(0.02)))(n)
+    pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([h, g]))
+    bn = layers.BatchNormalization(gamma_regularizer=R.L2(0.01))(pooled)
+    td = layers.TimeDistributed(layers.Dense(2, kernel_regularizer=R.L1(0.01)))(g)
+    out = layers.Dense(2, kernel_regularizer=R.L1(0.01), bias_regularizer=R.L2(0.1))(bn)
+    model = keras.Model([ids, feats], [out, td], name="graph_reg")
+    for layer in model.layers:
+        if layer.weights and not isinstance(layer, layers.BatchNormalization):
+            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
+    x0[0, 4:] = 0
+    x0[2, 2:] = 0
+    x1 = rng.normal(size=(4, 6, 3)).astype("float32")
+    return model, [x0, x1]
+
+
+BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg}
+
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
     ("p_embedding_pooling", "zoo", ["categorical_crossentropy"], [1.0], False),
@@ -102,6 +140,7 @@ CASES = [
     ("p_masked_bigru_tagger", "zoo", ["categorical_crossentropy"], [1.0], True),
     ("graph_mix", "here", ["mse", "categorical_crossentropy", "mse", "mae"],
      [1.0, 0.5, 0.3, 0.2], True),
+    ("graph_reg", "here", ["mse", "mse"], [1.0, 0.5], True),
 ]
 
 
@@ -118,7 +157,7 @@ def load(name, source):
                 xs.append(np.load(os.path.join(ZOO, f"{name}.input.{k}.npy")))
                 k += 1
         return model, xs
-    model, xs = graph_mix()
+    model, xs = BUILT[name]()
     model.save(os.path.join(OUT, f"{name}.keras"))
     return model, xs
 
@@ -173,6 +212,9 @@ def grads_case(name, model, xs, losses, weights, dtype):
         for p, y, loss, w in zip(preds, ys, losses, weights):
             if loss is not None:
                 total = total + w * LOSSES[loss](dtype=dtype)(y, p)
+        # the weight regularizers' losses, as compute_loss adds model.losses
+        for extra in m.losses:
+            total = total + extra
     floats = [v for v, x in zip(xv, xs_d) if not is_ids(x)]
     g = tape.gradient(total, m.trainable_weights + floats)
     arrays = {}
@@ -203,8 +245,9 @@ def fit_case(model, xs, losses, weights):
     xf = []
     for x in xs:
         t = np.concatenate([x] * reps, axis=0)
-        t = t + (0.1 * rng.normal(size=t.shape) * (t != 0)).astype("float32")
-        xf.append(t.astype("float32"))
+        if not is_ids(x):
+            t = (t + 0.1 * rng.normal(size=t.shape) * (t != 0)).astype("float32")
+        xf.append(t)
     n = xf[0].shape[0]
     ys = targets(model, xf, losses, n)
     batch = 4
@@ -213,7 +256,7 @@ def fit_case(model, xs, losses, weights):
     m.set_weights(model.get_weights())
     arrays = {}
     for k, x in enumerate(xf):
-        arrays[f"x{k}"] = x
+        arrays[f"x{k}"] = x.astype("float64") if is_ids(x) else x
     for k, y in enumerate(ys):
         arrays[f"y{k}"] = y
     for k, w in enumerate(m.trainable_weights):
@@ -240,7 +283,12 @@ def write(name, arrays, meta):
     print(name, float(np.asarray(arrays.get("loss", arrays.get("epoch_loss", [0]))).ravel()[-1]))
 
 
+ONLY = set(sys.argv[2].split(",")) if len(sys.argv) > 2 else None
 for name, source, losses, weights, fit in CASES:
+    if ONLY and name not in ONLY:
+        continue
+    # (each case's draws from its own seed: a case recorded alone is the same)
+    rng.seed(zlib.crc32(name.encode()))
     model, xs = load(name, source)
     src = f"zoo:{name}" if source == "zoo" else f"{name}.keras"
     for dtype in ("float64", "float32"):

@@ -635,9 +635,12 @@ fn diverging_training_and_bad_targets_are_errors() {
         "{err}"
     );
     // regularizers and constraints (Keras's fit applies them; not built) are refused by name
+    // (a weight's regularizer: by train::Functional, which the message names)
     let err = set("GRU", "kernel_regularizer", 0.0).unwrap_err();
     assert!(
-        err.to_string().contains("kernel_regularizer") && err.to_string().contains("gru"),
+        err.to_string().contains("kernel_regularizer")
+            && err.to_string().contains("gru")
+            && err.to_string().contains("Functional"),
         "{err}"
     );
     let err = with(serde_json::json!({"module": "keras.layers",

@@ -19,12 +19,13 @@
 //! Functional graphs ([`Functional`], CPU): several inputs and outputs with a loss and weight
 //! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
 //! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
-//! functional `Masking` ([`layers::MergeOp`]); [`GpuFunctional`] runs its recurrent calls on
-//! the GPU.
+//! functional `Masking` ([`layers::MergeOp`]), weight regularizers ([`Regularizer`]: L1, L2,
+//! L1L2 on any weight, their losses added as Keras's `model.losses`); [`GpuFunctional`]
+//! runs its recurrent calls on the GPU.
 //!
-//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training,
-//! ActivityRegularization's penalties, regularizers and constraints in training,
-//! stateful layers, `merge_mode=None` and returned states in a chain.
+//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, activity
+//! regularizers, constraints, frozen layers, weight regularizers in the chain (it refuses
+//! them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -52,6 +53,7 @@ mod loss;
 mod optim;
 mod path;
 pub(crate) mod recurrent;
+mod regularize;
 mod save;
 
 pub use activation::derivative;
@@ -60,6 +62,7 @@ pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
 pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
+pub use regularize::Regularizer;
 
 use crate::config::LstmConfig;
 use crate::error::{LstmError, Result};
