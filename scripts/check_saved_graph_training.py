@@ -24,7 +24,8 @@ ZOO = os.environ.get("KERAS_ZOO_DIR", os.path.join(HERE, "..", "..", "shared", "
 MODELS = ["p_embedding_pooling", "p_embedding_gru", "p_encoder_decoder_states",
           "p_gru_encoder_decoder", "p_simplernn_autoencoder", "p_merge_layers",
           "p_conv_pool_norm", "p_attention_layers", "p_functional_masking_states",
-          "p_masked_bigru_tagger", "graph_mix", "graph_reg"]
+          "p_masked_bigru_tagger", "graph_mix", "graph_reg",
+          "graph_frozen"]
 
 
 def outputs(model, xs):

@@ -9,8 +9,10 @@ a SimpleRNN's initial_state, Attention (concat scores, scale, returned scores) a
 AdditiveAttention, Minimum/Maximum/Subtract/Multiply/Average, GlobalAveragePooling1D, and
 four outputs (a state among them) with a loss each; and `graph_reg.keras`: L1, L2 and L1L2
 weight regularizers on an Embedding, LSTM, Conv1D, LayerNormalization, Bidirectional(GRU),
-BatchNormalization, TimeDistributed(Dense) and Dense (their losses join the loss as
-`model.losses`).
+BatchNormalization, TimeDistributed(Dense) and Dense, activity regularizers on an LSTM, a Dense,
+a GRU's returned state and an ActivityRegularization layer (their losses join the loss as
+`model.losses`; an activity loss divided by the batch size); and `graph_frozen.keras`: frozen layers (trainable=False) beside trainable
+ones. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -92,7 +94,8 @@ def graph_mix():
 
 
 def graph_reg():
-    """Weight regularizers on every kind of weight the crate places (L1, L2, L1L2)."""
+    """Weight regularizers on every kind of weight the crate places (L1, L2, L1L2), and
+    activity regularizers (a layer's, ActivityRegularization's, on every output of a call)."""
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
     R = keras.regularizers
@@ -101,16 +104,22 @@ def graph_reg():
     e = layers.Embedding(9, 4, mask_zero=True, embeddings_regularizer=R.L2(0.02))(ids)
     h = layers.LSTM(5, return_sequences=True, kernel_regularizer=R.L2(0.01),
                     recurrent_regularizer=R.L1(0.005),
-                    bias_regularizer=R.L1L2(l1=0.003, l2=0.02))(e)
+                    bias_regularizer=R.L1L2(l1=0.003, l2=0.02),
+                    activity_regularizer=R.L1(0.01))(e)
     c = layers.Conv1D(4, 2, padding="same", kernel_regularizer=R.L1L2(l1=0.01, l2=0.01),
                       bias_regularizer=R.L2(0.05))(feats)
     n = layers.LayerNormalization(gamma_regularizer=R.L2(0.03), beta_regularizer=R.L1(0.02))(c)
+    n = layers.ActivityRegularization(l1=0.01, l2=0.02)(n)
     g = layers.Bidirectional(layers.GRU(3, return_sequences=True, kernel_regularizer=R.L2(0.01),
                                         recurrent_regularizer=R.L2(0.02)))(n)
     pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([h, g]))
     bn = layers.BatchNormalization(gamma_regularizer=R.L2(0.01))(pooled)
     td = layers.TimeDistributed(layers.Dense(2, kernel_regularizer=R.L1(0.01)))(g)
-    out = layers.Dense(2, kernel_regularizer=R.L1(0.01), bias_regularizer=R.L2(0.1))(bn)
+    out = layers.Dense(2, kernel_regularizer=R.L1(0.01), bias_regularizer=R.L2(0.1),
+                       activity_regularizer=R.L2(0.05))(bn)
+    # (a state output regularized too: Keras regularizes every output of the call)
+    _, gh = layers.GRU(3, return_state=True, activity_regularizer=R.L2(0.2))(td)
+    out = layers.Add()([out, layers.Dense(2)(gh)])
     model = keras.Model([ids, feats], [out, td], name="graph_reg")
     for layer in model.layers:
         if layer.weights and not isinstance(layer, layers.BatchNormalization):
@@ -123,7 +132,45 @@ def graph_reg():
     return model, [x0, x1]
 
 
-BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg}
+def graph_frozen():
+    """Frozen layers (trainable=False): an Embedding, an LSTM with a regularizer (not added:
+    Keras counts only trainable weights'), a Bidirectional(GRU), a BatchNormalization (in
+    inference mode: its moving statistics stay), beside trainable Conv1D and Dense."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    feats = keras.Input((6, 3), name="feats")
+    emb = layers.Embedding(9, 4, mask_zero=True)
+    lstm = layers.LSTM(5, return_sequences=True, kernel_regularizer=keras.regularizers.L2(0.1))
+    bn = layers.BatchNormalization()
+    bidi = layers.Bidirectional(layers.GRU(3, return_sequences=True))
+    h = lstm(emb(ids))
+    g = bidi(layers.Conv1D(4, 2, padding="same")(bn(feats)))
+    pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([h, g]))
+    out = layers.Dense(2)(pooled)
+    model = keras.Model([ids, feats], out, name="graph_frozen")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                               if w.path.endswith("moving_variance") else
+                               rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    for layer in (emb, lstm, bn, bidi):
+        layer.trainable = False
+    x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
+    x0[1, 3:] = 0
+    x1 = rng.normal(size=(4, 6, 3)).astype("float32")
+    return model, [x0, x1]
+
+
+def state_of(m):
+    """The non-trainable variables the crate keeps as state (BatchNormalization's moving
+    statistics; a frozen layer's weights are not state)."""
+    return [w for w in m.non_trainable_weights
+            if w.path.endswith(("moving_mean", "moving_variance"))]
+
+
+BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -141,6 +188,7 @@ CASES = [
     ("graph_mix", "here", ["mse", "categorical_crossentropy", "mse", "mae"],
      [1.0, 0.5, 0.3, 0.2], True),
     ("graph_reg", "here", ["mse", "mse"], [1.0, 0.5], True),
+    ("graph_frozen", "here", ["mse"], [1.0], True),
 ]
 
 
@@ -224,7 +272,7 @@ def grads_case(name, model, xs, losses, weights, dtype):
         arrays[f"y{k}"] = y
     for k, w in enumerate(m.trainable_weights):
         arrays[f"w{k}"] = np.asarray(w)
-    for k, w in enumerate(m.non_trainable_weights):
+    for k, w in enumerate(state_of(m)):
         arrays[f"s{k}"] = np.asarray(w)
     nw = len(m.trainable_weights)
     for k in range(nw):
@@ -261,7 +309,7 @@ def fit_case(model, xs, losses, weights):
         arrays[f"y{k}"] = y
     for k, w in enumerate(m.trainable_weights):
         arrays[f"w{k}"] = np.asarray(w)
-    for k, w in enumerate(m.non_trainable_weights):
+    for k, w in enumerate(state_of(m)):
         arrays[f"s{k}"] = np.asarray(w)
     m.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
               loss=[LOSSES[l]() if l else None for l in losses], loss_weights=weights)
@@ -269,7 +317,7 @@ def fit_case(model, xs, losses, weights):
                  epochs=epochs, shuffle=False, verbose=0)
     for k, w in enumerate(m.trainable_weights):
         arrays[f"final{k}"] = np.asarray(w)
-    for k, w in enumerate(m.non_trainable_weights):
+    for k, w in enumerate(state_of(m)):
         arrays[f"final_state{k}"] = np.asarray(w)
     arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")
     return arrays, dict(batch_size=batch, epochs=epochs,

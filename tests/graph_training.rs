@@ -6,7 +6,9 @@
 //! `initial_state`, concat-score Attention with returned scores, causal AdditiveAttention,
 //! every merge, four outputs with weighted losses) and `graph_reg` (L1, L2 and L1L2 weight
 //! regularizers on an Embedding, LSTM, Conv1D, LayerNormalization, Bidirectional(GRU),
-//! BatchNormalization, TimeDistributed(Dense) and Dense): the loss and its gradients w.r.t. every
+//! BatchNormalization, TimeDistributed(Dense) and Dense) and `graph_frozen` (frozen Embedding,
+//! regularized LSTM, Bidirectional(GRU) and BatchNormalization beside trainable layers):
+//! the loss and its gradients w.r.t. every
 //! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
 //! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
 
@@ -166,7 +168,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 12] = [
+const MODELS: [&str; 13] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -179,6 +181,7 @@ const MODELS: [&str; 12] = [
     "p_masked_bigru_tagger",
     "graph_mix",
     "graph_reg",
+    "graph_frozen",
 ];
 
 #[test]
@@ -400,6 +403,21 @@ fn graph_training_errors_name_the_argument() {
         "bias_regularizer",
         serde_json::json!({"class_name": "L2", "config": {"l2": -0.5}}),
     );
+    // a wrapper frozen apart from its inner layer
+    let bytes = std::fs::read(dir().join("graph_frozen.keras")).unwrap();
+    let members = lstm_wgpu::archive::members(&bytes).unwrap();
+    let member = |n: &str| members.iter().find(|(m, _)| m == n).unwrap().1.to_vec();
+    let mut config: serde_json::Value = serde_json::from_slice(&member("config.json")).unwrap();
+    for l in config["config"]["layers"].as_array_mut().unwrap() {
+        if l["config"]["name"] == "bidirectional" {
+            l["config"]["layer"]["config"]["trainable"] = serde_json::json!(true);
+        }
+    }
+    let model = KerasModel::from_config_and_weights(&config, &member("model.weights.h5")).unwrap();
+    let e = Functional::<f32>::from_model(&model)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trainable of layer bidirectional"), "{e}");
 }
 
 /// Trained graphs written back: the `.keras` file (the original's config with the new
@@ -422,6 +440,14 @@ fn trained_graphs_are_written_back_as_keras_files() {
         let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
         let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
         let before = net.weights();
+        let frozen: Vec<(String, Vec<ArrayD<f32>>)> = net
+            .frozen_layers()
+            .iter()
+            .map(|n| {
+                let l = &net.layers.iter().find(|(m, _)| m == n).unwrap().1;
+                (n.to_string(), l.weights())
+            })
+            .collect();
         let mut opt = Optimizer::adam(0.05);
         net.fit(
             &xv,
@@ -437,6 +463,18 @@ fn trained_graphs_are_written_back_as_keras_files() {
             .map(|(x, y)| worst(x, &y, m))
             .fold(0.0, f64::max);
         assert!(moved > 1e-3, "{m}: training moved the weights by {moved}");
+        // a frozen layer's weights stay as loaded
+        for (n, w) in &frozen {
+            let l = &net.layers.iter().find(|(m, _)| m == n).unwrap().1;
+            assert_eq!(&l.weights(), w, "{m}: frozen layer {n} moved");
+        }
+        if m == "graph_frozen" {
+            let names: Vec<&str> = frozen.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                ["embedding", "batch_normalization", "lstm", "bidirectional"]
+            );
+        }
         let original = std::fs::read(model_path(&meta)).unwrap();
         let bytes = net.keras_file(&original).unwrap();
         let mut back = KerasModel::from_keras_bytes(&bytes).unwrap();

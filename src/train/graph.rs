@@ -175,6 +175,8 @@ pub struct Functional<T> {
     pub layers: Vec<(String, GraphLayer<T>)>,
     /// Per layer, the regularizer of each of its weights (`kernel_regularizer`, ...).
     regularizers: Vec<Vec<Option<Regularizer>>>,
+    /// Per layer, whether it is frozen (`trainable: false`).
+    frozen: Vec<bool>,
     calls: Vec<Call>,
     inputs: Vec<String>,
     outputs: Vec<Src>,
@@ -338,9 +340,14 @@ impl<T: Element> Functional<T> {
                 layer_regularizers(class, cfg, name, l.weights().len())
             })
             .collect::<Result<_>>()?;
+        let frozen = layers
+            .iter()
+            .map(|(name, _)| frozen_layer(entry_of(name), name))
+            .collect::<Result<_>>()?;
         Ok(Functional {
             layers,
             regularizers,
+            frozen,
             calls,
             inputs,
             outputs,
@@ -459,8 +466,15 @@ impl<T: Element> Functional<T> {
                             ))
                         }
                     };
-                    let out =
-                        layer_forward(path, k, (name, l), x.data.clone(), mask, init, training)?;
+                    let out = layer_forward(
+                        path,
+                        k,
+                        (name, l),
+                        x.data.clone(),
+                        mask,
+                        init,
+                        self.training_of(call.layer, training),
+                    )?;
                     let mut outs = vec![Tensor {
                         data: out.y,
                         mask: out.mask,
@@ -665,7 +679,7 @@ impl<T: Element> Functional<T> {
                         d,
                         d_states,
                         from_logits,
-                        training.is_some(),
+                        self.training_of(call.layer, training).is_some(),
                     )?;
                     if let Some(s) = back.state {
                         states.push((call.layer, s));
@@ -717,6 +731,10 @@ impl<T: Element> Functional<T> {
         let mut weights = Vec::new();
         let mut sparse_squares = Vec::new();
         for (k, ((_, layer), g)) in self.layers.iter().zip(wgrads).enumerate() {
+            if self.frozen[k] {
+                // (not among Keras's trainable_weights, nor its regularization losses)
+                continue;
+            }
             let values = layer.weights();
             let mut g = match g {
                 Some(g) => g,
@@ -840,17 +858,49 @@ impl<T: Element> Functional<T> {
         )
     }
 
-    /// Every trainable weight in Keras's `trainable_weights` order.
+    /// Every trainable weight in Keras's `trainable_weights` order (a frozen layer's are
+    /// not: they stay as loaded, and are saved as they are).
     pub fn weights(&self) -> Vec<ArrayD<T>> {
-        self.layers.iter().flat_map(|(_, l)| l.weights()).collect()
+        self.layers
+            .iter()
+            .zip(&self.frozen)
+            .filter(|(_, &f)| !f)
+            .flat_map(|((_, l), _)| l.weights())
+            .collect()
     }
 
     /// The same as views into the layers.
     pub fn weights_mut(&mut self) -> Vec<ArrayViewMutD<'_, T>> {
         self.layers
             .iter_mut()
-            .flat_map(|(_, l)| l.weights_mut())
+            .zip(&self.frozen)
+            .filter(|(_, &f)| !f)
+            .flat_map(|((_, l), _)| l.weights_mut())
             .collect()
+    }
+
+    /// The names of the frozen layers (`trainable: false`: their weights are not trained,
+    /// a frozen BatchNormalization runs in inference mode, as Keras's).
+    pub fn frozen_layers(&self) -> Vec<&str> {
+        self.layers
+            .iter()
+            .zip(&self.frozen)
+            .filter(|(_, &f)| f)
+            .map(|((n, _), _)| n.as_str())
+            .collect()
+    }
+
+    /// The mode layer `at` runs in: a frozen BatchNormalization in inference mode (Keras's
+    /// `training and self.trainable`), every other layer in the call's.
+    fn training_of(&self, at: usize, training: Option<u64>) -> Option<u64> {
+        match &self.layers[at].1 {
+            GraphLayer::One(TrainLayer::Op(op))
+                if self.frozen[at] && op.class() == "BatchNormalization" =>
+            {
+                None
+            }
+            _ => training,
+        }
     }
 
     /// Replaces every weight (the order and shapes of [`Functional::weights`]).
@@ -901,4 +951,31 @@ fn bool_mask<T: Element>(a: &ArrayD<T>, name: &str) -> Result<Array2<bool>> {
     a.mapv(|v| v != T::zero())
         .into_dimensionality::<Ix2>()
         .map_err(|_| LstmError::shape(format!("mask of layer {name}"), &[0, 0], a.shape()))
+}
+
+/// Whether the layer of config entry `entry` is frozen (`trainable: false`; a wrapper's
+/// inner layers must agree with it: Keras's setter freezes them together).
+fn frozen_layer(entry: Option<&Value>, name: &str) -> Result<bool> {
+    let cfg = entry.and_then(|e| e.get("config"));
+    let trainable = |c: Option<&Value>| {
+        c.and_then(|c| c.get("trainable"))
+            .and_then(Value::as_bool)
+            .unwrap_or(true)
+    };
+    let frozen = !trainable(cfg);
+    for key in ["layer", "backward_layer"] {
+        let inner = cfg.and_then(|c| c.get(key)).and_then(|l| l.get("config"));
+        if inner.is_some() && trainable(inner) == frozen {
+            return Err(LstmError::unsupported(
+                format!("trainable of layer {name}"),
+                format!(
+                    "{} on the wrapper and {} on its {key} (a wrapper frozen apart from its \
+                     inner layer is not trained here)",
+                    !frozen,
+                    trainable(inner)
+                ),
+            ));
+        }
+    }
+    Ok(frozen)
 }

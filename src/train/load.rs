@@ -283,7 +283,8 @@ fn class_of<'a>(config: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 /// BatchNormalization in inference mode).
 ///
 /// With `weight_regularizers` (a [`super::Functional`], which applies them) a weight's
-/// regularizer passes; the chain ([`super::Sequential`]) refuses it and names `Functional`.
+/// regularizer and a frozen layer pass; the chain ([`super::Sequential`]) refuses them and
+/// names `Functional`.
 pub(super) fn refuse_regularizers(
     config: &serde_json::Value,
     weight_regularizers: bool,
@@ -303,11 +304,13 @@ pub(super) fn refuse_regularizers(
                             == Some("ActivityRegularization")
                             && (key == "l1" || key == "l2")
                             && value.as_f64().is_some_and(|r| r != 0.0);
-                        let frozen = key == "trainable" && value == &Value::Bool(false);
+                        let frozen =
+                            key == "trainable" && value == &Value::Bool(false) && !weights_ok;
                         if set || activity || frozen {
-                            let why = if weight && !value.is_null() {
-                                "a weight's regularizer is applied by train::Functional, not \
-                                 by the chain; train this model with Functional"
+                            let why = if (weight && !value.is_null()) || frozen {
+                                "weight regularizers and frozen layers are trained by \
+                                 train::Functional, not by the chain; train this model with \
+                                 Functional"
                             } else {
                                 "activity regularization and constraints are not built; \
                                  remove it to train this model"

@@ -20,11 +20,11 @@
 //! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
 //! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
 //! functional `Masking` ([`layers::MergeOp`]), weight regularizers ([`Regularizer`]: L1, L2,
-//! L1L2 on any weight, their losses added as Keras's `model.losses`); [`GpuFunctional`]
-//! runs its recurrent calls on the GPU.
+//! L1L2 on any weight, their losses added as Keras's `model.losses`), frozen layers
+//! (`trainable: false`); [`GpuFunctional`] runs its recurrent calls on the GPU.
 //!
 //! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, activity
-//! regularizers, constraints, frozen layers, weight regularizers in the chain (it refuses
+//! regularizers, constraints, weight regularizers and frozen layers in the chain (it refuses
 //! them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
