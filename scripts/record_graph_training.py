@@ -12,7 +12,8 @@ weight regularizers on an Embedding, LSTM, Conv1D, LayerNormalization, Bidirecti
 BatchNormalization, TimeDistributed(Dense) and Dense, activity regularizers on an LSTM, a Dense,
 a GRU's returned state and an ActivityRegularization layer (their losses join the loss as
 `model.losses`; an activity loss divided by the batch size); and `graph_frozen.keras`: frozen layers (trainable=False) beside trainable
-ones. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+ones; and `graph_constraint.keras`: MaxNorm, NonNeg, UnitNorm and MinMaxNorm constraints on
+every kind of weight (Keras's optimizer applies them after each step). The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -163,6 +164,46 @@ def graph_frozen():
     return model, [x0, x1]
 
 
+def graph_constraint():
+    """Weight constraints (MaxNorm, NonNeg, UnitNorm, MinMaxNorm; one axis, several, the
+    last, every axis) on every kind of weight the crate places, applied by Keras's optimizer
+    after each step; a frozen Dense's NonNeg is not (its kernel is not trained)."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    C = keras.constraints
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    feats = keras.Input((6, 3), name="feats")
+    e = layers.Embedding(9, 4, mask_zero=True, embeddings_constraint=C.UnitNorm(axis=1))(ids)
+    h = layers.LSTM(5, return_sequences=True, kernel_constraint=C.MaxNorm(0.5),
+                    recurrent_constraint=C.UnitNorm(axis=0), bias_constraint=C.NonNeg())(e)
+    c = layers.Conv1D(4, 2, padding="same", kernel_constraint=C.MaxNorm(0.7, axis=[0, 1]),
+                      bias_constraint=C.NonNeg())(feats)
+    n = layers.LayerNormalization(gamma_constraint=C.MinMaxNorm(0.5, 1.0, rate=0.5, axis=0),
+                                  beta_constraint=C.NonNeg())(c)
+    g = layers.Bidirectional(layers.GRU(3, return_sequences=True,
+                                        kernel_constraint=C.MaxNorm(0.5),
+                                        recurrent_constraint=C.NonNeg(),
+                                        bias_constraint=C.MinMaxNorm(0.2, 0.4, axis=-1)))(n)
+    pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([h, g]))
+    bn = layers.BatchNormalization(gamma_constraint=C.NonNeg(),
+                                   beta_constraint=C.MaxNorm(0.3, axis=None))(pooled)
+    td = layers.TimeDistributed(layers.Dense(2, kernel_constraint=C.UnitNorm()))(g)
+    out = layers.Dense(2, kernel_constraint=C.MinMaxNorm(0.3, 0.6),
+                       bias_constraint=C.MaxNorm(0.1, axis=None))(bn)
+    frozen = layers.Dense(2, kernel_constraint=C.NonNeg(), trainable=False)
+    out = layers.Add()([out, frozen(pooled)])
+    model = keras.Model([ids, feats], [out, td], name="graph_constraint")
+    for layer in model.layers:
+        if layer.weights and not isinstance(layer, layers.BatchNormalization):
+            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
+    x0[1, 4:] = 0
+    x0[3, 1:] = 0
+    x1 = rng.normal(size=(4, 6, 3)).astype("float32")
+    return model, [x0, x1]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -170,7 +211,8 @@ def state_of(m):
             if w.path.endswith(("moving_mean", "moving_variance"))]
 
 
-BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen}
+BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
+         "graph_constraint": graph_constraint}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -189,6 +231,7 @@ CASES = [
      [1.0, 0.5, 0.3, 0.2], True),
     ("graph_reg", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_frozen", "here", ["mse"], [1.0], True),
+    ("graph_constraint", "here", ["mse", "mse"], [1.0, 0.5], True),
 ]
 
 

@@ -6,8 +6,11 @@
 //! `initial_state`, concat-score Attention with returned scores, causal AdditiveAttention,
 //! every merge, four outputs with weighted losses) and `graph_reg` (L1, L2 and L1L2 weight
 //! regularizers on an Embedding, LSTM, Conv1D, LayerNormalization, Bidirectional(GRU),
-//! BatchNormalization, TimeDistributed(Dense) and Dense) and `graph_frozen` (frozen Embedding,
-//! regularized LSTM, Bidirectional(GRU) and BatchNormalization beside trainable layers):
+//! BatchNormalization, TimeDistributed(Dense) and Dense; activity regularizers on an LSTM, a
+//! Dense, a GRU's returned state and an ActivityRegularization layer) and `graph_frozen` (frozen Embedding,
+//! regularized LSTM, Bidirectional(GRU) and BatchNormalization beside trainable layers) and
+//! `graph_constraint` (MaxNorm, NonNeg, UnitNorm and MinMaxNorm on every kind of weight, on
+//! one axis, several, the last and all; a frozen layer's constraint left alone):
 //! the loss and its gradients w.r.t. every
 //! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
 //! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
@@ -168,7 +171,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 13] = [
+const MODELS: [&str; 14] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -182,6 +185,7 @@ const MODELS: [&str; 13] = [
     "graph_mix",
     "graph_reg",
     "graph_frozen",
+    "graph_constraint",
 ];
 
 #[test]
@@ -388,15 +392,34 @@ fn graph_training_errors_name_the_argument() {
         serde_json::json!({"class_name": "OrthogonalRegularizer", "config": {"factor": 0.01}}),
     );
     assert!(e.contains("OrthogonalRegularizer"), "{e}");
-    refused(
+    // constraints of another class or with an axis the weight lacks
+    let e = refused(
         "dense_1",
         "kernel_constraint",
-        serde_json::json!({"class_name": "NonNeg", "config": {}}),
+        serde_json::json!({"class_name": "SpectralNorm", "config": {}}),
     );
-    refused(
-        "conv1d",
-        "activity_regularizer",
-        serde_json::json!({"class_name": "L2", "config": {"l2": 0.01}}),
+    assert!(e.contains("SpectralNorm"), "{e}");
+    let e = refused(
+        "lstm",
+        "recurrent_constraint",
+        serde_json::json!({"class_name": "MaxNorm", "config": {"max_value": 1.0, "axis": -3}}),
+    );
+    assert!(e.contains("out of range"), "{e}");
+    // (an inner layer's activity regularizer: Keras applies it over the inner call's rows)
+    let mut c = config.clone();
+    for l in c["config"]["layers"].as_array_mut().unwrap() {
+        if l["config"]["name"] == "time_distributed" {
+            l["config"]["layer"]["config"]["activity_regularizer"] =
+                serde_json::json!({"class_name": "L2", "config": {"l2": 0.01}});
+        }
+    }
+    let model = KerasModel::from_config_and_weights(&c, &h5).unwrap();
+    let e = Functional::<f32>::from_model(&model)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("activity_regularizer of the layer of layer time_distributed"),
+        "{e}"
     );
     refused(
         "lstm",

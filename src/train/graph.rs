@@ -7,10 +7,11 @@
 //! `layer_backward`).
 
 use super::chain::{fit_batches, layer_backward, layer_forward, not_finite, Cache};
+use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
-use super::load::{refuse_regularizers, refuse_training_randomness, set_states, train_layer};
+use super::load::{refuse_training_randomness, set_states, train_layer};
 use super::path::{CpuPath, CpuRecompute, RecurrentPath};
-use super::regularize::{layer_regularizers, Regularizer};
+use super::regularize::{activity_regularizer, layer_regularizers, Regularizer};
 use super::save::{saved_of, Saved};
 use super::{FitOptions, History, Loss, Optimizer, TrainLayer};
 use crate::element::Element;
@@ -175,8 +176,12 @@ pub struct Functional<T> {
     pub layers: Vec<(String, GraphLayer<T>)>,
     /// Per layer, the regularizer of each of its weights (`kernel_regularizer`, ...).
     regularizers: Vec<Vec<Option<Regularizer>>>,
+    /// Per layer, the constraint of each of its weights (`kernel_constraint`, ...).
+    constraints: Vec<Vec<Option<Constraint>>>,
     /// Per layer, whether it is frozen (`trainable: false`).
     frozen: Vec<bool>,
+    /// Per layer, its activity regularizer (on every output of each call).
+    activity: Vec<Option<Regularizer>>,
     calls: Vec<Call>,
     inputs: Vec<String>,
     outputs: Vec<Src>,
@@ -209,7 +214,6 @@ impl<T: Element> Functional<T> {
     pub fn from_model(model: &KerasModel) -> Result<Self> {
         let config = model.config();
         refuse_training_randomness(config)?;
-        refuse_regularizers(config, true)?;
         let built = model
             .layers_with_weights()
             .map_err(|why| LstmError::invalid("model", format!("not trainable: {why}")))?;
@@ -340,14 +344,44 @@ impl<T: Element> Functional<T> {
                 layer_regularizers(class, cfg, name, l.weights().len())
             })
             .collect::<Result<_>>()?;
+        let constraints = layers
+            .iter()
+            .map(|(name, l)| {
+                let class = graph
+                    .layers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map_or("", |(_, c)| c.as_str());
+                let cfg = entry_of(name)
+                    .and_then(|e| e.get("config"))
+                    .unwrap_or(&Value::Null);
+                let shapes: Vec<Vec<usize>> =
+                    l.weights().iter().map(|w| w.shape().to_vec()).collect();
+                layer_constraints(class, cfg, name, &shapes)
+            })
+            .collect::<Result<_>>()?;
         let frozen = layers
             .iter()
             .map(|(name, _)| frozen_layer(entry_of(name), name))
             .collect::<Result<_>>()?;
+        let activity = layers
+            .iter()
+            .map(|(name, _)| {
+                let entry = entry_of(name);
+                let class = entry
+                    .and_then(|e| e.get("class_name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let cfg = entry.and_then(|e| e.get("config")).unwrap_or(&Value::Null);
+                activity_regularizer(class, cfg, name)
+            })
+            .collect::<Result<_>>()?;
         Ok(Functional {
             layers,
             regularizers,
+            constraints,
             frozen,
+            activity,
             calls,
             inputs,
             outputs,
@@ -639,6 +673,23 @@ impl<T: Element> Functional<T> {
                 Src::Out(c, k) => add(&mut cot[c][k], grad),
             }
         }
+        // activity regularizers: `r(y) / batch` for every output of each call (Keras's
+        // add_loss in Layer.__call__)
+        for (k, call) in self.calls.iter().enumerate() {
+            let Some(r) = self.activity[call.layer] else {
+                continue;
+            };
+            for (o, t) in vals[k].iter().enumerate() {
+                let rows = t.data.shape().first().copied().unwrap_or(1);
+                if rows == 0 {
+                    // (divide_no_nan: no rows, no loss)
+                    continue;
+                }
+                let b = T::from_f64(rows as f64);
+                total += r.loss(t.data.view()) / b;
+                add(&mut cot[k][o], r.gradient(t.data.view()).mapv(|v| v / b));
+            }
+        }
         let mut wgrads: Vec<Option<Vec<ArrayD<T>>>> = vec![None; self.layers.len()];
         let mut squares: Vec<Option<ArrayD<T>>> = vec![None; self.layers.len()];
         let mut states: Vec<(usize, Vec<ArrayD<T>>)> = Vec::new();
@@ -847,6 +898,7 @@ impl<T: Element> Functional<T> {
                     &g.weights,
                     &g.sparse_squares,
                 )?;
+                self.constrain()?;
                 for (at, state) in states {
                     if let GraphLayer::One(TrainLayer::Op(op)) = &mut self.layers[at].1 {
                         op.set_state(&state)?;
@@ -856,6 +908,27 @@ impl<T: Element> Functional<T> {
                 Ok(Ok(g.loss.to_f64()))
             },
         )
+    }
+
+    /// Applies each trainable weight's constraint (`kernel_constraint`, ...), as Keras's
+    /// optimizer does after its update; a frozen layer's weights are left.
+    fn constrain(&mut self) -> Result<()> {
+        for (((name, l), cs), &frozen) in self
+            .layers
+            .iter_mut()
+            .zip(&self.constraints)
+            .zip(&self.frozen)
+        {
+            if frozen || cs.iter().all(Option::is_none) {
+                continue;
+            }
+            for (k, (w, c)) in l.weights_mut().into_iter().zip(cs).enumerate() {
+                if let Some(c) = c {
+                    c.apply(w, &format!("weight {k} of layer {name}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every trainable weight in Keras's `trainable_weights` order (a frozen layer's are

@@ -22,7 +22,7 @@ impl<T: Element> Sequential<T> {
             ));
         }
         refuse_training_randomness(model.config())?;
-        refuse_regularizers(model.config(), false)?;
+        refuse_regularizers(model.config())?;
         let mut dropouts = dropout_layers(model.config(), model.layers())?;
         let mut layers = dropouts.remove(&0).unwrap_or_default();
         for (k, (name, layer)) in model.layers().iter().enumerate() {
@@ -276,59 +276,46 @@ fn class_of<'a>(config: &'a serde_json::Value, name: &str) -> Option<&'a str> {
 
 /// Keras's `fit` adds a layer's regularization losses to the loss (`kernel_regularizer`,
 /// `recurrent_regularizer`, `bias_regularizer`, `activity_regularizer`, the
-/// `ActivityRegularization` layer's `l1`/`l2`) and applies its constraints after each step
-/// (`*_constraint`); the chain builds neither, and training without them would train another
-/// model, so a config with any set is refused, naming the layer and the key. So is a frozen
-/// layer (`trainable: false`: Keras leaves its weights, and runs a frozen
-/// BatchNormalization in inference mode).
-///
-/// With `weight_regularizers` (a [`super::Functional`], which applies them) a weight's
-/// regularizer and a frozen layer pass; the chain ([`super::Sequential`]) refuses them and
-/// names `Functional`.
-pub(super) fn refuse_regularizers(
-    config: &serde_json::Value,
-    weight_regularizers: bool,
-) -> Result<()> {
+/// `ActivityRegularization` layer's `l1`/`l2`), applies its constraints after each step
+/// (`*_constraint`) and leaves a frozen layer (`trainable: false`) as it is; the chain
+/// ([`super::Sequential`]) builds none of these, and training without them would train another
+/// model, so a config with any set is refused, naming the layer and the key and
+/// [`super::Functional`], which trains them.
+pub(super) fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
-    fn walk(v: &Value, weights_ok: bool) -> Result<()> {
+    fn walk(v: &Value) -> Result<()> {
         match v {
             Value::Object(o) => {
                 if let Some(cfg) = o.get("config").and_then(Value::as_object) {
                     let name = cfg.get("name").and_then(Value::as_str).unwrap_or("?");
                     for (key, value) in cfg {
-                        let weight = key.ends_with("_regularizer") && key != "activity_regularizer";
                         let set = (key.ends_with("_regularizer") || key.ends_with("_constraint"))
-                            && !value.is_null()
-                            && !(weights_ok && weight);
+                            && !value.is_null();
                         let activity = o.get("class_name").and_then(Value::as_str)
                             == Some("ActivityRegularization")
                             && (key == "l1" || key == "l2")
                             && value.as_f64().is_some_and(|r| r != 0.0);
-                        let frozen =
-                            key == "trainable" && value == &Value::Bool(false) && !weights_ok;
+                        let frozen = key == "trainable" && value == &Value::Bool(false);
                         if set || activity || frozen {
-                            let why = if (weight && !value.is_null()) || frozen {
-                                "weight regularizers and frozen layers are trained by \
-                                 train::Functional, not by the chain; train this model with \
-                                 Functional"
-                            } else {
-                                "activity regularization and constraints are not built; \
-                                 remove it to train this model"
-                            };
                             return Err(LstmError::unsupported(
                                 key.as_str(),
-                                format!("{value} on layer {name} in training ({why})"),
+                                format!(
+                                    "{value} on layer {name} in training (regularizers, \
+                                     constraints and frozen layers are trained by \
+                                     train::Functional, not by the chain; train this model \
+                                     with Functional)"
+                                ),
                             ));
                         }
                     }
                 }
-                o.values().try_for_each(|v| walk(v, weights_ok))
+                o.values().try_for_each(walk)
             }
-            Value::Array(a) => a.iter().try_for_each(|v| walk(v, weights_ok)),
+            Value::Array(a) => a.iter().try_for_each(walk),
             _ => Ok(()),
         }
     }
-    walk(config, weight_regularizers)
+    walk(config)
 }
 
 /// Keras applies dropout and noise in `fit`; training without them would train another

@@ -20,12 +20,13 @@
 //! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
 //! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
 //! functional `Masking` ([`layers::MergeOp`]), weight regularizers ([`Regularizer`]: L1, L2,
-//! L1L2 on any weight, their losses added as Keras's `model.losses`), frozen layers
+//! L1L2 on any weight; activity regularizers on a call's outputs and `ActivityRegularization`;
+//! their losses added as Keras's `model.losses`), weight constraints ([`Constraint`]:
+//! MaxNorm, NonNeg, UnitNorm, MinMaxNorm, applied after each step), frozen layers
 //! (`trainable: false`); [`GpuFunctional`] runs its recurrent calls on the GPU.
 //!
-//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, activity
-//! regularizers, constraints, weight regularizers and frozen layers in the chain (it refuses
-//! them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
+//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, regularizers,
+//! constraints and frozen layers in the chain (it refuses them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -43,6 +44,7 @@
 
 mod activation;
 mod chain;
+mod constrain;
 mod dropout;
 mod gpu;
 mod graph;
@@ -57,6 +59,7 @@ mod regularize;
 mod save;
 
 pub use activation::derivative;
+pub use constrain::{Constraint, NormAxes};
 pub use gpu::{GpuFunctional, GpuSequential};
 pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};

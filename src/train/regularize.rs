@@ -109,31 +109,32 @@ impl Regularizer {
     }
 }
 
-/// The regularizer keys of a layer's trainable weights in Keras's order (`config` the
-/// layer's own config), or None for a class with no regularized weights here.
+/// The roles of a layer's trainable weights in Keras's order (`kernel`, `recurrent`, ...;
+/// a role's keys are `<role>_regularizer` and `<role>_constraint`; `config` the layer's own
+/// config), or None for a class whose weights are not placed here.
 fn roles(class: &str, cfg: &Value) -> Option<Vec<&'static str>> {
     let flag = |key: &str| cfg.get(key).and_then(Value::as_bool).unwrap_or(true);
     let mut out = Vec::new();
     match class {
         "Dense" | "Conv1D" => {
-            out.push("kernel_regularizer");
+            out.push("kernel");
             if flag("use_bias") {
-                out.push("bias_regularizer");
+                out.push("bias");
             }
         }
         "LSTM" | "GRU" | "SimpleRNN" | "CuDNNLSTM" | "CuDNNGRU" => {
-            out.extend(["kernel_regularizer", "recurrent_regularizer"]);
+            out.extend(["kernel", "recurrent"]);
             if flag("use_bias") {
-                out.push("bias_regularizer");
+                out.push("bias");
             }
         }
-        "Embedding" => out.push("embeddings_regularizer"),
+        "Embedding" => out.push("embeddings"),
         "LayerNormalization" | "BatchNormalization" => {
             if flag("scale") {
-                out.push("gamma_regularizer");
+                out.push("gamma");
             }
             if flag("center") {
-                out.push("beta_regularizer");
+                out.push("beta");
             }
         }
         _ => return None,
@@ -151,6 +152,29 @@ pub(super) fn layer_regularizers(
     name: &str,
     count: usize,
 ) -> Result<Vec<Option<Regularizer>>> {
+    per_weight(
+        class,
+        cfg,
+        name,
+        count,
+        "_regularizer",
+        &Regularizer::from_keras,
+    )
+}
+
+/// For each trainable weight of the layer `name`, in Keras's order, what `parse` reads from
+/// its key `<role><suffix>` (`kernel_regularizer`, `bias_constraint`, ...): the layer's own
+/// keys, or a `Bidirectional`'s and `TimeDistributed`'s inner layers' for their weights. A
+/// key set on a weight this does not place (another class, a count that differs from
+/// `count`) is an error naming the layer and the key, never dropped.
+pub(super) fn per_weight<R: Clone>(
+    class: &str,
+    cfg: &Value,
+    name: &str,
+    count: usize,
+    suffix: &str,
+    parse: &dyn Fn(&Value, &str) -> Result<Option<R>>,
+) -> Result<Vec<Option<R>>> {
     let inner = |key: &str| -> Option<(&str, &Value)> {
         let l = cfg.get(key)?;
         Some((
@@ -172,10 +196,11 @@ pub(super) fn layer_regularizers(
     let mut placed = true;
     for (c, pc) in &parts {
         match roles(c, pc) {
-            Some(keys) => {
-                for key in keys {
-                    out.push(Regularizer::from_keras(
-                        pc.get(key).unwrap_or(&Value::Null),
+            Some(stems) => {
+                for stem in stems {
+                    let key = format!("{stem}{suffix}");
+                    out.push(parse(
+                        pc.get(&key).unwrap_or(&Value::Null),
                         &format!("{key} of layer {name}"),
                     )?);
                 }
@@ -186,16 +211,17 @@ pub(super) fn layer_regularizers(
     if placed && out.len() == count {
         return Ok(out);
     }
-    // a layer whose weights are not placed: only an error when it asks for a regularizer
+    // a layer whose weights are not placed: only an error when it asks for one
     for (c, pc) in &parts {
         if let Some(o) = pc.as_object() {
             for (key, v) in o {
-                if key.ends_with("_regularizer") && key != "activity_regularizer" && !v.is_null() {
+                if key.ends_with(suffix) && key != "activity_regularizer" && !v.is_null() {
                     return Err(LstmError::unsupported(
                         key.as_str(),
                         format!(
                             "{v} on layer {name} ({c}) in training (its weights are not matched \
-                             to their regularizers here)"
+                             to their {}s here)",
+                            &suffix[1..]
                         ),
                     ));
                 }
@@ -203,6 +229,45 @@ pub(super) fn layer_regularizers(
         }
     }
     Ok(vec![None; count])
+}
+
+/// The activity regularizer of the layer `name` (class `class`, config `cfg`): its
+/// `activity_regularizer`, or an `ActivityRegularization` layer's `l1`/`l2` (Keras's
+/// `L1L2(l1, l2)`), None for neither. Keras adds `r(y) / batch` for every output `y` of each
+/// call to the loss. An inner layer's of a `Bidirectional` or `TimeDistributed` (Keras
+/// applies it to the inner call's outputs, over its own batch) is an error naming it.
+pub(super) fn activity_regularizer(
+    class: &str,
+    cfg: &Value,
+    name: &str,
+) -> Result<Option<Regularizer>> {
+    for key in ["layer", "backward_layer"] {
+        if let Some(r) = cfg
+            .get(key)
+            .and_then(|l| l.get("config"))
+            .and_then(|c| c.get("activity_regularizer"))
+            .filter(|r| !r.is_null())
+        {
+            return Err(LstmError::unsupported(
+                format!("activity_regularizer of the {key} of layer {name}"),
+                format!("{r} in training (an inner layer's activity regularizer is not built)"),
+            ));
+        }
+    }
+    if class == "ActivityRegularization" {
+        let r = Regularizer::from_keras(
+            &serde_json::json!({"class_name": "L1L2", "config": {
+                "l1": cfg.get("l1").cloned().unwrap_or(Value::Null),
+                "l2": cfg.get("l2").cloned().unwrap_or(Value::Null),
+            }}),
+            &format!("layer {name}"),
+        )?;
+        return Ok(r.filter(|r| r.l1 != 0.0 || r.l2 != 0.0));
+    }
+    Regularizer::from_keras(
+        cfg.get("activity_regularizer").unwrap_or(&Value::Null),
+        &format!("activity_regularizer of layer {name}"),
+    )
 }
 
 #[cfg(test)]
@@ -274,6 +339,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("l2"), "{e}");
+    }
+
+    #[test]
+    fn activity_regularizers_follow_keras_configs() {
+        let l2 = json!({"class_name": "L2", "config": {"l2": 0.5}});
+        assert_eq!(
+            activity_regularizer("Dense", &json!({"activity_regularizer": l2}), "d").unwrap(),
+            Some(Regularizer { l1: 0.0, l2: 0.5 })
+        );
+        assert_eq!(
+            activity_regularizer(
+                "ActivityRegularization",
+                &json!({"l1": 0.25, "l2": 0.0}),
+                "a"
+            )
+            .unwrap(),
+            Some(Regularizer { l1: 0.25, l2: 0.0 })
+        );
+        assert_eq!(
+            activity_regularizer(
+                "ActivityRegularization",
+                &json!({"l1": 0.0, "l2": 0.0}),
+                "a"
+            )
+            .unwrap(),
+            None
+        );
+        let td = json!({"layer": {"class_name": "Dense", "config": {"activity_regularizer": l2}}});
+        let e = activity_regularizer("TimeDistributed", &td, "td").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("activity_regularizer of the layer of layer td"),
+            "{e}"
+        );
     }
 
     /// The gradient against central differences (away from the kink of |w|).
