@@ -13,7 +13,9 @@ BatchNormalization, TimeDistributed(Dense) and Dense, activity regularizers on a
 a GRU's returned state and an ActivityRegularization layer (their losses join the loss as
 `model.losses`; an activity loss divided by the batch size); and `graph_frozen.keras`: frozen layers (trainable=False) beside trainable
 ones; and `graph_constraint.keras`: MaxNorm, NonNeg, UnitNorm and MinMaxNorm constraints on
-every kind of weight (Keras's optimizer applies them after each step). The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+every kind of weight (Keras's optimizer applies them after each step); and `graph_dot.keras`:
+Luong attention written with Dot layers and a cosine similarity (Dot with normalize). The
+state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -204,6 +206,37 @@ def graph_constraint():
     return model, [x0, x1]
 
 
+def graph_dot():
+    """Dot layers: Luong attention written out (Dot([2, 2]) scores, a softmax, Dot([2, 1])
+    context) over an encoder's sequence with its states into the decoder, and a cosine
+    similarity (Dot(axes=1, normalize=True)) of two pooled vectors as a second output."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    enc_in = keras.Input((7, 3), name="enc")
+    dec_in = keras.Input((5, 2), name="dec")
+    enc_seq, eh, ec = layers.LSTM(4, return_sequences=True, return_state=True)(
+        layers.Masking(0.0)(enc_in))
+    dec_seq = layers.LSTM(4, return_sequences=True)(dec_in, initial_state=[eh, ec])
+    scores = layers.Dot(axes=[2, 2])([dec_seq, enc_seq])
+    weights = layers.Activation("softmax")(scores)
+    context = layers.Dot(axes=[2, 1])([weights, enc_seq])
+    joined = layers.Concatenate()([context, dec_seq])
+    out = layers.TimeDistributed(layers.Dense(3, activation="softmax"))(joined)
+    a = layers.GlobalAveragePooling1D()(enc_seq)
+    b = layers.Dense(4)(layers.GlobalAveragePooling1D()(dec_seq))
+    cosine = layers.Dot(axes=1, normalize=True)([a, b])
+    model = keras.Model([enc_in, dec_in], [out, cosine], name="graph_dot")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    x0 = rng.normal(size=(4, 7, 3)).astype("float32")
+    x0[1, 5:] = 0.0
+    x0[3, 2:] = 0.0
+    x1 = rng.normal(size=(4, 5, 2)).astype("float32")
+    return model, [x0, x1]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -212,7 +245,7 @@ def state_of(m):
 
 
 BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
-         "graph_constraint": graph_constraint}
+         "graph_constraint": graph_constraint, "graph_dot": graph_dot}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -232,6 +265,7 @@ CASES = [
     ("graph_reg", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_frozen", "here", ["mse"], [1.0], True),
     ("graph_constraint", "here", ["mse", "mse"], [1.0, 0.5], True),
+    ("graph_dot", "here", ["categorical_crossentropy", "mse"], [1.0, 0.5], True),
 ]
 
 

@@ -10,7 +10,9 @@
 //! Dense, a GRU's returned state and an ActivityRegularization layer) and `graph_frozen` (frozen Embedding,
 //! regularized LSTM, Bidirectional(GRU) and BatchNormalization beside trainable layers) and
 //! `graph_constraint` (MaxNorm, NonNeg, UnitNorm and MinMaxNorm on every kind of weight, on
-//! one axis, several, the last and all; a frozen layer's constraint left alone):
+//! one axis, several, the last and all; a frozen layer's constraint left alone) and
+//! `graph_dot` (Luong attention written with Dot layers, a cosine similarity by a normalized
+//! Dot):
 //! the loss and its gradients w.r.t. every
 //! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
 //! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
@@ -171,7 +173,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 14] = [
+const MODELS: [&str; 15] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -186,6 +188,7 @@ const MODELS: [&str; 14] = [
     "graph_reg",
     "graph_frozen",
     "graph_constraint",
+    "graph_dot",
 ];
 
 #[test]

@@ -18,14 +18,14 @@
 //!
 //! Functional graphs ([`Functional`], CPU): several inputs and outputs with a loss and weight
 //! each ([`Losses`]), shared layers, `initial_state` from other tensors (its gradient flows
-//! back), `return_state`, merges, `Attention` / `AdditiveAttention` and the op layers of a
+//! back), `return_state`, merges, `Attention` / `AdditiveAttention`, `Dot` and the op layers of a
 //! functional `Masking` ([`layers::MergeOp`]), weight regularizers ([`Regularizer`]: L1, L2,
 //! L1L2 on any weight; activity regularizers on a call's outputs and `ActivityRegularization`;
 //! their losses added as Keras's `model.losses`), weight constraints ([`Constraint`]:
 //! MaxNorm, NonNeg, UnitNorm, MinMaxNorm, applied after each step), frozen layers
 //! (`trainable: false`); [`GpuFunctional`] runs its recurrent calls on the GPU.
 //!
-//! Not yet here: `Dot`, `MultiHeadAttention` and `ConvLSTM` in training, regularizers,
+//! Not yet here: `MultiHeadAttention` and `ConvLSTM` in training, regularizers,
 //! constraints and frozen layers in the chain (it refuses them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run

@@ -23,6 +23,7 @@
 mod attention;
 mod batch_norm;
 mod conv;
+mod dot;
 mod merge;
 mod noise;
 mod norm;
@@ -264,6 +265,7 @@ pub const MERGE_CLASSES: &[&str] = &[
     "OnesLike",
     "Attention",
     "AdditiveAttention",
+    "Dot",
 ];
 
 /// The layer of several inputs of Keras class `class` with config `cfg`, the call's keyword
@@ -308,6 +310,33 @@ pub fn merge_from_keras<T: Element>(
         "ExpandDims" => Box::new(merge::OpLayer::ExpandDims(int("axis", -1))),
         "ZerosLike" => Box::new(merge::OpLayer::Fill(0.0)),
         "OnesLike" => Box::new(merge::OpLayer::Fill(1.0)),
+        "Dot" => {
+            let axis = |v: &Value| {
+                v.as_i64().ok_or_else(|| {
+                    LstmError::bad_config(
+                        format!("axes of layer {name}"),
+                        format!("{v} is not an axis"),
+                    )
+                })
+            };
+            let axes = match cfg.get("axes") {
+                Some(Value::Array(a)) if a.len() == 2 => (axis(&a[0])?, axis(&a[1])?),
+                Some(v) if !v.is_array() => (axis(v)?, axis(v)?),
+                other => {
+                    return Err(LstmError::bad_config(
+                        format!("axes of layer {name}"),
+                        format!("{other:?} is not an axis or a pair of axes"),
+                    ))
+                }
+            };
+            Box::new(dot::Dot {
+                axes,
+                normalize: cfg
+                    .get("normalize")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            })
+        }
         "Attention" | "AdditiveAttention" => {
             Box::new(attention::Attention::new(class, cfg, name, kwargs, w)?)
         }
@@ -949,6 +978,37 @@ mod tests {
                 format!("ExpandDims axis {axis}"),
                 check_merge(m.as_ref(), std::slice::from_ref(&a), &[None]),
             );
+        }
+        // Dot: Luong scores ([2, 2]), their context ([2, 1]), rank 2, rank 4, normalized
+        let scores = random(&[3, 5, 6], seed(18));
+        let seq6 = random(&[3, 6, 4], seed(19));
+        for (axes, x, y) in [
+            (json!([2, 2]), a.clone(), seq6.clone()),
+            (json!([2, 1]), scores.clone(), seq6.clone()),
+            (json!(-1), a.clone(), b.clone()),
+            (
+                json!(1),
+                random(&[3, 4], seed(20)),
+                random(&[3, 4], seed(21)),
+            ),
+            (
+                json!([1, 3]),
+                random(&[3, 4, 2, 3], seed(22)),
+                random(&[3, 2, 5, 4], seed(23)),
+            ),
+        ] {
+            for normalize in [false, true] {
+                let m = merge(
+                    "Dot",
+                    json!({"axes": axes, "normalize": normalize}),
+                    json!({}),
+                    vec![],
+                );
+                see(
+                    format!("Dot axes {axes} normalize {normalize}"),
+                    check_merge(m.as_ref(), &[x.clone(), y.clone()], &[None, None]),
+                );
+            }
         }
         // attention: query [3, 5, 4], value [3, 6, 4], key [3, 6, 4]
         let (q, v, k) = (
