@@ -14,8 +14,9 @@ a GRU's returned state and an ActivityRegularization layer (their losses join th
 `model.losses`; an activity loss divided by the batch size); and `graph_frozen.keras`: frozen layers (trainable=False) beside trainable
 ones; and `graph_constraint.keras`: MaxNorm, NonNeg, UnitNorm and MinMaxNorm constraints on
 every kind of weight (Keras's optimizer applies them after each step); and `graph_dot.keras`:
-Luong attention written with Dot layers and a cosine similarity (Dot with normalize). The
-state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+Luong attention written with Dot layers and a cosine similarity (Dot with normalize); and
+`graph_logits.keras`: cross-entropy outputs (taken from their logits) that other layers and
+an activity regularizer read too. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -237,6 +238,29 @@ def graph_dot():
     return model, [x0, x1]
 
 
+def graph_logits():
+    """Cross-entropy outputs Keras takes from their logits that are read by more: a softmax
+    Dense with an activity regularizer whose probabilities feed another output's Dense, and a
+    sigmoid Activation layer's output added into a third output."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((6, 3), name="x")
+    h = layers.GRU(5)(layers.Masking(0.0)(x_in))
+    probs = layers.Dense(3, activation="softmax",
+                         activity_regularizer=keras.regularizers.L2(0.3))(h)
+    after = layers.Dense(2)(probs)
+    gate = layers.Activation("sigmoid")(layers.Dense(2)(h))
+    mixed = layers.Add()([gate, after])
+    model = keras.Model(x_in, [probs, gate, mixed], name="graph_logits")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-0.8, 0.8, w.shape).astype("float32")
+                               for w in layer.weights])
+    x = rng.normal(size=(4, 6, 3)).astype("float32")
+    x[2, 4:] = 0.0
+    return model, [x]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -245,7 +269,8 @@ def state_of(m):
 
 
 BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
-         "graph_constraint": graph_constraint, "graph_dot": graph_dot}
+         "graph_constraint": graph_constraint, "graph_dot": graph_dot,
+         "graph_logits": graph_logits}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -266,6 +291,8 @@ CASES = [
     ("graph_frozen", "here", ["mse"], [1.0], True),
     ("graph_constraint", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_dot", "here", ["categorical_crossentropy", "mse"], [1.0, 0.5], True),
+    ("graph_logits", "here", ["categorical_crossentropy", "binary_crossentropy", "mse"],
+     [1.0, 0.7, 0.4], True),
 ]
 
 

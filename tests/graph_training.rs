@@ -12,7 +12,8 @@
 //! `graph_constraint` (MaxNorm, NonNeg, UnitNorm and MinMaxNorm on every kind of weight, on
 //! one axis, several, the last and all; a frozen layer's constraint left alone) and
 //! `graph_dot` (Luong attention written with Dot layers, a cosine similarity by a normalized
-//! Dot):
+//! Dot) and `graph_logits` (cross-entropy outputs taken from their logits that other layers
+//! and an activity regularizer read too):
 //! the loss and its gradients w.r.t. every
 //! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
 //! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
@@ -173,7 +174,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 15] = [
+const MODELS: [&str; 16] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -189,6 +190,7 @@ const MODELS: [&str; 15] = [
     "graph_frozen",
     "graph_constraint",
     "graph_dot",
+    "graph_logits",
 ];
 
 #[test]

@@ -6,6 +6,7 @@
 //! single-input layers run the chain's own per-layer passes (`chain::layer_forward` and
 //! `layer_backward`).
 
+use super::activation::dense_activation_backward;
 use super::chain::{fit_batches, layer_backward, layer_forward, not_finite, Cache};
 use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
@@ -699,12 +700,18 @@ impl<T: Element> Functional<T> {
             let (dxs, w): (Vec<Option<ArrayD<T>>>, Vec<ArrayD<T>>) = match (layer, cache) {
                 (GraphLayer::One(l), CallCache::One(cache)) => {
                     let (d, from_logits) = match (cot[k][0].take(), lcot[k].take()) {
-                        (Some(_), Some(_)) => {
-                            return Err(LstmError::unsupported(
-                                format!("output of layer {name}"),
-                                "a cross-entropy output (taken from its logits) that other \
-                                 layers read too",
-                            ))
+                        (Some(d), Some(dl)) => {
+                            // a cross-entropy output (taken from its logits) that other
+                            // layers or an activity regularizer read too: their cotangent
+                            // passes the activation, and the two meet at the logits
+                            let act = logits_activation(l);
+                            let (Some(act), Some(z)) = (act, vals[k][0].logits.as_ref()) else {
+                                return Err(LstmError::invalid(
+                                    format!("output of layer {name}"),
+                                    "a cotangent of logits that are not kept",
+                                ));
+                            };
+                            (dense_activation_backward(act, z, &d) + &dl, true)
                         }
                         (None, Some(dl)) => (dl, true),
                         (Some(d), None) => (d, false),
@@ -1016,6 +1023,16 @@ impl<T: Element> Functional<T> {
     /// A `.keras` file: `original`'s config and metadata with these weights.
     pub fn keras_file(&self, original: &[u8]) -> Result<Vec<u8>> {
         super::save::keras_file(original, &|config| self.weights_h5(config))
+    }
+}
+
+/// The sigmoid or softmax between a layer's logits and its output (a Dense's activation, an
+/// Activation layer's), None for a layer that gives no logits.
+fn logits_activation<T: Element>(l: &TrainLayer<T>) -> Option<crate::model::DenseActivation> {
+    match l {
+        TrainLayer::Dense { activation, .. } => Some(*activation),
+        TrainLayer::Op(op) => op.logits_activation(),
+        _ => None,
     }
 }
 

@@ -98,6 +98,12 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// The activation between [`TrainOp::logits`] and the output (a sigmoid or softmax),
+    /// None for an op that gives no logits.
+    fn logits_activation(&self) -> Option<crate::model::DenseActivation> {
+        None
+    }
+
     /// The backward pass from the cotangent of the logits [`TrainOp::logits`] gave (the loss
     /// took them, as Keras's cross-entropies do): past the activation. An op that gives
     /// logits implements it; the default is an error.

@@ -177,12 +177,14 @@ impl<T: Element> TrainOp<T> for ActivationOp {
     }
 
     fn logits(&self, cache: &OpCache) -> Option<ArrayD<T>> {
+        <Self as TrainOp<T>>::logits_activation(self)?;
+        cache.downcast_ref::<ArrayD<T>>().cloned()
+    }
+
+    fn logits_activation(&self) -> Option<DenseActivation> {
         let sigmoid = DenseActivation::Elementwise(crate::Activation::Sigmoid);
-        if self.activation == DenseActivation::Softmax || self.activation == sigmoid {
-            cache.downcast_ref::<ArrayD<T>>().cloned()
-        } else {
-            None
-        }
+        (self.activation == DenseActivation::Softmax || self.activation == sigmoid)
+            .then_some(self.activation)
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {
