@@ -2,8 +2,8 @@
 //   0 scores, one thread per (b, i, j): s[b, i, j] from q[b, i, :] and k[b, j, :] (strided,
 //     so that the Dot layer reads any axis): SCORE 0 dot (times scale when has_scale),
 //     1 concat (concat_weight * sum tanh(scale * (q + k))), 2 additive
-//     (sum scale[d] * tanh(q + k)), 3 Dot (with normalize, given as has_scale: over the l2 norms, floored at
-//     1e-12 as Keras's l2_normalize)
+//     (sum scale[d] * tanh(q + k)), 3 Dot (with normalize, given as has_scale: over the l2 norms, their squares
+//     floored at scale: 1e-12 as Keras 2's l2_normalize, 1e-14 for Keras 3's factor capped at 1e7)
 //   1 softmax over j, one thread per (b, i): scores of value steps masked out (mask[b, j] == 0,
 //     or j > i with causal) lowered by 1e9 first (Keras's padding mask), the max ignoring NaN
 //   2 out[b, i, d] = sum_j w[b, i, j] * v[b, j, d], one thread per (b, i, d); 0 where the
@@ -87,7 +87,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
             s = p.concat_weight * s;
         }
         if (SCORE == 3u && p.has_scale != 0u) {
-            s = s * (1.0 / sqrt(max(sq, 1e-12))) * (1.0 / sqrt(max(sk, 1e-12)));
+            s = s * (1.0 / sqrt(max(sq, p.scale))) * (1.0 / sqrt(max(sk, p.scale)));
         }
         w[idx] = s;
         return;

@@ -106,6 +106,13 @@ fn keras2_words(config: &mut Json, standalone: bool) {
             );
             let bidirectional =
                 map.get("class_name").and_then(Json::as_str) == Some("Bidirectional");
+            // Keras 2's Dot normalizes by tf.linalg.l2_normalize (the squared norm floored
+            // at 1e-12); Keras 3's factor is min(rsqrt(sum x^2), 1e7)
+            if map.get("class_name").and_then(Json::as_str) == Some("Dot") {
+                if let Some(Json::Object(cfg)) = map.get_mut("config") {
+                    cfg.insert("keras2_normalize".into(), Json::Bool(true));
+                }
+            }
             if recurrent || gru {
                 if let Some(Json::Object(cfg)) = map.get_mut("config") {
                     cfg.insert("keras2_call_mask".into(), Json::Bool(true));

@@ -269,3 +269,42 @@ fn dot_and_prelu_match_keras() {
         common::max_abs(&got, &want)
     );
 }
+
+/// `Dot(normalize=True)` as the Keras that wrote the file computes it: Keras 3's factor
+/// `min(rsqrt(Σx²), 1e7)` for a `.keras` file, Keras 2's `rsqrt(max(Σx², 1e-12))` for a
+/// tf-keras `.h5` (they differ for vectors of squared norm between 1e-14 and 1e-12; a zero
+/// vector gives 0 in both), on the CPU and the GPU
+/// (`tests/data/keras/dot_normalize_*`, `scripts/record_dot_normalize.py`).
+#[test]
+fn dot_normalizes_as_the_keras_that_wrote_the_file() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/keras");
+    let npy = |n: &str| -> ndarray::ArrayD<f32> {
+        ndarray_npy::read_npy(dir.join(format!("{n}.npy"))).unwrap()
+    };
+    let inputs: Vec<ModelInput> = vec![
+        npy("dot_normalize.input.0").into(),
+        npy("dot_normalize.input.1").into(),
+    ];
+    let mut outs = Vec::new();
+    for (file, tag) in [
+        ("dot_normalize_keras3.keras", "keras3"),
+        ("dot_normalize_keras2.h5", "keras2"),
+    ] {
+        let mut m = KerasModel::load(&dir.join(file)).unwrap();
+        let got = m.predict_inputs(&inputs).unwrap();
+        let want = npy(&format!("dot_normalize_{tag}.output"));
+        let e = common::max_abs(&got, std::slice::from_ref(&want));
+        println!("{tag}: CPU vs Keras {e:.1e}");
+        assert!(e <= 1e-5, "{tag}: {e}");
+        if let Some(ctx) = common::gpu("dot_normalizes_as_the_keras_that_wrote_the_file") {
+            let mut g = lstm_wgpu::gpu::GpuNetwork::from_model(ctx, &m).unwrap();
+            let gpu = g.forward_inputs(&inputs).unwrap();
+            let e = common::max_abs(&gpu, &got);
+            println!("{tag}: GPU vs CPU {e:.1e}");
+            assert!(e <= 1e-4, "{tag}: GPU {e}");
+        }
+        outs.push(want);
+    }
+    // (the two recordings differ where the floors do)
+    assert!((outs[0][[0, 0]] - outs[1][[0, 0]]).abs() > 0.1);
+}

@@ -436,6 +436,9 @@ pub(super) struct Dot {
     /// The axis of each input (batch = 0; negative from the end).
     pub(super) axes: (i64, i64),
     pub(super) normalize: bool,
+    /// Keras 2's normalization (a file Keras 2 wrote): `x · rsqrt(max(Σx², 1e-12))`, where
+    /// Keras 3's is `x · min(rsqrt(Σx²), 1e7)`.
+    pub(super) keras2_normalize: bool,
 }
 
 impl Dot {
@@ -496,7 +499,11 @@ impl Op for Dot {
             for (d, a) in [(&mut xd, ax), (&mut yd, ay)] {
                 for mut lane in d.lanes_mut(Axis(a)) {
                     let sq: f32 = lane.iter().map(|v| v * v).sum();
-                    let inv = 1.0 / sq.max(1e-12).sqrt();
+                    let inv = if self.keras2_normalize {
+                        1.0 / sq.max(1e-12).sqrt()
+                    } else {
+                        (1.0 / sq.sqrt()).min(1e7)
+                    };
                     lane.mapv_inplace(|v| v * inv);
                 }
             }
@@ -533,6 +540,7 @@ impl Op for Dot {
             name: self.name.clone(),
             axes: self.axes,
             normalize: self.normalize,
+            keras2_normalize: self.keras2_normalize,
         })
     }
 }

@@ -533,6 +533,10 @@ pub(crate) fn build(
                     .get("normalize")
                     .and_then(Json::as_bool)
                     .unwrap_or(false),
+                keras2_normalize: cfg
+                    .get("keras2_normalize")
+                    .and_then(Json::as_bool)
+                    .unwrap_or(false),
             })
         }
         "PReLU" => Box::new(PRelu {

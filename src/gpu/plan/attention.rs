@@ -172,6 +172,9 @@ pub(crate) struct DotStage {
     pub name: String,
     pub axes: (i64, i64),
     pub normalize: bool,
+    /// Keras 2's normalization (the squared norm floored at 1e-12; Keras 3's factor is capped
+    /// at 1e7, the squared norm floored at 1e-14).
+    pub keras2_normalize: bool,
 }
 
 /// The `(kept size, kept stride, reduced stride, batch stride)` of `x` contracted over
@@ -237,7 +240,8 @@ impl GpuStage for DotStage {
             has_scale: u32::from(self.normalize),
             causal: 0,
             has_mask: 0,
-            scale: 1.0,
+            // (Dot's scale is the floor of the squared norms it normalizes by)
+            scale: if self.keras2_normalize { 1e-12 } else { 1e-14 },
             concat_weight: 1.0,
         };
         let out = cx.storage(&what, (b * m * n * 4) as u64, wgpu::BufferUsages::COPY_SRC)?;

@@ -275,6 +275,7 @@ fn window_and_attention_layers_match_their_cpu_twins() {
                 name: "dot".into(),
                 axes,
                 normalize,
+                keras2_normalize: false,
             };
             check(
                 &ctx,
@@ -292,21 +293,43 @@ fn window_and_attention_layers_match_their_cpu_twins() {
             name: "dot".into(),
             axes: (1, 1),
             normalize: round % 2 == 0,
+            keras2_normalize: false,
         };
         check(
             &ctx,
             "dot 2-D",
             &mut op,
-            &[value(x2, None), value(y2, None)],
+            &[value(x2.clone(), None), value(y2.clone(), None)],
             &[],
             &[],
             json!({}),
         );
+        // vectors of squared norm about 1e-13, between Keras 3's floor (1e-14) and Keras
+        // 2's (1e-12): the two normalizations give results 3x apart or more
+        for keras2_normalize in [false, true] {
+            let mut op = Dot {
+                name: "dot".into(),
+                axes: (1, 1),
+                normalize: true,
+                keras2_normalize,
+            };
+            let tiny = |a: &ndarray::ArrayD<f32>| a.mapv(|v| v * 2e-7 + 1e-7);
+            check(
+                &ctx,
+                "dot 2-D of tiny vectors",
+                &mut op,
+                &[value(tiny(&x2), None), value(tiny(&y2), None)],
+                &[],
+                &[],
+                json!({}),
+            );
+        }
         let x1 = Array3::from_shape_fn((b, p, r), |_| rng.uniform()).into_dyn();
         let mut op = Dot {
             name: "dot".into(),
             axes: (2, 1),
             normalize: false,
+            keras2_normalize: false,
         };
         let y = rng.array(&[b, r]);
         check(
@@ -450,6 +473,7 @@ fn long_sequences_through_every_graph_kernel() {
         name: "dot".into(),
         axes: (1, 1),
         normalize: true,
+        keras2_normalize: false,
     };
     check(
         &ctx,

@@ -1,6 +1,7 @@
 //! `Dot` in training: Keras's `batch_dot` of two tensors along one axis each (`axes`), the
 //! inputs optionally L2-normalized along those axes first (`normalize`: Keras 3's
-//! `x · min(rsqrt(Σx²), 1/ε)`, ε = 1e-7), and its backward pass. The inputs' masks are not
+//! `x · min(rsqrt(Σx²), 1/ε)`, ε = 1e-7; Keras 2's `x · rsqrt(max(Σx², 1e-12))` for a file
+//! it wrote), and its backward pass. The inputs' masks are not
 //! read and the output has none, as Keras's `Dot.compute_mask`.
 
 use super::{MergeForward, MergeOp, OpCache};
@@ -14,10 +15,15 @@ pub(super) struct Dot {
     /// The axis of each input (negative from the end; 0, the batch, is refused).
     pub(super) axes: (i64, i64),
     pub(super) normalize: bool,
+    /// Keras 2's normalization (a file Keras 2 wrote): `x · rsqrt(max(Σx², 1e-12))`.
+    pub(super) keras2_normalize: bool,
 }
 
 /// Keras 3's `1 / backend.epsilon()`, the largest factor `normalize` applies.
 const MAX_INV_NORM: f64 = 1e7;
+
+/// Keras 2's floor of the squared norm (`tf.linalg.l2_normalize`'s epsilon).
+const KERAS2_FLOOR: f64 = 1e-12;
 
 /// How one input was laid out for the product: its axes' order (batch, kept axes, then the
 /// summed axis for the first input; batch, summed axis, kept axes for the second), its shape
@@ -38,18 +44,30 @@ struct DotCache<T> {
 }
 
 /// `x` L2-normalized along `axis` as Keras 3's `normalize`: the values, each lane's factor
-/// `min(rsqrt(Σx²), 1e7)` and whether the clamp chose `1e7`.
-fn normalized<T: Element>(x: &ArrayViewD<'_, T>, axis: usize) -> (ArrayD<T>, Vec<T>, Vec<bool>) {
+/// `min(rsqrt(Σx²), 1e7)` and whether the clamp chose `1e7` (with `keras2`, Keras 2's
+/// `rsqrt(max(Σx², 1e-12))` and whether the floor was chosen).
+fn normalized<T: Element>(
+    x: &ArrayViewD<'_, T>,
+    axis: usize,
+    keras2: bool,
+) -> (ArrayD<T>, Vec<T>, Vec<bool>) {
     let mut out = x.to_owned();
     let cap = T::from_f64(MAX_INV_NORM);
+    let floor = T::from_f64(KERAS2_FLOOR);
+    let rsqrt = |s: T| T::one() / T::from_f64(s.to_f64().sqrt());
     let (mut invs, mut clamped) = (Vec::new(), Vec::new());
     for mut lane in out.lanes_mut(Axis(axis)) {
         let s = lane.iter().fold(T::zero(), |a, &v| a + v * v);
-        let raw = T::one() / T::from_f64(s.to_f64().sqrt());
-        // (TensorFlow's `minimum` passes its gradient to the first argument on a tie; a
-        // NaN is not clamped)
-        let clamp = raw > cap;
-        let inv = if clamp { cap } else { raw };
+        // (TensorFlow's `minimum` and `maximum` pass their gradient to the first argument
+        // on a tie; a NaN is not clamped)
+        let (inv, clamp) = if keras2 {
+            let clamp = s < floor;
+            (rsqrt(if clamp { floor } else { s }), clamp)
+        } else {
+            let raw = rsqrt(s);
+            let clamp = raw > cap;
+            (if clamp { cap } else { raw }, clamp)
+        };
         lane.mapv_inplace(|v| v * inv);
         invs.push(inv);
         clamped.push(clamp);
@@ -139,7 +157,9 @@ impl<T: Element> MergeOp<T> for Dot {
         let mut parts = Vec::new();
         let mut mats = Vec::new();
         for (k, v) in [x, y].into_iter().enumerate() {
-            let norm = self.normalize.then(|| normalized(v, axes[k]));
+            let norm = self
+                .normalize
+                .then(|| normalized(v, axes[k], self.keras2_normalize));
             let (m, order, permuted_shape) = match &norm {
                 Some((n, _, _)) => arrange(&n.view(), axes[k], k == 0),
                 None => arrange(v, axes[k], k == 0),
@@ -220,7 +240,8 @@ impl<T: Element> MergeOp<T> for Dot {
         for (m, (part, &axis)) in [dx, dy].into_iter().zip(c.parts.iter().zip(&c.axes)) {
             let mut g = unarrange(m, &part.order, &part.permuted_shape);
             if let Some((n, invs, clamped)) = &part.normalized {
-                // y = x · inv: dx = inv · (dy - y (dy · y)), or inv · dy where inv is the clamp
+                // y = x · inv: dx = inv · (dy - y (dy · y)), or inv · dy where inv is the
+                // clamp (a constant there)
                 for ((mut lane, yl), (&inv, &clamp)) in g
                     .lanes_mut(Axis(axis))
                     .into_iter()
@@ -264,6 +285,7 @@ mod tests {
         let dot = Dot {
             axes: (1, 1),
             normalize: true,
+            keras2_normalize: false,
         };
         let x = arr2(&[[0.0f32, 0.0], [3.0, 4.0]]).into_dyn();
         let y = arr2(&[[1.0f32, 2.0], [1.0, -1.0]]).into_dyn();
@@ -285,6 +307,42 @@ mod tests {
         }
     }
 
+    /// Keras 2's normalization of a vector of squared norm 2.5e-13 (under its floor 1e-12):
+    /// tf-keras 2.21's Dot and GradientTape on this input give `[0.49193496, -0.14142135]`,
+    /// `[[670820.375, 1341640.75], [0.31678385, -0.23758788]]` and `[[0.05366564,
+    /// -0.02683282], [0.98994946, 0.9899496]]`.
+    #[test]
+    fn keras2_normalized_dot_floors_the_squared_norm() {
+        let dot = Dot {
+            axes: (1, 1),
+            normalize: true,
+            keras2_normalize: true,
+        };
+        let x = arr2(&[[3e-7f32, 4e-7], [3.0, 4.0]]).into_dyn();
+        let y = arr2(&[[1.0f32, 2.0], [1.0, -1.0]]).into_dyn();
+        let f = MergeOp::<f32>::forward(&dot, "dot", &[x.view(), y.view()], &[None, None]).unwrap();
+        assert!((f.y[[0, 0]] - 0.491_934_96).abs() < 1e-6, "{}", f.y);
+        let d = arr2(&[[1.5f32], [2.0]]).into_dyn();
+        let (g, _) = MergeOp::<f32>::backward(&dot, "dot", &f.cache, d).unwrap();
+        let tf = [
+            670_820.4f32,
+            1_341_640.8,
+            0.316_783_85,
+            -0.237_587_88,
+            0.053_665_64,
+            -0.026_832_82,
+            0.989_949_46,
+            0.989_949_6,
+        ];
+        let got: Vec<f32> = g.iter().flat_map(|a| a.clone().unwrap()).collect();
+        for (got, want) in got.iter().zip(tf) {
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "{got} vs {want}"
+            );
+        }
+    }
+
     #[test]
     fn dot_refuses_the_batch_axis_and_mismatched_lengths() {
         let x = ndarray::Array3::<f64>::zeros((2, 3, 4)).into_dyn();
@@ -292,6 +350,7 @@ mod tests {
         let batch = Dot {
             axes: (0, 0),
             normalize: false,
+            keras2_normalize: false,
         };
         let Err(e) = MergeOp::<f64>::forward(&batch, "dot", &[x.view(), y.view()], &[None, None])
         else {
@@ -301,6 +360,7 @@ mod tests {
         let wrong = Dot {
             axes: (1, 1),
             normalize: false,
+            keras2_normalize: false,
         };
         let Err(e) = MergeOp::<f64>::forward(&wrong, "dot", &[x.view(), y.view()], &[None, None])
         else {

@@ -335,12 +335,11 @@ pub fn merge_from_keras<T: Element>(
                     ))
                 }
             };
+            let flag = |key: &str| cfg.get(key).and_then(Value::as_bool).unwrap_or(false);
             Box::new(dot::Dot {
                 axes,
-                normalize: cfg
-                    .get("normalize")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
+                normalize: flag("normalize"),
+                keras2_normalize: flag("keras2_normalize"),
             })
         }
         "Attention" | "AdditiveAttention" => {
@@ -1003,15 +1002,15 @@ mod tests {
                 random(&[3, 2, 5, 4], seed(23)),
             ),
         ] {
-            for normalize in [false, true] {
+            for (normalize, keras2) in [(false, false), (true, false), (true, true)] {
                 let m = merge(
                     "Dot",
-                    json!({"axes": axes, "normalize": normalize}),
+                    json!({"axes": axes, "normalize": normalize, "keras2_normalize": keras2}),
                     json!({}),
                     vec![],
                 );
                 see(
-                    format!("Dot axes {axes} normalize {normalize}"),
+                    format!("Dot axes {axes} normalize {normalize} keras2 {keras2}"),
                     check_merge(m.as_ref(), &[x.clone(), y.clone()], &[None, None]),
                 );
             }
