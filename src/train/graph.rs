@@ -331,52 +331,23 @@ impl<T: Element> Functional<T> {
                 outputs.push(resolve(t, &keys, &counts)?);
             }
         }
-        let regularizers = layers
-            .iter()
-            .map(|(name, l)| {
-                let class = graph
-                    .layers
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or("", |(_, c)| c.as_str());
-                let cfg = entry_of(name)
-                    .and_then(|e| e.get("config"))
-                    .unwrap_or(&Value::Null);
-                layer_regularizers(class, cfg, name, l.weights().len())
-            })
-            .collect::<Result<_>>()?;
-        let constraints = layers
-            .iter()
-            .map(|(name, l)| {
-                let class = graph
-                    .layers
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map_or("", |(_, c)| c.as_str());
-                let cfg = entry_of(name)
-                    .and_then(|e| e.get("config"))
-                    .unwrap_or(&Value::Null);
-                let shapes: Vec<Vec<usize>> =
-                    l.weights().iter().map(|w| w.shape().to_vec()).collect();
-                layer_constraints(class, cfg, name, &shapes)
-            })
-            .collect::<Result<_>>()?;
-        let frozen = layers
-            .iter()
-            .map(|(name, _)| frozen_layer(entry_of(name), name))
-            .collect::<Result<_>>()?;
-        let activity = layers
-            .iter()
-            .map(|(name, _)| {
-                let entry = entry_of(name);
-                let class = entry
-                    .and_then(|e| e.get("class_name"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
-                let cfg = entry.and_then(|e| e.get("config")).unwrap_or(&Value::Null);
-                activity_regularizer(class, cfg, name)
-            })
-            .collect::<Result<_>>()?;
+        // per layer, from its config entry: the regularizers and constraints of its
+        // weights, whether it is frozen, its activity regularizer
+        let (mut regularizers, mut constraints, mut frozen, mut activity) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (name, l) in &layers {
+            let entry = entry_of(name);
+            let class = entry
+                .and_then(|e| e.get("class_name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let cfg = entry.and_then(|e| e.get("config")).unwrap_or(&Value::Null);
+            let shapes: Vec<Vec<usize>> = l.weights().iter().map(|w| w.shape().to_vec()).collect();
+            regularizers.push(layer_regularizers(class, cfg, name, shapes.len())?);
+            constraints.push(layer_constraints(class, cfg, name, &shapes)?);
+            frozen.push(frozen_layer(entry, name)?);
+            activity.push(activity_regularizer(class, cfg, name)?);
+        }
         Ok(Functional {
             layers,
             regularizers,

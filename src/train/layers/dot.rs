@@ -4,7 +4,7 @@
 //! it wrote), and its backward pass. The inputs' masks are not
 //! read and the output has none, as Keras's `Dot.compute_mask`.
 
-use super::{MergeForward, MergeOp, OpCache};
+use super::{cache_of, MergeForward, MergeOp, OpCache};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use ndarray::{Array3, ArrayD, ArrayViewD, Axis, IxDyn};
@@ -212,9 +212,7 @@ impl<T: Element> MergeOp<T> for Dot {
         cache: &OpCache,
         d: ArrayD<T>,
     ) -> Result<(Vec<Option<ArrayD<T>>>, Vec<ArrayD<T>>)> {
-        let c = cache
-            .downcast_ref::<DotCache<T>>()
-            .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "cache mismatch"))?;
+        let c = cache_of::<DotCache<T>>(cache, name)?;
         let (b, p, k) = c.xm.dim();
         let q = c.ym.dim().2;
         let d = d
