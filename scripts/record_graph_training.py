@@ -16,7 +16,8 @@ ones; and `graph_constraint.keras`: MaxNorm, NonNeg, UnitNorm and MinMaxNorm con
 every kind of weight (Keras's optimizer applies them after each step); and `graph_dot.keras`:
 Luong attention written with Dot layers and a cosine similarity (Dot with normalize); and
 `graph_logits.keras`: cross-entropy outputs (taken from their logits) that other layers and
-an activity regularizer read too. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+an activity regularizer read too; and `graph_shared_bn.keras`: BatchNormalization layers called
+twice in a step (their moving statistics move in each call, in Keras's run order). The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -261,6 +262,37 @@ def graph_logits():
     return model, [x]
 
 
+def graph_shared_bn():
+    """Shared BatchNormalization layers in training mode: one (momentum 0.6) on two inputs of
+    different means at the same depth (a siamese pair), one (momentum 0.7) on a tensor and
+    again on a Dense of its own output, one (momentum 0.8) on both branches' LSTM states.
+    Keras moves a layer's moving statistics in each call, in its run order (map_graph's
+    depths, deepest first), so a step composes a shared layer's updates."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    a = keras.Input((6, 3), name="a")
+    b = keras.Input((6, 3), name="b")
+    bn = layers.BatchNormalization(momentum=0.6)
+    again = layers.BatchNormalization(momentum=0.7)
+    states = layers.BatchNormalization(momentum=0.8)
+    lstm = layers.LSTM(4)
+    ha = lstm(bn(a))
+    # (a tanh between: a bias straight into a BatchNormalization has a zero gradient, and
+    # Adam turns its rounding noise into steps)
+    hb = lstm(again(layers.Dense(3, activation="tanh")(again(bn(b)))))
+    out = layers.Dense(2)(layers.Concatenate()([states(ha), states(hb)]))
+    model = keras.Model([a, b], out, name="graph_shared_bn")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                               if w.path.endswith("moving_variance") else
+                               rng.uniform(-0.6, 0.6, w.shape).astype("float32")
+                               for w in layer.weights])
+    x0 = (rng.normal(size=(4, 6, 3)) + 2.0).astype("float32")
+    x1 = (2.0 * rng.normal(size=(4, 6, 3)) - 3.0).astype("float32")
+    return model, [x0, x1]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -270,7 +302,7 @@ def state_of(m):
 
 BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
          "graph_constraint": graph_constraint, "graph_dot": graph_dot,
-         "graph_logits": graph_logits}
+         "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -293,6 +325,7 @@ CASES = [
     ("graph_dot", "here", ["categorical_crossentropy", "mse"], [1.0, 0.5], True),
     ("graph_logits", "here", ["categorical_crossentropy", "binary_crossentropy", "mse"],
      [1.0, 0.7, 0.4], True),
+    ("graph_shared_bn", "here", ["mse"], [1.0], True),
 ]
 
 

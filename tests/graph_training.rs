@@ -13,7 +13,8 @@
 //! one axis, several, the last and all; a frozen layer's constraint left alone) and
 //! `graph_dot` (Luong attention written with Dot layers, a cosine similarity by a normalized
 //! Dot) and `graph_logits` (cross-entropy outputs taken from their logits that other layers
-//! and an activity regularizer read too):
+//! and an activity regularizer read too) and `graph_shared_bn` (BatchNormalization layers
+//! called twice in a step, their moving statistics moved in each call in Keras's run order):
 //! the loss and its gradients w.r.t. every
 //! weight and input as `tf.GradientTape` gives them (f64 ≤ 1e-10, f32 ≤ 1e-5), and
 //! `model.fit` runs of 20 Adam steps matched weight for weight (≤ 1e-4).
@@ -174,7 +175,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 16] = [
+const MODELS: [&str; 17] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -191,6 +192,7 @@ const MODELS: [&str; 16] = [
     "graph_constraint",
     "graph_dot",
     "graph_logits",
+    "graph_shared_bn",
 ];
 
 #[test]

@@ -23,6 +23,7 @@ mod lower;
 mod mha;
 mod nested;
 mod ops;
+mod order;
 mod padding;
 pub(crate) use self::padding::Pad2;
 mod eval;
@@ -262,9 +263,14 @@ fn input_spec(name: &str, cfg: &Json) -> InputSpec {
 }
 
 impl Graph {
-    /// The calls in an order where every tensor exists before it is read.
+    /// The calls in the order Keras runs them ([`Graph::keras_order`]; where that order is
+    /// not one, one where every tensor exists before it is read).
     pub(crate) fn calls(&self) -> Vec<CallSpec> {
-        self.order
+        let order = self.keras_order().unwrap_or_else(|| {
+            log::debug!("the graph's calls run in config order (Keras's order is not one)");
+            self.order.clone()
+        });
+        order
             .iter()
             .map(|&k| {
                 let n = &self.nodes[k];

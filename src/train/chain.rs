@@ -52,15 +52,28 @@ pub(super) struct LayerForward<T> {
 }
 
 /// One layer's backward pass: the cotangent of its input, its weights' gradients (Keras's
-/// order), the per-element squares of a sparse (Embedding) gradient, the new state of a
-/// layer that keeps one (after a training-mode forward) and the cotangents of a recurrent
-/// layer's initial h and c.
+/// order), the per-element squares of a sparse (Embedding) gradient and the cotangents of a
+/// recurrent layer's initial h and c.
 pub(super) struct LayerBackward<T> {
     pub(super) dx: ArrayD<T>,
     pub(super) weights: Vec<ArrayD<T>>,
     pub(super) square: Option<ArrayD<T>>,
-    pub(super) state: Option<Vec<ArrayD<T>>>,
     pub(super) d_init: (Array2<T>, Array2<T>),
+}
+
+/// The state of layer `l` after a training-mode call that left `cache`, from `state`, its
+/// state before that call (BatchNormalization's moving statistics, which Keras assigns in
+/// the call: a layer called twice in a step updates them twice, in call order); None for a
+/// layer that keeps none or a call in inference mode.
+pub(super) fn state_after<T: Element>(
+    l: &TrainLayer<T>,
+    state: &[ArrayD<T>],
+    cache: &Cache<T>,
+) -> Option<Vec<ArrayD<T>>> {
+    match (l, cache) {
+        (TrainLayer::Op(op), Cache::Op(c)) => op.state_update(state, c),
+        _ => None,
+    }
 }
 
 /// The seed of the layer at `at` from a training step's (its own stream).
@@ -272,8 +285,7 @@ pub(super) fn layer_forward<T: Element>(
 
 /// The backward pass of layer `name` (at `at`) for the cotangent `d` of its output (of its
 /// logits with `from_logits`) and `d_states` of its final states (`return_state`), from what
-/// its forward pass kept; `training`: that forward ran in training mode.
-#[allow(clippy::too_many_arguments)]
+/// its forward pass kept.
 pub(super) fn layer_backward<T: Element>(
     path: &dyn RecurrentPath<T>,
     at: usize,
@@ -282,14 +294,12 @@ pub(super) fn layer_backward<T: Element>(
     d: ArrayD<T>,
     d_states: [Option<Array2<T>>; 2],
     from_logits: bool,
-    training: bool,
 ) -> Result<LayerBackward<T>> {
     let none = || (Array2::zeros((0, 0)), Array2::zeros((0, 0)));
     let plain = |dx: ArrayD<T>, weights: Vec<ArrayD<T>>| LayerBackward {
         dx,
         weights,
         square: None,
-        state: None,
         d_init: none(),
     };
     Ok(match (l, cache) {
@@ -316,21 +326,13 @@ pub(super) fn layer_backward<T: Element>(
             }
         }
         (TrainLayer::Op(op), Cache::Op(cache)) => {
-            let state = if training {
-                op.state_update(&cache)
-            } else {
-                None
-            };
             // (the loss gave the cotangent of this last layer's logits)
             let (dx, w) = if from_logits {
                 op.backward_from_logits(name, &cache, d)?
             } else {
                 op.backward(name, &cache, d)?
             };
-            LayerBackward {
-                state,
-                ..plain(dx, w)
-            }
+            plain(dx, w)
         }
         (TrainLayer::Dropout { .. }, Cache::Dropout(m)) => match m {
             Some(m) => plain(&d * &m, Vec::new()),
@@ -577,8 +579,17 @@ impl<T: Element> Sequential<T> {
         loss: Loss,
         training: Option<u64>,
     ) -> Result<(Gradients<T>, Vec<(usize, Vec<ArrayD<T>>)>)> {
-        let mut states = Vec::new();
         let (pred, mask, logits, caches) = self.forward(path, x, training)?;
+        let states = match training {
+            Some(_) => self
+                .layers
+                .iter()
+                .zip(&caches)
+                .enumerate()
+                .filter_map(|(at, ((_, l), c))| Some((at, state_after(l, &l.state(), c)?)))
+                .collect(),
+            None => Vec::new(),
+        };
         let lg = loss.evaluate(
             pred.view(),
             logits.as_ref().map(|l| l.view()),
@@ -591,17 +602,8 @@ impl<T: Element> Sequential<T> {
         // (the sparse gradients' squares, by their layer's index in `grads`)
         let mut squares: Vec<(usize, ArrayD<T>)> = Vec::new();
         for (at, ((name, l), cache)) in self.layers.iter().zip(caches).enumerate().rev() {
-            let back = layer_backward(
-                path,
-                at,
-                (name, l),
-                cache,
-                d,
-                [None, None],
-                skip_activation,
-                training.is_some(),
-            )?;
-            states.extend(back.state.map(|s| (at, s)));
+            let back =
+                layer_backward(path, at, (name, l), cache, d, [None, None], skip_activation)?;
             if let Some(sq) = back.square {
                 squares.push((grads.len(), sq));
             }

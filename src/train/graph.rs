@@ -7,7 +7,7 @@
 //! `layer_backward`).
 
 use super::activation::dense_activation_backward;
-use super::chain::{fit_batches, layer_backward, layer_forward, not_finite, Cache};
+use super::chain::{fit_batches, layer_backward, layer_forward, not_finite, state_after, Cache};
 use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
 use super::load::{refuse_training_randomness, set_states, train_layer};
@@ -664,7 +664,27 @@ impl<T: Element> Functional<T> {
         }
         let mut wgrads: Vec<Option<Vec<ArrayD<T>>>> = vec![None; self.layers.len()];
         let mut squares: Vec<Option<ArrayD<T>>> = vec![None; self.layers.len()];
-        let mut states: Vec<(usize, Vec<ArrayD<T>>)> = Vec::new();
+        // the new state of the layers that keep one: each training-mode call's update from
+        // the state its layer's earlier calls left, in call order (Keras assigns it in each
+        // call: a shared BatchNormalization moves its statistics twice in a step)
+        let mut running: Vec<Option<Vec<ArrayD<T>>>> = vec![None; self.layers.len()];
+        for (call, cache) in self.calls.iter().zip(&caches) {
+            let (GraphLayer::One(l), CallCache::One(c)) = (&self.layers[call.layer].1, cache)
+            else {
+                continue;
+            };
+            if self.training_of(call.layer, training).is_none() {
+                continue;
+            }
+            let before = running[call.layer].take().unwrap_or_else(|| l.state());
+            running[call.layer] = Some(state_after(l, &before, c).unwrap_or(before));
+        }
+        let states: Vec<(usize, Vec<ArrayD<T>>)> = running
+            .into_iter()
+            .enumerate()
+            .filter_map(|(at, s)| Some((at, s?)))
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
         for (k, (call, cache)) in self.calls.iter().zip(caches).enumerate().rev() {
             let (name, layer) = &self.layers[call.layer];
             let shape0 = vals[k][0].data.raw_dim();
@@ -700,19 +720,8 @@ impl<T: Element> Functional<T> {
                         two(cot[k].get_mut(1).and_then(Option::take))?,
                         two(cot[k].get_mut(2).and_then(Option::take))?,
                     ];
-                    let back = layer_backward(
-                        path,
-                        k,
-                        (name, l),
-                        *cache,
-                        d,
-                        d_states,
-                        from_logits,
-                        self.training_of(call.layer, training).is_some(),
-                    )?;
-                    if let Some(s) = back.state {
-                        states.push((call.layer, s));
-                    }
+                    let back =
+                        layer_backward(path, k, (name, l), *cache, d, d_states, from_logits)?;
                     if let Some(sq) = back.square {
                         add(&mut squares[call.layer], sq);
                     }
@@ -791,9 +800,6 @@ impl<T: Element> Functional<T> {
             .zip(&inputs)
             .map(|(d, x)| d.unwrap_or_else(|| ArrayD::zeros(x.data.raw_dim())))
             .collect();
-        // (a layer called more than once: its last call's state, as Keras assigns them in
-        // call order)
-        states.reverse();
         Ok((
             GraphGradients {
                 loss: total,

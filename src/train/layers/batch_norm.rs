@@ -255,19 +255,17 @@ impl<T: Element> TrainOp<T> for BatchNorm<T> {
         ]
     }
 
-    fn state_update(&self, cache: &OpCache) -> Option<Vec<ArrayD<T>>> {
+    fn state_update(&self, state: &[ArrayD<T>], cache: &OpCache) -> Option<Vec<ArrayD<T>>> {
         let c = cache.downcast_ref::<BnCache<T>>()?;
         c.weights.as_ref()?;
+        let [mean, var] = state else { return None };
         let (mo, rest) = (T::from_f64(self.momentum), T::from_f64(1.0 - self.momentum));
-        let step = |moving: &Array1<T>, batch: &Array1<T>| {
+        let step = |moving: &ArrayD<T>, batch: &Array1<T>| {
             let mut out = moving.clone();
-            out.zip_mut_with(batch, |m, &b| *m = *m * mo + b * rest);
-            out.into_dyn()
+            out.zip_mut_with(&batch.view().into_dyn(), |m, &b| *m = *m * mo + b * rest);
+            out
         };
-        Some(vec![
-            step(&self.moving_mean, &c.mean),
-            step(&self.moving_variance, &c.var),
-        ])
+        Some(vec![step(mean, &c.mean), step(var, &c.var)])
     }
 
     fn set_state(&mut self, state: &[ArrayD<T>]) -> Result<()> {

@@ -135,9 +135,11 @@ pub trait TrainOp<T>: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
-    /// The state's new values after a training-mode forward with this cache (Keras assigns
-    /// them in the call; `fit` writes them after its step); None by default.
-    fn state_update(&self, _cache: &OpCache) -> Option<Vec<ArrayD<T>>> {
+    /// The state's new values after a training-mode forward that left `cache`, from `state`
+    /// (the values before that call: a layer called twice in a step composes its two
+    /// updates, as Keras assigns them in each call; `fit` writes the result after its step);
+    /// None by default.
+    fn state_update(&self, _state: &[ArrayD<T>], _cache: &OpCache) -> Option<Vec<ArrayD<T>>> {
         None
     }
 
