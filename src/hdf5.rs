@@ -139,6 +139,42 @@ impl<'a> H5File<'a> {
         Ok(datasets.iter().any(|d| d == last))
     }
 
+    /// Reads the one-element integer dataset at `path` exactly (Keras's int64
+    /// `iterations`; a float dataset holding a whole number is read too).
+    pub fn integer(&self, path: &str) -> Result<i64> {
+        let d = self
+            .file
+            .dataset(path)
+            .map_err(|e| reader_error(&format!("dataset {path}"), e))?;
+        let err = |e| reader_error(path, e);
+        let values: Vec<i64> = match d.dtype() {
+            Datatype::FixedPoint {
+                size: 8,
+                signed: true,
+                ..
+            } => d.read_array::<i64>().map_err(err)?.into_iter().collect(),
+            _ => self
+                .dataset(path)?
+                .values
+                .iter()
+                .map(|&v| {
+                    if v.fract() == 0.0 && v.abs() < 16_777_216.0 {
+                        Ok(v as i64)
+                    } else {
+                        Err(bad(format!("{path}: {v} is not an integer")))
+                    }
+                })
+                .collect::<Result<_>>()?,
+        };
+        match values.as_slice() {
+            [v] => Ok(*v),
+            _ => Err(bad(format!(
+                "{path}: {} values where one integer belongs",
+                values.len()
+            ))),
+        }
+    }
+
     /// Reads the numeric dataset at `path` as f32 (float16, bfloat16, float32, float64 and
     /// integer datasets; another type is an error naming it).
     pub fn dataset(&self, path: &str) -> Result<Dataset> {

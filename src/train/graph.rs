@@ -985,6 +985,10 @@ impl<T: Element> Functional<T> {
     /// The weights as a Keras 3 `.weights.h5` file for the model whose `config.json` is
     /// `config`.
     pub fn weights_h5(&self, config: &Value) -> Result<Vec<u8>> {
+        Ok(super::h5write::file(&self.weights_tree(config)?))
+    }
+
+    fn weights_tree(&self, config: &Value) -> Result<super::h5write::Node> {
         let find = |name: &str| {
             self.layers
                 .iter()
@@ -994,12 +998,59 @@ impl<T: Element> Functional<T> {
                     GraphLayer::Many(op) => (op.weights(), Saved::Plain),
                 })
         };
-        super::save::weights_h5(config, &find, self.layers.len())
+        super::save::weights_tree(config, &find, self.layers.len())
     }
 
     /// A `.keras` file: `original`'s config and metadata with these weights.
     pub fn keras_file(&self, original: &[u8]) -> Result<Vec<u8>> {
-        super::save::keras_file(original, &|config| self.weights_h5(config))
+        super::save::keras_file::<T>(original, &|config| self.weights_tree(config), None)
+    }
+
+    /// [`Functional::keras_file`] compiled: `optimizer` (and its state) and `losses` as the
+    /// file's `compile_config` and `optimizer/vars` (the original's metrics and other
+    /// compile settings kept), so Keras's `load_model` followed by `fit` goes on where this
+    /// training left off; [`Optimizer::from_keras_file`] and
+    /// [`Losses::from_compile_config`] read them back.
+    ///
+    /// ```no_run
+    /// use lstm_wgpu::model::KerasModel;
+    /// use lstm_wgpu::train::{Functional, Losses, Optimizer};
+    /// let bytes = std::fs::read("trained.keras").unwrap();
+    /// let model = KerasModel::from_keras_bytes(&bytes).unwrap();
+    /// let net = Functional::<f32>::from_model(&model).unwrap();
+    /// // the optimizer and losses Keras compiled the model with, its state included
+    /// let opt = Optimizer::from_keras_file(&bytes, &net.weights()).unwrap();
+    /// let losses = Losses::from_keras_file(&bytes, &model.output_names()).unwrap();
+    /// // ... net.fit(&xs, &ys, &losses, &options, &mut opt) ...
+    /// std::fs::write("resumed.keras", net.keras_file_compiled(&bytes, &opt, &losses).unwrap())
+    ///     .unwrap();
+    /// ```
+    pub fn keras_file_compiled(
+        &self,
+        original: &[u8],
+        optimizer: &Optimizer,
+        losses: &Losses,
+    ) -> Result<Vec<u8>> {
+        if losses.per_output.len() != self.outputs.len() {
+            return Err(LstmError::invalid(
+                "losses",
+                format!(
+                    "{} for a model of {} outputs",
+                    losses.per_output.len(),
+                    self.outputs.len()
+                ),
+            ));
+        }
+        let compiled = super::save::Compiled {
+            optimizer,
+            losses,
+            weights: self.weights(),
+        };
+        super::save::keras_file(
+            original,
+            &|config| self.weights_tree(config),
+            Some(compiled),
+        )
     }
 }
 

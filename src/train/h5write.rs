@@ -15,10 +15,12 @@ const UNDEF: u64 = u64::MAX;
 pub(crate) enum Node {
     /// A group and its children, in link order.
     Group(Vec<(String, Node)>),
-    /// A dataset: its shape, the element size (4: f32, 8: f64) and its little-endian bytes.
+    /// A dataset: its shape, the element size (4: f32, 8: f64), whether it holds signed
+    /// integers (int64) instead of floats, and its little-endian bytes.
     Dataset {
         shape: Vec<usize>,
         elem: usize,
+        int: bool,
         bytes: Vec<u8>,
     },
 }
@@ -61,6 +63,31 @@ impl Node {
                 bytes.extend_from_slice(&v.to_le_bytes());
             }
         }
+        self.push_dataset(name, shape, elem, false, bytes);
+    }
+
+    /// Adds a scalar int64 dataset `name` (Keras's `iterations`) to this group.
+    pub(crate) fn dataset_i64(&mut self, name: &str, values: &[f64]) {
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|&v| (v as i64).to_le_bytes())
+            .collect();
+        let shape: &[usize] = if values.len() == 1 {
+            &[]
+        } else {
+            &[values.len()]
+        };
+        self.push_dataset(name, shape, 8, true, bytes);
+    }
+
+    fn push_dataset(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        elem: usize,
+        int: bool,
+        bytes: Vec<u8>,
+    ) {
         let Node::Group(children) = self else {
             panic!("a dataset has no children")
         };
@@ -69,6 +96,7 @@ impl Node {
             Node::Dataset {
                 shape: shape.to_vec(),
                 elem,
+                int,
                 bytes,
             },
         ));
@@ -121,7 +149,12 @@ fn write(node: &Node, out: &mut Vec<u8>) -> u64 {
                 messages.push((0x06, l));
             }
         }
-        Node::Dataset { shape, elem, bytes } => {
+        Node::Dataset {
+            shape,
+            elem,
+            int,
+            bytes,
+        } => {
             let data_addr = if bytes.is_empty() {
                 UNDEF
             } else {
@@ -135,19 +168,28 @@ fn write(node: &Node, out: &mut Vec<u8>) -> u64 {
                 ds.extend_from_slice(&(d as u64).to_le_bytes());
             }
             messages.push((0x01, ds));
-            // IEEE float, little-endian, implied leading mantissa bit
-            let (sign, prec, eloc, esize, msize, bias) = if *elem == 4 {
-                (31u8, 32u16, 23u8, 8u8, 23u8, 127u32)
+            if *int {
+                // fixed point v1, little-endian, signed; offset 0, full precision
+                let mut dt = vec![0x10u8, 0x08, 0, 0];
+                dt.extend_from_slice(&(*elem as u32).to_le_bytes());
+                dt.extend_from_slice(&0u16.to_le_bytes());
+                dt.extend_from_slice(&((*elem * 8) as u16).to_le_bytes());
+                messages.push((0x03, dt));
             } else {
-                (63, 64, 52, 11, 52, 1023)
-            };
-            let mut dt = vec![0x11u8, 0x20, sign, 0];
-            dt.extend_from_slice(&(*elem as u32).to_le_bytes());
-            dt.extend_from_slice(&0u16.to_le_bytes());
-            dt.extend_from_slice(&prec.to_le_bytes());
-            dt.extend_from_slice(&[eloc, esize, 0, msize]);
-            dt.extend_from_slice(&bias.to_le_bytes());
-            messages.push((0x03, dt));
+                // IEEE float, little-endian, implied leading mantissa bit
+                let (sign, prec, eloc, esize, msize, bias) = if *elem == 4 {
+                    (31u8, 32u16, 23u8, 8u8, 23u8, 127u32)
+                } else {
+                    (63, 64, 52, 11, 52, 1023)
+                };
+                let mut dt = vec![0x11u8, 0x20, sign, 0];
+                dt.extend_from_slice(&(*elem as u32).to_le_bytes());
+                dt.extend_from_slice(&0u16.to_le_bytes());
+                dt.extend_from_slice(&prec.to_le_bytes());
+                dt.extend_from_slice(&[eloc, esize, 0, msize]);
+                dt.extend_from_slice(&bias.to_le_bytes());
+                messages.push((0x03, dt));
+            }
             // fill value v3: allocated early, written if set, none set
             messages.push((0x05, vec![3, 0x09]));
             // layout v3: contiguous

@@ -44,6 +44,7 @@
 
 mod activation;
 mod chain;
+mod compile;
 mod constrain;
 mod dropout;
 mod gpu;
@@ -53,6 +54,7 @@ pub mod layers;
 mod load;
 mod loss;
 mod optim;
+mod optim_state;
 mod path;
 pub(crate) mod recurrent;
 mod regularize;

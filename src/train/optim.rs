@@ -197,6 +197,19 @@ impl Optimizer {
             }
             other => return Err(LstmError::unsupported("optimizer", other)),
         };
+        // (what changes the steps but is not built: refused, never ignored)
+        if cfg.get("use_ema").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err(LstmError::unsupported(
+                "use_ema",
+                "true (the weights' moving average that overwrites them)",
+            ));
+        }
+        for key in ["gradient_accumulation_steps", "loss_scale_factor"] {
+            match cfg.get(key) {
+                None | Some(serde_json::Value::Null) => {}
+                Some(v) => return Err(LstmError::unsupported(key, v.to_string())),
+            }
+        }
         if o.weight_decay.is_none() {
             o.weight_decay = f("weight_decay").filter(|&w| w > 0.0);
         }
@@ -209,6 +222,17 @@ impl Optimizer {
     /// The steps applied so far (Keras's `optimizer.iterations`).
     pub fn iterations(&self) -> u64 {
         self.iterations
+    }
+
+    /// Each weight's slots (empty before the first step).
+    pub(super) fn slots(&self) -> &[[Option<ArrayD<f64>>; 3]] {
+        &self.slots
+    }
+
+    /// Replaces the step count and the slots (one triple per trainable weight, or none).
+    pub(super) fn set_slots(&mut self, iterations: u64, slots: Vec<[Option<ArrayD<f64>>; 3]>) {
+        self.iterations = iterations;
+        self.slots = slots;
     }
 
     /// One update of `weights` by `grads` (the same shapes, in the same order every call).

@@ -7,7 +7,7 @@
 //! those weights.
 
 use super::h5write::{self, Node};
-use super::{Sequential, TrainLayer};
+use super::{Loss, Losses, Optimizer, Sequential, TrainLayer};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use serde_json::Value;
@@ -48,15 +48,15 @@ pub(super) fn saved_of<T: Element>(layer: &TrainLayer<T>) -> (Vec<ndarray::Array
     (ws, saved)
 }
 
-/// A Keras 3 `.weights.h5` file for the model config `config` whose layers' variables
-/// `find` gives by layer name (`count` of them in all: a config naming fewer is not this
-/// model's).
+/// The tree of a Keras 3 `.weights.h5` file (for [`h5write::file`]) for the model config
+/// `config` whose layers' variables `find` gives by layer name (`count` of them in all: a
+/// config naming fewer is not this model's).
 #[allow(clippy::type_complexity)]
-pub(super) fn weights_h5<T: Element>(
+pub(super) fn weights_tree<T: Element>(
     config: &Value,
     find: &dyn Fn(&str) -> Option<(Vec<ndarray::ArrayD<T>>, Saved)>,
     count: usize,
-) -> Result<Vec<u8>> {
+) -> Result<Node> {
     let null = Value::Null;
     let functional = config.get("class_name").and_then(Value::as_str) != Some("Sequential");
     let layers = config
@@ -123,15 +123,18 @@ pub(super) fn weights_h5<T: Element>(
             format!("names {written} of the {count} trained layers; it is not this model's config"),
         ));
     }
-    Ok(h5write::file(&root))
+    Ok(root)
 }
 
 /// A `.keras` file: `original`'s (the `.keras` file the model was loaded from)
 /// `config.json` and `metadata.json` with the weights `weights` makes for that config as
-/// `model.weights.h5`.
-pub(super) fn keras_file(
+/// `model.weights.h5`; with `compiled`, the model compiled: `compiled`'s optimizer and
+/// losses as `config.json`'s `compile_config` and the optimizer's variables under
+/// `optimizer/vars` (Keras's `load_model` compiles the model and loads them).
+pub(super) fn keras_file<T: Element>(
     original: &[u8],
-    weights: &dyn Fn(&Value) -> Result<Vec<u8>>,
+    weights: &dyn Fn(&Value) -> Result<Node>,
+    compiled: Option<Compiled<'_, T>>,
 ) -> Result<Vec<u8>> {
     let members = crate::archive::members(original)?;
     let member = |n: &str| {
@@ -145,36 +148,91 @@ pub(super) fn keras_file(
             })
     };
     let config_bytes = member("config.json")?;
-    let config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
+    let mut config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
         path: "config.json".into(),
         reason: e.to_string(),
     })?;
-    let weights = weights(&config)?;
+    let mut root = weights(&config)?;
     let metadata = member("metadata.json")?;
+    let config_bytes: Vec<u8> = match compiled {
+        None => config_bytes.to_vec(),
+        Some(c) => {
+            let shapes: Vec<Vec<usize>> = c.weights.iter().map(|w| w.shape().to_vec()).collect();
+            let vars = c.optimizer.keras_variables(&shapes)?;
+            super::optim_state::put_variables(&mut root, &vars, if T::is_f32() { 4 } else { 8 });
+            let cc = super::compile::compile_config(
+                config.get("compile_config").filter(|v| !v.is_null()),
+                c.optimizer,
+                c.losses,
+            );
+            match config.as_object_mut() {
+                Some(m) => m.insert("compile_config".into(), cc),
+                None => return Err(LstmError::bad_config("config.json", "an object")),
+            };
+            serde_json::to_vec(&config).map_err(|e| LstmError::File {
+                path: "config.json".into(),
+                reason: e.to_string(),
+            })?
+        }
+    };
     crate::archive::write(&[
         ("metadata.json", metadata),
-        ("config.json", config_bytes),
-        ("model.weights.h5", &weights),
+        ("config.json", &config_bytes),
+        ("model.weights.h5", &h5write::file(&root)),
     ])
+}
+
+/// What a compiled `.keras` file carries beside the weights: the optimizer (its state for
+/// the trainable weights `weights`) and the losses.
+pub(super) struct Compiled<'a, T> {
+    pub(super) optimizer: &'a Optimizer,
+    pub(super) losses: &'a Losses,
+    pub(super) weights: Vec<ndarray::ArrayD<T>>,
 }
 
 impl<T: Element> Sequential<T> {
     /// The weights as a Keras 3 `.weights.h5` file for the model whose `config.json` is
     /// `config` (`model.load_weights` reads it; the values are written in `T`).
     pub fn weights_h5(&self, config: &Value) -> Result<Vec<u8>> {
-        let find = |name: &str| {
-            self.layers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, l)| saved_of(l))
-        };
-        weights_h5(config, &find, self.layers.len())
+        Ok(h5write::file(&self.weights_tree(config)?))
     }
 
     /// A `.keras` file: `original`'s (the `.keras` file the model was loaded from)
     /// `config.json` and `metadata.json` with these weights as `model.weights.h5`
     /// (`keras.saving.load_model` reads it).
     pub fn keras_file(&self, original: &[u8]) -> Result<Vec<u8>> {
-        keras_file(original, &|config| self.weights_h5(config))
+        keras_file::<T>(original, &|config| self.weights_tree(config), None)
+    }
+
+    /// [`Sequential::keras_file`] compiled: `optimizer` (and its state) and `loss` as the
+    /// file's `compile_config` and `optimizer/vars`, so Keras's `load_model` followed by
+    /// `fit` goes on where this training left off (and [`Optimizer::from_keras_file`]
+    /// reads the state back).
+    pub fn keras_file_compiled(
+        &self,
+        original: &[u8],
+        optimizer: &Optimizer,
+        loss: Loss,
+    ) -> Result<Vec<u8>> {
+        let compiled = Compiled {
+            optimizer,
+            losses: &Losses::same(loss, 1),
+            weights: self.weights(),
+        };
+        keras_file(
+            original,
+            &|config| self.weights_tree(config),
+            Some(compiled),
+        )
+    }
+
+    fn weights_tree(&self, config: &Value) -> Result<Node> {
+        let find = |name: &str| {
+            self.layers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, l)| saved_of(l))
+        };
+        weights_tree(config, &find, self.layers.len())
     }
 }
