@@ -343,7 +343,7 @@ impl<T: Element> Functional<T> {
                 .unwrap_or("");
             let cfg = entry.and_then(|e| e.get("config")).unwrap_or(&Value::Null);
             let shapes: Vec<Vec<usize>> = l.weights().iter().map(|w| w.shape().to_vec()).collect();
-            regularizers.push(layer_regularizers(class, cfg, name, shapes.len())?);
+            regularizers.push(layer_regularizers(class, cfg, name, &shapes)?);
             constraints.push(layer_constraints(class, cfg, name, &shapes)?);
             frozen.push(frozen_layer(entry, name)?);
             activity.push(activity_regularizer(class, cfg, name)?);
@@ -658,6 +658,13 @@ impl<T: Element> Functional<T> {
                     continue;
                 }
                 let b = T::from_f64(rows as f64);
+                r.check_shape(
+                    t.data.shape(),
+                    &format!(
+                        "the activity regularizer of layer {}",
+                        self.layers[call.layer].0
+                    ),
+                )?;
                 total += r.loss(t.data.view()) / b;
                 add(&mut cot[k][o], r.gradient(t.data.view()).mapv(|v| v / b));
             }

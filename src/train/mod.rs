@@ -67,7 +67,7 @@ pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
 pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
-pub use regularize::Regularizer;
+pub use regularize::{Orthogonal, Regularizer};
 
 use crate::config::LstmConfig;
 use crate::error::{LstmError, Result};
