@@ -26,7 +26,8 @@ MODELS = ["p_embedding_pooling", "p_embedding_gru", "p_encoder_decoder_states",
           "p_conv_pool_norm", "p_attention_layers", "p_functional_masking_states",
           "p_masked_bigru_tagger", "graph_mix", "graph_reg",
           "graph_frozen", "graph_constraint", "graph_dot", "graph_logits",
-          "graph_shared_bn", "graph_orthogonal"]
+          "graph_shared_bn", "graph_orthogonal",
+          "graph_bidi_activity"]
 
 
 def outputs(model, xs):

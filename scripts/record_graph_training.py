@@ -18,7 +18,8 @@ Luong attention written with Dot layers and a cosine similarity (Dot with normal
 `graph_logits.keras`: cross-entropy outputs (taken from their logits) that other layers and
 an activity regularizer read too; and `graph_shared_bn.keras`: BatchNormalization layers called
 twice in a step (their moving statistics move in each call, in Keras's run order); and
-`graph_orthogonal.keras`: OrthogonalRegularizer on weights and as activity regularizers. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+`graph_orthogonal.keras`: OrthogonalRegularizer on weights and as activity regularizers; and
+`graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -318,6 +319,38 @@ def graph_orthogonal():
     return model, [x]
 
 
+def graph_bidi_activity():
+    """Activity regularizers inside wrappers: a Bidirectional(LSTM) (sum merge, masked
+    sequences) whose inner LSTM has one (Keras calls each direction as a layer: r(y_dir) /
+    batch for each), a Bidirectional with its own backward layer (an L1 forward, an
+    OrthogonalRegularizer backward, concat merge), and a TimeDistributed(Dense) whose inner
+    Dense has one (Keras 3 runs the inner call: not applied)."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((6, 3), name="x")
+    h = layers.Masking(0.0)(x_in)
+    h = layers.Bidirectional(
+        layers.LSTM(4, return_sequences=True,
+                    activity_regularizer=keras.regularizers.L2(0.3)), merge_mode="sum")(h)
+    h = layers.TimeDistributed(
+        layers.Dense(3, activity_regularizer=keras.regularizers.L2(5.0)))(h)
+    g = layers.Bidirectional(
+        layers.GRU(3, activity_regularizer=keras.regularizers.L1(0.2)),
+        backward_layer=layers.GRU(3, go_backwards=True,
+                                  activity_regularizer=keras.regularizers.OrthogonalRegularizer(0.5)),
+        merge_mode="concat")(h)
+    out = layers.Dense(2)(g)
+    model = keras.Model(x_in, out, name="graph_bidi_activity")
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights([rng.uniform(-0.8, 0.8, w.shape).astype("float32")
+                               for w in layer.weights])
+    x = rng.normal(size=(4, 6, 3)).astype("float32")
+    x[1, 4:] = 0.0
+    x[3, 2:] = 0.0
+    return model, [x]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -328,7 +361,7 @@ def state_of(m):
 BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
          "graph_constraint": graph_constraint, "graph_dot": graph_dot,
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
-         "graph_orthogonal": graph_orthogonal}
+         "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -353,6 +386,7 @@ CASES = [
      [1.0, 0.7, 0.4], True),
     ("graph_shared_bn", "here", ["mse"], [1.0], True),
     ("graph_orthogonal", "here", ["mse"], [1.0], True),
+    ("graph_bidi_activity", "here", ["mse"], [1.0], True),
 ]
 
 
@@ -505,7 +539,8 @@ for name, source, losses, weights, fit in CASES:
     src = f"zoo:{name}" if source == "zoo" else f"{name}.keras"
     # (Keras 3.15.1's OrthogonalRegularizer keeps its factor as a float32 tensor: a float64
     # model fails in it, "expected to be a float tensor but is a double tensor")
-    for dtype in ("float32",) if name == "graph_orthogonal" else ("float64", "float32"):
+    f32_only = name in ("graph_orthogonal", "graph_bidi_activity")
+    for dtype in ("float32",) if f32_only else ("float64", "float32"):
         arrays = grads_case(name, model, xs, losses, weights, dtype)
         tag = "f64" if dtype == "float64" else "f32"
         write(f"graph_grads_{name}_{tag}", arrays,

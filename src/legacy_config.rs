@@ -108,6 +108,13 @@ fn keras2_words(config: &mut Json, standalone: bool) {
                 map.get("class_name").and_then(Json::as_str) == Some("Bidirectional");
             // Keras 2's Dot normalizes by tf.linalg.l2_normalize (the squared norm floored
             // at 1e-12); Keras 3's factor is min(rsqrt(sum x^2), 1e7)
+            // Keras 2's TimeDistributed calls its layer as a layer (its activity
+            // regularizer applies); Keras 3's runs the layer's call
+            if map.get("class_name").and_then(Json::as_str) == Some("TimeDistributed") {
+                if let Some(Json::Object(cfg)) = map.get_mut("config") {
+                    cfg.insert("keras2_inner_call".into(), Json::Bool(true));
+                }
+            }
             if map.get("class_name").and_then(Json::as_str) == Some("Dot") {
                 if let Some(Json::Object(cfg)) = map.get_mut("config") {
                     cfg.insert("keras2_normalize".into(), Json::Bool(true));

@@ -24,11 +24,13 @@ pub(super) enum Cache<T> {
     /// mask.
     Lstm(Tape<T>, Array3<T>, Option<ArrayD<T>>),
     /// Both directions' tapes, the inputs they saw, both outputs (the backward one in input
-    /// order), their input dropout masks.
+    /// order), their input dropout masks, and cotangents added to each direction's output
+    /// beside the merge's (an inner layer's activity regularizer's; the graph sets them).
     Bidi(
         Box<[Tape<T>; 2]>,
         [Array3<T>; 2],
         [ArrayD<T>; 2],
+        [Option<ArrayD<T>>; 2],
         [Option<ArrayD<T>>; 2],
     ),
     Dense(ArrayD<T>, ArrayD<T>),
@@ -221,7 +223,13 @@ pub(super) fn layer_forward<T: Element>(
             let merged =
                 crate::network::merge_directions(*merge, false, vec![yf.clone()], vec![yb.clone()])
                     .remove(0);
-            let cache = Cache::Bidi(Box::new([tf, tb]), [xf, xb], [yf, yb], [mf, mb]);
+            let cache = Cache::Bidi(
+                Box::new([tf, tb]),
+                [xf, xb],
+                [yf, yb],
+                [mf, mb],
+                [None, None],
+            );
             plain(merged, if seqs { mask } else { None }, cache)
         }
         TrainLayer::Dense {
@@ -373,13 +381,13 @@ pub(super) fn layer_backward<T: Element>(
                 merge,
                 ..
             },
-            Cache::Bidi(tapes, xs, [yf, yb], masks),
+            Cache::Bidi(tapes, xs, [yf, yb], masks, [ef, eb]),
         ) => {
             use crate::config::MergeMode;
             let hf = forward.0.units;
             let last = Axis(d.ndim() - 1);
             let half = T::from_f64(0.5);
-            let (df, mut db) = match merge {
+            let (mut df, mut db) = match merge {
                 MergeMode::Concat => (
                     d.slice_axis(last, (..hf).into()).to_owned(),
                     d.slice_axis(last, (hf..).into()).to_owned(),
@@ -394,6 +402,11 @@ pub(super) fn layer_backward<T: Element>(
                     ))
                 }
             };
+            for (d, e) in [(&mut df, ef), (&mut db, eb)] {
+                if let Some(e) = e {
+                    *d += &e;
+                }
+            }
             if forward.0.return_sequences {
                 db.invert_axis(Axis(1));
                 db = db.as_standard_layout().into_owned();

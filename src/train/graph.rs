@@ -12,7 +12,9 @@ use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
 use super::load::{refuse_training_randomness, set_states, train_layer};
 use super::path::{CpuPath, CpuRecompute, RecurrentPath};
-use super::regularize::{activity_regularizer, layer_regularizers, Regularizer};
+use super::regularize::{
+    activity_regularizer, inner_activity_regularizers, layer_regularizers, Regularizer,
+};
 use super::save::{saved_of, Saved};
 use super::{FitOptions, History, Loss, Optimizer, TrainLayer};
 use crate::element::Element;
@@ -183,6 +185,9 @@ pub struct Functional<T> {
     frozen: Vec<bool>,
     /// Per layer, its activity regularizer (on every output of each call).
     activity: Vec<Option<Regularizer>>,
+    /// Per layer, a Bidirectional's forward and backward layers' activity regularizers (on
+    /// each direction's output).
+    inner_activity: Vec<[Option<Regularizer>; 2]>,
     calls: Vec<Call>,
     inputs: Vec<String>,
     outputs: Vec<Src>,
@@ -335,6 +340,7 @@ impl<T: Element> Functional<T> {
         // weights, whether it is frozen, its activity regularizer
         let (mut regularizers, mut constraints, mut frozen, mut activity) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut inner_activity = Vec::new();
         for (name, l) in &layers {
             let entry = entry_of(name);
             let class = entry
@@ -347,6 +353,7 @@ impl<T: Element> Functional<T> {
             constraints.push(layer_constraints(class, cfg, name, &shapes)?);
             frozen.push(frozen_layer(entry, name)?);
             activity.push(activity_regularizer(class, cfg, name)?);
+            inner_activity.push(inner_activity_regularizers(class, cfg, name)?);
         }
         Ok(Functional {
             layers,
@@ -354,6 +361,7 @@ impl<T: Element> Functional<T> {
             constraints,
             frozen,
             activity,
+            inner_activity,
             calls,
             inputs,
             outputs,
@@ -594,7 +602,7 @@ impl<T: Element> Functional<T> {
                 ),
             ));
         }
-        let (inputs, vals, caches) = self.forward(path, xs, training)?;
+        let (inputs, vals, mut caches) = self.forward(path, xs, training)?;
         // cotangents: of each call's outputs, of its logits, of the inputs
         let mut cot: Vec<Vec<Option<ArrayD<T>>>> = vals
             .iter()
@@ -646,27 +654,45 @@ impl<T: Element> Functional<T> {
             }
         }
         // activity regularizers: `r(y) / batch` for every output of each call (Keras's
-        // add_loss in Layer.__call__)
+        // add_loss in Layer.__call__), its gradient
+        let activity = |r: &Regularizer, y: &ArrayD<T>, what: &dyn Fn() -> String| {
+            let rows = y.shape().first().copied().unwrap_or(1);
+            if rows == 0 {
+                // (divide_no_nan: no rows, no loss)
+                return Ok(None);
+            }
+            r.check_shape(y.shape(), &what())?;
+            let b = T::from_f64(rows as f64);
+            Ok::<_, LstmError>(Some((
+                r.loss(y.view()) / b,
+                r.gradient(y.view()).mapv(|v| v / b),
+            )))
+        };
         for (k, call) in self.calls.iter().enumerate() {
-            let Some(r) = self.activity[call.layer] else {
-                continue;
-            };
-            for (o, t) in vals[k].iter().enumerate() {
-                let rows = t.data.shape().first().copied().unwrap_or(1);
-                if rows == 0 {
-                    // (divide_no_nan: no rows, no loss)
-                    continue;
+            let name = &self.layers[call.layer].0;
+            if let Some(r) = &self.activity[call.layer] {
+                for (o, t) in vals[k].iter().enumerate() {
+                    let what = || format!("the activity regularizer of layer {name}");
+                    if let Some((l, g)) = activity(r, &t.data, &what)? {
+                        total += l;
+                        add(&mut cot[k][o], g);
+                    }
                 }
-                let b = T::from_f64(rows as f64);
-                r.check_shape(
-                    t.data.shape(),
-                    &format!(
-                        "the activity regularizer of layer {}",
-                        self.layers[call.layer].0
-                    ),
-                )?;
-                total += r.loss(t.data.view()) / b;
-                add(&mut cot[k][o], r.gradient(t.data.view()).mapv(|v| v / b));
+            }
+            // a Bidirectional's inner layers': on each direction's output (Keras calls
+            // them as layers), their cotangents handed to that direction's backward pass
+            let inner = &self.inner_activity[call.layer];
+            if let (CallCache::One(c), true) = (&mut caches[k], inner.iter().any(Option::is_some)) {
+                if let Cache::Bidi(_, _, ys, _, extra) = c.as_mut() {
+                    for ((r, y), e) in inner.iter().zip(ys.iter()).zip(extra.iter_mut()) {
+                        let Some(r) = r else { continue };
+                        let what = || format!("the activity regularizer inside layer {name}");
+                        if let Some((l, g)) = activity(r, y, &what)? {
+                            total += l;
+                            *e = Some(g);
+                        }
+                    }
+                }
             }
         }
         let mut wgrads: Vec<Option<Vec<ArrayD<T>>>> = vec![None; self.layers.len()];

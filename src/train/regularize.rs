@@ -414,24 +414,35 @@ pub(super) fn per_weight<R: Clone>(
 /// The activity regularizer of the layer `name` (class `class`, config `cfg`): its
 /// `activity_regularizer`, or an `ActivityRegularization` layer's `l1`/`l2` (Keras's
 /// `L1L2(l1, l2)`), None for neither. Keras adds `r(y) / batch` for every output `y` of each
-/// call to the loss. An inner layer's of a `Bidirectional` or `TimeDistributed` (Keras
-/// applies it to the inner call's outputs, over its own batch) is an error naming it.
+/// call to the loss. A `TimeDistributed`'s inner layer's is not applied by Keras 3 (it runs
+/// the inner layer's `call`, not the layer): left, and logged; a Keras 2 file's (Keras 2
+/// applies it over the batch times the steps) is an error naming it. A `Bidirectional`'s
+/// inner layers' are [`inner_activity_regularizers`].
 pub(super) fn activity_regularizer(
     class: &str,
     cfg: &Value,
     name: &str,
 ) -> Result<Option<Regularizer>> {
-    for key in ["layer", "backward_layer"] {
+    if class == "TimeDistributed" {
         if let Some(r) = cfg
-            .get(key)
+            .get("layer")
             .and_then(|l| l.get("config"))
             .and_then(|c| c.get("activity_regularizer"))
             .filter(|r| !r.is_null())
         {
-            return Err(LstmError::unsupported(
-                format!("activity_regularizer of the {key} of layer {name}"),
-                format!("{r} in training (an inner layer's activity regularizer is not built)"),
-            ));
+            if cfg.get("keras2_inner_call").and_then(Value::as_bool) == Some(true) {
+                return Err(LstmError::unsupported(
+                    format!("activity_regularizer of the layer of layer {name}"),
+                    format!(
+                        "{r} in training (Keras 2 applies it over the batch times the steps; \
+                         not built)"
+                    ),
+                ));
+            }
+            log::info!(
+                "layer {name}: the activity_regularizer of its inner layer is not applied, as \
+                 Keras 3's TimeDistributed does not apply it"
+            );
         }
     }
     if class == "ActivityRegularization" {
@@ -448,6 +459,34 @@ pub(super) fn activity_regularizer(
         cfg.get("activity_regularizer").unwrap_or(&Value::Null),
         &format!("activity_regularizer of layer {name}"),
     )
+}
+
+/// The activity regularizers of a `Bidirectional`'s forward and backward layers (their
+/// `activity_regularizer`: Keras calls each direction as a layer, which adds `r(y) / batch`
+/// for its output); None for another class.
+pub(super) fn inner_activity_regularizers(
+    class: &str,
+    cfg: &Value,
+    name: &str,
+) -> Result<[Option<Regularizer>; 2]> {
+    if class != "Bidirectional" {
+        return Ok([None, None]);
+    }
+    let of = |key: &str| -> Result<Option<Regularizer>> {
+        match cfg.get(key).and_then(|l| l.get("config")) {
+            Some(c) => Regularizer::from_keras(
+                c.get("activity_regularizer").unwrap_or(&Value::Null),
+                &format!("activity_regularizer of the {key} of layer {name}"),
+            ),
+            None => Ok(None),
+        }
+    };
+    let forward = of("layer")?;
+    let backward = match cfg.get("backward_layer").filter(|b| !b.is_null()) {
+        Some(_) => of("backward_layer")?,
+        None => forward,
+    };
+    Ok([forward, backward])
 }
 
 #[cfg(test)]
@@ -567,12 +606,39 @@ mod tests {
             .unwrap(),
             None
         );
+        // a TimeDistributed's inner one: Keras 3 does not apply it; a Keras 2 file's refused
         let td = json!({"layer": {"class_name": "Dense", "config": {"activity_regularizer": l2}}});
-        let e = activity_regularizer("TimeDistributed", &td, "td").unwrap_err();
+        assert_eq!(
+            activity_regularizer("TimeDistributed", &td, "td").unwrap(),
+            None
+        );
+        let mut td2 = td.clone();
+        td2["keras2_inner_call"] = json!(true);
+        let e = activity_regularizer("TimeDistributed", &td2, "td").unwrap_err();
         assert!(
             e.to_string()
                 .contains("activity_regularizer of the layer of layer td"),
             "{e}"
+        );
+        // a Bidirectional's: each direction's, the backward layer's own where given
+        let l1 = json!({"class_name": "L1", "config": {"l1": 0.25}});
+        let bidi = json!({"layer": {"class_name": "LSTM", "config": {"activity_regularizer": l2}}});
+        assert_eq!(
+            inner_activity_regularizers("Bidirectional", &bidi, "b").unwrap(),
+            [
+                Some(Regularizer::l1_l2(0.0, 0.5)),
+                Some(Regularizer::l1_l2(0.0, 0.5))
+            ]
+        );
+        let mut both = bidi.clone();
+        both["backward_layer"] =
+            json!({"class_name": "LSTM", "config": {"activity_regularizer": l1}});
+        assert_eq!(
+            inner_activity_regularizers("Bidirectional", &both, "b").unwrap(),
+            [
+                Some(Regularizer::l1_l2(0.0, 0.5)),
+                Some(Regularizer::l1_l2(0.25, 0.0))
+            ]
         );
     }
 
