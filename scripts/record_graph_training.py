@@ -64,6 +64,18 @@ LOSSES = {
 }
 
 
+def set_uniform(model, bound, skip_bn=False):
+    """Every layer's weights drawn uniform in [-bound, bound] (moving variances in [0.5, 1.5];
+    BatchNormalization layers left as built with skip_bn), layer by layer, weight by weight."""
+    for layer in model.layers:
+        if not layer.weights or (skip_bn and isinstance(layer, layers.BatchNormalization)):
+            continue
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                           if w.path.endswith("moving_variance") else
+                           rng.uniform(-bound, bound, w.shape).astype("float32")
+                           for w in layer.weights])
+
+
 def graph_mix():
     keras.config.set_floatx("float32")
     keras.config.set_dtype_policy("float32")
@@ -88,10 +100,7 @@ def graph_mix():
     out2 = layers.Dense(3, activation="softmax", name="out2")(att)
     out4 = layers.Dense(1, name="out4")(layers.Flatten()(scores))
     model = keras.Model([a, b], [out1, out2, gh, out4], name="graph_mix")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6)
     x0 = rng.normal(size=(4, 7, 3)).astype("float32")
     x0[0, 5:] = 0.0
     x0[2, 3:] = 0.0
@@ -128,10 +137,7 @@ def graph_reg():
     _, gh = layers.GRU(3, return_state=True, activity_regularizer=R.L2(0.2))(td)
     out = layers.Add()([out, layers.Dense(2)(gh)])
     model = keras.Model([ids, feats], [out, td], name="graph_reg")
-    for layer in model.layers:
-        if layer.weights and not isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6, skip_bn=True)
     x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
     x0[0, 4:] = 0
     x0[2, 2:] = 0
@@ -156,12 +162,7 @@ def graph_frozen():
     pooled = layers.GlobalAveragePooling1D()(layers.Concatenate()([h, g]))
     out = layers.Dense(2)(pooled)
     model = keras.Model([ids, feats], out, name="graph_frozen")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                               if w.path.endswith("moving_variance") else
-                               rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6)
     for layer in (emb, lstm, bn, bidi):
         layer.trainable = False
     x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
@@ -199,10 +200,7 @@ def graph_constraint():
     frozen = layers.Dense(2, kernel_constraint=C.NonNeg(), trainable=False)
     out = layers.Add()([out, frozen(pooled)])
     model = keras.Model([ids, feats], [out, td], name="graph_constraint")
-    for layer in model.layers:
-        if layer.weights and not isinstance(layer, layers.BatchNormalization):
-            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6, skip_bn=True)
     x0 = rng.randint(1, 9, size=(4, 6)).astype("int32")
     x0[1, 4:] = 0
     x0[3, 1:] = 0
@@ -230,10 +228,7 @@ def graph_dot():
     b = layers.Dense(4)(layers.GlobalAveragePooling1D()(dec_seq))
     cosine = layers.Dot(axes=1, normalize=True)([a, b])
     model = keras.Model([enc_in, dec_in], [out, cosine], name="graph_dot")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6)
     x0 = rng.normal(size=(4, 7, 3)).astype("float32")
     x0[1, 5:] = 0.0
     x0[3, 2:] = 0.0
@@ -255,10 +250,7 @@ def graph_logits():
     gate = layers.Activation("sigmoid")(layers.Dense(2)(h))
     mixed = layers.Add()([gate, after])
     model = keras.Model(x_in, [probs, gate, mixed], name="graph_logits")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-0.8, 0.8, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.8)
     x = rng.normal(size=(4, 6, 3)).astype("float32")
     x[2, 4:] = 0.0
     return model, [x]
@@ -284,12 +276,7 @@ def graph_shared_bn():
     hb = lstm(again(layers.Dense(3, activation="tanh")(again(bn(b)))))
     out = layers.Dense(2)(layers.Concatenate()([states(ha), states(hb)]))
     model = keras.Model([a, b], out, name="graph_shared_bn")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
-                               if w.path.endswith("moving_variance") else
-                               rng.uniform(-0.6, 0.6, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.6)
     x0 = (rng.normal(size=(4, 6, 3)) + 2.0).astype("float32")
     x1 = (2.0 * rng.normal(size=(4, 6, 3)) - 3.0).astype("float32")
     return model, [x0, x1]
@@ -311,10 +298,7 @@ def graph_orthogonal():
     out = layers.Dense(3, kernel_regularizer=O(0.25, mode="columns"),
                        activity_regularizer=O(0.7, mode="columns"))(g)
     model = keras.Model(ids, out, name="graph_orthogonal")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-0.8, 0.8, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.8)
     x = rng.randint(0, 7, size=(4, 6)).astype("int32")
     return model, [x]
 
@@ -341,10 +325,7 @@ def graph_bidi_activity():
         merge_mode="concat")(h)
     out = layers.Dense(2)(g)
     model = keras.Model(x_in, out, name="graph_bidi_activity")
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights([rng.uniform(-0.8, 0.8, w.shape).astype("float32")
-                               for w in layer.weights])
+    set_uniform(model, 0.8)
     x = rng.normal(size=(4, 6, 3)).astype("float32")
     x[1, 4:] = 0.0
     x[3, 2:] = 0.0

@@ -30,6 +30,18 @@ fn crc32(data: &[u8]) -> u32 {
     })
 }
 
+/// The member `name` of a `.keras` archive's [`members`], or an error naming it.
+pub(crate) fn member<'a>(members: &[(String, &'a [u8])], name: &str) -> Result<&'a [u8]> {
+    members
+        .iter()
+        .find(|(m, _)| m == name)
+        .map(|(_, b)| *b)
+        .ok_or_else(|| LstmError::File {
+            path: ".keras archive".into(),
+            reason: format!("no {name}"),
+        })
+}
+
 /// The members of a stored (uncompressed) zip archive, in archive order: (name, contents).
 ///
 /// ```

@@ -81,6 +81,36 @@ fn case(
     (bytes, model, npz(name), options)
 }
 
+/// A case loaded to resume: the file's graph, losses and optimizer (its state), the data.
+struct Resumed {
+    bytes: Vec<u8>,
+    a: HashMap<String, ArrayD<f32>>,
+    options: FitOptions,
+    net: Functional<f32>,
+    losses: Losses,
+    opt: Optimizer,
+    xs: Vec<ArrayD<f32>>,
+    ys: Vec<ArrayD<f32>>,
+}
+
+fn resumed(name: &str) -> Resumed {
+    let (bytes, model, a, options) = case(name);
+    let net = Functional::<f32>::from_model(&model).unwrap();
+    let losses = Losses::from_keras_file(&bytes, &model.output_names()).unwrap();
+    let opt = Optimizer::from_keras_file(&bytes, &net.weights()).unwrap();
+    let (xs, ys) = (indexed(&a, "x"), indexed(&a, "y"));
+    Resumed {
+        bytes,
+        a,
+        options,
+        net,
+        losses,
+        opt,
+        xs,
+        ys,
+    }
+}
+
 /// The worst difference of `weights` and `state` from the case's final ones, and of the
 /// epoch losses.
 fn against_keras(
@@ -180,14 +210,10 @@ fn gpu_training_resumes_from_compiled_keras_files() {
         return;
     };
     for name in CASES {
-        let (bytes, model, a, options) = case(name);
-        let net = Functional::<f32>::from_model(&model).unwrap();
-        let losses = Losses::from_keras_file(&bytes, &model.output_names()).unwrap();
-        let mut opt = Optimizer::from_keras_file(&bytes, &net.weights()).unwrap();
-        let xs = indexed(&a, "x");
-        let ys = indexed(&a, "y");
-        let xv: Vec<ArrayViewD<'_, f32>> = xs.iter().map(|x| x.view()).collect();
-        let yv: Vec<ArrayViewD<'_, f32>> = ys.iter().map(|y| y.view()).collect();
+        let r = resumed(name);
+        let (a, options, net, losses, mut opt) = (r.a, r.options, r.net, r.losses, r.opt);
+        let xv: Vec<ArrayViewD<'_, f32>> = r.xs.iter().map(|x| x.view()).collect();
+        let yv: Vec<ArrayViewD<'_, f32>> = r.ys.iter().map(|y| y.view()).collect();
         let mut gpu = GpuFunctional::new(net, ctx.clone()).unwrap();
         let h = gpu.fit(&xv, &yv, &losses, &options, &mut opt).unwrap();
         let (w, l) = against_keras(
@@ -212,14 +238,11 @@ fn compiled_files_keep_the_optimizer_state() {
     use ndarray_npy::WriteNpyExt;
     let tmp = std::env::temp_dir();
     for name in CASES {
-        let (bytes, model, a, options) = case(name);
-        let mut net = Functional::<f32>::from_model(&model).unwrap();
-        let losses = Losses::from_keras_file(&bytes, &model.output_names()).unwrap();
-        let mut opt = Optimizer::from_keras_file(&bytes, &net.weights()).unwrap();
-        let xs = indexed(&a, "x");
-        let ys = indexed(&a, "y");
-        let xv: Vec<ArrayViewD<'_, f32>> = xs.iter().map(|x| x.view()).collect();
-        let yv: Vec<ArrayViewD<'_, f32>> = ys.iter().map(|y| y.view()).collect();
+        let r = resumed(name);
+        let (bytes, options, mut net, losses, mut opt) =
+            (r.bytes, r.options, r.net, r.losses, r.opt);
+        let xv: Vec<ArrayViewD<'_, f32>> = r.xs.iter().map(|x| x.view()).collect();
+        let yv: Vec<ArrayViewD<'_, f32>> = r.ys.iter().map(|y| y.view()).collect();
         net.fit(&xv, &yv, &losses, &options, &mut opt).unwrap();
         let written = net.keras_file_compiled(&bytes, &opt, &losses).unwrap();
         let back = KerasModel::from_keras_bytes(&written).unwrap();

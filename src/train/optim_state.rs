@@ -225,16 +225,7 @@ impl Optimizer {
 /// A `.keras` archive's `config.json` (parsed) and `model.weights.h5` bytes.
 pub(super) fn archive_parts(bytes: &[u8]) -> Result<(Value, &[u8])> {
     let members = crate::archive::members(bytes)?;
-    let member = |n: &str| {
-        members
-            .iter()
-            .find(|(m, _)| m == n)
-            .map(|(_, b)| *b)
-            .ok_or_else(|| LstmError::File {
-                path: ".keras archive".into(),
-                reason: format!("no {n}"),
-            })
-    };
+    let member = |n: &str| crate::archive::member(&members, n);
     let config = serde_json::from_slice(member("config.json")?).map_err(|e| LstmError::File {
         path: "config.json".into(),
         reason: e.to_string(),

@@ -137,16 +137,7 @@ pub(super) fn keras_file<T: Element>(
     compiled: Option<Compiled<'_, T>>,
 ) -> Result<Vec<u8>> {
     let members = crate::archive::members(original)?;
-    let member = |n: &str| {
-        members
-            .iter()
-            .find(|(m, _)| m == n)
-            .map(|(_, b)| *b)
-            .ok_or_else(|| LstmError::File {
-                path: ".keras archive".into(),
-                reason: format!("no {n}"),
-            })
-    };
+    let member = |n: &str| crate::archive::member(&members, n);
     let config_bytes = member("config.json")?;
     let mut config: Value = serde_json::from_slice(config_bytes).map_err(|e| LstmError::File {
         path: "config.json".into(),
