@@ -294,6 +294,7 @@ fn backward_rows_any<T: Element>(
     let mut dh_prev = Array2::<T>::zeros((b, h));
     // (a row's activation derivatives: the gates', then act'(c))
     let mut dv = vec![zero; n + h];
+    let tiny = min_normal::<T>();
     for s in (0..t).rev() {
         let tt = time_of(cfg.go_backwards, t, s);
         if cfg.return_sequences {
@@ -370,6 +371,7 @@ fn backward_rows_any<T: Element>(
                             dzx_r[2 * h + j] = dcj * g(0) * d(2);
                             dzx_r[3 * h + j] = dhj * ac_r[j] * d(3);
                         }
+                        flush_subnormal(dc_r, tiny);
                     }
                     Cell::Gru { reset_after } => {
                         let hp_r = hp.row(r);
@@ -416,6 +418,14 @@ fn backward_rows_any<T: Element>(
                             dzx_r[j] = (dh_r[j] + dy_r[j]) * dv[j];
                         }
                     }
+                }
+                // (the cotangents this step hands on: see `flush_subnormal`)
+                flush_subnormal(dzx_r, tiny);
+                if let Some(dzh) = dzh.as_mut() {
+                    flush_subnormal(
+                        dzh.row_mut(r).into_slice().expect("a standard layout"),
+                        tiny,
+                    );
                 }
                 a.dy.row_mut(r).fill(zero);
             }
@@ -494,7 +504,9 @@ fn backward_rows_any<T: Element>(
         }
         for r in 0..b {
             if a.present[[r, s]] {
-                a.dh.row_mut(r).assign(&dh_prev.row(r));
+                let mut dh_r = a.dh.row_mut(r);
+                dh_r.assign(&dh_prev.row(r));
+                flush_subnormal(dh_r.into_slice().expect("a standard layout"), tiny);
             }
         }
     }

@@ -124,3 +124,70 @@ fn recompute_mode_matches_the_whole_tape() {
     }
     println!("recompute mode vs the whole tape: worst {worst_seen:.1e}");
 }
+
+/// The step loop flushes subnormal cotangents to zero (`flush_subnormal`): cotangents of
+/// 1e-39 (subnormal in f32) give gradients of exactly zero for every cell, while 1e-30
+/// (normal) ones, the same pass otherwise, give nonzero gradients and no subnormal value in
+/// the carried `h0`/`c0` cotangents.
+#[test]
+fn subnormal_cotangents_flush_to_zero() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
+    };
+    let (b, t, i, h) = (3, 6, 2, 4);
+    for class in ["LSTM", "GRU", "SimpleRNN"] {
+        let cfg = LstmConfig::from_keras_class(class, &serde_json::json!({ "units": h })).unwrap();
+        let n = cfg.cell.gates() * h;
+        let nb = if class == "GRU" { 2 * n } else { n };
+        let w = LstmWeights::new(
+            &cfg,
+            i,
+            Array2::from_shape_fn((i, n), |_| next()),
+            Array2::from_shape_fn((h, n), |_| next()),
+            Some(Array1::from_shape_fn(nb, |_| next())),
+        )
+        .unwrap();
+        let x = Array3::from_shape_fn((b, t, i), |_| next());
+        let (_, tape) = forward((&cfg, &w), x.view(), None, None, None).unwrap();
+        let grads = |scale: f32| {
+            let cot = LstmCotangents {
+                output: ArrayD::from_elem(vec![b, h], scale),
+                h: Some(Array2::from_elem((b, h), scale)),
+                c: Some(Array2::from_elem((b, h), scale)),
+            };
+            backward((&cfg, &w), x.view(), &tape, &cot).unwrap()
+        };
+        assert!(1e-39f32.is_subnormal() && 1e-30f32.is_normal());
+        let tiny = grads(1e-39);
+        let all = |g: &super::LstmGrads<f32>| {
+            g.kernel
+                .iter()
+                .chain(g.recurrent_kernel.iter())
+                .chain(g.bias.iter().flatten())
+                .chain(g.x.iter())
+                .chain(g.h0.iter())
+                .copied()
+                .collect::<Vec<f32>>()
+        };
+        assert!(
+            all(&tiny).iter().all(|&v| v == 0.0),
+            "{class}: subnormal cotangents left {:?}",
+            all(&tiny)
+        );
+        let small = grads(1e-30);
+        assert!(all(&small).iter().any(|&v| v != 0.0), "{class}");
+        assert!(
+            small
+                .h0
+                .iter()
+                .chain(small.c0.iter())
+                .all(|v| !v.is_subnormal()),
+            "{class}: {:?}",
+            small.h0
+        );
+    }
+}
