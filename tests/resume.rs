@@ -365,3 +365,155 @@ fn optimizer_state_errors_name_the_problem() {
     let e = Losses::from_compile_config(&dict, &["a", "c"]).unwrap_err();
     assert!(e.to_string().contains("names b"), "{e}");
 }
+
+/// Training resumed from Keras 2 `.h5` files (`scripts/record_resume_h5.py`, tf-keras 2.21):
+/// the optimizers of TF 2.11+ (Adam with clipnorm, slots interleaved `Adam/m/..`,
+/// `Adam/v/..`) and the legacy ones (centered RMSprop with momentum; Adam on a two-output
+/// graph with losses and loss weights by output name; slots by kind, `.../m:0`), read from
+/// `training_config` and `optimizer_weights`, then 9 more steps against Keras 2's
+/// `load_model` + `fit`, through the graph trainer and, for chains, the chain trainer.
+#[test]
+fn training_resumes_from_keras2_h5_files() {
+    for name in [
+        "resume_k2_adam",
+        "resume_k2_legacy_rmsprop",
+        "resume_k2_legacy_adam_graph",
+    ] {
+        let bytes = std::fs::read(dir().join(format!("{name}.h5"))).unwrap();
+        let model = KerasModel::from_h5_bytes(&bytes).unwrap();
+        let a = npz(name);
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        let options = FitOptions::new(
+            Loss::MeanSquaredError,
+            meta["batch_size"].as_u64().unwrap() as usize,
+            meta["epochs"].as_u64().unwrap() as usize,
+        );
+        let mut net = Functional::<f32>::from_model(&model).unwrap();
+        assert_eq!(
+            net.weights(),
+            indexed(&a, "w"),
+            "{name}: the file's weights"
+        );
+        let losses = Losses::from_h5_file(&bytes, &model.output_names()).unwrap();
+        let (xs, ys) = (indexed(&a, "x"), indexed(&a, "y"));
+        let xv: Vec<ArrayViewD<'_, f32>> = xs.iter().map(|x| x.view()).collect();
+        let yv: Vec<ArrayViewD<'_, f32>> = ys.iter().map(|y| y.view()).collect();
+        let mut opt = Optimizer::from_h5_file(&bytes, &net.weights()).unwrap();
+        assert_eq!(opt.iterations(), 9, "{name}: Keras's steps");
+        // (the same optimizer afresh: the saved state must matter)
+        let fresh = {
+            let mut o = opt.clone();
+            let shapes: Vec<Vec<usize>> =
+                net.weights().iter().map(|w| w.shape().to_vec()).collect();
+            let lr = ndarray::arr0(o.learning_rate).into_dyn();
+            o.set_keras_variables(&[ndarray::arr0(0.0).into_dyn(), lr], &shapes)
+                .unwrap();
+            let mut other = Functional::<f32>::from_model(&model).unwrap();
+            let h = other.fit(&xv, &yv, &losses, &options, &mut o).unwrap();
+            against_keras(&a, &other.weights(), &[], &h.epoch_loss).0
+        };
+        let h = net.fit(&xv, &yv, &losses, &options, &mut opt).unwrap();
+        assert_eq!(opt.iterations(), 18, "{name}");
+        let (w, l) = against_keras(&a, &net.weights(), &[], &h.epoch_loss);
+        println!(
+            "{name}: resumed from the .h5, weights {w:.1e}, epoch losses {l:.1e} from \
+             Keras 2's; without the saved state {fresh:.1e}"
+        );
+        assert!(
+            w <= 1e-4 && l <= 1e-4,
+            "{name}: weights {w:e}, losses {l:e}"
+        );
+        assert!(fresh > 1e-3, "{name}: the saved state made no difference");
+        if let Ok(mut seq) = Sequential::<f32>::from_model(&model) {
+            let mut opt = Optimizer::from_h5_file(&bytes, &seq.weights()).unwrap();
+            let loss = losses.per_output[0].unwrap().0;
+            let h = seq
+                .fit(
+                    xs[0].view(),
+                    ys[0].view(),
+                    &FitOptions::new(loss, options.batch_size, options.epochs),
+                    &mut opt,
+                )
+                .unwrap();
+            let (w, l) = against_keras(&a, &seq.weights(), &[], &h.epoch_loss);
+            println!("{name}: resumed as a Sequential, weights {w:.1e}, epoch losses {l:.1e}");
+            assert!(w <= 1e-4 && l <= 1e-4, "{name} (Sequential): {w:e}, {l:e}");
+        }
+    }
+}
+
+/// The optimizer state of `.h5` files others saved (`shared/golden/keras-legacy`: three
+/// Keras 2 files with TF 2.11+ Adam, a Keras 3 `.h5` with its own naming) reads to the
+/// files' own values: every slot equal to its dataset, found by name.
+#[test]
+fn optimizer_state_reads_from_shared_h5_files() {
+    let legacy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-legacy");
+    for (file, steps) in [
+        ("k2_public_embedding_bigru.h5", 4),
+        ("k2_public_encoder_decoder.h5", 4),
+        ("k2_public_stacked_hard_sigmoid.h5", 4),
+        ("k3_public_whole_model.h5", 1),
+    ] {
+        let bytes = std::fs::read(legacy.join(file)).unwrap();
+        let model = KerasModel::from_h5_bytes(&bytes).unwrap();
+        let net = Functional::<f32>::from_model(&model).unwrap();
+        let opt = Optimizer::from_h5_file(&bytes, &net.weights()).unwrap();
+        assert_eq!(opt.iterations(), steps, "{file}");
+        let shapes: Vec<Vec<usize>> = net.weights().iter().map(|w| w.shape().to_vec()).collect();
+        let vars = opt.keras_variables(&shapes).unwrap();
+        // Keras 3's order: m_0 v_0 m_1 v_1 ...; each against the file's dataset by name
+        let h5 = lstm_wgpu::hdf5::H5File::new(&bytes).unwrap();
+        let names = h5
+            .string_attribute("optimizer_weights", "weight_names")
+            .unwrap();
+        let slot_names: Vec<&String> = names
+            .iter()
+            .filter(|n| !n.contains("iteration") && !n.ends_with("learning_rate"))
+            .collect();
+        assert_eq!(slot_names.len(), 2 * shapes.len(), "{file}");
+        for (k, name) in slot_names.iter().enumerate() {
+            let d = h5.dataset(&format!("optimizer_weights/{name}")).unwrap();
+            let got: Vec<f32> = vars[2 + k].iter().map(|&v| v as f32).collect();
+            assert_eq!(got, d.values, "{file}: {name}");
+        }
+        let losses = Losses::from_h5_file(&bytes, &model.output_names()).unwrap();
+        assert!(losses.per_output.iter().all(Option::is_some), "{file}");
+    }
+}
+
+/// `.h5` optimizer state that does not fit is refused with errors saying why: a file
+/// without `training_config`, another model's weights.
+#[test]
+fn h5_optimizer_state_errors_name_the_problem() {
+    let legacy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/keras-legacy");
+    let weights_only = std::fs::read(legacy.join("k3_public_sharded_00000.weights.h5")).unwrap();
+    let err = Optimizer::from_h5_file::<f32>(&weights_only, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("training_config"), "{err}");
+    let bytes = std::fs::read(dir().join("resume_k2_adam.h5")).unwrap();
+    let other = std::fs::read(dir().join("resume_k2_legacy_adam_graph.h5")).unwrap();
+    let net = Functional::<f32>::from_model(&KerasModel::from_h5_bytes(&other).unwrap()).unwrap();
+    let err = Optimizer::from_h5_file(&bytes, &net.weights())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("trainable weights") || err.contains("shape"),
+        "{err}"
+    );
+    let mut wrong = net.weights();
+    wrong.truncate(5);
+    let model = KerasModel::from_h5_bytes(&bytes).unwrap();
+    let mine = Functional::<f32>::from_model(&model).unwrap().weights();
+    assert_eq!(mine.len(), 5);
+    let err = Optimizer::from_h5_file(&bytes, &wrong)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shape") || err.contains("optimizer slot"),
+        "{err}"
+    );
+    println!("{err}");
+}

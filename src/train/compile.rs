@@ -36,7 +36,8 @@ impl Loss {
         let cfg = obj.get("config").unwrap_or(&null);
         let get = |k: &str| cfg.get(k).filter(|v| !v.is_null());
         if let Some(r) = get("reduction") {
-            if r.as_str() != Some("sum_over_batch_size") {
+            // (Keras 2's "auto" is the batch mean in fit)
+            if !matches!(r.as_str(), Some("sum_over_batch_size" | "auto")) {
                 return Err(LstmError::unsupported(
                     format!("{class} reduction"),
                     r.to_string(),

@@ -54,6 +54,7 @@ pub mod layers;
 mod load;
 mod loss;
 mod optim;
+mod optim_h5;
 mod optim_state;
 mod path;
 pub(crate) mod recurrent;

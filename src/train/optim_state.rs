@@ -43,8 +43,13 @@ fn layout(rule: &Rule) -> (Vec<usize>, bool) {
     }
 }
 
+/// The slot kinds of `rule` in Keras's order of kinds.
+pub(super) fn slot_kinds(rule: &Rule) -> Vec<usize> {
+    layout(rule).0
+}
+
 /// The (slot kind, weight) of each slot variable in Keras's order.
-fn order(rule: &Rule, weights: usize) -> Vec<(usize, usize)> {
+pub(super) fn order(rule: &Rule, weights: usize) -> Vec<(usize, usize)> {
     let (kinds, interleaved) = layout(rule);
     if interleaved {
         (0..weights)
