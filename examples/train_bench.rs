@@ -86,6 +86,7 @@ fn main() {
                 },
             ),
         ],
+        carried: Default::default(),
     };
     let x = Array3::from_shape_fn((b, t, i), |_| next() * 5.0);
     let y = Array2::from_shape_fn((b, 1), |_| next()).into_dyn();

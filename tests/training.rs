@@ -1028,3 +1028,119 @@ fn fit_in_recompute_mode_matches_keras() {
         });
     }
 }
+
+/// A chain of stateful layers (`scripts/record_stateful_training.py`: Masking, a stateful
+/// LSTM returning sequences, a stateful GRU, Dense; 3 batches of 4, 3 epochs): `fit` starts
+/// each batch from the states the last one left, across epochs, as Keras's does; the
+/// weights, the epoch losses and the carried states match Keras's, and a fit after
+/// `reset_states` matches Keras's after each layer's `reset_states()`. Without the carried
+/// states the weights differ. On the GPU (GpuSequential) too.
+#[test]
+fn stateful_layers_carry_their_states_through_fit() {
+    let a = npz::<f32>("fit_stateful");
+    let bytes = std::fs::read(dir().join("fit_stateful.keras")).unwrap();
+    let model = KerasModel::from_keras_bytes(&bytes).unwrap();
+    let fresh = Sequential::<f32>::from_model(&model).unwrap();
+    let x = a["x"].clone().into_dimensionality::<Ix3>().unwrap();
+    let y = a["y"].clone();
+    let options = FitOptions::new(Loss::MeanSquaredError, 4, 3);
+    let finals = |prefix: &str| -> Vec<ArrayD<f32>> {
+        (0..)
+            .map_while(|k| a.get(&format!("{prefix}{k}")).cloned())
+            .collect()
+    };
+    let check = |net: &Sequential<f32>, h: &[f64], what: &str, tol: f64| {
+        let w = net
+            .weights()
+            .iter()
+            .zip(finals("final"))
+            .map(|(g, k)| worst(g, &k, what))
+            .fold(0.0, f64::max);
+        let l = h
+            .iter()
+            .zip(a["epoch_loss"].iter())
+            .map(|(g, k)| (g - f64::from(*k)).abs())
+            .fold(0.0, f64::max);
+        // (the LSTM is layer 1, the GRU layer 2, after the Masking)
+        let (lh, lc) = &net.carried[&1];
+        let (gh, _) = &net.carried[&2];
+        let s = [
+            worst(&lh.clone().into_dyn(), &a["state_lstm_h"], what),
+            worst(&lc.clone().into_dyn(), &a["state_lstm_c"], what),
+            worst(&gh.clone().into_dyn(), &a["state_gru_h"], what),
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        println!("{what}: weights {w:.1e}, epoch losses {l:.1e}, carried states {s:.1e}");
+        assert!(
+            w <= tol && l <= tol && s <= tol,
+            "{what}: {w:e} {l:e} {s:e}"
+        );
+    };
+    let mut net = fresh.clone();
+    let mut opt = Optimizer::adam(0.01);
+    let h = net.fit(x.view(), y.view(), &options, &mut opt).unwrap();
+    check(&net, &h.epoch_loss, "stateful fit", 1e-5);
+    // a batch of another size is refused while states are carried
+    let err = net
+        .predict(x.slice(ndarray::s![..3, .., ..]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stateful layer lstm"), "{err}");
+    net.reset_states();
+    assert!(net.carried.is_empty());
+    let h = net
+        .fit(
+            x.view(),
+            y.view(),
+            &FitOptions::new(Loss::MeanSquaredError, 4, 1),
+            &mut opt,
+        )
+        .unwrap();
+    let w = net
+        .weights()
+        .iter()
+        .zip(finals("final_reset"))
+        .map(|(g, k)| worst(g, &k, "after reset_states"))
+        .fold(0.0, f64::max);
+    let l = (h.epoch_loss[0] - a["epoch_loss_reset"].iter().next().unwrap().to_f64()).abs();
+    println!("after reset_states: weights {w:.1e}, epoch loss {l:.1e}");
+    assert!(w <= 1e-5 && l <= 1e-5, "{w:e} {l:e}");
+    // the states carried make the difference: each batch from zeros instead
+    let mut zeros = fresh.clone();
+    let mut opt = Optimizer::adam(0.01);
+    for _ in 0..3 {
+        for b in 0..3 {
+            let rows = ndarray::s![4 * b..4 * b + 4, .., ..];
+            zeros.reset_states();
+            zeros
+                .fit(
+                    x.slice(rows),
+                    y.slice_axis(ndarray::Axis(0), (4 * b..4 * b + 4).into()),
+                    &FitOptions::new(Loss::MeanSquaredError, 4, 1),
+                    &mut opt,
+                )
+                .unwrap();
+        }
+    }
+    let off = zeros
+        .weights()
+        .iter()
+        .zip(finals("final"))
+        .map(|(g, k)| worst(g, &k, "from zeros"))
+        .fold(0.0, f64::max);
+    println!("each batch from zero states: weights {off:.1e} from Keras's");
+    assert!(off > 1e-3, "{off:e}");
+    // the GPU path carries them the same way
+    if let Some(ctx) = common::gpu("stateful_layers_carry_their_states_through_fit") {
+        let mut gpu = lstm_wgpu::train::GpuSequential::new(fresh.clone(), ctx).unwrap();
+        let mut opt = Optimizer::adam(0.01);
+        let h = gpu.fit(x.view(), y.view(), &options, &mut opt).unwrap();
+        check(gpu.sequential(), &h.epoch_loss, "GPU stateful fit", 1e-4);
+    }
+    // a Functional refuses stateful layers by name (it does not carry them)
+    let err = lstm_wgpu::train::Functional::<f32>::from_model(&model)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stateful") && err.contains("lstm"), "{err}");
+}

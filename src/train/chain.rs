@@ -51,6 +51,8 @@ pub(super) struct LayerForward<T> {
     pub(super) logits: Option<ArrayD<T>>,
     pub(super) states: Vec<ArrayD<T>>,
     pub(super) cache: Cache<T>,
+    /// A stateful recurrent layer's final (h, c), which its next call starts from.
+    pub(super) carry: Option<(Array2<T>, Array2<T>)>,
 }
 
 /// One layer's backward pass: the cotangent of its input, its weights' gradients (Keras's
@@ -102,6 +104,7 @@ pub(super) fn layer_forward<T: Element>(
         ));
     }
     let plain = |y: ArrayD<T>, mask: Option<Array2<bool>>, cache: Cache<T>| LayerForward {
+        carry: None,
         y,
         mask,
         logits: None,
@@ -146,6 +149,7 @@ pub(super) fn layer_forward<T: Element>(
                 mask: out.mask,
                 states: Vec::new(),
                 cache: Cache::Op(out.cache),
+                carry: None,
             }
         }
         TrainLayer::Dropout { rate, noise_shape } => match training {
@@ -184,6 +188,7 @@ pub(super) fn layer_forward<T: Element>(
                 init,
                 gm.as_ref(),
             )?;
+            let carry = config.stateful.then(|| (out.h.clone(), out.c.clone()));
             let states = match (config.return_state, lstm) {
                 (false, _) => Vec::new(),
                 (true, true) => vec![out.h.into_dyn(), out.c.into_dyn()],
@@ -195,6 +200,7 @@ pub(super) fn layer_forward<T: Element>(
                 logits: None,
                 states,
                 cache: Cache::Lstm(tape, xin, dm),
+                carry,
             }
         }
         TrainLayer::Bidirectional {
@@ -286,6 +292,7 @@ pub(super) fn layer_forward<T: Element>(
                 logits,
                 states: Vec::new(),
                 cache: Cache::Dense(x2.into_dyn(), z),
+                carry: None,
             }
         }
     })
@@ -480,39 +487,90 @@ pub(super) fn layer_backward<T: Element>(
     })
 }
 
+/// A stateful layer's final (h, c) by its index in the chain.
+type Carries<T> = Vec<(usize, (Array2<T>, Array2<T>))>;
+
+/// A chain's forward pass: the prediction, its Keras mask, the logits of a sigmoid or
+/// softmax output, the caches, and the stateful layers' final states by layer index.
+struct Forward<T> {
+    y: ArrayD<T>,
+    mask: Option<ArrayD<bool>>,
+    logits: Option<ArrayD<T>>,
+    caches: Vec<Cache<T>>,
+    carries: Carries<T>,
+}
+
 impl<T: Element> Sequential<T> {
-    /// The forward pass: the prediction, its Keras mask, the logits of a sigmoid or softmax
-    /// output, and the caches.
-    #[allow(clippy::type_complexity)]
+    /// The forward pass, the stateful layers starting from [`Sequential::carried`].
     fn forward(
         &self,
         path: &dyn RecurrentPath<T>,
         x: ArrayViewD<'_, T>,
         training: Option<u64>,
-    ) -> Result<(
-        ArrayD<T>,
-        Option<ArrayD<bool>>,
-        Option<ArrayD<T>>,
-        Vec<Cache<T>>,
-    )> {
+    ) -> Result<Forward<T>> {
         let mut h: ArrayD<T> = x.to_owned();
         let mut mask: Option<Array2<bool>> = None;
         let mut caches = Vec::new();
         let mut logits = None;
+        let mut carries = Vec::new();
         for (at, (name, l)) in self.layers.iter().enumerate() {
-            let out = layer_forward(path, at, (name, l), h, mask, None, training)?;
+            let init = self.carried_into(at, name, h.shape().first().copied())?;
+            let out = layer_forward(path, at, (name, l), h, mask, init, training)?;
             h = out.y;
             mask = out.mask;
             logits = out.logits;
             caches.push(out.cache);
+            carries.extend(out.carry.map(|c| (at, c)));
         }
-        Ok((h, mask.map(|m| m.into_dyn()), logits, caches))
+        Ok(Forward {
+            y: h,
+            mask: mask.map(|m| m.into_dyn()),
+            logits,
+            caches,
+            carries,
+        })
+    }
+
+    /// The state the stateful layer at `at` starts its call on a batch of `rows` from
+    /// ([`Sequential::carried`]; None: zeros, or not a stateful layer).
+    fn carried_into(
+        &self,
+        at: usize,
+        name: &str,
+        rows: Option<usize>,
+    ) -> Result<Option<(ArrayView2<'_, T>, ArrayView2<'_, T>)>> {
+        let stateful = matches!(&self.layers[at].1,
+            TrainLayer::Recurrent { config, .. } if config.stateful);
+        match self.carried.get(&at) {
+            Some((h0, c0)) if stateful => {
+                if rows != Some(h0.nrows()) {
+                    return Err(LstmError::invalid(
+                        format!("batch of the stateful layer {name}"),
+                        format!(
+                            "{} rows; its carried state holds {} (a stateful layer keeps one \
+                             batch size, as in Keras; reset_states() before changing it)",
+                            rows.unwrap_or(0),
+                            h0.nrows()
+                        ),
+                    ));
+                }
+                Ok(Some((h0.view(), c0.view())))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Empties [`Sequential::carried`]: every stateful layer's next call starts from zeros
+    /// (Keras's `layer.reset_states()` on each).
+    pub fn reset_states(&mut self) {
+        self.carried.clear();
     }
 
     /// The model's output on `x` (`[B, T, I]` features, or `[B, T]` token ids when the
-    /// chain starts with an Embedding).
+    /// chain starts with an Embedding). Stateful layers start from
+    /// [`Sequential::carried`] and leave it as it was (only `fit` advances it).
     pub fn predict<D: Dimension>(&self, x: ArrayView<'_, T, D>) -> Result<ArrayD<T>> {
-        Ok(self.forward(&CpuPath, x.into_dyn(), None)?.0)
+        Ok(self.forward(&CpuPath, x.into_dyn(), None)?.y)
     }
 
     /// [`predict`](Self::predict) with the recurrent layers on `path`.
@@ -521,7 +579,7 @@ impl<T: Element> Sequential<T> {
         path: &dyn RecurrentPath<T>,
         x: ArrayViewD<'_, T>,
     ) -> Result<ArrayD<T>> {
-        Ok(self.forward(path, x, None)?.0)
+        Ok(self.forward(path, x, None)?.y)
     }
 
     /// The loss of the batch `(x, y)` (Keras's loss object on the model's output, its mask
@@ -548,7 +606,7 @@ impl<T: Element> Sequential<T> {
     ///     ("dense".into(), TrainLayer::Dense { kernel: ndarray::Array2::ones((3, 1)), bias: None,
     ///         time_distributed: false,
     ///         activation: DenseActivation::Elementwise(Activation::Linear) }),
-    /// ] };
+    /// ], carried: Default::default() };
     /// let x = ndarray::Array3::<f64>::ones((4, 5, 3));
     /// let y = ndarray::Array3::<f64>::zeros((4, 5, 1)).into_dyn();
     /// let a = net.gradients_in_training(x.view(), y.view(), Loss::MeanSquaredError, 1).unwrap();
@@ -580,9 +638,10 @@ impl<T: Element> Sequential<T> {
         Ok(self.gradients_and_state(path, x, y, loss, training)?.0)
     }
 
-    /// [`gradients_with`](Self::gradients_with) and the new state of the layers that keep
+    /// [`gradients_with`](Self::gradients_with), the new state of the layers that keep
     /// one (BatchNormalization's moving statistics after a training-mode forward), by layer
-    /// index.
+    /// index, and the stateful recurrent layers' final states (the next call's
+    /// [`Sequential::carried`]).
     #[allow(clippy::type_complexity)]
     pub(crate) fn gradients_and_state(
         &self,
@@ -591,8 +650,14 @@ impl<T: Element> Sequential<T> {
         y: ArrayViewD<'_, T>,
         loss: Loss,
         training: Option<u64>,
-    ) -> Result<(Gradients<T>, Vec<(usize, Vec<ArrayD<T>>)>)> {
-        let (pred, mask, logits, caches) = self.forward(path, x, training)?;
+    ) -> Result<(Gradients<T>, Vec<(usize, Vec<ArrayD<T>>)>, Carries<T>)> {
+        let Forward {
+            y: pred,
+            mask,
+            logits,
+            caches,
+            carries,
+        } = self.forward(path, x, training)?;
         let states = match training {
             Some(_) => self
                 .layers
@@ -639,6 +704,7 @@ impl<T: Element> Sequential<T> {
                 sparse_squares,
             },
             states,
+            carries,
         ))
     }
 
@@ -692,7 +758,7 @@ impl<T: Element> Sequential<T> {
             &mut |optimizer, (start, end), seed| {
                 let xb = x.slice_axis(Axis(0), (start..end).into());
                 let yb = y.slice_axis(Axis(0), (start..end).into());
-                let (g, states) =
+                let (g, states, carries) =
                     self.gradients_and_state(path, xb, yb, options.loss, Some(seed))?;
                 if let Some(what) = not_finite(g.loss, &g.weights) {
                     return Ok(Err(what));
@@ -708,6 +774,8 @@ impl<T: Element> Sequential<T> {
                         op.set_state(&state)?;
                     }
                 }
+                // (and the stateful layers' final states, which the next batch starts from)
+                self.carried.extend(carries);
                 updated(self)?;
                 Ok(Ok(g.loss.to_f64()))
             },

@@ -275,7 +275,19 @@ impl<T: Element> Functional<T> {
                         })?;
                         GraphLayer::Many(op)
                     }
-                    ml => GraphLayer::One(train_layer(config, name, ml)?),
+                    ml => {
+                        let l = train_layer(config, name, ml)?;
+                        if matches!(&l, TrainLayer::Recurrent { config, .. } if config.stateful) {
+                            return Err(LstmError::unsupported(
+                                "stateful",
+                                format!(
+                                    "true on layer {name} in a Functional (the chain trainer, \
+                                     Sequential, carries the states)"
+                                ),
+                            ));
+                        }
+                        GraphLayer::One(l)
+                    }
                 }
             };
             layers.push((name.clone(), layer));

@@ -30,7 +30,10 @@ impl<T: Element> Sequential<T> {
             layers.push((name.clone(), l));
             layers.extend(dropouts.remove(&(k + 1)).unwrap_or_default());
         }
-        Ok(Sequential { layers })
+        Ok(Sequential {
+            layers,
+            carried: Default::default(),
+        })
     }
 
     /// Every trainable weight in Keras's `trainable_weights` order (its `get_weights()` order
@@ -198,7 +201,7 @@ pub(super) fn train_layer<T: Element>(
             mask_value: T::from_f64(f64::from(*mask_value)),
         },
         ModelLayer::Recurrent(Network::Lstm(l)) => {
-            let (config, weights) = direction(l, name)?;
+            let (config, weights) = direction(l, name, false)?;
             let (dropout, recurrent_dropout) = dropout_rates(model_config, name)?;
             TrainLayer::Recurrent {
                 config,
@@ -220,8 +223,8 @@ pub(super) fn train_layer<T: Element>(
             }
             let (dropout, recurrent_dropout) = dropout_rates(model_config, name)?;
             TrainLayer::Bidirectional {
-                forward: direction(bi.forward_layer(), name)?,
-                backward: direction(bi.backward_layer(), name)?,
+                forward: direction(bi.forward_layer(), name, true)?,
+                backward: direction(bi.backward_layer(), name, true)?,
                 merge: bi.merge_mode(),
                 dropout,
                 recurrent_dropout,
@@ -497,16 +500,18 @@ fn dropout_rates(config: &serde_json::Value, name: &str) -> Result<(f64, f64)> {
     ))
 }
 
-/// One recurrent direction of a loaded layer, its weights in `T` (stateful layers refused).
+/// One recurrent direction of a loaded layer, its weights in `T` (a stateful one refused
+/// inside a `Bidirectional`, whose states are not carried).
 fn direction<T: Element>(
     l: &crate::cpu::Lstm<f32>,
     name: &str,
+    in_bidirectional: bool,
 ) -> Result<(LstmConfig, LstmWeights<T>)> {
     let cfg = l.config().clone();
-    if cfg.stateful {
+    if cfg.stateful && in_bidirectional {
         return Err(LstmError::unsupported(
             "stateful",
-            format!("true on layer {name} in training"),
+            format!("true on the Bidirectional layer {name} in training"),
         ));
     }
     let w = l.weights();

@@ -25,8 +25,12 @@
 //! MaxNorm, NonNeg, UnitNorm, MinMaxNorm, applied after each step), frozen layers
 //! (`trainable: false`); [`GpuFunctional`] runs its recurrent calls on the GPU.
 //!
+//! Stateful layers train in the chain, their states carried between calls
+//! ([`Sequential::carried`]).
+//!
 //! Not yet here: `MultiHeadAttention` and `ConvLSTM` in training, regularizers,
-//! constraints and frozen layers in the chain (it refuses them and names `Functional`), stateful layers, `merge_mode=None` and returned states in a chain.
+//! constraints and frozen layers in the chain (it refuses them and names `Functional`),
+//! stateful layers in a `Functional`, `merge_mode=None` and returned states in a chain.
 //!
 //! ```no_run
 //! use lstm_wgpu::model::KerasModel;
@@ -163,6 +167,12 @@ pub enum TrainLayer<T> {
 pub struct Sequential<T> {
     /// The layers with their Keras names.
     pub layers: Vec<(String, TrainLayer<T>)>,
+    /// The states the `stateful` recurrent layers carry into their next call, by index
+    /// into `layers`: (h, c), `[batch, units]` (a GRU's or SimpleRNN's c unused), what
+    /// Keras keeps in `layer.states`. A layer absent starts from zeros. `fit` assigns each
+    /// batch's final states, across batches and epochs, as Keras's call does (no gradient
+    /// reaches them); [`Sequential::reset_states`] empties it.
+    pub carried: std::collections::BTreeMap<usize, (Array2<T>, Array2<T>)>,
 }
 
 /// How [`Sequential::fit`] runs.
