@@ -19,7 +19,8 @@ Luong attention written with Dot layers and a cosine similarity (Dot with normal
 an activity regularizer read too; and `graph_shared_bn.keras`: BatchNormalization layers called
 twice in a step (their moving statistics move in each call, in Keras's run order); and
 `graph_orthogonal.keras`: OrthogonalRegularizer on weights and as activity regularizers; and
-`graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+`graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed; and
+`graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -332,6 +333,32 @@ def graph_bidi_activity():
     return model, [x]
 
 
+def graph_mha():
+    """MultiHeadAttention: a causal self-attention (value_dim apart from key_dim, biases)
+    over a masked LSTM sequence (Keras's fused dot-product path, the masks combined), and a
+    cross-attention without biases to a second input, its scores returned
+    (Keras's explicit softmax path) and read by a second output."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((6, 4), name="x")
+    c_in = keras.Input((6, 3), name="context")
+    h = layers.Masking(0.0)(x_in)
+    h = layers.LSTM(5, return_sequences=True)(h)
+    a = layers.MultiHeadAttention(2, 3, value_dim=2, name="self_mha")(h, h, use_causal_mask=True)
+    o, scores = layers.MultiHeadAttention(2, 2, use_bias=False, output_shape=4,
+                                          name="cross_mha")(a, c_in,
+                                                            return_attention_scores=True)
+    out1 = layers.Dense(2, name="out1")(layers.GlobalAveragePooling1D()(o))
+    out2 = layers.Dense(1, name="out2")(layers.Flatten()(scores))
+    model = keras.Model([x_in, c_in], [out1, out2], name="graph_mha")
+    set_uniform(model, 0.8)
+    x = rng.normal(size=(4, 6, 4)).astype("float32")
+    x[1, 4:] = 0.0
+    x[2, 0] = 0.0
+    c = rng.normal(size=(4, 6, 3)).astype("float32")
+    return model, [x, c]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -342,7 +369,8 @@ def state_of(m):
 BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_frozen,
          "graph_constraint": graph_constraint, "graph_dot": graph_dot,
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
-         "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity}
+         "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity,
+         "graph_mha": graph_mha}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -368,6 +396,7 @@ CASES = [
     ("graph_shared_bn", "here", ["mse"], [1.0], True),
     ("graph_orthogonal", "here", ["mse"], [1.0], True),
     ("graph_bidi_activity", "here", ["mse"], [1.0], True),
+    ("graph_mha", "here", ["mse", "mse"], [1.0, 0.5], True),
 ]
 
 
@@ -465,7 +494,13 @@ def grads_case(name, model, xs, losses, weights, dtype):
     return arrays
 
 
-def fit_case(model, xs, losses, weights):
+# The optimizer of a model's fit: Adam but where noted. graph_mha's key biases have a zero
+# gradient in exact arithmetic (a softmax is invariant to them), so their computed gradient
+# is rounding noise, which Adam's normalised step would follow at the full learning rate.
+FIT_OPTIMIZER = {"graph_mha": dict(kind="sgd", learning_rate=0.05, momentum=0.9)}
+
+
+def fit_case(model, xs, losses, weights, name=None):
     # more rows: the inputs tiled, the present values jittered (padding stays zero)
     b = xs[0].shape[0]
     reps = max(2, math.ceil(8 / b))
@@ -490,7 +525,11 @@ def fit_case(model, xs, losses, weights):
         arrays[f"w{k}"] = np.asarray(w)
     for k, w in enumerate(state_of(m)):
         arrays[f"s{k}"] = np.asarray(w)
-    m.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01),
+    opt = FIT_OPTIMIZER.get(name, dict(kind="adam", learning_rate=0.01))
+    optimizer = (keras.optimizers.SGD(learning_rate=opt["learning_rate"],
+                                      momentum=opt["momentum"])
+                 if opt["kind"] == "sgd" else keras.optimizers.Adam(learning_rate=0.01))
+    m.compile(optimizer=optimizer,
               loss=[LOSSES[l]() if l else None for l in losses], loss_weights=weights)
     hist = m.fit(xf if len(xf) > 1 else xf[0], ys if len(ys) > 1 else ys[0], batch_size=batch,
                  epochs=epochs, shuffle=False, verbose=0)
@@ -500,7 +539,7 @@ def fit_case(model, xs, losses, weights):
         arrays[f"final_state{k}"] = np.asarray(w)
     arrays["epoch_loss"] = np.asarray(hist.history["loss"], dtype="float64")
     return arrays, dict(batch_size=batch, epochs=epochs,
-                        optimizer=dict(kind="adam", learning_rate=0.01))
+                        optimizer=opt)
 
 
 def write(name, arrays, meta):
@@ -527,7 +566,7 @@ for name, source, losses, weights, fit in CASES:
         write(f"graph_grads_{name}_{tag}", arrays,
               dict(mode="grads", model=src, losses=losses, loss_weights=weights, dtype=dtype))
     if fit:
-        arrays, extra = fit_case(model, xs, losses, weights)
+        arrays, extra = fit_case(model, xs, losses, weights, name)
         write(f"graph_fit_{name}", arrays,
               dict(mode="fit", model=src, losses=losses, loss_weights=weights,
                    dtype="float32", **extra))

@@ -178,7 +178,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 19] = [
+const MODELS: [&str; 20] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -198,6 +198,7 @@ const MODELS: [&str; 19] = [
     "graph_shared_bn",
     "graph_orthogonal",
     "graph_bidi_activity",
+    "graph_mha",
 ];
 
 /// Models recorded in float32 only: Keras 3.15.1's OrthogonalRegularizer fails in a float64

@@ -149,6 +149,19 @@ fn model_layer(h5: &WeightSource, (key, lname): (&str, &str), entry: &Value) -> 
                 .unwrap_or(&Value::Null);
             dense(h5, key, inner, lname)?
         }
+        // (Keras 3 keeps its four projections' weights in groups of their own; a legacy file
+        // lists them in weight_names order)
+        "MultiHeadAttention" if !h5.is_legacy_source() => {
+            let mut weights = Vec::new();
+            for part in ["query_dense", "key_dense", "value_dense", "output_dense"] {
+                weights.extend(h5.group(&format!("layers/{key}/{part}"))?);
+            }
+            ModelLayer::Other {
+                class: "MultiHeadAttention".to_string(),
+                config: lcfg.clone(),
+                weights,
+            }
+        }
         other
             if crate::train::layers::CLASSES.contains(&other)
                 || crate::train::layers::MERGE_CLASSES.contains(&other) =>

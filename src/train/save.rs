@@ -103,6 +103,14 @@ pub(super) fn weights_tree<T: Element>(
                     (format!("{at}/backward_layer/cell/vars"), ws.len() - nf),
                 ]
             }
+            // (MultiHeadAttention's four projections each under its own group)
+            Saved::Plain if class == "MultiHeadAttention" => {
+                let per = ws.len() / 4;
+                ["query_dense", "key_dense", "value_dense", "output_dense"]
+                    .iter()
+                    .map(|p| (format!("{at}/{p}/vars"), per))
+                    .collect()
+            }
             // a wrapper's layer is saved under it (TimeDistributed(Dense))
             Saved::Plain if class == "TimeDistributed" => {
                 vec![(format!("{at}/layer/vars"), ws.len())]

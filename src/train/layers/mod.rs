@@ -18,13 +18,14 @@
 //! - `merge.rs`: `Add`, `Subtract`, `Multiply`, `Average`, `Maximum`, `Minimum`,
 //!   `Concatenate`, and the op layers Keras saves for masks (`NotEqual`, `Any`,
 //!   `LogicalAnd`, `LogicalOr`, `ExpandDims`, `ZerosLike`, `OnesLike`).
-//! - `attention.rs`: `Attention`, `AdditiveAttention`.
+//! - `attention.rs`: `Attention`, `AdditiveAttention`; `mha.rs`: `MultiHeadAttention`.
 
 mod attention;
 mod batch_norm;
 mod conv;
 mod dot;
 mod merge;
+mod mha;
 mod noise;
 mod norm;
 mod pooling;
@@ -274,6 +275,7 @@ pub const MERGE_CLASSES: &[&str] = &[
     "Attention",
     "AdditiveAttention",
     "Dot",
+    "MultiHeadAttention",
 ];
 
 /// The layer of several inputs of Keras class `class` with config `cfg`, the call's keyword
@@ -347,6 +349,7 @@ pub fn merge_from_keras<T: Element>(
         "Attention" | "AdditiveAttention" => {
             Box::new(attention::Attention::new(class, cfg, name, kwargs, w)?)
         }
+        "MultiHeadAttention" => Box::new(mha::Mha::new(cfg, name, kwargs, w)?),
         other => match merge::Merge::new(other) {
             Some(m) => Box::new(m),
             None => return Ok(None),
@@ -1069,6 +1072,59 @@ mod tests {
                         let e = check_merge(m.as_ref(), &xs, &masks);
                         let which = (masks[0].is_some(), masks[1].is_some(), xs.len());
                         see(format!("{class} {cfg} {kw} (masks, inputs) {which:?}"), e);
+                    }
+                }
+            }
+        }
+        // MultiHeadAttention: 2 heads, key_dim 3, value_dim 2, output 5; with and without
+        // biases, both of Keras's paths (scores returned or not), causal, every mask of
+        // query and value (a query row masked: a fully masked row of scores), two inputs
+        // and three
+        let mha_weights = |bias: bool, at: u64| {
+            let mut w = Vec::new();
+            for (k, (kernel, b)) in [
+                (vec![4, 2, 3], vec![2, 3]),
+                (vec![4, 2, 3], vec![2, 3]),
+                (vec![4, 2, 2], vec![2, 2]),
+                (vec![2, 2, 5], vec![5]),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                w.push(random(&kernel, seed(at + 2 * k as u64)).mapv(|v| v as f32));
+                if bias {
+                    w.push(random(&b, seed(at + 2 * k as u64 + 1)).mapv(|v| v as f32));
+                }
+            }
+            w
+        };
+        for bias in [true, false] {
+            let cfg = json!({"num_heads": 2, "key_dim": 3, "value_dim": 2, "use_bias": bias});
+            for kw in [
+                json!({}),
+                json!({"return_attention_scores": true}),
+                json!({"use_causal_mask": true}),
+                json!({"use_causal_mask": true, "return_attention_scores": true}),
+            ] {
+                for masks in [
+                    [None, None],
+                    [Some(qm.clone()), None],
+                    [None, Some(vm.clone())],
+                    [Some(qm.clone()), Some(vm.clone())],
+                ] {
+                    let m = merge(
+                        "MultiHeadAttention",
+                        cfg.clone(),
+                        kw.clone(),
+                        mha_weights(bias, 40),
+                    );
+                    for xs in [
+                        vec![q.clone(), v.clone()],
+                        vec![q.clone(), v.clone(), k.clone()],
+                    ] {
+                        let e = check_merge(m.as_ref(), &xs, &masks);
+                        let which = (masks[0].is_some(), masks[1].is_some(), xs.len());
+                        see(format!("MultiHeadAttention bias {bias} {kw} {which:?}"), e);
                     }
                 }
             }
