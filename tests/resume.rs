@@ -139,6 +139,34 @@ fn against_keras(
     (w, l)
 }
 
+/// The same resumed fit through the chain trainer where `model` is a chain (the optimizer
+/// from `load` on its weights), against Keras's.
+fn resume_as_sequential(
+    name: &str,
+    model: &KerasModel,
+    a: &HashMap<String, ArrayD<f32>>,
+    (losses, options): (&Losses, &FitOptions),
+    load: &dyn Fn(&[ArrayD<f32>]) -> Optimizer,
+) {
+    let Ok(mut seq) = Sequential::<f32>::from_model(model) else {
+        return;
+    };
+    let mut opt = load(&seq.weights());
+    let loss = losses.per_output[0].unwrap().0;
+    let (xs, ys) = (indexed(a, "x"), indexed(a, "y"));
+    let h = seq
+        .fit(
+            xs[0].view(),
+            ys[0].view(),
+            &FitOptions::new(loss, options.batch_size, options.epochs),
+            &mut opt,
+        )
+        .unwrap();
+    let (w, l) = against_keras(a, &seq.weights(), &seq.state(), &h.epoch_loss);
+    println!("{name}: resumed as a Sequential, weights {w:.1e}, epoch losses {l:.1e}");
+    assert!(w <= 1e-4 && l <= 1e-4, "{name} (Sequential): {w:e}, {l:e}");
+}
+
 #[test]
 fn training_resumes_from_compiled_keras_files() {
     for name in CASES {
@@ -185,21 +213,9 @@ fn training_resumes_from_compiled_keras_files() {
             "{name}: the saved state made no difference ({fresh:e})"
         );
         // the same through the chain trainer, where the model is a chain
-        if let Ok(mut seq) = Sequential::<f32>::from_model(&model) {
-            let mut opt = Optimizer::from_keras_file(&bytes, &seq.weights()).unwrap();
-            let loss = losses.per_output[0].unwrap().0;
-            let h = seq
-                .fit(
-                    xs[0].view(),
-                    ys[0].view(),
-                    &FitOptions::new(loss, options.batch_size, options.epochs),
-                    &mut opt,
-                )
-                .unwrap();
-            let (w, l) = against_keras(&a, &seq.weights(), &seq.state(), &h.epoch_loss);
-            println!("{name}: resumed as a Sequential, weights {w:.1e}, epoch losses {l:.1e}");
-            assert!(w <= 1e-4 && l <= 1e-4, "{name} (Sequential): {w:e}, {l:e}");
-        }
+        resume_as_sequential(name, &model, &a, (&losses, &options), &|w| {
+            Optimizer::from_keras_file(&bytes, w).unwrap()
+        });
     }
 }
 
@@ -426,21 +442,9 @@ fn training_resumes_from_keras2_h5_files() {
             "{name}: weights {w:e}, losses {l:e}"
         );
         assert!(fresh > 1e-3, "{name}: the saved state made no difference");
-        if let Ok(mut seq) = Sequential::<f32>::from_model(&model) {
-            let mut opt = Optimizer::from_h5_file(&bytes, &seq.weights()).unwrap();
-            let loss = losses.per_output[0].unwrap().0;
-            let h = seq
-                .fit(
-                    xs[0].view(),
-                    ys[0].view(),
-                    &FitOptions::new(loss, options.batch_size, options.epochs),
-                    &mut opt,
-                )
-                .unwrap();
-            let (w, l) = against_keras(&a, &seq.weights(), &[], &h.epoch_loss);
-            println!("{name}: resumed as a Sequential, weights {w:.1e}, epoch losses {l:.1e}");
-            assert!(w <= 1e-4 && l <= 1e-4, "{name} (Sequential): {w:e}, {l:e}");
-        }
+        resume_as_sequential(name, &model, &a, (&losses, &options), &|w| {
+            Optimizer::from_h5_file(&bytes, w).unwrap()
+        });
     }
 }
 

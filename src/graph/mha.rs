@@ -113,7 +113,11 @@ fn int(cfg: &Json, key: &str) -> Option<usize> {
 }
 
 /// Builds a `MultiHeadAttention` layer (weight group `key`).
-pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Result<Box<dyn Op>> {
+/// The head sizes of a `MultiHeadAttention` config, `(num_heads, key_dim, value_dim)`
+/// (`value_dim` null: `key_dim`), the settings neither twin builds (`use_gate`,
+/// `sliding_window`, `attention_axes` other than the sequence axis) refused by name: the one
+/// reading of the config the inference op and the training op share.
+pub(crate) fn head_sizes(cfg: &Json, name: &str) -> Result<(usize, usize, usize)> {
     let heads = int(cfg, "num_heads")
         .filter(|&n| n > 0)
         .ok_or_else(|| LstmError::bad_config("num_heads", "expected a positive integer"))?;
@@ -150,6 +154,11 @@ pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Re
             ))
         }
     }
+    Ok((heads, key_dim, value_dim))
+}
+
+pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Result<Box<dyn Op>> {
+    let (heads, key_dim, value_dim) = head_sizes(cfg, name)?;
     // (Keras saves `output_shape=6` as `[6]`; the output kernel [N, Hv, 6] then says it)
     if cfg
         .get("output_shape")

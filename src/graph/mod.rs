@@ -20,7 +20,7 @@ pub(crate) use self::core::{reshape_target, Dense};
 #[cfg(test)]
 mod gpu_twins;
 mod lower;
-mod mha;
+pub(crate) mod mha;
 mod nested;
 mod ops;
 mod order;

@@ -50,10 +50,6 @@ struct Cache<T> {
     three: bool,
 }
 
-fn int(cfg: &Json, key: &str) -> Option<usize> {
-    cfg.get(key).and_then(Json::as_u64).map(|v| v as usize)
-}
-
 impl<T: Element> Mha<T> {
     /// From the layer's config, the call's keyword arguments and its weights.
     pub(super) fn new(
@@ -62,39 +58,7 @@ impl<T: Element> Mha<T> {
         kwargs: &serde_json::Map<String, Json>,
         weights: Vec<ArrayD<T>>,
     ) -> Result<Self> {
-        let heads = int(cfg, "num_heads")
-            .filter(|&n| n > 0)
-            .ok_or_else(|| LstmError::bad_config("num_heads", "expected a positive integer"))?;
-        let key_dim = int(cfg, "key_dim")
-            .filter(|&n| n > 0)
-            .ok_or_else(|| LstmError::bad_config("key_dim", "expected a positive integer"))?;
-        let value_dim = match cfg.get("value_dim") {
-            None | Some(Json::Null) => key_dim,
-            Some(_) => int(cfg, "value_dim")
-                .filter(|&n| n > 0)
-                .ok_or_else(|| LstmError::bad_config("value_dim", "expected a positive integer"))?,
-        };
-        for key in ["use_gate"] {
-            if cfg.get(key).and_then(Json::as_bool) == Some(true) {
-                return Err(LstmError::unsupported(key, format!("true (layer {name})")));
-            }
-        }
-        if cfg.get("sliding_window").is_some_and(|v| !v.is_null()) {
-            return Err(LstmError::unsupported(
-                "sliding_window",
-                format!("{} (layer {name})", cfg["sliding_window"]),
-            ));
-        }
-        match cfg.get("attention_axes") {
-            None | Some(Json::Null) => {}
-            Some(Json::Array(a)) if a.len() == 1 && matches!(a[0].as_i64(), Some(1 | -2)) => {}
-            Some(other) => {
-                return Err(LstmError::unsupported(
-                    "attention_axes",
-                    format!("{other} (layer {name}; the sequence axis [1] is supported)"),
-                ))
-            }
-        }
+        let (heads, key_dim, value_dim) = crate::graph::mha::head_sizes(cfg, name)?;
         let rate = super::super::unit_rate(cfg, "dropout", name)?;
         if rate > 0.0 {
             return Err(LstmError::unsupported(
