@@ -59,7 +59,8 @@ fn worst(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// A case: the saved file's bytes, its model, the arrays, the fit options.
+/// A case: the saved file's bytes (`NAME.keras`, or `NAME.h5`), its model, the arrays, the
+/// fit options.
 fn case(
     name: &str,
 ) -> (
@@ -68,8 +69,17 @@ fn case(
     HashMap<String, ArrayD<f32>>,
     FitOptions,
 ) {
-    let bytes = std::fs::read(dir().join(format!("{name}.keras"))).unwrap();
-    let model = KerasModel::from_keras_bytes(&bytes).unwrap();
+    // (a `.keras` file Keras 3 saved, or an `.h5` file Keras 2 saved)
+    let keras = dir().join(format!("{name}.keras"));
+    let (bytes, model) = if keras.exists() {
+        let bytes = std::fs::read(keras).unwrap();
+        let model = KerasModel::from_keras_bytes(&bytes).unwrap();
+        (bytes, model)
+    } else {
+        let bytes = std::fs::read(dir().join(format!("{name}.h5"))).unwrap();
+        let model = KerasModel::from_h5_bytes(&bytes).unwrap();
+        (bytes, model)
+    };
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap())
             .unwrap();
@@ -395,17 +405,7 @@ fn training_resumes_from_keras2_h5_files() {
         "resume_k2_legacy_rmsprop",
         "resume_k2_legacy_adam_graph",
     ] {
-        let bytes = std::fs::read(dir().join(format!("{name}.h5"))).unwrap();
-        let model = KerasModel::from_h5_bytes(&bytes).unwrap();
-        let a = npz(name);
-        let meta: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir().join(format!("{name}.json"))).unwrap())
-                .unwrap();
-        let options = FitOptions::new(
-            Loss::MeanSquaredError,
-            meta["batch_size"].as_u64().unwrap() as usize,
-            meta["epochs"].as_u64().unwrap() as usize,
-        );
+        let (bytes, model, a, options) = case(name);
         let mut net = Functional::<f32>::from_model(&model).unwrap();
         assert_eq!(
             net.weights(),

@@ -113,6 +113,37 @@ fn int(cfg: &Json, key: &str) -> Option<usize> {
 }
 
 /// Builds a `MultiHeadAttention` layer (weight group `key`).
+/// The groups Keras 3 saves a `MultiHeadAttention`'s four projections under (query, key,
+/// value, output), in its weights' order.
+pub(crate) const PROJECTIONS: [&str; 4] =
+    ["query_dense", "key_dense", "value_dense", "output_dense"];
+
+/// The weights of each of a `MultiHeadAttention`'s four projections (kernel, then bias with
+/// `use_bias`): Keras 3 keeps each under its own group, a legacy file lists them all in
+/// `weight_names` order.
+pub(crate) fn projection_weights(
+    src: &WeightSource,
+    key: &str,
+    name: &str,
+    use_bias: bool,
+) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    if !src.is_legacy_source() {
+        return PROJECTIONS
+            .iter()
+            .map(|p| src.group(&format!("layers/{key}/{p}")))
+            .collect();
+    }
+    let per = 1 + usize::from(use_bias);
+    let all = src.layer(key, name)?;
+    if all.len() != 4 * per {
+        return Err(LstmError::invalid(
+            format!("weights of layer {name}"),
+            format!("expected {} arrays, got {}", 4 * per, all.len()),
+        ));
+    }
+    Ok(all.chunks(per).map(<[_]>::to_vec).collect())
+}
+
 /// The head sizes of a `MultiHeadAttention` config, `(num_heads, key_dim, value_dim)`
 /// (`value_dim` null: `key_dim`), the settings neither twin builds (`use_gate`,
 /// `sliding_window`, `attention_axes` other than the sequence axis) refused by name: the one
@@ -174,23 +205,7 @@ pub(super) fn build(cfg: &Json, name: &str, key: &str, src: &WeightSource) -> Re
         ));
     }
     let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
-    let per = 1 + usize::from(use_bias);
-    // Keras 3: each projection under its own group; legacy: all in weight_names order
-    let parts: Vec<Vec<ArrayD<f32>>> = if src.is_legacy_source() {
-        let all = src.layer(key, name)?;
-        if all.len() != 4 * per {
-            return Err(LstmError::invalid(
-                format!("weights of layer {name}"),
-                format!("expected {} arrays, got {}", 4 * per, all.len()),
-            ));
-        }
-        all.chunks(per).map(<[_]>::to_vec).collect()
-    } else {
-        ["query_dense", "key_dense", "value_dense", "output_dense"]
-            .iter()
-            .map(|p| src.group(&format!("layers/{key}/{p}")))
-            .collect::<Result<_>>()?
-    };
+    let parts = projection_weights(src, key, name, use_bias)?;
     let projection = |w: &[ArrayD<f32>], what: &str, last: bool| -> Result<Projection> {
         let kernel = w.first().ok_or_else(|| LstmError::MissingWeight {
             name: format!("{name}/{what}/kernel"),

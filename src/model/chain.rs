@@ -149,17 +149,18 @@ fn model_layer(h5: &WeightSource, (key, lname): (&str, &str), entry: &Value) -> 
                 .unwrap_or(&Value::Null);
             dense(h5, key, inner, lname)?
         }
-        // (Keras 3 keeps its four projections' weights in groups of their own; a legacy file
-        // lists them in weight_names order)
-        "MultiHeadAttention" if !h5.is_legacy_source() => {
-            let mut weights = Vec::new();
-            for part in ["query_dense", "key_dense", "value_dense", "output_dense"] {
-                weights.extend(h5.group(&format!("layers/{key}/{part}"))?);
-            }
+        "MultiHeadAttention" => {
+            let use_bias = lcfg
+                .get("use_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
             ModelLayer::Other {
                 class: "MultiHeadAttention".to_string(),
                 config: lcfg.clone(),
-                weights,
+                weights: crate::graph::mha::projection_weights(h5, key, lname, use_bias)?
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             }
         }
         other

@@ -195,12 +195,7 @@ fn keras3_order(
                 format!("not a slot of {:?}", opt.rule),
             ));
         };
-        let d = file.dataset(&path)?;
-        let values = d.values.iter().map(|&v| f64::from(v)).collect();
-        slots[kind].push(
-            ArrayD::from_shape_vec(IxDyn(&d.shape), values)
-                .map_err(|_| LstmError::invalid(path, "the values do not fill the shape"))?,
-        );
+        slots[kind].push(super::optim_state::variable(file, &path)?);
     }
     let iterations = iterations
         .ok_or_else(|| LstmError::invalid("optimizer_weights", "no iteration variable"))?;

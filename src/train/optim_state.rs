@@ -211,20 +211,26 @@ impl Optimizer {
             if !file.exists(&path)? {
                 break;
             }
-            let d = file.dataset(&path)?;
-            let values: Vec<f64> = if k == 0 {
-                vec![file.integer(&path)? as f64]
+            vars.push(if k == 0 {
+                let shape = file.dataset(&path)?.shape;
+                ArrayD::from_elem(IxDyn(&shape), file.integer(&path)? as f64)
             } else {
-                d.values.iter().map(|&v| f64::from(v)).collect()
-            };
-            vars.push(
-                ArrayD::from_shape_vec(IxDyn(&d.shape), values)
-                    .map_err(|_| LstmError::invalid(path, "the values do not fill the shape"))?,
-            );
+                variable(&file, &path)?
+            });
         }
         opt.set_keras_variables(&vars, &shapes)?;
         Ok(opt)
     }
+}
+
+/// The optimizer variable at `path` of `file`, in f64.
+pub(super) fn variable(file: &H5File<'_>, path: &str) -> Result<ArrayD<f64>> {
+    let d = file.dataset(path)?;
+    ArrayD::from_shape_vec(
+        IxDyn(&d.shape),
+        d.values.iter().map(|&v| f64::from(v)).collect(),
+    )
+    .map_err(|_| LstmError::invalid(path, "the values do not fill the shape"))
 }
 
 /// A `.keras` archive's `config.json` (parsed) and `model.weights.h5` bytes.

@@ -106,7 +106,7 @@ pub(super) fn weights_tree<T: Element>(
             // (MultiHeadAttention's four projections each under its own group)
             Saved::Plain if class == "MultiHeadAttention" => {
                 let per = ws.len() / 4;
-                ["query_dense", "key_dense", "value_dense", "output_dense"]
+                crate::graph::mha::PROJECTIONS
                     .iter()
                     .map(|p| (format!("{at}/{p}/vars"), per))
                     .collect()
