@@ -7,7 +7,7 @@
 //! `layer_backward`).
 
 use super::activation::dense_activation_backward;
-use super::chain::{fit_batches, layer_backward, layer_forward, not_finite, state_after, Cache};
+use super::chain::{layer_backward, layer_forward, state_after, Cache};
 use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
 use super::load::{refuse_training_randomness, set_states, train_layer};
@@ -16,6 +16,7 @@ use super::regularize::{
     activity_regularizer, inner_activity_regularizers, layer_regularizers, Regularizer,
 };
 use super::save::{saved_of, Saved};
+use super::sequential::{fit_batches, not_finite};
 use super::{FitOptions, History, Loss, Optimizer, TrainLayer};
 use crate::element::Element;
 use crate::error::{LstmError, Result};

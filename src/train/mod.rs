@@ -64,6 +64,7 @@ mod path;
 pub(crate) mod recurrent;
 mod regularize;
 mod save;
+mod sequential;
 
 pub use activation::derivative;
 pub use constrain::{Constraint, NormAxes};
