@@ -14,7 +14,7 @@ use ndarray::{Array2, Array3, ArrayD, ArrayView2, Axis, Ix2, IxDyn};
 /// What one layer's forward pass keeps for its backward pass.
 // (one per layer of a call; the arrays are on the heap either way)
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Cache<T> {
+pub(super) enum Cache<T: Element> {
     Masking(Array2<bool>),
     /// The tape, the input the cell saw (after its input dropout) and that dropout's scale
     /// mask.
@@ -41,7 +41,7 @@ pub(super) enum Cache<T> {
 /// One layer's forward pass: its output, the output's Keras mask, the logits of a sigmoid or
 /// softmax output, a recurrent layer's final states (`return_state`: h, and c for an LSTM)
 /// and what its backward pass needs.
-pub(super) struct LayerForward<T> {
+pub(super) struct LayerForward<T: Element> {
     pub(super) y: ArrayD<T>,
     pub(super) mask: Option<Array2<bool>>,
     pub(super) logits: Option<ArrayD<T>>,

@@ -142,7 +142,7 @@ struct Tensor<T> {
 }
 
 /// What a call's forward pass keeps.
-enum CallCache<T> {
+enum CallCache<T: Element> {
     One(Box<Cache<T>>),
     Many(OpCache),
 }

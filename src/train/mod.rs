@@ -61,6 +61,7 @@ mod optim;
 mod optim_h5;
 mod optim_state;
 mod path;
+mod pool;
 pub(crate) mod recurrent;
 mod regularize;
 mod save;
@@ -72,6 +73,7 @@ pub use gpu::{GpuFunctional, GpuSequential};
 pub use graph::{Functional, GraphGradients, GraphLayer, Losses};
 pub use loss::{Loss, LossGrad};
 pub use optim::{Optimizer, Rule};
+pub use pool::{kept_buffer_bytes, release_buffers};
 pub use recurrent::{lstm_gradients, LstmCall, LstmCotangents, LstmGrads};
 pub use regularize::{Orthogonal, Regularizer};
 

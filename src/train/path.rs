@@ -10,7 +10,7 @@ use crate::weights::LstmWeights;
 use ndarray::{ArrayView2, ArrayView3};
 
 /// A recurrent layer's recorded forward pass, where it ran.
-pub(crate) enum Tape<T> {
+pub(crate) enum Tape<T: Element> {
     /// On the CPU (`recurrent::forward`).
     Cpu(Box<recurrent::LstmTape<T>>),
     /// On the CPU in recompute mode (`recurrent::forward_recomputed`: checkpoints only).
@@ -24,7 +24,7 @@ pub(crate) enum Tape<T> {
 /// the chain and its direction (0, or 1 for a Bidirectional's backward one); `drop` the
 /// per-gate dropout masks of a call in training mode with `recurrent_dropout`; `init` the
 /// initial h and c (`initial_state`; zeros when None).
-pub(crate) trait RecurrentPath<T> {
+pub(crate) trait RecurrentPath<T: Element> {
     fn forward(
         &self,
         at: (usize, usize),

@@ -16,7 +16,7 @@ type Carries<T> = Vec<(usize, (Array2<T>, Array2<T>))>;
 
 /// A chain's forward pass: the prediction, its Keras mask, the logits of a sigmoid or
 /// softmax output, the caches, and the stateful layers' final states by layer index.
-struct Forward<T> {
+struct Forward<T: Element> {
     y: ArrayD<T>,
     mask: Option<ArrayD<bool>>,
     logits: Option<ArrayD<T>>,

@@ -3,13 +3,14 @@
 
 use super::super::activation::{derivative_at, derivative_slice};
 use super::super::dropout::GateMasks;
+use super::super::pool;
 use super::*;
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::reference::{matmul, matmul_serial};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::weights::LstmWeights;
-use ndarray::{s, Array2, Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 
 /// The backward pass of `layer` for the recorded forward pass `tape` of input `x`, given
 /// the cotangents of its outputs: per step (last first) the cell's backward and
@@ -70,8 +71,8 @@ pub(super) fn backward_carry<T: Element>(
     }
     // d(pre) by time [B, T, G·H] (for an LSTM and a SimpleRNN also the recurrent side's);
     // a GRU's recurrent side apart
-    let mut dzx_all = Array3::<T>::zeros((b, t, n));
-    let mut dzh_all = Array3::<T>::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
+    let mut dzx_all = pool::zeros((b, t, n));
+    let mut dzh_all = pool::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
     // Uᵀ laid out row-major once (the per-step product reads it many times)
     let ut = u.t().as_standard_layout().into_owned();
     let rows = row_blocks(b, h, n);
@@ -130,9 +131,7 @@ pub(super) fn backward_carry<T: Element>(
     let drop = tape.drop.as_ref();
     // the weight gradients and dx over all steps at once
     let x2 = x
-        .as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((b * t, i))
+        .to_shape((b * t, i))
         .expect("[B, T, I] reshapes to [B·T, I]");
     let dzx2 = dzx_all
         .into_shape_with_order((b * t, n))
@@ -213,6 +212,8 @@ pub(super) fn backward_carry<T: Element>(
     if !matches!(cfg.cell, Cell::Lstm) {
         dc.fill(T::zero());
     }
+    pool::recycle(dzx2);
+    pool::recycle(dzh2);
     Ok((
         LstmGrads {
             kernel: gk,

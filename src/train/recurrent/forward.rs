@@ -2,6 +2,7 @@
 //! of batch rows side by side.
 
 use super::super::dropout::GateMasks;
+use super::super::pool;
 use super::*;
 use crate::config::{Cell, LstmConfig};
 use crate::cpu::reference::matmul_serial;
@@ -69,21 +70,22 @@ pub(crate) fn forward<T: Element>(
     let gru = matches!(cfg.cell, Cell::Gru { .. });
     let steps_c = if lstm { t } else { 0 };
     let mut pre = match drop.and_then(|d| d.input.as_deref()) {
-        None => project_inputs(x, w),
+        None => project_pooled(x, w),
         Some(masks) => project_gates(x, w, masks),
     }
     .into_shape_with_order((b, t, n))
     .expect("[B·T, G·H] reshapes to [B, T, G·H]");
-    let mut zh = Array3::<T>::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
-    let mut h_prev = Array3::<T>::zeros((b, t, h));
-    let mut post = Array3::<T>::zeros((b, t, n));
+    // (the tape's arrays from the buffers of earlier steps: `pool`)
+    let mut zh = pool::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
+    let mut h_prev = pool::zeros((b, t, h));
+    let mut post = pool::zeros((b, t, n));
     let c0 = if lstm {
         cs.clone()
     } else {
         Array2::zeros((b, 0))
     };
-    let mut act_c = Array3::<T>::zeros((b, steps_c, h));
-    let mut c = Array3::<T>::zeros((b, steps_c, h));
+    let mut act_c = pool::zeros((b, steps_c, h));
+    let mut c = pool::zeros((b, steps_c, h));
     let mut present = Array2::from_elem((b, t), true);
     let mut last = Array2::<T>::zeros((b, h));
     let mut seq = Array3::<T>::zeros((b, if cfg.return_sequences { t } else { 0 }, h));
@@ -317,4 +319,26 @@ fn forward_rows_any<T: Element>(
             a.seq.slice_mut(s![.., s, ..]).assign(&a.last);
         }
     }
+}
+
+/// `x W + b` for all steps (`[B·T, G·H]`, as `cpu::reference::project_inputs`) into a
+/// buffer from the pool, reading `x` in place when it is in standard layout.
+fn project_pooled<T: Element>(x: ArrayView3<'_, T>, w: &LstmWeights<T>) -> Array2<T> {
+    let (b, t, i) = x.dim();
+    let n = w.kernel.ncols();
+    let x2 = x
+        .to_shape((b * t, i))
+        .expect("[B, T, I] reshapes to [B·T, I]");
+    let mut proj = pool::zeros((b * t, n));
+    // (a GRU with reset_after has its recurrent bias after the n input-bias entries)
+    if let Some(bias) = &w.bias {
+        proj.assign(&bias.slice(s![..n]));
+    }
+    matmul(
+        x2.view(),
+        w.kernel.view(),
+        proj.view_mut(),
+        w.bias.is_some(),
+    );
+    proj
 }

@@ -27,8 +27,9 @@
 //! rows side by side on the cores.
 
 use super::dropout::GateMasks;
+use super::pool;
 use crate::config::LstmConfig;
-use crate::cpu::reference::{matmul, matmul_serial, project_inputs};
+use crate::cpu::reference::{matmul, matmul_serial};
 use crate::cpu::Lstm;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -79,7 +80,7 @@ pub struct LstmGrads<T> {
 /// What the forward pass keeps for the backward pass, by time index (`[B, T, ·]`, row `r`
 /// and time `t` at `[r, t]`, whatever the processing order).
 #[derive(Debug, Clone)]
-pub(crate) struct LstmTape<T> {
+pub(crate) struct LstmTape<T: Element> {
     /// The pre-activations `[B, T, G·H]`: for an LSTM and a SimpleRNN the whole `x W + b +
     /// h U` (each step's recurrent product accumulated into the input projection); for a
     /// GRU the input side `x W + b`.
@@ -103,6 +104,22 @@ pub(crate) struct LstmTape<T> {
     present: Array2<bool>,
     /// The per-gate dropout masks of a call in training mode with `recurrent_dropout`.
     drop: Option<GateMasks<T>>,
+}
+
+impl<T: Element> Drop for LstmTape<T> {
+    /// The tape's big arrays go back to the pool for the next step's tape.
+    fn drop(&mut self) {
+        for a in [
+            &mut self.pre,
+            &mut self.zh,
+            &mut self.h_prev,
+            &mut self.post,
+            &mut self.act_c,
+            &mut self.c,
+        ] {
+            pool::recycle(pool::take(a));
+        }
+    }
 }
 
 /// The outputs of an LSTM call: the output (`[B, T, H]` or `[B, H]`) and the final states.
