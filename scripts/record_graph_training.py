@@ -20,7 +20,8 @@ an activity regularizer read too; and `graph_shared_bn.keras`: BatchNormalizatio
 twice in a step (their moving statistics move in each call, in Keras's run order); and
 `graph_orthogonal.keras`: OrthogonalRegularizer on weights and as activity regularizers; and
 `graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed; and
-`graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+`graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores; and
+`graph_attn_dropout.keras`: Attention and MultiHeadAttention with dropout. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -29,6 +30,8 @@ Per case NAME.npz + NAME.json:
   (Keras's loss objects, the outputs' masks applied; the regularizers' losses) and its tf.GradientTape gradients w.r.t. every
   trainable weight (grad0, ...) and every float input (grad_x0, ...; zeros for token ids),
   the predictions pred0, ...
+- `graph_train_grads_<model>_f64`, `_f32` (graph_attn_dropout): the same in training mode
+  (`training_seed` in the json), with the crate's attention dropout masks given to Keras.
 - `graph_fit_<model>`: `compile(loss=[...], loss_weights=[...])` then
   `fit(xs, ys, batch_size, epochs, shuffle=False)` in float32: final0, ... (trainable),
   final_state0, ... (non-trainable), epoch_loss.
@@ -359,6 +362,88 @@ def graph_mha():
     return model, [x, c]
 
 
+def graph_attn_dropout():
+    """Attention (dot scores, returned: Keras returns them after its dropout) and
+    MultiHeadAttention (causal, scores returned: before its dropout) with dropout over a
+    masked LSTM sequence. Recorded in inference mode (a MultiHeadAttention with dropout takes
+    Keras's scores path even then) and in training mode with the crate's masks
+    (`graph_train_grads_*`, see inject_attention_masks)."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((5, 3), name="x")
+    h = layers.Masking(0.0)(x_in)
+    h = layers.LSTM(4, return_sequences=True)(h)
+    a, sc = layers.Attention(dropout=0.3, name="att")([h, h], return_attention_scores=True)
+    m, ms = layers.MultiHeadAttention(2, 3, dropout=0.25, name="mha")(
+        a, h, use_causal_mask=True, return_attention_scores=True)
+    out1 = layers.Dense(2, name="out1")(layers.GlobalAveragePooling1D()(m))
+    out2 = layers.Dense(1, name="out2")(layers.Flatten()(sc))
+    out3 = layers.Dense(1, name="out3")(layers.Flatten()(ms))
+    model = keras.Model(x_in, [out1, out2, out3], name="graph_attn_dropout")
+    set_uniform(model, 0.8)
+    x = rng.normal(size=(4, 5, 3)).astype("float32")
+    x[1, 3:] = 0.0
+    x[3, 0] = 0.0
+    return model, [x]
+
+
+# The crate's attention dropout masks in training mode (src/train/layers/attention.rs,
+# mha.rs): call k of the graph (its index among the config's layers, inputs left out) draws
+# its [B, Tq, Tv] (Attention) or [B, heads, Tq, Tv] (MultiHeadAttention) scale mask from
+# SplitMix64(seed ^ k·0xD1B54A32D192ED03), row-major, 1/(1-rate) where the draw is >= rate.
+M64 = (1 << 64) - 1
+
+
+class SplitMix:
+    def __init__(self, state):
+        self.state = state & M64
+
+    def next_f64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        z ^= z >> 31
+        return (z >> 11) / float(1 << 53)
+
+
+def scale_mask(rate, shape, rng, dtype):
+    draws = np.array([rng.next_f64() for _ in range(int(np.prod(shape)))]).reshape(shape)
+    return np.where(draws >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+
+
+TRAINING_SEED = 2026
+# the query and key lengths of each attention layer with dropout (heads first for MHA)
+ATTENTION_DROPOUT = {"graph_attn_dropout": {"att": (5, 5), "mha": (2, 5, 5)}}
+MASKS = {}
+
+
+def _injected_dropout(inputs, rate, noise_shape=None, seed=None):
+    m = MASKS.get(id(seed))
+    if m is None:
+        raise RuntimeError("a dropout without an injected mask")
+    return inputs * tf.constant(m, inputs.dtype)
+
+
+keras.src.backend.random.dropout = _injected_dropout
+
+
+def inject_attention_masks(model, name, b, dtype):
+    """Keyed by each layer's seed generator, which Keras passes to backend.random.dropout."""
+    MASKS.clear()
+    calls = [l["config"]["name"] for l in model.get_config()["layers"]
+             if l["class_name"] != "InputLayer"]
+    for lname, shape in ATTENTION_DROPOUT.get(name, {}).items():
+        layer = model.get_layer(lname)
+        k = calls.index(lname)
+        rng = SplitMix(TRAINING_SEED ^ ((k * 0xD1B54A32D192ED03) & M64))
+        if isinstance(layer, layers.MultiHeadAttention):
+            gen, rate = layer._dropout_layer.seed_generator, layer.dropout
+        else:
+            gen, rate = layer.seed_generator, layer.dropout
+        MASKS[id(gen)] = scale_mask(rate, (b,) + shape, rng, dtype)
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -370,7 +455,7 @@ BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_f
          "graph_constraint": graph_constraint, "graph_dot": graph_dot,
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
          "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity,
-         "graph_mha": graph_mha}
+         "graph_mha": graph_mha, "graph_attn_dropout": graph_attn_dropout}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -397,6 +482,7 @@ CASES = [
     ("graph_orthogonal", "here", ["mse"], [1.0], True),
     ("graph_bidi_activity", "here", ["mse"], [1.0], True),
     ("graph_mha", "here", ["mse", "mse"], [1.0, 0.5], True),
+    ("graph_attn_dropout", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], False),
 ]
 
 
@@ -455,14 +541,16 @@ def is_ids(x):
     return np.issubdtype(x.dtype, np.integer)
 
 
-def grads_case(name, model, xs, losses, weights, dtype):
+def grads_case(name, model, xs, losses, weights, dtype, training=False):
     m = as_dtype(model, dtype)
     n = xs[0].shape[0]
     ys = [y.astype(dtype) for y in targets(model, xs, losses, n)]
     xs_d = [x if is_ids(x) else x.astype(dtype) for x in xs]
     xv = [tf.constant(x) if is_ids(x) else tf.Variable(x) for x in xs_d]
+    if training:
+        inject_attention_masks(m, name, n, dtype)
     with tf.GradientTape() as tape:
-        preds = m(xv if len(xv) > 1 else xv[0], training=False)
+        preds = m(xv if len(xv) > 1 else xv[0], training=training)
         preds = preds if isinstance(preds, (list, tuple)) else [preds]
         total = 0.0
         for p, y, loss, w in zip(preds, ys, losses, weights):
@@ -565,6 +653,13 @@ for name, source, losses, weights, fit in CASES:
         tag = "f64" if dtype == "float64" else "f32"
         write(f"graph_grads_{name}_{tag}", arrays,
               dict(mode="grads", model=src, losses=losses, loss_weights=weights, dtype=dtype))
+    if name in ATTENTION_DROPOUT:
+        for dtype in ("float64", "float32"):
+            arrays = grads_case(name, model, xs, losses, weights, dtype, training=True)
+            tag = "f64" if dtype == "float64" else "f32"
+            write(f"graph_train_grads_{name}_{tag}", arrays,
+                  dict(mode="grads", model=src, losses=losses, loss_weights=weights,
+                       dtype=dtype, training_seed=TRAINING_SEED))
     if fit:
         arrays, extra = fit_case(model, xs, losses, weights, name)
         write(f"graph_fit_{name}", arrays,

@@ -178,7 +178,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 20] = [
+const MODELS: [&str; 21] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -199,6 +199,7 @@ const MODELS: [&str; 20] = [
     "graph_orthogonal",
     "graph_bidi_activity",
     "graph_mha",
+    "graph_attn_dropout",
 ];
 
 /// Models recorded in float32 only: Keras 3.15.1's OrthogonalRegularizer fails in a float64
@@ -215,6 +216,50 @@ fn graph_gradients_match_gradient_tape() {
         w32 = w32.max(grads_case::<f32>(&format!("graph_grads_{m}_f32"), 1e-5));
     }
     println!("graph gradients vs Keras: f64 worst {w64:.1e}, f32 worst {w32:.1e}");
+}
+
+/// Attention and MultiHeadAttention with dropout in training mode: Keras's tape over
+/// `model(x, training=True)` with the crate's masks for the case's seed given to its layers
+/// (`scripts/record_graph_training.py`, `inject_attention_masks`).
+#[test]
+fn graph_training_mode_gradients_match_gradient_tape() {
+    // (`predict` is inference mode: the recorded training-mode predictions stand in for it,
+    // and the training-mode forward is checked through the loss)
+    let run = |name: &str, tol: f64| -> f64 {
+        let seed = meta(name)["training_seed"]
+            .as_u64()
+            .expect("a training-mode case");
+        if name.ends_with("_f64") {
+            grads_case_on::<f64>(name, tol, &|net, xv, yv, l| {
+                let g = net.gradients_in_training(xv, yv, l, seed).unwrap();
+                (indexed(&npz::<f64>(name), "pred"), g)
+            })
+        } else {
+            grads_case_on::<f32>(name, tol, &|net, xv, yv, l| {
+                let g = net.gradients_in_training(xv, yv, l, seed).unwrap();
+                (indexed(&npz::<f32>(name), "pred"), g)
+            })
+        }
+    };
+    let w64 = run("graph_train_grads_graph_attn_dropout_f64", 1e-10);
+    let w32 = run("graph_train_grads_graph_attn_dropout_f32", 1e-5);
+    println!("attention dropout in training vs Keras: f64 worst {w64:.1e}, f32 worst {w32:.1e}");
+    // the same seed draws the same masks; another seed others (the dropout is live)
+    let name = "graph_train_grads_graph_attn_dropout_f64";
+    let a = npz::<f64>(name);
+    let xs = indexed(&a, "x");
+    let ys = indexed(&a, "y");
+    let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let yv: Vec<_> = ys.iter().map(|y| y.view()).collect();
+    let l = losses(&meta(name));
+    let g = |seed| {
+        net::<f64>(name, &a)
+            .gradients_in_training(&xv, &yv, &l, seed)
+            .unwrap()
+            .loss
+    };
+    assert_eq!(g(2026), g(2026));
+    assert!((g(2026) - g(7)).abs() > 1e-3, "{} vs {}", g(2026), g(7));
 }
 
 /// Trains a graph on the case's data: the history, the weights and the state after.

@@ -77,7 +77,7 @@ pub(super) fn state_after<T: Element>(
 }
 
 /// The seed of the layer at `at` from a training step's (its own stream).
-fn layer_seed(seed: u64, at: usize) -> u64 {
+pub(super) fn layer_seed(seed: u64, at: usize) -> u64 {
     seed ^ (at as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
 }
 

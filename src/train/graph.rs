@@ -7,7 +7,7 @@
 //! `layer_backward`).
 
 use super::activation::dense_activation_backward;
-use super::chain::{layer_backward, layer_forward, state_after, Cache};
+use super::chain::{layer_backward, layer_forward, layer_seed, state_after, Cache};
 use super::constrain::{layer_constraints, Constraint};
 use super::layers::{MergeOp, OpCache, MERGE_CLASSES};
 use super::load::{refuse_training_randomness, set_states, train_layer};
@@ -526,7 +526,11 @@ impl<T: Element> Functional<T> {
                         call.inputs.iter().map(|&s| get(s).data.view()).collect();
                     let masks: Vec<Option<&Array2<bool>>> =
                         call.inputs.iter().map(|&s| get(s).mask.as_ref()).collect();
-                    let out = op.forward_with_scalars(name, &xs, &masks, &call.scalars)?;
+                    // (an op's random draws from its call's own stream, as a layer's)
+                    let seed = self
+                        .training_of(call.layer, training)
+                        .map(|s| layer_seed(s, k));
+                    let out = op.forward_in_training(name, &xs, &masks, &call.scalars, seed)?;
                     let mut outs = vec![Tensor {
                         data: out.y,
                         mask: out.mask,

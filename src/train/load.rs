@@ -343,11 +343,19 @@ pub(super) fn refuse_training_randomness(config: &serde_json::Value) -> Result<(
             {
                 Ok(())
             }
-            // so are a recurrent layer's dropout and recurrent_dropout
+            // so are a recurrent layer's dropout and recurrent_dropout, and the attention
+            // layers' dropout (layers::attention, layers::mha)
             serde_json::Value::Object(o)
                 if matches!(
                     o.get("class_name").and_then(serde_json::Value::as_str),
-                    Some("LSTM" | "GRU" | "SimpleRNN")
+                    Some(
+                        "LSTM"
+                            | "GRU"
+                            | "SimpleRNN"
+                            | "Attention"
+                            | "AdditiveAttention"
+                            | "MultiHeadAttention"
+                    )
                 ) =>
             {
                 Ok(())

@@ -28,7 +28,7 @@
 //! Stateful layers train in the chain, their states carried between calls
 //! ([`Sequential::carried`]).
 //!
-//! Not yet here: `ConvLSTM` in training, attention dropout, regularizers,
+//! Not yet here: `ConvLSTM` in training, regularizers,
 //! constraints and frozen layers in the chain (it refuses them and names `Functional`),
 //! stateful layers in a `Functional`, `merge_mode=None` and returned states in a chain.
 //!

@@ -4,7 +4,13 @@
 //! steps from the scores (`scores -= 1e9` there, as Keras), the query's mask zeroing output
 //! rows and passed on. The forward pass is step for step the inference twin's
 //! (`src/graph/attention.rs`); the backward pass is the softmax's and the scores'.
+//!
+//! `dropout` in training mode, as Keras's `_apply_scores`: the softmax weights times a
+//! `[B, Tq, Tv]` scale mask (`1/(1 - rate)` where kept, one draw per weight from the call's
+//! stream, row-major), then the weighted sum; the returned scores are the weights after the
+//! dropout, as Keras returns them.
 
+use super::super::dropout::{dropout_mask, SplitMix};
 use super::{MergeForward, MergeOp, OpCache};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
@@ -32,6 +38,8 @@ pub(super) struct Attention<T> {
     concat: Option<ArrayD<T>>,
     causal: bool,
     return_scores: bool,
+    /// The attention dropout rate (training mode only).
+    dropout: f64,
 }
 
 struct Cache<T> {
@@ -40,6 +48,8 @@ struct Cache<T> {
     k: Array3<T>,
     /// The softmax weights `[B, Tq, Tv]`.
     w: Array3<T>,
+    /// The dropout's scale mask `[B, Tq, Tv]` (training mode with dropout).
+    drop: Option<Array3<T>>,
     q_mask: Option<Array2<bool>>,
     /// Whether the key was given apart from the value.
     three: bool,
@@ -66,16 +76,7 @@ impl<T: Element> Attention<T> {
             (false, Some("concat")) => Score::Concat,
             (false, Some(other)) => return Err(LstmError::unsupported("score_mode", other)),
         };
-        let rate = super::super::unit_rate(cfg, "dropout", name)?;
-        if rate > 0.0 {
-            return Err(LstmError::unsupported(
-                "dropout",
-                format!(
-                    "{rate} on layer {name} in training (attention dropout is not built; set \
-                     it to 0 to train this model)"
-                ),
-            ));
-        }
+        let dropout = super::super::unit_rate(cfg, "dropout", name)?;
         let mut w = weights.into_iter();
         let mut take = |what: &str| {
             w.next().ok_or_else(|| LstmError::MissingWeight {
@@ -99,6 +100,137 @@ impl<T: Element> Attention<T> {
             concat,
             causal: flag("use_causal_mask"),
             return_scores: flag("return_attention_scores"),
+            dropout,
+        })
+    }
+
+    /// The forward pass; with `seed` (training mode) and a dropout rate, the weights'
+    /// dropout mask drawn from it.
+    fn run(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+        seed: Option<u64>,
+    ) -> Result<MergeForward<T>> {
+        let what = format!("layer {name}");
+        let (q, v, k) = crate::graph::query_value_key(xs, &what)?;
+        let (q, v, k) = (
+            as3(q, "query", name)?,
+            as3(v, "value", name)?,
+            as3(k, "key", name)?,
+        );
+        let (b, tq, dim) = q.dim();
+        let (_, tv, vdim) = v.dim();
+        if k.dim() != (b, tv, dim) || v.dim().0 != b {
+            return Err(LstmError::shape(
+                format!("key of {what}"),
+                &[b, tv, dim],
+                k.shape(),
+            ));
+        }
+        let want = if self.score == Score::Additive {
+            dim
+        } else {
+            1
+        };
+        if let Some(s) = &self.scale {
+            if s.len() != want {
+                return Err(LstmError::shape(
+                    format!("{name}/scale"),
+                    &[want],
+                    s.shape(),
+                ));
+            }
+        }
+        let q_mask = masks.first().copied().flatten();
+        let v_mask = masks.get(1).copied().flatten();
+        for (m, t) in [(q_mask, tq), (v_mask, tv)] {
+            if let Some(m) = m {
+                if m.dim() != (b, t) {
+                    return Err(LstmError::shape(
+                        format!("mask reaching {what}"),
+                        &[b, t],
+                        m.shape(),
+                    ));
+                }
+            }
+        }
+        let (q, v, k) = (q.to_owned(), v.to_owned(), k.to_owned());
+        let drop = match seed {
+            Some(seed) if self.dropout > 0.0 => Some(
+                dropout_mask::<T>(name, self.dropout, None, &[b, tq, tv], &mut SplitMix(seed))?
+                    .into_dimensionality::<Ix3>()
+                    .expect("drawn 3-D"),
+            ),
+            _ => None,
+        };
+        let mut w = Array3::<T>::zeros((b, tq, tv));
+        let mut out = Array3::<T>::zeros((b, tq, vdim));
+        let big = T::from_f64(1.0e9);
+        for i in 0..b {
+            for a in 0..tq {
+                let qa: Vec<T> = q.slice(ndarray::s![i, a, ..]).to_vec();
+                let mut scores: Vec<T> = (0..tv)
+                    .map(|j| {
+                        let kj: Vec<T> = k.slice(ndarray::s![i, j, ..]).to_vec();
+                        self.score_of(&qa, &kj)
+                    })
+                    .collect();
+                for (j, s) in scores.iter_mut().enumerate() {
+                    let present = v_mask.is_none_or(|m| m[[i, j]]) && (!self.causal || j <= a);
+                    if !present {
+                        *s = *s - big;
+                    }
+                }
+                let m = scores
+                    .iter()
+                    .copied()
+                    .fold(
+                        T::from_f64(f64::NEG_INFINITY),
+                        |a, b| if b > a { b } else { a },
+                    );
+                let e: Vec<T> = scores.iter().map(|&s| (s - m).exp()).collect();
+                let mut sum = T::zero();
+                for &x in &e {
+                    sum += x;
+                }
+                for (j, &ej) in e.iter().enumerate() {
+                    let wj = ej / sum;
+                    w[[i, a, j]] = wj;
+                    // (the weight after the dropout)
+                    let wj = drop.as_ref().map_or(wj, |m| wj * m[[i, a, j]]);
+                    for d in 0..vdim {
+                        out[[i, a, d]] += wj * v[[i, j, d]];
+                    }
+                }
+                if q_mask.is_some_and(|m| !m[[i, a]]) {
+                    out.slice_mut(ndarray::s![i, a, ..]).fill(T::zero());
+                }
+            }
+        }
+        let extra = if self.return_scores {
+            // (Keras returns the weights after its dropout)
+            vec![match &drop {
+                Some(m) => (&w * m).into_dyn(),
+                None => w.clone().into_dyn(),
+            }]
+        } else {
+            Vec::new()
+        };
+        Ok(MergeForward {
+            y: out.into_dyn(),
+            mask: q_mask.cloned(),
+            extra,
+            cache: Box::new(Cache {
+                q,
+                v,
+                k,
+                w,
+                drop,
+                q_mask: q_mask.cloned(),
+                three: xs.len() == 3,
+            }),
         })
     }
 
@@ -165,110 +297,18 @@ impl<T: Element> MergeOp<T> for Attention<T> {
         xs: &[ArrayViewD<'_, T>],
         masks: &[Option<&Array2<bool>>],
     ) -> Result<MergeForward<T>> {
-        let what = format!("layer {name}");
-        let (q, v, k) = crate::graph::query_value_key(xs, &what)?;
-        let (q, v, k) = (
-            as3(q, "query", name)?,
-            as3(v, "value", name)?,
-            as3(k, "key", name)?,
-        );
-        let (b, tq, dim) = q.dim();
-        let (_, tv, vdim) = v.dim();
-        if k.dim() != (b, tv, dim) || v.dim().0 != b {
-            return Err(LstmError::shape(
-                format!("key of {what}"),
-                &[b, tv, dim],
-                k.shape(),
-            ));
-        }
-        let want = if self.score == Score::Additive {
-            dim
-        } else {
-            1
-        };
-        if let Some(s) = &self.scale {
-            if s.len() != want {
-                return Err(LstmError::shape(
-                    format!("{name}/scale"),
-                    &[want],
-                    s.shape(),
-                ));
-            }
-        }
-        let q_mask = masks.first().copied().flatten();
-        let v_mask = masks.get(1).copied().flatten();
-        for (m, t) in [(q_mask, tq), (v_mask, tv)] {
-            if let Some(m) = m {
-                if m.dim() != (b, t) {
-                    return Err(LstmError::shape(
-                        format!("mask reaching {what}"),
-                        &[b, t],
-                        m.shape(),
-                    ));
-                }
-            }
-        }
-        let (q, v, k) = (q.to_owned(), v.to_owned(), k.to_owned());
-        let mut w = Array3::<T>::zeros((b, tq, tv));
-        let mut out = Array3::<T>::zeros((b, tq, vdim));
-        let big = T::from_f64(1.0e9);
-        for i in 0..b {
-            for a in 0..tq {
-                let qa: Vec<T> = q.slice(ndarray::s![i, a, ..]).to_vec();
-                let mut scores: Vec<T> = (0..tv)
-                    .map(|j| {
-                        let kj: Vec<T> = k.slice(ndarray::s![i, j, ..]).to_vec();
-                        self.score_of(&qa, &kj)
-                    })
-                    .collect();
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let present = v_mask.is_none_or(|m| m[[i, j]]) && (!self.causal || j <= a);
-                    if !present {
-                        *s = *s - big;
-                    }
-                }
-                let m = scores
-                    .iter()
-                    .copied()
-                    .fold(
-                        T::from_f64(f64::NEG_INFINITY),
-                        |a, b| if b > a { b } else { a },
-                    );
-                let e: Vec<T> = scores.iter().map(|&s| (s - m).exp()).collect();
-                let mut sum = T::zero();
-                for &x in &e {
-                    sum += x;
-                }
-                for (j, &ej) in e.iter().enumerate() {
-                    let wj = ej / sum;
-                    w[[i, a, j]] = wj;
-                    for d in 0..vdim {
-                        out[[i, a, d]] += wj * v[[i, j, d]];
-                    }
-                }
-                if q_mask.is_some_and(|m| !m[[i, a]]) {
-                    out.slice_mut(ndarray::s![i, a, ..]).fill(T::zero());
-                }
-            }
-        }
-        let extra = if self.return_scores {
-            vec![w.clone().into_dyn()]
-        } else {
-            Vec::new()
-        };
-        Ok(MergeForward {
-            y: out.into_dyn(),
-            mask: q_mask.cloned(),
-            extra,
-            cache: Box::new(Cache {
-                q,
-                v,
-                k,
-                w,
-                q_mask: q_mask.cloned(),
-                three: xs.len() == 3,
-            }),
-        })
+        self.run(name, xs, masks, None)
+    }
+
+    fn forward_in_training(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+        _scalars: &[f64],
+        seed: Option<u64>,
+    ) -> Result<MergeForward<T>> {
+        self.run(name, xs, masks, seed)
     }
 
     fn backward(
@@ -330,14 +370,21 @@ impl<T: Element> MergeOp<T> for Attention<T> {
                         *x += ds[[i, a, j]];
                     }
                 }
+                // (the output and the returned scores read the weights after the dropout)
+                if let Some(m) = &c.drop {
+                    for (j, x) in dw.iter_mut().enumerate() {
+                        *x = *x * m[[i, a, j]];
+                    }
+                }
                 let mut dot = T::zero();
                 for (j, &g) in dw.iter().enumerate() {
                     dot += g * c.w[[i, a, j]];
                 }
                 for j in 0..tv {
                     let wj = c.w[[i, a, j]];
+                    let wd = c.drop.as_ref().map_or(wj, |m| wj * m[[i, a, j]]);
                     for e in 0..vdim {
-                        dv[[i, j, e]] += wj * d[[i, a, e]];
+                        dv[[i, j, e]] += wd * d[[i, a, e]];
                     }
                     let ds = wj * (dw[j] - dot);
                     match self.score {

@@ -426,11 +426,13 @@ impl<T: Element> MergeOp<T> for Compare {
 }
 
 /// The other op layers Keras saves for masks: `ExpandDims(axis)` (its gradient the
-/// cotangent with that axis dropped) and `ZerosLike` / `OnesLike` (constants: no gradient).
+/// cotangent with that axis dropped), `ZerosLike` / `OnesLike` (constants: no gradient) and
+/// `ConvertToTensor` without a dtype (the identity).
 #[derive(Debug, Clone)]
 pub(super) enum OpLayer {
     ExpandDims(i64),
     Fill(f64),
+    Identity,
 }
 
 impl<T: Element> MergeOp<T> for OpLayer {
@@ -439,6 +441,7 @@ impl<T: Element> MergeOp<T> for OpLayer {
             OpLayer::ExpandDims(_) => "ExpandDims",
             OpLayer::Fill(v) if *v == 0.0 => "ZerosLike",
             OpLayer::Fill(_) => "OnesLike",
+            OpLayer::Identity => "ConvertToTensor",
         }
     }
 
@@ -467,6 +470,7 @@ impl<T: Element> MergeOp<T> for OpLayer {
                 (x.to_owned().insert_axis(Axis(a as usize)), Some(a as usize))
             }
             OpLayer::Fill(v) => (ArrayD::from_elem(x.raw_dim(), T::from_f64(*v)), None),
+            OpLayer::Identity => (x.to_owned(), None),
         };
         Ok(MergeForward {
             y,
@@ -485,10 +489,12 @@ impl<T: Element> MergeOp<T> for OpLayer {
         let axis = cache
             .downcast_ref::<Option<usize>>()
             .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "cache mismatch"))?;
-        Ok((
-            vec![axis.map(|a| d.index_axis_move(Axis(a), 0))],
-            Vec::new(),
-        ))
+        let dx = match (self, axis) {
+            (OpLayer::Identity, _) => Some(d),
+            (_, Some(a)) => Some(d.index_axis_move(Axis(*a), 0)),
+            (_, None) => None,
+        };
+        Ok((vec![dx], Vec::new()))
     }
 
     fn clone_box(&self) -> Box<dyn MergeOp<T>> {

@@ -8,8 +8,15 @@
 //! zeroed after it, the weighted sum of the values and the output projection (`[N, Hv,
 //! Dout]`, bias `[Dout]`). The backward pass runs it in reverse: the output projection's
 //! transpose, each head's softmax backward (a masked score gets no gradient), the
-//! projections' transposes. Attention dropout is refused in training.
+//! projections' transposes.
+//!
+//! `dropout` as Keras's: a layer with dropout takes the scores path in either mode; in
+//! training mode its Dropout multiplies the (masked, zeroed) weights by a `[B, N, T, S]`
+//! scale mask (`1/(1 - rate)` where kept, one draw per weight from the call's stream,
+//! row-major) before the weighted sum; the returned scores are the weights before it, as
+//! Keras returns them.
 
+use super::super::dropout::{dropout_mask, SplitMix};
 use super::{MergeForward, MergeOp, OpCache};
 use crate::cpu::reference::matmul;
 use crate::element::Element;
@@ -28,6 +35,9 @@ pub(super) struct Mha<T> {
     weights: Vec<ArrayD<T>>,
     causal: bool,
     return_scores: bool,
+    /// The attention dropout rate (training mode only; with it Keras takes its scores path
+    /// in either mode).
+    dropout: f64,
 }
 
 /// What the backward pass reads.
@@ -46,6 +56,8 @@ struct Cache<T> {
     allowed: Option<ndarray::Array3<bool>>,
     /// The heads' outputs `[B·T, N·Hv]`.
     context: Array2<T>,
+    /// The dropout's scale mask `[B, N, T, S]` (training mode with dropout).
+    drop: Option<Array4<T>>,
     dims: (usize, usize, usize),
     three: bool,
 }
@@ -59,16 +71,7 @@ impl<T: Element> Mha<T> {
         weights: Vec<ArrayD<T>>,
     ) -> Result<Self> {
         let (heads, key_dim, value_dim) = crate::graph::mha::head_sizes(cfg, name)?;
-        let rate = super::super::unit_rate(cfg, "dropout", name)?;
-        if rate > 0.0 {
-            return Err(LstmError::unsupported(
-                "dropout",
-                format!(
-                    "{rate} on layer {name} in training (attention dropout is not built; set \
-                     it to 0 to train this model)"
-                ),
-            ));
-        }
+        let dropout = super::super::unit_rate(cfg, "dropout", name)?;
         let use_bias = cfg.get("use_bias").and_then(Json::as_bool).unwrap_or(true);
         let per = 1 + usize::from(use_bias);
         if weights.len() != 4 * per {
@@ -121,6 +124,7 @@ impl<T: Element> Mha<T> {
             weights,
             causal: flag("use_causal_mask"),
             return_scores: flag("return_attention_scores"),
+            dropout,
         })
     }
 
@@ -167,9 +171,9 @@ impl<T: Element> Mha<T> {
     }
 
     /// Keras's scores path (the weights materialised, the masked ones zeroed after the
-    /// softmax), taken when the scores are returned.
+    /// softmax), taken when the scores are returned or the layer has dropout.
     fn scores_path(&self) -> bool {
-        self.return_scores
+        self.return_scores || self.dropout > 0.0
     }
 }
 
@@ -200,6 +204,19 @@ impl<T: Element> MergeOp<T> for Mha<T> {
         name: &str,
         xs: &[ArrayViewD<'_, T>],
         masks: &[Option<&Array2<bool>>],
+    ) -> Result<MergeForward<T>> {
+        self.forward_in_training(name, xs, masks, &[], None)
+    }
+
+    /// With `seed` (training mode) and a dropout rate, the weights' dropout mask drawn from
+    /// it.
+    fn forward_in_training(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+        _scalars: &[f64],
+        seed: Option<u64>,
     ) -> Result<MergeForward<T>> {
         let what = format!("layer {name}");
         let (q_in, v_in, k_in) = crate::graph::query_value_key(xs, &what)?;
@@ -257,6 +274,14 @@ impl<T: Element> MergeOp<T> for Mha<T> {
             T::from_f64(3.38953e38 * -0.7)
         };
         let inv = self.inverse_sqrt_key_dim();
+        let drop = match seed {
+            Some(seed) if self.dropout > 0.0 => Some(
+                dropout_mask::<T>(name, self.dropout, None, &[b, n, t, s], &mut SplitMix(seed))?
+                    .into_dimensionality::<ndarray::Ix4>()
+                    .expect("drawn 4-D"),
+            ),
+            _ => None,
+        };
         let mut p = Array4::<T>::zeros((b, n, t, s));
         let mut context = Array2::<T>::zeros((b * t, n * hv));
         let mut row = vec![T::zero(); s];
@@ -288,6 +313,8 @@ impl<T: Element> MergeOp<T> for Mha<T> {
                         if !kept {
                             continue;
                         }
+                        // (the weight after the dropout)
+                        let w = drop.as_ref().map_or(w, |m| w * m[[i, head, a, j]]);
                         let vr = v.row(i * s + j);
                         for e in 0..hv {
                             context[[i * t + a, head * hv + e]] += w * vr[head * hv + e];
@@ -328,6 +355,7 @@ impl<T: Element> MergeOp<T> for Mha<T> {
                 p,
                 allowed,
                 context,
+                drop,
                 dims: (b, t, s),
                 three,
             }),
@@ -394,12 +422,16 @@ impl<T: Element> MergeOp<T> for Mha<T> {
                     for (j, g) in dp.iter_mut().enumerate() {
                         // (the weight the output read: zeroed where masked on the scores path)
                         let kept = !scores_path || allowed(j);
-                        let w = c.p[[i, head, a, j]];
+                        // (the output read the weight after the dropout, the returned
+                        // scores the one before)
+                        let m = c.drop.as_ref().map_or(T::one(), |m| m[[i, head, a, j]]);
+                        let w = c.p[[i, head, a, j]] * m;
                         let vr = c.v.row(i * s + j);
                         let mut sum = T::zero();
                         for e in 0..hv {
                             sum += dc[head * hv + e] * vr[head * hv + e];
                         }
+                        sum = sum * m;
                         if let Some(ds) = &d_scores {
                             sum += ds[[i, head, a, j]];
                         }
@@ -534,6 +566,8 @@ mod tests {
         assert!(Mha::new(&cfg, "mha", &kw, good.clone()).is_ok());
         let mut dropout = cfg.clone();
         dropout["dropout"] = serde_json::json!(0.1);
+        assert!(Mha::new(&dropout, "mha", &kw, good.clone()).is_ok());
+        dropout["dropout"] = serde_json::json!(1.0);
         let err = Mha::new(&dropout, "mha", &kw, good.clone())
             .unwrap_err()
             .to_string();

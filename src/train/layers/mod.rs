@@ -207,6 +207,21 @@ pub trait MergeOp<T>: std::fmt::Debug + Send + Sync {
         self.forward(name, xs, masks)
     }
 
+    /// [`forward_with_scalars`](Self::forward_with_scalars) in training mode: `seed` is the
+    /// call's own random stream (None in inference mode), for the ops that draw masks
+    /// (attention dropout); the others ignore it.
+    fn forward_in_training(
+        &self,
+        name: &str,
+        xs: &[ArrayViewD<'_, T>],
+        masks: &[Option<&Array2<bool>>],
+        scalars: &[f64],
+        seed: Option<u64>,
+    ) -> Result<MergeForward<T>> {
+        let _ = seed;
+        self.forward_with_scalars(name, xs, masks, scalars)
+    }
+
     /// The cotangents of the inputs and the weights' gradients for the cotangent `d` of the
     /// output.
     #[allow(clippy::type_complexity)]
@@ -272,6 +287,7 @@ pub const MERGE_CLASSES: &[&str] = &[
     "ExpandDims",
     "ZerosLike",
     "OnesLike",
+    "ConvertToTensor",
     "Attention",
     "AdditiveAttention",
     "Dot",
@@ -320,6 +336,16 @@ pub fn merge_from_keras<T: Element>(
         "ExpandDims" => Box::new(merge::OpLayer::ExpandDims(int("axis", -1))),
         "ZerosLike" => Box::new(merge::OpLayer::Fill(0.0)),
         "OnesLike" => Box::new(merge::OpLayer::Fill(1.0)),
+        // (between a mask and the layer taking it; a dtype change is not read)
+        "ConvertToTensor" => match cfg.get("dtype") {
+            None | Some(Value::Null) => Box::new(merge::OpLayer::Identity),
+            Some(other) => {
+                return Err(LstmError::unsupported(
+                    "ConvertToTensor dtype",
+                    format!("{other} (layer {name:?}; a conversion without dtype is supported)"),
+                ))
+            }
+        },
         "Dot" => {
             let axis = |v: &Value| {
                 v.as_i64().ok_or_else(|| {

@@ -340,11 +340,21 @@ fn check_merge(
     xs: &[ArrayD<f64>],
     masks: &[Option<Array2<bool>>],
 ) -> f64 {
+    check_merge_in(op, xs, masks, None)
+}
+
+/// [`check_merge`] in training mode with `seed` (the same masks drawn in every call).
+fn check_merge_in(
+    op: &dyn super::MergeOp<f64>,
+    xs: &[ArrayD<f64>],
+    masks: &[Option<Array2<bool>>],
+    seed: Option<u64>,
+) -> f64 {
     let mut next = stream(xs.iter().map(|x| x.len() as u64).sum::<u64>() * 31 + 5);
     let mref: Vec<Option<&Array2<bool>>> = masks.iter().map(Option::as_ref).collect();
     let run = |op: &dyn super::MergeOp<f64>, xs: &[ArrayD<f64>]| {
         let v: Vec<_> = xs.iter().map(|x| x.view()).collect();
-        op.forward("m", &v, &mref).unwrap()
+        op.forward_in_training("m", &v, &mref, &[], seed).unwrap()
     };
     let out = run(op, xs);
     let r: Vec<ArrayD<f64>> = std::iter::once(&out.y)
@@ -552,7 +562,20 @@ fn merges_and_attention_match_central_differences() {
             json!({"num_heads": 2, "key_dim": 3, "value_dim": 2, "use_bias": false}),
             mha_weights(false, 40),
         ),
+        // (attention dropout in training mode: the masks of seed 11 in every call)
+        ("Attention", json!({"dropout": 0.4}), vec![]),
+        (
+            "AdditiveAttention",
+            json!({"dropout": 0.3, "use_scale": false}),
+            vec![],
+        ),
+        (
+            "MultiHeadAttention",
+            json!({"num_heads": 2, "key_dim": 3, "value_dim": 2, "dropout": 0.3}),
+            mha_weights(true, 40),
+        ),
     ] {
+        let seed = cfg.get("dropout").map(|_| 11);
         for kw in [
             json!({}),
             json!({"return_attention_scores": true}),
@@ -570,7 +593,7 @@ fn merges_and_attention_match_central_differences() {
                     vec![q.clone(), v.clone()],
                     vec![q.clone(), v.clone(), k.clone()],
                 ] {
-                    let e = check_merge(m.as_ref(), &xs, &masks);
+                    let e = check_merge_in(m.as_ref(), &xs, &masks, seed);
                     let which = (masks[0].is_some(), masks[1].is_some(), xs.len());
                     see(format!("{class} {cfg} {kw} (masks, inputs) {which:?}"), e);
                 }
