@@ -21,7 +21,8 @@ twice in a step (their moving statistics move in each call, in Keras's run order
 `graph_orthogonal.keras`: OrthogonalRegularizer on weights and as activity regularizers; and
 `graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed; and
 `graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores; and
-`graph_attn_dropout.keras`: Attention and MultiHeadAttention with dropout. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+`graph_attn_dropout.keras`: Attention and MultiHeadAttention with dropout; and
+`graph_conv_lstm.keras`: ConvLSTM2D and ConvLSTM1D. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -444,6 +445,29 @@ def inject_attention_masks(model, name, b, dtype):
         MASKS[id(gen)] = scale_mask(rate, (b,) + shape, rng, dtype)
 
 
+def graph_conv_lstm():
+    """ConvLSTM2D over frames (padding same, sequences, then strides 2 and valid padding,
+    go_backwards) and ConvLSTM1D (dilation 2, relu, no bias) over a second input, an output
+    each."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    v_in = keras.Input((4, 5, 6, 2), name="frames")
+    s_in = keras.Input((5, 7, 3), name="signals")
+    h = layers.ConvLSTM2D(3, (3, 3), padding="same", return_sequences=True, name="cl2a")(v_in)
+    h = layers.ConvLSTM2D(2, (2, 3), strides=(2, 1), padding="valid", go_backwards=True,
+                          name="cl2b")(h)
+    out1 = layers.Dense(2, name="out1")(layers.Flatten()(h))
+    g = layers.ConvLSTM1D(2, 3, dilation_rate=2, activation="relu", use_bias=False,
+                          return_sequences=True, name="cl1")(s_in)
+    out2 = layers.Dense(1, name="out2")(layers.GlobalAveragePooling1D()(
+        layers.Reshape((5, -1))(g)))
+    model = keras.Model([v_in, s_in], [out1, out2], name="graph_conv_lstm")
+    set_uniform(model, 0.6)
+    v = rng.normal(size=(3, 4, 5, 6, 2)).astype("float32")
+    sg = rng.normal(size=(3, 5, 7, 3)).astype("float32")
+    return model, [v, sg]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -455,7 +479,8 @@ BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_f
          "graph_constraint": graph_constraint, "graph_dot": graph_dot,
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
          "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity,
-         "graph_mha": graph_mha, "graph_attn_dropout": graph_attn_dropout}
+         "graph_mha": graph_mha, "graph_attn_dropout": graph_attn_dropout,
+         "graph_conv_lstm": graph_conv_lstm}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -483,6 +508,7 @@ CASES = [
     ("graph_bidi_activity", "here", ["mse"], [1.0], True),
     ("graph_mha", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_attn_dropout", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], False),
+    ("graph_conv_lstm", "here", ["mse", "mse"], [1.0, 0.5], True),
 ]
 
 

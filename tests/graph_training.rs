@@ -178,7 +178,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 21] = [
+const MODELS: [&str; 22] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -200,6 +200,7 @@ const MODELS: [&str; 21] = [
     "graph_bidi_activity",
     "graph_mha",
     "graph_attn_dropout",
+    "graph_conv_lstm",
 ];
 
 /// Models recorded in float32 only: Keras 3.15.1's OrthogonalRegularizer fails in a float64

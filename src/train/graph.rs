@@ -220,6 +220,7 @@ impl<T: Element> Functional<T> {
     /// it.
     pub fn from_model(model: &KerasModel) -> Result<Self> {
         let config = model.config();
+        super::load::refuse_untrained_wrappers(config)?;
         refuse_training_randomness(config)?;
         let built = model
             .layers_with_weights()

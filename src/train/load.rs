@@ -15,6 +15,7 @@ impl<T: Element> Sequential<T> {
     /// The chain of `model` (a `Sequential` or functional chain of Masking, LSTM and Dense
     /// layers, [`KerasModel::layers`]) with its weights in `T`.
     pub fn from_model(model: &KerasModel) -> Result<Self> {
+        refuse_untrained_wrappers(model.config())?;
         if let Some(why) = model.chain_error() {
             return Err(LstmError::invalid(
                 "model",
@@ -319,6 +320,35 @@ pub(super) fn refuse_regularizers(config: &serde_json::Value) -> Result<()> {
         }
     }
     walk(config)
+}
+
+/// A `Bidirectional` around a ConvLSTM (run at inference, not trained yet) is refused
+/// naming the layer.
+pub(super) fn refuse_untrained_wrappers(config: &serde_json::Value) -> Result<()> {
+    let layers = config
+        .pointer("/config/layers")
+        .and_then(serde_json::Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    for l in layers {
+        let class = |v: &serde_json::Value| {
+            v.get("class_name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let inner = l.pointer("/config/layer").map(class).unwrap_or_default();
+        if class(l) == "Bidirectional" && inner.starts_with("ConvLSTM") {
+            let name = l
+                .pointer("/config/name")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("?");
+            return Err(LstmError::unsupported(
+                "Bidirectional",
+                format!("around {inner} (layer {name}) in training"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Keras applies dropout and noise in `fit`; training without them would train another

@@ -3,7 +3,7 @@
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
 //! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
 //! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Reshape, Permute, Activation,
-//! GaussianNoise, GaussianDropout, AlphaDropout)
+//! GaussianNoise, GaussianDropout, AlphaDropout, ConvLSTM1D, ConvLSTM2D)
 //! ([`Sequential`], built from a loaded [`KerasModel`](crate::model::KerasModel)) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with
@@ -28,7 +28,7 @@
 //! Stateful layers train in the chain, their states carried between calls
 //! ([`Sequential::carried`]).
 //!
-//! Not yet here: `ConvLSTM` in training, regularizers,
+//! Not yet here: a `ConvLSTM`'s states and dropout in training, regularizers,
 //! constraints and frozen layers in the chain (it refuses them and names `Functional`),
 //! stateful layers in a `Functional`, `merge_mode=None` and returned states in a chain.
 //!

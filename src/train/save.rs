@@ -111,6 +111,10 @@ pub(super) fn weights_tree<T: Element>(
                     .map(|p| (format!("{at}/{p}/vars"), per))
                     .collect()
             }
+            // (a ConvLSTM's variables are its cell's, as a recurrent layer's)
+            Saved::Plain if matches!(class, "ConvLSTM1D" | "ConvLSTM2D" | "ConvLSTM3D") => {
+                vec![(format!("{at}/cell/vars"), ws.len())]
+            }
             // a wrapper's layer is saved under it (TimeDistributed(Dense))
             Saved::Plain if class == "TimeDistributed" => {
                 vec![(format!("{at}/layer/vars"), ws.len())]

@@ -9,6 +9,7 @@
 //! - `norm.rs`: `LayerNormalization`; `batch_norm.rs`: `BatchNormalization` (batch
 //!   statistics in training mode, the moving ones updated by `fit`).
 //! - `conv.rs`: `Conv1D`.
+//! - `conv_lstm.rs`: `ConvLSTM1D`, `ConvLSTM2D`.
 //! - `noise.rs`: `GaussianNoise`, `GaussianDropout`, `AlphaDropout` (training mode; the
 //!   identity otherwise).
 //!
@@ -23,6 +24,7 @@
 mod attention;
 mod batch_norm;
 mod conv;
+mod conv_lstm;
 mod dot;
 mod merge;
 mod mha;
@@ -397,6 +399,8 @@ pub const CLASSES: &[&str] = &[
     "LayerNormalization",
     "BatchNormalization",
     "Conv1D",
+    "ConvLSTM1D",
+    "ConvLSTM2D",
     "GaussianNoise",
     "GaussianDropout",
     "AlphaDropout",
@@ -541,6 +545,7 @@ pub fn from_keras<T: Element>(
             crate::graph::channels_last(cfg)?;
             Box::new(conv::Conv1D::new(cfg, name, w)?)
         }
+        "ConvLSTM1D" | "ConvLSTM2D" => Box::new(conv_lstm::ConvLstm::new(class, cfg, name, w)?),
         _ => return Ok(None),
     };
     Ok(Some(op))

@@ -603,3 +603,115 @@ fn merges_and_attention_match_central_differences() {
     assert!(past.is_empty(), "{}", past.join("; "));
     println!("merges and attention vs central differences: worst {worst:.1e}");
 }
+
+/// ConvLSTM1D and ConvLSTM2D against central differences: paddings, strides, dilations,
+/// `go_backwards`, sequences or the last output, masks (a fully masked row, masked first and
+/// last steps), `zero_output_for_mask`, other activations, no bias.
+#[test]
+fn conv_lstm_matches_central_differences() {
+    let mut worst = 0.0f64;
+    let mut mask = Array2::from_elem((2, 4), true);
+    mask[[0, 0]] = false;
+    mask[[0, 3]] = false;
+    mask[[1, 1]] = false;
+    let mut all_masked = mask.clone();
+    all_masked.row_mut(1).fill(false);
+    let kernels = |kh: usize, kw: usize, cin: usize, f: usize, rank: usize, bias: bool| {
+        let k = |c: usize, seed: u64| {
+            let shape: Vec<usize> = if rank == 1 {
+                vec![kw, c, 4 * f]
+            } else {
+                vec![kh, kw, c, 4 * f]
+            };
+            random(&shape, seed).mapv(|v| (0.6 * v) as f32)
+        };
+        let mut w = vec![k(cin, 71), k(f, 72)];
+        if bias {
+            w.push(random(&[4 * f], 73).mapv(|v| (0.3 * v) as f32));
+        }
+        w
+    };
+    for (class, cfg, x, w) in [
+        (
+            "ConvLSTM2D",
+            json!({"filters": 2, "kernel_size": [2, 2], "padding": "same",
+                   "return_sequences": true}),
+            random(&[2, 4, 3, 4, 2], 81),
+            kernels(2, 2, 2, 2, 2, true),
+        ),
+        (
+            "ConvLSTM2D",
+            json!({"filters": 2, "kernel_size": [3, 2], "strides": [2, 1],
+                   "padding": "valid", "go_backwards": true}),
+            random(&[2, 4, 5, 3, 1], 82),
+            kernels(3, 2, 1, 2, 2, true),
+        ),
+        (
+            "ConvLSTM1D",
+            json!({"filters": 2, "kernel_size": 3, "dilation_rate": 2, "padding": "same",
+                   "return_sequences": true, "zero_output_for_mask": true,
+                   "activation": "relu", "recurrent_activation": "hard_sigmoid",
+                   "use_bias": false}),
+            random(&[2, 4, 6, 3], 83),
+            kernels(1, 3, 3, 2, 1, false),
+        ),
+        (
+            "ConvLSTM1D",
+            json!({"filters": 3, "kernel_size": 2, "strides": 2,
+                   "return_sequences": true, "go_backwards": true}),
+            random(&[2, 4, 5, 2], 84),
+            kernels(1, 2, 2, 3, 1, true),
+        ),
+    ] {
+        for m in [None, Some(mask.clone()), Some(all_masked.clone())] {
+            let e = check(&mut op(class, cfg.clone(), w.clone()), x.clone(), m.clone());
+            assert!(e < 1e-8, "{class} {cfg} mask {}: {e:e}", m.is_some());
+            worst = worst.max(e);
+        }
+    }
+    // refused by name
+    for (key, v) in [("return_state", json!(true)), ("stateful", json!(true))] {
+        let mut cfg = json!({"filters": 2, "kernel_size": [2, 2]});
+        cfg[key] = v;
+        let e = from_keras::<f64>("ConvLSTM2D", &cfg, "cl", kernels(2, 2, 2, 2, 2, true))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key) && e.contains("cl"), "{e}");
+    }
+    let e = from_keras::<f64>(
+        "ConvLSTM2D",
+        &json!({"filters": 2, "kernel_size": [2, 2]}),
+        "cl",
+        kernels(3, 2, 2, 2, 2, true),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cl/kernel"), "{e}");
+    println!("ConvLSTM vs central differences: worst {worst:.1e}");
+}
+
+/// A ConvLSTM over 1500 steps: finite, its backward pass the shapes of its inputs and its
+/// input gradient nonzero at the last step.
+#[test]
+fn conv_lstm_long_sequence() {
+    let w = vec![
+        random(&[2, 1, 8], 91).mapv(|v| (0.5 * v) as f32),
+        random(&[2, 2, 8], 92).mapv(|v| (0.5 * v) as f32),
+        ArrayD::zeros(IxDyn(&[8])),
+    ];
+    let cfg = json!({"filters": 2, "kernel_size": 2, "padding": "same"});
+    let l = op("ConvLSTM1D", cfg, w);
+    let x = random(&[1, 1500, 3, 1], 93);
+    let out = l.forward("l", x.view(), None, None).unwrap();
+    assert_eq!(out.y.shape(), &[1, 3, 2]);
+    assert!(out.y.iter().all(|v| v.is_finite()));
+    let (dx, dw) = l
+        .backward("l", &out.cache, ArrayD::from_elem(IxDyn(&[1, 3, 2]), 1.0))
+        .unwrap();
+    assert_eq!(dx.shape(), x.shape());
+    assert!(dx.iter().chain(dw.iter().flatten()).all(|v| v.is_finite()));
+    assert!(dx
+        .slice(ndarray::s![0, 1499, .., ..])
+        .iter()
+        .any(|&v| v != 0.0));
+}
