@@ -27,7 +27,8 @@ MODELS = ["p_embedding_pooling", "p_embedding_gru", "p_encoder_decoder_states",
           "p_masked_bigru_tagger", "graph_mix", "graph_reg",
           "graph_frozen", "graph_constraint", "graph_dot", "graph_logits",
           "graph_shared_bn", "graph_orthogonal",
-          "graph_bidi_activity", "graph_mha", "graph_attn_dropout", "graph_conv_lstm"]
+          "graph_bidi_activity", "graph_mha", "graph_attn_dropout", "graph_conv_lstm",
+          "graph_conv2d"]
 
 
 def outputs(model, xs):

@@ -22,7 +22,8 @@ twice in a step (their moving statistics move in each call, in Keras's run order
 `graph_bidi_activity.keras`: activity regularizers inside Bidirectional and TimeDistributed; and
 `graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores; and
 `graph_attn_dropout.keras`: Attention and MultiHeadAttention with dropout; and
-`graph_conv_lstm.keras`: ConvLSTM2D and ConvLSTM1D. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+`graph_conv_lstm.keras`: ConvLSTM2D and ConvLSTM1D; and `graph_conv2d.keras`: a CRNN's
+Conv2D and 2-D pooling layers. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -468,6 +469,29 @@ def graph_conv_lstm():
     return model, [v, sg]
 
 
+def graph_conv2d():
+    """A CRNN's image layers: Conv2D (same with relu, valid with tanh, dilated without bias,
+    strided same), MaxPooling2D, AveragePooling2D (same), their frames reshaped into an
+    LSTM's sequence; GlobalMaxPooling2D and GlobalAveragePooling2D (keepdims) heads."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((8, 6, 2), name="image")
+    c1 = layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(x_in)
+    p1 = layers.MaxPooling2D(2, name="p1")(c1)
+    c2 = layers.Conv2D(3, 2, padding="valid", activation="tanh", name="c2")(p1)
+    a2 = layers.AveragePooling2D(2, strides=1, padding="same", name="a2")(c2)
+    seq = layers.Reshape((3, 6), name="frames")(a2)
+    out1 = layers.Dense(2, name="out1")(layers.LSTM(4, name="lstm")(seq))
+    c3 = layers.Conv2D(2, 3, dilation_rate=2, padding="same", use_bias=False, name="c3")(x_in)
+    c4 = layers.Conv2D(3, 3, strides=2, padding="same", name="c4")(c3)
+    out2 = layers.Dense(1, name="out2")(layers.GlobalMaxPooling2D(name="gmax")(c4))
+    g = layers.GlobalAveragePooling2D(keepdims=True, name="gavg")(c1)
+    out3 = layers.Dense(1, name="out3")(layers.Flatten()(g))
+    model = keras.Model(x_in, [out1, out2, out3], name="graph_conv2d")
+    set_uniform(model, 0.5)
+    return model, [rng.normal(size=(3, 8, 6, 2)).astype("float32")]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -480,7 +504,7 @@ BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_f
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
          "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity,
          "graph_mha": graph_mha, "graph_attn_dropout": graph_attn_dropout,
-         "graph_conv_lstm": graph_conv_lstm}
+         "graph_conv_lstm": graph_conv_lstm, "graph_conv2d": graph_conv2d}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -509,6 +533,7 @@ CASES = [
     ("graph_mha", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_attn_dropout", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], False),
     ("graph_conv_lstm", "here", ["mse", "mse"], [1.0, 0.5], True),
+    ("graph_conv2d", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], True),
 ]
 
 

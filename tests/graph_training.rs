@@ -178,7 +178,7 @@ fn grads_case_on<T: Element>(name: &str, tol: f64, run: Run<'_, T>) -> f64 {
     w
 }
 
-const MODELS: [&str; 22] = [
+const MODELS: [&str; 23] = [
     "p_embedding_pooling",
     "p_embedding_gru",
     "p_encoder_decoder_states",
@@ -201,6 +201,7 @@ const MODELS: [&str; 22] = [
     "graph_mha",
     "graph_attn_dropout",
     "graph_conv_lstm",
+    "graph_conv2d",
 ];
 
 /// Models recorded in float32 only: Keras 3.15.1's OrthogonalRegularizer fails in a float64

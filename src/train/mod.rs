@@ -1,9 +1,9 @@
 //! Training with Keras's gradients, losses and optimizers: backpropagation through time for
 //! `LSTM`, `GRU` (both forms) and `SimpleRNN` ([`lstm_gradients`]), a trainable chain of
 //! `Embedding`, `Masking`, recurrent (with their `dropout` and `recurrent_dropout`), `Dropout`,
-//! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, pooling,
-//! LayerNormalization, BatchNormalization, RepeatVector, Flatten, Reshape, Permute, Activation,
-//! GaussianNoise, GaussianDropout, AlphaDropout, ConvLSTM1D, ConvLSTM2D)
+//! `SpatialDropout1D`, `Dense` and the [`layers`] around them (Conv1D, Conv2D, 1-D and 2-D
+//! pooling, LayerNormalization, BatchNormalization, RepeatVector, Flatten, Reshape, Permute,
+//! Activation, GaussianNoise, GaussianDropout, AlphaDropout, ConvLSTM1D, ConvLSTM2D)
 //! ([`Sequential`], built from a loaded [`KerasModel`](crate::model::KerasModel)) with
 //! [`Sequential::gradients`] (the loss and its gradient w.r.t. every weight and the input, as
 //! `tf.GradientTape` gives them) and [`Sequential::fit`] (Keras's `model.fit` with

@@ -17,6 +17,7 @@
 //! `return_state`, `initial_state`, `stateful` and dropout are refused by name.
 
 use super::super::activation::derivative_at;
+use super::conv::{col2im, im2col};
 use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::activation::Activation;
 use crate::element::Element;
@@ -177,51 +178,6 @@ impl<T: Element> ConvLstm<T> {
             s
         }
     }
-}
-
-/// The windows of `n` frames `x` (`[n, h, w, c]` row-major) as rows `[n·OH·OW, kh·kw·c]`
-/// (zeros at padding taps), for the window `win` placed at `p`.
-fn im2col<T: Element>(x: &[T], [n, h, w, c]: [usize; 4], win: &Window2, p: Placement) -> Array2<T> {
-    let [oh, ow] = p.out;
-    let (kh, kw) = (win.size[0], win.size[1]);
-    let mut cols = Array2::<T>::zeros((n * oh * ow, kh * kw * c));
-    for (r, mut row) in cols.rows_mut().into_iter().enumerate() {
-        let (i, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-        let row = row.as_slice_mut().expect("a standard layout");
-        for (ky, py) in win.taps(0, oy, p.before[0], h) {
-            for (kx, px) in win.taps(1, ox, p.before[1], w) {
-                let src = ((i * h + py) * w + px) * c;
-                let dst = (ky * kw + kx) * c;
-                row[dst..dst + c].copy_from_slice(&x[src..src + c]);
-            }
-        }
-    }
-    cols
-}
-
-/// [`im2col`]'s transpose: the rows' cotangents `d` summed back into `[n, h, w, c]`.
-fn col2im<T: Element>(
-    d: &Array2<T>,
-    [n, h, w, c]: [usize; 4],
-    win: &Window2,
-    p: Placement,
-) -> Vec<T> {
-    let [oh, ow] = p.out;
-    let kw = win.size[1];
-    let mut x = vec![T::zero(); n * h * w * c];
-    for (r, row) in d.rows().into_iter().enumerate() {
-        let (i, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
-        for (ky, py) in win.taps(0, oy, p.before[0], h) {
-            for (kx, px) in win.taps(1, ox, p.before[1], w) {
-                let dst = ((i * h + py) * w + px) * c;
-                let src = (ky * kw + kx) * c;
-                for k in 0..c {
-                    x[dst + k] += row[src + k];
-                }
-            }
-        }
-    }
-    x
 }
 
 /// What the backward pass reads: the input frames' windows `[B·T·P, kq]` (row `(b·T + t)·P

@@ -391,6 +391,10 @@ pub const CLASSES: &[&str] = &[
     "GlobalMaxPooling1D",
     "MaxPooling1D",
     "AveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "MaxPooling2D",
+    "AveragePooling2D",
     "RepeatVector",
     "Flatten",
     "Reshape",
@@ -399,6 +403,7 @@ pub const CLASSES: &[&str] = &[
     "LayerNormalization",
     "BatchNormalization",
     "Conv1D",
+    "Conv2D",
     "ConvLSTM1D",
     "ConvLSTM2D",
     "GaussianNoise",
@@ -430,6 +435,23 @@ pub fn from_keras<T: Element>(
                     .and_then(Value::as_bool)
                     .unwrap_or(false),
             })
+        }
+        "GlobalAveragePooling2D" | "GlobalMaxPooling2D" => {
+            crate::graph::channels_last(cfg)?;
+            Box::new(pooling::GlobalPool2D {
+                average: class == "GlobalAveragePooling2D",
+                keepdims: cfg
+                    .get("keepdims")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            })
+        }
+        "MaxPooling2D" | "AveragePooling2D" => {
+            crate::graph::channels_last(cfg)?;
+            Box::new(pooling::Pool2D::new(
+                class == "MaxPooling2D",
+                crate::graph::Window2::from_config(cfg, 2, "pool_size", true)?,
+            ))
         }
         "MaxPooling1D" | "AveragePooling1D" => {
             crate::graph::channels_last(cfg)?;
@@ -544,6 +566,10 @@ pub fn from_keras<T: Element>(
         "Conv1D" => {
             crate::graph::channels_last(cfg)?;
             Box::new(conv::Conv1D::new(cfg, name, w)?)
+        }
+        "Conv2D" => {
+            crate::graph::channels_last(cfg)?;
+            Box::new(conv::Conv2D::new(cfg, name, w)?)
         }
         "ConvLSTM1D" | "ConvLSTM2D" => Box::new(conv_lstm::ConvLstm::new(class, cfg, name, w)?),
         _ => return Ok(None),

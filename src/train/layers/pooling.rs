@@ -1,5 +1,5 @@
-//! `GlobalAveragePooling1D`, `GlobalMaxPooling1D`, `MaxPooling1D` and `AveragePooling1D`
-//! (channels_last) and their backward passes as TensorFlow's gradients give them: a
+//! `GlobalAveragePooling1D`, `GlobalMaxPooling1D`, `MaxPooling1D` and `AveragePooling1D`,
+//! and their 2-D forms over `[B, H, W, C]` (channels_last) and their backward passes as TensorFlow's gradients give them: a
 //! maximum's cotangent shared equally by the tied maxima of a global pooling (`tf.reduce_max`)
 //! and sent to the first maximum of a window (`tf.nn.max_pool`); an average's spread over the
 //! steps it counted (the unmasked ones; a window's in-range ones).
@@ -9,7 +9,7 @@ use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::graph::Window2;
-use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Ix2, Ix3};
+use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Ix2, Ix3, IxDyn};
 
 /// `GlobalAveragePooling1D` (the mean over the unmasked steps: `sum(where(mask, x, 0)) /
 /// sum(mask)`, NaN for a row with none) or `GlobalMaxPooling1D` (the maximum over every
@@ -253,6 +253,228 @@ impl<T: Element> TrainOp<T> for Pool1D {
                         let share = d[[r, o, k]] / T::from_f64(n as f64);
                         for (_, s) in self.win.taps(1, o, cache.before, t) {
                             dx[[r, s, k]] += share;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((dx.into_dyn(), Vec::new()))
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
+
+/// `x` as `[B, H, W, C]`, or an error naming the layer.
+fn four<'a, T>(x: &'a ArrayViewD<'_, T>, name: &str) -> Result<ndarray::ArrayView4<'a, T>> {
+    x.view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .map_err(|_| LstmError::shape(format!("input of layer {name}"), &[0, 0, 0, 0], x.shape()))
+}
+
+/// `GlobalAveragePooling2D` (the mean over every pixel) or `GlobalMaxPooling2D` (the
+/// maximum; its cotangent shared equally by the tied maxima, as `tf.reduce_max`'s).
+#[derive(Debug, Clone)]
+pub(super) struct GlobalPool2D {
+    pub(super) average: bool,
+    pub(super) keepdims: bool,
+}
+
+impl<T: Element> TrainOp<T> for GlobalPool2D {
+    fn class(&self) -> &'static str {
+        if self.average {
+            "GlobalAveragePooling2D"
+        } else {
+            "GlobalMaxPooling2D"
+        }
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        _: Option<&Array2<bool>>,
+        _: Option<u64>,
+    ) -> Result<OpForward<T>> {
+        let x4 = four(&x, name)?;
+        let (b, h, w, c) = x4.dim();
+        let flat = x4
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((b, h * w, c))
+            .expect("[B, H, W, C] as [B, H·W, C]");
+        let pooled = GlobalPool1D {
+            average: self.average,
+            keepdims: false,
+        }
+        .forward(name, flat.view().into_dyn(), None, None)?;
+        let y = if self.keepdims {
+            pooled
+                .y
+                .into_shape_with_order(IxDyn(&[b, 1, 1, c]))
+                .expect("[B, C] as [B, 1, 1, C]")
+        } else {
+            pooled.y
+        };
+        Ok(OpForward {
+            y,
+            mask: None,
+            cache: Box::new((pooled.cache, [b, h, w, c])),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let (inner, dims) = cache_of::<(OpCache, [usize; 4])>(cache, name)?;
+        let d = d
+            .into_shape_with_order(IxDyn(&[dims[0], dims[3]]))
+            .map_err(|_| LstmError::invalid(format!("layer {name}"), "cotangent shape"))?;
+        let one = GlobalPool1D {
+            average: self.average,
+            keepdims: false,
+        };
+        let (dx, _) = TrainOp::<T>::backward(&one, name, inner, d)?;
+        Ok((
+            dx.into_shape_with_order(IxDyn(dims))
+                .expect("[B, H·W, C] as [B, H, W, C]"),
+            Vec::new(),
+        ))
+    }
+
+    fn clone_box(&self) -> Box<dyn TrainOp<T>> {
+        Box::new(self.clone())
+    }
+}
+
+/// `MaxPooling2D` or `AveragePooling2D` over windows of the two spatial axes (`pool_size`,
+/// `strides`, `padding` valid or same): a maximum's cotangent to the first maximum of its
+/// window in row-major order (`tf.nn.max_pool`'s), an average over the in-range pixels.
+#[derive(Debug, Clone)]
+pub(super) struct Pool2D {
+    max: bool,
+    win: Window2,
+}
+
+impl Pool2D {
+    pub(super) fn new(max: bool, win: Window2) -> Self {
+        Pool2D { max, win }
+    }
+}
+
+/// The input's shape, the placement and, per output value of a maximum, the input pixel
+/// (`y·W + x`) it came from.
+struct Pool2DCache {
+    dims: [usize; 4],
+    place: crate::graph::Placement,
+    argmax: Vec<usize>,
+}
+
+impl<T: Element> TrainOp<T> for Pool2D {
+    fn class(&self) -> &'static str {
+        if self.max {
+            "MaxPooling2D"
+        } else {
+            "AveragePooling2D"
+        }
+    }
+
+    fn forward(
+        &self,
+        name: &str,
+        x: ArrayViewD<'_, T>,
+        _: Option<&Array2<bool>>,
+        _: Option<u64>,
+    ) -> Result<OpForward<T>> {
+        let x4 = four(&x, name)?;
+        let (b, h, w, c) = x4.dim();
+        let place = self.win.place([h, w])?;
+        let [oh, ow] = place.out;
+        let mut y = ndarray::Array4::<T>::zeros((b, oh, ow, c));
+        let mut argmax = Vec::with_capacity(if self.max { b * oh * ow * c } else { 0 });
+        for r in 0..b {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for k in 0..c {
+                        let mut taps =
+                            self.win
+                                .taps(0, oy, place.before[0], h)
+                                .flat_map(|(_, py)| {
+                                    self.win
+                                        .taps(1, ox, place.before[1], w)
+                                        .map(move |(_, px)| (py, px))
+                                });
+                        if self.max {
+                            let (py, px) = taps.next().unwrap_or((0, 0));
+                            let (mut best, mut at) = (x4[[r, py, px, k]], py * w + px);
+                            for (py, px) in taps {
+                                if x4[[r, py, px, k]] > best {
+                                    (best, at) = (x4[[r, py, px, k]], py * w + px);
+                                }
+                            }
+                            y[[r, oy, ox, k]] = best;
+                            argmax.push(at);
+                        } else {
+                            let (mut sum, mut n) = (T::zero(), 0usize);
+                            for (py, px) in taps {
+                                sum += x4[[r, py, px, k]];
+                                n += 1;
+                            }
+                            y[[r, oy, ox, k]] = sum / T::from_f64(n as f64);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(OpForward {
+            y: y.into_dyn(),
+            mask: None,
+            cache: Box::new(Pool2DCache {
+                dims: [b, h, w, c],
+                place,
+                argmax,
+            }),
+        })
+    }
+
+    fn backward(
+        &self,
+        name: &str,
+        cache: &OpCache,
+        d: ArrayD<T>,
+    ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
+        let cache = cache_of::<Pool2DCache>(cache, name)?;
+        let [b, h, w, c] = cache.dims;
+        let [oh, ow] = cache.place.out;
+        let d = d
+            .into_dimensionality::<ndarray::Ix4>()
+            .ok()
+            .filter(|d| d.dim() == (b, oh, ow, c))
+            .ok_or_else(|| LstmError::invalid(format!("layer {name}"), "cotangent shape"))?;
+        let mut dx = ndarray::Array4::<T>::zeros((b, h, w, c));
+        let mut at = cache.argmax.iter();
+        let before = cache.place.before;
+        for r in 0..b {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for k in 0..c {
+                        let g = d[[r, oy, ox, k]];
+                        if self.max {
+                            let p = *at.next().expect("one per output value");
+                            dx[[r, p / w, p % w, k]] += g;
+                        } else {
+                            let ny = self.win.taps(0, oy, before[0], h).count();
+                            let nx = self.win.taps(1, ox, before[1], w).count();
+                            let share = g / T::from_f64((ny * nx) as f64);
+                            for (_, py) in self.win.taps(0, oy, before[0], h) {
+                                for (_, px) in self.win.taps(1, ox, before[1], w) {
+                                    dx[[r, py, px, k]] += share;
+                                }
+                            }
                         }
                     }
                 }

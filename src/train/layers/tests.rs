@@ -715,3 +715,83 @@ fn conv_lstm_long_sequence() {
         .iter()
         .any(|&v| v != 0.0));
 }
+
+/// Conv2D and the 2-D poolings against central differences: paddings, strides, dilations,
+/// activations, no bias, window sizes, keepdims.
+#[test]
+fn image_ops_match_central_differences() {
+    let mut worst = 0.0f64;
+    let x = random(&[2, 5, 6, 3], 101);
+    let kernel = |kh: usize, kw: usize, f: usize, seed: u64| {
+        random(&[kh, kw, 3, f], seed).mapv(|v| (0.5 * v) as f32)
+    };
+    let bias = |f: usize| random(&[f], 102).mapv(|v| (0.2 * v) as f32);
+    for (cfg, w) in [
+        (
+            json!({"kernel_size": [3, 3], "padding": "same", "activation": "tanh"}),
+            vec![kernel(3, 3, 4, 103), bias(4)],
+        ),
+        (
+            json!({"kernel_size": [2, 3], "strides": [2, 1], "activation": "relu"}),
+            vec![kernel(2, 3, 2, 104), bias(2)],
+        ),
+        (
+            json!({"kernel_size": [3, 2], "dilation_rate": [2, 1], "padding": "same",
+                   "use_bias": false}),
+            vec![kernel(3, 2, 3, 105)],
+        ),
+        (
+            json!({"kernel_size": [3, 3], "strides": [2, 2], "padding": "same",
+                   "activation": "sigmoid"}),
+            vec![kernel(3, 3, 2, 106), bias(2)],
+        ),
+    ] {
+        let e = check(&mut op("Conv2D", cfg.clone(), w), x.clone(), None);
+        assert!(e < 1e-8, "Conv2D {cfg}: {e:e}");
+        worst = worst.max(e);
+    }
+    for (class, cfg) in [
+        ("MaxPooling2D", json!({"pool_size": [2, 2]})),
+        (
+            "MaxPooling2D",
+            json!({"pool_size": [3, 2], "strides": [2, 2], "padding": "same"}),
+        ),
+        (
+            "AveragePooling2D",
+            json!({"pool_size": [3, 3], "strides": [1, 1], "padding": "same"}),
+        ),
+        (
+            "AveragePooling2D",
+            json!({"pool_size": [2, 3], "strides": [2, 3]}),
+        ),
+        ("GlobalAveragePooling2D", json!({})),
+        ("GlobalAveragePooling2D", json!({"keepdims": true})),
+        ("GlobalMaxPooling2D", json!({})),
+        ("GlobalMaxPooling2D", json!({"keepdims": true})),
+    ] {
+        let e = check(&mut op(class, cfg.clone(), vec![]), x.clone(), None);
+        assert!(e < 1e-8, "{class} {cfg}: {e:e}");
+        worst = worst.max(e);
+    }
+    // a maximum's cotangent goes to the first of tied maxima, shared by a global one's
+    let flat = ArrayD::from_elem(IxDyn(&[1, 2, 2, 1]), 1.0);
+    let d = ArrayD::from_elem(IxDyn(&[1, 1, 1, 1]), 1.0);
+    let pool = op("MaxPooling2D", json!({"pool_size": [2, 2]}), vec![]);
+    let out = pool.forward("l", flat.view(), None, None).unwrap();
+    let (dx, _) = pool.backward("l", &out.cache, d.clone()).unwrap();
+    assert_eq!(dx.iter().copied().collect::<Vec<_>>(), [1.0, 0.0, 0.0, 0.0]);
+    let global = op("GlobalMaxPooling2D", json!({"keepdims": true}), vec![]);
+    let out = global.forward("l", flat.view(), None, None).unwrap();
+    let (dx, _) = global.backward("l", &out.cache, d).unwrap();
+    assert_eq!(dx.iter().copied().collect::<Vec<_>>(), [0.25; 4]);
+    let e = from_keras::<f64>(
+        "Conv2D",
+        &json!({"kernel_size": [3, 3]}),
+        "c2",
+        vec![kernel(2, 2, 1, 1)],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("c2/kernel"), "{e}");
+    println!("image ops vs central differences: worst {worst:.1e}");
+}
