@@ -28,7 +28,7 @@ MODELS = ["p_embedding_pooling", "p_embedding_gru", "p_encoder_decoder_states",
           "graph_frozen", "graph_constraint", "graph_dot", "graph_logits",
           "graph_shared_bn", "graph_orthogonal",
           "graph_bidi_activity", "graph_mha", "graph_attn_dropout", "graph_conv_lstm",
-          "graph_conv2d"]
+          "graph_conv2d", "graph_ctc"]
 
 
 def outputs(model, xs):

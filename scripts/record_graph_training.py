@@ -23,7 +23,7 @@ twice in a step (their moving statistics move in each call, in Keras's run order
 `graph_mha.keras`: MultiHeadAttention, causal self-attention and cross-attention with scores; and
 `graph_attn_dropout.keras`: Attention and MultiHeadAttention with dropout; and
 `graph_conv_lstm.keras`: ConvLSTM2D and ConvLSTM1D; and `graph_conv2d.keras`: a CRNN's
-Conv2D and 2-D pooling layers. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
+Conv2D and 2-D pooling layers; and `graph_ctc.keras`: a small OCR CRNN under Keras's CTC loss. The state saved (s0, final_state0, ...) is BatchNormalization's moving statistics.
 
 Per case NAME.npz + NAME.json:
 - `graph_grads_<model>_f64`, `_f32`: inputs x0, x1, ..., targets y0, y1, ..., the trainable
@@ -67,6 +67,7 @@ LOSSES = {
     "binary_crossentropy": keras.losses.BinaryCrossentropy,
     "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
     "sparse_categorical_crossentropy": keras.losses.SparseCategoricalCrossentropy,
+    "ctc": keras.losses.CTC,
 }
 
 
@@ -492,6 +493,23 @@ def graph_conv2d():
     return model, [rng.normal(size=(3, 8, 6, 2)).astype("float32")]
 
 
+def graph_ctc():
+    """The OCR example's shape, small: Conv2D and MaxPooling2D over an image, its columns
+    as a sequence into a Bidirectional LSTM, Dense logits of 5 classes (0 the blank) under
+    Keras's CTC loss (labels of 1 to 4 classes, a repeat among them, 0-padded)."""
+    keras.config.set_floatx("float32")
+    keras.config.set_dtype_policy("float32")
+    x_in = keras.Input((12, 4, 1), name="image")
+    h = layers.Conv2D(3, 3, padding="same", activation="relu", name="conv")(x_in)
+    h = layers.MaxPooling2D((1, 2), name="pool")(h)
+    h = layers.Reshape((12, 6), name="columns")(h)
+    h = layers.Bidirectional(layers.LSTM(4, return_sequences=True), name="bilstm")(h)
+    out = layers.Dense(5, name="logits")(h)
+    model = keras.Model(x_in, out, name="graph_ctc")
+    set_uniform(model, 0.5)
+    return model, [rng.normal(size=(4, 12, 4, 1)).astype("float32")]
+
+
 def state_of(m):
     """The non-trainable variables the crate keeps as state (BatchNormalization's moving
     statistics; a frozen layer's weights are not state)."""
@@ -504,7 +522,8 @@ BUILT = {"graph_mix": graph_mix, "graph_reg": graph_reg, "graph_frozen": graph_f
          "graph_logits": graph_logits, "graph_shared_bn": graph_shared_bn,
          "graph_orthogonal": graph_orthogonal, "graph_bidi_activity": graph_bidi_activity,
          "graph_mha": graph_mha, "graph_attn_dropout": graph_attn_dropout,
-         "graph_conv_lstm": graph_conv_lstm, "graph_conv2d": graph_conv2d}
+         "graph_conv_lstm": graph_conv_lstm, "graph_conv2d": graph_conv2d,
+         "graph_ctc": graph_ctc}
 
 # name, source, losses (None: no loss), loss weights, fit?
 CASES = [
@@ -534,6 +553,7 @@ CASES = [
     ("graph_attn_dropout", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], False),
     ("graph_conv_lstm", "here", ["mse", "mse"], [1.0, 0.5], True),
     ("graph_conv2d", "here", ["mse", "mse", "mse"], [1.0, 0.5, 0.5], True),
+    ("graph_ctc", "here", ["ctc"], [1.0], True),
 ]
 
 
@@ -577,6 +597,15 @@ def targets(model, xs, losses, n):
     ys = []
     for p, loss in zip(preds, losses):
         shape = (n,) + tuple(p.shape[1:])
+        if loss == "ctc":
+            # class ids 1..C-1 (0 is the blank), 0-padded at the end, a repeat in row 0
+            y = np.zeros((n, 4))
+            for r in range(n):
+                k = 1 + r % 4
+                y[r, :k] = rng.randint(1, p.shape[-1], size=k)
+            y[0, :2] = [2, 2]
+            ys.append(y.astype("float32"))
+            continue
         if loss == "categorical_crossentropy":
             y = rng.uniform(0.05, 1.0, shape)
             y /= y.sum(-1, keepdims=True)
@@ -698,7 +727,9 @@ for name, source, losses, weights, fit in CASES:
     src = f"zoo:{name}" if source == "zoo" else f"{name}.keras"
     # (Keras 3.15.1's OrthogonalRegularizer keeps its factor as a float32 tensor: a float64
     # model fails in it, "expected to be a float tensor but is a double tensor")
-    f32_only = name in ("graph_orthogonal", "graph_bidi_activity")
+    # (and Keras 3.15.1 computes a float64 model's CTC loss in float32: tf.nn.ctc_loss
+    # refuses float64)
+    f32_only = name in ("graph_orthogonal", "graph_bidi_activity", "graph_ctc")
     for dtype in ("float32",) if f32_only else ("float64", "float32"):
         arrays = grads_case(name, model, xs, losses, weights, dtype)
         tag = "f64" if dtype == "float64" else "f32"

@@ -94,8 +94,9 @@ fn crnn_over_the_binding_limit() {
 }
 
 /// The OCR CRNN in training (`train::Functional`): the trainable graph predicts Keras's
-/// outputs and has finite, nonzero gradients (a CTC loss is not among the training losses
-/// yet: MSE on the outputs here). A grouped Conv2D is refused by name.
+/// outputs and has finite, nonzero gradients (MSE on the outputs here; `graph_ctc` in
+/// tests/graph_training.rs trains one under the CTC loss). A grouped Conv2D is refused by
+/// name.
 #[test]
 fn crnn_models_build_for_training() {
     use lstm_wgpu::train::{Functional, Loss, Losses};

@@ -97,6 +97,7 @@ impl Loss {
                 "sparse_categorical_crossentropy",
                 Some(from_logits),
             ),
+            Loss::Ctc => ("CTC", "ctc", None),
         };
         let mut cfg = Map::new();
         cfg.insert("name".into(), json!(name));

@@ -36,6 +36,10 @@ pub enum Loss {
         /// Whether the predictions are logits.
         from_logits: bool,
     },
+    /// Keras's `CTC` loss (`keras.losses.CTC`): predictions `[B, T, classes]` read as
+    /// logits, targets `[B, max_label_length]` of class ids padded with 0 (the blank) at the
+    /// end; the mean over the batch of `-log p(label | x)`.
+    Ctc,
 }
 
 /// A loss's value and its gradient.
@@ -73,6 +77,7 @@ impl Loss {
             "sparse_categorical_crossentropy" | "SparseCategoricalCrossentropy" => {
                 Loss::SparseCategoricalCrossentropy { from_logits }
             }
+            "ctc" | "CTC" => Loss::Ctc,
             other => return Err(LstmError::unsupported("loss", other)),
         })
     }
@@ -98,6 +103,9 @@ impl Loss {
         target: ArrayViewD<'_, T>,
         mask: Option<ArrayViewD<'_, bool>>,
     ) -> Result<LossGrad<T>> {
+        if *self == Loss::Ctc {
+            return super::ctc_loss::ctc(pred, target, mask);
+        }
         let shape = pred.shape().to_vec();
         let (&c, lead) = shape
             .split_last()
@@ -258,6 +266,10 @@ impl Loss {
                         g[k] = if inside { d } else { zero };
                     }
                     ln(sum) - ln(q[class])
+                }
+                // (evaluated over whole sequences above)
+                Loss::Ctc => {
+                    return Err(LstmError::invalid("loss", "CTC takes whole sequences"));
                 }
             };
         }

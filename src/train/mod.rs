@@ -50,6 +50,7 @@ mod activation;
 mod chain;
 mod compile;
 mod constrain;
+mod ctc_loss;
 mod dropout;
 mod gpu;
 mod graph;
