@@ -263,7 +263,12 @@ fn masks_options_and_errors() {
     }
     let e = from_keras::<f64>("Conv1D", &json!({"kernel_size": 2}), "conv", vec![]).unwrap_err();
     assert!(e.to_string().contains("conv/kernel"), "{e}");
-    assert!(from_keras::<f64>("Conv2D", &json!({}), "c", vec![])
+    // (Conv2D trains now: without its weights it names the missing kernel)
+    let e = from_keras::<f64>("Conv2D", &json!({"kernel_size": [2, 2]}), "c", vec![])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c/kernel"), "{e}");
+    assert!(from_keras::<f64>("Conv3D", &json!({}), "c", vec![])
         .unwrap()
         .is_none());
     let ln = op(
