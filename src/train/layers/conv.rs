@@ -16,6 +16,37 @@ use ndarray::{
 };
 use serde_json::Value;
 
+/// A convolution's `groups`: 1 only in training, else an error naming the layer.
+fn refuse_groups(cfg: &Value, name: &str) -> Result<()> {
+    if cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) != 1 {
+        return Err(LstmError::unsupported(
+            "groups",
+            format!("{} on layer {name} in training (1 only)", cfg["groups"]),
+        ));
+    }
+    Ok(())
+}
+
+/// The next weight as the `[len]` bias of layer `name` with `use_bias` (the default), None
+/// without; a missing or misshapen one is an error naming it.
+pub(super) fn take_bias<T: Element>(
+    it: &mut impl Iterator<Item = ArrayD<T>>,
+    cfg: &Value,
+    name: &str,
+    len: usize,
+) -> Result<Option<Array1<T>>> {
+    if !cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
+        return Ok(None);
+    }
+    let b = it.next().ok_or_else(|| LstmError::MissingWeight {
+        name: format!("{name}/bias"),
+    })?;
+    if b.shape() != [len] {
+        return Err(LstmError::shape(format!("{name}/bias"), &[len], b.shape()));
+    }
+    Ok(Some(b.iter().copied().collect()))
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct Conv1D<T> {
     win: Window2,
@@ -28,12 +59,7 @@ pub(super) struct Conv1D<T> {
 impl<T: Element> Conv1D<T> {
     /// From the layer's config and weights (kernel, then bias with `use_bias`).
     pub(super) fn new(cfg: &Value, name: &str, w: Vec<ArrayD<T>>) -> Result<Self> {
-        if cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) != 1 {
-            return Err(LstmError::unsupported(
-                "groups",
-                format!("{} on layer {name} in training (1 only)", cfg["groups"]),
-            ));
-        }
+        refuse_groups(cfg, name)?;
         let win = Window2::from_config(cfg, 1, "kernel_size", false)?;
         let mut it = w.into_iter();
         let kernel = it.next().ok_or_else(|| LstmError::MissingWeight {
@@ -48,21 +74,7 @@ impl<T: Element> Conv1D<T> {
                 LstmError::shape(format!("{name}/kernel"), &[win.size[1], 0, 0], &shape)
             })?;
         let filters = kernel.dim().2;
-        let bias = if cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
-            let b = it.next().ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/bias"),
-            })?;
-            if b.shape() != [filters] {
-                return Err(LstmError::shape(
-                    format!("{name}/bias"),
-                    &[filters],
-                    b.shape(),
-                ));
-            }
-            Some(b.iter().copied().collect())
-        } else {
-            None
-        };
+        let bias = take_bias(&mut it, cfg, name, filters)?;
         Ok(Conv1D {
             win,
             kernel,
@@ -272,12 +284,7 @@ pub(super) struct Conv2D<T> {
 impl<T: Element> Conv2D<T> {
     /// From the layer's config and weights (kernel, then bias with `use_bias`).
     pub(super) fn new(cfg: &Value, name: &str, w: Vec<ArrayD<T>>) -> Result<Self> {
-        if cfg.get("groups").and_then(Value::as_u64).unwrap_or(1) != 1 {
-            return Err(LstmError::unsupported(
-                "groups",
-                format!("{} on layer {name} in training (1 only)", cfg["groups"]),
-            ));
-        }
+        refuse_groups(cfg, name)?;
         let win = Window2::from_config(cfg, 2, "kernel_size", false)?;
         if !matches!(win.padding.as_str(), "valid" | "same") {
             return Err(LstmError::unsupported(
@@ -303,21 +310,7 @@ impl<T: Element> Conv2D<T> {
                 )
             })?;
         let filters = kernel.dim().3;
-        let bias = if cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
-            let b = it.next().ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/bias"),
-            })?;
-            if b.shape() != [filters] {
-                return Err(LstmError::shape(
-                    format!("{name}/bias"),
-                    &[filters],
-                    b.shape(),
-                ));
-            }
-            Some(b.iter().copied().collect())
-        } else {
-            None
-        };
+        let bias = take_bias(&mut it, cfg, name, filters)?;
         Ok(Conv2D {
             win,
             kernel,

@@ -17,7 +17,7 @@
 //! `return_state`, `initial_state`, `stateful` and dropout are refused by name.
 
 use super::super::activation::derivative_at;
-use super::conv::{col2im, im2col};
+use super::conv::{col2im, im2col, take_bias};
 use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::activation::Activation;
 use crate::element::Element;
@@ -105,21 +105,7 @@ impl<T: Element> ConvLstm<T> {
         };
         let kernel_x = kernel("kernel", None)?;
         let kernel_h = kernel("recurrent_kernel", Some(filters))?;
-        let bias = if cfg.get("use_bias").and_then(Value::as_bool).unwrap_or(true) {
-            let b = it.next().ok_or_else(|| LstmError::MissingWeight {
-                name: format!("{name}/bias"),
-            })?;
-            if b.shape() != [4 * filters] {
-                return Err(LstmError::shape(
-                    format!("{name}/bias"),
-                    &[4 * filters],
-                    b.shape(),
-                ));
-            }
-            Some(b.iter().copied().collect())
-        } else {
-            None
-        };
+        let bias = take_bias(&mut it, cfg, name, 4 * filters)?;
         let rwin = Window2 {
             size: win.size,
             stride: [1, 1],

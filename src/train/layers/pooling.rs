@@ -9,7 +9,7 @@ use super::{cache_of, OpCache, OpForward, TrainOp};
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::graph::Window2;
-use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Ix2, Ix3, IxDyn};
+use ndarray::{Array2, Array3, ArrayD, ArrayViewD, Ix2, IxDyn};
 
 /// `GlobalAveragePooling1D` (the mean over the unmasked steps: `sum(where(mask, x, 0)) /
 /// sum(mask)`, NaN for a row with none) or `GlobalMaxPooling1D` (the maximum over every
@@ -149,30 +149,37 @@ impl<T: Element> TrainOp<T> for GlobalPool1D {
 
 /// `MaxPooling1D` or `AveragePooling1D` over windows of the step axis (`pool_size`,
 /// `strides`, `padding` valid or same; an average counts only the in-range steps, as
-/// TensorFlow's). Drops the mask.
+/// TensorFlow's): [`Pool2D`] over `[B, 1, T, C]` (a 1-D window is one row high). Drops the
+/// mask.
 #[derive(Debug, Clone)]
-pub(super) struct Pool1D {
-    max: bool,
-    win: Window2,
-}
+pub(super) struct Pool1D(Pool2D);
 
 impl Pool1D {
     pub(super) fn new(max: bool, win: Window2) -> Self {
-        Pool1D { max, win }
+        Pool1D(Pool2D::new(max, win))
     }
 }
 
-/// The input's shape and, per output value, the input step it came from (a maximum) or the
-/// number of steps averaged.
-struct PoolCache {
-    dims: (usize, usize, usize),
-    before: usize,
-    argmax: Vec<usize>,
+/// `a` (`[B, T, C]`) as `[B, 1, T, C]` or back (`[B, 1, T, C]` as `[B, T, C]`).
+fn with_row<T: Element>(a: ArrayD<T>, add: bool, name: &str) -> Result<ArrayD<T>> {
+    let s = a.shape().to_vec();
+    let shape: Vec<usize> = match (add, s.as_slice()) {
+        (true, &[b, t, c]) => vec![b, 1, t, c],
+        (false, &[b, 1, t, c]) => vec![b, t, c],
+        _ => {
+            return Err(LstmError::invalid(
+                format!("layer {name}"),
+                "cotangent shape",
+            ))
+        }
+    };
+    Ok(a.into_shape_with_order(IxDyn(&shape))
+        .expect("the same values"))
 }
 
 impl<T: Element> TrainOp<T> for Pool1D {
     fn class(&self) -> &'static str {
-        if self.max {
+        if self.0.max {
             "MaxPooling1D"
         } else {
             "AveragePooling1D"
@@ -187,44 +194,12 @@ impl<T: Element> TrainOp<T> for Pool1D {
         _: Option<u64>,
     ) -> Result<OpForward<T>> {
         let x3 = three(x.view(), name)?;
-        let (b, t, c) = x3.dim();
-        let place = self.win.place([1, t])?;
-        let (before, out) = (place.before[1], place.out[1]);
-        let mut y = Array3::<T>::zeros((b, out, c));
-        let mut argmax = Vec::with_capacity(if self.max { b * out * c } else { 0 });
-        for r in 0..b {
-            for o in 0..out {
-                for k in 0..c {
-                    let mut taps = self.win.taps(1, o, before, t).map(|(_, s)| s);
-                    if self.max {
-                        let first = taps.next().unwrap_or(0);
-                        let (mut best, mut at) = (x3[[r, first, k]], first);
-                        for s in taps {
-                            if x3[[r, s, k]] > best {
-                                (best, at) = (x3[[r, s, k]], s);
-                            }
-                        }
-                        y[[r, o, k]] = best;
-                        argmax.push(at);
-                    } else {
-                        let (mut sum, mut n) = (T::zero(), 0usize);
-                        for s in taps {
-                            sum += x3[[r, s, k]];
-                            n += 1;
-                        }
-                        y[[r, o, k]] = sum / T::from_f64(n as f64);
-                    }
-                }
-            }
-        }
+        let x4 = with_row(x3.as_standard_layout().into_owned().into_dyn(), true, name)?;
+        let out = self.0.forward(name, x4.view(), None, None)?;
         Ok(OpForward {
-            y: y.into_dyn(),
+            y: with_row(out.y, false, name)?,
             mask: None,
-            cache: Box::new(PoolCache {
-                dims: (b, t, c),
-                before,
-                argmax,
-            }),
+            cache: out.cache,
         })
     }
 
@@ -234,31 +209,8 @@ impl<T: Element> TrainOp<T> for Pool1D {
         cache: &OpCache,
         d: ArrayD<T>,
     ) -> Result<(ArrayD<T>, Vec<ArrayD<T>>)> {
-        let cache = cache_of::<PoolCache>(cache, name)?;
-        let (b, t, c) = cache.dims;
-        let d = d
-            .into_dimensionality::<Ix3>()
-            .map_err(|_| LstmError::invalid(format!("layer {name}"), "cotangent shape"))?;
-        let out = d.dim().1;
-        let mut dx = Array3::<T>::zeros((b, t, c));
-        let mut at = cache.argmax.iter();
-        for r in 0..b {
-            for o in 0..out {
-                for k in 0..c {
-                    if self.max {
-                        let s = *at.next().expect("one per output value");
-                        dx[[r, s, k]] += d[[r, o, k]];
-                    } else {
-                        let n = self.win.taps(1, o, cache.before, t).count();
-                        let share = d[[r, o, k]] / T::from_f64(n as f64);
-                        for (_, s) in self.win.taps(1, o, cache.before, t) {
-                            dx[[r, s, k]] += share;
-                        }
-                    }
-                }
-            }
-        }
-        Ok((dx.into_dyn(), Vec::new()))
+        let (dx, _) = self.0.backward(name, cache, with_row(d, true, name)?)?;
+        Ok((with_row(dx, false, name)?, Vec::new()))
     }
 
     fn clone_box(&self) -> Box<dyn TrainOp<T>> {
