@@ -137,31 +137,8 @@ fn bidirectional_conv_lstm_summary_and_bad_configs() {
 /// ConvLSTM's returned states, a Bidirectional one).
 #[test]
 fn conv_lstm_models_in_training() {
-    use lstm_wgpu::train::{Functional, Loss, Losses};
-    let name = "seq_same";
-    let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
-    let net = Functional::<f32>::from_model(&model).unwrap();
-    let xs: Vec<ArrayD<f32>> = common::model_inputs(&dir(), name, model.inputs())
-        .into_iter()
-        .map(|i| match i {
-            ModelInput::F32(x) => x,
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
-    let want: Vec<ArrayD<f32>> = common::expected_outputs(&dir(), name);
-    let got = net.predict(&xv).unwrap();
-    for (g, w) in got.iter().zip(&want) {
-        let e = (g - w).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-        assert!(e < 1e-5, "{name}: {e:e}");
-    }
-    let targets: Vec<ArrayD<f32>> = got.iter().map(|y| y.mapv(|v| 0.5 * v)).collect();
-    let tv: Vec<_> = targets.iter().map(|y| y.view()).collect();
-    let losses = Losses::new(vec![Some(Loss::MeanSquaredError); got.len()]);
-    let g = net.gradients(&xv, &tv, &losses).unwrap();
-    assert!(g.loss > 0.0 && g.loss.is_finite());
-    assert!(g.weights.iter().all(|w| w.iter().all(|v| v.is_finite())));
-    assert!(g.weights.iter().any(|w| w.iter().any(|&v| v != 0.0)));
+    use lstm_wgpu::train::Functional;
+    common::check_trainable(&dir(), "seq_same", 1e-5);
     for (name, words) in [
         ("options", ["return_state", "options"]),
         ("bidirectional", ["around ConvLSTM2D", "bi_concat"]),

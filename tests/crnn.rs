@@ -99,42 +99,11 @@ fn crnn_over_the_binding_limit() {
 /// name.
 #[test]
 fn crnn_models_build_for_training() {
-    use lstm_wgpu::train::{Functional, Loss, Losses};
+    use lstm_wgpu::train::Functional;
     let model = KerasModel::load(&dir().join("conv_options.keras")).unwrap();
     let e = Functional::<f32>::from_model(&model)
         .unwrap_err()
         .to_string();
     assert!(e.contains("groups") && e.contains("grouped"), "{e}");
-    for name in ["ocr"] {
-        let model = KerasModel::load(&dir().join(format!("{name}.keras"))).unwrap();
-        let net = Functional::<f32>::from_model(&model).unwrap();
-        let xs: Vec<ArrayD<f32>> = common::model_inputs(&dir(), name, model.inputs())
-            .into_iter()
-            .map(|i| match i {
-                ModelInput::F32(x) => x,
-                other => panic!("{other:?}"),
-            })
-            .collect();
-        let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
-        let want: Vec<ArrayD<f32>> = common::expected_outputs(&dir(), name);
-        let got = net.predict(&xv).unwrap();
-        assert_eq!(got.len(), want.len(), "{name}");
-        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-            let e = (g - w).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
-            assert!(e < 1e-4, "{name} output {k}: {e:e}");
-        }
-        let targets: Vec<ArrayD<f32>> = got.iter().map(|y| y.mapv(|v| 0.5 * v)).collect();
-        let tv: Vec<_> = targets.iter().map(|y| y.view()).collect();
-        let losses = Losses::new(vec![Some(Loss::MeanSquaredError); got.len()]);
-        let g = net.gradients(&xv, &tv, &losses).unwrap();
-        assert!(g.loss > 0.0 && g.loss.is_finite(), "{name}");
-        assert!(
-            g.weights.iter().all(|w| w.iter().all(|v| v.is_finite())),
-            "{name}"
-        );
-        assert!(
-            g.weights.iter().all(|w| w.iter().any(|&v| v != 0.0)),
-            "{name}"
-        );
-    }
+    common::check_trainable(&dir(), "ocr", 1e-4);
 }

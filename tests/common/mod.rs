@@ -227,3 +227,41 @@ pub fn check_both_paths(
         println!("{name}: cpu {e:.1e}, gpu {eg:.1e}");
     }
 }
+
+/// A recorded model built for training (`train::Functional`): its predictions within
+/// `tol` of Keras's recorded outputs, and its MSE gradients (towards half its outputs)
+/// finite with every weight's nonzero somewhere.
+pub fn check_trainable(dir: &std::path::Path, name: &str, tol: f32) {
+    use lstm_wgpu::model::{KerasModel, ModelInput};
+    use lstm_wgpu::train::{Functional, Loss, Losses};
+    let model = KerasModel::load(&dir.join(format!("{name}.keras"))).unwrap();
+    let net = Functional::<f32>::from_model(&model).unwrap();
+    let xs: Vec<ArrayD<f32>> = model_inputs(dir, name, model.inputs())
+        .into_iter()
+        .map(|i| match i {
+            ModelInput::F32(x) => x,
+            other => panic!("{name}: {other:?}"),
+        })
+        .collect();
+    let xv: Vec<_> = xs.iter().map(|x| x.view()).collect();
+    let want = expected_outputs(dir, name);
+    let got = net.predict(&xv).unwrap();
+    assert_eq!(got.len(), want.len(), "{name}");
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = (g - w).mapv(f32::abs).fold(0.0f32, |a, &b| a.max(b));
+        assert!(e < tol, "{name} output {k}: {e:e}");
+    }
+    let targets: Vec<ArrayD<f32>> = got.iter().map(|y| y.mapv(|v| 0.5 * v)).collect();
+    let tv: Vec<_> = targets.iter().map(|y| y.view()).collect();
+    let losses = Losses::new(vec![Some(Loss::MeanSquaredError); got.len()]);
+    let g = net.gradients(&xv, &tv, &losses).unwrap();
+    assert!(g.loss > 0.0 && g.loss.is_finite(), "{name}");
+    assert!(
+        g.weights.iter().all(|w| w.iter().all(|v| v.is_finite())),
+        "{name}"
+    );
+    assert!(
+        g.weights.iter().all(|w| w.iter().any(|&v| v != 0.0)),
+        "{name}"
+    );
+}

@@ -585,4 +585,6 @@ fn cache_of<'a, C: 'static>(cache: &'a OpCache, name: &str) -> Result<&'a C> {
 }
 
 #[cfg(test)]
+mod image_tests;
+#[cfg(test)]
 mod tests;
