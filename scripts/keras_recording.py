@@ -32,3 +32,31 @@ def save(out, name, model, inputs):
                 np.asarray(o, dtype="float32"))
     print(name, [np.shape(o) for o in outs])
     return outs
+
+
+# The crate's dropout masks in training mode (src/train/dropout.rs: SplitMix64, a scale
+# mask of 1/(1 - rate) where the draw is >= rate, row-major), drawn here the same way.
+M64 = (1 << 64) - 1
+
+
+class SplitMix:
+    def __init__(self, state):
+        self.state = state & M64
+
+    def next_f64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        z ^= z >> 31
+        return (z >> 11) / float(1 << 53)
+
+
+def scale_mask(rate, shape, rng, dtype):
+    draws = np.array([rng.next_f64() for _ in range(int(np.prod(shape)))]).reshape(shape)
+    return np.where(draws >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+
+
+def layer_stream(seed, at):
+    """The stream of the layer (or graph call) at `at` (src/train/chain.rs layer_seed)."""
+    return SplitMix(seed ^ ((at * 0xD1B54A32D192ED03) & M64))

@@ -394,25 +394,7 @@ def graph_attn_dropout():
 # mha.rs): call k of the graph (its index among the config's layers, inputs left out) draws
 # its [B, Tq, Tv] (Attention) or [B, heads, Tq, Tv] (MultiHeadAttention) scale mask from
 # SplitMix64(seed ^ k·0xD1B54A32D192ED03), row-major, 1/(1-rate) where the draw is >= rate.
-M64 = (1 << 64) - 1
-
-
-class SplitMix:
-    def __init__(self, state):
-        self.state = state & M64
-
-    def next_f64(self):
-        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        z ^= z >> 31
-        return (z >> 11) / float(1 << 53)
-
-
-def scale_mask(rate, shape, rng, dtype):
-    draws = np.array([rng.next_f64() for _ in range(int(np.prod(shape)))]).reshape(shape)
-    return np.where(draws >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
+from keras_recording import layer_stream, scale_mask
 
 
 TRAINING_SEED = 2026
@@ -439,7 +421,7 @@ def inject_attention_masks(model, name, b, dtype):
     for lname, shape in ATTENTION_DROPOUT.get(name, {}).items():
         layer = model.get_layer(lname)
         k = calls.index(lname)
-        rng = SplitMix(TRAINING_SEED ^ ((k * 0xD1B54A32D192ED03) & M64))
+        rng = layer_stream(TRAINING_SEED, k)
         if isinstance(layer, layers.MultiHeadAttention):
             gen, rate = layer._dropout_layer.seed_generator, layer.dropout
         else:

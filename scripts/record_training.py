@@ -305,29 +305,7 @@ def data(kind, dtype, n, t, i):
 # The crate's dropout masks in training mode (src/train/dropout.rs), drawn here the same way
 # and given to Keras's layers in place of TensorFlow's, so that a tape over
 # model(x, training=True) holds the gradients the crate's gradients_in_training(seed) gives.
-M64 = (1 << 64) - 1
-
-
-class SplitMix:
-    def __init__(self, state):
-        self.state = state & M64
-
-    def next_f64(self):
-        self.state = (self.state + 0x9E3779B97F4A7C15) & M64
-        z = self.state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-        z ^= z >> 31
-        return (z >> 11) / float(1 << 53)
-
-
-def scale_mask(rate, shape, rng, dtype):
-    draws = np.array([rng.next_f64() for _ in range(int(np.prod(shape)))]).reshape(shape)
-    return np.where(draws >= rate, 1.0 / (1.0 - rate), 0.0).astype(dtype)
-
-
-def layer_stream(seed, at):
-    return SplitMix(seed ^ ((at * 0xD1B54A32D192ED03) & M64))
+from keras_recording import M64, SplitMix, layer_stream, scale_mask
 
 
 def direction_stream(seed, at, d):
