@@ -18,6 +18,7 @@ pub(crate) mod attention;
 pub(crate) mod cells;
 mod lstm;
 mod packed;
+pub(crate) mod product;
 pub(crate) mod reference;
 pub(crate) mod simd;
 

@@ -75,6 +75,7 @@ pub(super) fn backward_carry<T: Element>(
     let mut dzh_all = pool::zeros(if gru { (b, t, n) } else { (b, 0, 0) });
     // Uᵀ laid out row-major once (the per-step product reads it many times)
     let ut = u.t().as_standard_layout().into_owned();
+    let ut = StepProduct::new(ut.view(), tape.drop.is_none() && !v1);
     let rows = row_blocks(b, h, n);
     let partials: Vec<Array2<T>> = {
         let mut blocks = Vec::new();
@@ -255,7 +256,7 @@ struct BackwardRows<'a, T> {
 /// zeros otherwise.
 fn backward_rows<T: Element>(
     layer: (&LstmConfig, &LstmWeights<T>),
-    ut: &Array2<T>,
+    ut: &StepProduct<'_, T>,
     a: BackwardRows<'_, T>,
 ) -> Array2<T> {
     #[cfg(target_arch = "x86_64")]
@@ -270,7 +271,7 @@ fn backward_rows<T: Element>(
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_rows_avx2<T: Element>(
     layer: (&LstmConfig, &LstmWeights<T>),
-    ut: &Array2<T>,
+    ut: &StepProduct<'_, T>,
     a: BackwardRows<'_, T>,
 ) -> Array2<T> {
     backward_rows_any(layer, ut, a)
@@ -279,7 +280,7 @@ unsafe fn backward_rows_avx2<T: Element>(
 #[inline(always)]
 fn backward_rows_any<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
-    ut: &Array2<T>,
+    ut: &StepProduct<'_, T>,
     mut a: BackwardRows<'_, T>,
 ) -> Array2<T> {
     let (b, t, _) = a.h_prev.dim();
@@ -487,14 +488,14 @@ fn backward_rows_any<T: Element>(
                 a.dzx.slice(s![.., tt, ..])
             };
             match drop {
-                None => matmul_serial(dzr, ut.view(), dh_prev.view_mut(), true),
+                None => ut.apply(dzr, dh_prev.view_mut(), true),
                 // dh_prev += Σ_k (dz_k U_kᵀ) ⊙ R_k
                 Some(d) => {
                     let mut dk = Array2::<T>::zeros((b, h));
                     for (k, m) in d.recurrent.iter().enumerate() {
                         matmul_serial(
                             dzr.slice(s![.., k * h..(k + 1) * h]),
-                            ut.slice(s![k * h..(k + 1) * h, ..]),
+                            ut.matrix().slice(s![k * h..(k + 1) * h, ..]),
                             dk.view_mut(),
                             false,
                         );

@@ -5,7 +5,6 @@ use super::super::dropout::GateMasks;
 use super::super::pool;
 use super::*;
 use crate::config::{Cell, LstmConfig};
-use crate::cpu::reference::matmul_serial;
 use crate::element::Element;
 use crate::error::{LstmError, Result};
 use crate::weights::LstmWeights;
@@ -90,6 +89,18 @@ pub(crate) fn forward<T: Element>(
     let mut last = Array2::<T>::zeros((b, h));
     let mut seq = Array3::<T>::zeros((b, if cfg.return_sequences { t } else { 0 }, h));
     let rows = row_blocks(b, h, n);
+    // the recurrent kernel's columns of each per-step product (a GRU without reset_after
+    // multiplies r·h by its candidate's columns apart), packed once for the whole call
+    let u = &w.recurrent_kernel;
+    let pack = drop.is_none();
+    let products = if matches!(cfg.cell, Cell::Gru { reset_after: false }) {
+        (
+            StepProduct::new(u.slice(s![.., ..2 * h]), pack),
+            Some(StepProduct::new(u.slice(s![.., 2 * h..]), true)),
+        )
+    } else {
+        (StepProduct::new(u.view(), pack), None)
+    };
     {
         let mut blocks = Vec::new();
         let (mut pre_b, mut zh_b, mut hp_b, mut post_b) = (
@@ -131,11 +142,11 @@ pub(crate) fn forward<T: Element>(
             use rayon::prelude::*;
             blocks
                 .into_par_iter()
-                .for_each(|rows| forward_rows((cfg, w), rows));
+                .for_each(|rows| forward_rows((cfg, w), &products, rows));
         } else {
             blocks
                 .into_iter()
-                .for_each(|rows| forward_rows((cfg, w), rows));
+                .for_each(|rows| forward_rows((cfg, w), &products, rows));
         }
     }
     let output = if cfg.return_sequences {
@@ -170,27 +181,37 @@ pub(crate) fn forward<T: Element>(
 /// The step loop of [`forward`] over one block of rows, compiled for AVX2 and FMA where the
 /// CPU has them (the cell loops then vectorize 8 lanes wide; the same operations, so the
 /// same numbers).
-fn forward_rows<T: Element>(layer: (&LstmConfig, &LstmWeights<T>), a: ForwardRows<'_, T>) {
+fn forward_rows<T: Element>(
+    layer: (&LstmConfig, &LstmWeights<T>),
+    u: &Products<'_, T>,
+    a: ForwardRows<'_, T>,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { forward_rows_avx2(layer, a) };
+        return unsafe { forward_rows_avx2(layer, u, a) };
     }
-    forward_rows_any(layer, a)
+    forward_rows_any(layer, u, a)
 }
+
+/// The per-step products of [`forward_rows`]: by the recurrent kernel's columns of the
+/// first product, and a GRU without reset_after's candidate columns.
+type Products<'a, T> = (StepProduct<'a, T>, Option<StepProduct<'a, T>>);
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_rows_avx2<T: Element>(
     layer: (&LstmConfig, &LstmWeights<T>),
+    u: &Products<'_, T>,
     a: ForwardRows<'_, T>,
 ) {
-    forward_rows_any(layer, a)
+    forward_rows_any(layer, u, a)
 }
 
 #[inline(always)]
 fn forward_rows_any<T: Element>(
     (cfg, w): (&LstmConfig, &LstmWeights<T>),
+    (u, u_cand): &Products<'_, T>,
     mut a: ForwardRows<'_, T>,
 ) {
     let (b, t, _) = a.h_prev.dim();
@@ -199,7 +220,6 @@ fn forward_rows_any<T: Element>(
     let n = g * h;
     let (act, rec) = (cfg.activation, cfg.recurrent_activation);
     let b_rec = recurrent_bias(w, n);
-    let u = &w.recurrent_kernel;
     let lstm = matches!(cfg.cell, Cell::Lstm);
     let drop = a.drop.as_ref();
     let mut rh = Array2::<T>::zeros((b, h));
@@ -208,7 +228,7 @@ fn forward_rows_any<T: Element>(
         match cfg.cell {
             Cell::Gru { reset_after: false } => {
                 let mut zh = a.zh.slice_mut(s![.., tt, ..]);
-                recurrent_blocks(a.hs.view(), u.view(), zh.view_mut(), drop, 0..2, (h, false));
+                recurrent_blocks(a.hs.view(), u, zh.view_mut(), drop, 0..2, (h, false));
                 // (r · h_prev) U_h with r from this step (h_prev under its mask)
                 let zx = a.pre.slice(s![.., tt, ..]);
                 for r in 0..b {
@@ -218,16 +238,15 @@ fn forward_rows_any<T: Element>(
                             rec.apply(zx[[r, h + j]] + zh[[r, h + j]]) * a.hs[[r, j]] * kept;
                     }
                 }
-                matmul_serial(
+                u_cand.as_ref().expect("a GRU's candidate columns").apply(
                     rh.view(),
-                    u.slice(s![.., 2 * h..]),
                     zh.slice_mut(s![.., 2 * h..]),
                     false,
                 );
             }
             Cell::Gru { reset_after: true } => {
                 let mut zh = a.zh.slice_mut(s![.., tt, ..]);
-                recurrent_blocks(a.hs.view(), u.view(), zh.view_mut(), drop, 0..g, (h, false));
+                recurrent_blocks(a.hs.view(), u, zh.view_mut(), drop, 0..g, (h, false));
                 if let Some(bias) = b_rec {
                     zh += &bias;
                 }
@@ -235,7 +254,7 @@ fn forward_rows_any<T: Element>(
             // the recurrent product added to the step's projection
             _ => recurrent_blocks(
                 a.hs.view(),
-                u.view(),
+                u,
                 a.pre.slice_mut(s![.., tt, ..]),
                 drop,
                 0..g,

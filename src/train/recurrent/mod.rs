@@ -29,6 +29,7 @@
 use super::dropout::GateMasks;
 use super::pool;
 use crate::config::LstmConfig;
+use crate::cpu::product::PackedMatrix;
 use crate::cpu::reference::{matmul, matmul_serial};
 use crate::cpu::Lstm;
 use crate::element::Element;
@@ -215,30 +216,83 @@ fn project_gates<T: Element>(
     proj
 }
 
+/// One matrix the step loops multiply by many times, `y (+)= x · M`: packed once per call
+/// ([`PackedMatrix`]: f32 on AVX-512 or AVX2/FMA), else (or for views the packed product
+/// declines) the general product on the calling thread.
+pub(super) struct StepProduct<'a, T> {
+    m: ArrayView2<'a, T>,
+    packed: Option<PackedMatrix>,
+}
+
+impl<'a, T: Element> StepProduct<'a, T> {
+    /// `m`, packed when `pack` and the packed product runs `T` on this CPU.
+    pub(super) fn new(m: ArrayView2<'a, T>, pack: bool) -> Self {
+        let packed = pack.then(|| {
+            // (the packed values in a buffer of the training pool, as the tapes)
+            let len = PackedMatrix::packed_len(m.nrows(), m.ncols());
+            let buffer = pool::zeros::<f32, _>(len).into_raw_vec_and_offset().0;
+            PackedMatrix::new_in(m, buffer)
+        });
+        StepProduct {
+            m,
+            packed: packed.flatten(),
+        }
+    }
+
+    /// The matrix.
+    pub(super) fn matrix(&self) -> ArrayView2<'a, T> {
+        self.m
+    }
+
+    /// `y = x · M`, or `y += x · M` with `accumulate`.
+    pub(super) fn apply(
+        &self,
+        x: ArrayView2<'_, T>,
+        mut y: ndarray::ArrayViewMut2<'_, T>,
+        accumulate: bool,
+    ) {
+        let done = self
+            .packed
+            .as_ref()
+            .is_some_and(|p| p.product(x, y.view_mut(), accumulate));
+        if !done {
+            matmul_serial(x, self.m, y, accumulate);
+        }
+    }
+}
+
+impl<T> Drop for StepProduct<'_, T> {
+    fn drop(&mut self) {
+        if let Some(p) = self.packed.take() {
+            pool::recycle(Array1::from_vec(p.into_buffer()));
+        }
+    }
+}
+
 /// `zh[:, blocks] = (h ⊙ R_k) U_k` (`+=` with `accumulate`) for the gate blocks `blocks`
-/// (`R_k` the recurrent dropout mask of block `k`; `h` itself without masks).
+/// (`R_k` the recurrent dropout mask of block `k`; `h` itself without masks). `u` is the
+/// recurrent kernel's columns of `blocks`.
 fn recurrent_blocks<T: Element>(
     hs: ArrayView2<'_, T>,
-    u: ArrayView2<'_, T>,
+    u: &StepProduct<'_, T>,
     mut zh: ndarray::ArrayViewMut2<'_, T>,
     drop: Option<&GateMasks<T>>,
     blocks: std::ops::Range<usize>,
     (h, accumulate): (usize, bool),
 ) {
+    let first = blocks.start;
+    let zh = zh.slice_mut(s![.., first * h..blocks.end * h]);
     match drop {
-        None => matmul_serial(
-            hs,
-            u.slice(s![.., blocks.start * h..blocks.end * h]),
-            zh.slice_mut(s![.., blocks.start * h..blocks.end * h]),
-            accumulate,
-        ),
+        None => u.apply(hs, zh, accumulate),
         Some(d) => {
+            let mut zh = zh;
             for k in blocks {
                 let hk = &hs * &d.recurrent[k];
+                let cols = s![.., (k - first) * h..(k - first + 1) * h];
                 matmul_serial(
                     hk.view(),
-                    u.slice(s![.., k * h..(k + 1) * h]),
-                    zh.slice_mut(s![.., k * h..(k + 1) * h]),
+                    u.matrix().slice(cols),
+                    zh.slice_mut(cols),
                     accumulate,
                 );
             }
