@@ -216,6 +216,12 @@ fn project_gates<T: Element>(
     proj
 }
 
+/// Most rows a step's product runs packed ([`StepProduct`]): one row tile or two, each
+/// reading the packed matrix once. Measured on 2 cores (`train_bench`, alternating runs):
+/// batch 1 with 1000 steps, H = 128, 14-16 ms a step with gemm, 9-10 ms packed; 8 and 16
+/// rows the same either way; 32 rows (64x50x16x64) 5.2-5.4 ms with gemm, 5.5-6.5 packed.
+const PACKED_MAX_ROWS: usize = 8;
+
 /// One matrix the step loops multiply by many times, `y (+)= x · M`: packed once per call
 /// ([`PackedMatrix`]: f32 on AVX-512 or AVX2/FMA), else (or for views the packed product
 /// declines) the general product on the calling thread.
@@ -251,10 +257,11 @@ impl<'a, T: Element> StepProduct<'a, T> {
         mut y: ndarray::ArrayViewMut2<'_, T>,
         accumulate: bool,
     ) {
-        let done = self
-            .packed
-            .as_ref()
-            .is_some_and(|p| p.product(x, y.view_mut(), accumulate));
+        let done = x.nrows() <= PACKED_MAX_ROWS
+            && self
+                .packed
+                .as_ref()
+                .is_some_and(|p| p.product(x, y.view_mut(), accumulate));
         if !done {
             matmul_serial(x, self.m, y, accumulate);
         }
