@@ -10,6 +10,8 @@
 //!   f32 on CPUs without AVX2/FMA run it.
 //! - `simd.rs`: the one instruction-set detection ([`LSTM_WGPU_CPU_ISA`](self) is read once,
 //!   by it) and the vector operations of the packed kernels.
+//! - `product.rs`: small products by one matrix packed once (the training step loops'
+//!   products by the recurrent kernel and its transpose, a few batch rows at a time).
 //! - `packed/`: f32 on x86-64 with AVX-512 or AVX2/FMA (weights packed once when the layer is
 //!   built, the cell update fused into each step's product). `LSTM_WGPU_CPU_ISA=generic` forces
 //!   the generic path (`avx2` caps the packed kernels at AVX2).
