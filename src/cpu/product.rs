@@ -167,44 +167,80 @@ unsafe fn product_avx2(w: &PackedMatrix, r: Rows) {
     rows_of::<x86::Avx2, 8>(w, r)
 }
 
-/// All rows of `r`: tiles of up to `V::MAX_ROWS` rows; tiles of one or two rows take two
-/// panels at a time where the registers hold them (AVX-512).
+/// Terms of `k` per pass over a panel: a panel's slice of `KC · 64` values (128 KiB) stays
+/// in the core's L2 cache while every row tile of the call runs over it.
+const KC: usize = 512;
+
+/// All rows of `r`: for each slice of `KC` terms and each pair of panels, every tile of up
+/// to `V::MAX_ROWS` rows, so a panel slice is read from memory once per call rather than
+/// once per row tile; tiles of one or two rows take both panels of the pair at once where
+/// the registers hold them (AVX-512). Each output still sums its terms in order: a later
+/// slice adds into the sums the earlier ones stored.
 #[inline(always)]
 unsafe fn rows_of<V: Lanes, const NV: usize>(w: &PackedMatrix, r: Rows) {
-    let mut r0 = 0;
-    while r0 < r.m {
-        let rows = (r.m - r0).min(V::MAX_ROWS);
+    // (one pass even when k is 0: y = 0 then)
+    let mut k0 = 0;
+    loop {
+        let kc = (w.k - k0).min(KC);
+        let slice = Slice {
+            k0,
+            kc,
+            accumulate: r.accumulate || k0 > 0,
+        };
         let mut p = 0;
         while p < w.panels {
-            // (AVX-512's 32 registers: 2·2·4 accumulators and 2·4 panel values at most)
-            let pair = V::N == 16 && rows <= 2 && p + 1 < w.panels;
-            match (rows, pair) {
-                (1, true) => tile::<V, 1, NV, 2>(w, r, r0, p),
-                (2, true) => tile::<V, 2, NV, 2>(w, r, r0, p),
-                (1, _) => tile::<V, 1, NV, 1>(w, r, r0, p),
-                (2, _) => tile::<V, 2, NV, 1>(w, r, r0, p),
-                (3, _) => tile::<V, 3, NV, 1>(w, r, r0, p),
-                (4, _) => tile::<V, 4, NV, 1>(w, r, r0, p),
-                (5, _) => tile::<V, 5, NV, 1>(w, r, r0, p),
-                _ => tile::<V, 6, NV, 1>(w, r, r0, p),
+            let pair = p + 1 < w.panels;
+            let mut r0 = 0;
+            while r0 < r.m {
+                let rows = (r.m - r0).min(V::MAX_ROWS);
+                // (AVX-512's 32 registers: 2·2·4 accumulators and 2·4 panel values at most)
+                match (rows, pair && V::N == 16) {
+                    (1, true) => tile::<V, 1, NV, 2>(w, r, slice, r0, p),
+                    (2, true) => tile::<V, 2, NV, 2>(w, r, slice, r0, p),
+                    _ => {
+                        for q in p..(p + 1 + usize::from(pair)) {
+                            match rows {
+                                1 => tile::<V, 1, NV, 1>(w, r, slice, r0, q),
+                                2 => tile::<V, 2, NV, 1>(w, r, slice, r0, q),
+                                3 => tile::<V, 3, NV, 1>(w, r, slice, r0, q),
+                                4 => tile::<V, 4, NV, 1>(w, r, slice, r0, q),
+                                5 => tile::<V, 5, NV, 1>(w, r, slice, r0, q),
+                                _ => tile::<V, 6, NV, 1>(w, r, slice, r0, q),
+                            }
+                        }
+                    }
+                }
+                r0 += rows;
             }
-            p += if pair { 2 } else { 1 };
+            p += 1 + usize::from(pair);
         }
-        r0 += rows;
+        k0 += kc;
+        if k0 >= w.k {
+            return;
+        }
     }
 }
 
-/// Rows `r0..r0+R` times panels `p0..p0+P`: `R·P·NV` accumulators over the `k` terms.
+/// The terms `k0..k0+kc` of one pass; `accumulate`: add into `y` (the call asked for it,
+/// or an earlier slice stored its partial sums there).
+#[derive(Clone, Copy)]
+struct Slice {
+    k0: usize,
+    kc: usize,
+    accumulate: bool,
+}
+
+/// Rows `r0..r0+R` times panels `p0..p0+P` over the slice's terms: `R·P·NV` accumulators.
 #[inline(always)]
 unsafe fn tile<V: Lanes, const R: usize, const NV: usize, const P: usize>(
     w: &PackedMatrix,
     r: Rows,
+    s: Slice,
     r0: usize,
     p0: usize,
 ) {
-    let k = w.k;
     let mut acc = [[[V::splat(0.0); NV]; P]; R];
-    if r.accumulate {
+    if s.accumulate {
         for (row, acc_r) in acc.iter_mut().enumerate() {
             for (p, acc_p) in acc_r.iter_mut().enumerate() {
                 let mut buf = [0.0f32; COLS];
@@ -216,9 +252,10 @@ unsafe fn tile<V: Lanes, const R: usize, const NV: usize, const P: usize>(
             }
         }
     }
-    let b = w.data.as_ptr().add(p0 * k * COLS);
-    let pstride = k * COLS;
-    for kk in 0..k {
+    let pstride = w.k * COLS;
+    let b = w.data.as_ptr().add(p0 * pstride + s.k0 * COLS);
+    let a = r.a.add(r0 * r.xs + s.k0);
+    for kk in 0..s.kc {
         let mut bv = [[V::splat(0.0); NV]; P];
         for (p, bv_p) in bv.iter_mut().enumerate() {
             for (v, reg) in bv_p.iter_mut().enumerate() {
@@ -226,7 +263,7 @@ unsafe fn tile<V: Lanes, const R: usize, const NV: usize, const P: usize>(
             }
         }
         for (row, acc_r) in acc.iter_mut().enumerate() {
-            let av = V::splat(*r.a.add((r0 + row) * r.xs + kk));
+            let av = V::splat(*a.add(row * r.xs + kk));
             for (acc_p, bv_p) in acc_r.iter_mut().zip(&bv) {
                 for (reg, &bw) in acc_p.iter_mut().zip(bv_p) {
                     *reg = V::fma(av, bw, *reg);
@@ -287,11 +324,13 @@ mod tests {
                 (64, 200),
                 (128, 512),
                 (3, 257),
+                (0, 70),
+                (1100, 130),
             ] {
                 let mm = matrix(k, n, (k * 1000 + n) as u64);
                 let packed = PackedMatrix::with_isa(mm.view(), isa, Vec::new()).expect("f32");
                 assert_eq!(packed.dim(), (k, n));
-                for m in 1..=7 {
+                for m in (1..=7).chain([13]) {
                     // rows of a wider array: strided rows
                     let wide = matrix(m, k + 3, m as u64);
                     let x = wide.slice(s![.., 1..k + 1]);
@@ -316,6 +355,23 @@ mod tests {
                                     }
                                 }
                                 let got = f64::from(out[[row, col]]);
+                                // the same value as one f32 fused multiply-add per term in
+                                // order, across the call's slices of KC terms too
+                                let mut exact = if col >= n || accumulate {
+                                    start[[row, col]]
+                                } else {
+                                    0.0
+                                };
+                                if col < n {
+                                    for kk in 0..k {
+                                        exact = x[[row, kk]].mul_add(mm[[kk, col]], exact);
+                                    }
+                                }
+                                assert_eq!(
+                                    out[[row, col]].to_bits(),
+                                    exact.to_bits(),
+                                    "{isa:?} k={k} n={n} m={m} acc={accumulate} [{row}, {col}]"
+                                );
                                 assert!(
                                     (got - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f64).sqrt(),
                                     "{isa:?} k={k} n={n} m={m} acc={accumulate} [{row}, {col}]: {got} vs {want}"

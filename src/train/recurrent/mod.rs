@@ -216,11 +216,13 @@ fn project_gates<T: Element>(
     proj
 }
 
-/// Most rows a step's product runs packed ([`StepProduct`]): one row tile or two, each
-/// reading the packed matrix once. Measured on 2 cores (`train_bench`, alternating runs):
-/// batch 1 with 1000 steps, H = 128, 14-16 ms a step with gemm, 9-10 ms packed; 8 and 16
-/// rows the same either way; 32 rows (64x50x16x64) 5.2-5.4 ms with gemm, 5.5-6.5 packed.
-const PACKED_MAX_ROWS: usize = 8;
+/// Most rows a step's product runs packed ([`StepProduct`]). The packed product runs all
+/// its row tiles over one panel slice at a time, so a panel is read from memory once per
+/// step whatever the rows. Measured on 2 cores (`train_bench`, alternating runs): batch 1
+/// with 1000 steps, H = 128, 14-16 ms a step with gemm, 8-10 ms packed; blocks of 32 rows
+/// at 64x50x256x512 117-137 ms with gemm, 110-114 ms packed; 64x50x16x64 the same either
+/// way. Larger blocks keep gemm.
+const PACKED_MAX_ROWS: usize = 64;
 
 /// One matrix the step loops multiply by many times, `y (+)= x · M`: packed once per call
 /// ([`PackedMatrix`]: f32 on AVX-512 or AVX2/FMA), else (or for views the packed product
