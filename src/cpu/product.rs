@@ -197,16 +197,11 @@ unsafe fn rows_of<V: Lanes, const NV: usize>(w: &PackedMatrix, r: Rows) {
                 match (rows, pair && V::N == 16) {
                     (1, true) => tile::<V, 1, NV, 2>(w, r, slice, r0, p),
                     (2, true) => tile::<V, 2, NV, 2>(w, r, slice, r0, p),
+                    // (a loop, not a closure: a closure would not inherit the caller's
+                    // target features, and its intrinsics would become calls)
                     _ => {
-                        for q in p..(p + 1 + usize::from(pair)) {
-                            match rows {
-                                1 => tile::<V, 1, NV, 1>(w, r, slice, r0, q),
-                                2 => tile::<V, 2, NV, 1>(w, r, slice, r0, q),
-                                3 => tile::<V, 3, NV, 1>(w, r, slice, r0, q),
-                                4 => tile::<V, 4, NV, 1>(w, r, slice, r0, q),
-                                5 => tile::<V, 5, NV, 1>(w, r, slice, r0, q),
-                                _ => tile::<V, 6, NV, 1>(w, r, slice, r0, q),
-                            }
+                        for q in p..p + 1 + usize::from(pair) {
+                            one_panel::<V, NV>(w, r, slice, (r0, rows), q);
                         }
                     }
                 }
@@ -218,6 +213,25 @@ unsafe fn rows_of<V: Lanes, const NV: usize>(w: &PackedMatrix, r: Rows) {
         if k0 >= w.k {
             return;
         }
+    }
+}
+
+/// Rows `r0..r0+rows` (`rows` at most `V::MAX_ROWS`) times panel `q` alone.
+#[inline(always)]
+unsafe fn one_panel<V: Lanes, const NV: usize>(
+    w: &PackedMatrix,
+    r: Rows,
+    slice: Slice,
+    (r0, rows): (usize, usize),
+    q: usize,
+) {
+    match rows {
+        1 => tile::<V, 1, NV, 1>(w, r, slice, r0, q),
+        2 => tile::<V, 2, NV, 1>(w, r, slice, r0, q),
+        3 => tile::<V, 3, NV, 1>(w, r, slice, r0, q),
+        4 => tile::<V, 4, NV, 1>(w, r, slice, r0, q),
+        5 => tile::<V, 5, NV, 1>(w, r, slice, r0, q),
+        _ => tile::<V, 6, NV, 1>(w, r, slice, r0, q),
     }
 }
 
@@ -344,29 +358,20 @@ mod tests {
                         assert!(packed.product(x, y, accumulate));
                         for row in 0..m {
                             for col in 0..n + 2 {
-                                let mut want = if col >= n || accumulate {
-                                    f64::from(start[[row, col]])
-                                } else {
-                                    0.0
-                                };
-                                if col < n {
-                                    for kk in 0..k {
-                                        want += f64::from(x[[row, kk]]) * f64::from(mm[[kk, col]]);
-                                    }
-                                }
-                                let got = f64::from(out[[row, col]]);
-                                // the same value as one f32 fused multiply-add per term in
-                                // order, across the call's slices of KC terms too
-                                let mut exact = if col >= n || accumulate {
+                                // one f32 fused multiply-add per term in order (across
+                                // the call's slices of KC terms too), and the f64 sum
+                                let init = if col >= n || accumulate {
                                     start[[row, col]]
                                 } else {
                                     0.0
                                 };
-                                if col < n {
-                                    for kk in 0..k {
-                                        exact = x[[row, kk]].mul_add(mm[[kk, col]], exact);
-                                    }
+                                let (mut exact, mut want) = (init, f64::from(init));
+                                for kk in (0..k).filter(|_| col < n) {
+                                    let (xv, mv) = (x[[row, kk]], mm[[kk, col]]);
+                                    exact = xv.mul_add(mv, exact);
+                                    want += f64::from(xv) * f64::from(mv);
                                 }
+                                let got = f64::from(out[[row, col]]);
                                 assert_eq!(
                                     out[[row, col]].to_bits(),
                                     exact.to_bits(),
