@@ -1,5 +1,5 @@
 //! One layer's recorded forward pass and its backward pass, for the chain trainer
-//! (`sequential.rs`) and the graph trainer (`graph.rs`) alike.
+//! (`sequential.rs`) and the graph trainer (`graph/`) alike.
 
 use super::activation::{dense_activate, dense_activation_backward};
 use super::dropout::{dropout_mask, recurrent_dropout, SplitMix};
