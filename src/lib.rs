@@ -52,6 +52,7 @@ pub mod golden;
 pub mod gpu;
 mod graph;
 pub mod hdf5;
+mod initializer;
 mod layouts;
 mod legacy_config;
 pub mod model;
