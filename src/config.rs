@@ -1,6 +1,6 @@
-//! Layer configuration: every Keras recurrent option that matters for inference (the weight initializers in
-//! `initializer.rs`), and the reading
-//! of Keras `get_config()` dictionaries (`LSTM`, `Bidirectional`, `Sequential`).
+//! Layer configuration: every Keras recurrent option that matters for inference (the weight
+//! initializers in `initializer.rs`), and the reading of Keras `get_config()` dictionaries
+//! (`LSTM`, `Bidirectional`, `Sequential`).
 
 use crate::activation::Activation;
 use crate::error::{LstmError, Result};
